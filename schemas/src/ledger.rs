@@ -1,0 +1,240 @@
+//! Typed entries of the consent ledger.
+//!
+//! The ledger is an append-only RFC 9162 Merkle log ([`crate::merkle`]) whose leaves are the
+//! exact bytes of these entries (compact JSON, the `type` field first), and whose tree heads are
+//! signed checkpoints ([`crate::checkpoint`]). Auditors fetch the bytes, hash them as leaves and
+//! check them against signed heads; the bytes are therefore never re-serialised by a verifier.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pseudonym::Pseudonym;
+use crate::signing::PublicKey;
+use crate::study::StudyId;
+use crate::time::UnixSeconds;
+use crate::wire::{hex16, hex32, parse_json, WireError};
+
+/// Largest entry accepted.
+pub const MAX_ENTRY_LEN: usize = 64 * 1024;
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum LedgerEntry {
+    /// A donor consented (the manifest verified and matched the study).
+    ConsentGranted {
+        /// When the intake recorded it.
+        time: UnixSeconds,
+        /// Study.
+        study_id: StudyId,
+        /// Study version.
+        study_version: u32,
+        /// Donor pseudonym.
+        pseudonym: Pseudonym,
+        /// Consent record id.
+        #[serde(with = "hex16")]
+        consent_record_id: [u8; 16],
+        /// Purposes consented to.
+        purposes: Vec<String>,
+        /// When the consent was given, per the manifest.
+        given_at: UnixSeconds,
+        /// When it expires.
+        expires_at: UnixSeconds,
+        /// SHA-256 of the signed manifest payload.
+        #[serde(with = "hex32")]
+        manifest_sha256: [u8; 32],
+        /// The donor key that may withdraw.
+        donor_public_key: PublicKey,
+    },
+    /// A donation's rows were accepted into a sealed batch.
+    DonationAccepted {
+        /// When.
+        time: UnixSeconds,
+        /// Study.
+        study_id: StudyId,
+        /// Donor pseudonym.
+        pseudonym: Pseudonym,
+        /// Consent record the donation was made under.
+        #[serde(with = "hex16")]
+        consent_record_id: [u8; 16],
+        /// The client's idempotency key.
+        #[serde(with = "hex16")]
+        idempotency_key: [u8; 16],
+        /// SHA-256 of the envelope bytes as received.
+        #[serde(with = "hex32")]
+        envelope_sha256: [u8; 32],
+        /// Rows accepted.
+        rows: u32,
+        /// The sealed batch holding them (hex batch id).
+        batch_id: String,
+    },
+    /// A donor withdrew.
+    ConsentWithdrawn {
+        /// When.
+        time: UnixSeconds,
+        /// Study.
+        study_id: StudyId,
+        /// Donor pseudonym.
+        pseudonym: Pseudonym,
+        /// Consent record withdrawn.
+        #[serde(with = "hex16")]
+        consent_record_id: [u8; 16],
+        /// SHA-256 of the signed withdrawal payload.
+        #[serde(with = "hex32")]
+        withdrawal_sha256: [u8; 32],
+    },
+    /// A withdrawn donor's rows were erased from the sealed batches.
+    ErasureDone {
+        /// When.
+        time: UnixSeconds,
+        /// Study.
+        study_id: StudyId,
+        /// Donor pseudonym.
+        pseudonym: Pseudonym,
+        /// Rows removed.
+        rows_erased: u64,
+        /// Batches rewritten (hex ids of the old batches).
+        batches_rewritten: Vec<String>,
+    },
+    /// An approved query ran.
+    QueryRun {
+        /// When.
+        time: UnixSeconds,
+        /// Study.
+        study_id: StudyId,
+        /// Canonical hash of the query spec.
+        #[serde(with = "hex32")]
+        query_sha256: [u8; 32],
+        /// SHA-256 of the signed approval payload.
+        #[serde(with = "hex32")]
+        approval_sha256: [u8; 32],
+        /// Researcher.
+        researcher: String,
+        /// Purpose.
+        purpose: String,
+        /// Distinct donors whose consent covered the query.
+        donors_considered: u64,
+        /// Cells published.
+        cells_published: u64,
+        /// Cells suppressed.
+        cells_suppressed: u64,
+    },
+    /// A key was added or retired.
+    KeyRotated {
+        /// When.
+        time: UnixSeconds,
+        /// Which key: `hpke-transport`, `ledger`, `oprf`, `vault`.
+        role: String,
+        /// New key id.
+        key_id: u32,
+        /// SHA-256 of the new public key.
+        #[serde(with = "hex32")]
+        public_key_sha256: [u8; 32],
+    },
+}
+
+impl LedgerEntry {
+    /// The leaf bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    /// Parse leaf bytes strictly.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, WireError> {
+        parse_json(bytes, "ledger entry", MAX_ENTRY_LEN)
+    }
+    /// The entry's time.
+    pub fn time(&self) -> UnixSeconds {
+        match self {
+            LedgerEntry::ConsentGranted { time, .. }
+            | LedgerEntry::DonationAccepted { time, .. }
+            | LedgerEntry::ConsentWithdrawn { time, .. }
+            | LedgerEntry::ErasureDone { time, .. }
+            | LedgerEntry::QueryRun { time, .. }
+            | LedgerEntry::KeyRotated { time, .. } => *time,
+        }
+    }
+    /// The entry type as in the `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LedgerEntry::ConsentGranted { .. } => "consent_granted",
+            LedgerEntry::DonationAccepted { .. } => "donation_accepted",
+            LedgerEntry::ConsentWithdrawn { .. } => "consent_withdrawn",
+            LedgerEntry::ErasureDone { .. } => "erasure_done",
+            LedgerEntry::QueryRun { .. } => "query_run",
+            LedgerEntry::KeyRotated { .. } => "key_rotated",
+        }
+    }
+    /// The RFC 9162 leaf hash of these bytes.
+    pub fn leaf_hash(bytes: &[u8]) -> crate::merkle::Hash {
+        crate::merkle::leaf_hash(bytes)
+    }
+}
+
+/// The consent state of one pseudonym, folded from ledger entries in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentState {
+    /// Purposes consented to.
+    pub purposes: Vec<String>,
+    /// Expiry.
+    pub expires_at: UnixSeconds,
+    /// When withdrawn, if withdrawn.
+    pub withdrawn_at: Option<UnixSeconds>,
+    /// The donor key.
+    pub donor_public_key: PublicKey,
+    /// Consent record id.
+    pub consent_record_id: [u8; 16],
+}
+
+impl ConsentState {
+    /// Whether rows of this donor count for `purpose` at time `t`.
+    pub fn covers(&self, purpose: &str, t: UnixSeconds) -> bool {
+        self.withdrawn_at.is_none()
+            && t < self.expires_at
+            && self.purposes.iter().any(|p| p == purpose)
+    }
+}
+
+/// Fold a study's ledger entries into the consent state per pseudonym. A later consent for the
+/// same pseudonym replaces an earlier one (a re-consent after expiry); a withdrawal ends it.
+pub fn consent_states<'a>(
+    study: &StudyId,
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+) -> std::collections::HashMap<Pseudonym, ConsentState> {
+    let mut out = std::collections::HashMap::new();
+    for e in entries {
+        match e {
+            LedgerEntry::ConsentGranted {
+                study_id,
+                pseudonym,
+                purposes,
+                expires_at,
+                donor_public_key,
+                consent_record_id,
+                ..
+            } if study_id == study => {
+                out.insert(
+                    *pseudonym,
+                    ConsentState {
+                        purposes: purposes.clone(),
+                        expires_at: *expires_at,
+                        withdrawn_at: None,
+                        donor_public_key: *donor_public_key,
+                        consent_record_id: *consent_record_id,
+                    },
+                );
+            }
+            LedgerEntry::ConsentWithdrawn {
+                study_id,
+                pseudonym,
+                time,
+                ..
+            } if study_id == study => {
+                if let Some(s) = out.get_mut(pseudonym) {
+                    s.withdrawn_at.get_or_insert(*time);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}

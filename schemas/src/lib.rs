@@ -1,0 +1,47 @@
+//! The Datadonor protocol: every message and file format that crosses a trust boundary.
+//!
+//! This crate is shared by the donor client, the intake service and analytics. It holds types,
+//! their exact encodings and the verification of their signatures and proofs; it does no I/O,
+//! spawns no tasks and reads no clock (time is always passed in). `PROTOCOL.md` at the root of the
+//! repository describes every format byte by byte; the vector files under `schemas/vectors/` pin
+//! them.
+//!
+//! Map of the modules:
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`signing`] | Ed25519 keys, signature contexts, the signed-object wrapper every signed message uses |
+//! | [`study`] | study definitions, the Arrow schema of a study's rows and the row validator |
+//! | [`geo`] | Danish regions and municipalities, postcode generalisation |
+//! | [`consent`] | consent manifests and withdrawals |
+//! | [`pseudonym`] | CPR normalisation, the RFC 9497 OPRF steps, per-study pseudonyms |
+//! | [`envelope`] | HPKE configurations, donation envelopes and their payload |
+//! | [`receipt`] | receipts signed by the ledger key |
+//! | [`ledger`] | typed ledger entries |
+//! | [`merkle`] | RFC 9162 Merkle trees, inclusion and consistency proofs |
+//! | [`checkpoint`] | signed tree heads as C2SP tlog-checkpoint signed notes |
+//! | [`query`] | researchers' query specs, canonical hashes, stewards' approvals |
+//! | [`batch`] | the sealed batch file header and its STREAM nonce layout |
+//! | [`time`] | the `Clock` trait and Unix-second timestamps |
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod checkpoint;
+pub mod consent;
+pub mod envelope;
+pub mod geo;
+pub mod ledger;
+pub mod merkle;
+pub mod pseudonym;
+pub mod query;
+pub mod receipt;
+pub mod signing;
+pub mod study;
+pub mod time;
+mod wire;
+
+pub use wire::WireError;
+
+/// The protocol version carried by every message body in this crate.
+pub const PROTOCOL_VERSION: u32 = 1;
