@@ -84,8 +84,7 @@ fn main() -> Result<()> {
         end: args.end,
     };
     cfg.validate()?;
-    fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
     let mut tally = Tally::default();
     match args.format {

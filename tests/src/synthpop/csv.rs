@@ -67,8 +67,14 @@ pub const OBSERVATIONS_HEADER: [&str; 9] = [
 ];
 
 /// Header of Synthea's `conditions.csv`.
-pub const CONDITIONS_HEADER: [&str; 6] =
-    ["START", "STOP", "PATIENT", "ENCOUNTER", "CODE", "DESCRIPTION"];
+pub const CONDITIONS_HEADER: [&str; 6] = [
+    "START",
+    "STOP",
+    "PATIENT",
+    "ENCOUNTER",
+    "CODE",
+    "DESCRIPTION",
+];
 
 /// Header of Synthea's `medications.csv`.
 pub const MEDICATIONS_HEADER: [&str; 13] = [

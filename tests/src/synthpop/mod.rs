@@ -46,8 +46,8 @@
 //!   rising from ≈ 23 at 18 to ≈ 27 at 65 (men +0.8, women −0.4);
 //!   population mean ≈ 25.8. Weight = BMI × height², drifting slowly between
 //!   visits; the emitted BMI is exactly round(weight / height², 1 dp).
-//! * Type 2 diabetes: age-specific prevalence interpolated from 0.2 % at 18 to
-//!   15 % at 80 (see `t2d_age_risk`), × 1.15 for men / 0.85 for women,
+//! * Type 2 diabetes: age-specific prevalence interpolated from 0.2 % at 18
+//!   over 5 % at 50 to 17 % at 80 (see `t2d_age_risk`), × 1.15 for men / 0.85 for women,
 //!   × (BMI / age-sex mean BMI)^5 normalised to keep the mean; ≈ 6.5 %
 //!   overall, mean BMI ≈ 3 kg/m² higher than non-diabetics. Diagnosis 0–25
 //!   years before `end` (never before 18).
@@ -64,7 +64,8 @@
 //!   hydrochlorothiazide), lowering it by 12/6 after diagnosis.
 //! * Heart rate (8867-4) 70 /min (+3 women, +3 T2D), donor SD 7, visit SD 5.
 //! * Metformin (RxNorm 860975) for 85 % of diabetics from diagnosis; insulin
-//!   (106892) added for half of those with HbA1c level ≥ 8.5 %.
+//!   (106892) added 1–5 years after diagnosis for 70 % of those with an
+//!   HbA1c level ≥ 8.0 %.
 //!   Hyperlipidemia (55822004) rising with age, doubled by T2D, 85 % on a
 //!   statin. Obesity finding (162864005) when BMI ≥ 30.
 //! * Visits: `visits_per_donor` check-ups uniformly in the window
@@ -84,8 +85,7 @@ pub mod geo;
 pub mod names;
 
 pub use self::clinical::{
-    hba1c_percent_to_mmol_mol, ConditionKind, EncounterKind, LoincCode, Measurement,
-    MedicationKind,
+    hba1c_percent_to_mmol_mol, ConditionKind, EncounterKind, LoincCode, Measurement, MedicationKind,
 };
 pub use self::csv::write_synthea_csv;
 pub use self::fhir::{bundle_json, write_fhir_bundle, write_ndjson};
@@ -183,10 +183,8 @@ impl PopulationConfig {
     /// The configuration clamped into the range [`validate`](Self::validate)
     /// accepts.
     fn normalized(&self) -> PopulationConfig {
-        let end_day = epoch_day(self.end).clamp(
-            days_from_civil(1950, 1, 1),
-            days_from_civil(2100, 12, 31),
-        );
+        let end_day =
+            epoch_day(self.end).clamp(days_from_civil(1950, 1, 1), days_from_civil(2100, 12, 31));
         let start_day = epoch_day(self.start).clamp(end_day - 60 * 365, end_day);
         let min = self.visits_per_donor.0.clamp(1, 1000);
         let max = self.visits_per_donor.1.clamp(min, 1000);
@@ -484,14 +482,14 @@ const T2D_BMI_EXPONENT: f64 = 5.0;
 /// Type 2 diabetes prevalence by age (before the sex and BMI factors).
 fn t2d_age_risk(age: f64) -> f64 {
     const POINTS: [(f64, f64); 8] = [
-        (18.0, 0.002),
-        (30.0, 0.006),
-        (40.0, 0.017),
-        (50.0, 0.045),
-        (60.0, 0.085),
-        (70.0, 0.13),
-        (80.0, 0.15),
-        (95.0, 0.145),
+        (18.0, 0.0023),
+        (30.0, 0.007),
+        (40.0, 0.019),
+        (50.0, 0.051),
+        (60.0, 0.096),
+        (70.0, 0.147),
+        (80.0, 0.17),
+        (95.0, 0.164),
     ];
     interpolate(&POINTS, age)
 }
@@ -554,7 +552,11 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 fn epoch_day(d: Date) -> i64 {
-    days_from_civil(i64::from(d.year()), i64::from(d.month()), i64::from(d.day()))
+    days_from_civil(
+        i64::from(d.year()),
+        i64::from(d.month()),
+        i64::from(d.day()),
+    )
 }
 
 fn date_from_epoch_day(z: i64) -> Date {
@@ -774,8 +776,7 @@ impl Generator {
         let sex_factor = if male { 1.15 } else { 0.85 };
         let k = T2D_BMI_EXPONENT;
         let bmi_norm = (LOG_BMI_SD * LOG_BMI_SD / 2.0 * (k * k - k)).exp();
-        let p_t2d = (t2d_age_risk(age) * sex_factor * (bmi / bmi_mean).powf(k) / bmi_norm)
-            .min(0.7);
+        let p_t2d = (t2d_age_risk(age) * sex_factor * (bmi / bmi_mean).powf(k) / bmi_norm).min(0.7);
         let has_t2d = self.chance(p_t2d);
 
         // Blood pressure level at the reference date.
@@ -801,15 +802,11 @@ impl Generator {
         let a1c_level = if has_t2d {
             self.normal(7.3, 0.8).clamp(6.5, 11.0)
         } else {
-            self.normal(
-                5.35 + 0.006 * (age - 50.0) + 0.03 * (bmi - 26.0),
-                0.25,
-            )
-            .clamp(4.6, 6.4)
+            self.normal(5.35 + 0.006 * (age - 50.0) + 0.03 * (bmi - 26.0), 0.25)
+                .clamp(4.6, 6.4)
         };
-        let has_lipid = self.chance(
-            (hyperlipidemia_age_risk(age) * if has_t2d { 2.0 } else { 1.0 }).min(0.8),
-        );
+        let has_lipid =
+            self.chance((hyperlipidemia_age_risk(age) * if has_t2d { 2.0 } else { 1.0 }).min(0.8));
 
         // --- visits ------------------------------------------------------
         let adult_day = epoch_day(anniversary(birth_date, 18));
@@ -888,7 +885,7 @@ impl Generator {
                     dispenses: dispenses_from(at),
                 });
             }
-            if a1c_level >= 8.5 && self.chance(0.5) {
+            if a1c_level >= 8.0 && self.chance(0.7) {
                 let later = epoch_day(at.date()) + self.range(365, 5 * 365);
                 if later <= end_day {
                     // Added at a later visit: re-use the diagnosis encounter
@@ -942,7 +939,12 @@ impl Generator {
 
         if has_lipid {
             let at = onset_time(&mut self, 15.0);
-            let enc = add_diagnosis(&mut self, &mut encounters, ConditionKind::Hyperlipidemia, at);
+            let enc = add_diagnosis(
+                &mut self,
+                &mut encounters,
+                ConditionKind::Hyperlipidemia,
+                at,
+            );
             if self.chance(0.85) {
                 let kind = if self.chance(0.6) {
                     MedicationKind::Simvastatin
@@ -965,28 +967,25 @@ impl Generator {
         let start_day = epoch_day(cfg.start);
         let ref_time = cfg.end.at(12, 0, 0, 0);
         let height_sq = (height_cm / 100.0).powi(2);
-        let a1c_obs = |g: &mut Generator,
-                           observations: &mut Vec<Obs>,
-                           enc: usize,
-                           at: DateTime,
-                           a1c: f64| {
-            let a1c = round_to(a1c, 1);
-            let glucose = (28.7 * a1c - 61.7 + g.normal(0.0, 8.0))
-                .clamp(55.0, 450.0)
-                .round();
-            observations.push(Obs {
-                id: g.uuid(),
-                encounter: enc,
-                at,
-                measurement: Measurement::HbA1c(a1c),
-            });
-            observations.push(Obs {
-                id: g.uuid(),
-                encounter: enc,
-                at,
-                measurement: Measurement::Glucose(glucose),
-            });
-        };
+        let a1c_obs =
+            |g: &mut Generator, observations: &mut Vec<Obs>, enc: usize, at: DateTime, a1c: f64| {
+                let a1c = round_to(a1c, 1);
+                let glucose = (28.7 * a1c - 61.7 + g.normal(0.0, 8.0))
+                    .clamp(55.0, 450.0)
+                    .round();
+                observations.push(Obs {
+                    id: g.uuid(),
+                    encounter: enc,
+                    at,
+                    measurement: Measurement::HbA1c(a1c),
+                });
+                observations.push(Obs {
+                    id: g.uuid(),
+                    encounter: enc,
+                    at,
+                    measurement: Measurement::Glucose(glucose),
+                });
+            };
         // The diagnostic blood test when diabetes was diagnosed in the window.
         if let (Some(at), Some(enc)) = (t2d_onset, t2d_diag_encounter) {
             if epoch_day(at.date()) >= start_day {

@@ -16,9 +16,30 @@ pub const FEMALE_OLDER: &[&str] = &[
 
 /// Female given names common among Danes born 1970 or later.
 pub const FEMALE_YOUNGER: &[&str] = &[
-    "Mette", "Camilla", "Louise", "Maria", "Julie", "Sofie", "Emma", "Ida", "Laura", "Anna",
-    "Cecilie", "Sara", "Line", "Mathilde", "Freja", "Katrine", "Christina", "Emilie", "Nanna",
-    "Stine", "Maja", "Amalie", "Fatima", "Signe",
+    "Mette",
+    "Camilla",
+    "Louise",
+    "Maria",
+    "Julie",
+    "Sofie",
+    "Emma",
+    "Ida",
+    "Laura",
+    "Anna",
+    "Cecilie",
+    "Sara",
+    "Line",
+    "Mathilde",
+    "Freja",
+    "Katrine",
+    "Christina",
+    "Emilie",
+    "Nanna",
+    "Stine",
+    "Maja",
+    "Amalie",
+    "Fatima",
+    "Signe",
 ];
 
 /// Male given names common among Danes born before 1970.
@@ -30,9 +51,31 @@ pub const MALE_OLDER: &[&str] = &[
 
 /// Male given names common among Danes born 1970 or later.
 pub const MALE_YOUNGER: &[&str] = &[
-    "Mads", "Rasmus", "Frederik", "Mathias", "Christian", "Martin", "Thomas", "Michael",
-    "Mikkel", "Jesper", "Morten", "Kasper", "Anders", "Jakob", "Nikolaj", "Simon", "Emil",
-    "Jonas", "Oliver", "Lucas", "Magnus", "Alexander", "Daniel", "Mohammad", "Ali",
+    "Mads",
+    "Rasmus",
+    "Frederik",
+    "Mathias",
+    "Christian",
+    "Martin",
+    "Thomas",
+    "Michael",
+    "Mikkel",
+    "Jesper",
+    "Morten",
+    "Kasper",
+    "Anders",
+    "Jakob",
+    "Nikolaj",
+    "Simon",
+    "Emil",
+    "Jonas",
+    "Oliver",
+    "Lucas",
+    "Magnus",
+    "Alexander",
+    "Daniel",
+    "Mohammad",
+    "Ali",
 ];
 
 /// Family names with weights (approximate number of bearers in thousands).

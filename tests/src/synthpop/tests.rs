@@ -77,7 +77,9 @@ fn check_donor(d: &Donor, cfg: &PopulationConfig) -> Vec<String> {
         Some(m) if m.region == d.region && m.postcodes.iter().any(|p| p.0 == d.postcode) => {}
         _ => out.push(format!("{who}: municipality/postcode/region mismatch")),
     }
-    if d.has_t2d != d.has_condition(ConditionKind::Type2Diabetes) || d.has_t2d != d.t2d_diagnosis.is_some() {
+    if d.has_t2d != d.has_condition(ConditionKind::Type2Diabetes)
+        || d.has_t2d != d.t2d_diagnosis.is_some()
+    {
         out.push(format!("{who}: T2D flag, condition and date disagree"));
     }
     if d.note_observation().is_none() || !d.note.contains(&d.full_name()) {
@@ -86,7 +88,10 @@ fn check_donor(d: &Donor, cfg: &PopulationConfig) -> Vec<String> {
     let adult = anniversary(d.birth_date, 18);
     for e in &d.encounters {
         if e.start.date() < adult || e.start.date() > cfg.end {
-            out.push(format!("{who}: encounter {} outside adulthood/window", e.start));
+            out.push(format!(
+                "{who}: encounter {} outside adulthood/window",
+                e.start
+            ));
         }
     }
     for o in &d.observations {
@@ -154,7 +159,10 @@ fn stats() -> &'static Stats {
                 dec.1 += 1.0;
                 bmi_t2d.push(d.bmi);
                 a1c_t2d.extend(&a1c);
-                if d.medications.iter().any(|m| m.kind == MedicationKind::Metformin) {
+                if d.medications
+                    .iter()
+                    .any(|m| m.kind == MedicationKind::Metformin)
+                {
                     metformin += 1.0;
                 }
             } else {
@@ -205,8 +213,16 @@ fn t2d_prevalence_is_danish() {
     let sixties = s.t2d_by_decade[&60];
     let seventies = s.t2d_by_decade[&70];
     assert!(young < 0.01, "T2D in twenties {young}");
-    assert!(sixties > 0.07 && seventies > sixties * 1.1, "{:?}", s.t2d_by_decade);
-    assert!(s.metformin_among_t2d > 0.75, "metformin {}", s.metformin_among_t2d);
+    assert!(
+        sixties > 0.07 && seventies > sixties * 1.1,
+        "{:?}",
+        s.t2d_by_decade
+    );
+    assert!(
+        s.metformin_among_t2d > 0.75,
+        "metformin {}",
+        s.metformin_among_t2d
+    );
     assert!(
         (0.15..=0.40).contains(&s.hypertension),
         "hypertension {}",
@@ -217,7 +233,11 @@ fn t2d_prevalence_is_danish() {
 #[test]
 fn bmi_is_plausible_and_higher_in_t2d() {
     let s = stats();
-    assert!((24.5..=27.5).contains(&s.mean_bmi), "mean BMI {}", s.mean_bmi);
+    assert!(
+        (24.5..=27.5).contains(&s.mean_bmi),
+        "mean BMI {}",
+        s.mean_bmi
+    );
     assert!(
         s.mean_bmi_t2d > s.mean_bmi_other + 2.0,
         "BMI T2D {} vs {}",
@@ -235,7 +255,11 @@ fn hba1c_separates_diabetics_and_tracks_glucose() {
         s.mean_a1c_t2d,
         s.mean_a1c_other
     );
-    assert!((5.0..=5.8).contains(&s.mean_a1c_other), "{}", s.mean_a1c_other);
+    assert!(
+        (5.0..=5.8).contains(&s.mean_a1c_other),
+        "{}",
+        s.mean_a1c_other
+    );
     assert!((6.5..=9.0).contains(&s.mean_a1c_t2d), "{}", s.mean_a1c_t2d);
     assert!(s.a1c_glucose_corr > 0.7, "corr {}", s.a1c_glucose_corr);
     assert!((hba1c_percent_to_mmol_mol(6.5) - 48.0).abs() < 0.5);
@@ -252,7 +276,11 @@ fn regions_age_and_sex_follow_denmark() {
             r.name()
         );
     }
-    assert!((0.22..=0.29).contains(&s.age_65_plus), "65+ {}", s.age_65_plus);
+    assert!(
+        (0.22..=0.29).contains(&s.age_65_plus),
+        "65+ {}",
+        s.age_65_plus
+    );
     assert!((0.49..=0.53).contains(&s.female), "female {}", s.female);
 }
 
@@ -265,7 +293,10 @@ fn geography_tables_are_sound() {
         assert!(codes.insert(m.code), "duplicate municipality {}", m.code);
         assert!(!m.postcodes.is_empty());
         for (pc, city) in m.postcodes {
-            assert!(pc.len() == 4 && pc.bytes().all(|b| b.is_ascii_digit()), "{pc}");
+            assert!(
+                pc.len() == 4 && pc.bytes().all(|b| b.is_ascii_digit()),
+                "{pc}"
+            );
             assert!(!city.is_empty());
         }
     }
@@ -273,7 +304,12 @@ fn geography_tables_are_sound() {
         assert!(r.municipalities().count() >= 4, "{}", r.name());
         assert_eq!(Region::from_code(r.code()), Some(r));
     }
-    for (code, name) in [(101, "København"), (461, "Odense"), (751, "Aarhus"), (851, "Aalborg")] {
+    for (code, name) in [
+        (101, "København"),
+        (461, "Odense"),
+        (751, "Aarhus"),
+        (851, "Aalborg"),
+    ] {
         assert_eq!(geo::municipality(code).map(|m| m.name), Some(name));
     }
 }
@@ -310,7 +346,12 @@ fn same_seed_gives_identical_bytes() {
     let dir_b = tempfile::tempdir().expect("tempdir");
     write_synthea_csv(donors(&cfg), dir_a.path()).expect("csv a");
     write_synthea_csv(donors(&cfg), dir_b.path()).expect("csv b");
-    for f in ["patients.csv", "observations.csv", "conditions.csv", "medications.csv"] {
+    for f in [
+        "patients.csv",
+        "observations.csv",
+        "conditions.csv",
+        "medications.csv",
+    ] {
         let x = std::fs::read(dir_a.path().join(f)).expect("read a");
         let y = std::fs::read(dir_b.path().join(f)).expect("read b");
         assert_eq!(x, y, "{f} differs");
@@ -376,7 +417,11 @@ fn first_line(path: &std::path::Path) -> String {
             path.display()
         )
     });
-    text.lines().next().unwrap_or("").trim_end_matches('\r').to_string()
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('\r')
+        .to_string()
 }
 
 #[test]
@@ -399,8 +444,16 @@ fn csv_headers_equal_the_synthea_samples() {
     ];
     for (file, header) in expected {
         let sample = first_line(&samples.join(file));
-        assert_eq!(sample, header.join(","), "{file}: constant differs from sample");
-        assert_eq!(first_line(&dir.path().join(file)), sample, "{file}: written header");
+        assert_eq!(
+            sample,
+            header.join(","),
+            "{file}: constant differs from sample"
+        );
+        assert_eq!(
+            first_line(&dir.path().join(file)),
+            sample,
+            "{file}: written header"
+        );
     }
 
     // Row counts and field counts.
@@ -431,7 +484,9 @@ fn csv_headers_equal_the_synthea_samples() {
     assert_eq!(rows("conditions.csv").len(), cond_rows);
     let med_rows: usize = all.iter().map(|d| d.medications.len()).sum();
     assert_eq!(rows("medications.csv").len(), med_rows);
-    assert!(rows("medications.csv").iter().all(|r| r.len() == MEDICATIONS_HEADER.len()));
+    assert!(rows("medications.csv")
+        .iter()
+        .all(|r| r.len() == MEDICATIONS_HEADER.len()));
 }
 
 #[test]
@@ -448,12 +503,17 @@ fn fhir_bundles_are_well_formed() {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         let mut full_urls = HashSet::new();
         for e in entries {
-            let rt = e["resource"]["resourceType"].as_str().expect("resourceType");
+            let rt = e["resource"]["resourceType"]
+                .as_str()
+                .expect("resourceType");
             *counts.entry(rt).or_default() += 1;
             assert_eq!(e["request"]["method"], "POST");
             assert_eq!(e["request"]["url"], rt);
             let url = e["fullUrl"].as_str().expect("fullUrl");
-            assert_eq!(url, format!("urn:uuid:{}", e["resource"]["id"].as_str().expect("id")));
+            assert_eq!(
+                url,
+                format!("urn:uuid:{}", e["resource"]["id"].as_str().expect("id"))
+            );
             assert!(full_urls.insert(url.to_string()), "duplicate fullUrl");
         }
         assert_eq!(counts, resource_counts(&d));
@@ -503,7 +563,10 @@ fn fhir_bundles_are_well_formed() {
             .map(|e| &e["resource"])
             .filter(|r| r["resourceType"] == "Observation")
             .collect();
-        let noted: Vec<&&Value> = observations.iter().filter(|o| o.get("note").is_some()).collect();
+        let noted: Vec<&&Value> = observations
+            .iter()
+            .filter(|o| o.get("note").is_some())
+            .collect();
         assert_eq!(noted.len(), 1);
         let note = noted[0]["note"][0]["text"].as_str().expect("note text");
         assert!(note.contains(&d.full_name()));
@@ -535,7 +598,10 @@ fn fhir_bundles_are_well_formed() {
                 })
             };
             assert!(has("Condition", "44054006"));
-            let on_metformin = d.medications.iter().any(|m| m.kind == MedicationKind::Metformin);
+            let on_metformin = d
+                .medications
+                .iter()
+                .any(|m| m.kind == MedicationKind::Metformin);
             assert_eq!(has("MedicationRequest", "860975"), on_metformin);
         }
     }
