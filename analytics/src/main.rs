@@ -1,1 +1,411 @@
-fn main() {}
+//! The `datadonor-analytics` command line: a thin layer over the `datadonor_analytics` library.
+//!
+//! Exit status: 0 success, 1 error, 2 usage error, 3 refused (the spec, approval or study does
+//! not allow the run). Errors are one line on stderr.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context as _};
+use clap::{Args, Parser, Subcommand};
+use datadonor_analytics::compact::{compact, CompactOptions};
+use datadonor_analytics::keys::{generate_steward_key, load_approvers, load_steward_key};
+use datadonor_analytics::ledger::{verify_ledger, LedgerSink, LedgerView, LocalLedgerFile};
+use datadonor_analytics::ledger_http::HttpLedger;
+use datadonor_analytics::output;
+use datadonor_analytics::query::{load_spec, open_study, run_query, QueryInputs};
+use datadonor_analytics::store::BatchStore;
+use datadonor_analytics::vault::VaultKey;
+use datadonor_analytics::AnalyticsError;
+use datadonor_schemas::checkpoint::NoteVerifier;
+use datadonor_schemas::query::QueryApproval;
+use datadonor_schemas::signing::{Context, SignedObject};
+use datadonor_schemas::study::StudyDefinition;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "datadonor-analytics", version, about = "Datadonor analytics: approved, consent-aware aggregate queries over sealed batches")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a steward (approver) Ed25519 key: the seed file (0600) and `<out>.pub`.
+    Keygen {
+        /// Seed file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Generate a vault HPKE key: the key file (0600) and `<out>.pub` for the intake.
+    VaultKeygen {
+        /// Key file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key id written into batch headers.
+        #[arg(long, default_value_t = 1)]
+        key_id: u32,
+    },
+    /// Study definitions.
+    Study {
+        #[command(subcommand)]
+        cmd: StudyCmd,
+    },
+    /// Sign an approval of a query spec.
+    Approve {
+        /// The spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Steward key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Researcher allowed to run it (must be the spec's).
+        #[arg(long)]
+        researcher: String,
+        /// Days of validity from now.
+        #[arg(long)]
+        valid_days: u32,
+        /// Runs allowed.
+        #[arg(long)]
+        max_runs: u32,
+        /// Signed study to validate the spec against.
+        #[arg(long)]
+        study: Option<PathBuf>,
+        /// Approval file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run an approved query.
+    Query {
+        /// The spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The signed approval.
+        #[arg(long)]
+        approval: PathBuf,
+        /// The signed study (JSON).
+        #[arg(long)]
+        study: PathBuf,
+        /// Directory of sealed batches.
+        #[arg(long)]
+        batches: PathBuf,
+        /// Vault key file.
+        #[arg(long)]
+        vault_key: PathBuf,
+        /// Trusted approver keys.
+        #[arg(long)]
+        approvers: PathBuf,
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Write the table (.csv, .json or .parquet); may be repeated.
+        #[arg(long)]
+        out: Vec<PathBuf>,
+        /// Draw a bar chart (SVG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Rewrite sealed batches without withdrawn donors' rows and log the erasures.
+    Compact {
+        /// Directory of sealed batches.
+        #[arg(long)]
+        batches: PathBuf,
+        /// Vault key file.
+        #[arg(long)]
+        vault_key: PathBuf,
+        /// Only this study (default: every study in the directory).
+        #[arg(long)]
+        study_id: Option<String>,
+        /// Rows per rewritten batch.
+        #[arg(long, default_value_t = 1_000_000)]
+        target_rows: usize,
+        #[command(flatten)]
+        ledger: LedgerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum StudyCmd {
+    /// Sign a study definition (TOML) into its signed JSON form.
+    Sign {
+        /// Study TOML.
+        #[arg(long)]
+        study: PathBuf,
+        /// Steward key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Signed study to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct LedgerArgs {
+    /// Intake base URL (https://...).
+    #[arg(long, conflicts_with = "ledger_file")]
+    ledger: Option<String>,
+    /// Auditor bearer token (or @FILE).
+    #[arg(long, requires = "ledger")]
+    auditor_token: Option<String>,
+    /// Analytics bearer token for POST /v1/ledger/events (or @FILE).
+    #[arg(long, requires = "ledger")]
+    analytics_token: Option<String>,
+    /// CA certificate(s) of the intake (PEM).
+    #[arg(long, requires = "ledger")]
+    ca: Option<PathBuf>,
+    /// The intake's ledger file (embedded setup).
+    #[arg(long)]
+    ledger_file: Option<PathBuf>,
+    /// Signed checkpoint file for --ledger-file.
+    #[arg(long, requires = "ledger_file")]
+    ledger_checkpoint: Option<PathBuf>,
+    /// File holding the ledger's signed-note verifier key (vkey).
+    #[arg(long)]
+    ledger_vkey: Option<PathBuf>,
+    /// Directory keeping the last verified checkpoint.
+    #[arg(long, default_value = ".datadonor-analytics")]
+    state_dir: PathBuf,
+    /// Override the clock (Unix seconds; for tests).
+    #[arg(long, hide = true)]
+    now: Option<i64>,
+}
+
+fn token(arg: &Option<String>, what: &str) -> anyhow::Result<Zeroizing<String>> {
+    let t = arg.as_ref().ok_or_else(|| anyhow!("--{what} is required with --ledger"))?;
+    Ok(match t.strip_prefix('@') {
+        Some(f) => Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {f}"))?
+                .trim()
+                .to_string(),
+        ),
+        None => Zeroizing::new(t.clone()),
+    })
+}
+
+fn read_vkey(path: &Path) -> anyhow::Result<NoteVerifier> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    NoteVerifier::parse_vkey(text.trim()).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The ledger as read and verified for one command, and the sink to log to.
+fn open_ledger(args: &LedgerArgs, need_sink: bool) -> anyhow::Result<(LedgerView, Box<dyn LedgerSink>)> {
+    if let Some(url) = &args.ledger {
+        let ca = args.ca.as_ref().ok_or_else(|| anyhow!("--ca is required with --ledger"))?;
+        let auditor = token(&args.auditor_token, "auditor-token")?;
+        let analytics = if need_sink { Some(token(&args.analytics_token, "analytics-token")?) } else { None };
+        let mut http = HttpLedger::with_ca_file(url, auditor, analytics, ca)?;
+        let verifier = match &args.ledger_vkey {
+            Some(p) => read_vkey(p)?,
+            None => {
+                // Trust on first use, pinned in the state directory.
+                let pinned = args.state_dir.join("ledger.vkey");
+                let served = NoteVerifier::parse_vkey(&http.ledger_key()?.vkey)
+                    .map_err(|e| anyhow!("ledger key served by {url}: {e}"))?;
+                match std::fs::read_to_string(&pinned) {
+                    Ok(p) if p.trim() != served.to_vkey() => {
+                        return Err(anyhow!("ledger key changed since it was pinned in {}", pinned.display()))
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        std::fs::create_dir_all(&args.state_dir)?;
+                        std::fs::write(&pinned, format!("{}\n", served.to_vkey()))?;
+                    }
+                }
+                served
+            }
+        };
+        http.set_verifiers(vec![verifier.clone()]);
+        let view = verify_ledger(&http, &[verifier], Some(&args.state_dir))?;
+        return Ok((view, Box::new(http)));
+    }
+    let path = args
+        .ledger_file
+        .as_ref()
+        .ok_or_else(|| anyhow!("one of --ledger URL or --ledger-file PATH is required"))?;
+    let file = LocalLedgerFile::new(path, args.ledger_checkpoint.as_deref());
+    let view = match (&args.ledger_checkpoint, &args.ledger_vkey) {
+        (Some(_), Some(vk)) => verify_ledger(&file, &[read_vkey(vk)?], Some(&args.state_dir))?,
+        (Some(_), None) => return Err(anyhow!("--ledger-checkpoint needs --ledger-vkey")),
+        _ => {
+            eprintln!(
+                "datadonor-analytics: warning: {} is not checked against a signed checkpoint",
+                path.display()
+            );
+            file.unverified_view()?
+        }
+    };
+    Ok((view, Box::new(file)))
+}
+
+fn now(args: &LedgerArgs) -> i64 {
+    args.now.unwrap_or_else(|| jiff::Timestamp::now().as_second())
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Keygen { out } => {
+            let pk = generate_steward_key(&out)?;
+            println!("{}", pk.to_base64());
+        }
+        Cmd::VaultKeygen { out, key_id } => {
+            let key = VaultKey::generate(key_id);
+            key.save(&out)?;
+            println!("vault key {key_id} written to {}", out.display());
+        }
+        Cmd::Study {
+            cmd: StudyCmd::Sign { study, key, out },
+        } => {
+            let text = std::fs::read_to_string(&study).with_context(|| format!("reading {}", study.display()))?;
+            let def = StudyDefinition::from_toml(&text)
+                .map_err(|e| AnalyticsError::Refused(format!("{}: {}", study.display(), e.to_string().replace('\n', " "))))?;
+            let key = load_steward_key(&key)?;
+            let signed = SignedObject::sign(Context::StudyDefinition, &def, &key);
+            write_new(&out, &signed.to_bytes())?;
+        }
+        Cmd::Approve {
+            spec,
+            key,
+            researcher,
+            valid_days,
+            max_runs,
+            study,
+            out,
+        } => {
+            let q = load_spec(&spec)?;
+            if researcher != q.researcher {
+                return Err(AnalyticsError::Refused(format!(
+                    "--researcher {researcher:?} is not the spec's researcher {:?}",
+                    q.researcher
+                ))
+                .into());
+            }
+            let key = load_steward_key(&key)?;
+            if let Some(s) = study {
+                let bytes = std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
+                let def = open_study(&bytes, &[key.public_key()])?;
+                q.validate(&def).map_err(|e| {
+                    let e = e.to_string();
+                    let e = e.strip_prefix("refused: ").unwrap_or(&e).to_string();
+                    AnalyticsError::Refused(format!("{}: {e}", spec.display()))
+                })?;
+            }
+            let mut approval_id = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut approval_id)
+                .map_err(|_| anyhow!("no randomness"))?;
+            let now = jiff::Timestamp::now().as_second();
+            let a = QueryApproval {
+                format: datadonor_schemas::PROTOCOL_VERSION,
+                approval_id,
+                query_sha256: q.hash(),
+                study_id: q.study.clone(),
+                purpose: q.purpose.clone(),
+                researcher,
+                not_before: now,
+                not_after: now + i64::from(valid_days) * 86_400,
+                max_runs,
+            };
+            write_new(&out, &a.sign(&key).to_bytes())?;
+        }
+        Cmd::Query {
+            spec,
+            approval,
+            study,
+            batches,
+            vault_key,
+            approvers,
+            ledger,
+            out,
+            plot,
+        } => {
+            let approvers_keys = load_approvers(&approvers)?;
+            let q = load_spec(&spec)?;
+            let approval_bytes =
+                std::fs::read(&approval).with_context(|| format!("reading {}", approval.display()))?;
+            let approval_obj = SignedObject::from_bytes(&approval_bytes)
+                .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", approval.display())))?;
+            let study_bytes = std::fs::read(&study).with_context(|| format!("reading {}", study.display()))?;
+            let def = open_study(&study_bytes, &approvers_keys)?;
+            let vault = VaultKey::load(&vault_key)?;
+            let store = BatchStore::open(&batches)?;
+            let (view, sink) = open_ledger(&ledger, true)?;
+            let inputs = QueryInputs {
+                spec: &q,
+                approval: &approval_obj,
+                study: &def,
+                approvers: &approvers_keys,
+                now: now(&ledger),
+            };
+            let outcome = run_query(&inputs, &view, &store, &vault, sink.as_ref())?;
+            print!("{}", output::render_text(&outcome.table));
+            for o in &out {
+                output::write_by_extension(&outcome.table, o)?;
+            }
+            if let Some(p) = plot {
+                output::plot_svg(&outcome.table, &p)?;
+            }
+            eprintln!(
+                "logged query_run at ledger index {} ({} cells published, {} suppressed)",
+                outcome.appended.index,
+                outcome.table.cells_published(),
+                outcome.table.cells_suppressed()
+            );
+        }
+        Cmd::Compact {
+            batches,
+            vault_key,
+            study_id,
+            target_rows,
+            ledger,
+        } => {
+            let vault = VaultKey::load(&vault_key)?;
+            let store = BatchStore::open(&batches)?;
+            let (view, sink) = open_ledger(&ledger, true)?;
+            let studies = match study_id {
+                Some(s) => vec![datadonor_schemas::study::StudyId::new(&s).map_err(|e| anyhow!("--study-id: {e}"))?],
+                None => store.studies()?,
+            };
+            for s in studies {
+                let r = compact(&store, &s, &vault, &view, sink.as_ref(), now(&ledger), CompactOptions { target_rows })?;
+                println!(
+                    "{s}: {} donors erased, {} batches removed, {} written, {} rows kept, {} ledger entries",
+                    r.erased.len(),
+                    r.removed.len(),
+                    r.written.len(),
+                    r.rows_kept,
+                    r.entries_logged
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let refused = matches!(e.downcast_ref::<AnalyticsError>(), Some(AnalyticsError::Refused(_)));
+            let msg = format!("{e:#}").replace('\n', " ");
+            if refused {
+                let msg = msg.strip_prefix("refused: ").unwrap_or(&msg);
+                eprintln!("datadonor-analytics: refused: {msg}");
+                ExitCode::from(3)
+            } else {
+                eprintln!("datadonor-analytics: error: {msg}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}

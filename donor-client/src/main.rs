@@ -1,1 +1,640 @@
-fn main() {}
+//! `datadonor`: the donor's command line, a thin layer over the `datadonor_client` library.
+//!
+//! Exit codes (stable; pinned by the CLI golden tests):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | internal error |
+//! | 2 | usage error (unknown option, missing argument) |
+//! | 3 | an input file (export or study) is missing, unreadable or malformed |
+//! | 4 | the donor's own input is invalid (CPR number, purpose, expiry, passphrase) |
+//! | 5 | network or TLS failure (after retries) |
+//! | 6 | the intake refused the request (its problem slug is printed) |
+//! | 7 | verification failed (study signature, receipt, ledger key or consistency) |
+//! | 8 | the local key store failed |
+//! | 9 | nothing donated: no rows to donate, or the donor did not confirm |
+//!
+//! Errors are one line on stderr: `datadonor: error: <file>: <record>: <field>: <what>`.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use datadonor_client::client::{AuditorToken, ClientError, Intake, IntakeConfig, PublishedStudy};
+use datadonor_client::donation::{ConsentChoice, DonationError};
+use datadonor_client::keystore::{read_receipt, Keystore, KeystoreError, Passphrase};
+use datadonor_client::minimise::{minimise_paths, MinimiseError, MinimiseOptions};
+use datadonor_client::preview::Preview;
+use datadonor_client::session::{IntakeSession, SessionError};
+use datadonor_client::TrustAnchors;
+use datadonor_schemas::pseudonym::Cpr;
+use datadonor_schemas::signing::{PublicKey, SignedObject};
+use datadonor_schemas::study::{StudyDefinition, StudyError, StudyId};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Donate your own health data to research: nothing identifying leaves this device.
+#[derive(Parser)]
+#[command(name = "datadonor", version, about)]
+struct Cli {
+    /// Key store directory (default: $DATADONOR_HOME or ~/.datadonor).
+    #[arg(long, global = true, value_name = "DIR")]
+    keystore: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show exactly what would leave this device, without sending anything.
+    Preview(PreviewArgs),
+    /// Preview, consent, seal and send a donation; verify and store the receipt.
+    Donate(DonateArgs),
+    /// List the stored receipts.
+    Receipts,
+    /// Re-verify a stored receipt against the intake's ledger.
+    Verify(VerifyArgs),
+    /// Withdraw the consent of your latest donation to a study.
+    Withdraw(WithdrawArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The study: a TOML or signed JSON file, an https:// URL, or (for donate) a study id.
+    #[arg(long, value_name = "FILE|URL")]
+    study: String,
+    /// The export: FHIR JSON/NDJSON, a Synthea CSV directory or table, Apple Health XML/zip.
+    #[arg(long = "input", value_name = "PATH", required = true)]
+    inputs: Vec<PathBuf>,
+    /// In an export with several patients, the local id of your own record.
+    #[arg(long, value_name = "ID")]
+    patient: Option<String>,
+    /// Your Danish postcode, if the export's is missing or not Danish.
+    #[arg(long, value_name = "NNNN")]
+    postcode: Option<String>,
+}
+
+#[derive(Args)]
+struct TlsArgs {
+    /// CA certificate(s) (PEM) to trust for the intake.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate. Development only.
+    #[arg(long)]
+    dangerous_accept_invalid_certs: bool,
+    /// Steward public key (base64 Ed25519) the study must be signed by.
+    #[arg(long, value_name = "B64")]
+    steward_key: Option<String>,
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    #[command(flatten)]
+    export: ExportArgs,
+    /// Your CPR number (used only on this device, for the birth date if the export has none).
+    #[arg(long)]
+    cpr: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Args)]
+struct DonateArgs {
+    #[command(flatten)]
+    export: ExportArgs,
+    /// Your CPR number: it never leaves this device (only a blinded OPRF element does).
+    #[arg(long)]
+    cpr: String,
+    /// A purpose you consent to (repeatable); one of the study's purpose codes.
+    #[arg(long = "purpose", value_name = "CODE", required = true)]
+    purposes: Vec<String>,
+    /// Days until your consent lapses (at most the study's maximum).
+    #[arg(long, value_name = "N")]
+    expires_days: u32,
+    /// The intake, https://host[:port].
+    #[arg(long, value_name = "URL")]
+    intake: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// File holding the key store passphrase (or set DATADONOR_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// A stored receipt file (see `datadonor receipts`).
+    receipt: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Auditor token for the ledger read endpoints (to check against the current checkpoint).
+    #[arg(long, value_name = "HEX")]
+    auditor_token: Option<String>,
+}
+
+#[derive(Args)]
+struct WithdrawArgs {
+    /// The study id.
+    #[arg(long)]
+    study: String,
+    /// Only consider donations to this intake.
+    #[arg(long, value_name = "URL")]
+    intake: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// File holding the key store passphrase (or set DATADONOR_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+/// A CLI failure: exit code and one line.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl From<MinimiseError> for Failure {
+    fn from(e: MinimiseError) -> Self {
+        match e {
+            MinimiseError::Import(i) => fail(3, i.to_string()),
+            other => fail(3, other.to_string()),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Config(_) | ClientError::Tls(_) | ClientError::NoAuditorToken => 4,
+            ClientError::Network { .. } => 5,
+            ClientError::Problem { .. } => 6,
+            ClientError::BadResponse { .. } => 5,
+            _ => 7,
+        };
+        fail(code, e.to_string())
+    }
+}
+
+impl From<DonationError> for Failure {
+    fn from(e: DonationError) -> Self {
+        let code = match &e {
+            DonationError::UnknownPurpose { .. }
+            | DonationError::BadPurposes
+            | DonationError::BadExpiry { .. } => 4,
+            DonationError::NoRows => 9,
+            _ => 1,
+        };
+        fail(code, e.to_string())
+    }
+}
+
+impl From<KeystoreError> for Failure {
+    fn from(e: KeystoreError) -> Self {
+        let code = match &e {
+            KeystoreError::PassphraseRequired(_) | KeystoreError::WrongPassphrase(_) => 4,
+            _ => 8,
+        };
+        fail(code, e.to_string())
+    }
+}
+
+impl From<SessionError> for Failure {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Client(c) => c.into(),
+            SessionError::Donation(d) => d.into(),
+            SessionError::Minimise(m) => m.into(),
+            SessionError::Inconsistent(_) | SessionError::StoredReceipt(_) => {
+                fail(7, e.to_string())
+            }
+            other => fail(1, other.to_string()),
+        }
+    }
+}
+
+/// Render a study file error in one line naming the file, line and key.
+fn study_file_error(path: &Path, e: &StudyError) -> Failure {
+    let file = path.display();
+    match e {
+        StudyError::Toml(msg) => {
+            // toml's message: "TOML parse error at line L, column C", "|", "L | source", "| ^", message.
+            let lines: Vec<&str> = msg.lines().collect();
+            let at = lines
+                .first()
+                .and_then(|l| l.strip_prefix("TOML parse error at "))
+                .unwrap_or("");
+            let source = lines
+                .iter()
+                .find_map(|l| l.split_once(" | ").map(|(_, s)| s.trim()))
+                .filter(|s| !s.is_empty());
+            let detail = lines
+                .iter()
+                .skip(1)
+                .filter(|l| !l.trim_start().starts_with('|') && !l.contains(" | "))
+                .map(|l| l.trim())
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            match (at.is_empty(), source) {
+                (false, Some(src)) => fail(3, format!("{file}: {at}: `{src}`: {detail}")),
+                (false, None) => fail(3, format!("{file}: {at}: {detail}")),
+                _ => fail(3, format!("{file}: {}", one_line(msg))),
+            }
+        }
+        other => fail(3, format!("{file}: {}", one_line(&other.to_string()))),
+    }
+}
+
+fn tls_trust(args: &TlsArgs) -> Result<TrustAnchors, Failure> {
+    match (&args.ca, args.dangerous_accept_invalid_certs) {
+        (_, true) => Ok(TrustAnchors::DangerousAcceptInvalidCerts),
+        (Some(ca), false) => std::fs::read(ca)
+            .map(TrustAnchors::CaPem)
+            .map_err(|e| fail(3, format!("{}: {e}", ca.display()))),
+        (None, false) => Err(fail(
+            4,
+            "the intake's CA is required: pass --ca <PEM> (there is no platform trust store)",
+        )),
+    }
+}
+
+fn intake_for(url: &str, tls: &TlsArgs, auditor: Option<&str>) -> Result<Intake, Failure> {
+    let mut config = IntakeConfig::new(url, tls_trust(tls)?);
+    if let Some(k) = &tls.steward_key {
+        config.steward_key = Some(
+            PublicKey::from_base64(k.trim())
+                .map_err(|_| fail(4, "--steward-key: not a base64 Ed25519 public key"))?,
+        );
+    }
+    config.auditor_token = auditor.map(AuditorToken::new);
+    Ok(Intake::new(config)?)
+}
+
+/// Where a study comes from.
+enum StudySource {
+    /// Parsed from a local file; `signed` when the file is the signed JSON form.
+    File {
+        definition: Box<StudyDefinition>,
+        signed: Option<Box<PublishedStudy>>,
+    },
+    /// A URL `https://host/v1/studies/<id>`.
+    Url { base: String, id: StudyId },
+    /// A bare study id (donate only).
+    Id(StudyId),
+}
+
+fn study_source(arg: &str, tls: &TlsArgs) -> Result<StudySource, Failure> {
+    if let Some(rest) = arg.strip_prefix("https://") {
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let id = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .and_then(|s| StudyId::new(s).ok())
+            .ok_or_else(|| fail(4, format!("{arg}: expected https://host/v1/studies/<id>")))?;
+        return Ok(StudySource::Url {
+            base: format!("https://{host}"),
+            id,
+        });
+    }
+    let path = Path::new(arg);
+    if !path.exists() {
+        if let Ok(id) = StudyId::new(arg) {
+            return Ok(StudySource::Id(id));
+        }
+        return Err(fail(3, format!("{arg}: study file not found")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(3, format!("{arg}: {e}")))?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let trimmed = bytes.trim_ascii_end();
+        let signed = SignedObject::from_bytes(trimmed)
+            .map_err(|e| fail(3, format!("{arg}: {}", one_line(&e.to_string()))))?;
+        let steward = match &tls.steward_key {
+            Some(k) => Some(
+                PublicKey::from_base64(k.trim())
+                    .map_err(|_| fail(4, "--steward-key: not a base64 Ed25519 public key"))?,
+            ),
+            None => None,
+        };
+        let p = PublishedStudy::from_signed(signed, steward.as_ref())
+            .map_err(|e| fail(7, format!("{arg}: {e}")))?;
+        return Ok(StudySource::File {
+            definition: Box::new(p.definition.clone()),
+            signed: Some(Box::new(p)),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| fail(3, format!("{arg}: not UTF-8")))?;
+    let definition = StudyDefinition::from_toml(&text).map_err(|e| study_file_error(path, &e))?;
+    Ok(StudySource::File {
+        definition: Box::new(definition),
+        signed: None,
+    })
+}
+
+fn progress(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {human_pos} items, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+fn check_inputs(inputs: &[PathBuf]) -> Result<(), Failure> {
+    for p in inputs {
+        if !p.exists() {
+            return Err(fail(3, format!("{}: input file not found", p.display())));
+        }
+    }
+    Ok(())
+}
+
+fn minimise(
+    export: &ExportArgs,
+    study: &StudyDefinition,
+    cpr: Option<&Cpr>,
+) -> Result<datadonor_client::MinimisedRows, Failure> {
+    check_inputs(&export.inputs)?;
+    let mut options = MinimiseOptions::default();
+    if let Some(c) = cpr {
+        options = options.with_cpr(c);
+    }
+    if let Some(p) = &export.patient {
+        options = options.with_patient(p.clone());
+    }
+    if let Some(p) = &export.postcode {
+        options = options.with_postcode(p.clone());
+    }
+    let pb = progress("importing");
+    let paths: Vec<&Path> = export.inputs.iter().map(PathBuf::as_path).collect();
+    let r = minimise_paths(&paths, study, options, &mut |n| pb.set_position(n));
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
+fn parse_cpr(s: &str) -> Result<Cpr, Failure> {
+    Cpr::parse(s).map_err(|e| fail(4, format!("--cpr: {e}")))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, format!("starting the runtime: {e}")))
+}
+
+fn passphrase(file: Option<&PathBuf>) -> Result<Option<Passphrase>, Failure> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f).map_err(|e| fail(3, format!("{}: {e}", f.display())))?;
+        return Ok(Some(Passphrase::new(
+            s.trim_end_matches(['\r', '\n']).to_string(),
+        )));
+    }
+    Ok(std::env::var("DATADONOR_PASSPHRASE")
+        .ok()
+        .map(Passphrase::new))
+}
+
+fn keystore(cli_dir: Option<&PathBuf>) -> Result<Keystore, Failure> {
+    Ok(Keystore::open(
+        cli_dir.cloned().unwrap_or_else(Keystore::default_dir),
+    )?)
+}
+
+fn cmd_preview(args: &PreviewArgs) -> Result<(), Failure> {
+    let cpr = args.cpr.as_deref().map(parse_cpr).transpose()?;
+    check_inputs(&args.export.inputs)?;
+    let definition = match study_source(&args.export.study, &args.tls)? {
+        StudySource::File { definition, .. } => *definition,
+        StudySource::Url { base, id } => {
+            let intake = intake_for(&base, &args.tls, None)?;
+            runtime()?.block_on(intake.study(&id))?.definition
+        }
+        StudySource::Id(id) => {
+            return Err(fail(
+                3,
+                format!("{id}: study file not found (preview needs a file or an https:// URL)"),
+            ))
+        }
+    };
+    let rows = minimise(&args.export, &definition, cpr.as_ref())?;
+    let preview = Preview::new(&rows, None);
+    let out = if args.json {
+        preview.to_json()
+    } else {
+        preview.to_table()
+    };
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| fail(1, format!("stdout: {e}")))
+}
+
+fn confirm(question: &str) -> Result<bool, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(fail(
+            9,
+            "not confirmed: stdin is not a terminal; pass --yes to donate without asking",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| fail(1, format!("stdin: {e}")))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
+    let cpr = parse_cpr(&args.cpr)?;
+    check_inputs(&args.export.inputs)?;
+    let source = study_source(&args.export.study, &args.tls)?;
+    let consent = ConsentChoice {
+        purposes: args.purposes.clone(),
+        expires_in_days: args.expires_days,
+    };
+    // The donor's choices are checked against a local study file before any request is made.
+    if let StudySource::File { definition, .. } = &source {
+        datadonor_client::donation::check_choice(definition, &consent)?;
+    }
+    let intake = intake_for(&args.intake, &args.tls, None)?;
+    let rt = runtime()?;
+    let study = match source {
+        StudySource::File {
+            signed: Some(p), ..
+        } => *p,
+        StudySource::File {
+            definition,
+            signed: None,
+        } => {
+            let p = rt.block_on(intake.study(&definition.id))?;
+            if p.definition != *definition {
+                return Err(fail(
+                    7,
+                    format!(
+                        "{}: differs from the study the intake publishes ({} v{})",
+                        args.export.study, p.definition.id, p.definition.version
+                    ),
+                ));
+            }
+            p
+        }
+        StudySource::Url { id, .. } | StudySource::Id(id) => rt.block_on(intake.study(&id))?,
+    };
+    datadonor_client::donation::check_choice(&study.definition, &consent)?;
+    let rows = minimise(&args.export, &study.definition, Some(&cpr))?;
+    if rows.rows.is_empty() {
+        return Err(DonationError::NoRows.into());
+    }
+    let preview = Preview::new(&rows, None);
+    print!("{}", preview.to_table());
+    println!(
+        "Study signed by steward key {}; study SHA-256 {}",
+        study.steward.to_base64(),
+        hex::encode(study.sha256)
+    );
+    if !args.yes && !confirm(&format!("Donate these {} rows?", rows.rows.len()))? {
+        return Err(fail(9, "not confirmed: nothing was sent"));
+    }
+    let ks = keystore(ks_dir)?;
+    let key = ks.donor_key(passphrase(args.passphrase_file.as_ref())?.as_ref())?;
+    let pinned = ks.pinned_ledger_key(intake.base_url())?;
+    let outcome = rt.block_on(async {
+        let session = IntakeSession::connect(intake.clone(), pinned.as_ref()).await?;
+        if pinned.is_none() {
+            ks.pin_ledger_key(intake.base_url(), &session.ledger().info)
+                .map_err(|e| SessionError::StoredReceipt(e.to_string()))?;
+        }
+        let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        pb.set_message("sealing and uploading");
+        pb.enable_steady_tick(Duration::from_millis(120));
+        let r = session.donate(&study, &rows, &cpr, &key, &consent).await;
+        pb.finish_and_clear();
+        r
+    })?;
+    let path = ks.store_receipt(&outcome.stored)?;
+    println!(
+        "Donated {} rows to {} at ledger index {}; receipt verified and stored in {}",
+        rows.rows.len(),
+        study.definition.id,
+        outcome.receipt.receipt.ledger_index,
+        path.display()
+    );
+    Ok(())
+}
+
+fn cmd_receipts(ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
+    let ks = keystore(ks_dir)?;
+    let list = ks.receipts()?;
+    if list.is_empty() {
+        println!("no receipts stored in {}", ks.dir().display());
+    }
+    for (path, r) in list {
+        println!(
+            "{:?}\t{}\tindex {}\t{}\t{}",
+            r.kind,
+            r.study_id,
+            r.ledger_index,
+            r.intake,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
+    let ks = keystore(ks_dir)?;
+    let stored = read_receipt(&args.receipt).map_err(|e| fail(3, e.to_string()))?;
+    let intake = intake_for(&stored.intake, &args.tls, args.auditor_token.as_deref())?;
+    let pinned = ks.pinned_ledger_key(&stored.intake)?;
+    let last = ks.last_checkpoint(&stored.intake)?;
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
+        let session = IntakeSession::connect(intake, pinned.as_ref()).await?;
+        session.verify(&stored, last.as_deref()).await
+    })?;
+    match outcome.current {
+        Some((size, note)) => {
+            ks.store_checkpoint(&stored.intake, &note)?;
+            println!(
+                "receipt verified: entry {} is in the intake's current tree of {} entries, which is consistent with every checkpoint verified before",
+                outcome.receipt.receipt.ledger_index, size
+            );
+        }
+        None => println!(
+            "receipt verified against its own checkpoint only (tree of {} entries); pass --auditor-token to check it against the intake's current checkpoint",
+            outcome.receipt.tree_size
+        ),
+    }
+    Ok(())
+}
+
+fn cmd_withdraw(args: &WithdrawArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
+    let ks = keystore(ks_dir)?;
+    let donation = ks.latest_donation(&args.study, args.intake.as_deref())?;
+    let key = ks.donor_key(passphrase(args.passphrase_file.as_ref())?.as_ref())?;
+    let intake = intake_for(&donation.intake, &args.tls, None)?;
+    let pinned = ks.pinned_ledger_key(&donation.intake)?;
+    let rt = runtime()?;
+    let (receipt, stored) = rt.block_on(async {
+        let session = IntakeSession::connect(intake, pinned.as_ref()).await?;
+        session.withdraw(&donation, &key).await
+    })?;
+    let path = ks.store_receipt(&stored)?;
+    println!(
+        "Consent withdrawn for study {} at ledger index {}; receipt verified and stored in {}",
+        args.study,
+        receipt.receipt.ledger_index,
+        path.display()
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let ks = cli.keystore.as_ref();
+    let result = match &cli.command {
+        Command::Preview(a) => cmd_preview(a),
+        Command::Donate(a) => cmd_donate(a, ks),
+        Command::Receipts => cmd_receipts(ks),
+        Command::Verify(a) => cmd_verify(a, ks),
+        Command::Withdraw(a) => cmd_withdraw(a, ks),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(f) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "datadonor: error: {}",
+                one_line(&f.message)
+            );
+            std::process::ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,1 +1,113 @@
-fn main() {}
+//! `datadonor-intake`: the command line over the intake library (`init`, `serve`, `rotate-key`).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use datadonor_intake::Config;
+use datadonor_schemas::time::{Clock, SystemClock};
+
+#[derive(Parser)]
+#[command(name = "datadonor-intake", version, about = "Datadonor intake service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory: keys, dev TLS, config, the example study, a demo vault key.
+    Init {
+        /// The data directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Use this vault public key (vault.pub JSON or one base64 line) instead of generating
+        /// a demo vault key pair.
+        #[arg(long)]
+        vault_public_key: Option<PathBuf>,
+    },
+    /// Serve HTTPS until SIGTERM or SIGINT.
+    Serve {
+        /// Data directory (reads DIR/config.toml).
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        dir: Option<PathBuf>,
+        /// Configuration file (its data_dir is relative to the file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create a new transport key; the previous one stays accepted for the grace period.
+    /// Run while the intake is stopped.
+    RotateKey {
+        /// Data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn load(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match (dir, config) {
+        (Some(d), _) => Config::load_dir(&d)?,
+        (None, Some(c)) => Config::load(&c)?,
+        (None, None) => anyhow::bail!("give --dir or --config"),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init {
+            dir,
+            vault_public_key,
+        } => {
+            let r = datadonor_intake::init::init(&dir, vault_public_key.as_deref(), SystemClock.now())
+                .with_context(|| format!("init {}", dir.display()))?;
+            println!("initialised {}", r.dir.display());
+            println!("auditor token (also in auditor.token; hand it over, then delete that file):");
+            println!("{}", r.auditor_token.as_str());
+            println!("demo steward key: {}", r.steward_public_key);
+            if let Some(p) = r.vault_private_key {
+                println!(
+                    "demo vault private key: {} -- move it off this machine; serve never reads it",
+                    p.display()
+                );
+            }
+        }
+        Command::Serve { dir, config } => {
+            let config = load(dir, config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(async move {
+                let running = datadonor_intake::start(config).await?;
+                println!("listening on {}", running.addr());
+                let handle = running.shutdown_handle();
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing SIGTERM handler")?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tracing::info!("signal received, shutting down");
+                let _ = handle.send(true);
+                running.wait().await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::RotateKey { dir } => {
+            let config = Config::load_dir(&dir)?;
+            let id = datadonor_intake::rotate_transport_key(&config, SystemClock.now())?;
+            println!("new transport key id {id}; restart the intake to serve it");
+        }
+    }
+    Ok(())
+}

@@ -37,7 +37,7 @@ use hpke::{
     aead::AesGcm256, kdf::HkdfSha256, kem::X25519HkdfSha256, Deserializable, Kem, OpModeR, OpModeS,
     Serializable,
 };
-use rand_core::OsRng;
+use rand_core::{CryptoRng, OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -145,6 +145,19 @@ pub fn hpke_seal(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<([u8; 32], Vec<u8>), EnvelopeError> {
+    hpke_seal_with_rng(pk, info, aad, plaintext, &mut OsRng)
+}
+
+/// [`hpke_seal`] with the caller's random number generator, which supplies the 32 bytes of
+/// `ikmE` the ephemeral key is derived from (RFC 9180 `DeriveKeyPair`). Production code uses
+/// [`hpke_seal`]; a deterministic generator is only for reproducible test vectors.
+pub fn hpke_seal_with_rng<R: RngCore + CryptoRng>(
+    pk: &HpkePublicKey,
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+    rng: &mut R,
+) -> Result<([u8; 32], Vec<u8>), EnvelopeError> {
     let pk = <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(&pk.0)
         .map_err(|_| EnvelopeError::BadKey)?;
     let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, X25519HkdfSha256, _>(
@@ -153,7 +166,7 @@ pub fn hpke_seal(
         info,
         plaintext,
         aad,
-        &mut OsRng,
+        rng,
     )
     .map_err(|_| EnvelopeError::Decrypt)?;
     let mut e = [0u8; 32];
@@ -305,6 +318,19 @@ impl DonationPayload {
 
     /// Seal to an intake key, producing envelope bytes.
     pub fn seal(&self, key_id: u32, pk: &HpkePublicKey) -> Result<Vec<u8>, EnvelopeError> {
+        self.seal_with_rng(key_id, pk, &mut OsRng)
+    }
+
+    /// [`DonationPayload::seal`] with the caller's random number generator, which supplies the
+    /// 32 bytes of `ikmE` the ephemeral key is derived from (RFC 9180 `DeriveKeyPair`). Clients
+    /// use [`DonationPayload::seal`]; a deterministic generator is only for reproducible test
+    /// vectors (a repeated ephemeral key would link envelopes).
+    pub fn seal_with_rng<R: RngCore + CryptoRng>(
+        &self,
+        key_id: u32,
+        pk: &HpkePublicKey,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         let mut header = Vec::with_capacity(ENVELOPE_HEADER_LEN);
         header.extend_from_slice(ENVELOPE_MAGIC);
         header.extend_from_slice(&key_id.to_be_bytes());
@@ -319,7 +345,7 @@ impl DonationPayload {
             &OpModeS::Base,
             &pkr,
             ENVELOPE_INFO,
-            &mut OsRng,
+            rng,
         )
         .map_err(|_| EnvelopeError::BadKey)?;
         header.extend_from_slice(&enc.to_bytes());

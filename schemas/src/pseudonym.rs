@@ -241,6 +241,24 @@ impl OprfServerKey {
         s.zeroize();
         out
     }
+    /// The full (unblinded) RFC 9497 `Evaluate(skS, input)`: the 64-byte OPRF output for an
+    /// input the server sees in the clear.
+    ///
+    /// Only for computing test vectors: production servers never see inputs (they receive
+    /// blinded elements, [`OprfServerKey::evaluate`]), and no server code path calls this.
+    pub fn evaluate_unblinded_for_vectors(
+        &self,
+        input: &[u8],
+    ) -> Result<OprfOutput, PseudonymError> {
+        let out = self
+            .server
+            .evaluate(input)
+            .map_err(|_| PseudonymError::Oprf)?;
+        let mut b = [0u8; 64];
+        b.copy_from_slice(&out);
+        Ok(OprfOutput(Zeroizing::new(b)))
+    }
+
     /// BlindEvaluate one blinded element from a client.
     pub fn evaluate(&self, blinded: &[u8]) -> Result<[u8; ELEMENT_LEN], PseudonymError> {
         if blinded.len() != ELEMENT_LEN {

@@ -2,6 +2,9 @@
 //! golang.org/x/mod/sumdb/note and the C2SP specs, tamper resistance, strict
 //! parsing, and never panicking on arbitrary input.
 
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use datadonor_schemas::checkpoint::{
@@ -168,7 +171,7 @@ fn sign_open_round_trip() {
     let note = sign(&cp, ORIGIN, &key).unwrap();
     assert!(note.starts_with(&format!("{ORIGIN}\n1234567\n")));
     assert!(note.contains("\next one\next-two\n\n\u{2014} datadonor.example/log "));
-    let opened = open(note.as_bytes(), &[verifier.clone()]).unwrap();
+    let opened = open(note.as_bytes(), std::slice::from_ref(&verifier)).unwrap();
     assert_eq!(&opened.checkpoint, &cp);
     assert_eq!(opened.signatures.len(), 1);
     assert_eq!(opened.signatures[0].key_hash, verifier.key_hash());

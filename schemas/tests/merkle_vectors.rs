@@ -5,6 +5,9 @@
 //! environment variable is set, else `$CARGO_MANIFEST_DIR/../../shared/...`.
 //! A missing directory makes the tests fail, never skip.
 
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -342,6 +342,9 @@ impl fmt::Display for RecordRef {
 }
 
 /// A file (as named by the caller; a zip member is `archive.zip!/member.xml`) and a record in it.
+///
+/// For local diagnostics only: like the patient key it must not leave the device, because file names can be
+/// identifying (Synthea names its FHIR files after the patient, e.g. `Lanell756_Goodwin327_<uuid>.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RecordLocation {
     /// The file, shared between all items of one file so that millions of items do not copy the path.

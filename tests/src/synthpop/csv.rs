@@ -101,7 +101,12 @@ pub const DANISH_PUBLIC_PAYER_ID: &str = "5d2c1e0a-7b1f-4c3e-9a6d-2f8e4b7c1a90";
 const ENCOUNTER_COST: f64 = 85.55;
 
 /// Writes the four CSV files into `dir` (created if missing), streaming the
-/// donors one at a time. Returns the number of donors written.
+/// donors one at a time (memory stays constant whatever the population
+/// size). Returns the number of donors written.
+///
+/// # Errors
+///
+/// Any I/O error creating `dir` or writing the files.
 pub fn write_synthea_csv(donors: impl Iterator<Item = Donor>, dir: &Path) -> io::Result<u64> {
     fs::create_dir_all(dir)?;
     let open = |name: &str| -> io::Result<::csv::Writer<BufWriter<File>>> {

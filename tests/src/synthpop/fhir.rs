@@ -32,6 +32,10 @@ const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
 
 /// Writes the donor's transaction Bundle as pretty-printed JSON (like the
 /// Synthea samples), followed by a newline.
+///
+/// # Errors
+///
+/// Any I/O error of `w`.
 pub fn write_fhir_bundle(donor: &Donor, mut w: impl Write) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut w, &bundle_json(donor))?;
     w.write_all(b"\n")?;
@@ -40,6 +44,10 @@ pub fn write_fhir_bundle(donor: &Donor, mut w: impl Write) -> io::Result<()> {
 
 /// Writes one compact Bundle per line (NDJSON), streaming: only one donor is
 /// held at a time. Returns the number of bundles written.
+///
+/// # Errors
+///
+/// Any I/O error of `w`.
 pub fn write_ndjson(donors: impl Iterator<Item = Donor>, mut w: impl Write) -> io::Result<u64> {
     let mut n = 0;
     for donor in donors {

@@ -158,6 +158,10 @@ impl PopulationConfig {
     /// of at most 60 years, and `1 <= min <= max <= 1000` visits.
     /// [`donor`] does not require it: it clamps an invalid configuration into
     /// range instead.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first violated rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let (min, max) = self.visits_per_donor;
         if self.start > self.end {

@@ -104,7 +104,8 @@ fn check_donor(d: &Donor, cfg: &PopulationConfig) -> Vec<String> {
         }
     }
     // BMI consistent with weight and height at every visit.
-    let mut by_enc: HashMap<usize, (Option<f64>, Option<f64>, Option<f64>)> = HashMap::new();
+    type HeightWeightBmi = (Option<f64>, Option<f64>, Option<f64>);
+    let mut by_enc: HashMap<usize, HeightWeightBmi> = HashMap::new();
     for o in &d.observations {
         let slot = by_enc.entry(o.encounter).or_default();
         match o.measurement {
@@ -389,8 +390,10 @@ fn donor_is_independent_of_population_size_and_order() {
 #[test]
 fn config_validation_and_clamping() {
     assert!(PopulationConfig::default().validate().is_ok());
-    let mut bad = PopulationConfig::default();
-    bad.visits_per_donor = (0, 3);
+    let mut bad = PopulationConfig {
+        visits_per_donor: (0, 3),
+        ..PopulationConfig::default()
+    };
     assert!(bad.validate().is_err());
     bad.visits_per_donor = (5, 3);
     assert!(bad.validate().is_err());

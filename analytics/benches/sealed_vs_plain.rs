@@ -1,0 +1,210 @@
+//! Benchmark: the approved example query over sealed batches (through the real engine:
+//! unseal in memory, consent filter, partial aggregates, disclosure control, ledger entry)
+//! against the same polars query with `scan_parquet` over the same rows as plaintext Parquet.
+//!
+//! ```text
+//! cargo bench -p datadonor-analytics --bench sealed_vs_plain -- --rows 1000000
+//! ```
+//!
+//! Options: `--rows N` (default 20 000 000), `--donors N` (default 100 000), `--batch-rows N`
+//! (default 1 000 000), `--repeat N` (default 1; the best time of N is reported).
+//!
+//! Generation is not timed. Each variant runs in a child process (this binary re-executed with
+//! `--child <variant> <dir>`) that reports its wall time and its own peak RSS (`VmHWM` from
+//! `/proc/self/status`), so the two peaks do not mix.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use datadonor_analytics::engine::QueryEngine;
+use datadonor_analytics::ledger::{encode_record, LocalLedgerFile};
+use datadonor_analytics::query::{apply_disclosure, run_query, QueryInputs};
+use datadonor_analytics::sealed::seal_batch;
+use datadonor_analytics::store::BatchStore;
+use datadonor_analytics::testkit::{donor, grant, parquet_bytes, synthetic_frame, Rng};
+use datadonor_analytics::vault::VaultKey;
+use datadonor_schemas::query::{QueryApproval, QuerySpec};
+use datadonor_schemas::signing::{SignedObject, SigningKey};
+use datadonor_schemas::study::StudyDefinition;
+use polars::prelude::*;
+
+const STUDY: &str = include_str!("../../examples/t2d-study.toml");
+const QUERY: &str = include_str!("../../examples/t2d-query.toml");
+const NOW: i64 = 1_750_000_000;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn arg(args: &[String], name: &str, default: usize) -> Res<usize> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => Ok(args.get(i + 1).ok_or(format!("{name} needs a value"))?.replace('_', "").parse()?),
+        None => Ok(default),
+    }
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()> {
+    let study = StudyDefinition::from_toml(STUDY)?;
+    let vault = VaultKey::generate(1);
+    vault.save(&dir.join("vault.key"))?;
+    std::fs::create_dir_all(dir.join("sealed"))?;
+    std::fs::create_dir_all(dir.join("plain"))?;
+    let store = BatchStore::open(&dir.join("sealed"))?;
+    let hex: Vec<String> = (0..donors as u32).map(|i| donor(i).to_hex()).collect();
+    let mut rng = Rng::new(42);
+    let mut done = 0usize;
+    let mut part = 0usize;
+    while done < rows {
+        let n = batch_rows.min(rows - done);
+        let mut df = synthetic_frame(&study, &hex, n, &mut rng)?;
+        let bytes = parquet_bytes(&mut df)?;
+        std::fs::write(dir.join("plain").join(format!("part-{part:05}.parquet")), &bytes)?;
+        let (h, sealed) = seal_batch(&bytes, &study.id, part as i64, &vault.public())?;
+        store.write(&h, &sealed)?;
+        done += n;
+        part += 1;
+    }
+    // Ledger: every donor consented to the example's purpose (but one in 50 withdrew).
+    let mut ledger = Vec::new();
+    for i in 0..donors as u32 {
+        ledger.extend(encode_record(&grant(&study, donor(i), &["t2d-epidemiology"], NOW + 86_400).to_bytes()));
+        if i % 50 == 0 {
+            ledger.extend(encode_record(&datadonor_analytics::testkit::withdraw(&study, donor(i), NOW - 1).to_bytes()));
+        }
+    }
+    std::fs::write(dir.join("ledger.log"), ledger)?;
+    let steward = SigningKey::generate()?;
+    std::fs::write(dir.join("steward.seed"), steward.seed())?;
+    let spec = QuerySpec::from_toml(QUERY)?;
+    let approval = QueryApproval {
+        format: 1,
+        approval_id: [9; 16],
+        query_sha256: spec.hash(),
+        study_id: spec.study.clone(),
+        purpose: spec.purpose.clone(),
+        researcher: spec.researcher.clone(),
+        not_before: NOW - 10,
+        not_after: NOW + 86_400,
+        max_runs: 1_000_000,
+    };
+    std::fs::write(dir.join("q.approval"), approval.sign(&steward).to_bytes())?;
+    Ok(())
+}
+
+fn child(variant: &str, dir: &Path) -> Res<()> {
+    let study = StudyDefinition::from_toml(STUDY)?;
+    let spec = QuerySpec::from_toml(QUERY)?;
+    let seed: [u8; 32] = std::fs::read(dir.join("steward.seed"))?.as_slice().try_into()?;
+    let steward = SigningKey::from_seed(&seed)?;
+    let approval = SignedObject::from_bytes(&std::fs::read(dir.join("q.approval"))?)?;
+    let approvers = [steward.public_key()];
+    let inputs = QueryInputs {
+        spec: &spec,
+        approval: &approval,
+        study: &study,
+        approvers: &approvers,
+        now: NOW,
+    };
+    let start = Instant::now();
+    let ledger = LocalLedgerFile::new(&dir.join("ledger.log"), None);
+    let view = ledger.unverified_view()?;
+    let (cells, suppressed) = match variant {
+        "sealed" => {
+            let vault = VaultKey::load(&dir.join("vault.key"))?;
+            let store = BatchStore::open(&dir.join("sealed"))?;
+            let out = run_query(&inputs, &view, &store, &vault, &ledger)?;
+            (out.table.rows.len(), out.table.cells_suppressed())
+        }
+        "plain" => {
+            let allowed = view.allowed_donors(&study.id, &spec.purpose, NOW);
+            let mut engine = QueryEngine::new(&spec, &study, &allowed)?;
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("plain"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            paths.sort();
+            let paths: Vec<PlRefPath> = paths
+                .iter()
+                .map(|p| PlRefPath::new(p.display().to_string()))
+                .collect();
+            let args = ScanArgsParquet::default();
+            let lf = LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)?;
+            engine.add_lazy(lf)?;
+            let agg = engine.finish()?;
+            let t = apply_disclosure(&agg, &spec, spec.effective_k(&study))?;
+            (t.rows.len(), t.cells_suppressed())
+        }
+        other => return Err(format!("unknown variant {other}").into()),
+    };
+    let secs = start.elapsed().as_secs_f64();
+    println!("secs={secs} hwm_kib={} cells={cells} suppressed={suppressed}", vm_hwm_kib());
+    Ok(())
+}
+
+fn run_child(dir: &Path, variant: &str) -> Res<(f64, u64, String)> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--child", variant])
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("{variant} child failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let field = |k: &str| -> Option<String> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k).map(str::to_string))
+    };
+    let secs: f64 = field("secs=").ok_or("no time")?.parse()?;
+    let hwm: u64 = field("hwm_kib=").ok_or("no hwm")?.parse()?;
+    Ok((secs, hwm, line))
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let variant = args.get(i + 1).ok_or("--child needs a variant")?;
+        let dir = PathBuf::from(args.get(i + 2).ok_or("--child needs a dir")?);
+        return child(variant, &dir);
+    }
+    let rows = arg(&args, "--rows", 20_000_000)?;
+    let donors = arg(&args, "--donors", 100_000)?;
+    let batch_rows = arg(&args, "--batch-rows", 1_000_000)?;
+    let repeat = arg(&args, "--repeat", 1)?.max(1);
+    let tmp = tempfile::tempdir()?;
+    let t0 = Instant::now();
+    generate(tmp.path(), rows, donors, batch_rows)?;
+    let size = |d: &str| -> u64 {
+        std::fs::read_dir(tmp.path().join(d))
+            .map(|r| r.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
+    };
+    println!(
+        "generated {rows} rows, {donors} donors, batches of {batch_rows} in {:.1}s: plaintext {} MiB, sealed {} MiB",
+        t0.elapsed().as_secs_f64(),
+        size("plain") >> 20,
+        size("sealed") >> 20
+    );
+    let mut best = [(f64::MAX, 0u64, String::new()), (f64::MAX, 0u64, String::new())];
+    for _ in 0..repeat {
+        for (slot, v) in ["plain", "sealed"].into_iter().enumerate() {
+            let r = run_child(tmp.path(), v)?;
+            if r.0 < best[slot].0 {
+                best[slot] = r;
+            }
+        }
+    }
+    let [(tp, hp, lp), (ts, hs, ls)] = best;
+    println!("(b) plaintext scan_parquet: {tp:.3}s, peak RSS {} MiB   [{lp}]", hp >> 10);
+    println!("(a) sealed, real engine:   {ts:.3}s, peak RSS {} MiB   [{ls}]", hs >> 10);
+    println!("ratio sealed/plain = {:.3} (target <= 1.10)", ts / tp);
+    Ok(())
+}

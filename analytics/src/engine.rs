@@ -1,0 +1,671 @@
+//! The query engine: polars over opened batches, one batch at a time, with mergeable partials.
+//!
+//! # Memory strategy
+//!
+//! Batches are opened and aggregated one at a time (the caller may open the next batch while
+//! polars works on the current one), so at most a couple of batches' plaintext is in memory.
+//! Each batch is reduced by polars' lazy engine to *partial aggregates* that merge exactly:
+//!
+//! * the **cell–donor partial**: one row per (cell, donor) with the donor's row count and, per
+//!   measured field, the count of values, their sum and their sum of squares (shifted by the
+//!   middle of the field's range for numerical stability). Donor counts (`n_unique(donor)`),
+//!   row counts, sums, means, standard deviations, and every `donor_mean` measure (including
+//!   quantiles of donor means) follow exactly from it, as do the cells' donor sets that
+//!   disclosure control needs, and every margin (a margin is the same partial re-grouped
+//!   without one dimension). Its size is bounded by donors × cells, not by rows.
+//! * for quantiles over all rows, a **value histogram** per (cell, bin): values are binned to
+//!   1/[`QUANTILE_BINS`] of the field's declared range, so its size is bounded by
+//!   cells × `QUANTILE_BINS` whatever the number of rows. The quantile is then exact over the
+//!   binned values (for HbA1c, 3–20 %, the bin width is 0.00026 %).
+//!
+//! Partials of new batches are stacked and re-aggregated (`group_by` + `sum`) whenever the
+//! stack outgrows the merged table, which keeps the total work linear in the input and the
+//! memory bounded by the partial sizes above. A single streaming polars plan over all batches
+//! would need every batch's plaintext in memory at once (polars' in-memory scan takes all
+//! buffers up front), which is what this design avoids.
+//!
+//! Quantiles use linear interpolation between closest ranks (Hyndman–Fan type 7, polars'
+//! `QuantileMethod::Linear`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Cursor;
+use std::ops::Not as _;
+use std::path::Path;
+
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::query::{CmpOp, Contribution, Filter, Literal, Measure, MeasureOp, QuerySpec};
+use datadonor_schemas::study::{FieldType, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN};
+use polars::prelude::*;
+
+use crate::disclosure::CellKey;
+use crate::sealed::{BatchError, BatchErrorKind};
+use crate::AnalyticsError;
+
+/// Bins of the value histogram of all-rows quantiles.
+pub const QUANTILE_BINS: f64 = 65536.0;
+/// Stacked partial rows below which no intermediate merge happens.
+pub const MERGE_MIN_ROWS: usize = 256 * 1024;
+
+const ROWS: &str = "__rows";
+const BIN: &str = "__bin";
+const COUNT: &str = "__count";
+
+fn n_col(f: &str) -> String {
+    format!("__n_{f}")
+}
+fn s_col(f: &str) -> String {
+    format!("__s_{f}")
+}
+fn ss_col(f: &str) -> String {
+    format!("__ss_{f}")
+}
+
+/// One aggregated cell, before disclosure control.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggCell {
+    /// The key (`None` = total over that dimension).
+    pub key: CellKey,
+    /// Distinct donors (engine-local ids), sorted.
+    pub donors: Vec<u32>,
+    /// Per measured field (in [`AggregateTable::fields`] order), donors with a value.
+    pub field_donors: Vec<Vec<u32>>,
+    /// Rows.
+    pub rows: u64,
+    /// One value per measure of the spec.
+    pub values: Vec<Option<f64>>,
+}
+
+/// The aggregated table, before disclosure control.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateTable {
+    /// Dimension names.
+    pub dimensions: Vec<String>,
+    /// Measures, as in the spec.
+    pub measures: Vec<Measure>,
+    /// Fields measured, in first-use order.
+    pub fields: Vec<String>,
+    /// Cells, sorted by key (totals after values).
+    pub cells: Vec<AggCell>,
+    /// Rows read from the batches, before any filter.
+    pub rows_scanned: u64,
+    /// Batches read.
+    pub batches: u64,
+}
+
+#[derive(Debug, Clone)]
+struct FieldInfo {
+    name: String,
+    min: f64,
+    max: f64,
+    shift: f64,
+}
+
+/// Stacked partial frames and their merged form.
+#[derive(Default)]
+struct Partial {
+    merged: Option<DataFrame>,
+    pending: Option<DataFrame>,
+}
+
+impl Partial {
+    fn push(&mut self, df: DataFrame, keys: &[String]) -> Result<(), AnalyticsError> {
+        match &mut self.pending {
+            Some(p) => {
+                p.vstack_mut_owned(df)?;
+            }
+            None => self.pending = Some(df),
+        }
+        let pending = self.pending.as_ref().map_or(0, DataFrame::height);
+        let merged = self.merged.as_ref().map_or(0, DataFrame::height);
+        if pending > MERGE_MIN_ROWS.max(merged) {
+            self.merge(keys)?;
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, keys: &[String]) -> Result<(), AnalyticsError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let mut all = match self.merged.take() {
+            Some(m) => m,
+            None => p.clear(),
+        };
+        all.vstack_mut_owned(p)?;
+        let values: Vec<Expr> = all
+            .get_column_names()
+            .into_iter()
+            .filter(|c| !keys.iter().any(|k| k.as_str() == c.as_str()))
+            .map(|c| col(c.clone()).sum())
+            .collect();
+        let key_exprs: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
+        let merged = all.lazy().group_by(key_exprs).agg(values).collect()?;
+        self.merged = Some(merged);
+        Ok(())
+    }
+
+    fn finish(mut self, keys: &[String]) -> Result<Option<DataFrame>, AnalyticsError> {
+        self.merge(keys)?;
+        Ok(self.merged)
+    }
+}
+
+/// A query in progress: feed it batches, then [`QueryEngine::finish`].
+pub struct QueryEngine {
+    spec: QuerySpec,
+    fields: Vec<FieldInfo>,
+    quantile_fields: Vec<usize>,
+    needed: Vec<(String, DataType)>,
+    allowed: Series,
+    filter: Option<Expr>,
+    cells: Partial,
+    hists: Vec<Partial>,
+    rows_scanned: u64,
+    batches: u64,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QueryEngine(study {}, {} batches, {} allowed donors)",
+            self.spec.study,
+            self.batches,
+            self.allowed.len()
+        )
+    }
+}
+
+fn dtype_of(study: &StudyDefinition, name: &str) -> Option<DataType> {
+    if name == DONOR_COLUMN || name == PERIOD_COLUMN {
+        return Some(DataType::String);
+    }
+    study.field(name).map(|f| match f.field_type() {
+        FieldType::Number { .. } => DataType::Float64,
+        FieldType::Flag => DataType::Boolean,
+        FieldType::Category(_) => DataType::String,
+    })
+}
+
+fn filter_fields(f: &Filter, out: &mut Vec<String>) {
+    match f {
+        Filter::All(v) | Filter::Any(v) => v.iter().for_each(|g| filter_fields(g, out)),
+        Filter::Not(g) => filter_fields(g, out),
+        Filter::Cmp { field, .. } | Filter::In { field, .. } => {
+            if !out.contains(field) {
+                out.push(field.clone());
+            }
+        }
+    }
+}
+
+/// The polars expression of a spec filter.
+pub fn filter_expr(f: &Filter) -> Expr {
+    match f {
+        Filter::All(v) => v
+            .iter()
+            .map(filter_expr)
+            .reduce(|a, b| a.and(b))
+            .unwrap_or(lit(true)),
+        Filter::Any(v) => v
+            .iter()
+            .map(filter_expr)
+            .reduce(|a, b| a.or(b))
+            .unwrap_or(lit(false)),
+        Filter::Not(g) => filter_expr(g).not(),
+        Filter::Cmp { field, op, value } => {
+            let c = col(field.as_str());
+            let v = match value {
+                Literal::Bool(b) => lit(*b),
+                Literal::Number(n) => lit(*n),
+                Literal::Text(t) => lit(t.clone()),
+            };
+            match op {
+                CmpOp::Lt => c.lt(v),
+                CmpOp::Le => c.lt_eq(v),
+                CmpOp::Gt => c.gt(v),
+                CmpOp::Ge => c.gt_eq(v),
+                CmpOp::Eq => c.eq(v),
+                CmpOp::Ne => c.neq(v),
+            }
+        }
+        Filter::In { field, values } => {
+            let s = Series::new("values".into(), values.clone());
+            col(field.as_str()).is_in(lit(s), false)
+        }
+    }
+}
+
+impl QueryEngine {
+    /// An engine for a validated spec, counting only rows of `allowed` donors.
+    pub fn new(
+        spec: &QuerySpec,
+        study: &StudyDefinition,
+        allowed: &HashSet<Pseudonym>,
+    ) -> Result<Self, AnalyticsError> {
+        spec.validate(study)
+            .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
+        let mut fields: Vec<FieldInfo> = Vec::new();
+        let mut quantile_fields = Vec::new();
+        for m in &spec.measures {
+            let Some(name) = &m.field else { continue };
+            let idx = match fields.iter().position(|f| &f.name == name) {
+                Some(i) => i,
+                None => {
+                    let (min, max) = match study.field(name).map(|f| f.field_type()) {
+                        Some(FieldType::Number { min, max }) => (min, max),
+                        _ => {
+                            return Err(AnalyticsError::Refused(format!(
+                                "{name:?} is not a numeric measure"
+                            )))
+                        }
+                    };
+                    fields.push(FieldInfo {
+                        name: name.clone(),
+                        min,
+                        max,
+                        shift: (min + max) / 2.0,
+                    });
+                    fields.len() - 1
+                }
+            };
+            if m.op == MeasureOp::Quantile
+                && spec.contribution == Contribution::AllRows
+                && !quantile_fields.contains(&idx)
+            {
+                quantile_fields.push(idx);
+            }
+        }
+        let mut names: Vec<String> = vec![DONOR_COLUMN.to_string()];
+        names.extend(spec.group_by.iter().cloned());
+        if let Some(f) = &spec.filter {
+            filter_fields(f, &mut names);
+        }
+        names.extend(fields.iter().map(|f| f.name.clone()));
+        let mut needed: Vec<(String, DataType)> = Vec::new();
+        for n in names {
+            if needed.iter().any(|(m, _)| *m == n) {
+                continue;
+            }
+            let dt = dtype_of(study, &n)
+                .ok_or_else(|| AnalyticsError::Refused(format!("no field {n:?} in the study")))?;
+            needed.push((n, dt));
+        }
+        let mut donors: Vec<String> = allowed.iter().map(Pseudonym::to_hex).collect();
+        donors.sort_unstable();
+        let hists = quantile_fields.iter().map(|_| Partial::default()).collect();
+        Ok(Self {
+            spec: spec.clone(),
+            fields,
+            quantile_fields,
+            needed,
+            allowed: Series::new("allowed".into(), donors),
+            filter: spec.filter.as_ref().map(filter_expr),
+            cells: Partial::default(),
+            hists,
+            rows_scanned: 0,
+            batches: 0,
+        })
+    }
+
+    /// Columns a batch must provide, with their types.
+    pub fn needed_columns(&self) -> &[(String, DataType)] {
+        &self.needed
+    }
+
+    fn cell_keys(&self) -> Vec<String> {
+        let mut k = self.spec.group_by.clone();
+        k.push(DONOR_COLUMN.to_string());
+        k
+    }
+
+    fn hist_keys(&self) -> Vec<String> {
+        let mut k = self.spec.group_by.clone();
+        k.push(BIN.to_string());
+        k
+    }
+
+    /// Aggregate one batch given as in-memory Parquet bytes (`file` labels errors).
+    pub fn add_parquet(&mut self, file: &Path, parquet: &[u8]) -> Result<(), AnalyticsError> {
+        let content = |m: String| BatchError::new(file, BatchErrorKind::Content(m));
+        let columns: Vec<String> = self.needed.iter().map(|(n, _)| n.clone()).collect();
+        let df = ParquetReader::new(Cursor::new(parquet))
+            .with_columns(Some(columns))
+            .finish()
+            .map_err(|e| content(e.to_string()))?;
+        self.check_frame(&df).map_err(content)?;
+        self.rows_scanned += df.height() as u64;
+        self.add_lazy(df.lazy())
+    }
+
+    fn check_frame(&self, df: &DataFrame) -> Result<(), String> {
+        for (name, dt) in &self.needed {
+            let c = df
+                .column(name)
+                .map_err(|_| format!("column `{name}` is missing"))?;
+            if c.dtype() != dt {
+                return Err(format!("column `{name}` is {}, expected {dt}", c.dtype()));
+            }
+            let must_be_present = name == DONOR_COLUMN || self.spec.group_by.contains(name);
+            if must_be_present && c.null_count() > 0 {
+                return Err(format!("column `{name}` has null values"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Aggregate rows given as a lazy frame with the study's columns (no schema checks beyond
+    /// polars' own; used for plaintext reference runs).
+    pub fn add_lazy(&mut self, lf: LazyFrame) -> Result<(), AnalyticsError> {
+        let mut lf = lf.filter(col(DONOR_COLUMN).is_in(lit(self.allowed.clone()), false));
+        if let Some(f) = &self.filter {
+            lf = lf.filter(f.clone());
+        }
+        let casts: Vec<Expr> = self
+            .spec
+            .group_by
+            .iter()
+            .map(|d| col(d.as_str()).cast(DataType::String).alias(d.as_str()))
+            .collect();
+        if !casts.is_empty() {
+            lf = lf.with_columns(casts);
+        }
+        let mut aggs = vec![len().cast(DataType::UInt64).alias(ROWS)];
+        for f in &self.fields {
+            let c = col(f.name.as_str());
+            let d = c.clone() - lit(f.shift);
+            aggs.push(c.clone().count().cast(DataType::UInt64).alias(n_col(&f.name)));
+            aggs.push(c.sum().alias(s_col(&f.name)));
+            aggs.push((d.clone() * d).sum().alias(ss_col(&f.name)));
+        }
+        let keys: Vec<Expr> = self.cell_keys().iter().map(|k| col(k.as_str())).collect();
+        let cells = lf.clone().group_by(keys).agg(aggs).collect()?;
+        let ck = self.cell_keys();
+        self.cells.push(cells, &ck)?;
+        let hk = self.hist_keys();
+        for (slot, fi) in self.quantile_fields.clone().into_iter().enumerate() {
+            let f = &self.fields[fi];
+            let step = (f.max - f.min) / QUANTILE_BINS;
+            let c = col(f.name.as_str());
+            let bin = (((c.clone() - lit(f.min)) / lit(step)) + lit(0.5))
+                .cast(DataType::Int64)
+                .alias(BIN);
+            let mut keys: Vec<Expr> = self.spec.group_by.iter().map(|k| col(k.as_str())).collect();
+            keys.push(col(BIN));
+            let h = lf
+                .clone()
+                .filter(c.is_not_null())
+                .with_columns([bin])
+                .group_by(keys)
+                .agg([len().cast(DataType::UInt64).alias(COUNT)])
+                .collect()?;
+            self.hists[slot].push(h, &hk)?;
+        }
+        self.batches += 1;
+        Ok(())
+    }
+
+    /// Merge the partials into the aggregated table (with every margin when the spec asks for
+    /// totals).
+    pub fn finish(self) -> Result<AggregateTable, AnalyticsError> {
+        let ck = self.cell_keys();
+        let hk = self.hist_keys();
+        let d = self.spec.group_by.len();
+        let masks: Vec<u32> = if self.spec.totals {
+            (0..1u32 << d).rev().collect()
+        } else {
+            vec![(1u32 << d) - 1]
+        };
+        let nf = self.fields.len();
+        // (masked key) -> donor id -> per-donor accumulator
+        struct DonorAcc {
+            rows: u64,
+            n: Vec<u64>,
+            s: Vec<f64>,
+            ss: Vec<f64>,
+        }
+        let mut donor_ids: HashMap<String, u32> = HashMap::new();
+        let mut cube: BTreeMap<CellKey, HashMap<u32, DonorAcc>> = BTreeMap::new();
+        if let Some(df) = self.cells.finish(&ck)? {
+            let dims: Vec<&StringChunked> = self
+                .spec
+                .group_by
+                .iter()
+                .map(|g| df.column(g).and_then(|c| c.str()))
+                .collect::<PolarsResult<_>>()?;
+            let donor = df.column(DONOR_COLUMN)?.str()?;
+            let rows = df.column(ROWS)?.u64()?;
+            let ns: Vec<&UInt64Chunked> = self
+                .fields
+                .iter()
+                .map(|f| df.column(&n_col(&f.name)).and_then(|c| c.u64()))
+                .collect::<PolarsResult<_>>()?;
+            let ss: Vec<&Float64Chunked> = self
+                .fields
+                .iter()
+                .map(|f| df.column(&s_col(&f.name)).and_then(|c| c.f64()))
+                .collect::<PolarsResult<_>>()?;
+            let sss: Vec<&Float64Chunked> = self
+                .fields
+                .iter()
+                .map(|f| df.column(&ss_col(&f.name)).and_then(|c| c.f64()))
+                .collect::<PolarsResult<_>>()?;
+            for i in 0..df.height() {
+                let Some(dn) = donor.get(i) else { continue };
+                let next = donor_ids.len() as u32;
+                let id = *donor_ids.entry(dn.to_string()).or_insert(next);
+                let full: Vec<Option<String>> =
+                    dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
+                for mask in &masks {
+                    let key: CellKey = full
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| if mask >> j & 1 == 1 { v.clone() } else { None })
+                        .collect();
+                    let acc = cube.entry(key).or_default().entry(id).or_insert_with(|| DonorAcc {
+                        rows: 0,
+                        n: vec![0; nf],
+                        s: vec![0.0; nf],
+                        ss: vec![0.0; nf],
+                    });
+                    acc.rows += rows.get(i).unwrap_or(0);
+                    for f in 0..nf {
+                        acc.n[f] += ns[f].get(i).unwrap_or(0);
+                        acc.s[f] += ss[f].get(i).unwrap_or(0.0);
+                        acc.ss[f] += sss[f].get(i).unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        // Histograms of all-rows quantiles.
+        let mut hist_cube: Vec<HashMap<CellKey, BTreeMap<i64, u64>>> = Vec::new();
+        for (slot, p) in self.hists.into_iter().enumerate() {
+            let mut m: HashMap<CellKey, BTreeMap<i64, u64>> = HashMap::new();
+            let _ = slot;
+            if let Some(df) = p.finish(&hk)? {
+                let dims: Vec<&StringChunked> = self
+                    .spec
+                    .group_by
+                    .iter()
+                    .map(|g| df.column(g).and_then(|c| c.str()))
+                    .collect::<PolarsResult<_>>()?;
+                let bins = df.column(BIN)?.i64()?;
+                let counts = df.column(COUNT)?.u64()?;
+                for i in 0..df.height() {
+                    let (Some(b), Some(n)) = (bins.get(i), counts.get(i)) else { continue };
+                    let full: Vec<Option<String>> =
+                        dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
+                    for mask in &masks {
+                        let key: CellKey = full
+                            .iter()
+                            .enumerate()
+                            .map(|(j, v)| if mask >> j & 1 == 1 { v.clone() } else { None })
+                            .collect();
+                        *m.entry(key).or_default().entry(b).or_insert(0) += n;
+                    }
+                }
+            }
+            hist_cube.push(m);
+        }
+        let mut cells = Vec::with_capacity(cube.len());
+        for (key, donors) in cube {
+            let mut ids: Vec<u32> = donors.keys().copied().collect();
+            ids.sort_unstable();
+            let rows: u64 = donors.values().map(|a| a.rows).sum();
+            let mut field_donors = vec![Vec::new(); nf];
+            let mut means: Vec<Vec<f64>> = vec![Vec::new(); nf];
+            let mut tot_n = vec![0u64; nf];
+            let mut tot_s = vec![0.0f64; nf];
+            let mut tot_ss = vec![0.0f64; nf];
+            for id in &ids {
+                let Some(a) = donors.get(id) else { continue };
+                for f in 0..nf {
+                    if a.n[f] > 0 {
+                        field_donors[f].push(*id);
+                        means[f].push(a.s[f] / a.n[f] as f64);
+                        tot_n[f] += a.n[f];
+                        tot_s[f] += a.s[f];
+                        tot_ss[f] += a.ss[f];
+                    }
+                }
+            }
+            let mut values = Vec::with_capacity(self.spec.measures.len());
+            for m in &self.spec.measures {
+                let fi = m
+                    .field
+                    .as_ref()
+                    .and_then(|n| self.fields.iter().position(|f| &f.name == n));
+                let v = match (m.op, fi) {
+                    (MeasureOp::Donors, _) => Some(ids.len() as f64),
+                    (MeasureOp::Rows, _) => Some(rows as f64),
+                    (_, None) => None,
+                    (op, Some(f)) => match self.spec.contribution {
+                        Contribution::DonorMean => {
+                            let mut xs = means[f].clone();
+                            match op {
+                                MeasureOp::Sum => (!xs.is_empty()).then(|| xs.iter().sum()),
+                                MeasureOp::Mean => mean(&xs),
+                                MeasureOp::Std => std_dev(&xs),
+                                MeasureOp::Quantile => {
+                                    xs.sort_by(f64::total_cmp);
+                                    quantile_sorted(&xs, m.q.unwrap_or(0.5))
+                                }
+                                _ => None,
+                            }
+                        }
+                        Contribution::AllRows => {
+                            let n = tot_n[f] as f64;
+                            let shift = self.fields[f].shift;
+                            match op {
+                                MeasureOp::Sum => (tot_n[f] > 0).then_some(tot_s[f]),
+                                MeasureOp::Mean => (tot_n[f] > 0).then(|| tot_s[f] / n),
+                                MeasureOp::Std => (tot_n[f] > 1).then(|| {
+                                    let sd = tot_s[f] - shift * n;
+                                    ((tot_ss[f] - sd * sd / n) / (n - 1.0)).max(0.0).sqrt()
+                                }),
+                                MeasureOp::Quantile => {
+                                    let slot = self.quantile_fields.iter().position(|q| *q == f);
+                                    slot.and_then(|s| hist_cube.get(s)).and_then(|h| h.get(&key)).and_then(|h| {
+                                        let fi = &self.fields[f];
+                                        let step = (fi.max - fi.min) / QUANTILE_BINS;
+                                        quantile_weighted(h, m.q.unwrap_or(0.5))
+                                            .map(|b| fi.min + b * step)
+                                    })
+                                }
+                                _ => None,
+                            }
+                        }
+                    },
+                };
+                values.push(v);
+            }
+            cells.push(AggCell {
+                key,
+                donors: ids,
+                field_donors,
+                rows,
+                values,
+            });
+        }
+        // Values first, totals last, within each position.
+        cells.sort_by(|a, b| {
+            let ka: Vec<(bool, &Option<String>)> = a.key.iter().map(|v| (v.is_none(), v)).collect();
+            let kb: Vec<(bool, &Option<String>)> = b.key.iter().map(|v| (v.is_none(), v)).collect();
+            ka.cmp(&kb)
+        });
+        Ok(AggregateTable {
+            dimensions: self.spec.group_by.clone(),
+            measures: self.spec.measures.clone(),
+            fields: self.fields.iter().map(|f| f.name.clone()).collect(),
+            cells,
+            rows_scanned: self.rows_scanned,
+            batches: self.batches,
+        })
+    }
+}
+
+fn mean(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
+fn std_dev(xs: &[f64]) -> Option<f64> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let m = mean(xs)?;
+    let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64;
+    Some(v.sqrt())
+}
+
+/// Type-7 quantile of sorted values.
+pub fn quantile_sorted(xs: &[f64], q: f64) -> Option<f64> {
+    let n = xs.len();
+    if n == 0 {
+        return None;
+    }
+    let h = (n - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = h.ceil() as usize;
+    let (a, b) = (*xs.get(lo)?, *xs.get(hi)?);
+    Some(a + (h - lo as f64) * (b - a))
+}
+
+/// Type-7 quantile of a histogram (value → count); returns a value in bin units.
+fn quantile_weighted(h: &BTreeMap<i64, u64>, q: f64) -> Option<f64> {
+    let n: u64 = h.values().sum();
+    if n == 0 {
+        return None;
+    }
+    let pos = (n - 1) as f64 * q;
+    let lo = pos.floor() as u64;
+    let hi = pos.ceil() as u64;
+    let at = |rank: u64| -> Option<f64> {
+        let mut seen = 0u64;
+        for (v, c) in h {
+            seen += c;
+            if rank < seen {
+                return Some(*v as f64);
+            }
+        }
+        None
+    };
+    let (a, b) = (at(lo)?, at(hi)?);
+    Some(a + (pos - lo as f64) * (b - a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_type_7() {
+        let xs = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile_sorted(&xs, 0.5), Some(2.5));
+        assert_eq!(quantile_sorted(&xs, 0.25), Some(1.75));
+        let h: BTreeMap<i64, u64> = [(1, 1), (2, 1), (3, 1), (4, 1)].into_iter().collect();
+        assert_eq!(quantile_weighted(&h, 0.5), Some(2.5));
+        let h: BTreeMap<i64, u64> = [(1, 3), (10, 1)].into_iter().collect();
+        assert_eq!(quantile_weighted(&h, 0.5), Some(1.0));
+        assert_eq!(quantile_weighted(&h, 1.0), Some(10.0));
+    }
+}

@@ -1,0 +1,779 @@
+//! Reading, verifying and appending to the consent ledger.
+//!
+//! [`LedgerSource`] gives entries, the latest signed checkpoint and consistency proofs;
+//! [`LedgerSink`] appends `query_run` and `erasure_done` entries. Implementations:
+//!
+//! * [`crate::ledger_http::HttpLedger`]: the intake's auditor endpoints and `POST /v1/ledger/events`;
+//! * [`LocalLedgerFile`]: the intake's ledger file, read directly in the embedded single-machine
+//!   setup (records `u32 BE length || entry bytes || 32-byte RFC 9162 leaf hash`; a torn tail
+//!   record is ignored);
+//! * [`MemoryLedger`]: an in-memory log that signs its own checkpoints, for tests.
+//!
+//! [`verify_ledger`] reads the entries covered by the latest checkpoint, recomputes their
+//! Merkle root and checks it against the checkpoint's signature and root, then checks that the
+//! checkpoint is consistent (RFC 9162 consistency proof) with the last one verified, which it
+//! keeps in a state directory. Entries appended after the checkpoint (the "tail") are read too
+//! but are not covered by a signature; [`LedgerView`] uses them only in the conservative
+//! direction (withdrawals and query runs count, new consents do not).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use datadonor_schemas::checkpoint::{self, Checkpoint, CheckpointError, NoteVerifier};
+use datadonor_schemas::ledger::{consent_states, ConsentState, LedgerEntry};
+use datadonor_schemas::merkle::{self, Hash, MerkleError, MerkleLog};
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::signing::SigningKey;
+use datadonor_schemas::study::StudyId;
+use datadonor_schemas::time::UnixSeconds;
+use datadonor_schemas::WireError;
+
+/// Entries fetched per request.
+pub const PAGE: u64 = 1000;
+
+/// Errors reading, verifying or appending to the ledger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// A local file could not be read or written.
+    #[error("ledger file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A request to the intake failed.
+    #[error("ledger request {url}: {detail}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What went wrong (status and problem slug, or transport error).
+        detail: String,
+    },
+    /// A response or record did not parse.
+    #[error("ledger: malformed {what}: {detail}")]
+    Malformed {
+        /// What was being parsed.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// An entry did not parse.
+    #[error("ledger entry {index}: {source}")]
+    Entry {
+        /// Its index.
+        index: u64,
+        /// The parse error.
+        source: WireError,
+    },
+    /// A local record's stored leaf hash is not the hash of its bytes.
+    #[error("ledger record {index}: stored leaf hash does not match its bytes")]
+    LeafHashMismatch {
+        /// The record index.
+        index: u64,
+    },
+    /// No signed checkpoint is available.
+    #[error("no signed checkpoint available")]
+    NoCheckpoint,
+    /// The checkpoint does not open with the ledger key.
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The source returned fewer entries than the checkpoint covers.
+    #[error("ledger has {got} entries, the checkpoint covers {size}")]
+    MissingEntries {
+        /// Entries obtained.
+        got: u64,
+        /// Checkpoint size.
+        size: u64,
+    },
+    /// The root of the entries read differs from the signed root.
+    #[error("the entries' Merkle root differs from the signed checkpoint at size {size}")]
+    RootMismatch {
+        /// Checkpoint size.
+        size: u64,
+    },
+    /// The new checkpoint is smaller than the last verified one.
+    #[error("ledger rolled back: last verified size {old}, new checkpoint size {new}")]
+    Rollback {
+        /// Last verified size.
+        old: u64,
+        /// New size.
+        new: u64,
+    },
+    /// The new checkpoint is not an extension of the last verified one.
+    #[error("ledger is not append-only: checkpoint at size {new} is not consistent with the verified one at size {old}: {source}")]
+    Inconsistent {
+        /// Last verified size.
+        old: u64,
+        /// New size.
+        new: u64,
+        /// The proof failure.
+        source: MerkleError,
+    },
+    /// The checkpoint names another log.
+    #[error("checkpoint origin {found:?}, expected {expected:?}")]
+    Origin {
+        /// Expected origin.
+        expected: String,
+        /// Origin found.
+        found: String,
+    },
+    /// The verified-checkpoint state could not be read or written.
+    #[error("ledger state {}: {detail}", path.display())]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The sink refused an entry.
+    #[error("ledger append refused: {0}")]
+    Append(String),
+}
+
+/// Where ledger entries come from.
+pub trait LedgerSource {
+    /// The latest signed checkpoint (signed-note text).
+    fn checkpoint(&self) -> Result<Vec<u8>, LedgerError>;
+    /// Entry bytes with indices in `start..end`, in order; may return fewer when the log is
+    /// shorter.
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError>;
+    /// RFC 9162 consistency proof between tree sizes `from` and `to`.
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError>;
+}
+
+/// What an append returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Index of the new entry.
+    pub index: u64,
+}
+
+/// Where `query_run` and `erasure_done` entries go.
+pub trait LedgerSink {
+    /// Append one entry.
+    fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError>;
+}
+
+fn parse_entries(raw: &[Vec<u8>], first: u64) -> Result<Vec<LedgerEntry>, LedgerError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            LedgerEntry::from_bytes(b).map_err(|source| LedgerError::Entry {
+                index: first + i as u64,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Ledger entries as read for one run: the verified prefix and the unverified tail.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerView {
+    /// Entries covered by a verified signed checkpoint (or, for an explicitly unverified view,
+    /// every entry).
+    pub verified: Vec<LedgerEntry>,
+    /// Entries after the checkpoint.
+    pub tail: Vec<LedgerEntry>,
+    /// Size of the verified checkpoint, when there is one.
+    pub checkpoint_size: Option<u64>,
+}
+
+impl LedgerView {
+    /// A view over entries that were not checked against any checkpoint.
+    pub fn unverified(entries: Vec<LedgerEntry>) -> Self {
+        Self {
+            verified: entries,
+            tail: Vec::new(),
+            checkpoint_size: None,
+        }
+    }
+
+    /// Every entry, verified first.
+    pub fn all(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.verified.iter().chain(self.tail.iter())
+    }
+
+    /// Consent states of a study: grants from the verified prefix; withdrawals from anywhere.
+    pub fn consent_states(&self, study: &StudyId) -> HashMap<Pseudonym, ConsentState> {
+        let mut states = consent_states(study, self.verified.iter());
+        for e in &self.tail {
+            if let LedgerEntry::ConsentWithdrawn {
+                study_id,
+                pseudonym,
+                time,
+                ..
+            } = e
+            {
+                if study_id == study {
+                    if let Some(s) = states.get_mut(pseudonym) {
+                        s.withdrawn_at.get_or_insert(*time);
+                    }
+                }
+            }
+        }
+        states
+    }
+
+    /// Pseudonyms whose consent covers `purpose` at `now`.
+    pub fn allowed_donors(&self, study: &StudyId, purpose: &str, now: UnixSeconds) -> HashSet<Pseudonym> {
+        self.consent_states(study)
+            .into_iter()
+            .filter(|(_, s)| s.covers(purpose, now))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Runs logged under an approval (by SHA-256 of its signed payload), anywhere in the log.
+    pub fn runs_of(&self, approval_sha256: &[u8; 32]) -> u64 {
+        self.all()
+            .filter(|e| {
+                matches!(e, LedgerEntry::QueryRun { approval_sha256: a, .. } if a == approval_sha256)
+            })
+            .count() as u64
+    }
+
+    /// Withdrawn donors of a study with no `erasure_done` entry yet.
+    pub fn pending_erasures(&self, study: &StudyId) -> Vec<Pseudonym> {
+        let erased: HashSet<Pseudonym> = self
+            .all()
+            .filter_map(|e| match e {
+                LedgerEntry::ErasureDone {
+                    study_id, pseudonym, ..
+                } if study_id == study => Some(*pseudonym),
+                _ => None,
+            })
+            .collect();
+        let mut out: Vec<Pseudonym> = self
+            .consent_states(study)
+            .into_iter()
+            .filter(|(p, s)| s.withdrawn_at.is_some() && !erased.contains(p))
+            .map(|(p, _)| p)
+            .collect();
+        // Withdrawals in the tail of donors whose grant is also in the tail are still honoured.
+        for e in &self.tail {
+            if let LedgerEntry::ConsentWithdrawn {
+                study_id, pseudonym, ..
+            } = e
+            {
+                if study_id == study && !erased.contains(pseudonym) && !out.contains(pseudonym) {
+                    out.push(*pseudonym);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Read every entry from `source`, verify the prefix covered by its latest checkpoint, and
+/// check consistency with the checkpoint last verified (kept in `state_dir`, when given).
+pub fn verify_ledger(
+    source: &dyn LedgerSource,
+    verifiers: &[NoteVerifier],
+    state_dir: Option<&Path>,
+) -> Result<LedgerView, LedgerError> {
+    let note = source.checkpoint()?;
+    let signed = checkpoint::open(&note, verifiers)?;
+    let cp = signed.checkpoint;
+    let size = cp.size;
+    let mut raw = Vec::new();
+    let mut start = 0u64;
+    while start < size {
+        let end = (start + PAGE).min(size);
+        let page = source.entries(start, end)?;
+        if page.is_empty() {
+            break;
+        }
+        start += page.len() as u64;
+        raw.extend(page);
+    }
+    if raw.len() as u64 != size {
+        return Err(LedgerError::MissingEntries {
+            got: raw.len() as u64,
+            size,
+        });
+    }
+    let log = MerkleLog::from_leaves(raw.iter().map(|b| merkle::leaf_hash(b)));
+    if log.root() != cp.root {
+        return Err(LedgerError::RootMismatch { size });
+    }
+    if let Some(dir) = state_dir {
+        check_against_state(source, &log, &cp, verifiers, dir)?;
+        save_state(dir, &note)?;
+    }
+    let verified = parse_entries(&raw, 0)?;
+    // The unverified tail.
+    let mut tail_raw = Vec::new();
+    let mut start = size;
+    loop {
+        match source.entries(start, start + PAGE) {
+            Ok(page) if !page.is_empty() => {
+                start += page.len() as u64;
+                tail_raw.extend(page);
+            }
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!("ledger entries after the checkpoint not readable: {e}");
+                break;
+            }
+        }
+    }
+    let tail = parse_entries(&tail_raw, size)?;
+    Ok(LedgerView {
+        verified,
+        tail,
+        checkpoint_size: Some(size),
+    })
+}
+
+const STATE_FILE: &str = "verified-checkpoint";
+
+fn check_against_state(
+    source: &dyn LedgerSource,
+    log: &MerkleLog,
+    cp: &Checkpoint,
+    verifiers: &[NoteVerifier],
+    dir: &Path,
+) -> Result<(), LedgerError> {
+    let path = dir.join(STATE_FILE);
+    let old_note = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(LedgerError::State {
+                path,
+                detail: e.to_string(),
+            })
+        }
+    };
+    let old = checkpoint::open(&old_note, verifiers)
+        .map_err(|e| LedgerError::State {
+            path: path.clone(),
+            detail: format!("stored checkpoint does not open: {e}"),
+        })?
+        .checkpoint;
+    if old.origin != cp.origin {
+        return Err(LedgerError::Origin {
+            expected: old.origin,
+            found: cp.origin.clone(),
+        });
+    }
+    if old.size > cp.size {
+        return Err(LedgerError::Rollback {
+            old: old.size,
+            new: cp.size,
+        });
+    }
+    if old.size == 0 {
+        return Ok(());
+    }
+    let proof = if old.size == cp.size {
+        Vec::new()
+    } else {
+        source.consistency_proof(old.size, cp.size)?
+    };
+    merkle::verify_consistency(
+        old.size,
+        cp.size,
+        &proof,
+        old.root.as_bytes(),
+        cp.root.as_bytes(),
+    )
+    .map_err(|source| LedgerError::Inconsistent {
+        old: old.size,
+        new: cp.size,
+        source,
+    })?;
+    // The entries we hold must also reproduce the old root.
+    let local_old = log.root_at(old.size).map_err(|source| LedgerError::Inconsistent {
+        old: old.size,
+        new: cp.size,
+        source,
+    })?;
+    if local_old != old.root {
+        return Err(LedgerError::Inconsistent {
+            old: old.size,
+            new: cp.size,
+            source: MerkleError::Root1Mismatch,
+        });
+    }
+    Ok(())
+}
+
+fn save_state(dir: &Path, note: &[u8]) -> Result<(), LedgerError> {
+    let err = |detail: String| LedgerError::State {
+        path: dir.join(STATE_FILE),
+        detail,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+    f.write_all(note).map_err(|e| err(e.to_string()))?;
+    f.sync_all().map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(|e| err(e.to_string()))
+}
+
+/// Encode one ledger-file record.
+pub fn encode_record(entry_bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entry_bytes.len() + 36);
+    out.extend_from_slice(&(entry_bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(entry_bytes);
+    out.extend_from_slice(merkle::leaf_hash(entry_bytes).as_bytes());
+    out
+}
+
+/// Decode ledger-file records, stopping at a torn tail. Returns the entries' bytes.
+pub fn decode_records(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, LedgerError> {
+    let _ = path;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        let Some(len_bytes) = bytes.get(pos..pos + 4) else {
+            break;
+        };
+        let mut l = [0u8; 4];
+        l.copy_from_slice(len_bytes);
+        let len = u32::from_be_bytes(l) as usize;
+        if len > datadonor_schemas::ledger::MAX_ENTRY_LEN {
+            return Err(LedgerError::Malformed {
+                what: format!("record {} of {}", out.len(), path.display()),
+                detail: format!("length {len} exceeds the entry limit"),
+            });
+        }
+        let (Some(entry), Some(hash)) = (
+            bytes.get(pos + 4..pos + 4 + len),
+            bytes.get(pos + 4 + len..pos + 4 + len + 32),
+        ) else {
+            // A torn tail: the writer crashed mid-record; the record was never acknowledged.
+            break;
+        };
+        if merkle::leaf_hash(entry).as_bytes() != hash {
+            return Err(LedgerError::LeafHashMismatch {
+                index: out.len() as u64,
+            });
+        }
+        out.push(entry.to_vec());
+        pos += 4 + len + 32;
+    }
+    Ok(out)
+}
+
+/// The intake's ledger file, read directly (embedded single-machine setup).
+///
+/// Appending (as a [`LedgerSink`]) writes whole records with one `write` on a file opened for
+/// appending and syncs it; it is meant for the embedded setup where the intake does not run
+/// concurrently, or for a ledger file that analytics owns. With a running intake use
+/// [`crate::ledger_http::HttpLedger`].
+#[derive(Debug)]
+pub struct LocalLedgerFile {
+    path: PathBuf,
+    checkpoint_path: Option<PathBuf>,
+}
+
+impl LocalLedgerFile {
+    /// A ledger file; `checkpoint_path` holds the intake's latest signed checkpoint, if any.
+    pub fn new(path: &Path, checkpoint_path: Option<&Path>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            checkpoint_path: checkpoint_path.map(Path::to_path_buf),
+        }
+    }
+
+    /// Every entry's bytes.
+    pub fn read_all(&self) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(LedgerError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        decode_records(&bytes, &self.path)
+    }
+
+    /// Every entry, parsed, unverified.
+    pub fn unverified_view(&self) -> Result<LedgerView, LedgerError> {
+        Ok(LedgerView::unverified(parse_entries(&self.read_all()?, 0)?))
+    }
+}
+
+impl LedgerSource for LocalLedgerFile {
+    fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
+        let p = self.checkpoint_path.as_ref().ok_or(LedgerError::NoCheckpoint)?;
+        std::fs::read(p).map_err(|source| LedgerError::Io {
+            path: p.clone(),
+            source,
+        })
+    }
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let all = self.read_all()?;
+        Ok(all
+            .into_iter()
+            .skip(start as usize)
+            .take(end.saturating_sub(start) as usize)
+            .collect())
+    }
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+        let log = MerkleLog::from_leaves(self.read_all()?.iter().map(|b| merkle::leaf_hash(b)));
+        log.consistency_proof(from, to).map_err(|e| LedgerError::Malformed {
+            what: "consistency proof request".into(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+impl LedgerSink for LocalLedgerFile {
+    fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
+        let index = self.read_all()?.len() as u64;
+        let io = |source| LedgerError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        f.write_all(&encode_record(&entry.to_bytes())).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok(Appended { index })
+    }
+}
+
+/// An in-memory ledger that signs its own checkpoints: for tests and demos.
+pub struct MemoryLedger {
+    entries: Mutex<Vec<Vec<u8>>>,
+    key: SigningKey,
+    origin: String,
+    key_name: String,
+}
+
+impl std::fmt::Debug for MemoryLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryLedger({})", self.origin)
+    }
+}
+
+impl MemoryLedger {
+    /// An empty ledger with a fresh checkpoint key.
+    pub fn new(origin: &str) -> Result<Self, LedgerError> {
+        let key = SigningKey::generate().map_err(|e| LedgerError::Append(e.to_string()))?;
+        Ok(Self {
+            entries: Mutex::new(Vec::new()),
+            key,
+            origin: origin.to_string(),
+            key_name: origin.to_string(),
+        })
+    }
+
+    /// The verifier of its checkpoints.
+    pub fn verifier(&self) -> Result<NoteVerifier, LedgerError> {
+        Ok(NoteVerifier::from_key_pair(&self.key_name, self.key.key_pair())?)
+    }
+
+    /// Append any entry (tests use this to record consents and withdrawals).
+    pub fn push(&self, entry: &LedgerEntry) -> u64 {
+        self.push_bytes(entry.to_bytes())
+    }
+
+    /// Append raw entry bytes.
+    pub fn push_bytes(&self, bytes: Vec<u8>) -> u64 {
+        let mut g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        g.push(bytes);
+        g.len() as u64 - 1
+    }
+
+    /// Every entry, parsed.
+    pub fn parsed(&self) -> Vec<LedgerEntry> {
+        let g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().filter_map(|b| LedgerEntry::from_bytes(b).ok()).collect()
+    }
+
+    /// Replace an entry's bytes (tests of tampering).
+    pub fn tamper(&self, index: usize, bytes: Vec<u8>) {
+        let mut g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = g.get_mut(index) {
+            *slot = bytes;
+        }
+    }
+
+    fn log(&self) -> MerkleLog {
+        let g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        MerkleLog::from_leaves(g.iter().map(|b| merkle::leaf_hash(b)))
+    }
+
+    /// A signed checkpoint over the first `size` entries.
+    pub fn checkpoint_at(&self, size: u64) -> Result<Vec<u8>, LedgerError> {
+        let root = self.log().root_at(size).map_err(|e| LedgerError::Malformed {
+            what: "checkpoint size".into(),
+            detail: e.to_string(),
+        })?;
+        let cp = Checkpoint::new(self.origin.clone(), size, root)?;
+        Ok(checkpoint::sign(&cp, &self.key_name, self.key.key_pair())?.into_bytes())
+    }
+}
+
+impl LedgerSource for MemoryLedger {
+    fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
+        let size = self.log().size();
+        self.checkpoint_at(size)
+    }
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(g.iter()
+            .skip(start as usize)
+            .take(end.saturating_sub(start) as usize)
+            .cloned()
+            .collect())
+    }
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.log()
+            .consistency_proof(from, to)
+            .map_err(|e| LedgerError::Malformed {
+                what: "consistency proof request".into(),
+                detail: e.to_string(),
+            })
+    }
+}
+
+impl LedgerSink for MemoryLedger {
+    fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
+        if !matches!(
+            entry,
+            LedgerEntry::QueryRun { .. } | LedgerEntry::ErasureDone { .. }
+        ) {
+            return Err(LedgerError::Append(format!(
+                "entry type {} is not allowed from analytics",
+                entry.kind()
+            )));
+        }
+        Ok(Appended {
+            index: self.push(entry),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datadonor_schemas::signing::PublicKey;
+
+    fn grant(study: &str, p: u8, expires: i64) -> LedgerEntry {
+        LedgerEntry::ConsentGranted {
+            time: 10,
+            study_id: StudyId::new(study).expect("id"),
+            study_version: 1,
+            pseudonym: Pseudonym([p; 32]),
+            consent_record_id: [p; 16],
+            purposes: vec!["a".into()],
+            given_at: 10,
+            expires_at: expires,
+            manifest_sha256: [0; 32],
+            donor_public_key: PublicKey([p; 32]),
+        }
+    }
+
+    #[test]
+    fn verifies_and_detects_tampering_and_rollback() {
+        let l = MemoryLedger::new("datadonor.test/log").expect("ledger");
+        let v = vec![l.verifier().expect("verifier")];
+        for i in 0..5 {
+            l.push(&grant("study-a", i, 100));
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let view = verify_ledger(&l, &v, Some(dir.path())).expect("verifies");
+        assert_eq!(view.verified.len(), 5);
+        for i in 5..2100 {
+            l.push(&grant("study-a", (i % 250) as u8, 100));
+        }
+        let view = verify_ledger(&l, &v, Some(dir.path())).expect("extension verifies");
+        assert_eq!(view.verified.len(), 2100);
+        // Rewriting history is caught by the signed root.
+        l.tamper(3, grant("study-a", 99, 100).to_bytes());
+        assert!(verify_ledger(&l, &v, Some(dir.path())).is_err());
+        // A fresh log signed by the same key (history rewritten, re-signed) is inconsistent.
+        l.tamper(3, grant("study-a", 3, 100).to_bytes());
+        let forked = MemoryLedger {
+            entries: Mutex::new(Vec::new()),
+            key: SigningKey::from_seed(l.key.seed()).expect("key"),
+            origin: l.origin.clone(),
+            key_name: l.key_name.clone(),
+        };
+        for i in 0..2200u32 {
+            forked.push(&grant("study-a", (i % 200) as u8 + 1, 100));
+        }
+        assert!(matches!(
+            verify_ledger(&forked, &v, Some(dir.path())),
+            Err(LedgerError::Inconsistent { .. })
+        ));
+        let short = MemoryLedger {
+            entries: Mutex::new(Vec::new()),
+            key: SigningKey::from_seed(l.key.seed()).expect("key"),
+            origin: l.origin.clone(),
+            key_name: l.key_name.clone(),
+        };
+        short.push(&grant("study-a", 1, 100));
+        assert!(matches!(
+            verify_ledger(&short, &v, Some(dir.path())),
+            Err(LedgerError::Rollback { .. })
+        ));
+        // A checkpoint by another key is refused.
+        let other = MemoryLedger::new("datadonor.test/log").expect("ledger");
+        assert!(matches!(
+            verify_ledger(&other, &v, None),
+            Err(LedgerError::Checkpoint(_))
+        ));
+    }
+
+    #[test]
+    fn file_records_round_trip_and_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.log");
+        let f = LocalLedgerFile::new(&path, None);
+        let mut bytes = Vec::new();
+        for i in 0..3 {
+            bytes.extend(encode_record(&grant("study-a", i, 100).to_bytes()));
+        }
+        let full = bytes.len();
+        bytes.extend(&encode_record(&grant("study-a", 9, 100).to_bytes())[..20]);
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(f.read_all().expect("reads").len(), 3);
+        // A flipped byte inside a complete record is an error, not a silent drop.
+        let mut bad = bytes[..full].to_vec();
+        bad[10] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        assert!(matches!(
+            f.read_all(),
+            Err(LedgerError::LeafHashMismatch { index: 0 })
+        ));
+    }
+
+    #[test]
+    fn tail_withdrawals_count_but_tail_grants_do_not() {
+        let study = StudyId::new("study-a").expect("id");
+        let view = LedgerView {
+            verified: vec![grant("study-a", 1, 100), grant("study-a", 2, 100)],
+            tail: vec![
+                grant("study-a", 3, 100),
+                LedgerEntry::ConsentWithdrawn {
+                    time: 20,
+                    study_id: study.clone(),
+                    pseudonym: Pseudonym([2; 32]),
+                    consent_record_id: [2; 16],
+                    withdrawal_sha256: [0; 32],
+                },
+            ],
+            checkpoint_size: Some(2),
+        };
+        let allowed = view.allowed_donors(&study, "a", 50);
+        assert_eq!(allowed, HashSet::from([Pseudonym([1; 32])]));
+        assert_eq!(view.pending_erasures(&study), vec![Pseudonym([2; 32])]);
+    }
+}

@@ -1,0 +1,270 @@
+//! One approved query run, end to end: check the spec and its approval, fold consent from the
+//! ledger, aggregate the sealed batches, apply disclosure control, and log the run.
+//!
+//! The order matters and is fixed here: nothing is decrypted before the spec validates and the
+//! approval checks out (with the runs already logged under it counted from the ledger), and
+//! nothing is returned before the `query_run` entry has been appended.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::query::{check_approval, Measure, MeasureOp, QueryApproval, QuerySpec};
+use datadonor_schemas::signing::{Context, PublicKey, Signed, SignedObject};
+use datadonor_schemas::study::StudyDefinition;
+use datadonor_schemas::time::UnixSeconds;
+
+use crate::disclosure::{self, CellKey, Suppression};
+use crate::engine::{AggregateTable, QueryEngine};
+use crate::ledger::{Appended, LedgerSink, LedgerView};
+use crate::sealed::open_batch_file;
+use crate::store::BatchStore;
+use crate::vault::VaultKey;
+use crate::AnalyticsError;
+
+/// Everything a run is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryInputs<'a> {
+    /// The researcher's spec.
+    pub spec: &'a QuerySpec,
+    /// The steward's signed approval.
+    pub approval: &'a SignedObject,
+    /// The study (signature already checked by the caller, see [`open_study`]).
+    pub study: &'a StudyDefinition,
+    /// Trusted approver (steward) keys.
+    pub approvers: &'a [PublicKey],
+    /// The time of the run.
+    pub now: UnixSeconds,
+}
+
+/// One row of the published table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultRow {
+    /// Cell key (`None` = total).
+    pub key: CellKey,
+    /// One value per column of [`ResultTable::measures`]; `None` when suppressed or empty.
+    pub values: Vec<Option<f64>>,
+    /// Per measure: why it is suppressed.
+    pub suppressed: Vec<Option<Suppression>>,
+    /// Cell-level suppression (all measures suppressed).
+    pub cell: Option<Suppression>,
+}
+
+/// The published table: disclosure control applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultTable {
+    /// Title from the spec.
+    pub title: String,
+    /// Effective k.
+    pub k: u32,
+    /// Dimension names.
+    pub dimensions: Vec<String>,
+    /// Measures (a `donors` measure first when the spec has none).
+    pub measures: Vec<Measure>,
+    /// Rows (cells).
+    pub rows: Vec<ResultRow>,
+}
+
+impl ResultTable {
+    /// Column names of the measures.
+    pub fn measure_names(&self) -> Vec<String> {
+        self.measures.iter().map(Measure::column_name).collect()
+    }
+    /// Cells published (not suppressed as a whole).
+    pub fn cells_published(&self) -> u64 {
+        self.rows.iter().filter(|r| r.cell.is_none()).count() as u64
+    }
+    /// Cells suppressed as a whole.
+    pub fn cells_suppressed(&self) -> u64 {
+        self.rows.iter().filter(|r| r.cell.is_some()).count() as u64
+    }
+}
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct QueryOutcome {
+    /// The published table.
+    pub table: ResultTable,
+    /// The ledger entry logged.
+    pub entry: LedgerEntry,
+    /// Where it was logged.
+    pub appended: Appended,
+}
+
+/// Open a signed study definition and check that a trusted steward signed it.
+pub fn open_study(bytes: &[u8], approvers: &[PublicKey]) -> Result<StudyDefinition, AnalyticsError> {
+    let obj = SignedObject::from_bytes(bytes).map_err(|e| AnalyticsError::Refused(format!("study: {e}")))?;
+    let signed: Signed<StudyDefinition> = obj
+        .open(Context::StudyDefinition, "study definition")
+        .map_err(|e| AnalyticsError::Refused(format!("study: {e}")))?;
+    if !approvers.contains(&signed.signer) {
+        return Err(AnalyticsError::Refused(
+            "study is not signed by a trusted steward key".into(),
+        ));
+    }
+    signed
+        .body
+        .validate()
+        .map_err(|e| AnalyticsError::Refused(format!("study: {e}")))?;
+    Ok(signed.body)
+}
+
+/// Validate the spec against the study and check the approval, counting the runs already
+/// logged under it.
+pub fn authorize(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> Result<Signed<QueryApproval>, AnalyticsError> {
+    inputs
+        .spec
+        .validate(inputs.study)
+        .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
+    let runs = ledger.runs_of(&inputs.approval.payload_digest());
+    let signed = check_approval(inputs.approval, inputs.spec, inputs.approvers, inputs.now, runs)
+        .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
+    if signed.body.study_id != inputs.study.id {
+        return Err(AnalyticsError::Refused(
+            "approval is for another study".into(),
+        ));
+    }
+    Ok(signed)
+}
+
+/// Aggregate every batch of the study in the store. Batches are opened on a second thread, one
+/// ahead of the engine, so decryption overlaps with polars; at most two batches' plaintext is
+/// in memory at any time.
+pub fn aggregate_store(
+    mut engine: QueryEngine,
+    store: &BatchStore,
+    study: &StudyDefinition,
+    vault: &VaultKey,
+) -> Result<AggregateTable, AnalyticsError> {
+    let files = store.list(&study.id)?;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        s.spawn(move || {
+            for f in files {
+                let opened = open_batch_file(&f.path, vault).map(|o| (f.path.clone(), o));
+                let stop = opened.is_err();
+                if tx.send(opened).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        for item in rx {
+            let (path, opened) = item?;
+            engine.add_parquet(&path, &opened.plaintext)?;
+        }
+        engine.finish()
+    })
+}
+
+/// Apply disclosure control to an aggregated table.
+pub fn apply_disclosure(agg: &AggregateTable, spec: &QuerySpec, k: u32) -> Result<ResultTable, AnalyticsError> {
+    let keys: Vec<CellKey> = agg.cells.iter().map(|c| c.key.clone()).collect();
+    let donors: Vec<Vec<u32>> = agg.cells.iter().map(|c| c.donors.clone()).collect();
+    let cell_status = disclosure::suppress(&keys, &donors, k, spec.totals, &[], Suppression::FewDonors);
+    disclosure::check(&keys, &donors, k, spec.totals, &cell_status).map_err(AnalyticsError::Engine)?;
+    let mut field_status = Vec::new();
+    for f in 0..agg.fields.len() {
+        let fd: Vec<Vec<u32>> = agg.cells.iter().map(|c| c.field_donors[f].clone()).collect();
+        let st = disclosure::suppress(&keys, &fd, k, spec.totals, &cell_status, Suppression::FewValues);
+        disclosure::check(&keys, &fd, k, spec.totals, &st).map_err(AnalyticsError::Engine)?;
+        field_status.push(st);
+    }
+    let has_donors = agg.measures.iter().any(|m| m.op == MeasureOp::Donors);
+    let mut measures = Vec::new();
+    if !has_donors {
+        measures.push(Measure {
+            op: MeasureOp::Donors,
+            field: None,
+            q: None,
+        });
+    }
+    measures.extend(agg.measures.iter().cloned());
+    let rows = agg
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut values = Vec::new();
+            let mut suppressed = Vec::new();
+            if !has_donors {
+                values.push(Some(c.donors.len() as f64));
+                suppressed.push(cell_status[i]);
+            }
+            for (m, v) in agg.measures.iter().zip(&c.values) {
+                let st = match m.field.as_ref().and_then(|n| agg.fields.iter().position(|f| f == n)) {
+                    Some(f) => field_status[f][i],
+                    None => cell_status[i],
+                };
+                values.push(v.filter(|_| st.is_none()));
+                suppressed.push(st);
+            }
+            for (v, st) in values.iter_mut().zip(&suppressed) {
+                if st.is_some() {
+                    *v = None;
+                }
+            }
+            ResultRow {
+                key: c.key.clone(),
+                values,
+                suppressed,
+                cell: cell_status[i],
+            }
+        })
+        .collect();
+    Ok(ResultTable {
+        title: spec.title.clone(),
+        k,
+        dimensions: agg.dimensions.clone(),
+        measures,
+        rows,
+    })
+}
+
+/// The donors whose consent covers the spec's purpose now.
+pub fn allowed_donors(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> HashSet<Pseudonym> {
+    ledger.allowed_donors(&inputs.study.id, &inputs.spec.purpose, inputs.now)
+}
+
+/// Run an approved query over the store and log it. Nothing is returned unless the run was
+/// logged.
+pub fn run_query(
+    inputs: &QueryInputs<'_>,
+    ledger: &LedgerView,
+    store: &BatchStore,
+    vault: &VaultKey,
+    sink: &dyn LedgerSink,
+) -> Result<QueryOutcome, AnalyticsError> {
+    authorize(inputs, ledger)?;
+    let allowed = allowed_donors(inputs, ledger);
+    let engine = QueryEngine::new(inputs.spec, inputs.study, &allowed)?;
+    let agg = aggregate_store(engine, store, inputs.study, vault)?;
+    let k = inputs.spec.effective_k(inputs.study);
+    let table = apply_disclosure(&agg, inputs.spec, k)?;
+    let entry = LedgerEntry::QueryRun {
+        time: inputs.now,
+        study_id: inputs.study.id.clone(),
+        query_sha256: inputs.spec.hash(),
+        approval_sha256: inputs.approval.payload_digest(),
+        researcher: inputs.spec.researcher.clone(),
+        purpose: inputs.spec.purpose.clone(),
+        donors_considered: allowed.len() as u64,
+        cells_published: table.cells_published(),
+        cells_suppressed: table.cells_suppressed(),
+    };
+    let appended = sink.append(&entry)?;
+    Ok(QueryOutcome {
+        table,
+        entry,
+        appended,
+    })
+}
+
+/// Read a spec file; errors name the file and carry the TOML line, column and key.
+pub fn load_spec(path: &Path) -> Result<QuerySpec, AnalyticsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", path.display())))?;
+    QuerySpec::from_toml(&text).map_err(|e| {
+        AnalyticsError::Refused(format!("{}: {}", path.display(), e.to_string().replace('\n', " ")))
+    })
+}

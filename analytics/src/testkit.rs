@@ -1,0 +1,160 @@
+//! Synthetic rows, sealed batches and ledger entries for tests, the benchmark and demos.
+//!
+//! Deterministic (a seeded xorshift generator), valid against the study's schema, and never
+//! derived from real data.
+
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::signing::PublicKey;
+use datadonor_schemas::study::{FieldType, Granularity, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN};
+use datadonor_schemas::time::UnixSeconds;
+use polars::prelude::*;
+
+use crate::sealed::seal_batch;
+use crate::store::BatchStore;
+use crate::vault::VaultKey;
+use crate::AnalyticsError;
+
+/// A small deterministic generator (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// Next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `[0, n)`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The pseudonym of synthetic donor `i`.
+pub fn donor(i: u32) -> Pseudonym {
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(&i.to_be_bytes());
+    b[31] = 0x5a;
+    Pseudonym(b)
+}
+
+/// A valid period label of the study's granularity, `i` steps from January 2024.
+pub fn period(g: Granularity, i: usize) -> String {
+    match g {
+        Granularity::Month => format!("2024-{:02}", i % 12 + 1),
+        Granularity::Week => format!("2024-W{:02}", i % 52 + 1),
+        Granularity::Day => format!("2024-{:02}-{:02}", i % 12 + 1, i % 28 + 1),
+    }
+}
+
+/// `rows` synthetic rows of donors chosen uniformly from `donors` (hex pseudonyms).
+pub fn synthetic_frame(
+    study: &StudyDefinition,
+    donors: &[String],
+    rows: usize,
+    rng: &mut Rng,
+) -> Result<DataFrame, AnalyticsError> {
+    let picks: Vec<usize> = (0..rows).map(|_| rng.below(donors.len())).collect();
+    let mut cols: Vec<Column> = Vec::new();
+    cols.push(
+        StringChunked::from_iter_values(DONOR_COLUMN.into(), picks.iter().map(|i| donors[*i].as_str()))
+            .into_series()
+            .into(),
+    );
+    let periods: Vec<String> = (0..12).map(|i| period(study.period, i)).collect();
+    cols.push(
+        StringChunked::from_iter_values(
+            PERIOD_COLUMN.into(),
+            (0..rows).map(|_| periods[rng.below(periods.len())].as_str()),
+        )
+        .into_series()
+        .into(),
+    );
+    for f in &study.fields {
+        let c: Column = match f.field_type() {
+            FieldType::Category(labels) => StringChunked::from_iter_values(
+                f.name.as_str().into(),
+                (0..rows).map(|_| labels[rng.below(labels.len())].as_str()),
+            )
+            .into_series()
+            .into(),
+            FieldType::Flag => {
+                let v: Vec<bool> = (0..rows).map(|_| rng.below(4) == 0).collect();
+                Column::new(f.name.as_str().into(), v)
+            }
+            FieldType::Number { min, max } => {
+                let v: Vec<Option<f64>> = (0..rows)
+                    .map(|_| {
+                        (rng.below(10) != 0).then(|| {
+                            let x = min + (max - min) * (0.3 + 0.4 * rng.unit());
+                            (x * 10.0).round() / 10.0
+                        })
+                    })
+                    .collect();
+                Column::new(f.name.as_str().into(), v)
+            }
+        };
+        cols.push(c);
+    }
+    Ok(DataFrame::new(rows, cols)?)
+}
+
+/// Parquet bytes of a frame.
+pub fn parquet_bytes(df: &mut DataFrame) -> Result<Vec<u8>, AnalyticsError> {
+    let mut out = Vec::new();
+    ParquetWriter::new(&mut out).finish(df)?;
+    Ok(out)
+}
+
+/// Seal a frame as a new batch of the study into the store.
+pub fn store_frame(
+    store: &BatchStore,
+    study: &StudyDefinition,
+    vault: &VaultKey,
+    df: &mut DataFrame,
+    created_at: UnixSeconds,
+) -> Result<std::path::PathBuf, AnalyticsError> {
+    let bytes = parquet_bytes(df)?;
+    let (h, sealed) = seal_batch(&bytes, &study.id, created_at, &vault.public())?;
+    store.write(&h, &sealed)
+}
+
+/// A `consent_granted` entry.
+pub fn grant(study: &StudyDefinition, p: Pseudonym, purposes: &[&str], expires_at: UnixSeconds) -> LedgerEntry {
+    LedgerEntry::ConsentGranted {
+        time: 1_700_000_000,
+        study_id: study.id.clone(),
+        study_version: study.version,
+        pseudonym: p,
+        consent_record_id: [p.0[3]; 16],
+        purposes: purposes.iter().map(|s| s.to_string()).collect(),
+        given_at: 1_700_000_000,
+        expires_at,
+        manifest_sha256: [0; 32],
+        donor_public_key: PublicKey(p.0),
+    }
+}
+
+/// A `consent_withdrawn` entry.
+pub fn withdraw(study: &StudyDefinition, p: Pseudonym, time: UnixSeconds) -> LedgerEntry {
+    LedgerEntry::ConsentWithdrawn {
+        time,
+        study_id: study.id.clone(),
+        pseudonym: p,
+        consent_record_id: [p.0[3]; 16],
+        withdrawal_sha256: [1; 32],
+    }
+}

@@ -1,0 +1,229 @@
+//! Golden tests of the `datadonor-analytics` command line: arguments, exit status and stderr,
+//! for the happy path and every refusal path.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use datadonor_analytics::ledger::encode_record;
+use datadonor_analytics::store::BatchStore;
+use datadonor_analytics::testkit::{donor, grant, store_frame, synthetic_frame, Rng};
+use datadonor_analytics::vault::VaultKey;
+use datadonor_schemas::study::StudyDefinition;
+
+const STUDY: &str = include_str!("../../examples/t2d-study.toml");
+const QUERY: &str = include_str!("../../examples/t2d-query.toml");
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).display().to_string()
+    }
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_datadonor-analytics"))
+}
+
+/// Run; return (exit code, stdout, stderr with the temp dir replaced by `<TMP>`).
+fn run(s: &Setup, args: &[&str]) -> (i32, String, String) {
+    let out = bin().args(args).current_dir(s.dir.path()).output().expect("runs");
+    let tmp = s.dir.path().display().to_string();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).replace(&tmp, "<TMP>"),
+    )
+}
+
+fn ok(s: &Setup, args: &[&str]) -> String {
+    let (code, stdout, stderr) = run(s, args);
+    assert_eq!(code, 0, "{args:?}: {stderr}");
+    stdout
+}
+
+fn setup() -> Setup {
+    let s = Setup {
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    std::fs::write(s.p("t.toml"), STUDY).expect("write");
+    std::fs::write(s.p("q.toml"), QUERY).expect("write");
+    ok(&s, &["keygen", "--out", &s.s("steward.key")]);
+    ok(&s, &["keygen", "--out", &s.s("other.key")]);
+    std::fs::copy(s.p("steward.key.pub"), s.p("approvers")).expect("copy");
+    ok(&s, &["study", "sign", "--study", &s.s("t.toml"), "--key", &s.s("steward.key"), "--out", &s.s("t.json")]);
+    // batches and a ledger file with consents
+    let study = StudyDefinition::from_toml(STUDY).expect("study");
+    let vault = VaultKey::generate(1);
+    vault.save(&s.p("vault.key")).expect("vault");
+    std::fs::create_dir(s.p("batches")).expect("dir");
+    let store = BatchStore::open(&s.p("batches")).expect("store");
+    let hex: Vec<String> = (0..60).map(|i| donor(i).to_hex()).collect();
+    let mut rng = Rng::new(5);
+    let mut df = synthetic_frame(&study, &hex, 2000, &mut rng).expect("rows");
+    store_frame(&store, &study, &vault, &mut df, 1).expect("stored");
+    let mut ledger = Vec::new();
+    for i in 0..60 {
+        let e = grant(&study, donor(i), &["t2d-epidemiology"], 4_000_000_000);
+        ledger.extend(encode_record(&e.to_bytes()));
+    }
+    std::fs::write(s.p("ledger.log"), ledger).expect("ledger");
+    s
+}
+
+fn approve(s: &Setup, spec: &str, key: &str, days: &str, runs: &str, out: &str) {
+    ok(
+        s,
+        &[
+            "approve", "--spec", spec, "--key", &s.s(key), "--researcher", "researcher@sdu.example",
+            "--valid-days", days, "--max-runs", runs, "--study", &s.s("t.json"), "--out", &s.s(out),
+        ],
+    );
+}
+
+fn query(s: &Setup, spec: &str, approval: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "query".to_string(), "--spec".into(), spec.into(), "--approval".into(), s.s(approval),
+        "--study".into(), s.s("t.json"), "--batches".into(), s.s("batches"), "--vault-key".into(),
+        s.s("vault.key"), "--approvers".into(), s.s("approvers"), "--ledger-file".into(),
+        s.s("ledger.log"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(s, &refs)
+}
+
+const WARN: &str = "datadonor-analytics: warning: <TMP>/ledger.log is not checked against a signed checkpoint\n";
+
+#[test]
+fn query_runs_writes_outputs_and_then_runs_out() {
+    let s = setup();
+    approve(&s, &s.s("q.toml"), "steward.key", "30", "1", "q.approval");
+    let (code, stdout, stderr) = query(
+        &s,
+        &s.s("q.toml"),
+        "q.approval",
+        &["--out", &s.s("x.csv"), "--out", &s.s("x.json"), "--out", &s.s("x.parquet"), "--plot", &s.s("x.svg")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("HbA1c and BMI by region and type 2 diabetes\nregion"), "{stdout}");
+    assert!(stderr.starts_with(WARN), "{stderr}");
+    assert!(stderr.contains("logged query_run at ledger index 60"), "{stderr}");
+    for f in ["x.csv", "x.json", "x.parquet", "x.svg"] {
+        assert!(s.p(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} written");
+    }
+    // max_runs = 1: the run logged in the ledger file uses it up.
+    let (code, _, stderr) = query(&s, &s.s("q.toml"), "q.approval", &[]);
+    assert_eq!(code, 3);
+    assert_eq!(
+        stderr,
+        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approval allows 1 runs, all used\n")
+    );
+}
+
+#[test]
+fn refusals_have_one_line_reasons() {
+    let s = setup();
+    approve(&s, &s.s("q.toml"), "steward.key", "30", "5", "q.approval");
+    // spec changed by one byte
+    std::fs::write(s.p("q2.toml"), QUERY.replace("k = 5", "k = 6")).expect("write");
+    let (code, _, stderr) = query(&s, &s.s("q2.toml"), "q.approval", &[]);
+    assert_eq!(code, 3);
+    assert_eq!(
+        stderr,
+        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: the spec differs from the one approved (query hash mismatch)\n")
+    );
+    // expired
+    approve(&s, &s.s("q.toml"), "steward.key", "0", "5", "expired.approval");
+    let (code, _, stderr) = query(&s, &s.s("q.toml"), "expired.approval", &[]);
+    assert_eq!(code, 3);
+    assert_eq!(stderr, format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approval has expired\n"));
+    // unknown approver (the study is signed by the trusted steward, the approval is not)
+    std::fs::copy(s.p("t.json"), s.p("t.json.bak")).expect("copy");
+    ok(&s, &["study", "sign", "--study", &s.s("t.toml"), "--key", &s.s("other.key"), "--out", &s.s("t-other.json")]);
+    std::fs::rename(s.p("t-other.json"), s.p("t.json")).expect("swap");
+    approve(&s, &s.s("q.toml"), "other.key", "30", "5", "other.approval");
+    std::fs::rename(s.p("t.json.bak"), s.p("t.json")).expect("restore");
+    let (code, _, stderr) = query(&s, &s.s("q.toml"), "other.approval", &[]);
+    assert_eq!(code, 3);
+    assert_eq!(
+        stderr,
+        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approver key is not a trusted steward key\n")
+    );
+    // min / max and grouping by pseudonym
+    for (text, reason) in [
+        (
+            QUERY.replace("op = \"mean\"\nfield = \"systolic\"", "op = \"max\"\nfield = \"systolic\""),
+            "max is refused: an extreme value is one donor's row-level value",
+        ),
+        (
+            QUERY.replace("op = \"mean\"\nfield = \"systolic\"", "op = \"min\"\nfield = \"systolic\""),
+            "min is refused: an extreme value is one donor's row-level value",
+        ),
+        (
+            QUERY.replace("group_by = [\"region\", \"t2d\"]", "group_by = [\"region\", \"donor\"]"),
+            "grouping by pseudonym would publish per-donor rows",
+        ),
+    ] {
+        std::fs::write(s.p("bad.toml"), &text).expect("write");
+        // approve refuses too (validated against the study) ...
+        let (code, _, stderr) = run(
+            &s,
+            &[
+                "approve", "--spec", &s.s("bad.toml"), "--key", &s.s("steward.key"), "--researcher",
+                "researcher@sdu.example", "--valid-days", "3", "--max-runs", "1", "--study", &s.s("t.json"),
+                "--out", &s.s("bad.approval"),
+            ],
+        );
+        assert_eq!(code, 3);
+        assert_eq!(stderr, format!("datadonor-analytics: refused: <TMP>/bad.toml: {reason}\n"));
+        // ... and so does query, whatever the approval.
+        let (code, _, stderr) = query(&s, &s.s("bad.toml"), "q.approval", &[]);
+        assert_eq!(code, 3);
+        assert_eq!(stderr, format!("{WARN}datadonor-analytics: refused: {reason}\n"));
+    }
+    // purpose mismatch between the researcher flag and the spec is refused at approval time
+    let (code, _, stderr) = run(
+        &s,
+        &[
+            "approve", "--spec", &s.s("q.toml"), "--key", &s.s("steward.key"), "--researcher", "someone@else",
+            "--valid-days", "3", "--max-runs", "1", "--out", &s.s("x.approval"),
+        ],
+    );
+    assert_eq!(code, 3);
+    assert_eq!(
+        stderr,
+        "datadonor-analytics: refused: --researcher \"someone@else\" is not the spec's researcher \"researcher@sdu.example\"\n"
+    );
+    // a spec that does not parse names the file, line and key
+    std::fs::write(s.p("broken.toml"), QUERY.replace("k = 5", "k = \"five\"")).expect("write");
+    let (code, _, stderr) = query(&s, &s.s("broken.toml"), "q.approval", &[]);
+    assert_eq!(code, 3);
+    assert!(stderr.starts_with("datadonor-analytics: refused: <TMP>/broken.toml: TOML parse error at line 6"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // no ledger given
+    let (code, _, stderr) = run(
+        &s,
+        &[
+            "query", "--spec", &s.s("q.toml"), "--approval", &s.s("q.approval"), "--study", &s.s("t.json"),
+            "--batches", &s.s("batches"), "--vault-key", &s.s("vault.key"), "--approvers", &s.s("approvers"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(stderr, "datadonor-analytics: error: one of --ledger URL or --ledger-file PATH is required\n");
+    // nothing was logged by any refusal
+    let _ = Path::new("");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let s = setup();
+    let (code, _, stderr) = run(&s, &["query", "--spec"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("error: a value is required for '--spec <SPEC>'"), "{stderr}");
+}

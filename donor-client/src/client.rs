@@ -1,0 +1,688 @@
+//! The intake's HTTP API (see `PROTOCOL.md`), from the donor's side: an [`Intake`] handle that is
+//! cheap to clone and safe to share between many concurrent donations (one connection pool).
+//!
+//! * Every response is parsed strictly with the `schemas` types; 4xx/5xx answers are RFC 7807
+//!   problem documents whose slug is surfaced in [`ClientError::Problem`].
+//! * Donations are retried on network errors and 5xx with exponential backoff
+//!   ([`RetryPolicy`]), always sending **the same envelope bytes**: the intake's idempotency
+//!   answers a replay of the same idempotency key and envelope with the stored receipt, so a retry
+//!   never makes a second donation.
+//! * Receipts are verified with [`verify_receipt`] against a [`LedgerTrust`] (ledger key and
+//!   note verifier), which callers pin on first use (see [`crate::keystore`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datadonor_schemas::checkpoint::{self, NoteVerifier};
+use datadonor_schemas::envelope::HpkeConfigList;
+use datadonor_schemas::pseudonym::{self, Cpr, Pseudonym, ELEMENT_LEN};
+use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, VerifiedReceipt};
+use datadonor_schemas::signing::{Context, PublicKey, SignedObject};
+use datadonor_schemas::study::{StudyDefinition, StudyId};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::keystore::LedgerKeyInfo;
+use crate::tls::{client_config, TlsError, TrustAnchors};
+
+/// Media type of donation envelopes.
+pub const ENVELOPE_MEDIA_TYPE: &str = "application/vnd.datadonor.envelope.v1";
+/// Largest response body read.
+const MAX_RESPONSE: usize = 2 * 1024 * 1024;
+
+/// Errors talking to the intake.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Bad configuration (URL, TLS).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The network failed (after retries where they apply).
+    #[error("{url}: {detail}")]
+    Network {
+        /// The request URL.
+        url: String,
+        /// The error chain.
+        detail: String,
+    },
+    /// The intake refused with a problem document.
+    #[error("{url}: intake refused ({status} {slug}): {title}")]
+    Problem {
+        /// The request URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The machine-readable reason (`urn:datadonor:problem:<slug>`).
+        slug: String,
+        /// The human title.
+        title: String,
+    },
+    /// A response did not parse or verify.
+    #[error("{url}: invalid response: {detail}")]
+    BadResponse {
+        /// The request URL.
+        url: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The study's signature does not verify, or it is not signed by the configured steward.
+    #[error("study {study}: {detail}")]
+    StudySignature {
+        /// Study id.
+        study: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The ledger key differs from the one pinned on first use.
+    #[error(
+        "the intake's ledger key differs from the one pinned on first use ({pinned}); refusing"
+    )]
+    LedgerKeyChanged {
+        /// The pinned key (base64).
+        pinned: String,
+    },
+    /// A receipt does not verify.
+    #[error("receipt does not verify: {0}")]
+    Receipt(String),
+    /// The ledger read endpoints need the auditor token.
+    #[error("the ledger read endpoints need --auditor-token")]
+    NoAuditorToken,
+}
+
+/// How donations are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled after each failure.
+    pub initial_backoff: Duration,
+    /// Largest wait.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+/// The auditor's bearer token: zeroized, never printed.
+#[derive(Clone)]
+pub struct AuditorToken(Zeroizing<String>);
+
+impl AuditorToken {
+    /// Wrap a token (64 hex digits).
+    pub fn new(s: &str) -> Self {
+        Self(Zeroizing::new(s.trim().to_string()))
+    }
+}
+
+impl std::fmt::Debug for AuditorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditorToken(<redacted>)")
+    }
+}
+
+/// Configuration of an [`Intake`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IntakeConfig {
+    /// Base URL, `https://host[:port]` (a trailing `/` and `/v1` are tolerated).
+    pub base_url: String,
+    /// TLS trust.
+    pub trust: TrustAnchors,
+    /// The auditor token for the ledger read endpoints, if the donor has one.
+    pub auditor_token: Option<AuditorToken>,
+    /// When set, studies must be signed by this steward key.
+    pub steward_key: Option<PublicKey>,
+    /// Retry policy of donations and withdrawals.
+    pub retry: RetryPolicy,
+    /// Timeout of one request.
+    pub timeout: Duration,
+}
+
+impl IntakeConfig {
+    /// A configuration with defaults: no auditor token, no steward key, default retries,
+    /// 60 s timeout.
+    pub fn new(base_url: impl Into<String>, trust: TrustAnchors) -> Self {
+        Self {
+            base_url: base_url.into(),
+            trust,
+            auditor_token: None,
+            steward_key: None,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A study as published by the intake: the verified definition, the signed object and the
+/// digest the consent manifest refers to.
+#[derive(Debug, Clone)]
+pub struct PublishedStudy {
+    /// The definition.
+    pub definition: StudyDefinition,
+    /// The signed object as received.
+    pub signed: SignedObject,
+    /// SHA-256 of the signed payload (`study_sha256` in manifests).
+    pub sha256: [u8; 32],
+    /// The steward key that signed it.
+    pub steward: PublicKey,
+}
+
+impl PublishedStudy {
+    /// Verify a signed study object (and, when given, its signer).
+    pub fn from_signed(
+        signed: SignedObject,
+        steward: Option<&PublicKey>,
+    ) -> Result<Self, ClientError> {
+        let err = |detail: String| ClientError::StudySignature {
+            study: "?".into(),
+            detail,
+        };
+        let signer = signed
+            .verify(Context::StudyDefinition)
+            .map_err(|e| err(e.to_string()))?;
+        let definition =
+            StudyDefinition::from_json(&signed.payload).map_err(|e| err(e.to_string()))?;
+        if steward.is_some_and(|s| s != &signer) {
+            return Err(ClientError::StudySignature {
+                study: definition.id.to_string(),
+                detail: format!(
+                    "signed by {}, not by the configured steward key",
+                    signer.to_base64()
+                ),
+            });
+        }
+        Ok(Self {
+            sha256: signed.payload_digest(),
+            definition,
+            signed,
+            steward: signer,
+        })
+    }
+}
+
+/// The ledger key and checkpoint verifier receipts are checked against.
+#[derive(Debug, Clone)]
+pub struct LedgerTrust {
+    /// The ledger's Ed25519 key.
+    pub key: PublicKey,
+    /// The signed-note verifier (same key, named).
+    pub verifier: NoteVerifier,
+    /// What was pinned.
+    pub info: LedgerKeyInfo,
+}
+
+impl LedgerTrust {
+    /// Check that the vkey carries the same key as `public_key`.
+    pub fn from_info(info: &LedgerKeyInfo) -> Result<Self, ClientError> {
+        let verifier =
+            NoteVerifier::parse_vkey(&info.vkey).map_err(|e| ClientError::BadResponse {
+                url: "ledger-key".into(),
+                detail: e.to_string(),
+            })?;
+        if verifier.public_key() != &info.public_key.0 {
+            return Err(ClientError::BadResponse {
+                url: "ledger-key".into(),
+                detail: "vkey and public_key differ".into(),
+            });
+        }
+        Ok(Self {
+            key: info.public_key,
+            verifier,
+            info: info.clone(),
+        })
+    }
+
+    /// Verify a receipt bundle.
+    pub fn verify(&self, bundle: &ReceiptBundle) -> Result<VerifiedReceipt, ClientError> {
+        verify_receipt(bundle, &self.key, &self.verifier)
+            .map_err(|e| ClientError::Receipt(e.to_string()))
+    }
+}
+
+#[derive(Deserialize)]
+struct Problem {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    title: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OprfResponse {
+    evaluated: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofResponse {
+    proof: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StudyList {
+    studies: Vec<String>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    config: IntakeConfig,
+}
+
+/// A handle on one intake. Clone it freely: clones share the connection pool.
+#[derive(Clone)]
+pub struct Intake {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Intake({})", self.inner.base)
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Outcome of one attempt.
+enum Attempt {
+    Done(Vec<u8>),
+    Retry(ClientError),
+    Fail(ClientError),
+}
+
+impl Intake {
+    /// Build the handle (TLS configuration and connection pool; no request is made).
+    pub fn new(config: IntakeConfig) -> Result<Self, ClientError> {
+        let mut base = config.base_url.trim().trim_end_matches('/').to_string();
+        if let Some(b) = base.strip_suffix("/v1") {
+            base = b.to_string();
+        }
+        if !base.starts_with("https://") {
+            return Err(ClientError::Config(format!(
+                "intake URL {base:?} must start with https://"
+            )));
+        }
+        let tls = client_config(&config.trust)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(15))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("datadonor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(chain(&e)))?;
+        Ok(Self {
+            inner: Arc::new(Inner { http, base, config }),
+        })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.inner.base, path)
+    }
+
+    async fn attempt(&self, req: reqwest::RequestBuilder, url: &str) -> Attempt {
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Retry(ClientError::Network {
+                    url: url.to_string(),
+                    detail: chain(&e),
+                })
+            }
+        };
+        let status = resp.status();
+        let body = match read_limited(resp).await {
+            Ok(b) => b,
+            Err(detail) => {
+                return Attempt::Retry(ClientError::Network {
+                    url: url.to_string(),
+                    detail,
+                })
+            }
+        };
+        if status.is_success() {
+            return Attempt::Done(body);
+        }
+        let (slug, title) = match serde_json::from_slice::<Problem>(&body) {
+            Ok(p) => (
+                p.kind
+                    .strip_prefix("urn:datadonor:problem:")
+                    .unwrap_or(&p.kind)
+                    .to_string(),
+                p.title,
+            ),
+            Err(_) => (
+                "unknown".to_string(),
+                status.canonical_reason().unwrap_or("").to_string(),
+            ),
+        };
+        let err = ClientError::Problem {
+            url: url.to_string(),
+            status: status.as_u16(),
+            slug,
+            title,
+        };
+        if status.is_server_error() || status.as_u16() == 429 {
+            Attempt::Retry(err)
+        } else {
+            Attempt::Fail(err)
+        }
+    }
+
+    /// Send with retries; `build` makes the request anew for every attempt.
+    async fn send(
+        &self,
+        url: &str,
+        retry: bool,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, ClientError> {
+        let policy = self.inner.config.retry;
+        let attempts = if retry { policy.max_attempts.max(1) } else { 1 };
+        let mut backoff = policy.initial_backoff;
+        let mut last = None;
+        for i in 0..attempts {
+            if i > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+            match self.attempt(build(), url).await {
+                Attempt::Done(b) => return Ok(b),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(e) => {
+                    tracing::debug!(attempt = i + 1, error = %e, "retrying");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(ClientError::Network {
+            url: url.to_string(),
+            detail: "no attempt made".into(),
+        }))
+    }
+
+    async fn get(&self, path: &str, auditor: bool) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(path);
+        let token = if auditor {
+            Some(
+                self.inner
+                    .config
+                    .auditor_token
+                    .clone()
+                    .ok_or(ClientError::NoAuditorToken)?,
+            )
+        } else {
+            None
+        };
+        self.send(&url, true, || {
+            let r = self.inner.http.get(&url);
+            match &token {
+                Some(t) => r.bearer_auth(t.0.as_str()),
+                None => r,
+            }
+        })
+        .await
+    }
+
+    fn bad(&self, path: &str, detail: impl std::fmt::Display) -> ClientError {
+        ClientError::BadResponse {
+            url: self.url(path),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// `GET /v1/studies`.
+    pub async fn studies(&self) -> Result<Vec<String>, ClientError> {
+        let p = "/v1/studies";
+        let b = self.get(p, false).await?;
+        let l: StudyList = serde_json::from_slice(&b).map_err(|e| self.bad(p, e))?;
+        Ok(l.studies)
+    }
+
+    /// `GET /v1/studies/{id}`, verified (steward key checked when configured).
+    pub async fn study(&self, id: &StudyId) -> Result<PublishedStudy, ClientError> {
+        let p = format!("/v1/studies/{id}");
+        let b = self.get(&p, false).await?;
+        let signed = SignedObject::from_bytes(&b).map_err(|e| self.bad(&p, e))?;
+        let s = PublishedStudy::from_signed(signed, self.inner.config.steward_key.as_ref())?;
+        if &s.definition.id != id {
+            return Err(self.bad(&p, "the intake served another study"));
+        }
+        Ok(s)
+    }
+
+    /// `GET /v1/hpke-config`.
+    pub async fn hpke_configs(&self) -> Result<HpkeConfigList, ClientError> {
+        let p = "/v1/hpke-config";
+        let b = self.get(p, false).await?;
+        let l = HpkeConfigList::from_json(&b).map_err(|e| self.bad(p, e))?;
+        l.current().map_err(|e| self.bad(p, e))?;
+        Ok(l)
+    }
+
+    /// `GET /v1/ledger-key`.
+    pub async fn ledger_key(&self) -> Result<LedgerKeyInfo, ClientError> {
+        let p = "/v1/ledger-key";
+        let b = self.get(p, false).await?;
+        serde_json::from_slice(&b).map_err(|e| self.bad(p, e))
+    }
+
+    /// Fetch the ledger key and check it against a pin (trust on first use).
+    pub async fn ledger_trust(
+        &self,
+        pinned: Option<&LedgerKeyInfo>,
+    ) -> Result<LedgerTrust, ClientError> {
+        let fetched = self.ledger_key().await?;
+        if let Some(pin) = pinned {
+            if pin != &fetched {
+                return Err(ClientError::LedgerKeyChanged {
+                    pinned: pin.public_key.to_base64(),
+                });
+            }
+        }
+        LedgerTrust::from_info(&fetched)
+    }
+
+    /// `POST /v1/oprf` with one blinded element.
+    pub async fn oprf(
+        &self,
+        blinded: &[u8; ELEMENT_LEN],
+    ) -> Result<[u8; ELEMENT_LEN], ClientError> {
+        let p = "/v1/oprf";
+        let url = self.url(p);
+        let body = serde_json::json!({ "blinded": b64(blinded) }).to_string();
+        let b = self
+            .send(&url, true, || {
+                self.inner
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        let r: OprfResponse = serde_json::from_slice(&b).map_err(|e| self.bad(p, e))?;
+        unb64(&r.evaluated)
+            .and_then(|v| <[u8; ELEMENT_LEN]>::try_from(v.as_slice()).ok())
+            .ok_or_else(|| self.bad(p, "evaluated element is not 32 bytes of base64"))
+    }
+
+    /// The donor's per-study pseudonym: blind the CPR, one OPRF round trip, finalize, derive.
+    /// Only the blinded element leaves the device.
+    pub async fn pseudonym(&self, cpr: &Cpr, study: &StudyId) -> Result<Pseudonym, ClientError> {
+        let blind = pseudonym::blind(cpr).map_err(|e| self.bad("/v1/oprf", e))?;
+        let evaluated = self.oprf(&blind.blinded).await?;
+        let out = blind
+            .finalize(&evaluated)
+            .map_err(|e| self.bad("/v1/oprf", e))?;
+        Ok(out.study_pseudonym(study.as_str()))
+    }
+
+    /// `POST /v1/donations` with the envelope, retried with the same bytes; returns the
+    /// receipt bundle, verified against `ledger` and the envelope's digest.
+    pub async fn post_donation(
+        &self,
+        envelope: &[u8],
+        ledger: &LedgerTrust,
+    ) -> Result<(ReceiptBundle, VerifiedReceipt), ClientError> {
+        let p = "/v1/donations";
+        let url = self.url(p);
+        let body = envelope.to_vec();
+        let b = self
+            .send(&url, true, || {
+                self.inner
+                    .http
+                    .post(&url)
+                    .header("content-type", ENVELOPE_MEDIA_TYPE)
+                    .body(body.clone())
+            })
+            .await?;
+        let bundle = ReceiptBundle::from_json(&b).map_err(|e| self.bad(p, e))?;
+        let v = ledger.verify(&bundle)?;
+        if v.receipt.request_sha256 != sha256(envelope) {
+            return Err(ClientError::Receipt(
+                "receipt is for another envelope".into(),
+            ));
+        }
+        Ok((bundle, v))
+    }
+
+    /// `POST /v1/withdrawals` with a signed withdrawal; verified like a donation receipt.
+    pub async fn post_withdrawal(
+        &self,
+        signed: &SignedObject,
+        ledger: &LedgerTrust,
+    ) -> Result<(ReceiptBundle, VerifiedReceipt), ClientError> {
+        let p = "/v1/withdrawals";
+        let url = self.url(p);
+        let body = signed.to_bytes();
+        let b = self
+            .send(&url, true, || {
+                self.inner
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        let bundle = ReceiptBundle::from_json(&b).map_err(|e| self.bad(p, e))?;
+        let v = ledger.verify(&bundle)?;
+        if v.receipt.request_sha256 != signed.payload_digest() {
+            return Err(ClientError::Receipt(
+                "receipt is for another withdrawal".into(),
+            ));
+        }
+        Ok((bundle, v))
+    }
+
+    /// `GET /v1/ledger/checkpoint` (auditor token), verified with the ledger's note verifier.
+    pub async fn checkpoint(
+        &self,
+        ledger: &LedgerTrust,
+    ) -> Result<(String, checkpoint::SignedCheckpoint), ClientError> {
+        let p = "/v1/ledger/checkpoint";
+        let b = self.get(p, true).await?;
+        let cp = checkpoint::open(&b, std::slice::from_ref(&ledger.verifier))
+            .map_err(|e| self.bad(p, e))?;
+        let text = String::from_utf8(b).map_err(|e| self.bad(p, e))?;
+        Ok((text, cp))
+    }
+
+    async fn proof(&self, path: String) -> Result<Vec<[u8; 32]>, ClientError> {
+        let b = self.get(&path, true).await?;
+        let r: ProofResponse = serde_json::from_slice(&b).map_err(|e| self.bad(&path, e))?;
+        r.proof
+            .iter()
+            .map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out)
+                    .map(|_| out)
+                    .map_err(|e| self.bad(&path, e))
+            })
+            .collect()
+    }
+
+    /// `GET /v1/ledger/inclusion` (auditor token).
+    pub async fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<[u8; 32]>, ClientError> {
+        self.proof(format!("/v1/ledger/inclusion?index={index}&size={size}"))
+            .await
+    }
+
+    /// `GET /v1/ledger/consistency` (auditor token).
+    pub async fn consistency_proof(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<[u8; 32]>, ClientError> {
+        self.proof(format!("/v1/ledger/consistency?from={from}&to={to}"))
+            .await
+    }
+
+    /// Whether an auditor token is configured.
+    pub fn has_auditor_token(&self) -> bool {
+        self.inner.config.auditor_token.is_some()
+    }
+}
+
+/// SHA-256.
+pub fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if out.len() + c.len() > MAX_RESPONSE {
+                    return Err(format!("response larger than {MAX_RESPONSE} bytes"));
+                }
+                out.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(chain(&e)),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The programmatic donor flow, for apps and for simulations of many donors in one process.
+//!
+//! ```text
+//! let intake  = Intake::new(IntakeConfig::new(url, TrustAnchors::CaPem(pem)))?;   // share it
+//! let session = IntakeSession::connect(intake, pinned_ledger_key).await?;          // share it
+//! let study   = session.intake().study(&study_id).await?;                          // share it
+//! let rows    = minimise_blocking(paths, study.definition.clone(), options).await?; // per donor
+//! let done    = session.donate(&study, &rows, &cpr, &donor_key, &consent).await?;  // per donor
+//! let gone    = session.withdraw(&done.stored, &donor_key).await?;
+//! ```
+//!
+//! An [`IntakeSession`] holds the intake's HPKE configuration and the pinned ledger trust; it is
+//! `Clone` (an `Arc` inside) and every method takes `&self`, so thousands of donations can run
+//! concurrently over one connection pool. Import and minimisation are CPU work and run on the
+//! blocking pool ([`minimise_blocking`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datadonor_schemas::envelope::HpkeConfigList;
+use datadonor_schemas::merkle::{leaf_hash, verify_consistency, verify_inclusion};
+use datadonor_schemas::pseudonym::{Cpr, Pseudonym};
+use datadonor_schemas::receipt::{ReceiptBundle, ReceiptKind, VerifiedReceipt};
+use datadonor_schemas::signing::SigningKey;
+use datadonor_schemas::study::{StudyDefinition, StudyId};
+use datadonor_schemas::time::{Clock, SystemClock};
+
+use crate::client::{ClientError, Intake, LedgerTrust, PublishedStudy};
+use crate::donation::{
+    seal_donation, sign_withdrawal, ConsentChoice, DonationError, SealedDonation,
+};
+use crate::keystore::{LedgerKeyInfo, StoredReceipt};
+use crate::minimise::{minimise_paths, MinimiseError, MinimiseOptions, MinimisedRows};
+
+/// Errors of the donor flow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Talking to the intake.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Preparing the donation.
+    #[error(transparent)]
+    Donation(#[from] DonationError),
+    /// Minimisation.
+    #[error(transparent)]
+    Minimise(#[from] MinimiseError),
+    /// A stored receipt is unusable.
+    #[error("stored receipt: {0}")]
+    StoredReceipt(String),
+    /// The ledger was not append-only between two checkpoints.
+    #[error("the ledger is inconsistent with the checkpoint verified earlier: {0}")]
+    Inconsistent(String),
+    /// The blocking task failed.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+struct Inner {
+    intake: Intake,
+    hpke: HpkeConfigList,
+    ledger: LedgerTrust,
+    clock: Arc<dyn Clock>,
+}
+
+/// An intake with its keys fetched and the ledger key checked against the pin. Cheap to clone.
+#[derive(Clone)]
+pub struct IntakeSession {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for IntakeSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IntakeSession({:?})", self.inner.intake)
+    }
+}
+
+/// A donation the intake acknowledged, with its verified receipt.
+#[derive(Debug, Clone)]
+pub struct DonationOutcome {
+    /// The donor's pseudonym in the study.
+    pub pseudonym: Pseudonym,
+    /// The verified receipt.
+    pub receipt: VerifiedReceipt,
+    /// The receipt as it should be stored on the device.
+    pub stored: StoredReceipt,
+}
+
+/// How far a stored receipt was verified.
+#[derive(Debug, Clone)]
+pub struct VerifyOutcome {
+    /// The receipt, verified against its own checkpoint.
+    pub receipt: VerifiedReceipt,
+    /// The current checkpoint it was also verified against (inclusion, and consistency from the
+    /// previously verified checkpoint): `(tree size, signed note)`. `None` without the auditor
+    /// token: only the receipt's own checkpoint was checked.
+    pub current: Option<(u64, String)>,
+}
+
+/// Import and minimise on the blocking thread pool.
+pub async fn minimise_blocking(
+    paths: Vec<PathBuf>,
+    study: StudyDefinition,
+    options: MinimiseOptions,
+) -> Result<MinimisedRows, SessionError> {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+        minimise_paths(&refs, &study, options, &mut |_| {})
+    })
+    .await
+    .map_err(|e| SessionError::Task(e.to_string()))?
+    .map_err(SessionError::from)
+}
+
+fn hex16(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(s, &mut out).ok().map(|_| out)
+}
+
+impl IntakeSession {
+    /// Fetch the HPKE configuration and the ledger key (checked against `pinned` when given).
+    pub async fn connect(
+        intake: Intake,
+        pinned: Option<&LedgerKeyInfo>,
+    ) -> Result<Self, SessionError> {
+        let (hpke, ledger) = tokio::try_join!(intake.hpke_configs(), intake.ledger_trust(pinned))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                intake,
+                hpke,
+                ledger,
+                clock: Arc::new(SystemClock),
+            }),
+        })
+    }
+
+    /// The same session with another clock (tests).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                intake: self.inner.intake.clone(),
+                hpke: self.inner.hpke.clone(),
+                ledger: self.inner.ledger.clone(),
+                clock,
+            }),
+        }
+    }
+
+    /// The intake.
+    pub fn intake(&self) -> &Intake {
+        &self.inner.intake
+    }
+
+    /// The ledger trust in use (pin it when it was fetched for the first time).
+    pub fn ledger(&self) -> &LedgerTrust {
+        &self.inner.ledger
+    }
+
+    /// The HPKE configuration in use.
+    pub fn hpke(&self) -> &HpkeConfigList {
+        &self.inner.hpke
+    }
+
+    /// Pseudonymise, seal and donate; returns the verified receipt.
+    pub async fn donate(
+        &self,
+        study: &PublishedStudy,
+        rows: &MinimisedRows,
+        cpr: &Cpr,
+        donor_key: &SigningKey,
+        consent: &ConsentChoice,
+    ) -> Result<DonationOutcome, SessionError> {
+        crate::donation::check_choice(&study.definition, consent)?;
+        if rows.rows.is_empty() {
+            return Err(DonationError::NoRows.into());
+        }
+        let pseudonym = self
+            .inner
+            .intake
+            .pseudonym(cpr, &study.definition.id)
+            .await?;
+        let sealed = seal_donation(
+            study,
+            rows,
+            &pseudonym,
+            donor_key,
+            consent,
+            &self.inner.hpke,
+            self.inner.clock.now(),
+        )?;
+        self.send_donation(&sealed).await
+    }
+
+    /// Send an already sealed donation (retries resend the same bytes).
+    pub async fn send_donation(
+        &self,
+        sealed: &SealedDonation,
+    ) -> Result<DonationOutcome, SessionError> {
+        let (bundle, receipt) = self
+            .inner
+            .intake
+            .post_donation(&sealed.envelope, &self.inner.ledger)
+            .await?;
+        if receipt.receipt.consent_record_id != sealed.manifest.record_id
+            || receipt.receipt.pseudonym != sealed.manifest.pseudonym
+        {
+            return Err(ClientError::Receipt("receipt names another consent record".into()).into());
+        }
+        let stored = self.stored(ReceiptKind::Donation, &receipt, bundle);
+        Ok(DonationOutcome {
+            pseudonym: sealed.manifest.pseudonym,
+            receipt,
+            stored,
+        })
+    }
+
+    fn stored(
+        &self,
+        kind: ReceiptKind,
+        r: &VerifiedReceipt,
+        bundle: ReceiptBundle,
+    ) -> StoredReceipt {
+        StoredReceipt {
+            format: 1,
+            intake: self.inner.intake.base_url().to_string(),
+            kind,
+            study_id: r.receipt.study_id.to_string(),
+            pseudonym: r.receipt.pseudonym.to_hex(),
+            consent_record_id: hex::encode(r.receipt.consent_record_id),
+            ledger_index: r.receipt.ledger_index,
+            stored_at: self.inner.clock.now(),
+            bundle,
+        }
+    }
+
+    /// Withdraw the consent a stored donation receipt was given under.
+    pub async fn withdraw(
+        &self,
+        donation: &StoredReceipt,
+        donor_key: &SigningKey,
+    ) -> Result<(VerifiedReceipt, StoredReceipt), SessionError> {
+        let bad = |m: &str| SessionError::StoredReceipt(m.to_string());
+        let study = StudyId::new(&donation.study_id).map_err(|e| bad(&e.to_string()))?;
+        let pseudonym = Pseudonym::from_hex(&donation.pseudonym).ok_or_else(|| bad("pseudonym"))?;
+        let record = hex16(&donation.consent_record_id).ok_or_else(|| bad("consent_record_id"))?;
+        let signed = sign_withdrawal(
+            &study,
+            &pseudonym,
+            record,
+            donor_key,
+            self.inner.clock.now(),
+        )?;
+        let (bundle, receipt) = self
+            .inner
+            .intake
+            .post_withdrawal(&signed, &self.inner.ledger)
+            .await?;
+        if receipt.receipt.consent_record_id != record {
+            return Err(ClientError::Receipt("receipt names another consent record".into()).into());
+        }
+        let stored = self.stored(ReceiptKind::Withdrawal, &receipt, bundle);
+        Ok((receipt, stored))
+    }
+
+    /// Re-verify a stored receipt: against its own checkpoint always; with the auditor token also
+    /// against the intake's current checkpoint (inclusion proof), and the current checkpoint
+    /// against `last_verified` (or the receipt's checkpoint) by a consistency proof.
+    pub async fn verify(
+        &self,
+        stored: &StoredReceipt,
+        last_verified: Option<&str>,
+    ) -> Result<VerifyOutcome, SessionError> {
+        let ledger = &self.inner.ledger;
+        let receipt = ledger.verify(&stored.bundle)?;
+        if !self.inner.intake.has_auditor_token() {
+            return Ok(VerifyOutcome {
+                receipt,
+                current: None,
+            });
+        }
+        let intake = &self.inner.intake;
+        let (note, current) = intake.checkpoint(ledger).await?;
+        let size = current.checkpoint.size;
+        let root = current.checkpoint.root.0;
+        let index = receipt.receipt.ledger_index;
+        let leaf = leaf_hash(&stored.bundle.entry);
+        let proof = intake.inclusion_proof(index, size).await?;
+        verify_inclusion(index, size, &leaf.0, &proof, &root)
+            .map_err(|e| ClientError::Receipt(format!("inclusion in the current tree: {e}")))?;
+        // Consistency: from the receipt's tree, and from the last checkpoint verified, to now.
+        let mut earlier = vec![(receipt.tree_size, receipt.root)];
+        if let Some(note) = last_verified {
+            let cp = datadonor_schemas::checkpoint::open(
+                note.as_bytes(),
+                std::slice::from_ref(&ledger.verifier),
+            )
+            .map_err(|e| SessionError::StoredReceipt(format!("stored checkpoint: {e}")))?;
+            earlier.push((cp.checkpoint.size, cp.checkpoint.root.0));
+        }
+        for (m, root_m) in earlier {
+            if m == 0 {
+                continue;
+            }
+            if m > size {
+                return Err(SessionError::Inconsistent(format!(
+                    "the current tree ({size}) is smaller than one verified before ({m})"
+                )));
+            }
+            let proof = if m == size {
+                Vec::new()
+            } else {
+                intake.consistency_proof(m, size).await?
+            };
+            verify_consistency(m, size, &proof, &root_m, &root)
+                .map_err(|e| SessionError::Inconsistent(e.to_string()))?;
+        }
+        Ok(VerifyOutcome {
+            receipt,
+            current: Some((size, note)),
+        })
+    }
+}

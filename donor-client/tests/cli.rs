@@ -1,0 +1,229 @@
+//! Golden tests of the `datadonor` CLI: arguments, exit status and stderr are pinned exactly, and
+//! `preview --json` on a shared FHIR bundle is compared with a committed golden file
+//! (`tests/golden/`). Set `DATADONOR_BLESS=1` to rewrite the golden files after a deliberate
+//! change.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example_study() -> PathBuf {
+    manifest_dir().join("../examples/t2d-study.toml")
+}
+
+fn bundle() -> PathBuf {
+    support::shared().join("data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json")
+}
+
+fn run(args: &[&str], keystore: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_datadonor"))
+        .args(args)
+        .env("DATADONOR_HOME", keystore)
+        .env_remove("DATADONOR_PASSPHRASE")
+        .output()
+        .expect("run datadonor")
+}
+
+fn check(out: &Output, code: i32, stderr: &str) {
+    let got = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(got, stderr, "stderr");
+    assert_eq!(out.status.code(), Some(code), "exit status; stderr: {got}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn missing_input_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = example_study();
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            "/nonexistent/export.json",
+        ],
+        tmp.path(),
+    );
+    check(
+        &out,
+        3,
+        "datadonor: error: /nonexistent/export.json: input file not found\n",
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn malformed_study_file_names_file_line_and_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let text = std::fs::read_to_string(example_study()).expect("study");
+    let bad = text.replace("min_k = 5", "min_k = \"five\"");
+    assert_ne!(bad, text);
+    let path = tmp.path().join("bad-study.toml");
+    std::fs::write(&path, bad).expect("write");
+    let b = bundle();
+    let out = run(
+        &["preview", "--study", s(&path), "--input", s(&b)],
+        tmp.path(),
+    );
+    check(
+        &out,
+        3,
+        &format!(
+            "datadonor: error: {}: line 8, column 9: `min_k = \"five\"`: invalid type: string \"five\", expected u32\n",
+            path.display()
+        ),
+    );
+}
+
+#[test]
+fn bad_cpr() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (study, b) = (example_study(), bundle());
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&b),
+            "--cpr",
+            "310290-1234",
+        ],
+        tmp.path(),
+    );
+    check(
+        &out,
+        4,
+        "datadonor: error: --cpr: the CPR number's date part is not a valid date\n",
+    );
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&b),
+            "--cpr",
+            "12345",
+        ],
+        tmp.path(),
+    );
+    check(
+        &out,
+        4,
+        "datadonor: error: --cpr: a CPR number is ten digits, DDMMYY-SSSS\n",
+    );
+}
+
+#[test]
+fn unknown_purpose_is_refused_before_anything_is_sent() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (study, b) = (example_study(), bundle());
+    let out = run(
+        &[
+            "donate",
+            "--study",
+            s(&study),
+            "--input",
+            s(&b),
+            "--cpr",
+            "0101721234",
+            "--purpose",
+            "marketing",
+            "--expires-days",
+            "30",
+            "--intake",
+            "https://localhost:9",
+            "--dangerous-accept-invalid-certs",
+            "--yes",
+        ],
+        tmp.path(),
+    );
+    check(
+        &out,
+        4,
+        "datadonor: error: purpose \"marketing\" is not one of the study's purposes (t2d-epidemiology, t2d-care-quality)\n",
+    );
+}
+
+#[test]
+fn missing_ca_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (study, b) = (example_study(), bundle());
+    let out = run(
+        &[
+            "donate",
+            "--study",
+            s(&study),
+            "--input",
+            s(&b),
+            "--cpr",
+            "0101721234",
+            "--purpose",
+            "t2d-epidemiology",
+            "--expires-days",
+            "30",
+            "--intake",
+            "https://localhost:9",
+            "--yes",
+        ],
+        tmp.path(),
+    );
+    check(
+        &out,
+        4,
+        "datadonor: error: the intake's CA is required: pass --ca <PEM> (there is no platform trust store)\n",
+    );
+}
+
+#[test]
+fn preview_json_on_a_shared_fhir_bundle_matches_the_golden_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (study, b) = (example_study(), bundle());
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&b),
+            "--postcode",
+            "5000",
+            "--json",
+        ],
+        tmp.path(),
+    );
+    check(&out, 0, "");
+    let golden = manifest_dir().join("tests/golden/preview-dab4861f.json");
+    let got = String::from_utf8(out.stdout).expect("utf-8");
+    if std::env::var_os("DATADONOR_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&golden, &got).expect("bless");
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with DATADONOR_BLESS=1)", golden.display()));
+    assert_eq!(got, want, "preview differs from {}", golden.display());
+    // The golden output itself carries nothing identifying from the bundle.
+    for needle in [
+        "Price929",
+        "Elenore794",
+        "Wolf938",
+        "999-29-5020",
+        "S99913977",
+        "1972-06-12",
+        "Haag Overpass",
+        "01605",
+        "dab4861f",
+    ] {
+        assert!(!got.contains(needle), "{needle} in the preview");
+    }
+}

@@ -1,0 +1,320 @@
+//! The promise to the citizen, tested end to end: a RECORDING test intake opens every request
+//! body it receives (donation envelopes with its HPKE key, OPRF requests, withdrawals) and the
+//! test asserts that none of the source's names, CPR number (in any formatting), SSN and other
+//! identifiers, street addresses, exact birth dates, patient keys or free-text notes appear.
+//!
+//! The identifying strings are extracted from the source files by this test itself (plain
+//! `serde_json` / `csv`), not by the importer under test. Runs on every shared FHIR bundle and
+//! on every patient of the shared Synthea CSV export.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use datadonor_client::client::{Intake, IntakeConfig, RetryPolicy};
+use datadonor_client::minimise::{minimise_paths, MinimiseOptions};
+use datadonor_client::session::IntakeSession;
+use datadonor_client::{ConsentChoice, TrustAnchors};
+use datadonor_schemas::pseudonym::Cpr;
+use datadonor_schemas::signing::SigningKey;
+use jiff::civil::Date;
+use serde_json::Value;
+use support::{Recorded, TestIntake};
+
+/// Strings that must never leave, with where they came from.
+#[derive(Default)]
+struct Needles(BTreeSet<(String, String)>);
+
+impl Needles {
+    fn add(&mut self, what: &str, s: &str) {
+        let s = s.trim();
+        // Very short strings (a one-letter initial, "MD") would match by accident.
+        if s.chars().count() >= 4 {
+            self.0.insert((s.to_string(), what.to_string()));
+        }
+    }
+    fn add_date(&mut self, d: Date) {
+        let (y, m, dd) = (d.year(), d.month(), d.day());
+        for f in [
+            format!("{y:04}-{m:02}-{dd:02}"),
+            format!("{y:04}{m:02}{dd:02}"),
+            format!("{dd:02}-{m:02}-{y:04}"),
+            format!("{dd:02}.{m:02}.{y:04}"),
+            format!("{dd:02}/{m:02}/{y:04}"),
+        ] {
+            self.add("birth date", &f);
+        }
+    }
+    fn add_cpr(&mut self, cpr: &str) {
+        let d: String = cpr.chars().filter(char::is_ascii_digit).collect();
+        self.add("CPR", &d);
+        self.add("CPR", &format!("{}-{}", &d[..6], &d[6..]));
+        self.add("CPR", &format!("{} {}", &d[..6], &d[6..]));
+    }
+    fn add_ssn(&mut self, ssn: &str) {
+        self.add("identifier", ssn);
+        let digits: String = ssn.chars().filter(char::is_ascii_digit).collect();
+        self.add("identifier", &digits);
+    }
+}
+
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+/// Identifying strings of a FHIR bundle, read independently of the importer.
+fn fhir_needles(path: &Path) -> (Needles, Option<Date>) {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
+    let mut n = Needles::default();
+    let mut birth = None;
+    for entry in v["entry"].as_array().into_iter().flatten() {
+        let r = &entry["resource"];
+        if r["resourceType"] == "Patient" {
+            if let Some(id) = r["id"].as_str() {
+                n.add("patient id", id);
+            }
+            for name in r["name"].as_array().into_iter().flatten() {
+                let mut s = Vec::new();
+                strings(&name["given"], &mut s);
+                strings(&name["family"], &mut s);
+                strings(&name["text"], &mut s);
+                s.iter().for_each(|x| n.add("name", x));
+            }
+            for a in r["address"].as_array().into_iter().flatten() {
+                let mut s = Vec::new();
+                strings(&a["line"], &mut s);
+                strings(&a["text"], &mut s);
+                s.iter().for_each(|x| n.add("address", x));
+            }
+            for i in r["identifier"].as_array().into_iter().flatten() {
+                if let Some(val) = i["value"].as_str() {
+                    n.add_ssn(val);
+                }
+            }
+            for t in r["telecom"].as_array().into_iter().flatten() {
+                if let Some(val) = t["value"].as_str() {
+                    n.add("telecom", val);
+                }
+            }
+            for c in r["contact"].as_array().into_iter().flatten() {
+                let mut s = Vec::new();
+                strings(&c["name"], &mut s);
+                s.iter().for_each(|x| n.add("contact", x));
+            }
+            if let Some(b) = r["birthDate"].as_str() {
+                if let Ok(d) = b.parse::<Date>() {
+                    n.add_date(d);
+                    birth = Some(d);
+                }
+            }
+        }
+        if let Some(s) = r["valueString"].as_str() {
+            n.add("free text", s);
+        }
+        for note in r["note"].as_array().into_iter().flatten() {
+            if let Some(s) = note["text"].as_str() {
+                n.add("note", s);
+            }
+        }
+    }
+    (n, birth)
+}
+
+/// A CPR number for a birth date (century digit per the CPR office's table).
+fn cpr_for(birth: Date) -> String {
+    let century_digit = if birth.year() < 2000 { 1 } else { 4 };
+    format!(
+        "{:02}{:02}{:02}{}234",
+        birth.day(),
+        birth.month(),
+        birth.year() % 100,
+        century_digit
+    )
+}
+
+fn texts(r: &Recorded) -> Vec<String> {
+    std::iter::once(&r.body)
+        .chain(r.opened.iter())
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+fn assert_clean(server: &TestIntake, needles: &Needles, label: &str, from: usize) -> usize {
+    let rec = server.recorded();
+    assert!(rec.len() > from, "{label}: nothing was sent");
+    for r in &rec[from..] {
+        for t in texts(r) {
+            for (needle, what) in &needles.0 {
+                assert!(
+                    !t.contains(needle.as_str()),
+                    "{label}: {what} {needle:?} left the device in a request to {}",
+                    r.path
+                );
+            }
+        }
+    }
+    rec.len()
+}
+
+struct Donor<'a> {
+    inputs: Vec<&'a Path>,
+    options: MinimiseOptions,
+    cpr: String,
+}
+
+async fn donate_and_withdraw(server: &TestIntake, session: &IntakeSession, d: Donor<'_>) -> bool {
+    let study = session
+        .intake()
+        .study(&support::example_study().id)
+        .await
+        .expect("study");
+    let cpr = Cpr::parse(&d.cpr).expect("cpr");
+    let rows = minimise_paths(
+        &d.inputs,
+        &study.definition,
+        d.options.with_cpr(&cpr),
+        &mut |_| {},
+    )
+    .expect("minimise");
+    let key = SigningKey::generate().expect("key");
+    if rows.rows.is_empty() {
+        // Nothing to donate (a child, or no matching measure): the OPRF still must not leak.
+        session
+            .intake()
+            .pseudonym(&cpr, &study.definition.id)
+            .await
+            .expect("oprf");
+        return false;
+    }
+    let consent = ConsentChoice {
+        purposes: vec!["t2d-epidemiology".into(), "t2d-care-quality".into()],
+        expires_in_days: 30,
+    };
+    let out = session
+        .donate(&study, &rows, &cpr, &key, &consent)
+        .await
+        .expect("donate");
+    session.withdraw(&out.stored, &key).await.expect("withdraw");
+    let _ = server;
+    true
+}
+
+async fn start() -> (TestIntake, IntakeSession) {
+    let server = TestIntake::start().await;
+    let mut c = IntakeConfig::new(&server.url, TrustAnchors::CaPem(server.ca_pem.clone()));
+    c.retry = RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+    };
+    let session = IntakeSession::connect(Intake::new(c).expect("intake"), None)
+        .await
+        .expect("connect");
+    (server, session)
+}
+
+#[tokio::test]
+async fn no_identifier_from_any_shared_fhir_bundle_leaves_the_device() {
+    let (server, session) = start().await;
+    let mut donated = 0;
+    let mut seen = 0;
+    for path in support::fhir_bundles() {
+        let (mut needles, birth) = fhir_needles(&path);
+        let birth = birth.unwrap_or(jiff::civil::date(1970, 1, 1));
+        let cpr = cpr_for(birth);
+        needles.add_cpr(&cpr);
+        assert!(
+            needles.0.iter().any(|(_, w)| w == "name"),
+            "{}: test found no names to look for",
+            path.display()
+        );
+        let label = path.display().to_string();
+        if donate_and_withdraw(
+            &server,
+            &session,
+            Donor {
+                inputs: vec![path.as_path()],
+                options: MinimiseOptions::default().with_postcode("5000"),
+                cpr,
+            },
+        )
+        .await
+        {
+            donated += 1;
+        }
+        seen = assert_clean(&server, &needles, &label, seen);
+    }
+    assert!(donated >= 3, "only {donated} bundles produced a donation");
+}
+
+#[tokio::test]
+async fn no_identifier_of_any_synthea_csv_patient_leaves_the_device() {
+    let dir = support::shared().join("data/synthea_csv");
+    let mut patients = csv::Reader::from_path(dir.join("patients.csv")).expect("patients.csv");
+    let headers = patients.headers().expect("headers").clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).expect(name);
+    // Free-text answers in observations.csv, by patient.
+    let mut free_text: Vec<(String, String)> = Vec::new();
+    let mut obs = csv::Reader::from_path(dir.join("observations.csv")).expect("observations");
+    let oh = obs.headers().expect("headers").clone();
+    let ocol = |name: &str| oh.iter().position(|h| h == name).expect(name);
+    let (op, ov, ot) = (ocol("PATIENT"), ocol("VALUE"), ocol("TYPE"));
+    for r in obs.records() {
+        let r = r.expect("row");
+        if &r[ot] == "text" {
+            free_text.push((r[op].to_string(), r[ov].to_string()));
+        }
+    }
+    let (server, session) = start().await;
+    let mut seen = 0;
+    let mut donated = 0;
+    let mut count = 0;
+    for rec in patients.records() {
+        let rec = rec.expect("row");
+        count += 1;
+        let id = rec[col("Id")].to_string();
+        let mut n = Needles::default();
+        n.add("patient id", &id);
+        for c in ["FIRST", "LAST", "MAIDEN"] {
+            n.add("name", &rec[col(c)]);
+        }
+        n.add("address", &rec[col("ADDRESS")]);
+        for c in ["SSN", "DRIVERS", "PASSPORT"] {
+            n.add_ssn(&rec[col(c)]);
+        }
+        let birth: Date = rec[col("BIRTHDATE")].parse().expect("birth date");
+        n.add_date(birth);
+        for (p, t) in &free_text {
+            if p == &id {
+                n.add("free text", t);
+            }
+        }
+        let cpr = cpr_for(birth);
+        n.add_cpr(&cpr);
+        if donate_and_withdraw(
+            &server,
+            &session,
+            Donor {
+                inputs: vec![dir.as_path()],
+                options: MinimiseOptions::default()
+                    .with_patient(id.clone())
+                    .with_postcode("8000"),
+                cpr,
+            },
+        )
+        .await
+        {
+            donated += 1;
+        }
+        seen = assert_clean(&server, &n, &format!("synthea patient {id}"), seen);
+    }
+    assert_eq!(count, 27);
+    assert!(donated >= 5, "only {donated} patients produced a donation");
+}

@@ -1,0 +1,431 @@
+//! The HTTP API (`PROTOCOL.md`, "HTTP API of the intake"): the axum [`Router`] built by [`app`],
+//! its handlers, and the per-request middleware (request id, tracing span, latency, refusal
+//! counting). Tests drive [`app`] with `tower::ServiceExt::oneshot`, without a socket.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use datadonor_schemas::envelope::{HpkeConfig, HpkeConfigList};
+use datadonor_schemas::pseudonym::OprfServerKey;
+use datadonor_schemas::receipt::ReceiptBundle;
+use datadonor_schemas::time::Clock;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::commit::{CommitHandle, Job};
+use crate::config::Config;
+use crate::keys::{AuditorTokenHash, TransportKeys};
+use crate::ledger::{LedgerSigner, LedgerState};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::ratelimit::RateLimiter;
+use crate::studies::StudyRegistry;
+use crate::validate::{validate_donation, validate_withdrawal};
+
+/// Media type of donation envelopes.
+pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.datadonor.envelope.v1";
+/// Most entries returned by one `GET /v1/ledger/entries`.
+pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
+
+/// The client's address, inserted into each request by the accept loop (tests may insert it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Configuration.
+    pub config: Config,
+    /// Served studies.
+    pub studies: StudyRegistry,
+    /// Transport keys.
+    pub transport: TransportKeys,
+    /// Ledger key.
+    pub signer: Arc<LedgerSigner>,
+    /// OPRF key.
+    pub oprf: OprfServerKey,
+    /// Auditor token hash.
+    pub auditor: AuditorTokenHash,
+    /// OPRF limiter.
+    pub limiter: RateLimiter,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Committer.
+    pub commit: CommitHandle,
+    /// Ledger state.
+    pub state: Arc<RwLock<LedgerState>>,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Handler state.
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+/// The router of the whole API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/studies", get(list_studies))
+        .route("/v1/studies/{id}", get(get_study))
+        .route("/v1/hpke-config", get(hpke_config))
+        .route("/v1/ledger-key", get(ledger_key))
+        .route("/v1/oprf", post(oprf))
+        .route("/v1/donations", post(donate))
+        .route("/v1/withdrawals", post(withdraw))
+        .route("/v1/ledger/checkpoint", get(checkpoint))
+        .route("/v1/ledger/inclusion", get(inclusion))
+        .route("/v1/ledger/consistency", get(consistency))
+        .route("/v1/ledger/entries", get(entries))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { Problem::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+const ROUTES: [&str; 13] = [
+    "/v1/studies",
+    "/v1/studies/{id}",
+    "/v1/hpke-config",
+    "/v1/ledger-key",
+    "/v1/oprf",
+    "/v1/donations",
+    "/v1/withdrawals",
+    "/v1/ledger/checkpoint",
+    "/v1/ledger/inclusion",
+    "/v1/ledger/consistency",
+    "/v1/ledger/entries",
+    "/healthz",
+    "/metrics",
+];
+
+async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route: &'static str = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("other");
+    let mut id = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    let request_id = hex::encode(id);
+    let span = tracing::info_span!("request", id = %request_id, method = %req.method(), route);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = start.elapsed();
+    s.0.metrics.observe(route, elapsed);
+    if let Some(p) = resp.extensions().get::<Problem>() {
+        s.0.metrics.rejected(*p);
+        span.in_scope(|| {
+            tracing::info!(status = p.status().as_u16(), reason = p.slug(), ms = elapsed.as_millis() as u64, "refused")
+        });
+    } else {
+        span.in_scope(|| {
+            tracing::info!(status = resp.status().as_u16(), ms = elapsed.as_millis() as u64, "done")
+        });
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+#[derive(Serialize)]
+struct StudyList {
+    studies: Vec<String>,
+}
+
+async fn list_studies(State(s): State<AppState>) -> Json<StudyList> {
+    Json(StudyList {
+        studies: s.0.studies.ids().map(|i| i.to_string()).collect(),
+    })
+}
+
+async fn get_study(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match s.0.studies.get(&id) {
+        Some(st) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            st.signed_bytes.clone(),
+        )
+            .into_response(),
+        None => Problem::NotFound.into_response(),
+    }
+}
+
+async fn hpke_config(State(s): State<AppState>) -> Json<HpkeConfigList> {
+    let now = s.0.clock.now();
+    Json(HpkeConfigList {
+        configs: s
+            .0
+            .transport
+            .accepted(now)
+            .map(|k| HpkeConfig::new(k.info.key_id, &k.public_key))
+            .collect(),
+    })
+}
+
+#[derive(Serialize)]
+struct LedgerKey {
+    public_key: String,
+    vkey: String,
+    origin: String,
+}
+
+async fn ledger_key(State(s): State<AppState>) -> Json<LedgerKey> {
+    Json(LedgerKey {
+        public_key: s.0.signer.public_key().to_base64(),
+        vkey: s.0.signer.verifier().to_vkey(),
+        origin: s.0.signer.origin().to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OprfRequest {
+    blinded: String,
+}
+
+#[derive(Serialize)]
+struct OprfResponse {
+    evaluated: String,
+}
+
+async fn oprf(
+    State(s): State<AppState>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<OprfResponse>, Problem> {
+    let ip = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0 .0.ip());
+    if !s.0.limiter.check(ip) {
+        return Err(Problem::RateLimited);
+    }
+    let bytes = read_body(&s, &headers, body, 4096).await?;
+    let req: OprfRequest = serde_json::from_slice(&bytes).map_err(|_| Problem::BadRequest)?;
+    let blinded = base64::engine::general_purpose::STANDARD
+        .decode(req.blinded)
+        .map_err(|_| Problem::BadRequest)?;
+    let evaluated = s.0.oprf.evaluate(&blinded).map_err(|_| Problem::BadRequest)?;
+    Ok(Json(OprfResponse {
+        evaluated: base64::engine::general_purpose::STANDARD.encode(evaluated),
+    }))
+}
+
+/// Read a body within the size limit and the body timeout.
+async fn read_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Problem> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(Problem::BodyTooLarge);
+        }
+    }
+    let timeout = Config::ms(s.0.config.server.request_body_timeout_ms);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(Problem::Timeout),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            // `http_body_util::LengthLimitError` displays as "length limit exceeded"; the crate
+            // is not a direct dependency, so the message is matched.
+            if e.to_string().contains("length limit") {
+                Err(Problem::BodyTooLarge)
+            } else {
+                Err(Problem::BadRequest)
+            }
+        }
+    }
+}
+
+fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
+    match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => v
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case(want)),
+    }
+}
+
+async fn donate(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ReceiptBundle>, Problem> {
+    if !content_type_is(&headers, ENVELOPE_CONTENT_TYPE) {
+        return Err(Problem::BadRequest);
+    }
+    let bytes = read_body(&s, &headers, body, s.0.config.limits.max_body_bytes).await?;
+    let shared = s.0.clone();
+    let now = s.0.clock.now();
+    let validated = tokio::task::spawn_blocking(move || {
+        validate_donation(
+            &bytes,
+            &shared.transport,
+            &shared.studies,
+            now,
+            shared.config.limits.max_rows_per_donation,
+        )
+    })
+    .await
+    .map_err(|_| Problem::Internal)??;
+    let bundle = s
+        .0
+        .commit
+        .submit(|r| Job::Donation(Box::new(validated), r))
+        .await?;
+    s.0.metrics.donation_accepted();
+    Ok(Json(bundle))
+}
+
+async fn withdraw(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ReceiptBundle>, Problem> {
+    let bytes = read_body(&s, &headers, body, s.0.config.limits.max_body_bytes).await?;
+    let shared = s.0.clone();
+    let validated =
+        tokio::task::spawn_blocking(move || validate_withdrawal(&bytes, &shared.studies))
+            .await
+            .map_err(|_| Problem::Internal)??;
+    let bundle = s
+        .0
+        .commit
+        .submit(|r| Job::Withdrawal(Box::new(validated), r))
+        .await?;
+    s.0.metrics.withdrawal_accepted();
+    Ok(Json(bundle))
+}
+
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(Problem::Unauthorized)?;
+    if s.0.auditor.matches(token.trim()) {
+        Ok(())
+    } else {
+        Err(Problem::Unauthorized)
+    }
+}
+
+fn query_u64(uri: &http::Uri, name: &str) -> Result<u64, Problem> {
+    let q = uri.query().ok_or(Problem::BadRequest)?;
+    let mut found = None;
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').ok_or(Problem::BadRequest)?;
+        if k == name {
+            if found.is_some() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Problem::BadRequest);
+            }
+            found = Some(v.parse::<u64>().map_err(|_| Problem::BadRequest)?);
+        }
+    }
+    found.ok_or(Problem::BadRequest)
+}
+
+fn read_state(s: &AppState) -> Result<std::sync::RwLockReadGuard<'_, LedgerState>, Problem> {
+    s.0.state.read().map_err(|_| Problem::Internal)
+}
+
+async fn checkpoint(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
+    authorize(&s, &headers)?;
+    let note = read_state(&s)?.published_note().to_string();
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        note,
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+struct ProofResponse {
+    proof: Vec<String>,
+}
+
+async fn inclusion(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: http::Uri,
+) -> Result<Json<ProofResponse>, Problem> {
+    authorize(&s, &headers)?;
+    let (index, size) = (query_u64(&uri, "index")?, query_u64(&uri, "size")?);
+    let st = read_state(&s)?;
+    let proof = st
+        .inclusion_proof(index, size)
+        .map_err(|_| Problem::BadRequest)?;
+    Ok(Json(ProofResponse {
+        proof: proof.iter().map(|h| h.to_hex()).collect(),
+    }))
+}
+
+async fn consistency(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: http::Uri,
+) -> Result<Json<ProofResponse>, Problem> {
+    authorize(&s, &headers)?;
+    let (from, to) = (query_u64(&uri, "from")?, query_u64(&uri, "to")?);
+    if from == 0 || from > to {
+        return Err(Problem::BadRequest);
+    }
+    let st = read_state(&s)?;
+    let proof = st
+        .consistency_proof(from, to)
+        .map_err(|_| Problem::BadRequest)?;
+    Ok(Json(ProofResponse {
+        proof: proof.iter().map(|h| h.to_hex()).collect(),
+    }))
+}
+
+#[derive(Serialize)]
+struct EntriesResponse {
+    start: u64,
+    entries: Vec<String>,
+}
+
+async fn entries(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: http::Uri,
+) -> Result<Json<EntriesResponse>, Problem> {
+    authorize(&s, &headers)?;
+    let (start, end) = (query_u64(&uri, "start")?, query_u64(&uri, "end")?);
+    if end < start || end - start > MAX_ENTRIES_PER_CALL {
+        return Err(Problem::BadRequest);
+    }
+    let st = read_state(&s)?;
+    let list = st.entries(start, end).ok_or(Problem::BadRequest)?;
+    Ok(Json(EntriesResponse {
+        start,
+        entries: list
+            .iter()
+            .map(|e| base64::engine::general_purpose::STANDARD.encode(e))
+            .collect(),
+    }))
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.0.metrics.render(),
+    )
+        .into_response()
+}

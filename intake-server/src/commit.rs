@@ -1,0 +1,457 @@
+//! The committer: group commit, the unit of sealing and of durability.
+//!
+//! # Durability design
+//!
+//! "Acknowledged means durable" and "the intake cannot read back what it stored" are reconciled by
+//! making **the group commit itself the unit of sealing**; there is no write-ahead log of
+//! envelopes, so there is nothing on disk that the intake's own keys could open.
+//!
+//! 1. Handlers validate a donation completely (HPKE open, manifest, study, rows) on a blocking
+//!    thread and hand the validated rows to the committer over a bounded queue
+//!    (`commit.queue_capacity`; full → `503 unavailable`, backpressure rather than unbounded
+//!    memory).
+//! 2. The committer (one dedicated thread, the only writer of ledger state) takes the first
+//!    waiting job, then gathers more for up to `commit.group_window_ms` or until
+//!    `commit.group_max_donations` jobs.
+//! 3. Under the ledger lock it decides every job against the ledger state (idempotency, consent
+//!    record reuse, withdrawal state), appending the new entries to the in-memory Merkle log
+//!    (invisible to readers: they only see up to the last *published* checkpoint).
+//! 4. For each study with accepted rows: rows → one Parquet file in memory (ZSTD) → sealed batch
+//!    (fresh AES-256 data key wrapped to the vault public key, then zeroized; STREAM chunks) →
+//!    [`crate::store::BatchStore::put`] (temp file, fsync, rename, fsync dir).
+//! 5. The group's ledger entries (`ConsentGranted` for a consent record not seen before,
+//!    `DonationAccepted` naming the batch, `ConsentWithdrawn`) are appended with **one fsync**.
+//! 6. A checkpoint of the new tree is signed and published; only then are the receipts (signed
+//!    by the ledger key, with the entry, the checkpoint and an inclusion proof) sent.
+//!
+//! Recovery at startup ([`recover`]): the ledger store drops a torn tail; the Merkle log and the
+//! idempotency and consent indexes are rebuilt from the entries; every batch no
+//! `DonationAccepted` entry names is deleted (it was sealed but its ledger entries never became
+//! durable, so nobody was told it was accepted) and temporary files are removed.
+//!
+//! Consequences: every acknowledged donation is in exactly one sealed batch and in the ledger;
+//! nothing unacknowledged stays visible after recovery (an entry that became durable but whose
+//! receipt was lost is returned again when the client retries with its idempotency key);
+//! plaintext rows exist only in memory, for the few milliseconds of a group. A failed write or
+//! fsync *poisons* the committer: it answers `500 internal` to the group and `503 unavailable` to
+//! everything after, because after a failed fsync the state of the file is unknown; the operator
+//! restarts and recovery re-establishes the invariants.
+//!
+//! Analytics merges the small per-group batch files later; it holds the vault key, the intake
+//! does not. Batch files written by any other component must not be placed directly in
+//! `batches/<study>/` with a `<32 hex>.ddb` name unless a `DonationAccepted` entry names them,
+//! or recovery deletes them as orphans.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::receipt::ReceiptBundle;
+use datadonor_schemas::study::StudyId;
+use datadonor_schemas::time::Clock;
+use rand_core::{OsRng, RngCore};
+use tokio::sync::oneshot;
+
+use crate::ledger::{LedgerSigner, LedgerState};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::seal::{rows_to_parquet, seal_batch, VaultKey};
+use crate::store::{BatchRef, BatchStore, LedgerStore, StoreError};
+use crate::validate::{ValidatedDonation, ValidatedWithdrawal};
+
+/// The answer a handler waits for.
+pub type Reply = oneshot::Sender<Result<ReceiptBundle, Problem>>;
+
+/// Work for the committer.
+pub enum Job {
+    /// A validated donation.
+    Donation(Box<ValidatedDonation>, Reply),
+    /// A validated withdrawal.
+    Withdrawal(Box<ValidatedWithdrawal>, Reply),
+    /// Finish the current group and stop; the sender is signalled when done.
+    Stop(std::sync::mpsc::Sender<()>),
+}
+
+/// Everything the committer needs.
+#[derive(Debug, Clone)]
+pub struct CommitContext {
+    /// Ledger state shared with readers.
+    pub state: Arc<RwLock<LedgerState>>,
+    /// Ledger key.
+    pub signer: Arc<LedgerSigner>,
+    /// Ledger backend.
+    pub ledger: Arc<dyn LedgerStore>,
+    /// Batch backend.
+    pub batches: Arc<dyn BatchStore>,
+    /// Vault public key.
+    pub vault: VaultKey,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set after an I/O failure.
+    pub poisoned: Arc<AtomicBool>,
+    /// Largest group.
+    pub group_max: usize,
+    /// Group window.
+    pub window: Duration,
+}
+
+/// The handle handlers submit jobs through.
+#[derive(Debug, Clone)]
+pub struct CommitHandle {
+    tx: SyncSender<Job>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl CommitHandle {
+    /// Submit a job and wait for its receipt.
+    pub async fn submit(
+        &self,
+        make: impl FnOnce(Reply) -> Job,
+    ) -> Result<ReceiptBundle, Problem> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Problem::Unavailable);
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.tx.try_send(make(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                return Err(Problem::Unavailable)
+            }
+        }
+        rx.await.unwrap_or(Err(Problem::Unavailable))
+    }
+
+    /// Ask the committer to finish and wait until it has.
+    pub fn stop(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Job::Stop(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// Start the committer thread.
+pub fn spawn(ctx: CommitContext, capacity: usize) -> std::io::Result<CommitHandle> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+    let poisoned = ctx.poisoned.clone();
+    std::thread::Builder::new()
+        .name("datadonor-committer".into())
+        .spawn(move || run(ctx, rx))?;
+    Ok(CommitHandle { tx, poisoned })
+}
+
+fn run(ctx: CommitContext, rx: Receiver<Job>) {
+    loop {
+        let first = match rx.recv() {
+            Ok(j) => j,
+            Err(_) => return,
+        };
+        let mut group = Vec::new();
+        let mut stop = None;
+        match first {
+            Job::Stop(s) => stop = Some(s),
+            j => group.push(j),
+        }
+        let deadline = Instant::now() + ctx.window;
+        while stop.is_none() && group.len() < ctx.group_max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Job::Stop(s)) => stop = Some(s),
+                Ok(j) => group.push(j),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if !group.is_empty() {
+            process_group(&ctx, group);
+        }
+        if let Some(s) = stop {
+            let _ = s.send(());
+            return;
+        }
+    }
+}
+
+enum Outcome {
+    /// A new entry at this index.
+    New(u64),
+    /// An existing entry (replay): index and receipt size (`None`: patched at group end).
+    Existing(u64, Option<u64>),
+    Fail(Problem),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error("state lock poisoned")]
+    Lock,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+}
+
+fn process_group(ctx: &CommitContext, group: Vec<Job>) {
+    let mut replies: Vec<(Reply, Outcome)> = Vec::with_capacity(group.len());
+    if ctx.poisoned.load(Ordering::SeqCst) {
+        for j in group {
+            if let Job::Donation(_, r) | Job::Withdrawal(_, r) = j {
+                let _ = r.send(Err(Problem::Unavailable));
+            }
+        }
+        return;
+    }
+    let result = commit(ctx, group, &mut replies);
+    let state = ctx.state.read();
+    match (result, state) {
+        (Ok(()), Ok(st)) => {
+            for (reply, outcome) in replies {
+                let answer = match outcome {
+                    Outcome::Fail(p) => Err(p),
+                    Outcome::New(i) | Outcome::Existing(i, None) => {
+                        receipt(ctx, &st, i, st.published_size())
+                    }
+                    Outcome::Existing(i, Some(size)) => receipt(ctx, &st, i, size),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        (result, _) => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "commit failed; refusing further writes until restart");
+            }
+            ctx.poisoned.store(true, Ordering::SeqCst);
+            for (reply, outcome) in replies {
+                let answer = match outcome {
+                    Outcome::Fail(p) => Err(p),
+                    _ => Err(Problem::Internal),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+fn receipt(
+    ctx: &CommitContext,
+    st: &LedgerState,
+    index: u64,
+    size: u64,
+) -> Result<ReceiptBundle, Problem> {
+    st.receipt(&ctx.signer, index, size).map_err(|e| {
+        tracing::error!(error = %e, "building a receipt failed");
+        Problem::Internal
+    })
+}
+
+fn commit(
+    ctx: &CommitContext,
+    group: Vec<Job>,
+    replies: &mut Vec<(Reply, Outcome)>,
+) -> Result<(), CommitError> {
+    let now = ctx.clock.now();
+    let mut rows: BTreeMap<StudyId, (BatchRef, Vec<RecordBatch>, arrow::datatypes::SchemaRef)> =
+        BTreeMap::new();
+    let mut new_entries: Vec<Vec<u8>> = Vec::new();
+    let mut patch_donations = Vec::new();
+    let mut patch_withdrawals = Vec::new();
+    {
+        let mut st = ctx.state.write().map_err(|_| CommitError::Lock)?;
+        for job in group {
+            match job {
+                Job::Donation(d, reply) => {
+                    let outcome = decide_donation(&mut st, &d, now, &mut rows, &mut new_entries);
+                    if let Outcome::New(_) = outcome {
+                        patch_donations.push(d.idempotency_key);
+                    }
+                    replies.push((reply, outcome));
+                }
+                Job::Withdrawal(w, reply) => {
+                    let outcome = decide_withdrawal(&mut st, &w, now, &mut new_entries);
+                    if let Outcome::New(_) = outcome {
+                        patch_withdrawals.push(w.sha256);
+                    }
+                    replies.push((reply, outcome));
+                }
+                Job::Stop(s) => {
+                    let _ = s.send(());
+                }
+            }
+        }
+    }
+    if new_entries.is_empty() {
+        return Ok(());
+    }
+    for (study, (bref, batches, schema)) in &rows {
+        let parquet = rows_to_parquet(schema, batches)?;
+        let sealed = seal_batch(
+            study.as_str(),
+            bref.batch_id,
+            now,
+            &ctx.vault,
+            parquet.as_slice(),
+        )?;
+        drop(parquet);
+        ctx.batches.put(bref, &sealed)?;
+        ctx.metrics.batch_flushed();
+    }
+    drop(rows);
+    ctx.ledger.append(&new_entries)?;
+    let mut st = ctx.state.write().map_err(|_| CommitError::Lock)?;
+    let size = st.size();
+    st.set_receipt_sizes(&patch_donations, &patch_withdrawals, size);
+    st.publish(&ctx.signer)?;
+    ctx.metrics.ledger_size(size);
+    Ok(())
+}
+
+fn push(st: &mut LedgerState, entry: &LedgerEntry, new_entries: &mut Vec<Vec<u8>>) -> u64 {
+    let bytes = entry.to_bytes();
+    new_entries.push(bytes.clone());
+    st.push(entry, bytes, u64::MAX)
+}
+
+fn decide_donation(
+    st: &mut LedgerState,
+    d: &ValidatedDonation,
+    now: i64,
+    rows: &mut BTreeMap<StudyId, (BatchRef, Vec<RecordBatch>, arrow::datatypes::SchemaRef)>,
+    new_entries: &mut Vec<Vec<u8>>,
+) -> Outcome {
+    if let Some(rec) = st.donation(&d.idempotency_key) {
+        return if rec.envelope_sha256 == d.envelope_sha256 {
+            Outcome::Existing(
+                rec.ledger_index,
+                (rec.receipt_size != u64::MAX).then_some(rec.receipt_size),
+            )
+        } else {
+            Outcome::Fail(Problem::IdempotencyConflict)
+        };
+    }
+    let m = &d.manifest.body;
+    let study = &d.study.definition.id;
+    let manifest_sha = d.manifest.digest();
+    match st.consent_record(study, &m.record_id) {
+        Some(h) if h != manifest_sha => return Outcome::Fail(Problem::ManifestMismatch),
+        Some(_) => {
+            if st.consent(study, &m.pseudonym).is_some_and(|c| {
+                c.consent_record_id == m.record_id && c.withdrawn_at.is_some()
+            }) {
+                return Outcome::Fail(Problem::AlreadyWithdrawn);
+            }
+        }
+        None => {
+            let granted = LedgerEntry::ConsentGranted {
+                time: now,
+                study_id: study.clone(),
+                study_version: m.study_version,
+                pseudonym: m.pseudonym,
+                consent_record_id: m.record_id,
+                purposes: m.purposes.clone(),
+                given_at: m.given_at,
+                expires_at: m.expires_at,
+                manifest_sha256: manifest_sha,
+                donor_public_key: m.donor_public_key,
+            };
+            push(st, &granted, new_entries);
+        }
+    }
+    let slot = rows.entry(study.clone()).or_insert_with(|| {
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        (
+            BatchRef {
+                study: study.as_str().to_string(),
+                batch_id: id,
+            },
+            Vec::new(),
+            d.study.definition.arrow_schema(),
+        )
+    });
+    slot.1.push(d.rows.clone());
+    let accepted = LedgerEntry::DonationAccepted {
+        time: now,
+        study_id: study.clone(),
+        pseudonym: m.pseudonym,
+        consent_record_id: m.record_id,
+        idempotency_key: d.idempotency_key,
+        envelope_sha256: d.envelope_sha256,
+        rows: u32::try_from(d.rows.num_rows()).unwrap_or(u32::MAX),
+        batch_id: slot.0.id_hex(),
+    };
+    Outcome::New(push(st, &accepted, new_entries))
+}
+
+fn decide_withdrawal(
+    st: &mut LedgerState,
+    w: &ValidatedWithdrawal,
+    now: i64,
+    new_entries: &mut Vec<Vec<u8>>,
+) -> Outcome {
+    if let Some(rec) = st.withdrawal(&w.sha256) {
+        return Outcome::Existing(
+            rec.ledger_index,
+            (rec.receipt_size != u64::MAX).then_some(rec.receipt_size),
+        );
+    }
+    let b = &w.withdrawal.body;
+    let Some(c) = st.consent(&b.study_id, &b.pseudonym) else {
+        return Outcome::Fail(Problem::UnknownConsent);
+    };
+    if c.consent_record_id != b.consent_record_id {
+        return Outcome::Fail(Problem::UnknownConsent);
+    }
+    if c.donor_public_key != w.withdrawal.signer {
+        return Outcome::Fail(Problem::WithdrawalKeyMismatch);
+    }
+    if c.withdrawn_at.is_some() {
+        return Outcome::Fail(Problem::AlreadyWithdrawn);
+    }
+    let entry = LedgerEntry::ConsentWithdrawn {
+        time: now,
+        study_id: b.study_id.clone(),
+        pseudonym: b.pseudonym,
+        consent_record_id: b.consent_record_id,
+        withdrawal_sha256: w.sha256,
+    };
+    Outcome::New(push(st, &entry, new_entries))
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Ledger entries recovered.
+    pub entries: u64,
+    /// Unacknowledged batch files deleted.
+    pub orphan_batches_deleted: usize,
+    /// Temporary files deleted.
+    pub temporaries_deleted: usize,
+}
+
+/// Rebuild ledger state from the stores and delete what was never acknowledged.
+pub fn recover(
+    ledger: &dyn LedgerStore,
+    batches: &dyn BatchStore,
+    signer: &LedgerSigner,
+) -> Result<(LedgerState, RecoveryReport), crate::Error> {
+    let records = ledger.recover()?;
+    let state = LedgerState::recover(records, signer)?;
+    let mut report = RecoveryReport {
+        entries: state.size(),
+        temporaries_deleted: batches.clean_temporaries()?,
+        ..Default::default()
+    };
+    for b in batches.list()? {
+        if !state.references_batch(&b.study, &b.id_hex()) {
+            batches.delete(&b)?;
+            report.orphan_batches_deleted += 1;
+        }
+    }
+    Ok((state, report))
+}

@@ -1,0 +1,349 @@
+//! The intake's configuration file (`config.toml` in the data directory).
+//!
+//! Every section and field has a named default (`DEFAULT_*`) with its rationale next to it;
+//! unknown keys are refused, so a misspelt limit is an error at startup rather than a silently
+//! ignored setting. `datadonor-intake init` writes the file with every default spelt out, and
+//! `intake-server/config.sample.toml` is the same file checked by a test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default listen address: loopback only; a deployment puts its own address here.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default connection limit: enough for a regional service behind a load balancer, small
+/// enough that file descriptors and buffers stay bounded.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default TLS handshake timeout (ms).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default time to receive the request headers (ms): slow-loris protection.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default time to receive a whole request body (ms): a 8 MiB donation over a slow mobile link.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Default time in-flight requests get to finish at shutdown (ms).
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Default largest request body: a donation of a few years of monthly rows is tens of KiB;
+/// 8 MiB leaves room for daily granularity without inviting memory exhaustion.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Default largest number of rows in one donation (ten years of daily rows is ~3650).
+pub const DEFAULT_MAX_ROWS_PER_DONATION: usize = 10_000;
+/// Default OPRF burst per client address: a donor app needs one evaluation per donation.
+pub const DEFAULT_OPRF_BURST: u32 = 10;
+/// Default OPRF refill rate per client address (tokens per second): slows down offline
+/// dictionary building over the ~10^7 valid CPR numbers to months per address.
+pub const DEFAULT_OPRF_PER_SECOND: f64 = 0.5;
+/// Default largest commit group (donations sealed into one batch file per study).
+pub const DEFAULT_GROUP_MAX_DONATIONS: usize = 64;
+/// Default group window (ms): how long the committer waits for more donations after the first
+/// one of a group. Bounds added latency; amortises one fsync over the group.
+pub const DEFAULT_GROUP_WINDOW_MS: u64 = 10;
+/// Default commit queue capacity; beyond it donations get `503 unavailable` (backpressure).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default checkpoint origin (and signed-note key name).
+pub const DEFAULT_ORIGIN: &str = "datadonor.localhost/ledger";
+/// Default grace period of a superseded transport key: 7 days, longer than any client caches
+/// the HPKE configuration and any queued offline donation is expected to wait.
+pub const DEFAULT_TRANSPORT_KEY_GRACE_SECS: u64 = 7 * 86_400;
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not parse (message has line and key).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The data directory (relative paths are relative to the config file's directory).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Network and TLS.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Input limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// OPRF rate limit.
+    #[serde(default)]
+    pub oprf: OprfConfig,
+    /// Group commit.
+    #[serde(default)]
+    pub commit: CommitConfig,
+    /// Ledger.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// Keys.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Studies.
+    #[serde(default)]
+    pub studies: StudiesConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".")
+}
+
+/// Network and TLS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address; port 0 picks a free port (see `RunningIntake::addr`).
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM), relative to the data directory.
+    pub tls_cert: PathBuf,
+    /// Server private key (PEM), relative to the data directory.
+    pub tls_key: PathBuf,
+    /// Maximum concurrent connections; further connections wait in the kernel backlog.
+    pub max_connections: usize,
+    /// TLS handshake timeout (ms).
+    pub handshake_timeout_ms: u64,
+    /// Header read timeout (ms).
+    pub header_read_timeout_ms: u64,
+    /// Body read timeout (ms).
+    pub request_body_timeout_ms: u64,
+    /// Drain timeout at shutdown (ms).
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            tls_cert: PathBuf::from("tls/server.pem"),
+            tls_key: PathBuf::from("tls/server.key"),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            request_body_timeout_ms: DEFAULT_REQUEST_BODY_TIMEOUT_MS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Input limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body in bytes (`413 body-too-large` beyond).
+    pub max_body_bytes: usize,
+    /// Largest number of rows per donation (`422 too-many-rows` beyond).
+    pub max_rows_per_donation: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_rows_per_donation: DEFAULT_MAX_ROWS_PER_DONATION,
+        }
+    }
+}
+
+/// OPRF rate limit (token bucket per client address).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OprfConfig {
+    /// Bucket size.
+    pub burst: u32,
+    /// Refill rate, tokens per second.
+    pub per_second: f64,
+}
+
+impl Default for OprfConfig {
+    fn default() -> Self {
+        Self {
+            burst: DEFAULT_OPRF_BURST,
+            per_second: DEFAULT_OPRF_PER_SECOND,
+        }
+    }
+}
+
+/// Group commit settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitConfig {
+    /// Largest group.
+    pub group_max_donations: usize,
+    /// Window after the first job of a group (ms).
+    pub group_window_ms: u64,
+    /// Queue capacity.
+    pub queue_capacity: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self {
+            group_max_donations: DEFAULT_GROUP_MAX_DONATIONS,
+            group_window_ms: DEFAULT_GROUP_WINDOW_MS,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// Ledger settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Checkpoint origin; also the signed-note key name.
+    pub origin: String,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            origin: DEFAULT_ORIGIN.to_string(),
+        }
+    }
+}
+
+/// Key settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// How long a superseded transport key stays accepted, in seconds from rotation.
+    pub transport_key_grace_secs: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            transport_key_grace_secs: DEFAULT_TRANSPORT_KEY_GRACE_SECS,
+        }
+    }
+}
+
+/// Study settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudiesConfig {
+    /// Base64 Ed25519 public keys of the stewards whose signed studies (in `studies/`) are
+    /// served. A study signed by anyone else is refused at startup.
+    pub trusted_signers: Vec<String>,
+}
+
+impl Config {
+    /// Parse a configuration text; `data_dir` stays as written.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let c: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Load a file; a relative `data_dir` is resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut c = Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        if c.data_dir.is_relative() {
+            let base = path.parent().unwrap_or_else(|| Path::new("."));
+            c.data_dir = base.join(&c.data_dir);
+        }
+        Ok(c)
+    }
+
+    /// Load `<dir>/config.toml` with `data_dir` set to `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let mut c = Self::load(&dir.join("config.toml"))?;
+        c.data_dir = dir.to_path_buf();
+        Ok(c)
+    }
+
+    /// The configuration with every default, for `init`.
+    pub fn with_defaults(trusted_signers: Vec<String>) -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            oprf: OprfConfig::default(),
+            commit: CommitConfig::default(),
+            ledger: LedgerConfig::default(),
+            keys: KeysConfig::default(),
+            studies: StudiesConfig { trusted_signers },
+        }
+    }
+
+    /// The TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Check ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections must be at least 1");
+        }
+        if self.limits.max_body_bytes < 1024
+            || self.limits.max_body_bytes > datadonor_schemas::envelope::MAX_ROWS_LEN * 2
+        {
+            return bad("limits.max_body_bytes must be within 1 KiB..128 MiB");
+        }
+        if self.limits.max_rows_per_donation == 0 {
+            return bad("limits.max_rows_per_donation must be at least 1");
+        }
+        if self.oprf.burst == 0 || !(self.oprf.per_second.is_finite() && self.oprf.per_second > 0.0)
+        {
+            return bad("oprf.burst must be >= 1 and oprf.per_second > 0");
+        }
+        if self.commit.group_max_donations == 0 || self.commit.queue_capacity == 0 {
+            return bad("commit.group_max_donations and commit.queue_capacity must be >= 1");
+        }
+        if datadonor_schemas::checkpoint::Checkpoint::new(
+            self.ledger.origin.clone(),
+            0,
+            datadonor_schemas::merkle::empty_root(),
+        )
+        .is_err()
+            || !datadonor_schemas::checkpoint::is_valid_key_name(&self.ledger.origin)
+        {
+            return bad("ledger.origin must be a valid checkpoint origin and note key name");
+        }
+        Ok(())
+    }
+
+    /// A path inside the data directory.
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.data_dir.join(rel)
+    }
+
+    /// Durations.
+    pub(crate) fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}

@@ -1,0 +1,210 @@
+//! `datadonor-intake init --dir D`: a complete, runnable data directory for development and
+//! demos.
+//!
+//! Creates (secrets mode 0600):
+//!
+//! * `keys/`: HPKE transport key id 1, ledger Ed25519 seed, OPRF key, SHA-256 of the auditor
+//!   token (see [`crate::keys`]);
+//! * `auditor.token`: the auditor token itself, once, for the operator to hand over and delete;
+//! * `tls/ca.pem`, `tls/server.pem`, `tls/server.key`: a throw-away CA and a server certificate
+//!   for `localhost` and `127.0.0.1` (the CA key is not kept);
+//! * `steward/steward.key`, `steward/steward.pub`: a demo steward key — in production the
+//!   steward signs studies elsewhere; `serve` never reads this directory;
+//! * `studies/t2d-dk.json`: the example study signed by that steward key;
+//! * `vault.pub` and, unless `--vault-public-key` is given, `vault-private/vault.key`: a demo
+//!   vault key pair. **`serve` never reads `vault-private/`**; move it to the steward's machine;
+//! * `config.toml`: every setting with its default, trusting the demo steward key;
+//! * `ledger/ledger.log`, with a `KeyRotated` entry for transport key 1.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use datadonor_schemas::envelope::{HpkePrivateKey, HpkePublicKey};
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::pseudonym::OprfServerKey;
+use datadonor_schemas::signing::{Context, SignedObject, SigningKey};
+use datadonor_schemas::study::StudyDefinition;
+use datadonor_schemas::time::UnixSeconds;
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::keys::{self, write_atomic, write_secret, VaultPrivateKeyFile, VaultPublicKey};
+use crate::store::{LedgerStore, LocalLedgerStore};
+use crate::Error;
+
+/// The example study shipped with the repository.
+pub const EXAMPLE_STUDY_TOML: &str = include_str!("../../examples/t2d-study.toml");
+/// Its consent notice.
+pub const EXAMPLE_NOTICE: &str = include_str!("../../examples/t2d-notice.md");
+
+/// What `init` produced that the operator must see once.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// The auditor token (also in `auditor.token`).
+    pub auditor_token: Zeroizing<String>,
+    /// The demo steward's public key (base64).
+    pub steward_public_key: String,
+    /// Where the vault private key was written, if init generated it.
+    pub vault_private_key: Option<PathBuf>,
+}
+
+/// The ledger file of a data directory.
+pub fn ledger_path(dir: &Path) -> PathBuf {
+    dir.join("ledger/ledger.log")
+}
+
+/// The batch root of a data directory.
+pub fn batches_path(dir: &Path) -> PathBuf {
+    dir.join("batches")
+}
+
+/// SHA-256 of a public key, for `KeyRotated` entries.
+pub fn public_key_sha256(pk: &[u8]) -> [u8; 32] {
+    crate::validate::sha256(pk)
+}
+
+/// Parse a vault public key file: the `vault.pub` JSON form, or one line of base64 (key id 1).
+pub fn parse_vault_public_key(bytes: &[u8]) -> Option<VaultPublicKey> {
+    if let Some(v) = VaultPublicKey::from_json(bytes) {
+        return Some(v);
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let raw = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    let pk: [u8; 32] = raw.try_into().ok()?;
+    Some(VaultPublicKey::new(1, &HpkePublicKey(pk)))
+}
+
+/// Create a data directory. Refuses if `dir/config.toml` exists.
+pub fn init(dir: &Path, vault_public_key: Option<&Path>, now: UnixSeconds) -> Result<InitReport, Error> {
+    if dir.join("config.toml").exists() {
+        return Err(Error::Init(format!(
+            "{} already holds an intake (config.toml exists)",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir.join("keys")).map_err(Error::io("creating keys/"))?;
+    for sub in ["tls", "studies", "steward", "ledger", "batches"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(Error::io(format!("creating {sub}/")))?;
+    }
+
+    // Keys.
+    let (tid, tpk) = keys::create_transport_key(dir, now)?;
+    let ledger = SigningKey::generate().map_err(|_| Error::Init("ledger key".into()))?;
+    write_secret(&keys::ledger_key_path(dir), ledger.seed())?;
+    let oprf = OprfServerKey::generate().map_err(|_| Error::Init("OPRF key".into()))?;
+    write_secret(&keys::oprf_key_path(dir), &oprf.to_bytes())?;
+    let mut token_bytes = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(token_bytes.as_mut());
+    let token = Zeroizing::new(hex::encode(token_bytes.as_ref()));
+    let hash = keys::AuditorTokenHash::of_token(&token);
+    write_atomic(&keys::auditor_hash_path(dir), hex::encode(hash.0).as_bytes(), 0o644)?;
+    write_secret(&dir.join("auditor.token"), format!("{}\n", token.as_str()).as_bytes())?;
+
+    // Vault.
+    let mut vault_private_key = None;
+    let vault = match vault_public_key {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(Error::io(format!("reading {}", p.display())))?;
+            parse_vault_public_key(&bytes)
+                .ok_or_else(|| Error::Init(format!("{}: not a vault public key", p.display())))?
+        }
+        None => {
+            let (sk, pk) = HpkePrivateKey::generate();
+            let file = VaultPrivateKeyFile {
+                key_id: 1,
+                private_key: base64::engine::general_purpose::STANDARD.encode(sk.to_bytes()),
+            };
+            let text = Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
+            let p = dir.join("vault-private/vault.key");
+            write_secret(&p, &text)?;
+            vault_private_key = Some(p);
+            VaultPublicKey::new(1, &pk)
+        }
+    };
+    write_atomic(
+        &dir.join("vault.pub"),
+        &serde_json::to_vec_pretty(&vault).unwrap_or_default(),
+        0o644,
+    )?;
+
+    // TLS.
+    write_dev_tls(&dir.join("tls"))?;
+
+    // Steward and the example study.
+    let steward = SigningKey::generate().map_err(|_| Error::Init("steward key".into()))?;
+    write_secret(&dir.join("steward/steward.key"), steward.seed())?;
+    let steward_pub = steward.public_key().to_base64();
+    write_atomic(
+        &dir.join("steward/steward.pub"),
+        format!("{steward_pub}\n").as_bytes(),
+        0o644,
+    )?;
+    let study = StudyDefinition::from_toml(EXAMPLE_STUDY_TOML)
+        .map_err(|e| Error::Init(format!("example study: {e}")))?;
+    let signed = SignedObject::sign(Context::StudyDefinition, &study, &steward);
+    write_atomic(
+        &dir.join(format!("studies/{}.json", study.id)),
+        &signed.to_bytes(),
+        0o644,
+    )?;
+
+    // Ledger: record the first transport key.
+    let store = LocalLedgerStore::open(&ledger_path(dir))?;
+    let existing = store.recover()?;
+    let entry = LedgerEntry::KeyRotated {
+        time: now,
+        role: "hpke-transport".into(),
+        key_id: tid,
+        public_key_sha256: public_key_sha256(&tpk.0),
+    };
+    if existing.is_empty() {
+        store.append(&[entry.to_bytes()])?;
+    }
+
+    // Config last: its presence marks a complete directory.
+    let config = Config::with_defaults(vec![steward_pub.clone()]);
+    let text = format!(
+        "# Datadonor intake configuration, written by `datadonor-intake init` with every default.\n\
+         # Paths are relative to the data directory. See intake-server/config.sample.toml.\n{}",
+        config.to_toml()
+    );
+    write_atomic(&dir.join("config.toml"), text.as_bytes(), 0o644)?;
+    Ok(InitReport {
+        dir: dir.to_path_buf(),
+        auditor_token: token,
+        steward_public_key: steward_pub,
+        vault_private_key,
+    })
+}
+
+fn write_dev_tls(tls: &Path) -> Result<(), Error> {
+    let e = |e: rcgen::Error| Error::Tls(e.to_string());
+    let ca_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Datadonor development CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key).map_err(e)?;
+    let server_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut sp =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(e)?;
+    sp.distinguished_name
+        .push(rcgen::DnType::CommonName, "datadonor intake (development)");
+    sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server = sp.signed_by(&server_key, &ca, &ca_key).map_err(e)?;
+    write_atomic(&tls.join("ca.pem"), ca.pem().as_bytes(), 0o644)?;
+    write_atomic(&tls.join("server.pem"), server.pem().as_bytes(), 0o644)?;
+    let key_pem = Zeroizing::new(server_key.serialize_pem());
+    write_secret(&tls.join("server.key"), key_pem.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The intake's view of the consent ledger: the Merkle log, the indexes folded from its entries,
+//! the ledger signing key, and receipts.
+//!
+//! The state is rebuilt from the [`crate::store::LedgerStore`] at startup ([`LedgerState::recover`])
+//! and then changed only by the committer. Readers (auditor endpoints) see only the prefix
+//! covered by the latest signed checkpoint (`published_size`): entries of a group that is still
+//! being made durable are invisible.
+
+use std::collections::{HashMap, HashSet};
+
+use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
+use datadonor_schemas::ledger::{ConsentState, LedgerEntry};
+use datadonor_schemas::merkle::{leaf_hash, Hash, MerkleLog};
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
+use datadonor_schemas::signing::{PublicKey, SigningKey};
+use datadonor_schemas::study::StudyId;
+
+/// Errors of ledger state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// A durable record is not a ledger entry.
+    #[error("ledger record {index} does not parse: {reason}")]
+    BadRecord {
+        /// Index.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Checkpoint signing (bad origin).
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// A proof or index out of range.
+    #[error("merkle: {0}")]
+    Merkle(#[from] datadonor_schemas::merkle::MerkleError),
+}
+
+/// What the idempotency index remembers of a donation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DonationRecord {
+    /// SHA-256 of the envelope.
+    pub envelope_sha256: [u8; 32],
+    /// Ledger index of its `DonationAccepted` entry.
+    pub ledger_index: u64,
+    /// Tree size of the checkpoint its receipt is issued under.
+    pub receipt_size: u64,
+}
+
+/// What the intake remembers of a withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WithdrawalRecord {
+    /// Ledger index of its `ConsentWithdrawn` entry.
+    pub ledger_index: u64,
+    /// Tree size of the checkpoint its receipt is issued under.
+    pub receipt_size: u64,
+}
+
+/// The ledger key and checkpoint identity.
+#[derive(Debug)]
+pub struct LedgerSigner {
+    key: SigningKey,
+    origin: String,
+    verifier: NoteVerifier,
+}
+
+impl LedgerSigner {
+    /// A signer; the origin doubles as the note key name.
+    pub fn new(key: SigningKey, origin: &str) -> Result<Self, LedgerError> {
+        let verifier = NoteVerifier::new(origin, key.public_key().0)?;
+        Checkpoint::new(origin, 0, datadonor_schemas::merkle::empty_root())?;
+        Ok(Self {
+            key,
+            origin: origin.to_string(),
+            verifier,
+        })
+    }
+    /// The note verifier (for `/v1/ledger-key`).
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.verifier
+    }
+    /// The public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+    /// The origin.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+    /// Sign a checkpoint of `size` with `root`.
+    pub fn checkpoint(&self, size: u64, root: Hash) -> Result<String, LedgerError> {
+        let cp = Checkpoint::new(self.origin.clone(), size, root)?;
+        Ok(checkpoint::sign(&cp, &self.origin, self.key.key_pair())?)
+    }
+}
+
+/// The folded ledger.
+#[derive(Debug, Default)]
+pub struct LedgerState {
+    log: MerkleLog,
+    entries: Vec<Vec<u8>>,
+    /// Size covered by the latest signed checkpoint.
+    published_size: u64,
+    published_note: String,
+    donations: HashMap<[u8; 16], DonationRecord>,
+    /// Consent records seen: (study, record id) → manifest SHA-256.
+    consent_records: HashMap<(StudyId, [u8; 16]), [u8; 32]>,
+    /// Latest consent per (study, pseudonym).
+    consents: HashMap<(StudyId, Pseudonym), ConsentState>,
+    withdrawals: HashMap<[u8; 32], WithdrawalRecord>,
+    batches: HashSet<(String, String)>,
+}
+
+impl LedgerState {
+    /// Rebuild from durable records, and publish a checkpoint of them.
+    pub fn recover(records: Vec<Vec<u8>>, signer: &LedgerSigner) -> Result<Self, LedgerError> {
+        let mut s = Self::default();
+        for (i, r) in records.into_iter().enumerate() {
+            let entry = LedgerEntry::from_bytes(&r).map_err(|e| LedgerError::BadRecord {
+                index: i as u64,
+                reason: e.to_string(),
+            })?;
+            s.push(&entry, r, 0);
+        }
+        let size = s.size();
+        for d in s.donations.values_mut() {
+            d.receipt_size = size;
+        }
+        for w in s.withdrawals.values_mut() {
+            w.receipt_size = size;
+        }
+        s.publish(signer)?;
+        Ok(s)
+    }
+
+    /// Append an entry in memory (not yet durable or published); returns its index.
+    /// `receipt_size` is the tree size its receipt will be issued under.
+    pub fn push(&mut self, entry: &LedgerEntry, bytes: Vec<u8>, receipt_size: u64) -> u64 {
+        let index = self.log.push(leaf_hash(&bytes));
+        self.entries.push(bytes);
+        match entry {
+            LedgerEntry::ConsentGranted {
+                study_id,
+                pseudonym,
+                consent_record_id,
+                purposes,
+                expires_at,
+                manifest_sha256,
+                donor_public_key,
+                ..
+            } => {
+                self.consent_records
+                    .insert((study_id.clone(), *consent_record_id), *manifest_sha256);
+                self.consents.insert(
+                    (study_id.clone(), *pseudonym),
+                    ConsentState {
+                        purposes: purposes.clone(),
+                        expires_at: *expires_at,
+                        withdrawn_at: None,
+                        donor_public_key: *donor_public_key,
+                        consent_record_id: *consent_record_id,
+                    },
+                );
+            }
+            LedgerEntry::DonationAccepted {
+                study_id,
+                idempotency_key,
+                envelope_sha256,
+                batch_id,
+                ..
+            } => {
+                self.donations.insert(
+                    *idempotency_key,
+                    DonationRecord {
+                        envelope_sha256: *envelope_sha256,
+                        ledger_index: index,
+                        receipt_size,
+                    },
+                );
+                self.batches
+                    .insert((study_id.as_str().to_string(), batch_id.clone()));
+            }
+            LedgerEntry::ConsentWithdrawn {
+                study_id,
+                pseudonym,
+                time,
+                withdrawal_sha256,
+                consent_record_id,
+            } => {
+                if let Some(c) = self.consents.get_mut(&(study_id.clone(), *pseudonym)) {
+                    if &c.consent_record_id == consent_record_id {
+                        c.withdrawn_at.get_or_insert(*time);
+                    }
+                }
+                self.withdrawals.insert(
+                    *withdrawal_sha256,
+                    WithdrawalRecord {
+                        ledger_index: index,
+                        receipt_size,
+                    },
+                );
+            }
+            _ => {}
+        }
+        index
+    }
+
+    /// Sign and publish a checkpoint of the whole in-memory log (call after it is durable).
+    pub fn publish(&mut self, signer: &LedgerSigner) -> Result<(), LedgerError> {
+        let size = self.log.size();
+        self.published_note = signer.checkpoint(size, self.log.root())?;
+        self.published_size = size;
+        Ok(())
+    }
+
+    /// Set the receipt tree size of a group's new donations and withdrawals.
+    pub fn set_receipt_sizes(&mut self, donations: &[[u8; 16]], withdrawals: &[[u8; 32]], size: u64) {
+        for k in donations {
+            if let Some(d) = self.donations.get_mut(k) {
+                d.receipt_size = size;
+            }
+        }
+        for k in withdrawals {
+            if let Some(w) = self.withdrawals.get_mut(k) {
+                w.receipt_size = size;
+            }
+        }
+    }
+
+    /// Entries in memory (durable or not).
+    pub fn size(&self) -> u64 {
+        self.log.size()
+    }
+
+    /// Size of the latest published checkpoint.
+    pub fn published_size(&self) -> u64 {
+        self.published_size
+    }
+
+    /// The latest published checkpoint (signed note).
+    pub fn published_note(&self) -> &str {
+        &self.published_note
+    }
+
+    /// A donation by idempotency key.
+    pub fn donation(&self, key: &[u8; 16]) -> Option<DonationRecord> {
+        self.donations.get(key).copied()
+    }
+
+    /// A withdrawal by the SHA-256 of its signed payload.
+    pub fn withdrawal(&self, sha: &[u8; 32]) -> Option<WithdrawalRecord> {
+        self.withdrawals.get(sha).copied()
+    }
+
+    /// The manifest hash of a consent record, if the record is known.
+    pub fn consent_record(&self, study: &StudyId, record: &[u8; 16]) -> Option<[u8; 32]> {
+        self.consent_records.get(&(study.clone(), *record)).copied()
+    }
+
+    /// The latest consent of a pseudonym in a study.
+    pub fn consent(&self, study: &StudyId, p: &Pseudonym) -> Option<&ConsentState> {
+        self.consents.get(&(study.clone(), *p))
+    }
+
+    /// Whether a batch is referenced by a `DonationAccepted` entry.
+    pub fn references_batch(&self, study: &str, batch_hex: &str) -> bool {
+        self.batches
+            .contains(&(study.to_string(), batch_hex.to_string()))
+    }
+
+    /// Published entry bytes in `[start, end)`.
+    pub fn entries(&self, start: u64, end: u64) -> Option<&[Vec<u8>]> {
+        if start > end || end > self.published_size {
+            return None;
+        }
+        self.entries.get(start as usize..end as usize)
+    }
+
+    /// Inclusion proof within published sizes.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        if size > self.published_size {
+            return Err(datadonor_schemas::merkle::MerkleError::SizeOutOfRange {
+                size,
+                available: self.published_size,
+            }
+            .into());
+        }
+        Ok(self.log.inclusion_proof(index, size)?)
+    }
+
+    /// Consistency proof within published sizes.
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+        if to > self.published_size {
+            return Err(datadonor_schemas::merkle::MerkleError::SizeOutOfRange {
+                size: to,
+                available: self.published_size,
+            }
+            .into());
+        }
+        Ok(self.log.consistency_proof(from, to)?)
+    }
+
+    /// The receipt of the entry at `index`, under the checkpoint of `size`. Deterministic
+    /// (Ed25519 signatures are), so a replay gets byte-identical receipts.
+    pub fn receipt(
+        &self,
+        signer: &LedgerSigner,
+        index: u64,
+        size: u64,
+    ) -> Result<ReceiptBundle, LedgerError> {
+        let bytes = self
+            .entries
+            .get(index as usize)
+            .ok_or(datadonor_schemas::merkle::MerkleError::IndexOutOfRange { index, size })?;
+        let entry = LedgerEntry::from_bytes(bytes).map_err(|e| LedgerError::BadRecord {
+            index,
+            reason: e.to_string(),
+        })?;
+        let (kind, study_id, pseudonym, consent_record_id, request_sha256) = match entry {
+            LedgerEntry::DonationAccepted {
+                study_id,
+                pseudonym,
+                consent_record_id,
+                envelope_sha256,
+                ..
+            } => (
+                ReceiptKind::Donation,
+                study_id,
+                pseudonym,
+                consent_record_id,
+                envelope_sha256,
+            ),
+            LedgerEntry::ConsentWithdrawn {
+                study_id,
+                pseudonym,
+                consent_record_id,
+                withdrawal_sha256,
+                ..
+            } => (
+                ReceiptKind::Withdrawal,
+                study_id,
+                pseudonym,
+                consent_record_id,
+                withdrawal_sha256,
+            ),
+            _ => {
+                return Err(LedgerError::BadRecord {
+                    index,
+                    reason: "no receipt for this entry type".into(),
+                })
+            }
+        };
+        let root = self.log.root_at(size)?;
+        let checkpoint = signer.checkpoint(size, root)?;
+        let proof = self.log.inclusion_proof(index, size)?;
+        let receipt = Receipt {
+            format: datadonor_schemas::PROTOCOL_VERSION,
+            kind,
+            study_id,
+            pseudonym,
+            consent_record_id,
+            request_sha256,
+            ledger_index: index,
+            entry_sha256: leaf_hash(bytes).0,
+            checkpoint,
+            issued_at: entry.time(),
+        };
+        Ok(ReceiptBundle {
+            receipt: receipt.sign(&signer.key),
+            entry: bytes.clone(),
+            inclusion_proof: proof.into_iter().map(|h| HexHash(h.0)).collect(),
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! Running the intake: opening a data directory ([`Intake::open`]: lock, keys, studies, recovery,
+//! committer), the TLS 1.3 accept loop ([`start`]), graceful shutdown, and offline key rotation
+//! ([`rotate_transport_key`]).
+//!
+//! Connection handling: at most `server.max_connections` connections are served at once (a
+//! semaphore permit is taken *before* `accept`, so excess connections wait in the kernel backlog);
+//! the TLS handshake must finish within `handshake_timeout_ms`; HTTP/1 headers within
+//! `header_read_timeout_ms`; a request body within `request_body_timeout_ms` (`408 timeout`);
+//! bodies beyond `limits.max_body_bytes` get `413 body-too-large`. Shutdown stops accepting,
+//! tells every connection to finish its in-flight requests (HTTP/2 GOAWAY, HTTP/1 close after the
+//! response), waits up to `drain_timeout_ms`, then lets the committer finish its group and stops.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::Router;
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::time::{Clock, SystemClock};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+
+use crate::app::{app, AppState, ClientAddr, Shared};
+use crate::commit::{self, CommitContext, CommitHandle, RecoveryReport};
+use crate::config::Config;
+use crate::init::{batches_path, ledger_path, public_key_sha256};
+use crate::keys::{self, AuditorTokenHash, TransportKeys, VaultPublicKey};
+use crate::ledger::{LedgerSigner, LedgerState};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::seal::VaultKey;
+use crate::store::{BatchStore, LedgerStore, LocalBatchStore, LocalLedgerStore};
+use crate::studies::StudyRegistry;
+use crate::Error;
+
+/// The exclusive lock on a data directory, held while serving or rotating.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Take `dir/intake.lock` (released by the OS when the process dies, even by SIGKILL).
+    #[allow(clippy::incompatible_msrv)] // File::try_lock is stable since 1.89; the build uses newer.
+    pub fn acquire(dir: &Path) -> Result<Self, Error> {
+        let p = dir.join("intake.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(Error::io(format!("opening {}", p.display())))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Self { _file: f }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking data directory")(e)),
+        }
+    }
+}
+
+/// An opened data directory: state ready to serve, committer running.
+#[derive(Debug)]
+pub struct Intake {
+    state: AppState,
+    commit: CommitHandle,
+    recovery: RecoveryReport,
+    _lock: Option<DirLock>,
+}
+
+impl Intake {
+    /// Open with the local-directory backends (taking the directory lock).
+    pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+        config.validate()?;
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let ledger = Arc::new(LocalLedgerStore::open(&ledger_path(&config.data_dir))?);
+        let batches = Arc::new(LocalBatchStore::open(&batches_path(&config.data_dir))?);
+        let mut intake = Self::open_with_stores(config, clock, ledger, batches)?;
+        intake._lock = Some(lock);
+        Ok(intake)
+    }
+
+    /// Open with given backends (keys and studies still come from `config.data_dir`).
+    pub fn open_with_stores(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        ledger: Arc<dyn LedgerStore>,
+        batches: Arc<dyn BatchStore>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        let now = clock.now();
+        let transport = TransportKeys::load(&dir, config.keys.transport_key_grace_secs, now)?;
+        let signer = Arc::new(LedgerSigner::new(
+            keys::load_ledger_key(&dir)?,
+            &config.ledger.origin,
+        )?);
+        let oprf = keys::load_oprf_key(&dir)?;
+        let auditor = AuditorTokenHash::load(&dir)?;
+        let (vault_file, vault_pk) = VaultPublicKey::load(&dir)?;
+        let studies = StudyRegistry::load(&dir.join("studies"), &config.studies.trusted_signers)?;
+        let (ledger_state, recovery) = commit::recover(&*ledger, &*batches, &signer)?;
+        if recovery.orphan_batches_deleted > 0 || recovery.temporaries_deleted > 0 {
+            tracing::warn!(
+                orphans = recovery.orphan_batches_deleted,
+                temporaries = recovery.temporaries_deleted,
+                "recovery removed unacknowledged batch files"
+            );
+        }
+        let metrics = Arc::new(Metrics::default());
+        metrics.ledger_size(ledger_state.published_size());
+        let state = Arc::new(RwLock::new(ledger_state));
+        let ctx = CommitContext {
+            state: state.clone(),
+            signer: signer.clone(),
+            ledger,
+            batches,
+            vault: VaultKey {
+                key_id: vault_file.key_id,
+                public_key: vault_pk,
+            },
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            poisoned: Arc::new(AtomicBool::new(false)),
+            group_max: config.commit.group_max_donations,
+            window: Config::ms(config.commit.group_window_ms),
+        };
+        let commit = commit::spawn(ctx, config.commit.queue_capacity)
+            .map_err(Error::io("starting the committer"))?;
+        let limiter = RateLimiter::new(config.oprf.burst, config.oprf.per_second);
+        let shared = Shared {
+            config,
+            studies,
+            transport,
+            signer,
+            oprf,
+            auditor,
+            limiter,
+            metrics,
+            commit: commit.clone(),
+            state,
+            clock,
+        };
+        Ok(Self {
+            state: AppState(Arc::new(shared)),
+            commit,
+            recovery,
+            _lock: None,
+        })
+    }
+
+    /// The handler state.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// The router ([`app`] over this state).
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// What recovery did at open.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Let the committer finish its current group, then stop it.
+    pub fn shutdown(self) {
+        let commit = self.commit.clone();
+        commit.stop();
+    }
+}
+
+/// A running intake (see [`start`]).
+#[derive(Debug)]
+pub struct RunningIntake {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+    state: AppState,
+}
+
+impl RunningIntake {
+    /// The bound address (useful with `listen = "127.0.0.1:0"`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// `https://localhost:<port>` — the name the dev certificate is issued for.
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    /// The dev CA certificate (PEM path) that `init` wrote.
+    pub fn ca_pem_path(&self) -> PathBuf {
+        self.data_dir.join("tls/ca.pem")
+    }
+    /// The handler state (metrics, ledger state) for in-process tests.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+    /// Stop accepting, drain in-flight requests, flush the committer, release the directory.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+    /// Wait until the server has stopped (after [`RunningIntake::shutdown_handle`] was used).
+    pub async fn wait(self) -> Result<(), Error> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Tls(format!("server task failed: {e}"))),
+        }
+    }
+    /// A handle that triggers shutdown (e.g. from a signal handler).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Start an intake with the system clock.
+pub async fn start(config: Config) -> Result<RunningIntake, Error> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+fn tls_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let cert_path = config.path(&config.server.tls_cert);
+    let key_path = config.path(&config.server.tls_key);
+    let cert_pem = std::fs::read(&cert_path).map_err(Error::io(format!("reading {}", cert_path.display())))?;
+    let key_pem = zeroize::Zeroizing::new(
+        std::fs::read(&key_path).map_err(Error::io(format!("reading {}", key_path.display())))?,
+    );
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("{}: {e}", cert_path.display())))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| Error::Tls(format!("{}: {e}", key_path.display())))?
+        .ok_or_else(|| Error::Tls(format!("{}: no private key", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Start an intake with a given clock: open the directory, bind, and serve until shut down.
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningIntake, Error> {
+    let tls = tls_config(&config)?;
+    let data_dir = config.data_dir.clone();
+    let listen = config.server.listen;
+    let intake = tokio::task::spawn_blocking(move || Intake::open(config, clock))
+        .await
+        .map_err(|e| Error::Tls(format!("open task failed: {e}")))??;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(Error::io(format!("binding {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("reading the bound address"))?;
+    let (tx, rx) = watch::channel(false);
+    let state = intake.state();
+    let task = tokio::spawn(serve(listener, tls, intake, rx));
+    tracing::info!(%addr, "intake listening");
+    Ok(RunningIntake {
+        addr,
+        data_dir,
+        shutdown: tx,
+        task,
+        state,
+    })
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    intake: Intake,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let cfg = intake.state.0.config.server.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let router = intake.router();
+    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut conns: JoinSet<()> = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|v| *v) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        while conns.try_join_next().is_some() {}
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let mut shutdown = shutdown.clone();
+        let cfg = cfg.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let hs = Config::ms(cfg.handshake_timeout_ms);
+            let stream = match tokio::time::timeout(hs, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                _ => return,
+            };
+            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                router.clone().oneshot(req.map(Body::new))
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Config::ms(cfg.header_read_timeout_ms));
+            builder.http2().timer(TokioTimer::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.wait_for(|v| *v) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(connections = conns.len(), "shutting down: draining connections");
+    let drain = Config::ms(cfg.drain_timeout_ms);
+    if tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: aborting remaining connections");
+        conns.abort_all();
+    }
+    tokio::task::spawn_blocking(move || intake.shutdown())
+        .await
+        .map_err(|e| Error::Tls(format!("committer stop failed: {e}")))?;
+    tracing::info!("intake stopped");
+    Ok(())
+}
+
+/// `rotate-key`: create a new transport key (the previous one stays accepted for
+/// `keys.transport_key_grace_secs`), and append a `KeyRotated` entry to the ledger. Takes the
+/// data directory lock, so it refuses to run while the intake serves; restart the intake after.
+pub fn rotate_transport_key(config: &Config, now: i64) -> Result<u32, Error> {
+    let _lock = DirLock::acquire(&config.data_dir)?;
+    let store = LocalLedgerStore::open(&ledger_path(&config.data_dir))?;
+    let records = store.recover()?;
+    let signer = LedgerSigner::new(keys::load_ledger_key(&config.data_dir)?, &config.ledger.origin)?;
+    // Replaying proves the ledger parses before we append to it.
+    LedgerState::recover(records, &signer)?;
+    let (id, pk) = keys::create_transport_key(&config.data_dir, now)?;
+    let entry = LedgerEntry::KeyRotated {
+        time: now,
+        role: "hpke-transport".into(),
+        key_id: id,
+        public_key_sha256: public_key_sha256(&pk.0),
+    };
+    store.append(&[entry.to_bytes()])?;
+    Ok(id)
+}

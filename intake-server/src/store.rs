@@ -1,0 +1,424 @@
+//! Storage backends: where sealed batches and ledger records live.
+//!
+//! Both sit behind traits so that the embedded default (a local directory) and a future scale-out
+//! backend (S3-compatible object storage for batches, PostgreSQL for the ledger) are
+//! interchangeable, and both run the one conformance suite in [`conformance`].
+//!
+//! Contracts every backend keeps:
+//!
+//! * [`BatchStore::put`] returns only once the batch is durable, and a batch is either wholly
+//!   visible under its name or not at all (local: temporary file, fsync, rename, fsync of the
+//!   directory);
+//! * [`LedgerStore::append`] returns only once every record of the call is durable (local: one
+//!   `write` and one `fsync` per call — the group commit);
+//! * [`LedgerStore::recover`] returns exactly the records of completed appends, in order, and
+//!   removes a torn tail left by a crash during an append.
+//!
+//! Local ledger file format (`ledger/ledger.log`): a sequence of records
+//! `u32 BE length || entry bytes || 32-byte RFC 9162 leaf hash of the entry`. Recovery stops at
+//! the first record that is short or whose hash does not match, and truncates the file there.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use datadonor_schemas::ledger::MAX_ENTRY_LEN;
+use datadonor_schemas::merkle::leaf_hash;
+
+/// Errors of a storage backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// File system.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A lock was poisoned by a panic in another thread.
+    #[error("storage lock poisoned")]
+    Poisoned,
+    /// The named batch does not exist.
+    #[error("no such batch")]
+    NotFound,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Names a stored batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchRef {
+    /// Study id.
+    pub study: String,
+    /// Batch id.
+    pub batch_id: [u8; 16],
+}
+
+impl BatchRef {
+    /// Hex batch id.
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.batch_id)
+    }
+}
+
+/// Where sealed batches are kept.
+pub trait BatchStore: Send + Sync + std::fmt::Debug {
+    /// Store a sealed batch durably and atomically.
+    fn put(&self, batch: &BatchRef, sealed: &[u8]) -> Result<(), StoreError>;
+    /// Read a stored batch (sealed bytes).
+    fn get(&self, batch: &BatchRef) -> Result<Vec<u8>, StoreError>;
+    /// Every stored batch.
+    fn list(&self) -> Result<Vec<BatchRef>, StoreError>;
+    /// Delete a batch (recovery removes unacknowledged ones).
+    fn delete(&self, batch: &BatchRef) -> Result<(), StoreError>;
+    /// Remove leftovers of interrupted writes; returns how many.
+    fn clean_temporaries(&self) -> Result<usize, StoreError>;
+}
+
+/// Where ledger records are kept.
+pub trait LedgerStore: Send + Sync + std::fmt::Debug {
+    /// Every durable record in order, after removing a torn tail. Call once, before appending.
+    fn recover(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Append records durably (one durability barrier for the whole call).
+    fn append(&self, entries: &[Vec<u8>]) -> Result<(), StoreError>;
+}
+
+/// Batches in `<root>/<study>/<batch id hex>.ddb`.
+#[derive(Debug)]
+pub struct LocalBatchStore {
+    root: PathBuf,
+}
+
+const BATCH_EXT: &str = "ddb";
+const TMP_PREFIX: &str = ".tmp-";
+
+impl LocalBatchStore {
+    /// A store rooted at `root` (created if missing).
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The file of a batch.
+    pub fn path_of(&self, b: &BatchRef) -> PathBuf {
+        self.root
+            .join(&b.study)
+            .join(format!("{}.{BATCH_EXT}", b.id_hex()))
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+impl BatchStore for LocalBatchStore {
+    fn put(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
+        let dir = self.root.join(&b.study);
+        let fresh_dir = !dir.exists();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        if fresh_dir {
+            fsync_dir(&self.root)?;
+        }
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", b.id_hex()));
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            f.write_all(sealed).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        let dst = self.path_of(b);
+        std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+        fsync_dir(&dir)
+    }
+
+    fn get(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        let p = self.path_of(b);
+        match std::fs::read(&p) {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<BatchRef>, StoreError> {
+        let mut out = Vec::new();
+        for study in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let study = study.map_err(io(&self.root))?;
+            if !study.file_type().map_err(io(&self.root))?.is_dir() {
+                continue;
+            }
+            let name = study.file_name().to_string_lossy().into_owned();
+            let sdir = study.path();
+            for f in std::fs::read_dir(&sdir).map_err(io(&sdir))? {
+                let f = f.map_err(io(&sdir))?;
+                let fname = f.file_name().to_string_lossy().into_owned();
+                let Some(stem) = fname.strip_suffix(&format!(".{BATCH_EXT}")) else {
+                    continue;
+                };
+                let mut id = [0u8; 16];
+                if stem.len() == 32 && hex::decode_to_slice(stem, &mut id).is_ok() {
+                    out.push(BatchRef {
+                        study: name.clone(),
+                        batch_id: id,
+                    });
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, b: &BatchRef) -> Result<(), StoreError> {
+        let p = self.path_of(b);
+        match std::fs::remove_file(&p) {
+            Ok(()) => fsync_dir(&self.root.join(&b.study)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    fn clean_temporaries(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for study in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let study = study.map_err(io(&self.root))?;
+            let sdir = study.path();
+            if !sdir.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&sdir).map_err(io(&sdir))? {
+                let f = f.map_err(io(&sdir))?;
+                if f.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    let p = f.path();
+                    std::fs::remove_file(&p).map_err(io(&p))?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The ledger in one append-only file.
+#[derive(Debug)]
+pub struct LocalLedgerStore {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl LocalLedgerStore {
+    /// Open (creating) the ledger file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io(path))?;
+        if !existed {
+            file.sync_all().map_err(io(path))?;
+            if let Some(dir) = path.parent() {
+                fsync_dir(dir)?;
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
+    }
+}
+
+/// Encode one ledger record.
+pub fn encode_record(entry: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+    out.extend_from_slice(entry);
+    out.extend_from_slice(&leaf_hash(entry).0);
+}
+
+/// Decode records; returns them and the length of the valid prefix.
+pub fn decode_records(bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        let Some(len_bytes) = bytes.get(pos..pos + 4) else {
+            break;
+        };
+        let mut l = [0u8; 4];
+        l.copy_from_slice(len_bytes);
+        let len = u32::from_be_bytes(l) as usize;
+        if len == 0 || len > MAX_ENTRY_LEN {
+            break;
+        }
+        let start = pos + 4;
+        let (Some(entry), Some(hash)) = (
+            bytes.get(start..start + len),
+            bytes.get(start + len..start + len + 32),
+        ) else {
+            break;
+        };
+        if leaf_hash(entry).0 != hash {
+            break;
+        }
+        out.push(entry.to_vec());
+        pos = start + len + 32;
+    }
+    (out, pos)
+}
+
+impl LedgerStore for LocalLedgerStore {
+    fn recover(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut f = self.file.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut bytes = Vec::new();
+        f.seek(SeekFrom::Start(0)).map_err(io(&self.path))?;
+        f.read_to_end(&mut bytes).map_err(io(&self.path))?;
+        let (records, valid) = decode_records(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(
+                dropped_bytes = bytes.len() - valid,
+                records = records.len(),
+                "ledger: truncating a torn or corrupt tail"
+            );
+            f.set_len(valid as u64).map_err(io(&self.path))?;
+            f.sync_all().map_err(io(&self.path))?;
+        }
+        Ok(records)
+    }
+
+    fn append(&self, entries: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        for e in entries {
+            encode_record(e, &mut buf);
+        }
+        let mut f = self.file.lock().map_err(|_| StoreError::Poisoned)?;
+        f.write_all(&buf).map_err(io(&self.path))?;
+        f.sync_data().map_err(io(&self.path))
+    }
+}
+
+/// In-memory batches (tests; a model of an object store). Clones share the storage.
+#[derive(Debug, Default, Clone)]
+pub struct MemBatchStore {
+    inner: Arc<Mutex<BTreeMap<BatchRef, Vec<u8>>>>,
+}
+
+impl BatchStore for MemBatchStore {
+    fn put(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
+        let mut m = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        m.insert(b.clone(), sealed.to_vec());
+        Ok(())
+    }
+    fn get(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        m.get(b).cloned().ok_or(StoreError::NotFound)
+    }
+    fn list(&self) -> Result<Vec<BatchRef>, StoreError> {
+        let m = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(m.keys().cloned().collect())
+    }
+    fn delete(&self, b: &BatchRef) -> Result<(), StoreError> {
+        let mut m = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        m.remove(b);
+        Ok(())
+    }
+    fn clean_temporaries(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}
+
+/// In-memory ledger (tests; a model of a database). Clones share the storage.
+#[derive(Debug, Default, Clone)]
+pub struct MemLedgerStore {
+    inner: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl LedgerStore for MemLedgerStore {
+    fn recover(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.inner.lock().map_err(|_| StoreError::Poisoned)?.clone())
+    }
+    fn append(&self, entries: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .extend(entries.iter().cloned());
+        Ok(())
+    }
+}
+
+/// The conformance suite every backend pair must pass.
+pub mod conformance {
+    use super::{BatchRef, BatchStore, LedgerStore, StoreError};
+
+    /// A backend under test: `open()` opens (or re-opens, as after a restart) the same
+    /// underlying storage, which starts empty.
+    pub trait Backend {
+        /// Open the stores.
+        fn open(&self) -> (Box<dyn LedgerStore>, Box<dyn BatchStore>);
+    }
+
+    /// Run every check; panics (it is a test) with the name of the failing check.
+    pub fn run(backend: &dyn Backend) -> Result<(), StoreError> {
+        let (ledger, batches) = backend.open();
+        assert!(ledger.recover()?.is_empty(), "fresh ledger is empty");
+        assert!(batches.list()?.is_empty(), "fresh batch store is empty");
+        let e1 = br#"{"type":"key_rotated","n":1}"#.to_vec();
+        let e2 = vec![7u8; 1000];
+        let e3 = b"third".to_vec();
+        ledger.append(&[e1.clone(), e2.clone()])?;
+        ledger.append(std::slice::from_ref(&e3))?;
+        ledger.append(&[])?;
+        let a = BatchRef {
+            study: "t2d-dk".into(),
+            batch_id: [1; 16],
+        };
+        let b = BatchRef {
+            study: "other-study".into(),
+            batch_id: [2; 16],
+        };
+        batches.put(&a, b"sealed-a")?;
+        batches.put(&b, &vec![9u8; 200_000])?;
+        assert_eq!(batches.get(&a)?, b"sealed-a", "get returns what put stored");
+        drop((ledger, batches));
+
+        // Re-open: everything durable is there, in order.
+        let (ledger, batches) = backend.open();
+        assert_eq!(
+            ledger.recover()?,
+            vec![e1, e2, e3.clone()],
+            "recover returns appended records in order"
+        );
+        let mut want = vec![a.clone(), b.clone()];
+        want.sort();
+        assert_eq!(batches.list()?, want, "list returns every stored batch");
+        batches.delete(&a)?;
+        batches.delete(&a)?; // deleting twice is not an error
+        assert!(
+            matches!(batches.get(&a), Err(StoreError::NotFound)),
+            "deleted batch is gone"
+        );
+        assert_eq!(batches.list()?, vec![b.clone()]);
+        batches.clean_temporaries()?;
+        ledger.append(&[b"fourth".to_vec()])?;
+        drop((ledger, batches));
+        let (ledger, _batches) = backend.open();
+        assert_eq!(ledger.recover()?.len(), 4, "append after recover persists");
+        Ok(())
+    }
+}
