@@ -29,7 +29,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Cursor;
-use std::ops::Not as _;
 use std::path::Path;
 
 use datadonor_schemas::pseudonym::Pseudonym;

@@ -325,7 +325,7 @@ pub fn seal_batch(
     let mut batch_id = [0u8; 16];
     rng.fill(&mut batch_id).map_err(|_| err("no randomness"))?;
     let mut data_key = Zeroizing::new([0u8; 32]);
-    rng.fill(data_key.as_mut()).map_err(|_| err("no randomness"))?;
+    rng.fill(&mut data_key[..]).map_err(|_| err("no randomness"))?;
     let mut header = BatchHeader {
         batch_id,
         study_id: study.as_str().to_string(),
@@ -334,7 +334,7 @@ pub fn seal_batch(
         enc: [0u8; 32],
         wrapped_key: [0u8; WRAPPED_KEY_LEN],
     };
-    let (enc, wrapped) = hpke_seal(&vault.public_key, WRAP_INFO, &header.wrap_aad(), data_key.as_ref())
+    let (enc, wrapped) = hpke_seal(&vault.public_key, WRAP_INFO, &header.wrap_aad(), &data_key[..])
         .map_err(|_| err("HPKE wrap of the data key failed"))?;
     header.enc = enc;
     header.wrapped_key = wrapped
@@ -342,7 +342,7 @@ pub fn seal_batch(
         .try_into()
         .map_err(|_| err("wrapped key has the wrong length"))?;
     let cipher =
-        Aes256Gcm::new_from_slice(data_key.as_ref()).map_err(|_| err("bad data key length"))?;
+        Aes256Gcm::new_from_slice(&data_key[..]).map_err(|_| err("bad data key length"))?;
     drop(data_key);
     let aad = header.chunk_aad();
     let mut out = header.encode();

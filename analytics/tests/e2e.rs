@@ -74,7 +74,15 @@ fn rows(w: &World, spec: &[(u32, &str, bool, f64, usize)]) -> DataFrame {
         Column::new("hba1c".into(), hba1c),
     ];
     for f in ["bmi", "systolic", "diastolic", "glucose"] {
-        let v: Vec<Option<f64>> = (0..n).map(|i| Some(if f == "bmi" { 25.0 + (i % 5) as f64 } else { 100.0_f64.min(30.0 + i as f64 % 7.0) })).collect();
+        let v: Vec<Option<f64>> = (0..n)
+            .map(|i| {
+                Some(match f {
+                    "bmi" => 25.0 + (i % 5) as f64,
+                    "glucose" => 6.0,
+                    _ => 80.0 + (i % 7) as f64,
+                })
+            })
+            .collect();
         cols.push(Column::new(f.into(), v));
     }
     let _ = &w.study;

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::minimise::{MinimiseReport, MinimisedRow, MinimisedRows};
+use crate::minimise::{Cell, MinimiseReport, MinimisedRows};
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::study::{DONOR_COLUMN, PERIOD_COLUMN};
 
@@ -21,6 +21,30 @@ pub struct PreviewColumn {
     pub name: String,
     /// What it holds, as the study describes it.
     pub description: String,
+}
+
+/// One row as it would leave the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviewRow {
+    /// The `donor` column.
+    pub donor: String,
+    /// The `period` column.
+    pub period: String,
+    /// The study's fields: `(name, value)`, in column order.
+    pub cells: Vec<(String, Cell)>,
+}
+
+impl Serialize for PreviewRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.cells.len() + 2))?;
+        m.serialize_entry(DONOR_COLUMN, &self.donor)?;
+        m.serialize_entry(PERIOD_COLUMN, &self.period)?;
+        for (k, v) in &self.cells {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 /// What would leave the device.
@@ -38,8 +62,8 @@ pub struct Preview {
     pub donor: String,
     /// Columns after `donor`: `period` and the study's fields.
     pub columns: Vec<PreviewColumn>,
-    /// The rows.
-    pub rows: Vec<MinimisedRow>,
+    /// The rows, each as it leaves: `donor`, `period`, then the study's fields in order.
+    pub rows: Vec<PreviewRow>,
     /// Everything that does not leave, counted by reason.
     pub report: MinimiseReport,
 }
@@ -56,14 +80,28 @@ impl Preview {
             name: f.name.clone(),
             description: f.description.clone(),
         }));
+        let donor = pseudonym.map_or_else(|| PSEUDONYM_PLACEHOLDER.to_string(), |p| p.to_hex());
         Self {
             study: study.id.to_string(),
             study_version: study.version,
             title: study.title.clone(),
             notice_sha256: hex::encode(study.notice_sha256),
-            donor: pseudonym.map_or_else(|| PSEUDONYM_PLACEHOLDER.to_string(), |p| p.to_hex()),
+            rows: rows
+                .rows
+                .iter()
+                .map(|r| PreviewRow {
+                    donor: donor.clone(),
+                    period: r.period.clone(),
+                    cells: study
+                        .fields
+                        .iter()
+                        .map(|f| f.name.clone())
+                        .zip(r.cells.iter().cloned())
+                        .collect(),
+                })
+                .collect(),
+            donor,
             columns,
-            rows: rows.rows.clone(),
             report: rows.report.clone(),
         }
     }
@@ -94,7 +132,7 @@ impl Preview {
             .iter()
             .map(|r| {
                 std::iter::once(r.period.clone())
-                    .chain(r.cells.iter().map(|c| c.to_string()))
+                    .chain(r.cells.iter().map(|(_, c)| c.to_string()))
                     .collect()
             })
             .collect();

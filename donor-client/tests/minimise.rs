@@ -151,7 +151,7 @@ fn units_are_converted_exactly_after_trimming_and_unknown_units_counted() {
         ],
         MinimiseOptions::default(),
     );
-    assert_eq!(cell(&r, "2020-01", HBA1C), &Cell::Number(Some(6.99044)));
+    assert_eq!(cell(&r, "2020-01", HBA1C), &Cell::Number(Some(7.00044)));
     assert_eq!(cell(&r, "2020-02", GLUCOSE), &Cell::Number(Some(9.99)));
     assert_eq!(cell(&r, "2020-02", HBA1C), &Cell::Number(None));
     assert_eq!(r.report.count(DropReason::UnknownUnit), 2);

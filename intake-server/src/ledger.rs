@@ -316,6 +316,7 @@ impl LedgerState {
             index,
             reason: e.to_string(),
         })?;
+        let issued_at = entry.time();
         let (kind, study_id, pseudonym, consent_record_id, request_sha256) = match entry {
             LedgerEntry::DonationAccepted {
                 study_id,
@@ -363,7 +364,7 @@ impl LedgerState {
             ledger_index: index,
             entry_sha256: leaf_hash(bytes).0,
             checkpoint,
-            issued_at: entry.time(),
+            issued_at,
         };
         Ok(ReceiptBundle {
             receipt: receipt.sign(&signer.key),

@@ -283,6 +283,12 @@ pub async fn start_with_clock(
     })
 }
 
+/// Resolves once shutdown was requested (the watch guard is dropped before returning, so the
+/// future stays `Send`).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
 async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -297,7 +303,7 @@ async fn serve(
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.wait_for(|v| *v) => break,
+            _ = stopped(&mut shutdown) => break,
         };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -308,7 +314,7 @@ async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|v| *v) => break,
+            _ = stopped(&mut shutdown) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         while conns.try_join_next().is_some() {}
@@ -337,7 +343,7 @@ async fn serve(
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = shutdown.wait_for(|v| *v) => {
+                _ = stopped(&mut shutdown) => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

@@ -11,8 +11,8 @@
 //! * slice-based reference functions ([`root`], [`inclusion_proof`],
 //!   [`consistency_proof`]) that take O(n) hash operations;
 //! * [`MerkleLog`], an append-only in-memory log that caches every complete
-//!   (perfect) subtree, so roots and proofs for any past size cost O(log² n)
-//!   hash operations at worst (O(log n) cache look-ups per proof element);
+//!   (perfect) subtree, so roots and proofs for any past size cost O(log n)
+//!   hash operations and cache look-ups;
 //! * verifiers ([`verify_inclusion`], [`verify_consistency`]) implementing
 //!   RFC 9162 §2.1.3.2 and §2.1.4.2 on raw byte slices.
 //!
@@ -495,10 +495,11 @@ pub fn verify_consistency<P: AsRef<[u8]>>(
 ///
 /// Besides the leaf hashes it stores the hash of every complete (perfect,
 /// power-of-two-sized, aligned) subtree, about one extra hash per leaf.
-/// Appending costs amortised O(1) hash operations; the root at any past size
-/// and inclusion / consistency proofs between any past sizes cost O(log² n)
-/// hash operations at worst and O(log n) cache look-ups per proof element,
-/// independent of how many leaves precede.
+/// Appending costs amortised O(1) hash operations (one leaf hash plus at most
+/// one node hash on average). The root at any past size and inclusion /
+/// consistency proofs between any past sizes cost O(log n) hash operations:
+/// every proof element is a cached perfect subtree except at most one, on the
+/// right edge of the tree, which is folded from O(log n) cached subtrees.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MerkleLog {
     /// `levels[h][i]` is the root of the perfect subtree of `2^h` leaves

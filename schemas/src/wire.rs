@@ -80,9 +80,6 @@ impl<'a> Reader<'a> {
     pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
         Ok(u32::from_be_bytes(self.array(field)?))
     }
-    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
-    }
     /// A u32 big-endian length followed by that many bytes, at most `limit`.
     pub(crate) fn vec32(
         &mut self,

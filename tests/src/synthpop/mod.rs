@@ -44,13 +44,13 @@
 //! * Height by sex and birth cohort (men 181.5 cm, women 168 cm below 35,
 //!   shrinking with age; SD 7 / 6.5 cm). BMI log-normal with SD ≈ 4 kg/m², mean
 //!   rising from ≈ 23 at 18 to ≈ 27 at 65 (men +0.8, women −0.4);
-//!   population mean ≈ 25.8. Weight = BMI × height², drifting slowly between
+//!   population mean ≈ 25.6. Weight = BMI × height², drifting slowly between
 //!   visits; the emitted BMI is exactly round(weight / height², 1 dp).
 //! * Type 2 diabetes: age-specific prevalence interpolated from 0.2 % at 18
-//!   over 5 % at 50 to 17 % at 80 (see `t2d_age_risk`), × 1.15 for men / 0.85 for women,
-//!   × (BMI / age-sex mean BMI)^5 normalised to keep the mean; ≈ 6.5 %
-//!   overall, mean BMI ≈ 3 kg/m² higher than non-diabetics. Diagnosis 0–25
-//!   years before `end` (never before 18).
+//!   over 5 % at 50 to 17 % at 80 (see `t2d_age_risk`), × 1.15 for men and
+//!   × 0.85 for women, × (BMI / age-sex mean BMI)^5 normalised to keep the
+//!   mean; ≈ 6.5 % overall, mean BMI ≈ 30 against ≈ 25.3 without. Diagnosis
+//!   0–25 years before `end` (never before 18).
 //! * HbA1c (LOINC 4548-4, %): non-diabetics 5.35 + 0.006/year over 50 + 0.03
 //!   per BMI unit over 26, SD 0.25, within 4.6–6.4 (prediabetes, SNOMED
 //!   15777000, at ≥ 6.0 % = 42 mmol/mol); diabetics N(7.3, 0.8) within
@@ -65,8 +65,7 @@
 //! * Heart rate (8867-4) 70 /min (+3 women, +3 T2D), donor SD 7, visit SD 5.
 //! * Metformin (RxNorm 860975) for 85 % of diabetics from diagnosis; insulin
 //!   (106892) added 1–5 years after diagnosis for 70 % of those with an
-//!   HbA1c level ≥ 8.0 %.
-//!   Hyperlipidemia (55822004) rising with age, doubled by T2D, 85 % on a
+//!   HbA1c level ≥ 8.0 % (≈ 12 % of diabetics). Hyperlipidemia (55822004) rising with age, doubled by T2D, 85 % on a
 //!   statin. Obesity finding (162864005) when BMI ≥ 30.
 //! * Visits: `visits_per_donor` check-ups uniformly in the window
 //!   [`start`, `end`] (not before the 18th birthday), each with height,

@@ -1,0 +1,203 @@
+//! Intake throughput with durable acknowledgement.
+//!
+//! Drives a running intake over TLS 1.3 with N concurrent clients sending realistic donations
+//! (50 rows each by default), then, in the same run, the same load against a bare TLS endpoint of
+//! the same stack (tokio-rustls, hyper-util auto, axum) that only reads the body and answers 200.
+//! Prints accepted donations/s, p50 and p99 latency for both and the ratio.
+//!
+//! `cargo bench -p datadonor-tests --bench intake_throughput -- [--clients N] [--donations N] [--rows N]`
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::routing::post;
+use axum::Router;
+use datadonor_intake::testkit::{self, DonationBuilder};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::ServiceExt;
+
+struct Args {
+    clients: usize,
+    donations: usize,
+    rows: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args { clients: 32, donations: 2000, rows: 50 };
+    let v: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < v.len() {
+        let next = v.get(i + 1).and_then(|s| s.parse::<usize>().ok());
+        match (v[i].as_str(), next) {
+            ("--clients", Some(n)) => a.clients = n,
+            ("--donations", Some(n)) => a.donations = n,
+            ("--rows", Some(n)) => a.rows = n,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+struct LoadResult {
+    ok: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        let idx = ((l.len() as f64 - 1.0) * p).round() as usize;
+        l.get(idx).copied().unwrap_or_default()
+    }
+}
+
+fn client(ca_pem: &[u8]) -> Result<reqwest::Client> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(c?)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder().use_preconfigured_tls(cfg).build()?)
+}
+
+async fn run_load(client: reqwest::Client, url: String, bodies: Arc<Vec<Vec<u8>>>, clients: usize) -> Result<LoadResult> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, bodies, next) = (client.clone(), url.clone(), bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let t = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/vnd.datadonor.envelope.v1")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let _ = resp.bytes().await?;
+                if !status.is_success() {
+                    bail!("request {i} answered {status}");
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(LoadResult { ok: latencies.len(), elapsed: start.elapsed(), latencies })
+}
+
+async fn bare_endpoint(cert: &std::path::Path, key: &std::path::Path) -> Result<SocketAddr> {
+    let certs = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?.context("no key")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let router: Router = Router::new()
+        .route("/v1/donations", post(|body: axum::body::Bytes| async move { format!("{}", body.len()) }))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn report(name: &str, r: &LoadResult) {
+    println!(
+        "{name:<28} {:>6} ok  {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        r.ok,
+        r.rate(),
+        r.pct(0.50).as_secs_f64() * 1e3,
+        r.pct(0.99).as_secs_f64() * 1e3
+    );
+}
+
+fn main() -> Result<()> {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let dir = tempfile::tempdir()?;
+        let cfg = testkit::init_test_dir(dir.path())?;
+        let cert = cfg.path(&cfg.server.tls_cert);
+        let key = cfg.path(&cfg.server.tls_key);
+        let running = datadonor_intake::start(cfg).await?;
+        let ca = std::fs::read(running.ca_pem_path())?;
+        let study = testkit::load_study(dir.path(), "t2d-dk")?;
+        let hpke = testkit::current_hpke_key(dir.path())?;
+        let t = Instant::now();
+        let mut bodies = Vec::with_capacity(a.donations);
+        for _ in 0..a.donations {
+            let mut b = DonationBuilder::new(&study, hpke);
+            b.n_rows = a.rows;
+            bodies.push(b.build()?.envelope);
+        }
+        let bodies = Arc::new(bodies);
+        let mean_len = bodies.iter().map(Vec::len).sum::<usize>() / bodies.len().max(1);
+        println!(
+            "intake throughput: {} donations of {} rows (envelope ~{} bytes), {} concurrent TLS 1.3 clients; prepared in {:.1} s",
+            a.donations,
+            a.rows,
+            mean_len,
+            a.clients,
+            t.elapsed().as_secs_f64()
+        );
+        let bare_addr = bare_endpoint(&cert, &key).await?;
+        let c = client(&ca)?;
+        // Warm both endpoints' connection pools with a few requests (not counted).
+        let warm: Arc<Vec<Vec<u8>>> = Arc::new(vec![b"warm".to_vec(); a.clients]);
+        run_load(c.clone(), format!("https://localhost:{}/v1/donations", bare_addr.port()), warm, a.clients).await?;
+        let bare = run_load(
+            c.clone(),
+            format!("https://localhost:{}/v1/donations", bare_addr.port()),
+            bodies.clone(),
+            a.clients,
+        )
+        .await?;
+        let intake = run_load(c.clone(), format!("https://localhost:{}/v1/donations", running.addr().port()), bodies.clone(), a.clients)
+            .await?;
+        report("bare TLS endpoint (200 only)", &bare);
+        report("intake (durable receipts)", &intake);
+        println!("ratio intake/bare throughput: {:.3} (target >= 0.5)", intake.rate() / bare.rate());
+        running.shutdown().await?;
+        Ok(())
+    })
+}
