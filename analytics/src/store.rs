@@ -142,7 +142,7 @@ impl BatchStore {
             let mut f = std::fs::File::open(&path).map_err(|e| BatchError::new(&path, e))?;
             let len = f.metadata().map_err(|e| BatchError::new(&path, e))?.len();
             let mut head = Vec::with_capacity(MAX_HEADER_LEN);
-            f.by_ref()
+            std::io::Read::by_ref(&mut f)
                 .take(MAX_HEADER_LEN as u64)
                 .read_to_end(&mut head)
                 .map_err(|e| BatchError::new(&path, e))?;
@@ -169,7 +169,7 @@ impl BatchStore {
             let path = entry.path();
             let mut f = std::fs::File::open(&path).map_err(|e| BatchError::new(&path, e))?;
             let mut head = Vec::with_capacity(MAX_HEADER_LEN);
-            f.by_ref()
+            std::io::Read::by_ref(&mut f)
                 .take(MAX_HEADER_LEN as u64)
                 .read_to_end(&mut head)
                 .map_err(|e| BatchError::new(&path, e))?;

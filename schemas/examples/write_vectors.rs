@@ -8,6 +8,8 @@
 //! The output is deterministic; the `own_vectors` test checks that the committed files are
 //! exactly what this writes, and that every vector decodes (or fails) as annotated.
 
+// Shared with the `own_vectors` test, which uses parts this binary does not.
+#[allow(dead_code)]
 #[path = "vector_gen/mod.rs"]
 mod vector_gen;
 

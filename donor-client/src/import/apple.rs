@@ -86,7 +86,7 @@ fn find_export_member<R: Read + Seek>(
     for i in 0..archive.len() {
         let member = archive.by_index_raw(i)?;
         let base = member.name().rsplit('/').next().unwrap_or("");
-        let is_xml = base.len() > 4 && base[base.len() - 4..].eq_ignore_ascii_case(".xml");
+        let is_xml = base.len() > 4 && base.as_bytes()[base.len() - 4..].eq_ignore_ascii_case(b".xml");
         if member.is_dir() || !is_xml || base.eq_ignore_ascii_case("export_cda.xml") {
             continue;
         }

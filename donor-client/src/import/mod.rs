@@ -375,8 +375,9 @@ pub enum SourceFormat {
 }
 
 /// Size limits that keep memory bounded on hostile or broken input. Exceeding one is a fatal
-/// [`ImportError::LimitExceeded`].
+/// [`ImportError::LimitExceeded`]. Start from `Limits::default()` and change fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest single CSV row, NDJSON line or XML event (a tag with its attributes). Default 16 MiB.
     pub max_record_bytes: u64,

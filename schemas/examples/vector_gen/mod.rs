@@ -562,10 +562,8 @@ struct Fixture {
     envelope: Vec<u8>,
     withdrawal: Withdrawal,
     signed_withdrawal: SignedObject,
-    spec: QuerySpec,
     approval: QueryApproval,
     signed_approval: SignedObject,
-    batch_id: [u8; 16],
     entries: Vec<LedgerEntry>,
     entry_bytes: Vec<Vec<u8>>,
     leaves: Vec<Hash>,
@@ -749,10 +747,8 @@ impl Fixture {
             envelope,
             withdrawal,
             signed_withdrawal,
-            spec,
             approval,
             signed_approval,
-            batch_id,
             entries,
             entry_bytes,
             leaves,
@@ -2304,6 +2300,19 @@ fn envelope_file(fx: &Fixture) -> J {
             &mut DetRng::new(seed("minimal envelope ephemeral")),
         )
         .expect("seal");
+    // The base of the malformed envelopes: small, so that each mutated copy stays short.
+    let small = DonationPayload {
+        idempotency_key: seed16("small idempotency key"),
+        manifest: b"{}".to_vec(),
+        rows: vec![0x00, 0x01, 0x02],
+    };
+    let small_env = small
+        .seal_with_rng(
+            1,
+            &fx.intake1.public_key(),
+            &mut DetRng::new(seed("small envelope ephemeral")),
+        )
+        .expect("seal");
     let configs = HpkeConfigList {
         configs: vec![
             HpkeConfig::new(1, &fx.intake1.public_key()),
@@ -2325,6 +2334,13 @@ fn envelope_file(fx: &Fixture) -> J {
             "minimal envelope ephemeral",
             2,
         ),
+        env_vec(
+            "small-payload",
+            &small_env,
+            &small,
+            "small envelope ephemeral",
+            1,
+        ),
         obj! {
             "name" => "hpke-config-list",
             "kind" => "hpke_config_list",
@@ -2334,7 +2350,7 @@ fn envelope_file(fx: &Fixture) -> J {
         },
     ];
 
-    let env = &fx.envelope;
+    let env = &small_env;
     let de = "Envelope::parse+open";
     let trunc = |n: usize, field: &str| {
         with(
@@ -2371,7 +2387,7 @@ fn envelope_file(fx: &Fixture) -> J {
             None => j,
         }
     };
-    let pt = fx.payload.encode().to_vec();
+    let pt = small.encode().to_vec();
     let mut bad_magic_pt = pt.clone();
     bad_magic_pt[3] = b'2';
     let mut huge_manifest = pt.clone();
@@ -2519,7 +2535,7 @@ fn envelope_file(fx: &Fixture) -> J {
     ];
 
     let dp = "DonationPayload::decode";
-    let m = fx.payload.manifest.len();
+    let m = small.manifest.len();
     let ptrunc = |n: usize, field: &str| {
         with(
             mal(
@@ -2673,7 +2689,6 @@ fn pseudonym_file(fx: &Fixture) -> J {
         .collect();
 
     let oprf_vec = |name: &str, cpr: &str, blind_label: &str| {
-        use voprf::Group as _;
         let c = Cpr::parse(cpr).expect("cpr");
         let input = c.oprf_input();
         // A blinding scalar from a seed: 32 bytes little-endian with the top four bits cleared,

@@ -1,0 +1,267 @@
+//! The end-to-end demo as a library function, so the demo binary and the end-to-end test run
+//! the same code.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use datadonor_client::keystore::StoredReceipt;
+use datadonor_client::session::minimise_blocking;
+use datadonor_client::{ConsentChoice, Intake, IntakeConfig, IntakeSession, MinimiseOptions, TrustAnchors};
+use datadonor_schemas::pseudonym::Cpr;
+use datadonor_schemas::signing::SigningKey;
+use datadonor_schemas::study::StudyId;
+use datadonor_schemas::time::{Clock, SystemClock};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::synthpop::{self, PopulationConfig};
+
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Number of donors.
+    pub donors: u64,
+    /// Population seed.
+    pub seed: u64,
+    /// Donations in flight.
+    pub concurrency: usize,
+    /// Percentage who withdraw.
+    pub withdraw_percent: u64,
+    /// Keep the working directory here.
+    pub keep: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What happened, for the closing summary and for tests.
+#[derive(Debug, Default, Clone)]
+pub struct DemoSummary {
+    /// Donors generated.
+    pub donors: u64,
+    /// Donations acknowledged with a verified receipt.
+    pub donated: u64,
+    /// Donors with no row the study asks for (nothing to donate).
+    pub nothing_to_donate: u64,
+    /// Rows donated.
+    pub rows: u64,
+    /// Withdrawals acknowledged with a verified receipt.
+    pub withdrawn: u64,
+    /// Seconds spent donating.
+    pub donate_secs: f64,
+    /// The researcher's table as printed.
+    pub table: String,
+    /// Cells published and suppressed.
+    pub cells: (u64, u64),
+    /// Distinct donors the query considered.
+    pub donors_considered: u64,
+    /// Rows erased by compaction.
+    pub rows_erased: u64,
+    /// Checks that passed, one line each.
+    pub checks: Vec<String>,
+    /// Working directory.
+    pub dir: PathBuf,
+}
+
+impl fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.table)?;
+        writeln!(f, "Datadonor demo summary")?;
+        writeln!(f, "  donors generated            {}", self.donors)?;
+        writeln!(
+            f,
+            "  donations acknowledged      {} ({} rows, {:.1} donations/s); {} donors had nothing the study asks for",
+            self.donated,
+            self.rows,
+            self.donated as f64 / self.donate_secs.max(1e-9),
+            self.nothing_to_donate
+        )?;
+        writeln!(f, "  withdrawals acknowledged    {}", self.withdrawn)?;
+        writeln!(
+            f,
+            "  query                       {} donors considered, {} cells published, {} suppressed",
+            self.donors_considered, self.cells.0, self.cells.1
+        )?;
+        writeln!(f, "  compaction                  {} rows of withdrawn donors erased", self.rows_erased)?;
+        writeln!(f, "  verified:")?;
+        for c in &self.checks {
+            writeln!(f, "    ok  {c}")?;
+        }
+        write!(f, "  working directory           {}", self.dir.display())
+    }
+}
+
+/// One donor's completed donation, kept for withdrawals and audits.
+struct Donated {
+    index: u64,
+    key: SigningKey,
+    stored: StoredReceipt,
+    rows: u64,
+}
+
+/// Run the demo.
+pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
+    let tmp;
+    let work: PathBuf = match &opts.keep {
+        Some(p) => {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+            p.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir().context("creating a temporary directory")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut summary = DemoSummary { donors: opts.donors, dir: work.clone(), ..Default::default() };
+    let now = SystemClock.now();
+
+    // 1. The intake, with fresh keys.
+    let intake_dir = work.join("intake");
+    let init = datadonor_intake::init::init(&intake_dir, None, now).context("initialising the intake")?;
+    let mut config = datadonor_intake::Config::load_dir(&intake_dir).context("loading the intake config")?;
+    config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // Every simulated donor connects from 127.0.0.1: lift the per-address OPRF limit.
+    config.oprf.burst = u32::try_from(opts.donors.saturating_mul(2)).unwrap_or(u32::MAX).max(100);
+    config.oprf.per_second = 100_000.0;
+    let running = datadonor_intake::start(config).await.context("starting the intake")?;
+    let ca = std::fs::read(running.ca_pem_path()).context("reading the intake's CA")?;
+    summary.checks.push(format!("intake serving TLS 1.3 on {} with fresh keys", running.base_url()));
+
+    // 2. Donors donate concurrently through the client library.
+    let intake = Intake::new(IntakeConfig::new(running.base_url(), TrustAnchors::CaPem(ca.clone())))?;
+    let session = IntakeSession::connect(intake, None).await.context("connecting to the intake")?;
+    let study_id = StudyId::new("t2d-dk")?;
+    let study = Arc::new(session.intake().study(&study_id).await.context("fetching the study")?);
+    let pop = PopulationConfig { seed: opts.seed, donors: opts.donors, ..PopulationConfig::default() };
+    let exports = work.join("exports");
+    std::fs::create_dir_all(&exports)?;
+    let bar = progress_bar(opts.progress, opts.donors, "donating");
+    let started = Instant::now();
+    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks: JoinSet<Result<Option<Donated>>> = JoinSet::new();
+    for donor in synthpop::donors(&pop) {
+        let permit = permits.clone().acquire_owned().await?;
+        let (session, study, exports, bar) = (session.clone(), study.clone(), exports.clone(), bar.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let out = donate_one(&session, &study, &exports, donor).await;
+            bar.inc(1);
+            out
+        });
+        while let Some(done) = tasks.try_join_next() {
+            collect(done, &mut summary)?;
+        }
+    }
+    let mut donated: Vec<Donated> = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Some(d) = collect(done, &mut summary)? {
+            donated.push(d);
+        }
+    }
+    bar.finish_and_clear();
+    summary.donate_secs = started.elapsed().as_secs_f64();
+    if summary.donated == 0 {
+        bail!("no donation was acknowledged");
+    }
+    summary.checks.push(format!(
+        "{} receipts: ledger signature, signed tree head and inclusion proof verified on arrival",
+        summary.donated
+    ));
+
+    // 3. Some donors withdraw.
+    donated.sort_by_key(|d| d.index);
+    let step = (100 / opts.withdraw_percent.clamp(1, 100)).max(1) as usize;
+    let mut withdrawn = Vec::new();
+    for d in donated.iter().step_by(step) {
+        let (receipt, _) = session.withdraw(&d.stored, &d.key).await.with_context(|| format!("donor {} withdrawing", d.index))?;
+        withdrawn.push(receipt.receipt.pseudonym);
+        summary.withdrawn += 1;
+    }
+    summary.checks.push(format!("{} withdrawal receipts verified", summary.withdrawn));
+
+    // 4. A donor re-checks a receipt against the intake's current tree head.
+    if let Some(first) = donated.first() {
+        let mut cfg = IntakeConfig::new(running.base_url(), TrustAnchors::CaPem(ca.clone()));
+        cfg.auditor_token = Some(datadonor_client::client::AuditorToken::new(&init.auditor_token));
+        let auditor = Intake::new(cfg)?;
+        let s = IntakeSession::connect(auditor, None).await?;
+        let v = s.verify(&first.stored, None).await.context("re-verifying a receipt")?;
+        summary.checks.push(format!(
+            "a stored receipt is included in the current tree (size {})",
+            v.current.as_ref().map(|c| c.0).unwrap_or(v.receipt.tree_size)
+        ));
+    }
+
+    crate::demo_research::research_and_audit(&intake_dir, &running, &init, &withdrawn, &mut summary).await?;
+
+    running.shutdown().await.context("stopping the intake")?;
+    summary.checks.push("intake shut down cleanly (drained, committed)".into());
+    Ok(summary)
+}
+
+fn collect(
+    done: std::result::Result<Result<Option<Donated>>, tokio::task::JoinError>,
+    summary: &mut DemoSummary,
+) -> Result<Option<Donated>> {
+    match done.map_err(|e| anyhow!("donor task failed: {e}"))?? {
+        Some(d) => {
+            summary.donated += 1;
+            summary.rows += d.rows;
+            Ok(Some(d))
+        }
+        None => {
+            summary.nothing_to_donate += 1;
+            Ok(None)
+        }
+    }
+}
+
+async fn donate_one(
+    session: &IntakeSession,
+    study: &datadonor_client::PublishedStudy,
+    exports: &Path,
+    donor: synthpop::Donor,
+) -> Result<Option<Donated>> {
+    let path = exports.join(format!("{}.json", donor.id));
+    let d2 = donor.clone();
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let f = std::io::BufWriter::new(std::fs::File::create(&p2)?);
+        synthpop::fhir::write_fhir_bundle(&d2, f)?;
+        Ok(())
+    })
+    .await??;
+    let cpr = Cpr::parse(&donor.cpr).map_err(|e| anyhow!("donor {}: {e}", donor.index))?;
+    let rows = minimise_blocking(vec![path.clone()], study.definition.clone(), MinimiseOptions::default().with_cpr(&cpr))
+        .await
+        .with_context(|| format!("donor {}: minimising {}", donor.index, path.display()))?;
+    if rows.rows.is_empty() {
+        return Ok(None);
+    }
+    let n = rows.rows.len() as u64;
+    let key = SigningKey::generate()?;
+    let mut purposes = vec!["t2d-epidemiology".to_string()];
+    if donor.index % 3 == 0 {
+        purposes.push("t2d-care-quality".to_string());
+    }
+    let consent = ConsentChoice { purposes, expires_in_days: 365 };
+    let out = session
+        .donate(study, &rows, &cpr, &key, &consent)
+        .await
+        .with_context(|| format!("donor {} donating", donor.index))?;
+    Ok(Some(Donated { index: donor.index, key, stored: out.stored, rows: n }))
+}
+
+fn progress_bar(show: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(msg);
+    bar
+}

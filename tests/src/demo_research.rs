@@ -1,0 +1,175 @@
+//! The steward's, researcher's and auditor's part of the demo: approve the example query, run
+//! it over the sealed batches with the vault key, compact away withdrawn donors, and audit the
+//! ledger and the batches.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use datadonor_analytics::compact::{compact, CompactOptions};
+use datadonor_analytics::ledger::verify_ledger;
+use datadonor_analytics::ledger_http::HttpLedger;
+use datadonor_analytics::query::{open_study, run_query, QueryInputs};
+use datadonor_analytics::sealed::open_batch_file;
+use datadonor_analytics::store::BatchStore;
+use datadonor_analytics::vault::VaultKey;
+use datadonor_schemas::checkpoint::NoteVerifier;
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::query::{QueryApproval, QuerySpec};
+use datadonor_schemas::signing::SigningKey;
+use datadonor_schemas::time::{Clock, SystemClock};
+use zeroize::Zeroizing;
+
+use crate::demo::DemoSummary;
+
+/// The example query the researcher submits.
+pub const EXAMPLE_QUERY: &str = include_str!("../../examples/t2d-query.toml");
+
+struct Paths {
+    intake: PathBuf,
+    base_url: String,
+    ca: PathBuf,
+    auditor_token: Zeroizing<String>,
+    analytics_token: Zeroizing<String>,
+    vault_key: PathBuf,
+}
+
+pub(crate) async fn research_and_audit(
+    intake_dir: &Path,
+    running: &datadonor_intake::RunningIntake,
+    init: &datadonor_intake::init::InitReport,
+    withdrawn: &[Pseudonym],
+    summary: &mut DemoSummary,
+) -> Result<()> {
+    let analytics_token = std::fs::read_to_string(intake_dir.join("analytics.token"))
+        .context("reading the analytics token")?;
+    let paths = Paths {
+        intake: intake_dir.to_path_buf(),
+        base_url: running.base_url(),
+        ca: running.ca_pem_path(),
+        auditor_token: init.auditor_token.clone(),
+        analytics_token: Zeroizing::new(analytics_token.trim().to_string()),
+        vault_key: init.vault_private_key.clone().ok_or_else(|| anyhow!("init made no vault key"))?,
+    };
+    let withdrawn: HashSet<Pseudonym> = withdrawn.iter().copied().collect();
+    let mut s = std::mem::take(summary);
+    // The ledger client is blocking; run the steward, researcher and auditor off the runtime.
+    let s = tokio::task::spawn_blocking(move || -> Result<DemoSummary> {
+        research_blocking(&paths, &withdrawn, &mut s)?;
+        Ok(s)
+    })
+    .await??;
+    *summary = s;
+    Ok(())
+}
+
+fn research_blocking(p: &Paths, withdrawn: &HashSet<Pseudonym>, summary: &mut DemoSummary) -> Result<()> {
+    let now = SystemClock.now();
+    // The steward: the demo steward key that signed the study approves the example query.
+    let seed: [u8; 32] = std::fs::read(p.intake.join("steward/steward.key"))
+        .context("reading the steward key")?
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("steward key is not 32 bytes"))?;
+    let steward = SigningKey::from_seed(&seed)?;
+    let approvers = vec![steward.public_key()];
+    let study_bytes = std::fs::read(p.intake.join("studies/t2d-dk.json")).context("reading the signed study")?;
+    let study = open_study(&study_bytes, &approvers)?;
+    let spec = QuerySpec::from_toml(EXAMPLE_QUERY)?;
+    spec.validate(&study)?;
+    let mut approval_id = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut approval_id)
+        .map_err(|_| anyhow!("no randomness"))?;
+    let approval = QueryApproval {
+        format: datadonor_schemas::PROTOCOL_VERSION,
+        approval_id,
+        query_sha256: spec.hash(),
+        study_id: study.id.clone(),
+        purpose: spec.purpose.clone(),
+        researcher: spec.researcher.clone(),
+        not_before: now - 60,
+        not_after: now + 30 * 86_400,
+        max_runs: 3,
+    }
+    .sign(&steward);
+    summary.checks.push("steward approval bound to the query hash, purpose, researcher and window".into());
+
+    // An approval for this query does not run another.
+    let mut other = spec.clone();
+    other.k = spec.k + 1;
+    if datadonor_schemas::query::check_approval(&approval, &other, &approvers, now, 0).is_ok() {
+        bail!("an approval for one query ran another");
+    }
+    summary.checks.push("the approval refuses a query that differs from the approved one".into());
+
+    // The researcher: ledger through the auditor endpoints, verified against signed tree heads.
+    let mut ledger = HttpLedger::with_ca_file(&p.base_url, p.auditor_token.clone(), Some(p.analytics_token.clone()), &p.ca)?;
+    let key = ledger.ledger_key()?;
+    let verifier = NoteVerifier::parse_vkey(&key.vkey).map_err(|e| anyhow!("ledger vkey: {e}"))?;
+    ledger.set_verifiers(vec![verifier.clone()]);
+    let state = p.intake.join("../analytics-state");
+    std::fs::create_dir_all(&state)?;
+    let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;
+    summary.checks.push(format!("ledger of {} entries matches its signed tree head", view.all().count()));
+
+    let store = BatchStore::open(&p.intake.join("batches").join(study.id.as_str()))?;
+    let vault = VaultKey::load(&p.vault_key)?;
+    let inputs = QueryInputs { spec: &spec, approval: &approval, study: &study, approvers: &approvers, now };
+    let outcome = run_query(&inputs, &view, &store, &vault, &ledger)?;
+    summary.table = datadonor_analytics::output::render_text(&outcome.table);
+    summary.cells = (outcome.table.cells_published(), outcome.table.cells_suppressed());
+    if let LedgerEntry::QueryRun { donors_considered, .. } = &outcome.entry {
+        summary.donors_considered = *donors_considered;
+    }
+    let allowed = view.allowed_donors(&study.id, &spec.purpose, now);
+    if allowed.iter().any(|d| withdrawn.contains(d)) {
+        bail!("a withdrawn donor was counted");
+    }
+    summary.checks.push(format!(
+        "query counted {} consenting donors, none of the {} who withdrew; run logged at ledger index {}",
+        allowed.len(),
+        withdrawn.len(),
+        outcome.appended.index
+    ));
+
+    // Compaction: erase withdrawn donors' rows.
+    let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;
+    let report = compact(&store, &study.id, &vault, &view, &ledger, SystemClock.now(), CompactOptions::default())?;
+    summary.rows_erased = report.erased.values().map(|(rows, _)| *rows).sum();
+
+    // The auditor: the log only grew (consistency with the head verified before), every
+    // withdrawn donor has an erasure entry, and no sealed batch holds their rows.
+    let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;
+    summary.checks.push("every new tree head is consistent with the last verified one (append-only)".into());
+    let erased: HashSet<Pseudonym> = view
+        .all()
+        .filter_map(|e| match e {
+            LedgerEntry::ErasureDone { pseudonym, .. } => Some(*pseudonym),
+            _ => None,
+        })
+        .collect();
+    if let Some(missing) = withdrawn.iter().find(|p| !erased.contains(p)) {
+        bail!("withdrawn donor {missing:?} has no erasure entry");
+    }
+    let consented: HashSet<Pseudonym> = view.consent_states(&study.id).into_keys().collect();
+    let mut rows = 0usize;
+    for b in store.list(&study.id)? {
+        let opened = open_batch_file(&b.path, &vault)?;
+        for donor in crate::demo_audit::donors_in_parquet(&opened.plaintext)? {
+            rows += 1;
+            if withdrawn.contains(&donor) {
+                bail!("{}: holds a row of a withdrawn donor", b.path.display());
+            }
+            if !consented.contains(&donor) {
+                bail!("{}: holds a row of a donor with no consent entry", b.path.display());
+            }
+        }
+    }
+    summary.checks.push(format!(
+        "{} erasure entries; {} rows in the compacted batches all belong to consenting donors",
+        erased.len(),
+        rows
+    ));
+    Ok(())
+}
