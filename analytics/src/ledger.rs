@@ -431,10 +431,7 @@ pub fn decode_records(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, LedgerE
     let _ = path;
     let mut out = Vec::new();
     let mut pos = 0usize;
-    loop {
-        let Some(len_bytes) = bytes.get(pos..pos + 4) else {
-            break;
-        };
+    while let Some(len_bytes) = bytes.get(pos..pos + 4) {
         let mut l = [0u8; 4];
         l.copy_from_slice(len_bytes);
         let len = u32::from_be_bytes(l) as usize;

@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use datadonor_schemas::envelope::{HpkeConfig, HpkeConfigList};
 use datadonor_schemas::pseudonym::OprfServerKey;
+use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::receipt::ReceiptBundle;
 use datadonor_schemas::time::Clock;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -55,6 +56,8 @@ pub struct Shared {
     pub oprf: OprfServerKey,
     /// Auditor token hash.
     pub auditor: AuditorTokenHash,
+    /// Analytics token hash (ledger events).
+    pub analytics: AuditorTokenHash,
     /// OPRF limiter.
     pub limiter: RateLimiter,
     /// Metrics.
@@ -85,6 +88,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ledger/inclusion", get(inclusion))
         .route("/v1/ledger/consistency", get(consistency))
         .route("/v1/ledger/entries", get(entries))
+        .route("/v1/ledger/events", post(ledger_event))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { Problem::NotFound })
@@ -125,11 +129,20 @@ async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Respons
     if let Some(p) = resp.extensions().get::<Problem>() {
         s.0.metrics.rejected(*p);
         span.in_scope(|| {
-            tracing::info!(status = p.status().as_u16(), reason = p.slug(), ms = elapsed.as_millis() as u64, "refused")
+            tracing::info!(
+                status = p.status().as_u16(),
+                reason = p.slug(),
+                ms = elapsed.as_millis() as u64,
+                "refused"
+            )
         });
     } else {
         span.in_scope(|| {
-            tracing::info!(status = resp.status().as_u16(), ms = elapsed.as_millis() as u64, "done")
+            tracing::info!(
+                status = resp.status().as_u16(),
+                ms = elapsed.as_millis() as u64,
+                "done"
+            )
         });
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -213,7 +226,10 @@ async fn oprf(
     let blinded = base64::engine::general_purpose::STANDARD
         .decode(req.blinded)
         .map_err(|_| Problem::BadRequest)?;
-    let evaluated = s.0.oprf.evaluate(&blinded).map_err(|_| Problem::BadRequest)?;
+    let evaluated =
+        s.0.oprf
+            .evaluate(&blinded)
+            .map_err(|_| Problem::BadRequest)?;
     Ok(Json(OprfResponse {
         evaluated: base64::engine::general_purpose::STANDARD.encode(evaluated),
     }))
@@ -252,7 +268,10 @@ async fn read_body(
 }
 
 fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
-    match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         None => true,
         Some(v) => v
             .split(';')
@@ -283,11 +302,10 @@ async fn donate(
     })
     .await
     .map_err(|_| Problem::Internal)??;
-    let bundle = s
-        .0
-        .commit
-        .submit(|r| Job::Donation(Box::new(validated), r))
-        .await?;
+    let bundle =
+        s.0.commit
+            .submit(|r| Job::Donation(Box::new(validated), r))
+            .await?;
     s.0.metrics.donation_accepted();
     Ok(Json(bundle))
 }
@@ -303,22 +321,25 @@ async fn withdraw(
         tokio::task::spawn_blocking(move || validate_withdrawal(&bytes, &shared.studies))
             .await
             .map_err(|_| Problem::Internal)??;
-    let bundle = s
-        .0
-        .commit
-        .submit(|r| Job::Withdrawal(Box::new(validated), r))
-        .await?;
+    let bundle =
+        s.0.commit
+            .submit(|r| Job::Withdrawal(Box::new(validated), r))
+            .await?;
     s.0.metrics.withdrawal_accepted();
     Ok(Json(bundle))
 }
 
 fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    authorize_with(&s.0.auditor, headers)
+}
+
+fn authorize_with(expected: &AuditorTokenHash, headers: &HeaderMap) -> Result<(), Problem> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(Problem::Unauthorized)?;
-    if s.0.auditor.matches(token.trim()) {
+    if expected.matches(token.trim()) {
         Ok(())
     } else {
         Err(Problem::Unauthorized)
@@ -428,4 +449,29 @@ async fn metrics(State(s): State<AppState>) -> Response {
         s.0.metrics.render(),
     )
         .into_response()
+}
+
+/// Most a ledger event's time may differ from the intake's clock.
+const EVENT_CLOCK_SKEW_SECS: i64 = 300;
+
+/// `POST /v1/ledger/events`: analytics appends `query_run` and `erasure_done` entries.
+async fn ledger_event(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::commit::EventAck>, Problem> {
+    authorize_with(&s.0.analytics, &headers)?;
+    let entry = LedgerEntry::from_bytes(&body).map_err(|_| Problem::BadRequest)?;
+    let study = match &entry {
+        LedgerEntry::QueryRun { study_id, .. } | LedgerEntry::ErasureDone { study_id, .. } => study_id,
+        _ => return Err(Problem::ForbiddenEntryType),
+    };
+    if s.0.studies.get(study.as_str()).is_none() {
+        return Err(Problem::UnknownStudy);
+    }
+    if (entry.time() - s.0.clock.now()).abs() > EVENT_CLOCK_SKEW_SECS {
+        return Err(Problem::BadRequest);
+    }
+    let ack = s.0.commit.submit_event(entry).await?;
+    Ok(Json(ack))
 }

@@ -66,8 +66,25 @@ use crate::validate::{ValidatedDonation, ValidatedWithdrawal};
 /// The answer a handler waits for.
 pub type Reply = oneshot::Sender<Result<ReceiptBundle, Problem>>;
 
+/// The answer to a ledger event.
+pub type EventReply = oneshot::Sender<Result<EventAck, Problem>>;
+
+/// Where a ledger event landed: its index, the signed checkpoint covering it and the inclusion
+/// proof under that checkpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventAck {
+    /// Ledger index.
+    pub index: u64,
+    /// Signed checkpoint (signed-note text).
+    pub checkpoint: String,
+    /// Inclusion proof of the entry under the checkpoint.
+    pub inclusion_proof: Vec<datadonor_schemas::receipt::HexHash>,
+}
+
 /// Work for the committer.
 pub enum Job {
+    /// A ledger event from analytics (`query_run`, `erasure_done`), already checked.
+    Event(Box<LedgerEntry>, EventReply),
     /// A validated donation.
     Donation(Box<ValidatedDonation>, Reply),
     /// A validated withdrawal.
@@ -110,15 +127,27 @@ pub struct CommitHandle {
 
 impl CommitHandle {
     /// Submit a job and wait for its receipt.
-    pub async fn submit(
-        &self,
-        make: impl FnOnce(Reply) -> Job,
-    ) -> Result<ReceiptBundle, Problem> {
+    pub async fn submit(&self, make: impl FnOnce(Reply) -> Job) -> Result<ReceiptBundle, Problem> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Problem::Unavailable);
         }
         let (tx, rx) = oneshot::channel();
         match self.tx.try_send(make(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                return Err(Problem::Unavailable)
+            }
+        }
+        rx.await.unwrap_or(Err(Problem::Unavailable))
+    }
+
+    /// Append a ledger event and wait until it is durable and published.
+    pub async fn submit_event(&self, entry: LedgerEntry) -> Result<EventAck, Problem> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Problem::Unavailable);
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.tx.try_send(Job::Event(Box::new(entry), tx)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 return Err(Problem::Unavailable)
@@ -199,15 +228,22 @@ enum CommitError {
 
 fn process_group(ctx: &CommitContext, group: Vec<Job>) {
     let mut replies: Vec<(Reply, Outcome)> = Vec::with_capacity(group.len());
+    let mut events: Vec<(EventReply, u64)> = Vec::new();
     if ctx.poisoned.load(Ordering::SeqCst) {
         for j in group {
-            if let Job::Donation(_, r) | Job::Withdrawal(_, r) = j {
-                let _ = r.send(Err(Problem::Unavailable));
+            match j {
+                Job::Donation(_, r) | Job::Withdrawal(_, r) => {
+                    let _ = r.send(Err(Problem::Unavailable));
+                }
+                Job::Event(_, r) => {
+                    let _ = r.send(Err(Problem::Unavailable));
+                }
+                Job::Stop(_) => {}
             }
         }
         return;
     }
-    let result = commit(ctx, group, &mut replies);
+    let result = commit(ctx, group, &mut replies, &mut events);
     let state = ctx.state.read();
     match (result, state) {
         (Ok(()), Ok(st)) => {
@@ -219,6 +255,18 @@ fn process_group(ctx: &CommitContext, group: Vec<Job>) {
                     }
                     Outcome::Existing(i, Some(size)) => receipt(ctx, &st, i, size),
                 };
+                let _ = reply.send(answer);
+            }
+            let size = st.published_size();
+            for (reply, index) in events {
+                let answer = st
+                    .inclusion_proof(index, size)
+                    .map(|proof| EventAck {
+                        index,
+                        checkpoint: st.published_note().to_string(),
+                        inclusion_proof: proof.iter().map(|h| datadonor_schemas::receipt::HexHash(h.0)).collect(),
+                    })
+                    .map_err(|_| Problem::Internal);
                 let _ = reply.send(answer);
             }
         }
@@ -233,6 +281,9 @@ fn process_group(ctx: &CommitContext, group: Vec<Job>) {
                     _ => Err(Problem::Internal),
                 };
                 let _ = reply.send(answer);
+            }
+            for (reply, _) in events {
+                let _ = reply.send(Err(Problem::Internal));
             }
         }
     }
@@ -254,6 +305,7 @@ fn commit(
     ctx: &CommitContext,
     group: Vec<Job>,
     replies: &mut Vec<(Reply, Outcome)>,
+    events: &mut Vec<(EventReply, u64)>,
 ) -> Result<(), CommitError> {
     let now = ctx.clock.now();
     let mut rows: BTreeMap<StudyId, (BatchRef, Vec<RecordBatch>, arrow::datatypes::SchemaRef)> =
@@ -278,6 +330,10 @@ fn commit(
                         patch_withdrawals.push(w.sha256);
                     }
                     replies.push((reply, outcome));
+                }
+                Job::Event(entry, reply) => {
+                    let index = push(&mut st, &entry, &mut new_entries);
+                    events.push((reply, index));
                 }
                 Job::Stop(s) => {
                     let _ = s.send(());
@@ -340,9 +396,10 @@ fn decide_donation(
     match st.consent_record(study, &m.record_id) {
         Some(h) if h != manifest_sha => return Outcome::Fail(Problem::ManifestMismatch),
         Some(_) => {
-            if st.consent(study, &m.pseudonym).is_some_and(|c| {
-                c.consent_record_id == m.record_id && c.withdrawn_at.is_some()
-            }) {
+            if st
+                .consent(study, &m.pseudonym)
+                .is_some_and(|c| c.consent_record_id == m.record_id && c.withdrawn_at.is_some())
+            {
                 return Outcome::Fail(Problem::AlreadyWithdrawn);
             }
         }

@@ -72,13 +72,19 @@ pub fn parse_vault_public_key(bytes: &[u8]) -> Option<VaultPublicKey> {
         return Some(v);
     }
     let text = std::str::from_utf8(bytes).ok()?.trim();
-    let raw = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
     let pk: [u8; 32] = raw.try_into().ok()?;
     Some(VaultPublicKey::new(1, &HpkePublicKey(pk)))
 }
 
 /// Create a data directory. Refuses if `dir/config.toml` exists.
-pub fn init(dir: &Path, vault_public_key: Option<&Path>, now: UnixSeconds) -> Result<InitReport, Error> {
+pub fn init(
+    dir: &Path,
+    vault_public_key: Option<&Path>,
+    now: UnixSeconds,
+) -> Result<InitReport, Error> {
     if dir.join("config.toml").exists() {
         return Err(Error::Init(format!(
             "{} already holds an intake (config.toml exists)",
@@ -100,8 +106,29 @@ pub fn init(dir: &Path, vault_public_key: Option<&Path>, now: UnixSeconds) -> Re
     OsRng.fill_bytes(token_bytes.as_mut());
     let token = Zeroizing::new(hex::encode(token_bytes.as_ref()));
     let hash = keys::AuditorTokenHash::of_token(&token);
-    write_atomic(&keys::auditor_hash_path(dir), hex::encode(hash.0).as_bytes(), 0o644)?;
-    write_secret(&dir.join("auditor.token"), format!("{}\n", token.as_str()).as_bytes())?;
+    write_atomic(
+        &keys::auditor_hash_path(dir),
+        hex::encode(hash.0).as_bytes(),
+        0o644,
+    )?;
+    write_secret(
+        &dir.join("auditor.token"),
+        format!("{}\n", token.as_str()).as_bytes(),
+    )?;
+
+    // The analytics credential for appending query runs and erasures to the ledger.
+    let mut analytics_bytes = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(analytics_bytes.as_mut());
+    let analytics_token = Zeroizing::new(hex::encode(analytics_bytes.as_ref()));
+    write_atomic(
+        &keys::analytics_hash_path(dir),
+        hex::encode(keys::AuditorTokenHash::of_token(&analytics_token).0).as_bytes(),
+        0o644,
+    )?;
+    write_secret(
+        &dir.join("analytics.token"),
+        format!("{}\n", analytics_token.as_str()).as_bytes(),
+    )?;
 
     // Vault.
     let mut vault_private_key = None;

@@ -256,6 +256,11 @@ pub fn oprf_key_path(dir: &Path) -> PathBuf {
     dir.join("keys/oprf.key")
 }
 
+/// Path of the analytics token hash (the credential for `POST /v1/ledger/events`).
+pub fn analytics_hash_path(dir: &Path) -> PathBuf {
+    dir.join("keys/analytics.sha256")
+}
+
 /// Path of the auditor token hash.
 pub fn auditor_hash_path(dir: &Path) -> PathBuf {
     dir.join("keys/auditor.sha256")
@@ -300,7 +305,11 @@ impl AuditorTokenHash {
     }
     /// Load from `keys/auditor.sha256`.
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
-        let p = auditor_hash_path(dir);
+        Self::load_from(&auditor_hash_path(dir))
+    }
+    /// Load a token hash file.
+    pub fn load_from(p: &Path) -> Result<Self, KeyError> {
+        let p = p.to_path_buf();
         let text = std::fs::read_to_string(&p).map_err(io(&p))?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut out).map_err(|_| KeyError::Invalid(p))?;
@@ -363,7 +372,11 @@ pub struct VaultPrivateKeyFile {
 
 impl std::fmt::Debug for VaultPrivateKeyFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VaultPrivateKeyFile(key_id: {}, <redacted>)", self.key_id)
+        write!(
+            f,
+            "VaultPrivateKeyFile(key_id: {}, <redacted>)",
+            self.key_id
+        )
     }
 }
 

@@ -214,7 +214,12 @@ impl LedgerState {
     }
 
     /// Set the receipt tree size of a group's new donations and withdrawals.
-    pub fn set_receipt_sizes(&mut self, donations: &[[u8; 16]], withdrawals: &[[u8; 32]], size: u64) {
+    pub fn set_receipt_sizes(
+        &mut self,
+        donations: &[[u8; 16]],
+        withdrawals: &[[u8; 32]],
+        size: u64,
+    ) {
         for k in donations {
             if let Some(d) = self.donations.get_mut(k) {
                 d.receipt_size = size;

@@ -68,8 +68,9 @@ fn main() -> anyhow::Result<()> {
             dir,
             vault_public_key,
         } => {
-            let r = datadonor_intake::init::init(&dir, vault_public_key.as_deref(), SystemClock.now())
-                .with_context(|| format!("init {}", dir.display()))?;
+            let r =
+                datadonor_intake::init::init(&dir, vault_public_key.as_deref(), SystemClock.now())
+                    .with_context(|| format!("init {}", dir.display()))?;
             println!("initialised {}", r.dir.display());
             println!("auditor token (also in auditor.token; hand it over, then delete that file):");
             println!("{}", r.auditor_token.as_str());
@@ -91,8 +92,9 @@ fn main() -> anyhow::Result<()> {
                 let running = datadonor_intake::start(config).await?;
                 println!("listening on {}", running.addr());
                 let handle = running.shutdown_handle();
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("installing SIGTERM handler")?;
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("installing SIGTERM handler")?;
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}

@@ -88,21 +88,30 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP datadonor_donations_accepted_total Donations acknowledged with a receipt.");
+        let _ = writeln!(
+            o,
+            "# HELP datadonor_donations_accepted_total Donations acknowledged with a receipt."
+        );
         let _ = writeln!(o, "# TYPE datadonor_donations_accepted_total counter");
         let _ = writeln!(
             o,
             "datadonor_donations_accepted_total {}",
             self.donations_accepted.load(Ordering::Relaxed)
         );
-        let _ = writeln!(o, "# HELP datadonor_withdrawals_accepted_total Withdrawals acknowledged with a receipt.");
+        let _ = writeln!(
+            o,
+            "# HELP datadonor_withdrawals_accepted_total Withdrawals acknowledged with a receipt."
+        );
         let _ = writeln!(o, "# TYPE datadonor_withdrawals_accepted_total counter");
         let _ = writeln!(
             o,
             "datadonor_withdrawals_accepted_total {}",
             self.withdrawals_accepted.load(Ordering::Relaxed)
         );
-        let _ = writeln!(o, "# HELP datadonor_requests_rejected_total Requests refused, by problem slug.");
+        let _ = writeln!(
+            o,
+            "# HELP datadonor_requests_rejected_total Requests refused, by problem slug."
+        );
         let _ = writeln!(o, "# TYPE datadonor_requests_rejected_total counter");
         for (p, c) in Problem::ALL.iter().zip(self.rejected.iter()) {
             let _ = writeln!(
@@ -112,21 +121,30 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(o, "# HELP datadonor_batch_flushes_total Sealed batch files written.");
+        let _ = writeln!(
+            o,
+            "# HELP datadonor_batch_flushes_total Sealed batch files written."
+        );
         let _ = writeln!(o, "# TYPE datadonor_batch_flushes_total counter");
         let _ = writeln!(
             o,
             "datadonor_batch_flushes_total {}",
             self.batch_flushes.load(Ordering::Relaxed)
         );
-        let _ = writeln!(o, "# HELP datadonor_ledger_size Entries under the latest signed checkpoint.");
+        let _ = writeln!(
+            o,
+            "# HELP datadonor_ledger_size Entries under the latest signed checkpoint."
+        );
         let _ = writeln!(o, "# TYPE datadonor_ledger_size gauge");
         let _ = writeln!(
             o,
             "datadonor_ledger_size {}",
             self.ledger_size.load(Ordering::Relaxed)
         );
-        let _ = writeln!(o, "# HELP datadonor_request_duration_seconds Request latency by route.");
+        let _ = writeln!(
+            o,
+            "# HELP datadonor_request_duration_seconds Request latency by route."
+        );
         let _ = writeln!(o, "# TYPE datadonor_request_duration_seconds histogram");
         if let Ok(m) = self.latency.lock() {
             for (route, h) in m.iter() {

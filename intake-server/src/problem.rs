@@ -81,6 +81,9 @@ pub enum Problem {
     /// 401: missing or wrong auditor token.
     #[error("unauthorized")]
     Unauthorized,
+    /// 403: a ledger event of a type analytics may not append.
+    #[error("forbidden entry type")]
+    ForbiddenEntryType,
     /// 400: anything else the client got wrong (query parameters, content type, JSON).
     #[error("bad request")]
     BadRequest,
@@ -100,7 +103,7 @@ pub enum Problem {
 
 impl Problem {
     /// Every problem, for metrics and documentation.
-    pub const ALL: [Problem; 27] = [
+    pub const ALL: [Problem; 28] = [
         Problem::BodyTooLarge,
         Problem::MalformedEnvelope,
         Problem::UnknownKeyId,
@@ -123,6 +126,7 @@ impl Problem {
         Problem::AlreadyWithdrawn,
         Problem::RateLimited,
         Problem::Unauthorized,
+        Problem::ForbiddenEntryType,
         Problem::BadRequest,
         Problem::NotFound,
         Problem::Timeout,
@@ -155,6 +159,7 @@ impl Problem {
             Problem::AlreadyWithdrawn => "already-withdrawn",
             Problem::RateLimited => "rate-limited",
             Problem::Unauthorized => "unauthorized",
+            Problem::ForbiddenEntryType => "forbidden-entry-type",
             Problem::BadRequest => "bad-request",
             Problem::NotFound => "not-found",
             Problem::Timeout => "timeout",
@@ -185,7 +190,7 @@ impl Problem {
             | Problem::PseudonymMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::IdempotencyConflict | Problem::AlreadyWithdrawn => StatusCode::CONFLICT,
             Problem::UnknownConsent | Problem::NotFound => StatusCode::NOT_FOUND,
-            Problem::WithdrawalKeyMismatch => StatusCode::FORBIDDEN,
+            Problem::WithdrawalKeyMismatch | Problem::ForbiddenEntryType => StatusCode::FORBIDDEN,
             Problem::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Problem::Unauthorized => StatusCode::UNAUTHORIZED,
             Problem::Timeout => StatusCode::REQUEST_TIMEOUT,

@@ -101,6 +101,7 @@ impl Intake {
         )?);
         let oprf = keys::load_oprf_key(&dir)?;
         let auditor = AuditorTokenHash::load(&dir)?;
+        let analytics = AuditorTokenHash::load_from(&keys::analytics_hash_path(&dir))?;
         let (vault_file, vault_pk) = VaultPublicKey::load(&dir)?;
         let studies = StudyRegistry::load(&dir.join("studies"), &config.studies.trusted_signers)?;
         let (ledger_state, recovery) = commit::recover(&*ledger, &*batches, &signer)?;
@@ -139,6 +140,7 @@ impl Intake {
             signer,
             oprf,
             auditor,
+            analytics,
             limiter,
             metrics,
             commit: commit.clone(),
@@ -232,7 +234,8 @@ pub async fn start(config: Config) -> Result<RunningIntake, Error> {
 fn tls_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, Error> {
     let cert_path = config.path(&config.server.tls_cert);
     let key_path = config.path(&config.server.tls_key);
-    let cert_pem = std::fs::read(&cert_path).map_err(Error::io(format!("reading {}", cert_path.display())))?;
+    let cert_pem =
+        std::fs::read(&cert_path).map_err(Error::io(format!("reading {}", cert_path.display())))?;
     let key_pem = zeroize::Zeroizing::new(
         std::fs::read(&key_path).map_err(Error::io(format!("reading {}", key_path.display())))?,
     );
@@ -329,10 +332,11 @@ async fn serve(
                 Ok(Ok(s)) => s,
                 _ => return,
             };
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                router.clone().oneshot(req.map(Body::new))
-            });
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    router.clone().oneshot(req.map(Body::new))
+                });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -351,7 +355,10 @@ async fn serve(
         });
     }
     drop(listener);
-    tracing::info!(connections = conns.len(), "shutting down: draining connections");
+    tracing::info!(
+        connections = conns.len(),
+        "shutting down: draining connections"
+    );
     let drain = Config::ms(cfg.drain_timeout_ms);
     if tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} })
         .await
@@ -374,7 +381,10 @@ pub fn rotate_transport_key(config: &Config, now: i64) -> Result<u32, Error> {
     let _lock = DirLock::acquire(&config.data_dir)?;
     let store = LocalLedgerStore::open(&ledger_path(&config.data_dir))?;
     let records = store.recover()?;
-    let signer = LedgerSigner::new(keys::load_ledger_key(&config.data_dir)?, &config.ledger.origin)?;
+    let signer = LedgerSigner::new(
+        keys::load_ledger_key(&config.data_dir)?,
+        &config.ledger.origin,
+    )?;
     // Replaying proves the ledger parses before we append to it.
     LedgerState::recover(records, &signer)?;
     let (id, pk) = keys::create_transport_key(&config.data_dir, now)?;

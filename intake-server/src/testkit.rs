@@ -54,11 +54,8 @@ pub fn load_study(dir: &Path, id: &str) -> Result<Arc<LoadedStudy>, Error> {
 /// The current transport key id and public key of a data directory.
 pub fn current_hpke_key(dir: &Path) -> Result<(u32, HpkePublicKey), Error> {
     let c = Config::load_dir(dir)?;
-    let keys = crate::keys::TransportKeys::load(
-        dir,
-        c.keys.transport_key_grace_secs,
-        SystemClock.now(),
-    )?;
+    let keys =
+        crate::keys::TransportKeys::load(dir, c.keys.transport_key_grace_secs, SystemClock.now())?;
     let k = keys
         .accepted(SystemClock.now())
         .next()
@@ -93,13 +90,17 @@ pub fn sample_rows(study: &StudyDefinition, pseudonym: &Pseudonym, n: usize) -> 
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![pseudonym.to_hex(); n])),
         Arc::new(StringArray::from(
-            (0..n).map(|r| sample_period(study.period, r)).collect::<Vec<_>>(),
+            (0..n)
+                .map(|r| sample_period(study.period, r))
+                .collect::<Vec<_>>(),
         )),
     ];
     for f in &study.fields {
         let col: ArrayRef = match f.field_type() {
             FieldType::Number { min, max } => Arc::new(Float64Array::from(
-                (0..n).map(|r| Some(sample_number(min, max, r))).collect::<Vec<_>>(),
+                (0..n)
+                    .map(|r| Some(sample_number(min, max, r)))
+                    .collect::<Vec<_>>(),
             )),
             FieldType::Flag => Arc::new(BooleanArray::from(vec![true; n])),
             FieldType::Category(vals) => {
@@ -198,6 +199,9 @@ impl Donation {
     }
 }
 
+/// An edit applied to the manifest before it is signed.
+pub type ManifestEdit<'a> = Box<dyn FnOnce(&mut ConsentManifest) + 'a>;
+
 /// Builds a [`Donation`]; every part can be overridden to make it invalid in one way.
 pub struct DonationBuilder<'a> {
     study: &'a LoadedStudy,
@@ -213,7 +217,7 @@ pub struct DonationBuilder<'a> {
     /// Idempotency key (random by default).
     pub idempotency_key: [u8; 16],
     /// Change the manifest before signing.
-    pub edit_manifest: Option<Box<dyn FnOnce(&mut ConsentManifest) + 'a>>,
+    pub edit_manifest: Option<ManifestEdit<'a>>,
     /// Replace the rows.
     pub rows: Option<RecordBatch>,
     /// Replace the signed manifest bytes.
@@ -274,7 +278,12 @@ impl<'a> DonationBuilder<'a> {
             Some(b) => b,
             None => rows_to_ipc(&rows).map_err(|e| bad(&e.to_string()))?,
         };
-        let envelope = seal_envelope(self.hpke, self.idempotency_key, &manifest_bytes, &rows_bytes);
+        let envelope = seal_envelope(
+            self.hpke,
+            self.idempotency_key,
+            &manifest_bytes,
+            &rows_bytes,
+        );
         Ok(Donation {
             envelope,
             idempotency_key: self.idempotency_key,

@@ -94,9 +94,7 @@ pub fn validate_donation(
     max_rows: usize,
 ) -> Result<ValidatedDonation, Problem> {
     let env = Envelope::parse(body).map_err(|_| Problem::MalformedEnvelope)?;
-    let key = keys
-        .lookup(env.key_id, now)
-        .ok_or(Problem::UnknownKeyId)?;
+    let key = keys.lookup(env.key_id, now).ok_or(Problem::UnknownKeyId)?;
     let payload = env.open(&key.private_key).map_err(|e| match e {
         EnvelopeError::Malformed(_) => Problem::MalformedEnvelope,
         _ => Problem::DecryptFailed,

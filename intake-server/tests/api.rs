@@ -1,6 +1,7 @@
 //! The HTTP API driven through `app()` with `oneshot`: the happy path, every refusal (with its
 //! slug, and nothing written), idempotency, withdrawals, expiry, key rotation, the OPRF limit,
 //! auditor endpoints and proofs.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -107,9 +108,17 @@ async fn every_rejection_has_its_slug_and_writes_nothing() {
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let bad = StatusCode::BAD_REQUEST;
 
-    refused(&env, b"DDE1 not an envelope".to_vec(), bad, "malformed-envelope").await;
+    refused(
+        &env,
+        b"DDE1 not an envelope".to_vec(),
+        bad,
+        "malformed-envelope",
+    )
+    .await;
 
-    let d = testkit::DonationBuilder::new(&env.study, (99, env.hpke.1)).build().unwrap();
+    let d = testkit::DonationBuilder::new(&env.study, (99, env.hpke.1))
+        .build()
+        .unwrap();
     refused(&env, d.envelope, bad, "unknown-key-id").await;
 
     let mut e = env.builder().build().unwrap().envelope;
@@ -139,26 +148,56 @@ async fn every_rejection_has_its_slug_and_writes_nothing() {
 
     let mut b = env.builder();
     b.edit_manifest = Some(Box::new(|m| m.study_version = 99));
-    refused(&env, b.build().unwrap().envelope, unprocessable, "unknown-study").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "unknown-study",
+    )
+    .await;
 
     let mut b = env.builder();
     b.edit_manifest = Some(Box::new(|m| m.study_sha256 = [0; 32]));
-    refused(&env, b.build().unwrap().envelope, unprocessable, "study-mismatch").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "study-mismatch",
+    )
+    .await;
 
     let mut b = env.builder();
     b.edit_manifest = Some(Box::new(|m| m.controller.name = "Someone Else".into()));
-    refused(&env, b.build().unwrap().envelope, unprocessable, "manifest-mismatch").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "manifest-mismatch",
+    )
+    .await;
 
     let mut b = env.builder();
     b.edit_manifest = Some(Box::new(|m| m.purposes = vec!["marketing".into()]));
-    refused(&env, b.build().unwrap().envelope, unprocessable, "purpose-not-in-study").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "purpose-not-in-study",
+    )
+    .await;
 
     let mut b = env.builder();
     b.edit_manifest = Some(Box::new(move |m| {
         m.given_at = now - 100;
         m.expires_at = now - 1;
     }));
-    refused(&env, b.build().unwrap().envelope, unprocessable, "consent-expired").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "consent-expired",
+    )
+    .await;
 
     let mut b = env.builder();
     b.rows_bytes = Some(b"definitely not arrow".to_vec());
@@ -173,7 +212,13 @@ async fn every_rejection_has_its_slug_and_writes_nothing() {
     let mut b = env.builder();
     b.pseudonym = p;
     b.rows = Some(wrong);
-    refused(&env, b.build().unwrap().envelope, unprocessable, "schema-mismatch").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "schema-mismatch",
+    )
+    .await;
 
     let p = testkit::random_pseudonym();
     let rows = testkit::sample_rows(&env.study.definition, &p, 2);
@@ -185,11 +230,23 @@ async fn every_rejection_has_its_slug_and_writes_nothing() {
     let mut b = env.builder();
     b.pseudonym = p;
     b.rows = Some(rows);
-    refused(&env, b.build().unwrap().envelope, unprocessable, "value-out-of-range").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "value-out-of-range",
+    )
+    .await;
 
     let mut b = env.builder();
     b.n_rows = 6;
-    refused(&env, b.build().unwrap().envelope, unprocessable, "too-many-rows").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "too-many-rows",
+    )
+    .await;
 
     let mut b = env.builder();
     b.rows = Some(testkit::sample_rows(
@@ -197,9 +254,21 @@ async fn every_rejection_has_its_slug_and_writes_nothing() {
         &testkit::random_pseudonym(),
         2,
     ));
-    refused(&env, b.build().unwrap().envelope, unprocessable, "pseudonym-mismatch").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        unprocessable,
+        "pseudonym-mismatch",
+    )
+    .await;
 
-    refused(&env, vec![0u8; 65 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "body-too-large").await;
+    refused(
+        &env,
+        vec![0u8; 65 * 1024],
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+    )
+    .await;
 
     // Wrong content type.
     let before = env.snapshot();
@@ -211,7 +280,10 @@ async fn every_rejection_has_its_slug_and_writes_nothing() {
     // Refusals are counted by slug.
     let (_, m) = env.get("/metrics", None).await;
     let m = String::from_utf8_lossy(&m);
-    assert!(m.contains("datadonor_requests_rejected_total{reason=\"bad-signature\"} 2"), "{m}");
+    assert!(
+        m.contains("datadonor_requests_rejected_total{reason=\"bad-signature\"} 2"),
+        "{m}"
+    );
     assert!(m.contains("datadonor_donations_accepted_total 0"));
 }
 
@@ -231,12 +303,18 @@ async fn idempotent_replay_and_conflict() {
     let mut b = env.builder();
     b.idempotency_key = d.idempotency_key;
     let (s, body) = env.donate(b.build().unwrap().envelope).await;
-    assert_eq!((s, slug(&body).as_str()), (StatusCode::CONFLICT, "idempotency-conflict"));
+    assert_eq!(
+        (s, slug(&body).as_str()),
+        (StatusCode::CONFLICT, "idempotency-conflict")
+    );
     assert_eq!(env.snapshot(), before);
 
     // Concurrent identical submissions land once.
     let d2 = env.builder().build().unwrap();
-    let (a, b) = tokio::join!(env.donate(d2.envelope.clone()), env.donate(d2.envelope.clone()));
+    let (a, b) = tokio::join!(
+        env.donate(d2.envelope.clone()),
+        env.donate(d2.envelope.clone())
+    );
     assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
     let va = env.verify(&a.1).await;
     let vb = env.verify(&b.1).await;
@@ -249,14 +327,36 @@ async fn second_donation_under_the_same_consent() {
     let d = env.builder().build().unwrap();
     let (s, _) = env.donate(d.envelope.clone()).await;
     assert_eq!(s, StatusCode::OK);
-    let size1 = env.intake.as_ref().unwrap().state().0.state.read().unwrap().published_size();
+    let size1 = env
+        .intake
+        .as_ref()
+        .unwrap()
+        .state()
+        .0
+        .state
+        .read()
+        .unwrap()
+        .published_size();
     let mut b = env.builder();
     b.reuse = Some((&d.manifest, &d.donor_key));
     let (s, body) = env.donate(b.build().unwrap().envelope).await;
     assert_eq!(s, StatusCode::OK);
     env.verify(&body).await;
-    let size2 = env.intake.as_ref().unwrap().state().0.state.read().unwrap().published_size();
-    assert_eq!(size2, size1 + 1, "no second ConsentGranted for the same record");
+    let size2 = env
+        .intake
+        .as_ref()
+        .unwrap()
+        .state()
+        .0
+        .state
+        .read()
+        .unwrap()
+        .published_size();
+    assert_eq!(
+        size2,
+        size1 + 1,
+        "no second ConsentGranted for the same record"
+    );
 }
 
 #[tokio::test]
@@ -272,22 +372,34 @@ async fn withdrawals() {
     let before = env.snapshot();
     let forged = d.withdrawal_signed_by(&other.donor_key, now);
     let (s, body) = env.withdraw(forged).await;
-    assert_eq!((s, slug(&body).as_str()), (StatusCode::FORBIDDEN, "withdrawal-key-mismatch"));
+    assert_eq!(
+        (s, slug(&body).as_str()),
+        (StatusCode::FORBIDDEN, "withdrawal-key-mismatch")
+    );
     assert_eq!(env.snapshot(), before);
 
     // Unknown consent.
     let stranger = env.builder().build().unwrap();
     let (s, body) = env.withdraw(stranger.withdrawal(now)).await;
-    assert_eq!((s, slug(&body).as_str()), (StatusCode::NOT_FOUND, "unknown-consent"));
+    assert_eq!(
+        (s, slug(&body).as_str()),
+        (StatusCode::NOT_FOUND, "unknown-consent")
+    );
 
     // Tampered signature.
     let mut obj: datadonor_schemas::signing::SignedObject =
         serde_json::from_slice(&d.withdrawal(now)).unwrap();
     obj.signature[3] ^= 0x40;
     let (s, body) = env.withdraw(obj.to_bytes()).await;
-    assert_eq!((s, slug(&body).as_str()), (StatusCode::BAD_REQUEST, "bad-signature"));
+    assert_eq!(
+        (s, slug(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "bad-signature")
+    );
     let (s, body) = env.withdraw(b"{]".to_vec()).await;
-    assert_eq!((s, slug(&body).as_str()), (StatusCode::BAD_REQUEST, "bad-request"));
+    assert_eq!(
+        (s, slug(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "bad-request")
+    );
     assert_eq!(env.snapshot(), before);
 
     // Good.
@@ -301,12 +413,18 @@ async fn withdrawals() {
     assert_eq!((s, &again), (StatusCode::OK, &body));
     // A different withdrawal of the same consent.
     let (s, b2) = env.withdraw(d.withdrawal(now + 1)).await;
-    assert_eq!((s, slug(&b2).as_str()), (StatusCode::CONFLICT, "already-withdrawn"));
+    assert_eq!(
+        (s, slug(&b2).as_str()),
+        (StatusCode::CONFLICT, "already-withdrawn")
+    );
     // Donating again under the withdrawn consent record.
     let mut b = env.builder();
     b.reuse = Some((&d.manifest, &d.donor_key));
     let (s, b3) = env.donate(b.build().unwrap().envelope).await;
-    assert_eq!((s, slug(&b3).as_str()), (StatusCode::CONFLICT, "already-withdrawn"));
+    assert_eq!(
+        (s, slug(&b3).as_str()),
+        (StatusCode::CONFLICT, "already-withdrawn")
+    );
 }
 
 #[tokio::test]
@@ -338,16 +456,28 @@ async fn retired_key_after_rotation_grace() {
     let (_, b) = env.get("/v1/hpke-config", None).await;
     let list = datadonor_schemas::envelope::HpkeConfigList::from_json(&b).unwrap();
     let ids: Vec<u32> = list.configs.iter().map(|c| c.key_id).collect();
-    assert_eq!(ids, vec![new_id, old.0], "current first, then the key in grace");
+    assert_eq!(
+        ids,
+        vec![new_id, old.0],
+        "current first, then the key in grace"
+    );
 
     // Within grace the old key works.
-    let d = testkit::DonationBuilder::new(&env.study, old).build().unwrap();
+    let d = testkit::DonationBuilder::new(&env.study, old)
+        .build()
+        .unwrap();
     assert_eq!(env.donate(d.envelope).await.0, StatusCode::OK);
     // After grace it is refused, and no longer published.
     env.clock.advance(3601);
     let mut b = testkit::DonationBuilder::new(&env.study, old);
     b.now = env.clock.now();
-    refused(&env, b.build().unwrap().envelope, StatusCode::BAD_REQUEST, "unknown-key-id").await;
+    refused(
+        &env,
+        b.build().unwrap().envelope,
+        StatusCode::BAD_REQUEST,
+        "unknown-key-id",
+    )
+    .await;
     let (_, b) = env.get("/v1/hpke-config", None).await;
     let list = datadonor_schemas::envelope::HpkeConfigList::from_json(&b).unwrap();
     assert_eq!(list.configs.len(), 1);
@@ -361,7 +491,10 @@ async fn retired_key_after_rotation_grace() {
     ));
     // After a restart past grace the old private key file is deleted.
     env.restart();
-    assert!(!env.path().join(format!("keys/transport-{}.key", old.0)).exists());
+    assert!(!env
+        .path()
+        .join(format!("keys/transport-{}.key", old.0))
+        .exists());
 }
 
 #[tokio::test]
@@ -376,7 +509,9 @@ async fn oprf_evaluates_and_floods_get_429() {
     let req = || {
         Request::post("/v1/oprf")
             .header("content-type", "application/json")
-            .extension(datadonor_intake::app::ClientAddr("10.0.0.7:5000".parse().unwrap()))
+            .extension(datadonor_intake::app::ClientAddr(
+                "10.0.0.7:5000".parse().unwrap(),
+            ))
             .body(Body::from(body.clone()))
             .unwrap()
     };
@@ -396,7 +531,9 @@ async fn oprf_evaluates_and_floods_get_429() {
     assert_eq!(limited, 16, "burst of 5, then every request refused");
     // Another address has its own bucket.
     let other = Request::post("/v1/oprf")
-        .extension(datadonor_intake::app::ClientAddr("10.0.0.8:5000".parse().unwrap()))
+        .extension(datadonor_intake::app::ClientAddr(
+            "10.0.0.8:5000".parse().unwrap(),
+        ))
         .body(Body::from(body.clone()))
         .unwrap();
     assert_eq!(env.request(other).await.0, StatusCode::OK);
@@ -412,7 +549,11 @@ async fn auditor_endpoints_need_the_token() {
         "/v1/ledger/entries?start=0&end=1",
     ] {
         let (s, b) = env.get(path, None).await;
-        assert_eq!((s, slug(&b).as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{path}");
+        assert_eq!(
+            (s, slug(&b).as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{path}"
+        );
         let (s, _) = env.get(path, Some(&"0".repeat(64))).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
         let (s, _) = env.audit(path).await;
@@ -445,7 +586,10 @@ async fn consistency_and_inclusion_proofs_verify() {
     let c2 = checkpoint_now(&env).await.checkpoint;
     assert!(c2.size > c1.size);
     let (s, body) = env
-        .audit(&format!("/v1/ledger/consistency?from={}&to={}", c1.size, c2.size))
+        .audit(&format!(
+            "/v1/ledger/consistency?from={}&to={}",
+            c1.size, c2.size
+        ))
         .await;
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -459,7 +603,9 @@ async fn consistency_and_inclusion_proofs_verify() {
         .unwrap();
 
     // Entries hash to the leaves proven by inclusion proofs under c2.
-    let (s, body) = env.audit(&format!("/v1/ledger/entries?start=0&end={}", c2.size)).await;
+    let (s, body) = env
+        .audit(&format!("/v1/ledger/entries?start=0&end={}", c2.size))
+        .await;
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let entries = v["entries"].as_array().unwrap();
@@ -494,7 +640,11 @@ async fn consistency_and_inclusion_proofs_verify() {
         "/v1/ledger/inclusion".to_string(),
     ] {
         let (s, b) = env.audit(&q).await;
-        assert_eq!((s, slug(&b).as_str()), (StatusCode::BAD_REQUEST, "bad-request"), "{q}");
+        assert_eq!(
+            (s, slug(&b).as_str()),
+            (StatusCode::BAD_REQUEST, "bad-request"),
+            "{q}"
+        );
     }
 }
 

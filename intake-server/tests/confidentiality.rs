@@ -1,6 +1,7 @@
 //! What the intake's disk holds: no plaintext health data or identifiers, and nothing its own
 //! keys can open. Only the vault private key (in `vault-private/`, which the intake never reads;
 //! read here by the test alone) unwraps a batch's data key.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -42,7 +43,11 @@ async fn the_intakes_disk_holds_no_plaintext() {
             } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
                 for j in 0..a.len() {
                     let s = a.value(j);
-                    assert!(s.len() >= 5, "needle {s:?} of {} too short to be meaningful", field.name());
+                    assert!(
+                        s.len() >= 5,
+                        "needle {s:?} of {} too short to be meaningful",
+                        field.name()
+                    );
                     health.push(s.as_bytes().to_vec());
                 }
             }
@@ -114,7 +119,10 @@ async fn the_intakes_keys_cannot_open_a_batch() {
     let keys = private_keys_in_data_dir(&env);
     let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
     for want in ["transport-1.key", "ledger.key", "oprf.key", "steward.key"] {
-        assert!(names.iter().any(|n| n.ends_with(want)), "{want} not tried: {names:?}");
+        assert!(
+            names.iter().any(|n| n.ends_with(want)),
+            "{want} not tried: {names:?}"
+        );
     }
     for (name, k) in &keys {
         assert!(
@@ -124,11 +132,12 @@ async fn the_intakes_keys_cannot_open_a_batch() {
     }
 
     // The vault key does.
-    let vf: VaultPrivateKeyFile = serde_json::from_slice(
-        &std::fs::read(env.path().join("vault-private/vault.key")).unwrap(),
-    )
-    .unwrap();
-    let raw = base64::engine::general_purpose::STANDARD.decode(&vf.private_key).unwrap();
+    let vf: VaultPrivateKeyFile =
+        serde_json::from_slice(&std::fs::read(env.path().join("vault-private/vault.key")).unwrap())
+            .unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&vf.private_key)
+        .unwrap();
     let vault = HpkePrivateKey::from_bytes(&raw).unwrap();
     let data_key = hpke_open(&vault, &header.enc, WRAP_INFO, &aad, &header.wrapped_key).unwrap();
     let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&data_key));
@@ -140,7 +149,13 @@ async fn the_intakes_keys_cannot_open_a_batch() {
         let nonce = chunk_nonce(i as u64, i + 1 == chunks.len());
         plain.extend(
             cipher
-                .decrypt(Nonce::from_slice(&nonce), Payload { msg: c, aad: &chunk_aad })
+                .decrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: c,
+                        aad: &chunk_aad,
+                    },
+                )
                 .unwrap(),
         );
     }
@@ -150,6 +165,12 @@ async fn the_intakes_keys_cannot_open_a_batch() {
     let last = chunks.len() - 1;
     let nonce = chunk_nonce(last as u64, false);
     assert!(cipher
-        .decrypt(Nonce::from_slice(&nonce), Payload { msg: chunks[last], aad: &chunk_aad })
+        .decrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: chunks[last],
+                aad: &chunk_aad
+            }
+        )
         .is_err());
 }

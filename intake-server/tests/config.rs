@@ -1,4 +1,5 @@
 //! The sample configuration loads, `init` writes every default, unknown keys are refused.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use datadonor_intake::config::Config;
 
@@ -7,7 +8,7 @@ fn sample_config_loads_with_the_defaults() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.sample.toml");
     let c = Config::load(&path).unwrap();
     let mut want = Config::with_defaults(vec![
-        "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".to_string(),
+        "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".to_string()
     ]);
     want.data_dir = c.data_dir.clone();
     assert_eq!(c, want, "the sample spells out exactly the defaults");
@@ -22,7 +23,12 @@ fn init_writes_every_default() {
     want.data_dir = d.path().to_path_buf();
     assert_eq!(c, want);
     let text = std::fs::read_to_string(d.path().join("config.toml")).unwrap();
-    for key in ["max_body_bytes", "group_window_ms", "transport_key_grace_secs", "burst"] {
+    for key in [
+        "max_body_bytes",
+        "group_window_ms",
+        "transport_key_grace_secs",
+        "burst",
+    ] {
         assert!(text.contains(key), "{key} missing from config.toml");
     }
 }

@@ -1,5 +1,6 @@
 //! The storage backends: one conformance suite run against the local and in-memory backends,
 //! torn-tail recovery of the ledger file, and startup recovery deleting unacknowledged batches.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -59,7 +60,10 @@ fn torn_and_corrupt_tails_are_truncated() {
         .write_all(&rec[..rec.len() - 10])
         .unwrap();
     let store = LocalLedgerStore::open(&path).unwrap();
-    assert_eq!(store.recover().unwrap(), vec![b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!(
+        store.recover().unwrap(),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
     drop(store);
     // A complete record with a bad hash.
@@ -67,7 +71,12 @@ fn torn_and_corrupt_tails_are_truncated() {
     encode_record(b"four", &mut rec);
     let n = rec.len();
     rec[n - 1] ^= 1;
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(&rec).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&rec)
+        .unwrap();
     let store = LocalLedgerStore::open(&path).unwrap();
     assert_eq!(store.recover().unwrap().len(), 2);
     store.append(&[b"five".to_vec()]).unwrap();
@@ -84,7 +93,9 @@ async fn recovery_deletes_unacknowledged_batches_and_temporaries() {
     let kept = batch_files(env.path());
     assert_eq!(kept.len(), 1);
     env.intake.take().unwrap().shutdown();
-    let orphan = env.path().join(format!("batches/t2d-dk/{}.ddb", "ab".repeat(16)));
+    let orphan = env
+        .path()
+        .join(format!("batches/t2d-dk/{}.ddb", "ab".repeat(16)));
     std::fs::write(&orphan, b"sealed but never acknowledged").unwrap();
     let tmp = env.path().join("batches/t2d-dk/.tmp-0123");
     std::fs::write(&tmp, b"half written").unwrap();
@@ -118,7 +129,11 @@ fn secrets_are_mode_0600() {
         "steward/steward.key",
         "vault-private/vault.key",
     ] {
-        let mode = std::fs::metadata(d.path().join(f)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(d.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
     // init refuses to overwrite.

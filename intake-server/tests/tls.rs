@@ -1,11 +1,13 @@
 //! A real intake over TLS: `start()` on port 0, HTTP/2 and HTTP/1.1 with the dev CA, TLS 1.2
 //! refused, a donation end to end, graceful shutdown.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use datadonor_intake::testkit;
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle};
 
 fn client(dir: &std::path::Path, addr: std::net::SocketAddr) -> reqwest::ClientBuilder {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("tls/ca.pem")).unwrap()).unwrap();
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.join("tls/ca.pem")).unwrap()).unwrap();
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -25,8 +27,15 @@ async fn serves_tls13_http1_and_http2() {
     assert_eq!(r.version(), http::Version::HTTP_2);
     assert_eq!(r.text().await.unwrap(), "ok");
 
-    let h1 = client(dir.path(), intake.addr()).http1_only().build().unwrap();
-    let r = h1.get(format!("{url}/v1/hpke-config")).send().await.unwrap();
+    let h1 = client(dir.path(), intake.addr())
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = h1
+        .get(format!("{url}/v1/hpke-config"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), http::Version::HTTP_11);
     assert_eq!(r.status(), 200);
 
@@ -34,7 +43,10 @@ async fn serves_tls13_http1_and_http2() {
         .max_tls_version(reqwest::tls::Version::TLS_1_2)
         .build()
         .unwrap();
-    assert!(tls12.get(format!("{url}/healthz")).send().await.is_err(), "TLS 1.2 refused");
+    assert!(
+        tls12.get(format!("{url}/healthz")).send().await.is_err(),
+        "TLS 1.2 refused"
+    );
 
     // A donation over the wire.
     let study = testkit::load_study(dir.path(), "t2d-dk").unwrap();
@@ -58,15 +70,19 @@ async fn serves_tls13_http1_and_http2() {
         .json()
         .await
         .unwrap();
-    let pk = datadonor_schemas::signing::PublicKey::from_base64(key["public_key"].as_str().unwrap())
-        .unwrap();
+    let pk =
+        datadonor_schemas::signing::PublicKey::from_base64(key["public_key"].as_str().unwrap())
+            .unwrap();
     let vk = datadonor_schemas::checkpoint::NoteVerifier::parse_vkey(key["vkey"].as_str().unwrap())
         .unwrap();
     verify_receipt(&bundle, &pk, &vk).unwrap();
 
     let addr = intake.addr();
     intake.shutdown().await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "stopped accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "stopped accepting"
+    );
     // The directory is free again.
     let config = datadonor_intake::Config::load_dir(dir.path()).unwrap();
     datadonor_intake::rotate_transport_key(&config, 0).unwrap();

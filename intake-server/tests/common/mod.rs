@@ -1,6 +1,7 @@
 //! Shared helpers of the intake's integration tests: an opened intake over a fresh data
 //! directory with a manual clock, and request helpers over `oneshot`.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(dead_code)] // each test binary uses a subset of the helpers
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,7 +86,9 @@ impl Env {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
         (status, headers, body)
     }
 

@@ -2673,11 +2673,12 @@ fn pseudonym_file(fx: &Fixture) -> J {
     ];
     let mut valid: Vec<J> = cpr_ok
         .iter()
-        .map(|(input, note)| {
+        .enumerate()
+        .map(|(i, (input, note))| {
             let c = Cpr::parse(input).expect("valid CPR vector");
             let d = c.birth_date().expect("valid date");
             obj! {
-                "name" => format!("cpr-{}", input.trim()),
+                "name" => format!("cpr-valid-{i:02}"),
                 "kind" => "cpr",
                 "note" => *note,
                 "input" => *input,
@@ -3273,11 +3274,19 @@ fn ledger_file(fx: &Fixture) -> J {
     malformed.extend([
         cons(
             "consistency-root1-of-another-size",
+            3,
+            6,
+            &merkle::consistency_proof(&fx.leaves, 3).expect("proof"),
+            &merkle::root(&fx.leaves[..2]),
+            "MerkleError::Root1Mismatch",
+        ),
+        cons(
+            "consistency-root1-wrong-power-of-two-size1",
             2,
             6,
             &p26,
             &merkle::root(&fx.leaves[..3]),
-            "MerkleError::Root1Mismatch",
+            "MerkleError::RootMismatch",
         ),
         cons(
             "consistency-from-empty-tree",
