@@ -6,8 +6,8 @@ use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 
 use datadonor_client::import::{
-    self, apple, CodeSystem, ImportError, ImportOptions, ImportReport, RecordRef, Sex, SkipReason, SourceItem,
-    SourceValue,
+    self, apple, CodeSystem, ImportError, ImportOptions, ImportReport, RecordRef, Sex, SkipReason,
+    SourceItem, SourceValue,
 };
 
 /// The shared test data directory: `$DATADONOR_SHARED/data`, by default `$CARGO_MANIFEST_DIR/../../shared/data`.
@@ -61,42 +61,81 @@ fn assert_fixture_counts(items: &[SourceItem], report: &ImportReport) {
     assert_eq!(report.records_total(), 10);
     assert_eq!(report.emitted.demographics, 1);
     assert_eq!(report.emitted.observations, 8);
-    assert_eq!(report.skipped_count(SkipReason::UnsupportedResourceType), 1, "ExportDate");
+    assert_eq!(
+        report.skipped_count(SkipReason::UnsupportedResourceType),
+        1,
+        "ExportDate"
+    );
     assert!(report.samples.is_empty(), "{report}");
 
-    let q = |value: f64, unit: &str| SourceValue::Quantity { value, unit: unit.into() };
+    let q = |value: f64, unit: &str| SourceValue::Quantity {
+        value,
+        unit: unit.into(),
+    };
     let text = |t: &str| SourceValue::Text(t.into());
     assert_eq!(
         observations(items),
         vec![
             ("HKQuantityTypeIdentifierHeartRate", &q(74.0, "count/min")),
             ("HKQuantityTypeIdentifierHeartRate", &q(75.0, "count/min")),
-            ("HKQuantityTypeIdentifierActiveEnergyBurned", &q(0.12, "kcal")),
-            ("HKQuantityTypeIdentifierActiveEnergyBurned", &q(0.08, "kcal")),
+            (
+                "HKQuantityTypeIdentifierActiveEnergyBurned",
+                &q(0.12, "kcal")
+            ),
+            (
+                "HKQuantityTypeIdentifierActiveEnergyBurned",
+                &q(0.08, "kcal")
+            ),
             ("HKQuantityTypeIdentifierAppleExerciseTime", &q(1.0, "min")),
             ("HKQuantityTypeIdentifierAppleStandTime", &q(2.0, "min")),
-            ("HKCategoryTypeIdentifierSleepAnalysis", &text("HKCategoryValueSleepAnalysisInBed")),
-            ("HKCategoryTypeIdentifierSleepAnalysis", &text("HKCategoryValueSleepAnalysisAsleepCore")),
+            (
+                "HKCategoryTypeIdentifierSleepAnalysis",
+                &text("HKCategoryValueSleepAnalysisInBed")
+            ),
+            (
+                "HKCategoryTypeIdentifierSleepAnalysis",
+                &text("HKCategoryValueSleepAnalysisAsleepCore")
+            ),
         ]
     );
-    let SourceItem::Demographics(me) = &items[0] else { panic!("Me first: {:?}", items[0]) };
+    let SourceItem::Demographics(me) = &items[0] else {
+        panic!("Me first: {:?}", items[0])
+    };
     assert_eq!(me.birth_date, Some(jiff::civil::date(1990, 5, 20)));
     assert_eq!(me.sex, Some(Sex::Male));
     assert!(me.patient.is_none() && me.national_ids.is_empty() && me.names.is_empty());
-    let SourceItem::Observation(first) = &items[1] else { panic!() };
+    let SourceItem::Observation(first) = &items[1] else {
+        panic!()
+    };
     assert_eq!(first.code.system, CodeSystem::AppleHealthKit);
-    assert_eq!(first.effective, Some(jiff::civil::date(2024, 1, 1).at(1, 1, 36, 0)), "startDate as written");
-    assert_eq!(first.location.record, RecordRef::XmlElement { line: 9, byte_offset: 496 });
+    assert_eq!(
+        first.effective,
+        Some(jiff::civil::date(2024, 1, 1).at(1, 1, 36, 0)),
+        "startDate as written"
+    );
+    assert_eq!(
+        first.location.record,
+        RecordRef::XmlElement {
+            line: 9,
+            byte_offset: 496
+        }
+    );
     for item in items {
         let shown = format!("{item:?}");
-        assert!(!shown.contains("Alexandre") && !shown.contains("Apple Watch"), "sourceName/device leaked: {shown}");
+        assert!(
+            !shown.contains("Alexandre") && !shown.contains("Apple Watch"),
+            "sourceName/device leaked: {shown}"
+        );
     }
 }
 
 #[test]
 fn shared_export_xml() {
     let path = export_xml();
-    assert_eq!(import::detect_format(&path).expect("detect"), import::SourceFormat::AppleHealthXml);
+    assert_eq!(
+        import::detect_format(&path).expect("detect"),
+        import::SourceFormat::AppleHealthXml
+    );
     let mut items = Vec::new();
     let report = import::import_path(&path, &mut |item| {
         items.push(item);
@@ -150,8 +189,12 @@ const IOS16_EXPORT: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>
 
 #[test]
 fn ios16_export_with_malformed_dtd_and_correlation() {
-    let (items, report) = import_xml_bytes(IOS16_EXPORT.as_bytes(), "export.xml", &ImportOptions::default())
-        .expect("the malformed DTD is skipped, not validated");
+    let (items, report) = import_xml_bytes(
+        IOS16_EXPORT.as_bytes(),
+        "export.xml",
+        &ImportOptions::default(),
+    )
+    .expect("the malformed DTD is skipped, not validated");
     assert!(report.is_balanced(), "{report}");
     assert_eq!(report.resource_count("Record"), 5);
     assert_eq!(report.resource_count("Correlation"), 1);
@@ -160,48 +203,103 @@ fn ios16_export_with_malformed_dtd_and_correlation() {
     assert_eq!(report.resource_count("ActivitySummary"), 1);
     assert_eq!(report.resource_count("ExportDate"), 1);
     assert_eq!(report.resource_count("Me"), 1);
-    assert_eq!(report.records_total(), 12, "the Record inside the Workout is not a record of its own");
+    assert_eq!(
+        report.records_total(),
+        12,
+        "the Record inside the Workout is not a record of its own"
+    );
     assert_eq!(report.emitted.demographics, 1);
     assert_eq!(report.emitted.observations, 3);
     assert_eq!(report.skipped_count(SkipReason::Container), 1);
     assert_eq!(report.skipped_count(SkipReason::CorrelationMember), 2);
-    assert_eq!(report.skipped_count(SkipReason::UnsupportedResourceType), 3, "ExportDate, Workout, ActivitySummary");
-    assert_eq!(report.skipped_count(SkipReason::UnparsableValue), 1, "StepCount \"many\"");
-    assert_eq!(report.skipped_count(SkipReason::UnparsableDate), 1, "BodyMass startDate");
+    assert_eq!(
+        report.skipped_count(SkipReason::UnsupportedResourceType),
+        3,
+        "ExportDate, Workout, ActivitySummary"
+    );
+    assert_eq!(
+        report.skipped_count(SkipReason::UnparsableValue),
+        1,
+        "StepCount \"many\""
+    );
+    assert_eq!(
+        report.skipped_count(SkipReason::UnparsableDate),
+        1,
+        "BodyMass startDate"
+    );
     assert_eq!(
         observations(&items),
         vec![
-            ("HKQuantityTypeIdentifierBloodPressureSystolic", &SourceValue::Quantity { value: 121.0, unit: "mmHg".into() }),
-            ("HKQuantityTypeIdentifierBloodPressureDiastolic", &SourceValue::Quantity { value: 79.0, unit: "mmHg".into() }),
+            (
+                "HKQuantityTypeIdentifierBloodPressureSystolic",
+                &SourceValue::Quantity {
+                    value: 121.0,
+                    unit: "mmHg".into()
+                }
+            ),
+            (
+                "HKQuantityTypeIdentifierBloodPressureDiastolic",
+                &SourceValue::Quantity {
+                    value: 79.0,
+                    unit: "mmHg".into()
+                }
+            ),
             ("HKCategoryTypeIdentifierMindfulSession", &SourceValue::None),
         ]
     );
-    let SourceItem::Demographics(me) = &items[0] else { panic!() };
-    assert_eq!((me.birth_date, me.sex), (None, Some(Sex::Female)), "empty date of birth is no date");
+    let SourceItem::Demographics(me) = &items[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (me.birth_date, me.sex),
+        (None, Some(Sex::Female)),
+        "empty date of birth is no date"
+    );
     // Line numbers survive the blanked DOCTYPE.
-    let SourceItem::Observation(systolic) = &items[1] else { panic!() };
-    assert_eq!(systolic.location.record, RecordRef::XmlElement {
-        line: 23,
-        byte_offset: IOS16_EXPORT.find("<Record").expect("record") as u64
-    });
-    let bad_value = report.samples.iter().find(|p| p.field == "value").expect("sample");
-    assert_eq!(bad_value.location.record, RecordRef::XmlElement {
-        line: 31,
-        byte_offset: IOS16_EXPORT.find("<Record type=\"HKQuantityTypeIdentifierStepCount\"").expect("x") as u64
-    });
-    assert!(bad_value.to_string().starts_with("export.xml: line 31 (byte "), "{bad_value}");
+    let SourceItem::Observation(systolic) = &items[1] else {
+        panic!()
+    };
+    assert_eq!(
+        systolic.location.record,
+        RecordRef::XmlElement {
+            line: 23,
+            byte_offset: IOS16_EXPORT.find("<Record").expect("record") as u64
+        }
+    );
+    let bad_value = report
+        .samples
+        .iter()
+        .find(|p| p.field == "value")
+        .expect("sample");
+    assert_eq!(
+        bad_value.location.record,
+        RecordRef::XmlElement {
+            line: 31,
+            byte_offset: IOS16_EXPORT
+                .find("<Record type=\"HKQuantityTypeIdentifierStepCount\"")
+                .expect("x") as u64
+        }
+    );
+    assert!(
+        bad_value
+            .to_string()
+            .starts_with("export.xml: line 31 (byte "),
+        "{bad_value}"
+    );
 
     // Opting in to Correlation members emits them as well.
     let mut options = ImportOptions::default();
     options.emit_apple_correlation_members = true;
-    let (_, report) = import_xml_bytes(IOS16_EXPORT.as_bytes(), "export.xml", &options).expect("import");
+    let (_, report) =
+        import_xml_bytes(IOS16_EXPORT.as_bytes(), "export.xml", &options).expect("import");
     assert!(report.is_balanced());
     assert_eq!(report.emitted.observations, 5);
 }
 
 fn build_zip(members: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
     for (name, content) in members {
         zip.start_file(*name, options).expect("start file");
         zip.write_all(content).expect("write");
@@ -213,20 +311,31 @@ fn build_zip(members: &[(&str, &[u8])]) -> Vec<u8> {
 fn zip_with_localised_export_name() {
     let xml = std::fs::read(export_xml()).expect("read");
     // Decoys: export_cda.xml is larger and even mentions <HealthData; another larger .xml lacks it.
-    let mut cda = b"<?xml version=\"1.0\"?><ClinicalDocument><!-- <HealthData --></ClinicalDocument>".to_vec();
+    let mut cda =
+        b"<?xml version=\"1.0\"?><ClinicalDocument><!-- <HealthData --></ClinicalDocument>"
+            .to_vec();
     cda.resize(xml.len() * 4, b' ');
     let mut other = b"<?xml version=\"1.0\"?><gpx></gpx>".to_vec();
     other.resize(xml.len() * 3, b' ');
     let archive = build_zip(&[
         ("apple_health_export/export_cda.xml", &cda),
-        ("apple_health_export/workout-routes/route_2024-01-01.xml", &other),
+        (
+            "apple_health_export/workout-routes/route_2024-01-01.xml",
+            &other,
+        ),
         ("apple_health_export/eksport.xml", &xml),
-        ("apple_health_export/electrocardiograms/ecg_2024-01-01.csv", b"Name,x\n"),
+        (
+            "apple_health_export/electrocardiograms/ecg_2024-01-01.csv",
+            b"Name,x\n",
+        ),
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("eksport.zip");
     std::fs::write(&path, &archive).expect("write");
-    assert_eq!(import::detect_format(&path).expect("detect"), import::SourceFormat::AppleHealthZip);
+    assert_eq!(
+        import::detect_format(&path).expect("detect"),
+        import::SourceFormat::AppleHealthZip
+    );
     let mut items = Vec::new();
     let report = import::import_path(&path, &mut |item| {
         items.push(item);
@@ -234,13 +343,26 @@ fn zip_with_localised_export_name() {
     })
     .expect("import");
     assert_eq!(report.files.len(), 1);
-    assert!(report.files[0].ends_with("eksport.zip!/apple_health_export/eksport.xml"), "{:?}", report.files);
+    assert!(
+        report.files[0].ends_with("eksport.zip!/apple_health_export/eksport.xml"),
+        "{:?}",
+        report.files
+    );
     assert_fixture_counts(&items, &report);
 
     let without = build_zip(&[("apple_health_export/export_cda.xml", &cda)]);
-    let err = apple::import_zip(Cursor::new(without), "cda-only.zip", &ImportOptions::default(), &mut |_| Ok(()))
-        .expect_err("no export");
-    assert!(err.to_string().starts_with("cda-only.zip: no Apple Health export"), "{err}");
+    let err = apple::import_zip(
+        Cursor::new(without),
+        "cda-only.zip",
+        &ImportOptions::default(),
+        &mut |_| Ok(()),
+    )
+    .expect_err("no export");
+    assert!(
+        err.to_string()
+            .starts_with("cda-only.zip: no Apple Health export"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -249,45 +371,78 @@ fn truncated_and_garbage_xml_are_errors() {
     let options = ImportOptions::default();
 
     // Cut inside a Record's start tag.
-    let cut_at = xml.windows(7).rposition(|w| w == b"<Record").expect("record") + 40;
-    let err = import_xml_bytes(&xml[..cut_at], "export.xml", &options).expect_err("truncated in a tag");
+    let cut_at = xml
+        .windows(7)
+        .rposition(|w| w == b"<Record")
+        .expect("record")
+        + 40;
+    let err =
+        import_xml_bytes(&xml[..cut_at], "export.xml", &options).expect_err("truncated in a tag");
     assert!(matches!(err, ImportError::Truncated { .. }), "{err:?}");
     let shown = err.to_string();
     assert!(shown.starts_with("export.xml: line 46 (byte "), "{shown}");
 
     // Cut between elements: the root is never closed.
     let between = xml.windows(9).position(|w| w == b"</Record>").expect("end") + 9;
-    let err = import_xml_bytes(&xml[..between], "export.xml", &options).expect_err("truncated between elements");
+    let err = import_xml_bytes(&xml[..between], "export.xml", &options)
+        .expect_err("truncated between elements");
     assert!(matches!(err, ImportError::Truncated { .. }), "{err:?}");
     assert!(err.to_string().contains("export.xml: line 15"), "{err}");
 
     // Cut inside the DOCTYPE.
-    let err = import_xml_bytes(&IOS16_EXPORT.as_bytes()[..300], "export.xml", &options).expect_err("truncated DTD");
-    assert!(err.to_string().contains("end of file inside the DOCTYPE declaration"), "{err}");
+    let err = import_xml_bytes(&IOS16_EXPORT.as_bytes()[..300], "export.xml", &options)
+        .expect_err("truncated DTD");
+    assert!(
+        err.to_string()
+            .contains("end of file inside the DOCTYPE declaration"),
+        "{err}"
+    );
 
     let err = import_xml_bytes(b"this is not xml\n", "garbage.xml", &options).expect_err("garbage");
-    assert!(matches!(err, ImportError::UnexpectedFormat { .. }), "{err:?}");
+    assert!(
+        matches!(err, ImportError::UnexpectedFormat { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().starts_with("garbage.xml: "), "{err}");
 
-    let err = import_xml_bytes(b"<?xml version=\"1.0\"?>\n<rss><channel/></rss>", "feed.xml", &options).expect_err("root");
+    let err = import_xml_bytes(
+        b"<?xml version=\"1.0\"?>\n<rss><channel/></rss>",
+        "feed.xml",
+        &options,
+    )
+    .expect_err("root");
     assert_eq!(
         err.to_string(),
         "feed.xml: line 2 (byte 22): the root element is <rss>, not <HealthData>: not an Apple Health export"
     );
 
-    let err = import_xml_bytes(b"<HealthData>\n<Record type=\"x\"></Me>\n</HealthData>", "bad.xml", &options)
-        .expect_err("mismatched end tag");
+    let err = import_xml_bytes(
+        b"<HealthData>\n<Record type=\"x\"></Me>\n</HealthData>",
+        "bad.xml",
+        &options,
+    )
+    .expect_err("mismatched end tag");
     assert!(matches!(err, ImportError::Malformed { .. }), "{err:?}");
     assert!(err.to_string().starts_with("bad.xml: line 2"), "{err}");
 
-    let err = apple::import_zip(Cursor::new(b"PK\x03\x04 garbage".to_vec()), "bad.zip", &options, &mut |_| Ok(()))
-        .expect_err("garbage zip");
+    let err = apple::import_zip(
+        Cursor::new(b"PK\x03\x04 garbage".to_vec()),
+        "bad.zip",
+        &options,
+        &mut |_| Ok(()),
+    )
+    .expect_err("garbage zip");
     assert!(err.to_string().starts_with("bad.zip: "), "{err}");
 
     // A truncated zip (central directory cut off).
     let archive = build_zip(&[("apple_health_export/export.xml", &xml)]);
-    let err = apple::import_zip(Cursor::new(archive[..archive.len() / 2].to_vec()), "cut.zip", &options, &mut |_| Ok(()))
-        .expect_err("truncated zip");
+    let err = apple::import_zip(
+        Cursor::new(archive[..archive.len() / 2].to_vec()),
+        "cut.zip",
+        &options,
+        &mut |_| Ok(()),
+    )
+    .expect_err("truncated zip");
     assert!(err.to_string().starts_with("cut.zip: "), "{err}");
 }
 
@@ -295,7 +450,8 @@ fn truncated_and_garbage_xml_are_errors() {
 fn element_size_limit() {
     let mut options = ImportOptions::default();
     options.limits.max_record_bytes = 10_000;
-    let mut xml = b"<HealthData>\n<Record type=\"HKQuantityTypeIdentifierHeartRate\" value=\"".to_vec();
+    let mut xml =
+        b"<HealthData>\n<Record type=\"HKQuantityTypeIdentifierHeartRate\" value=\"".to_vec();
     xml.extend(std::iter::repeat_n(b'1', 100_000));
     let err = import_xml_bytes(&xml, "huge.xml", &options).expect_err("limit");
     assert!(matches!(err, ImportError::LimitExceeded { .. }), "{err:?}");

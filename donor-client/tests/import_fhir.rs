@@ -7,8 +7,8 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use datadonor_client::import::{
-    self, fhir, CodeSystem, ImportError, ImportOptions, ImportReport, Note, ProblemKind, RecordRef, Sex,
-    SkipReason, SourceItem, SourceValue,
+    self, fhir, CodeSystem, ImportError, ImportOptions, ImportReport, Note, ProblemKind, RecordRef,
+    Sex, SkipReason, SourceItem, SourceValue,
 };
 
 /// The shared test data directory: `$DATADONOR_SHARED/data`, by default `$CARGO_MANIFEST_DIR/../../shared/data`.
@@ -30,7 +30,11 @@ fn fhir_file(prefix: &str) -> PathBuf {
     let found = std::fs::read_dir(&dir)
         .expect("read fhir dir")
         .map(|e| e.expect("dir entry").path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)));
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        });
     found.unwrap_or_else(|| panic!("no file {prefix}* in {}", dir.display()))
 }
 
@@ -46,10 +50,15 @@ fn import_file(path: &Path) -> (Vec<SourceItem>, ImportReport) {
 
 fn import_bytes(bytes: &[u8], name: &str) -> Result<(Vec<SourceItem>, ImportReport), ImportError> {
     let mut items = Vec::new();
-    let report = fhir::import_json(Cursor::new(bytes), name, &ImportOptions::default(), &mut |item| {
-        items.push(item);
-        Ok(())
-    })?;
+    let report = fhir::import_json(
+        Cursor::new(bytes),
+        name,
+        &ImportOptions::default(),
+        &mut |item| {
+            items.push(item);
+            Ok(())
+        },
+    )?;
     Ok((items, report))
 }
 
@@ -80,22 +89,49 @@ fn assert_identifiers_only_in_demographics(items: &[SourceItem]) {
     assert!(!identifying.is_empty());
     // The patient key (equal to the MRN in Synthea) and the location (Synthea names files after the patient)
     // are local and excluded here; the minimiser must not pass them on.
-    let location = import::RecordLocation { file: "".into(), record: RecordRef::Line(0) };
+    let location = import::RecordLocation {
+        file: "".into(),
+        record: RecordRef::Line(0),
+    };
     for item in items {
         let shown = match item {
             SourceItem::Demographics(_) => continue,
             SourceItem::Observation(o) => {
-                format!("{:?}", import::SourceObservation { patient: None, location: location.clone(), ..o.clone() })
+                format!(
+                    "{:?}",
+                    import::SourceObservation {
+                        patient: None,
+                        location: location.clone(),
+                        ..o.clone()
+                    }
+                )
             }
             SourceItem::Condition(c) => {
-                format!("{:?}", import::SourceCondition { patient: None, location: location.clone(), ..c.clone() })
+                format!(
+                    "{:?}",
+                    import::SourceCondition {
+                        patient: None,
+                        location: location.clone(),
+                        ..c.clone()
+                    }
+                )
             }
             SourceItem::Medication(m) => {
-                format!("{:?}", import::SourceMedication { patient: None, location: location.clone(), ..m.clone() })
+                format!(
+                    "{:?}",
+                    import::SourceMedication {
+                        patient: None,
+                        location: location.clone(),
+                        ..m.clone()
+                    }
+                )
             }
         };
         for value in &identifying {
-            assert!(!shown.contains(value.as_str()), "{value:?} leaked into {shown}");
+            assert!(
+                !shown.contains(value.as_str()),
+                "{value:?} leaked into {shown}"
+            );
         }
     }
 }
@@ -115,11 +151,22 @@ fn dab4861f_bundle_hba1c_bp_conditions_medications() {
     assert_eq!(codes.get("4548-4"), Some(&10), "HbA1c");
     assert_eq!(codes.get("8480-6"), Some(&10), "systolic");
     assert_eq!(codes.get("8462-4"), Some(&10), "diastolic");
-    assert_eq!(codes.get("85354-9"), None, "the BP panel itself is not emitted, its components are");
-    assert_eq!(codes.get("85353-1"), None, "vital-signs panels (hasMember only) are counted, not emitted");
+    assert_eq!(
+        codes.get("85354-9"),
+        None,
+        "the BP panel itself is not emitted, its components are"
+    );
+    assert_eq!(
+        codes.get("85353-1"),
+        None,
+        "vital-signs panels (hasMember only) are counted, not emitted"
+    );
     assert_eq!(report.emitted.observations, 222 + 11 + 20);
     assert_eq!(report.emitted.conditions, 11);
-    assert_eq!(report.emitted.medications, 48, "including 6 resolved through medicationReference");
+    assert_eq!(
+        report.emitted.medications, 48,
+        "including 6 resolved through medicationReference"
+    );
     assert_eq!(report.emitted.demographics, 1);
     assert_eq!(
         report.skipped,
@@ -165,7 +212,9 @@ fn dab4861f_bundle_hba1c_bp_conditions_medications() {
     assert_eq!(referencing.code.code, "1740467");
     assert_eq!(referencing.authored, Some(jiff::civil::date(2019, 6, 3)));
 
-    let SourceItem::Demographics(d) = &items[0] else { panic!("the Patient comes first: {:?}", items[0]) };
+    let SourceItem::Demographics(d) = &items[0] else {
+        panic!("the Patient comes first: {:?}", items[0])
+    };
     assert_eq!(d.birth_date, Some(jiff::civil::date(1972, 6, 12)));
     assert_eq!(d.sex, Some(Sex::Female));
     assert_eq!(d.postcode, None, "this Patient's address has no postalCode");
@@ -177,7 +226,10 @@ fn dab4861f_bundle_hba1c_bp_conditions_medications() {
         assert!(d.names.iter().any(|v| v == name), "{name}");
     }
     assert_eq!(d.addresses, vec!["367 Haag Overpass Unit 84".to_owned()]);
-    assert!(!format!("{d:?}").contains("Elenore794"), "Demographics Debug must redact");
+    assert!(
+        !format!("{d:?}").contains("Elenore794"),
+        "Demographics Debug must redact"
+    );
     assert_identifiers_only_in_demographics(&items);
 }
 
@@ -247,7 +299,11 @@ fn every_shared_bundle_imports_with_hand_checked_counts() {
             conditions: 11,
             medications: 48,
             records_emitting: 303,
-            skipped: &[(UnsupportedResourceType, 332), (ReferenceOnly, 6), (PanelWithoutValue, 11)],
+            skipped: &[
+                (UnsupportedResourceType, 332),
+                (ReferenceOnly, 6),
+                (PanelWithoutValue, 11),
+            ],
             hba1c: 10,
             systolic: 10,
         },
@@ -264,10 +320,25 @@ fn every_shared_bundle_imports_with_hand_checked_counts() {
         assert_eq!(report.records_emitting, case.records_emitting, "{name}");
         assert_eq!(report.skipped, skipped(case.skipped), "{name}");
         let codes = observation_codes(&items);
-        assert_eq!(codes.get("4548-4").copied().unwrap_or(0), case.hba1c, "{name} HbA1c");
-        assert_eq!(codes.get("8480-6").copied().unwrap_or(0), case.systolic, "{name} systolic");
-        assert_eq!(codes.get("8462-4").copied().unwrap_or(0), case.systolic, "{name} diastolic");
-        assert!(report.samples.is_empty(), "{name}: clean Synthea data has no problems: {report}");
+        assert_eq!(
+            codes.get("4548-4").copied().unwrap_or(0),
+            case.hba1c,
+            "{name} HbA1c"
+        );
+        assert_eq!(
+            codes.get("8480-6").copied().unwrap_or(0),
+            case.systolic,
+            "{name} systolic"
+        );
+        assert_eq!(
+            codes.get("8462-4").copied().unwrap_or(0),
+            case.systolic,
+            "{name} diastolic"
+        );
+        assert!(
+            report.samples.is_empty(),
+            "{name}: clean Synthea data has no problems: {report}"
+        );
         assert_identifiers_only_in_demographics(&items);
     }
 }
@@ -293,13 +364,21 @@ fn lanell_robustness_bundle_reports_what_it_cannot_map() {
     assert_eq!(report.emitted.observations, 0);
     assert_eq!(report.emitted.conditions, 1);
     assert_eq!(report.emitted.medications, 4);
-    let SourceItem::Condition(chd) = items.iter().find(|i| matches!(i, SourceItem::Condition(_))).expect("condition")
+    let SourceItem::Condition(chd) = items
+        .iter()
+        .find(|i| matches!(i, SourceItem::Condition(_)))
+        .expect("condition")
     else {
         unreachable!()
     };
     assert_eq!(chd.code.code, "53741008");
-    let SourceItem::Demographics(d) = &items[0] else { panic!("Patient first") };
-    assert!(d.national_ids.iter().any(|v| v == "X5297322X"), "passport number collected");
+    let SourceItem::Demographics(d) = &items[0] else {
+        panic!("Patient first")
+    };
+    assert!(
+        d.national_ids.iter().any(|v| v == "X5297322X"),
+        "passport number collected"
+    );
     assert_eq!(d.sex, Some(Sex::Female));
     assert_identifiers_only_in_demographics(&items);
 
@@ -310,9 +389,15 @@ fn lanell_robustness_bundle_reports_what_it_cannot_map() {
         .expect("an invalid-code sample");
     assert_eq!(invalid.field, "code.coding[0].code");
     assert!(matches!(invalid.location.record, RecordRef::BundleEntry(_)));
-    assert!(invalid.to_string().contains("is not a valid LOINC code"), "{invalid}");
+    assert!(
+        invalid.to_string().contains("is not a valid LOINC code"),
+        "{invalid}"
+    );
     let shown = report.to_string();
-    assert!(shown.contains("invalid code for its system: 321"), "{shown}");
+    assert!(
+        shown.contains("invalid code for its system: 321"),
+        "{shown}"
+    );
     assert!(report.samples.len() <= 64);
     assert!(report.samples_omitted > 0);
 }
@@ -321,20 +406,44 @@ fn lanell_robustness_bundle_reports_what_it_cannot_map() {
 fn malformed_loinc_system_uri_maps_to_loinc() {
     assert_eq!(CodeSystem::from_uri("http://loinc"), CodeSystem::Loinc);
     assert_eq!(CodeSystem::from_uri("http://loinc.org"), CodeSystem::Loinc);
-    assert_eq!(CodeSystem::from_uri("https://loinc.org/"), CodeSystem::Loinc);
-    assert_eq!(CodeSystem::from_uri("http://snomed.info/sct"), CodeSystem::Snomed);
-    assert_eq!(CodeSystem::from_uri("http://www.nlm.nih.gov/research/umls/rxnorm"), CodeSystem::RxNorm);
-    assert_eq!(CodeSystem::from_uri("urn:x"), CodeSystem::Other("urn:x".into()));
+    assert_eq!(
+        CodeSystem::from_uri("https://loinc.org/"),
+        CodeSystem::Loinc
+    );
+    assert_eq!(
+        CodeSystem::from_uri("http://snomed.info/sct"),
+        CodeSystem::Snomed
+    );
+    assert_eq!(
+        CodeSystem::from_uri("http://www.nlm.nih.gov/research/umls/rxnorm"),
+        CodeSystem::RxNorm
+    );
+    assert_eq!(
+        CodeSystem::from_uri("urn:x"),
+        CodeSystem::Other("urn:x".into())
+    );
 
     let bundle = br#"{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Observation",
         "code":{"coding":[{"system":"http://loinc","code":"8867-4"}]},"effectiveDateTime":"2020-01-02T03:04:05+01:00",
         "valueQuantity":{"value":61,"unit":"/min","system":"http://unitsofmeasure.org","code":"/min"}}}]}"#;
     let (items, report) = import_bytes(bundle, "quirk.json").expect("import");
-    let [SourceItem::Observation(o)] = items.as_slice() else { panic!("{items:?}") };
+    let [SourceItem::Observation(o)] = items.as_slice() else {
+        panic!("{items:?}")
+    };
     assert_eq!(o.code.system, CodeSystem::Loinc);
     assert_eq!(o.code.code, "8867-4");
-    assert_eq!(o.value, SourceValue::Quantity { value: 61.0, unit: "/min".into() });
-    assert_eq!(o.effective, Some(jiff::civil::date(2020, 1, 2).at(3, 4, 5, 0)), "offset dropped, not applied");
+    assert_eq!(
+        o.value,
+        SourceValue::Quantity {
+            value: 61.0,
+            unit: "/min".into()
+        }
+    );
+    assert_eq!(
+        o.effective,
+        Some(jiff::civil::date(2020, 1, 2).at(3, 4, 5, 0)),
+        "offset dropped, not applied"
+    );
     assert_eq!(report.note_count(Note::NonCanonicalSystemUri), 1);
 }
 
@@ -359,7 +468,8 @@ fn bom_prefixed_bundle() {
 
 /// Rewrites a bundle as Bulk Data NDJSON: one resource per line.
 fn as_ndjson(bundle_path: &Path) -> Vec<u8> {
-    let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle_path).expect("read")).expect("json");
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle_path).expect("read")).expect("json");
     let mut out = Vec::new();
     for entry in bundle["entry"].as_array().expect("entries") {
         serde_json::to_writer(&mut out, &entry["resource"]).expect("serialise");
@@ -395,7 +505,12 @@ fn ndjson_bulk_data() {
 
     // A bad line in the middle is counted; the rest imports.
     let mut damaged = ndjson.clone();
-    damaged.splice(0..0, b"{\"resourceType\":\"Encounter\"}\n{not json}\n".iter().copied());
+    damaged.splice(
+        0..0,
+        b"{\"resourceType\":\"Encounter\"}\n{not json}\n"
+            .iter()
+            .copied(),
+    );
     let (_, report) = import_bytes(&damaged, "damaged.ndjson").expect("damaged ndjson");
     assert_eq!(report.skipped_count(SkipReason::MalformedRecord), 1);
     assert_eq!(report.samples[0].location.record, RecordRef::Line(2));
@@ -435,19 +550,28 @@ const SMALL_ENTRIES: &str = r##"
 "##;
 
 fn small_bundle(kind: &str) -> String {
-    format!(r#"{{"resourceType":"Bundle","id":"b","type":"{kind}","total":16,"entry":[{SMALL_ENTRIES}]}}"#)
+    format!(
+        r#"{{"resourceType":"Bundle","id":"b","type":"{kind}","total":16,"entry":[{SMALL_ENTRIES}]}}"#
+    )
 }
 
 #[test]
 fn batch_collection_and_searchset_bundles() {
     for kind in ["batch", "collection", "searchset", "transaction"] {
-        let (items, report) = import_bytes(small_bundle(kind).as_bytes(), "small.json").expect(kind);
+        let (items, report) =
+            import_bytes(small_bundle(kind).as_bytes(), "small.json").expect(kind);
         assert!(report.is_balanced(), "{kind}: {report}");
         assert_eq!(report.records_total(), 16, "{kind}");
         assert_eq!(report.emitted.demographics, 1, "{kind}");
-        assert_eq!(report.emitted.observations, 2, "{kind}: systolic + diastolic");
+        assert_eq!(
+            report.emitted.observations, 2,
+            "{kind}: systolic + diastolic"
+        );
         assert_eq!(report.emitted.conditions, 1, "{kind}");
-        assert_eq!(report.emitted.medications, 2, "{kind}: contained + later Medication");
+        assert_eq!(
+            report.emitted.medications, 2,
+            "{kind}: contained + later Medication"
+        );
         assert_eq!(
             report.skipped,
             skipped(&[
@@ -465,34 +589,70 @@ fn batch_collection_and_searchset_bundles() {
             ]),
             "{kind}"
         );
-        assert_eq!(report.skipped_component_count(SkipReason::MissingValue), 1, "{kind}");
-        assert_eq!(report.note_count(Note::ImpreciseDate), 2, "{kind}: birthDate 1980, onset 2019-06");
+        assert_eq!(
+            report.skipped_component_count(SkipReason::MissingValue),
+            1,
+            "{kind}"
+        );
+        assert_eq!(
+            report.note_count(Note::ImpreciseDate),
+            2,
+            "{kind}: birthDate 1980, onset 2019-06"
+        );
         assert_eq!(report.note_count(Note::UnresolvedSubject), 1, "{kind}");
 
-        let SourceItem::Demographics(d) = &items[0] else { panic!("{kind}") };
+        let SourceItem::Demographics(d) = &items[0] else {
+            panic!("{kind}")
+        };
         assert_eq!(d.patient.as_deref(), Some("p1"));
         assert_eq!(d.birth_date, None);
-        assert_eq!(d.primary_national_id.as_deref(), Some("0101801234"), "Danish CPR recognised");
-        assert_eq!(d.national_ids, vec!["0101801234".to_owned(), "MRN-77".to_owned()]);
+        assert_eq!(
+            d.primary_national_id.as_deref(),
+            Some("0101801234"),
+            "Danish CPR recognised"
+        );
+        assert_eq!(
+            d.national_ids,
+            vec!["0101801234".to_owned(), "MRN-77".to_owned()]
+        );
         assert_eq!(d.names, vec!["Jensen", "Ole", "Bent", "Kirsten Jensen"]);
         assert_eq!(d.addresses, vec!["Old Road 1", "Nørregade 7", "Søvej 3"]);
-        assert_eq!(d.postcode.as_deref(), Some("8000"), "the current address, not the old one");
+        assert_eq!(
+            d.postcode.as_deref(),
+            Some("8000"),
+            "the current address, not the old one"
+        );
 
         let observations: Vec<_> = items
             .iter()
             .filter_map(|i| match i {
-                SourceItem::Observation(o) => Some((o.code.code.as_str(), &o.value, o.patient.as_deref())),
+                SourceItem::Observation(o) => {
+                    Some((o.code.code.as_str(), &o.value, o.patient.as_deref()))
+                }
                 _ => None,
             })
             .collect();
-        let mm_hg = |v: f64| SourceValue::Quantity { value: v, unit: "mm[Hg]".into() };
-        assert_eq!(observations, vec![("8480-6", &mm_hg(120.0), Some("p1")), ("8462-4", &mm_hg(80.0), Some("p1"))]);
+        let mm_hg = |v: f64| SourceValue::Quantity {
+            value: v,
+            unit: "mm[Hg]".into(),
+        };
+        assert_eq!(
+            observations,
+            vec![
+                ("8480-6", &mm_hg(120.0), Some("p1")),
+                ("8462-4", &mm_hg(80.0), Some("p1"))
+            ]
+        );
         let condition = items.iter().find_map(|i| match i {
             SourceItem::Condition(c) => Some(c),
             _ => None,
         });
         let condition = condition.expect("condition");
-        assert_eq!(condition.code.system, CodeSystem::Snomed, "the known system wins over the first coding");
+        assert_eq!(
+            condition.code.system,
+            CodeSystem::Snomed,
+            "the known system wins over the first coding"
+        );
         assert_eq!(condition.onset, None);
         let medications: Vec<_> = items
             .iter()
@@ -502,14 +662,20 @@ fn batch_collection_and_searchset_bundles() {
             })
             .collect();
         assert_eq!(medications, vec!["860975", "197361"]);
-        assert!(!items.iter().any(|i| format!("{i:?}").contains("Nørregade")), "address answer never emitted");
+        assert!(
+            !items.iter().any(|i| format!("{i:?}").contains("Nørregade")),
+            "address answer never emitted"
+        );
 
         let unparsable = report
             .samples
             .iter()
             .find(|p| p.kind == ProblemKind::Skipped(SkipReason::UnparsableValue))
             .expect("sample");
-        assert_eq!(unparsable.to_string(), r#"small.json: entry[10]: field valueQuantity.value: not a number "abc" (skipped: unparsable value)"#);
+        assert_eq!(
+            unparsable.to_string(),
+            r#"small.json: entry[10]: field valueQuantity.value: not a number "abc" (skipped: unparsable value)"#
+        );
     }
 }
 
@@ -518,10 +684,15 @@ fn truncated_bundle_is_an_error_naming_file_and_entry() {
     let bytes = std::fs::read(fhir_file("dab4861f")).expect("read");
     let cut = &bytes[..bytes.len() / 2];
     let mut seen = 0;
-    let err = fhir::import_json(Cursor::new(cut), "dab4861f.json", &ImportOptions::default(), &mut |_| {
-        seen += 1;
-        Ok(())
-    })
+    let err = fhir::import_json(
+        Cursor::new(cut),
+        "dab4861f.json",
+        &ImportOptions::default(),
+        &mut |_| {
+            seen += 1;
+            Ok(())
+        },
+    )
     .expect_err("truncated");
     assert!(matches!(err, ImportError::Truncated { .. }), "{err:?}");
     let shown = err.to_string();
@@ -533,22 +704,52 @@ fn truncated_bundle_is_an_error_naming_file_and_entry() {
 #[test]
 fn garbage_and_non_bundles_are_errors() {
     let err = import_bytes(b"\x00\x01garbage\xff", "garbage.json").expect_err("garbage");
-    assert!(matches!(err, ImportError::UnexpectedFormat { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("garbage.json: line 1: "), "{err}");
+    assert!(
+        matches!(err, ImportError::UnexpectedFormat { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with("garbage.json: line 1: "),
+        "{err}"
+    );
 
     let err = import_bytes(b"", "empty.json").expect_err("empty");
     assert!(err.to_string().contains("empty.json"), "{err}");
 
-    let err = import_bytes(b"{\n\"resourceType\": \"Patient\", \"id\": \"x\"\n}", "patient.json").expect_err("not a bundle");
-    assert_eq!(err.to_string(), r#"patient.json: field resourceType: a FHIR "Patient" resource, not a Bundle"#);
+    let err = import_bytes(
+        b"{\n\"resourceType\": \"Patient\", \"id\": \"x\"\n}",
+        "patient.json",
+    )
+    .expect_err("not a bundle");
+    assert_eq!(
+        err.to_string(),
+        r#"patient.json: field resourceType: a FHIR "Patient" resource, not a Bundle"#
+    );
 
     let broken = b"{\n\"resourceType\": \"Bundle\", \"entry\": [\n{\"resource\": {\"resourceType\": \"Encounter\"}},\n{\"resource\": {\"resourceType\": }}\n]}";
     let err = import_bytes(broken, "broken.json").expect_err("syntax error");
-    assert!(matches!(err, ImportError::Malformed { at: Some(RecordRef::BundleEntry(1)), .. }), "{err:?}");
-    assert!(err.to_string().starts_with("broken.json: entry[1]: invalid JSON: "), "{err}");
+    assert!(
+        matches!(
+            err,
+            ImportError::Malformed {
+                at: Some(RecordRef::BundleEntry(1)),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("broken.json: entry[1]: invalid JSON: "),
+        "{err}"
+    );
 
-    let err = import_bytes(b"{\"entry\": 5, \"resourceType\": \"Bundle\"}", "odd.json").expect_err("entry not an array");
-    assert!(matches!(err, ImportError::UnexpectedFormat { .. }), "{err:?}");
+    let err = import_bytes(b"{\"entry\": 5, \"resourceType\": \"Bundle\"}", "odd.json")
+        .expect_err("entry not an array");
+    assert!(
+        matches!(err, ImportError::UnexpectedFormat { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -556,18 +757,26 @@ fn entry_size_limit_and_sink_errors_stop_the_import() {
     let mut options = ImportOptions::default();
     options.limits.max_bundle_entry_bytes = 1024;
     let bytes = std::fs::read(fhir_file("dcec440c")).expect("read");
-    let err = fhir::import_json(Cursor::new(&bytes), "big.json", &options, &mut |_| Ok(())).expect_err("limit");
+    let err = fhir::import_json(Cursor::new(&bytes), "big.json", &options, &mut |_| Ok(()))
+        .expect_err("limit");
     assert!(matches!(err, ImportError::LimitExceeded { .. }), "{err:?}");
     assert!(err.to_string().contains("big.json: entry["), "{err}");
 
     let mut count = 0;
-    let err = fhir::import_json(Cursor::new(&bytes), "dcec.json", &ImportOptions::default(), &mut |_| {
-        count += 1;
-        if count == 3 {
-            return Err(ImportError::Rejected { reason: "enough".into() });
-        }
-        Ok(())
-    })
+    let err = fhir::import_json(
+        Cursor::new(&bytes),
+        "dcec.json",
+        &ImportOptions::default(),
+        &mut |_| {
+            count += 1;
+            if count == 3 {
+                return Err(ImportError::Rejected {
+                    reason: "enough".into(),
+                });
+            }
+            Ok(())
+        },
+    )
     .expect_err("rejected");
     assert!(matches!(err, ImportError::Rejected { .. }), "{err:?}");
     assert_eq!(count, 3);
@@ -576,6 +785,9 @@ fn entry_size_limit_and_sink_errors_stop_the_import() {
 #[test]
 fn format_detection_of_shared_files() {
     for prefix in ["dab4861f", "Lanell756"] {
-        assert_eq!(import::detect_format(&fhir_file(prefix)).expect("detect"), import::SourceFormat::FhirJson);
+        assert_eq!(
+            import::detect_format(&fhir_file(prefix)).expect("detect"),
+            import::SourceFormat::FhirJson
+        );
     }
 }

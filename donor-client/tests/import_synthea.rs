@@ -7,8 +7,8 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use datadonor_client::import::{
-    self, synthea, CodeSystem, ImportError, ImportOptions, ImportReport, Note, ProblemKind, RecordRef, Sex,
-    SkipReason, SourceItem, SourceValue, SyntheaTable,
+    self, synthea, CodeSystem, ImportError, ImportOptions, ImportReport, Note, ProblemKind,
+    RecordRef, Sex, SkipReason, SourceItem, SourceValue, SyntheaTable,
 };
 
 /// The shared test data directory: `$DATADONOR_SHARED/data`, by default `$CARGO_MANIFEST_DIR/../../shared/data`.
@@ -27,7 +27,11 @@ fn shared_data() -> PathBuf {
 
 fn csv_dir() -> PathBuf {
     let dir = shared_data().join("synthea_csv");
-    assert!(dir.join("observations.csv").is_file(), "missing {}/observations.csv", dir.display());
+    assert!(
+        dir.join("observations.csv").is_file(),
+        "missing {}/observations.csv",
+        dir.display()
+    );
     dir
 }
 
@@ -41,12 +45,22 @@ fn import_path(path: &Path) -> (Vec<SourceItem>, ImportReport) {
     (items, report)
 }
 
-fn import_table(table: SyntheaTable, text: &[u8], name: &str) -> Result<(Vec<SourceItem>, ImportReport), ImportError> {
+fn import_table(
+    table: SyntheaTable,
+    text: &[u8],
+    name: &str,
+) -> Result<(Vec<SourceItem>, ImportReport), ImportError> {
     let mut items = Vec::new();
-    let report = synthea::import_table(table, Cursor::new(text), name, &ImportOptions::default(), &mut |item| {
-        items.push(item);
-        Ok(())
-    })?;
+    let report = synthea::import_table(
+        table,
+        Cursor::new(text),
+        name,
+        &ImportOptions::default(),
+        &mut |item| {
+            items.push(item);
+            Ok(())
+        },
+    )?;
     Ok((items, report))
 }
 
@@ -55,7 +69,11 @@ fn whole_export_directory() {
     let (items, report) = import_path(&csv_dir());
     assert!(report.is_balanced(), "{report}");
     assert_eq!(report.files.len(), 4);
-    assert!(report.files[0].ends_with("patients.csv"), "patients first: {:?}", report.files);
+    assert!(
+        report.files[0].ends_with("patients.csv"),
+        "patients first: {:?}",
+        report.files
+    );
     assert_eq!(report.resource_count("Patient"), 27);
     assert_eq!(report.resource_count("Observation"), 990);
     assert_eq!(report.resource_count("Condition"), 438);
@@ -65,9 +83,15 @@ fn whole_export_directory() {
     assert_eq!(report.emitted.observations, 972);
     assert_eq!(report.emitted.conditions, 438);
     assert_eq!(report.emitted.medications, 663);
-    assert_eq!(report.skipped, BTreeMap::from([(SkipReason::IdentifyingObservation, 18)]));
+    assert_eq!(
+        report.skipped,
+        BTreeMap::from([(SkipReason::IdentifyingObservation, 18)])
+    );
     // Synthea's "Unhealthy alcohol drinking behavior" 10939881000119104 has a wrong Verhoeff check digit.
-    assert_eq!(report.notes, BTreeMap::from([(Note::CheckDigitMismatch, 4)]));
+    assert_eq!(
+        report.notes,
+        BTreeMap::from([(Note::CheckDigitMismatch, 4)])
+    );
     let note = &report.samples[0];
     assert!(note.location.file.ends_with("conditions.csv"));
     assert_eq!(note.location.record, RecordRef::Line(98));
@@ -117,21 +141,39 @@ fn whole_export_directory() {
     assert_eq!(codes.get("8480-6"), Some(&27), "systolic rows");
     assert_eq!(codes.get("8462-4"), Some(&27), "diastolic rows");
     assert_eq!(codes.get("56799-0"), None);
-    assert_eq!(patients.len(), 27, "one Demographics per patient, distinct keys");
-    assert!(referenced.is_subset(&patients), "every row belongs to a known patient");
+    assert_eq!(
+        patients.len(),
+        27,
+        "one Demographics per patient, distinct keys"
+    );
+    assert!(
+        referenced.is_subset(&patients),
+        "every row belongs to a known patient"
+    );
 
     let first = items
         .iter()
         .find_map(|i| match i {
-            SourceItem::Demographics(d) if d.patient.as_deref() == Some("3edac2e3-d223-6fae-d515-daf96ef6bc76") => Some(d),
+            SourceItem::Demographics(d)
+                if d.patient.as_deref() == Some("3edac2e3-d223-6fae-d515-daf96ef6bc76") =>
+            {
+                Some(d)
+            }
             _ => None,
         })
         .expect("first patient");
     assert_eq!(first.birth_date, Some(jiff::civil::date(2014, 10, 6)));
     assert_eq!(first.sex, Some(Sex::Male));
-    assert_eq!(first.postcode.as_deref(), Some("02155"), "leading zero kept");
+    assert_eq!(
+        first.postcode.as_deref(),
+        Some("02155"),
+        "leading zero kept"
+    );
     assert_eq!(first.primary_national_id.as_deref(), Some("999-17-5017"));
-    assert_eq!(first.national_ids, vec!["3edac2e3-d223-6fae-d515-daf96ef6bc76", "999-17-5017"]);
+    assert_eq!(
+        first.national_ids,
+        vec!["3edac2e3-d223-6fae-d515-daf96ef6bc76", "999-17-5017"]
+    );
     assert_eq!(first.names, vec!["Maynard46", "Mosciski958"]);
     assert_eq!(first.addresses, vec!["784 Stamm Lock Unit 46"]);
 
@@ -139,7 +181,12 @@ fn whole_export_directory() {
     let mut identifying: Vec<String> = Vec::new();
     for item in &items {
         if let SourceItem::Demographics(d) = item {
-            identifying.extend(d.national_ids.iter().filter(|v| Some(*v) != d.patient.as_ref()).cloned());
+            identifying.extend(
+                d.national_ids
+                    .iter()
+                    .filter(|v| Some(*v) != d.patient.as_ref())
+                    .cloned(),
+            );
             identifying.extend(d.names.iter().cloned());
             identifying.extend(d.addresses.iter().cloned());
         }
@@ -151,7 +198,10 @@ fn whole_export_directory() {
         }
         let shown = format!("{item:?}");
         for value in &identifying {
-            assert!(!shown.contains(value.as_str()), "{value:?} leaked into {shown}");
+            assert!(
+                !shown.contains(value.as_str()),
+                "{value:?} leaked into {shown}"
+            );
         }
     }
 }
@@ -169,7 +219,9 @@ fn single_tables_through_import_path() {
         let path = dir.join(file);
         assert_eq!(
             import::detect_format(&path).expect("detect"),
-            import::SourceFormat::SyntheaCsvFile(SyntheaTable::from_file_name(file).expect("table"))
+            import::SourceFormat::SyntheaCsvFile(
+                SyntheaTable::from_file_name(file).expect("table")
+            )
         );
         let (items, report) = import_path(&path);
         assert!(report.is_balanced(), "{file}: {report}");
@@ -177,7 +229,10 @@ fn single_tables_through_import_path() {
         assert_eq!(report.emitted.total(), emitted, "{file}");
         assert_eq!(items.len() as u64, emitted, "{file}");
     }
-    assert_eq!(import::detect_format(&dir).expect("detect"), import::SourceFormat::SyntheaCsvDirectory);
+    assert_eq!(
+        import::detect_format(&dir).expect("detect"),
+        import::SourceFormat::SyntheaCsvDirectory
+    );
 }
 
 #[test]
@@ -193,7 +248,8 @@ fn synthea_v2_headers_lowercase_and_bad_rows() {
         2019-01-01T10:00:00Z,p1,e1,8867-4,Heart rate,,/min,numeric\n\
         2019-01-01T10:00:00Z,p1,e1,8867-4,Heart rate,72,,numeric\n\
         2019-01-01,p2,e2,29463-7,Weight,80.5,kg,\n";
-    let (items, report) = import_table(SyntheaTable::Observations, text, "observations.csv").expect("import");
+    let (items, report) =
+        import_table(SyntheaTable::Observations, text, "observations.csv").expect("import");
     assert!(report.is_balanced(), "{report}");
     assert_eq!(report.resource_count("Observation"), 9);
     assert_eq!(report.emitted.observations, 3);
@@ -220,20 +276,45 @@ fn synthea_v2_headers_lowercase_and_bad_rows() {
     let values: Vec<_> = items
         .iter()
         .filter_map(|i| match i {
-            SourceItem::Observation(o) => Some((o.patient.as_deref(), o.code.code.as_str(), o.value.clone())),
+            SourceItem::Observation(o) => {
+                Some((o.patient.as_deref(), o.code.code.as_str(), o.value.clone()))
+            }
             _ => None,
         })
         .collect();
     assert_eq!(
         values,
         vec![
-            (Some("p1"), "8480-6", SourceValue::Quantity { value: 120.0, unit: "mm[Hg]".into() }),
-            (Some("p1"), "72166-2", SourceValue::Text("Never smoker".into())),
-            (Some("p2"), "29463-7", SourceValue::Quantity { value: 80.5, unit: "kg".into() }),
+            (
+                Some("p1"),
+                "8480-6",
+                SourceValue::Quantity {
+                    value: 120.0,
+                    unit: "mm[Hg]".into()
+                }
+            ),
+            (
+                Some("p1"),
+                "72166-2",
+                SourceValue::Text("Never smoker".into())
+            ),
+            (
+                Some("p2"),
+                "29463-7",
+                SourceValue::Quantity {
+                    value: 80.5,
+                    unit: "kg".into()
+                }
+            ),
         ]
     );
-    let SourceItem::Observation(weight) = &items[2] else { panic!() };
-    assert_eq!(weight.effective, Some(jiff::civil::date(2019, 1, 1).at(0, 0, 0, 0)));
+    let SourceItem::Observation(weight) = &items[2] else {
+        panic!()
+    };
+    assert_eq!(
+        weight.effective,
+        Some(jiff::civil::date(2019, 1, 1).at(0, 0, 0, 0))
+    );
     assert_eq!(weight.location.record, RecordRef::Line(10));
 }
 
@@ -243,7 +324,8 @@ fn conditions_with_a_system_column_and_patients_with_middle_names() {
         2020-01-01,,p1,e1,SNOMED-CT,44054006,Diabetes\n\
         2020-01-01,,p1,e1,ICD10,E11.9,Diabetes\n\
         2020-01-01,,p1,e1,SNOMED-CT,E11.9,Mislabelled\n";
-    let (items, report) = import_table(SyntheaTable::Conditions, conditions, "conditions.csv").expect("import");
+    let (items, report) =
+        import_table(SyntheaTable::Conditions, conditions, "conditions.csv").expect("import");
     assert_eq!(report.emitted.conditions, 2);
     assert_eq!(report.skipped_count(SkipReason::InvalidCode), 1);
     let systems: Vec<_> = items
@@ -253,16 +335,25 @@ fn conditions_with_a_system_column_and_patients_with_middle_names() {
             _ => None,
         })
         .collect();
-    assert_eq!(systems, vec![CodeSystem::Snomed, CodeSystem::Other("ICD10".into())]);
+    assert_eq!(
+        systems,
+        vec![CodeSystem::Snomed, CodeSystem::Other("ICD10".into())]
+    );
 
     let patients = "Id,BIRTHDATE,DEATHDATE,SSN,DRIVERS,PASSPORT,PREFIX,FIRST,MIDDLE,LAST,SUFFIX,MAIDEN,GENDER,ADDRESS,ZIP\n\
         p1,1970-02-03,,999-00-0001,S1,X1,Mrs.,Anna,Maria,Berg,,Lund,F,1 Main St,12345\n\
         p2,1971,,,,,,Bo,,Ek,,,X,,\n";
-    let (items, report) = import_table(SyntheaTable::Patients, patients.as_bytes(), "patients.csv").expect("import");
-    assert_eq!(report.emitted.demographics, 2, "patient rows are always emitted");
+    let (items, report) =
+        import_table(SyntheaTable::Patients, patients.as_bytes(), "patients.csv").expect("import");
+    assert_eq!(
+        report.emitted.demographics, 2,
+        "patient rows are always emitted"
+    );
     assert_eq!(report.note_count(Note::ImpreciseDate), 1);
     assert_eq!(report.note_count(Note::UnrecognisedSex), 1);
-    let SourceItem::Demographics(anna) = &items[0] else { panic!() };
+    let SourceItem::Demographics(anna) = &items[0] else {
+        panic!()
+    };
     assert_eq!(anna.names, vec!["Anna", "Maria", "Berg", "Lund"]);
     assert_eq!(anna.national_ids, vec!["p1", "999-00-0001", "S1", "X1"]);
     assert_eq!(anna.sex, Some(Sex::Female));
@@ -271,26 +362,43 @@ fn conditions_with_a_system_column_and_patients_with_middle_names() {
 
 #[test]
 fn garbage_and_missing_columns_are_errors() {
-    let err = import_table(SyntheaTable::Observations, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR garbage", "observations.csv")
-        .expect_err("garbage");
-    assert!(matches!(err, ImportError::UnexpectedFormat { .. }), "{err:?}");
+    let err = import_table(
+        SyntheaTable::Observations,
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR garbage",
+        "observations.csv",
+    )
+    .expect_err("garbage");
+    assert!(
+        matches!(err, ImportError::UnexpectedFormat { .. }),
+        "{err:?}"
+    );
     let shown = err.to_string();
     assert!(shown.starts_with("observations.csv: line 1"), "{shown}");
 
-    let err = import_table(SyntheaTable::Observations, b"DATE,PATIENT,VALUE\n2020-01-01,p1,5\n", "observations.csv")
-        .expect_err("no CODE");
+    let err = import_table(
+        SyntheaTable::Observations,
+        b"DATE,PATIENT,VALUE\n2020-01-01,p1,5\n",
+        "observations.csv",
+    )
+    .expect_err("no CODE");
     assert!(
-        err.to_string().starts_with("observations.csv: line 1: field CODE: required column is missing"),
+        err.to_string()
+            .starts_with("observations.csv: line 1: field CODE: required column is missing"),
         "{err}"
     );
 
     let err = import_table(SyntheaTable::Patients, b"", "patients.csv").expect_err("empty");
-    assert!(err.to_string().starts_with("patients.csv: line 1: field Id: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("patients.csv: line 1: field Id: "),
+        "{err}"
+    );
 
     // A file cut in the middle of its last row: that row is counted, the rest imports.
     let text = std::fs::read(csv_dir().join("medications.csv")).expect("read");
     let cut = &text[..text.len() - 40];
-    let (_, report) = import_table(SyntheaTable::Medications, cut, "medications.csv").expect("truncated row counted");
+    let (_, report) = import_table(SyntheaTable::Medications, cut, "medications.csv")
+        .expect("truncated row counted");
     assert_eq!(report.resource_count("MedicationRequest"), 663);
     assert_eq!(report.skipped_count(SkipReason::MalformedRecord), 1);
     assert_eq!(report.emitted.medications, 662);
@@ -302,8 +410,14 @@ fn row_size_limit() {
     options.limits.max_record_bytes = 100_000;
     let mut text = b"START,PATIENT,CODE\n2020-01-01,p1,\"".to_vec();
     text.extend(std::iter::repeat_n(b'x', 1_000_000));
-    let err = synthea::import_table(SyntheaTable::Medications, Cursor::new(text), "medications.csv", &options, &mut |_| Ok(()))
-        .expect_err("limit");
+    let err = synthea::import_table(
+        SyntheaTable::Medications,
+        Cursor::new(text),
+        "medications.csv",
+        &options,
+        &mut |_| Ok(()),
+    )
+    .expect_err("limit");
     assert!(matches!(err, ImportError::LimitExceeded { .. }), "{err:?}");
     assert!(err.to_string().starts_with("medications.csv"), "{err}");
 }
@@ -313,8 +427,15 @@ fn directory_without_tables_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("encounters.csv"), "Id\n1\n").expect("write");
     let err = import::import_path(dir.path(), &mut |_| Ok(())).expect_err("no tables");
-    assert!(matches!(err, ImportError::UnexpectedFormat { .. }), "{err:?}");
-    std::fs::write(dir.path().join("Conditions.csv"), "START,PATIENT,CODE\n2020-01-01,p1,44054006\n").expect("write");
+    assert!(
+        matches!(err, ImportError::UnexpectedFormat { .. }),
+        "{err:?}"
+    );
+    std::fs::write(
+        dir.path().join("Conditions.csv"),
+        "START,PATIENT,CODE\n2020-01-01,p1,44054006\n",
+    )
+    .expect("write");
     let (_, report) = import_path(dir.path());
     assert_eq!(report.emitted.conditions, 1);
     assert_eq!(report.ignored_files, vec!["encounters.csv"]);

@@ -433,6 +433,12 @@ async fn entries(
         return Err(Problem::BadRequest);
     }
     let st = read_state(&s)?;
+    // A range reaching past the published log is answered with the entries that exist, so a
+    // reader can page without knowing the size; a start past the end is an error.
+    let end = end.min(st.published_size());
+    if start > end {
+        return Err(Problem::BadRequest);
+    }
     let list = st.entries(start, end).ok_or(Problem::BadRequest)?;
     Ok(Json(EntriesResponse {
         start,

@@ -19,9 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WRAP_INFO};
 use datadonor_schemas::checkpoint::{self, key_hash, CheckpointError, NoteVerifier};
-use datadonor_schemas::consent::{
-    check_manifest, open_manifest, open_withdrawal, ConsentError,
-};
+use datadonor_schemas::consent::{check_manifest, open_manifest, open_withdrawal, ConsentError};
 use datadonor_schemas::envelope::{
     hpke_open, hpke_seal_with_rng, DonationPayload, Envelope, EnvelopeError, HpkeConfigList,
     HpkePrivateKey,
@@ -32,9 +30,7 @@ use datadonor_schemas::merkle::{self, Hash, MerkleError};
 use datadonor_schemas::pseudonym::{blind, Cpr, OprfOutput, OprfServerKey, PseudonymError};
 use datadonor_schemas::query::{check_approval, QueryError, QuerySpec, QUERY_HASH_PREFIX};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, ReceiptError};
-use datadonor_schemas::signing::{
-    signed_bytes, Context, SignatureError, SignedObject, SigningKey,
-};
+use datadonor_schemas::signing::{signed_bytes, Context, SignatureError, SignedObject, SigningKey};
 use datadonor_schemas::study::{
     age_band_label, age_band_labels, rows_from_ipc, rows_to_ipc, FieldType, Granularity,
     StudyDefinition, StudyError,
@@ -80,7 +76,12 @@ fn load(name: &str) -> Value {
 fn every_vector_decodes_as_annotated() {
     let mut on_disk: Vec<String> = std::fs::read_dir(vectors_dir())
         .expect("schemas/vectors exists")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     on_disk.sort();
     let mut expected: Vec<String> = EXPECTED.iter().map(|(n, _, _)| n.to_string()).collect();
@@ -94,10 +95,18 @@ fn every_vector_decodes_as_annotated() {
         let valid = file["valid"].as_array().expect("valid array");
         let malformed = file["malformed"].as_array().expect("malformed array");
         assert_eq!(valid.len(), n_valid, "{name}: number of valid vectors");
-        assert_eq!(malformed.len(), n_malformed, "{name}: number of malformed vectors");
+        assert_eq!(
+            malformed.len(),
+            n_malformed,
+            "{name}: number of malformed vectors"
+        );
         let mut names = std::collections::BTreeSet::new();
         for v in valid.iter().chain(malformed) {
-            assert!(names.insert(s(v, "name")), "{name}: duplicate vector name {}", s(v, "name"));
+            assert!(
+                names.insert(s(v, "name")),
+                "{name}: duplicate vector name {}",
+                s(v, "name")
+            );
         }
         for v in valid {
             let r = catch_unwind(AssertUnwindSafe(|| check_valid(&file, v)));
@@ -120,7 +129,11 @@ fn every_vector_decodes_as_annotated() {
             malformed_done += 1;
         }
     }
-    assert!(failures.is_empty(), "failing vectors:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failing vectors:\n{}",
+        failures.join("\n")
+    );
     let want_valid: usize = EXPECTED.iter().map(|e| e.1).sum();
     let want_malformed: usize = EXPECTED.iter().map(|e| e.2).sum();
     assert_eq!((valid_done, malformed_done), (want_valid, want_malformed));
@@ -161,11 +174,13 @@ fn hx32(v: &Value, k: &str) -> [u8; 32] {
 }
 
 fn num(v: &Value, k: &str) -> i64 {
-    v[k].as_i64().unwrap_or_else(|| panic!("missing integer member {k:?}"))
+    v[k].as_i64()
+        .unwrap_or_else(|| panic!("missing integer member {k:?}"))
 }
 
 fn arr<'a>(v: &'a Value, k: &str) -> &'a Vec<Value> {
-    v[k].as_array().unwrap_or_else(|| panic!("missing array member {k:?}"))
+    v[k].as_array()
+        .unwrap_or_else(|| panic!("missing array member {k:?}"))
 }
 
 fn input(v: &Value) -> Vec<u8> {
@@ -217,7 +232,12 @@ fn valid_of_kind<'a>(file: &'a Value, kind: &str) -> &'a Value {
 fn check_layout(layout: &Value, bytes: &[u8]) {
     let mut off = 0usize;
     for seg in layout.as_array().expect("layout array") {
-        assert_eq!(num(seg, "offset") as usize, off, "segment {}", s(seg, "field"));
+        assert_eq!(
+            num(seg, "offset") as usize,
+            off,
+            "segment {}",
+            s(seg, "field")
+        );
         let len = num(seg, "len") as usize;
         assert_eq!(
             hex::encode(&bytes[off..off + len]),
@@ -337,7 +357,9 @@ fn sig(e: &SignatureError) -> Named {
 fn consent(e: &ConsentError) -> Named {
     match e {
         ConsentError::Signature(x) => wrap("ConsentError", "Signature", sig(x)),
-        ConsentError::FieldMismatch(f) => ("ConsentError::FieldMismatch".into(), Some(f.to_string())),
+        ConsentError::FieldMismatch(f) => {
+            ("ConsentError::FieldMismatch".into(), Some(f.to_string()))
+        }
         ConsentError::UnknownPurpose(p) => ("ConsentError::UnknownPurpose".into(), Some(p.clone())),
         _ => plain("ConsentError", e),
     }
@@ -357,7 +379,9 @@ fn study_err(e: &StudyError) -> Named {
 fn envelope_err(e: &EnvelopeError) -> Named {
     match e {
         EnvelopeError::Malformed(w) => wrap("EnvelopeError", "Malformed", wire(w)),
-        EnvelopeError::UnknownKeyId(id) => ("EnvelopeError::UnknownKeyId".into(), Some(id.to_string())),
+        EnvelopeError::UnknownKeyId(id) => {
+            ("EnvelopeError::UnknownKeyId".into(), Some(id.to_string()))
+        }
         _ => plain("EnvelopeError", e),
     }
 }
@@ -373,7 +397,9 @@ fn receipt_err(e: &ReceiptError) -> Named {
     match e {
         ReceiptError::Malformed(w) => wrap("ReceiptError", "Malformed", wire(w)),
         ReceiptError::Signature(x) => wrap("ReceiptError", "Signature", sig(x)),
-        ReceiptError::Checkpoint(c) => wrap("ReceiptError", "Checkpoint", plain("CheckpointError", c)),
+        ReceiptError::Checkpoint(c) => {
+            wrap("ReceiptError", "Checkpoint", plain("CheckpointError", c))
+        }
         ReceiptError::Inclusion(m) => wrap("ReceiptError", "Inclusion", plain("MerkleError", m)),
         ReceiptError::Mismatch(f) => ("ReceiptError::Mismatch".into(), Some(f.to_string())),
         _ => plain("ReceiptError", e),
@@ -444,9 +470,12 @@ fn decode_malformed(file: &Value, v: &Value) -> Named {
             must_fail(StudyDefinition::from_json(&obj.payload), study_err)
         }
         "rows" => {
-            let study = StudyDefinition::from_json(s(valid_of_kind(file, "study"), "json_text").as_bytes())
-                .expect("study");
-            let max = v.get("max_rows").map_or(DEFAULT_MAX_ROWS, |m| m.as_u64().expect("n") as usize);
+            let study =
+                StudyDefinition::from_json(s(valid_of_kind(file, "study"), "json_text").as_bytes())
+                    .expect("study");
+            let max = v
+                .get("max_rows")
+                .map_or(DEFAULT_MAX_ROWS, |m| m.as_u64().expect("n") as usize);
             must_fail(
                 rows_from_ipc(&input(v), max)
                     .and_then(|b| study.validate_rows(&b, Some(s(v, "pseudonym")))),
@@ -480,7 +509,8 @@ fn decode_malformed(file: &Value, v: &Value) -> Named {
         ),
         "Cpr::parse" => must_fail(Cpr::parse(text(&input(v))), pseudo_err),
         "OprfServerKey::evaluate" => {
-            let key = OprfServerKey::from_bytes(&hx(&file["oprf_key"], "private_key_hex")).expect("key");
+            let key =
+                OprfServerKey::from_bytes(&hx(&file["oprf_key"], "private_key_hex")).expect("key");
             must_fail(key.evaluate(&input(v)), pseudo_err)
         }
         "OprfBlind::finalize" => {
@@ -489,9 +519,10 @@ fn decode_malformed(file: &Value, v: &Value) -> Named {
         }
         "OprfServerKey::from_bytes" => must_fail(OprfServerKey::from_bytes(&input(v)), pseudo_err),
         "LedgerEntry::from_bytes" => must_fail(LedgerEntry::from_bytes(&input(v)), wire),
-        "checkpoint::open" => {
-            must_fail(checkpoint::open(&input(v), &[ledger_verifier(file)]), cp_err)
-        }
+        "checkpoint::open" => must_fail(
+            checkpoint::open(&input(v), &[ledger_verifier(file)]),
+            cp_err,
+        ),
         "NoteVerifier::parse_vkey" => must_fail(NoteVerifier::parse_vkey(text(&input(v))), cp_err),
         "merkle::verify_inclusion" => must_fail(
             merkle::verify_inclusion(
@@ -592,7 +623,11 @@ fn check_valid(file: &Value, v: &Value) {
                 let labels: Vec<String> =
                     serde_json::from_value(c["labels"].clone()).expect("labels");
                 assert_eq!(
-                    age_band_labels(num(c, "years") as u8, num(c, "min_age") as u8, num(c, "top_age") as u8),
+                    age_band_labels(
+                        num(c, "years") as u8,
+                        num(c, "min_age") as u8,
+                        num(c, "top_age") as u8
+                    ),
                     labels
                 );
             }
@@ -611,7 +646,10 @@ fn check_valid(file: &Value, v: &Value) {
         "period_of" => {
             for c in arr(v, "cases") {
                 let date: jiff::civil::Date = s(c, "date").parse().expect("date");
-                assert_eq!(granularity(s(c, "granularity")).period_of(date), s(c, "period"));
+                assert_eq!(
+                    granularity(s(c, "granularity")).period_of(date),
+                    s(c, "period")
+                );
             }
         }
         "period_valid" => {
@@ -662,7 +700,10 @@ fn check_valid(file: &Value, v: &Value) {
             let b = s(v, "entry_text").as_bytes();
             let e = LedgerEntry::from_bytes(b).expect("entry parses");
             assert_eq!(e.to_bytes(), b, "re-serialisation is the same bytes");
-            assert_eq!(hex::encode(LedgerEntry::leaf_hash(b).0), s(v, "leaf_hash_hex"));
+            assert_eq!(
+                hex::encode(LedgerEntry::leaf_hash(b).0),
+                s(v, "leaf_hash_hex")
+            );
             let mut pre = vec![0u8];
             pre.extend_from_slice(b);
             assert_eq!(hex::encode(sha256(&pre)), s(v, "leaf_hash_hex"));
@@ -674,8 +715,10 @@ fn check_valid(file: &Value, v: &Value) {
         "ledger_file" => {
             let bytes = hx(v, "file_hex");
             check_layout(&v["layout"], &bytes);
-            let entries: Vec<&Value> =
-                arr(file, "valid").iter().filter(|x| s(x, "kind") == "entry").collect();
+            let entries: Vec<&Value> = arr(file, "valid")
+                .iter()
+                .filter(|x| s(x, "kind") == "entry")
+                .collect();
             let mut off = 0usize;
             for e in entries {
                 let len = u32::from_be_bytes(bytes[off..off + 4].try_into().expect("4")) as usize;
@@ -722,8 +765,14 @@ fn check_valid(file: &Value, v: &Value) {
             let spec = QuerySpec::from_toml(s(valid_named(file, s(v, "query")), "toml_text"))
                 .expect("spec");
             let obj = SignedObject::from_bytes(s(v, "signed_text").as_bytes()).expect("parses");
-            let a = check_approval(&obj, &spec, &[approver], num(v, "now"), num(v, "runs_so_far") as u64)
-                .expect("approval holds");
+            let a = check_approval(
+                &obj,
+                &spec,
+                &[approver],
+                num(v, "now"),
+                num(v, "runs_so_far") as u64,
+            )
+            .expect("approval holds");
             assert_eq!(a.object.payload, s(v, "payload_text").as_bytes());
             assert_eq!(hex::encode(a.digest()), s(v, "payload_sha256_hex"));
             check_fields(&v["fields"], &a.object.payload);
@@ -777,13 +826,20 @@ fn check_signed_object(file: &Value, v: &Value) {
     assert_eq!(obj.verify(ctx).expect("verifies"), signer.public_key());
     assert_eq!(obj.context, ctx.label());
     assert_eq!(obj.payload, s(v, "payload_text").as_bytes());
-    assert_eq!(hex::encode(obj.payload_digest()), s(v, "payload_sha256_hex"));
+    assert_eq!(
+        hex::encode(obj.payload_digest()),
+        s(v, "payload_sha256_hex")
+    );
     let sb = signed_bytes(ctx, &obj.payload);
     assert_eq!(hex::encode(&sb), s(v, "signed_bytes_hex"));
     check_layout(&v["signed_bytes_layout"], &sb);
     assert_eq!(obj.public_key.to_base64(), s(v, "public_key_b64"));
     assert_eq!(STANDARD.encode(&obj.signature), s(v, "signature_b64"));
-    assert_eq!(signer.sign(ctx, &obj.payload).to_vec(), obj.signature, "Ed25519 is deterministic");
+    assert_eq!(
+        signer.sign(ctx, &obj.payload).to_vec(),
+        obj.signature,
+        "Ed25519 is deterministic"
+    );
     signer
         .public_key()
         .verify_raw(&sb, &obj.signature)
@@ -798,7 +854,11 @@ fn check_study(file: &Value, v: &Value) {
     let json = s(v, "json_text").as_bytes();
     let study = StudyDefinition::from_json(json).expect("JSON parses");
     assert_eq!(from_toml, study, "TOML and JSON forms agree");
-    assert_eq!(serde_json::to_vec(&study).expect("json"), json, "JSON form is the compact form");
+    assert_eq!(
+        serde_json::to_vec(&study).expect("json"),
+        json,
+        "JSON form is the compact form"
+    );
     check_fields(&v["fields"], json);
     assert_eq!(sha256(s(v, "notice_text").as_bytes()), study.notice_sha256);
     let obj = SignedObject::from_bytes(s(v, "signed_text").as_bytes()).expect("signed parses");
@@ -858,7 +918,11 @@ fn check_rows(v: &Value) {
         .filter(|m| s(m, "kind") == "record batch message")
         .count();
     if record_batches == 1 {
-        assert_eq!(rows_to_ipc(&batch).expect("encode"), ipc, "one-batch streams re-encode identically");
+        assert_eq!(
+            rows_to_ipc(&batch).expect("encode"),
+            ipc,
+            "one-batch streams re-encode identically"
+        );
     }
     compare_rows(&batch, arr(v, "rows"));
 }
@@ -893,7 +957,8 @@ fn check_manifest_vector(file: &Value, v: &Value) {
     check_fields(&v["fields"], &m.object.payload);
     let now = num(v, "now");
     check_manifest(&m.body, &study, &sha, now).expect("manifest matches the study");
-    let covers: BTreeMap<String, bool> = serde_json::from_value(v["covers"].clone()).expect("covers");
+    let covers: BTreeMap<String, bool> =
+        serde_json::from_value(v["covers"].clone()).expect("covers");
     for (purpose, want) in covers {
         assert_eq!(m.body.covers(&purpose, now), want, "covers {purpose}");
     }
@@ -922,13 +987,23 @@ fn check_envelope(file: &Value, v: &Value) {
     assert_eq!(ENVELOPE_INFO_TEXT, s(v, "info_text"));
     // The seal is reproducible from ikmE alone.
     let resealed = p
-        .seal_with_rng(env.key_id, &sk.public_key(), &mut FixedRng(hx(v, "ikm_e_hex")))
+        .seal_with_rng(
+            env.key_id,
+            &sk.public_key(),
+            &mut FixedRng(hx(v, "ikm_e_hex")),
+        )
         .expect("seal");
-    assert_eq!(resealed, bytes, "sealing with ikm_e reproduces the envelope");
+    assert_eq!(
+        resealed, bytes,
+        "sealing with ikm_e reproduces the envelope"
+    );
     if s(v, "name") == "donation" {
         // The manifest inside is the consent-manifest vector.
         let cm = load("consent-manifest.json");
-        assert_eq!(p.manifest, s(valid_named(&cm, "manifest"), "signed_text").as_bytes());
+        assert_eq!(
+            p.manifest,
+            s(valid_named(&cm, "manifest"), "signed_text").as_bytes()
+        );
         let (study, _) = example_study();
         let rows = rows_from_ipc(&p.rows, DEFAULT_MAX_ROWS).expect("rows decode");
         let m = open_manifest(&p.manifest).expect("manifest opens");
@@ -943,23 +1018,28 @@ const ENVELOPE_INFO_TEXT: &str = "datadonor/v1 donation envelope";
 fn check_oprf(file: &Value, v: &Value) {
     let k = &file["oprf_key"];
     let key = OprfServerKey::from_bytes(&hx(k, "private_key_hex")).expect("key");
-    let derived = OprfServerKey::from_seed(&hx(k, "seed_hex"), s(k, "info_text").as_bytes())
-        .expect("derive");
+    let derived =
+        OprfServerKey::from_seed(&hx(k, "seed_hex"), s(k, "info_text").as_bytes()).expect("derive");
     assert_eq!(*derived.to_bytes(), hx(k, "private_key_hex"));
     let cpr = Cpr::parse(s(v, "cpr_input")).expect("cpr");
     let input = cpr.oprf_input();
     assert_eq!(hex::encode(&*input), s(v, "oprf_input_hex"));
     check_layout(&v["oprf_input_layout"], &input);
     // RFC 9497 client steps with the vector's blind.
-    let blind_scalar = <voprf::Ristretto255 as voprf::Group>::deserialize_scalar(&hx(v, "blind_hex"))
-        .expect("scalar");
-    let r = voprf::OprfClient::<voprf::Ristretto255>::deterministic_blind_unchecked(&input, blind_scalar)
-        .expect("blind");
+    let blind_scalar =
+        <voprf::Ristretto255 as voprf::Group>::deserialize_scalar(&hx(v, "blind_hex"))
+            .expect("scalar");
+    let r = voprf::OprfClient::<voprf::Ristretto255>::deterministic_blind_unchecked(
+        &input,
+        blind_scalar,
+    )
+    .expect("blind");
     let blinded = r.message.serialize();
-    assert_eq!(hex::encode(&blinded), s(v, "blinded_element_hex"));
+    assert_eq!(hex::encode(blinded), s(v, "blinded_element_hex"));
     let evaluated = key.evaluate(&blinded).expect("evaluate");
     assert_eq!(hex::encode(evaluated), s(v, "evaluated_element_hex"));
-    let ev = voprf::EvaluationElement::<voprf::Ristretto255>::deserialize(&evaluated).expect("element");
+    let ev =
+        voprf::EvaluationElement::<voprf::Ristretto255>::deserialize(&evaluated).expect("element");
     let y = r.state.finalize(&input, &ev).expect("finalize");
     assert_eq!(hex::encode(y), s(v, "output_hex"));
     // The crate's own client path (random blind) reaches the same output.
@@ -967,7 +1047,9 @@ fn check_oprf(file: &Value, v: &Value) {
     let e = key.evaluate(&b.blinded).expect("evaluate");
     let out = b.finalize(&e).expect("finalize");
     assert_eq!(hex::encode(out.as_bytes()), s(v, "output_hex"));
-    let full = key.evaluate_unblinded_for_vectors(&input).expect("evaluate");
+    let full = key
+        .evaluate_unblinded_for_vectors(&input)
+        .expect("evaluate");
     assert_eq!(full.as_bytes(), out.as_bytes());
     let y: [u8; 64] = hx(v, "output_hex").try_into().expect("64 bytes");
     let y = OprfOutput::from_bytes(y);
@@ -987,7 +1069,10 @@ fn check_oprf(file: &Value, v: &Value) {
 }
 
 fn check_tree(file: &Value, v: &Value) {
-    let entries: Vec<&Value> = arr(file, "valid").iter().filter(|x| s(x, "kind") == "entry").collect();
+    let entries: Vec<&Value> = arr(file, "valid")
+        .iter()
+        .filter(|x| s(x, "kind") == "entry")
+        .collect();
     let leaves: Vec<Hash> = entries
         .iter()
         .map(|e| merkle::leaf_hash(s(e, "entry_text").as_bytes()))
@@ -1001,8 +1086,14 @@ fn check_tree(file: &Value, v: &Value) {
     let root = merkle::root(&leaves);
     for p in arr(v, "inclusion_proofs_size_6") {
         let i = num(p, "index") as usize;
-        merkle::verify_inclusion(i as u64, leaves.len() as u64, &leaves[i].0, &proof(p, "proof"), &root.0)
-            .expect("inclusion");
+        merkle::verify_inclusion(
+            i as u64,
+            leaves.len() as u64,
+            &leaves[i].0,
+            &proof(p, "proof"),
+            &root.0,
+        )
+        .expect("inclusion");
     }
     for p in arr(v, "consistency_proofs") {
         let (a, b) = (num(p, "size1") as usize, num(p, "size2") as usize);
@@ -1023,18 +1114,30 @@ fn check_checkpoint(file: &Value, v: &Value) {
     assert_eq!(verifier.public_key(), &ledger.public_key().0);
     assert_eq!(verifier.name(), s(v, "key_name"));
     assert_eq!(hex::encode(verifier.key_hash()), s(v, "key_hash_hex"));
-    assert_eq!(key_hash(s(v, "key_name"), &ledger.public_key().0), verifier.key_hash());
-    assert_eq!(sha256(&hx(v, "key_hash_input_hex"))[..4], verifier.key_hash());
+    assert_eq!(
+        key_hash(s(v, "key_name"), &ledger.public_key().0),
+        verifier.key_hash()
+    );
+    assert_eq!(
+        sha256(&hx(v, "key_hash_input_hex"))[..4],
+        verifier.key_hash()
+    );
     let note = s(v, "note_text");
     let cp = checkpoint::open(note.as_bytes(), &[verifier]).expect("note verifies");
     assert_eq!(cp.checkpoint.origin, s(v, "origin"));
     assert_eq!(cp.checkpoint.size as i64, num(v, "tree_size"));
     assert_eq!(cp.checkpoint.root.to_hex(), s(v, "root_hex"));
     assert_eq!(cp.checkpoint.to_body(), s(v, "body_text"));
-    let lines: Vec<&str> = s(v, "body_text").trim_end_matches('\n').split('\n').collect();
+    let lines: Vec<&str> = s(v, "body_text")
+        .trim_end_matches('\n')
+        .split('\n')
+        .collect();
     let want: Vec<&str> = arr(v, "body_lines").iter().map(|l| s(l, "line")).collect();
     assert_eq!(lines, want);
-    assert_eq!(note, format!("{}\n{}\n", s(v, "body_text"), s(v, "signature_line")));
+    assert_eq!(
+        note,
+        format!("{}\n{}\n", s(v, "body_text"), s(v, "signature_line"))
+    );
     let field = s(v, "signature_line").rsplit(' ').next().expect("field");
     let raw = STANDARD.decode(field).expect("base64");
     check_layout(&v["signature_field_layout"], &raw);
@@ -1042,7 +1145,8 @@ fn check_checkpoint(file: &Value, v: &Value) {
         .public_key()
         .verify_raw(s(v, "body_text").as_bytes(), &raw[4..])
         .expect("Ed25519 over the body");
-    let resigned = checkpoint::sign(&cp.checkpoint, s(v, "key_name"), ledger.key_pair()).expect("sign");
+    let resigned =
+        checkpoint::sign(&cp.checkpoint, s(v, "key_name"), ledger.key_pair()).expect("sign");
     assert_eq!(resigned, note, "signing is deterministic");
     assert_eq!(
         s(v, "vkey"),
@@ -1084,7 +1188,9 @@ fn plaintext_of(v: &Value) -> Vec<u8> {
         return hx(p, "hex");
     }
     assert_eq!(s(p, "pattern"), "byte i = i mod 251, for i in 0..131072");
-    let pt: Vec<u8> = (0..num(p, "len") as usize).map(|i| (i % 251) as u8).collect();
+    let pt: Vec<u8> = (0..num(p, "len") as usize)
+        .map(|i| (i % 251) as u8)
+        .collect();
     assert_eq!(hex::encode(sha256(&pt)), s(p, "sha256_hex"));
     pt
 }
@@ -1102,11 +1208,18 @@ fn open_batch(file: &[u8], vault: &HpkePrivateKey) -> Result<(Vec<u8>, Vec<u8>),
     loop {
         let rest = &body[off..];
         let last = rest.len() <= CHUNK_SIZE + TAG_LEN;
-        let take = if last { rest.len() } else { CHUNK_SIZE + TAG_LEN };
+        let take = if last {
+            rest.len()
+        } else {
+            CHUNK_SIZE + TAG_LEN
+        };
         let pt = cipher
             .decrypt(
                 Nonce::from_slice(&chunk_nonce(i, last)),
-                Payload { msg: &rest[..take], aad: &aad },
+                Payload {
+                    msg: &rest[..take],
+                    aad: &aad,
+                },
             )
             .map_err(|_| format!("chunk {i}"))?;
         out.extend(pt);
@@ -1148,9 +1261,11 @@ fn check_sealed_batch(file: &Value, v: &Value) {
         assert_eq!(num(c, "offset") as usize, off);
         let last = i + 1 == chunks.len();
         assert_eq!(hex::encode(chunk_nonce(i as u64, last)), s(c, "nonce_hex"));
-        assert_eq!(hex::encode(&bytes[off + len - TAG_LEN..off + len]), s(c, "tag_hex"));
+        assert_eq!(
+            hex::encode(&bytes[off + len - TAG_LEN..off + len]),
+            s(c, "tag_hex")
+        );
         off += len;
     }
     assert_eq!(off, bytes.len());
 }
-

@@ -56,15 +56,35 @@ fn text() -> impl Strategy<Value = String> {
 
 fn manifest() -> impl Strategy<Value = ConsentManifest> {
     (
-        (any::<u32>(), any::<[u8; 16]>(), study_id(), any::<u32>(), any::<[u8; 32]>()),
+        (
+            any::<u32>(),
+            any::<[u8; 16]>(),
+            study_id(),
+            any::<u32>(),
+            any::<[u8; 32]>(),
+        ),
         (text(), text(), vec(text(), 0..4), text(), vec(text(), 0..4)),
-        (any::<i64>(), any::<i64>(), text(), any::<[u8; 32]>(), public_key(), pseudonym()),
+        (
+            any::<i64>(),
+            any::<i64>(),
+            text(),
+            any::<[u8; 32]>(),
+            public_key(),
+            pseudonym(),
+        ),
     )
         .prop_map(
             |(
                 (format, record_id, study_id, study_version, study_sha256),
                 (name, contact, purposes, legal_basis, data_categories),
-                (given_at, expires_at, withdrawal_method, notice_sha256, donor_public_key, pseudonym),
+                (
+                    given_at,
+                    expires_at,
+                    withdrawal_method,
+                    notice_sha256,
+                    donor_public_key,
+                    pseudonym,
+                ),
             )| ConsentManifest {
                 format,
                 record_id,
@@ -112,8 +132,20 @@ fn withdrawal() -> impl Strategy<Value = Withdrawal> {
 
 fn receipt() -> impl Strategy<Value = Receipt> {
     (
-        (any::<u32>(), any::<bool>(), study_id(), pseudonym(), any::<[u8; 16]>()),
-        (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>(), ".{0,200}", any::<i64>()),
+        (
+            any::<u32>(),
+            any::<bool>(),
+            study_id(),
+            pseudonym(),
+            any::<[u8; 16]>(),
+        ),
+        (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            ".{0,200}",
+            any::<i64>(),
+        ),
     )
         .prop_map(
             |(
@@ -140,7 +172,12 @@ fn receipt() -> impl Strategy<Value = Receipt> {
 
 fn approval() -> impl Strategy<Value = QueryApproval> {
     (
-        (any::<u32>(), any::<[u8; 16]>(), any::<[u8; 32]>(), study_id()),
+        (
+            any::<u32>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>(),
+            study_id(),
+        ),
         (text(), text(), any::<i64>(), any::<i64>(), any::<u32>()),
     )
         .prop_map(
@@ -163,7 +200,14 @@ fn approval() -> impl Strategy<Value = QueryApproval> {
 
 /// The example study with its free-form values varied (the structure is covered by vectors).
 fn study() -> impl Strategy<Value = StudyDefinition> {
-    (text(), any::<u32>(), any::<u32>(), any::<u32>(), vec(text(), 1..3), any::<[u8; 32]>())
+    (
+        text(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        vec(text(), 1..3),
+        any::<[u8; 32]>(),
+    )
         .prop_map(|(title, version, min_k, retention_days, texts, notice)| {
             let mut s = example_study();
             s.title = title;
@@ -183,7 +227,13 @@ fn ledger_entry() -> impl Strategy<Value = LedgerEntry> {
     prop_oneof![
         (
             (t, study_id(), any::<u32>(), pseudonym(), any::<[u8; 16]>()),
-            (vec(text(), 0..3), any::<i64>(), any::<i64>(), any::<[u8; 32]>(), public_key()),
+            (
+                vec(text(), 0..3),
+                any::<i64>(),
+                any::<i64>(),
+                any::<[u8; 32]>(),
+                public_key()
+            ),
         )
             .prop_map(
                 |(
@@ -213,7 +263,16 @@ fn ledger_entry() -> impl Strategy<Value = LedgerEntry> {
             "[0-9a-f]{32}",
         )
             .prop_map(
-                |(time, study_id, pseudonym, consent_record_id, idempotency_key, envelope_sha256, rows, batch_id)| {
+                |(
+                    time,
+                    study_id,
+                    pseudonym,
+                    consent_record_id,
+                    idempotency_key,
+                    envelope_sha256,
+                    rows,
+                    batch_id,
+                )| {
                     LedgerEntry::DonationAccepted {
                         time,
                         study_id,
@@ -226,28 +285,42 @@ fn ledger_entry() -> impl Strategy<Value = LedgerEntry> {
                     }
                 }
             ),
-        (t, study_id(), pseudonym(), any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(
-            |(time, study_id, pseudonym, consent_record_id, withdrawal_sha256)| {
-                LedgerEntry::ConsentWithdrawn {
-                    time,
-                    study_id,
-                    pseudonym,
-                    consent_record_id,
-                    withdrawal_sha256,
+        (
+            t,
+            study_id(),
+            pseudonym(),
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(
+                |(time, study_id, pseudonym, consent_record_id, withdrawal_sha256)| {
+                    LedgerEntry::ConsentWithdrawn {
+                        time,
+                        study_id,
+                        pseudonym,
+                        consent_record_id,
+                        withdrawal_sha256,
+                    }
                 }
-            }
-        ),
-        (t, study_id(), pseudonym(), any::<u64>(), vec("[0-9a-f]{32}", 0..3)).prop_map(
-            |(time, study_id, pseudonym, rows_erased, batches_rewritten)| {
-                LedgerEntry::ErasureDone {
-                    time,
-                    study_id,
-                    pseudonym,
-                    rows_erased,
-                    batches_rewritten,
+            ),
+        (
+            t,
+            study_id(),
+            pseudonym(),
+            any::<u64>(),
+            vec("[0-9a-f]{32}", 0..3)
+        )
+            .prop_map(
+                |(time, study_id, pseudonym, rows_erased, batches_rewritten)| {
+                    LedgerEntry::ErasureDone {
+                        time,
+                        study_id,
+                        pseudonym,
+                        rows_erased,
+                        batches_rewritten,
+                    }
                 }
-            }
-        ),
+            ),
         (
             (t, study_id(), any::<[u8; 32]>(), any::<[u8; 32]>(), text()),
             (text(), any::<u64>(), any::<u64>(), any::<u64>()),
@@ -335,7 +408,11 @@ fn measure() -> impl Strategy<Value = Measure> {
         Just(MeasureOp::Min),
         Just(MeasureOp::Max),
     ];
-    (op, proptest::option::of(field_name()), proptest::option::of(0.0f64..1.0))
+    (
+        op,
+        proptest::option::of(field_name()),
+        proptest::option::of(0.0f64..1.0),
+    )
         .prop_map(|(op, field, q)| Measure { op, field, q })
 }
 
@@ -351,7 +428,10 @@ fn query_spec() -> impl Strategy<Value = QuerySpec> {
         ),
     )
         .prop_map(
-            |((study, purpose, researcher, title, k), (group_by, filter, measures, mean, totals))| {
+            |(
+                (study, purpose, researcher, title, k),
+                (group_by, filter, measures, mean, totals),
+            )| {
                 QuerySpec {
                     study,
                     purpose,

@@ -33,8 +33,8 @@ use super::dates::{self, SourceDate};
 use super::metered::{Meter, Metered};
 use super::report::{quoted, Collector, Skip};
 use super::{
-    Code, CodeSystem, Demographics, ImportError, ImportOptions, ImportReport, ItemSink, Limits, Note, RecordRef,
-    Sex, SkipReason, SourceItem, SourceObservation, SourceValue,
+    Code, CodeSystem, Demographics, ImportError, ImportOptions, ImportReport, ItemSink, Limits,
+    Note, RecordRef, Sex, SkipReason, SourceItem, SourceObservation, SourceValue,
 };
 
 /// Imports an Apple Health `export.xml` from a buffered reader; `file` names it in locations and errors.
@@ -67,13 +67,20 @@ pub fn import_zip<R: Read + Seek>(
             file: file.to_owned(),
             at: None,
             field: None,
-            detail: "no Apple Health export in the archive (no .xml member containing <HealthData)".into(),
+            detail: "no Apple Health export in the archive (no .xml member containing <HealthData)"
+                .into(),
         })?;
-    let member = archive.by_index(index).map_err(|err| zip_error(file, err))?;
+    let member = archive
+        .by_index(index)
+        .map_err(|err| zip_error(file, err))?;
     let name = format!("{file}!/{}", member.name());
     let mut collector = Collector::new(options.limits, sink);
     collector.start_file(&name);
-    read_xml(BufReader::with_capacity(256 * 1024, member), &mut collector, options)?;
+    read_xml(
+        BufReader::with_capacity(256 * 1024, member),
+        &mut collector,
+        options,
+    )?;
     Ok(collector.finish())
 }
 
@@ -86,7 +93,8 @@ fn find_export_member<R: Read + Seek>(
     for i in 0..archive.len() {
         let member = archive.by_index_raw(i)?;
         let base = member.name().rsplit('/').next().unwrap_or("");
-        let is_xml = base.len() > 4 && base.as_bytes()[base.len() - 4..].eq_ignore_ascii_case(b".xml");
+        let is_xml =
+            base.len() > 4 && base.as_bytes()[base.len() - 4..].eq_ignore_ascii_case(b".xml");
         if member.is_dir() || !is_xml || base.eq_ignore_ascii_case("export_cda.xml") {
             continue;
         }
@@ -95,8 +103,14 @@ fn find_export_member<R: Read + Seek>(
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     for (_, i) in candidates {
         let mut head = Vec::new();
-        archive.by_index(i)?.take(sniff_bytes).read_to_end(&mut head)?;
-        if head.windows(b"<HealthData".len()).any(|w| w == b"<HealthData") {
+        archive
+            .by_index(i)?
+            .take(sniff_bytes)
+            .read_to_end(&mut head)?;
+        if head
+            .windows(b"<HealthData".len())
+            .any(|w| w == b"<HealthData")
+        {
             return Ok(Some(i));
         }
     }
@@ -105,7 +119,11 @@ fn find_export_member<R: Read + Seek>(
 
 fn zip_error(file: &str, err: zip::result::ZipError) -> ImportError {
     match err {
-        zip::result::ZipError::Io(source) => ImportError::Io { file: file.to_owned(), at: None, source },
+        zip::result::ZipError::Io(source) => ImportError::Io {
+            file: file.to_owned(),
+            at: None,
+            source,
+        },
         other => ImportError::UnexpectedFormat {
             file: file.to_owned(),
             at: None,
@@ -127,7 +145,11 @@ enum Scan {
 }
 
 /// Reads the XML declaration, comments and DOCTYPE into memory, blanking the DOCTYPE (see the module docs).
-fn read_prolog<R: BufRead>(reader: &mut R, limits: &Limits, file: &str) -> Result<Vec<u8>, ImportError> {
+fn read_prolog<R: BufRead>(
+    reader: &mut R,
+    limits: &Limits,
+    file: &str,
+) -> Result<Vec<u8>, ImportError> {
     let mut head = Vec::new();
     let mut resume = 0;
     loop {
@@ -146,7 +168,11 @@ fn read_prolog<R: BufRead>(reader: &mut R, limits: &Limits, file: &str) -> Resul
                 limit: limits.max_xml_prolog_bytes,
             });
         }
-        let chunk = reader.fill_buf().map_err(|source| ImportError::Io { file: file.to_owned(), at: None, source })?;
+        let chunk = reader.fill_buf().map_err(|source| ImportError::Io {
+            file: file.to_owned(),
+            at: None,
+            source,
+        })?;
         if chunk.is_empty() {
             if head.iter().all(u8::is_ascii_whitespace) {
                 return Err(ImportError::UnexpectedFormat {
@@ -162,7 +188,10 @@ fn read_prolog<R: BufRead>(reader: &mut R, limits: &Limits, file: &str) -> Resul
             let line = 1 + head.iter().filter(|&&b| b == b'\n').count() as u64;
             return Err(ImportError::Truncated {
                 file: file.to_owned(),
-                at: Some(RecordRef::XmlElement { line, byte_offset: head.len() as u64 }),
+                at: Some(RecordRef::XmlElement {
+                    line,
+                    byte_offset: head.len() as u64,
+                }),
                 detail: format!("end of file inside {inside}"),
             });
         }
@@ -223,14 +252,22 @@ fn scan_prolog(head: &mut [u8], mut i: usize) -> Scan {
 
 /// Position of `needle` in `haystack` at or after `from`.
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
 }
 
 /// Length of the DOCTYPE declaration at the start of `d`, if complete: up to the first `>` when there is no
 /// internal subset, else up to the first `]` that is followed by optional whitespace and `>`.
 fn doctype_len(d: &[u8]) -> Option<usize> {
     let open = b"<!DOCTYPE".len();
-    let j = d.get(open..)?.iter().position(|&b| b == b'[' || b == b'>')? + open;
+    let j = d
+        .get(open..)?
+        .iter()
+        .position(|&b| b == b'[' || b == b'>')?
+        + open;
     if d[j] == b'>' {
         return Some(j + 1);
     }
@@ -252,11 +289,18 @@ fn doctype_len(d: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------------------
 // Body
 
-fn read_xml<R: BufRead>(mut reader: R, c: &mut Collector<'_, '_>, options: &ImportOptions) -> Result<(), ImportError> {
+fn read_xml<R: BufRead>(
+    mut reader: R,
+    c: &mut Collector<'_, '_>,
+    options: &ImportOptions,
+) -> Result<(), ImportError> {
     let limits = *c.limits();
     let head = read_prolog(&mut reader, &limits, c.file())?;
     let meter = Meter::new(limits.max_record_bytes);
-    let mut xml = quick_xml::Reader::from_reader(Metered::new(Cursor::new(head).chain(reader), meter.clone()));
+    let mut xml = quick_xml::Reader::from_reader(Metered::new(
+        Cursor::new(head).chain(reader),
+        meter.clone(),
+    ));
     let mut buf = Vec::with_capacity(4 * 1024);
     let mut depth = 0usize;
     let mut root_seen = false;
@@ -309,7 +353,10 @@ fn read_xml<R: BufRead>(mut reader: R, c: &mut Collector<'_, '_>, options: &Impo
                         }
                         other => {
                             c.seen(&String::from_utf8_lossy(other));
-                            c.skip(at, Skip::new(SkipReason::UnsupportedResourceType, "element", ""));
+                            c.skip(
+                                at,
+                                Skip::new(SkipReason::UnsupportedResourceType, "element", ""),
+                            );
                         }
                     }
                 } else if depth == 2 && in_correlation && name == b"Record" {
@@ -318,7 +365,11 @@ fn read_xml<R: BufRead>(mut reader: R, c: &mut Collector<'_, '_>, options: &Impo
                         let outcome = record(c, at, e)?;
                         account(c, at, outcome);
                     } else {
-                        let skip = Skip::new(SkipReason::CorrelationMember, "Record", "also exported as a top-level Record");
+                        let skip = Skip::new(
+                            SkipReason::CorrelationMember,
+                            "Record",
+                            "also exported as a top-level Record",
+                        );
                         c.skip(at, skip);
                     }
                 }
@@ -338,20 +389,31 @@ fn read_xml<R: BufRead>(mut reader: R, c: &mut Collector<'_, '_>, options: &Impo
             Event::Text(ref text) if !root_seen && !text.iter().all(u8::is_ascii_whitespace) => {
                 return Err(ImportError::UnexpectedFormat {
                     file: c.file().to_owned(),
-                    at: Some(RecordRef::XmlElement { line: meter.newlines() + 1, byte_offset: xml.buffer_position() }),
+                    at: Some(RecordRef::XmlElement {
+                        line: meter.newlines() + 1,
+                        byte_offset: xml.buffer_position(),
+                    }),
                     field: None,
                     detail: "text before the root element: not an XML document".into(),
                 });
             }
             Event::Eof => {
-                let at = Some(RecordRef::XmlElement { line: meter.newlines() + 1, byte_offset: xml.buffer_position() });
+                let at = Some(RecordRef::XmlElement {
+                    line: meter.newlines() + 1,
+                    byte_offset: xml.buffer_position(),
+                });
                 let file = c.file().to_owned();
                 return Err(if root_seen {
                     let detail = format!("end of file with {depth} element(s) still open");
                     ImportError::Truncated { file, at, detail }
                 } else {
                     let detail = "no <HealthData> element: not an Apple Health export".into();
-                    ImportError::UnexpectedFormat { file, at, field: None, detail }
+                    ImportError::UnexpectedFormat {
+                        file,
+                        at,
+                        field: None,
+                        detail,
+                    }
                 });
             }
             _ => {}
@@ -368,11 +430,19 @@ fn account(c: &mut Collector<'_, '_>, at: RecordRef, outcome: Result<(), Skip>) 
 }
 
 /// Line and byte offset of the `<` of the element just read.
-fn element_position<R>(xml: &quick_xml::Reader<R>, meter: &Meter, e: &BytesStart<'_>, is_empty: bool) -> RecordRef {
+fn element_position<R>(
+    xml: &quick_xml::Reader<R>,
+    meter: &Meter,
+    e: &BytesStart<'_>,
+    is_empty: bool,
+) -> RecordRef {
     let tag_len = e.len() as u64 + if is_empty { 3 } else { 2 };
     let byte_offset = xml.buffer_position().saturating_sub(tag_len);
     let newlines_in_tag = e.iter().filter(|&&b| b == b'\n').count() as u64;
-    RecordRef::XmlElement { line: 1 + meter.newlines().saturating_sub(newlines_in_tag), byte_offset }
+    RecordRef::XmlElement {
+        line: 1 + meter.newlines().saturating_sub(newlines_in_tag),
+        byte_offset,
+    }
 }
 
 fn xml_error<R>(
@@ -383,26 +453,50 @@ fn xml_error<R>(
     limits: &Limits,
 ) -> ImportError {
     let file = c.file().to_owned();
-    let at = Some(RecordRef::XmlElement { line: meter.newlines() + 1, byte_offset: xml.error_position() });
+    let at = Some(RecordRef::XmlElement {
+        line: meter.newlines() + 1,
+        byte_offset: xml.error_position(),
+    });
     if meter.tripped() {
-        return ImportError::LimitExceeded { file, at, what: "an XML element", limit: limits.max_record_bytes };
+        return ImportError::LimitExceeded {
+            file,
+            at,
+            what: "an XML element",
+            limit: limits.max_record_bytes,
+        };
     }
     match err {
         quick_xml::Error::Io(source) => {
-            let source = Arc::try_unwrap(source).unwrap_or_else(|shared| std::io::Error::new(shared.kind(), shared.to_string()));
+            let source = Arc::try_unwrap(source)
+                .unwrap_or_else(|shared| std::io::Error::new(shared.kind(), shared.to_string()));
             ImportError::Io { file, at, source }
         }
-        other if meter.eof() => ImportError::Truncated { file, at, detail: other.to_string() },
-        other => ImportError::Malformed { file, at, field: None, detail: format!("ill-formed XML: {other}") },
+        other if meter.eof() => ImportError::Truncated {
+            file,
+            at,
+            detail: other.to_string(),
+        },
+        other => ImportError::Malformed {
+            file,
+            at,
+            field: None,
+            detail: format!("ill-formed XML: {other}"),
+        },
     }
 }
 
 /// The values of the `wanted` attributes (unescaped), or why they could not be read.
-fn attributes<const N: usize>(e: &BytesStart<'_>, wanted: [&[u8]; N]) -> Result<[Option<String>; N], Skip> {
+fn attributes<const N: usize>(
+    e: &BytesStart<'_>,
+    wanted: [&[u8]; N],
+) -> Result<[Option<String>; N], Skip> {
     let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
     for attr in e.html_attributes() {
-        let attr = attr.map_err(|err| Skip::new(SkipReason::MalformedRecord, "attributes", err.to_string()))?;
-        let Some(i) = wanted.iter().position(|w| *w == attr.key.as_ref()) else { continue };
+        let attr = attr
+            .map_err(|err| Skip::new(SkipReason::MalformedRecord, "attributes", err.to_string()))?;
+        let Some(i) = wanted.iter().position(|w| *w == attr.key.as_ref()) else {
+            continue;
+        };
         let value = attr.unescape_value().map_err(|err| {
             let field = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
             Skip::new(SkipReason::MalformedRecord, field, err.to_string())
@@ -415,8 +509,13 @@ fn attributes<const N: usize>(e: &BytesStart<'_>, wanted: [&[u8]; N]) -> Result<
     Ok(values)
 }
 
-fn record(c: &mut Collector<'_, '_>, at: RecordRef, e: &BytesStart<'_>) -> Result<Result<(), Skip>, ImportError> {
-    let [kind, unit, value, start] = match attributes(e, [b"type", b"unit", b"value", b"startDate"]) {
+fn record(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    e: &BytesStart<'_>,
+) -> Result<Result<(), Skip>, ImportError> {
+    let [kind, unit, value, start] = match attributes(e, [b"type", b"unit", b"value", b"startDate"])
+    {
         Ok(values) => values,
         Err(skip) => return Ok(Err(skip)),
     };
@@ -431,48 +530,106 @@ fn record(c: &mut Collector<'_, '_>, at: RecordRef, e: &BytesStart<'_>) -> Resul
         None => None,
         Some((_, Some(date))) => {
             if date == SourceDate::Partial {
-                c.note(at, Note::ImpreciseDate, "startDate", quoted(start.as_deref().unwrap_or("")));
+                c.note(
+                    at,
+                    Note::ImpreciseDate,
+                    "startDate",
+                    quoted(start.as_deref().unwrap_or("")),
+                );
             }
             date.date_time()
         }
         Some((text, None)) => {
-            return Ok(Err(Skip::new(SkipReason::UnparsableDate, "startDate", format!("not a date {}", quoted(text)))));
+            return Ok(Err(Skip::new(
+                SkipReason::UnparsableDate,
+                "startDate",
+                format!("not a date {}", quoted(text)),
+            )));
         }
     };
     let is_quantity = kind.starts_with("HKQuantityTypeIdentifier");
-    let number = value.as_deref().and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+    let number = value
+        .as_deref()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite());
     let value = match (value, number, unit) {
-        (None, _, _) if is_quantity => return Ok(Err(Skip::new(SkipReason::MissingValue, "value", "no value"))),
+        (None, _, _) if is_quantity => {
+            return Ok(Err(Skip::new(
+                SkipReason::MissingValue,
+                "value",
+                "no value",
+            )))
+        }
         (None, _, _) => SourceValue::None,
         (Some(raw), None, _) if is_quantity => {
-            return Ok(Err(Skip::new(SkipReason::UnparsableValue, "value", format!("not a number {}", quoted(&raw)))));
+            return Ok(Err(Skip::new(
+                SkipReason::UnparsableValue,
+                "value",
+                format!("not a number {}", quoted(&raw)),
+            )));
         }
         (Some(_), Some(number), None) if is_quantity => {
-            return Ok(Err(Skip::new(SkipReason::MissingUnit, "unit", format!("{number} without unit"))));
+            return Ok(Err(Skip::new(
+                SkipReason::MissingUnit,
+                "unit",
+                format!("{number} without unit"),
+            )));
         }
-        (Some(_), Some(number), Some(unit)) => SourceValue::Quantity { value: number, unit },
+        (Some(_), Some(number), Some(unit)) => SourceValue::Quantity {
+            value: number,
+            unit,
+        },
         (Some(raw), _, _) => SourceValue::Text(raw),
     };
-    let code = Code { system: CodeSystem::AppleHealthKit, code: kind };
+    let code = Code {
+        system: CodeSystem::AppleHealthKit,
+        code: kind,
+    };
     let location = c.location(at);
-    c.emit(SourceItem::Observation(SourceObservation { patient: None, code, value, effective, location }))?;
+    c.emit(SourceItem::Observation(SourceObservation {
+        patient: None,
+        code,
+        value,
+        effective,
+        location,
+    }))?;
     Ok(Ok(()))
 }
 
-fn me(c: &mut Collector<'_, '_>, at: RecordRef, e: &BytesStart<'_>) -> Result<Result<(), Skip>, ImportError> {
+fn me(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    e: &BytesStart<'_>,
+) -> Result<Result<(), Skip>, ImportError> {
     let [birth, sex] = match attributes(
         e,
-        [b"HKCharacteristicTypeIdentifierDateOfBirth", b"HKCharacteristicTypeIdentifierBiologicalSex"],
+        [
+            b"HKCharacteristicTypeIdentifierDateOfBirth",
+            b"HKCharacteristicTypeIdentifierBiologicalSex",
+        ],
     ) {
         Ok(values) => values,
         Err(skip) => return Ok(Err(skip)),
     };
-    let mut d = Demographics { location: Some(c.location(at)), ..Demographics::default() };
+    let mut d = Demographics {
+        location: Some(c.location(at)),
+        ..Demographics::default()
+    };
     if let Some(text) = birth.as_deref() {
         match dates::parse(text) {
-            Some(SourceDate::Partial) => c.note(at, Note::ImpreciseDate, "HKCharacteristicTypeIdentifierDateOfBirth", quoted(text)),
+            Some(SourceDate::Partial) => c.note(
+                at,
+                Note::ImpreciseDate,
+                "HKCharacteristicTypeIdentifierDateOfBirth",
+                quoted(text),
+            ),
             Some(date) => d.birth_date = date.date(),
-            None => c.note(at, Note::UnparsableBirthDate, "HKCharacteristicTypeIdentifierDateOfBirth", quoted(text)),
+            None => c.note(
+                at,
+                Note::UnparsableBirthDate,
+                "HKCharacteristicTypeIdentifierDateOfBirth",
+                quoted(text),
+            ),
         }
     }
     d.sex = match sex.as_deref() {
@@ -481,7 +638,12 @@ fn me(c: &mut Collector<'_, '_>, at: RecordRef, e: &BytesStart<'_>) -> Result<Re
         Some("HKBiologicalSexMale") => Some(Sex::Male),
         Some("HKBiologicalSexOther") => Some(Sex::Other),
         Some(other) => {
-            c.note(at, Note::UnrecognisedSex, "HKCharacteristicTypeIdentifierBiologicalSex", quoted(other));
+            c.note(
+                at,
+                Note::UnrecognisedSex,
+                "HKCharacteristicTypeIdentifierBiologicalSex",
+                quoted(other),
+            );
             None
         }
     };
@@ -498,7 +660,10 @@ mod tests {
         let mut head = b"<?xml version=\"1.0\"?>\n<!DOCTYPE HealthData [\n<!ATTLIST A\n  b CDATA #REQUIRED\n<!ELEMENT C EMPTY>\n]>\n<HealthData>".to_vec();
         assert!(matches!(scan_prolog(&mut head, 0), Scan::Root));
         let text = String::from_utf8_lossy(&head);
-        assert!(!text.contains("DOCTYPE") && !text.contains("ATTLIST"), "{text}");
+        assert!(
+            !text.contains("DOCTYPE") && !text.contains("ATTLIST"),
+            "{text}"
+        );
         assert_eq!(text.lines().count(), 7);
         assert!(text.ends_with("<HealthData>"));
     }
@@ -506,6 +671,12 @@ mod tests {
     #[test]
     fn incomplete_doctype_needs_more() {
         let mut head = b"<!DOCTYPE HealthData [ <!ELEMENT C EMPTY> ".to_vec();
-        assert!(matches!(scan_prolog(&mut head, 0), Scan::NeedMore { inside: "the DOCTYPE declaration", .. }));
+        assert!(matches!(
+            scan_prolog(&mut head, 0),
+            Scan::NeedMore {
+                inside: "the DOCTYPE declaration",
+                ..
+            }
+        ));
     }
 }

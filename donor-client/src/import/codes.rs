@@ -32,7 +32,9 @@ pub(crate) fn check(system: &CodeSystem, code: &str) -> CodeCheck {
             }
         }
         CodeSystem::AppleHealthKit => {
-            if code.starts_with("HK") && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if code.starts_with("HK")
+                && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
                 CodeCheck::Valid
             } else {
                 CodeCheck::Invalid
@@ -77,7 +79,8 @@ pub(crate) fn check_loinc(code: &str) -> CodeCheck {
 /// `10` extension), and a Verhoeff check digit.
 pub(crate) fn check_snomed(code: &str) -> CodeCheck {
     let bytes = code.as_bytes();
-    if !(6..=18).contains(&bytes.len()) || !bytes.iter().all(u8::is_ascii_digit) || bytes[0] == b'0' {
+    if !(6..=18).contains(&bytes.len()) || !bytes.iter().all(u8::is_ascii_digit) || bytes[0] == b'0'
+    {
         return CodeCheck::Invalid;
     }
     let partition = &bytes[bytes.len() - 3..bytes.len() - 1];
@@ -125,23 +128,38 @@ mod tests {
 
     #[test]
     fn loinc_codes_from_the_test_data() {
-        for code in ["4548-4", "8480-6", "8462-4", "85354-9", "85353-1", "55284-4", "72166-2", "2339-0"] {
+        for code in [
+            "4548-4", "8480-6", "8462-4", "85354-9", "85353-1", "55284-4", "72166-2", "2339-0",
+        ] {
             assert_eq!(check_loinc(code), CodeCheck::Valid, "{code}");
         }
         assert_eq!(check_loinc("4548-5"), CodeCheck::BadCheckDigit);
-        assert_eq!(check_loinc("5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), CodeCheck::Invalid);
+        assert_eq!(
+            check_loinc("5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            CodeCheck::Invalid
+        );
         assert_eq!(check_loinc("QALY"), CodeCheck::Invalid);
         assert_eq!(check_loinc("-4"), CodeCheck::Invalid);
     }
 
     #[test]
     fn snomed_codes() {
-        for code in ["138875005", "22298006", "44054006", "430193006", "10939881000119105", "53741008"] {
+        for code in [
+            "138875005",
+            "22298006",
+            "44054006",
+            "430193006",
+            "10939881000119105",
+            "53741008",
+        ] {
             assert_eq!(check_snomed(code), CodeCheck::Valid, "{code}");
         }
         // Synthea's "Unhealthy alcohol drinking behavior": well-formed, wrong check digit.
         assert_eq!(check_snomed("10939881000119104"), CodeCheck::BadCheckDigit);
-        assert_eq!(check_snomed("112141AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), CodeCheck::Invalid);
+        assert_eq!(
+            check_snomed("112141AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            CodeCheck::Invalid
+        );
         assert_eq!(check_snomed("012345"), CodeCheck::Invalid);
     }
 }

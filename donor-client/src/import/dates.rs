@@ -52,7 +52,12 @@ pub(crate) fn parse(text: &str) -> Option<SourceDate> {
     }
     expect(b, 7, b'-')?;
     let day = digits(b, 8, 2)?;
-    let date = Date::new(i16::try_from(year).ok()?, i8::try_from(month).ok()?, i8::try_from(day).ok()?).ok()?;
+    let date = Date::new(
+        i16::try_from(year).ok()?,
+        i8::try_from(month).ok()?,
+        i8::try_from(day).ok()?,
+    )
+    .ok()?;
     if b.len() == 10 {
         return Some(SourceDate::Date(date));
     }
@@ -101,7 +106,9 @@ pub(crate) fn parse(text: &str) -> Option<SourceDate> {
 /// `count` ASCII digits at `at`, as a number.
 fn digits(b: &[u8], at: usize, count: usize) -> Option<u32> {
     let slice = b.get(at..at + count)?;
-    slice.iter().try_fold(0u32, |acc, d| d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0')))
+    slice.iter().try_fold(0u32, |acc, d| {
+        d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+    })
 }
 
 fn expect(b: &[u8], at: usize, byte: u8) -> Option<()> {
@@ -135,19 +142,45 @@ mod tests {
     #[test]
     fn forms_from_the_sources() {
         let dt = |s| parse(s).and_then(SourceDate::date_time);
-        assert_eq!(dt("2019-06-03T19:01:34-04:00"), Some(date(2019, 6, 3).at(19, 1, 34, 0)));
-        assert_eq!(dt("1991-08-23T11:30:34.967+00:00"), Some(date(1991, 8, 23).at(11, 30, 34, 967_000_000)));
-        assert_eq!(dt("2023-10-10T04:17:47Z"), Some(date(2023, 10, 10).at(4, 17, 47, 0)));
-        assert_eq!(dt("2024-01-01 01:01:36 +0200"), Some(date(2024, 1, 1).at(1, 1, 36, 0)));
-        assert_eq!(dt("2016-12-31T23:59:60Z"), Some(date(2016, 12, 31).at(23, 59, 59, 0)));
-        assert_eq!(parse("1972-06-12"), Some(SourceDate::Date(date(1972, 6, 12))));
+        assert_eq!(
+            dt("2019-06-03T19:01:34-04:00"),
+            Some(date(2019, 6, 3).at(19, 1, 34, 0))
+        );
+        assert_eq!(
+            dt("1991-08-23T11:30:34.967+00:00"),
+            Some(date(1991, 8, 23).at(11, 30, 34, 967_000_000))
+        );
+        assert_eq!(
+            dt("2023-10-10T04:17:47Z"),
+            Some(date(2023, 10, 10).at(4, 17, 47, 0))
+        );
+        assert_eq!(
+            dt("2024-01-01 01:01:36 +0200"),
+            Some(date(2024, 1, 1).at(1, 1, 36, 0))
+        );
+        assert_eq!(
+            dt("2016-12-31T23:59:60Z"),
+            Some(date(2016, 12, 31).at(23, 59, 59, 0))
+        );
+        assert_eq!(
+            parse("1972-06-12"),
+            Some(SourceDate::Date(date(1972, 6, 12)))
+        );
         assert_eq!(parse("1972-06"), Some(SourceDate::Partial));
         assert_eq!(parse("1972"), Some(SourceDate::Partial));
     }
 
     #[test]
     fn rejects_non_dates() {
-        for bad in ["", "abc", "2019-02-30", "2019-13", "2019-06-03T25:00", "2019-06-03X", "2019-06-03T10:00+5"] {
+        for bad in [
+            "",
+            "abc",
+            "2019-02-30",
+            "2019-13",
+            "2019-06-03T25:00",
+            "2019-06-03X",
+            "2019-06-03T10:00+5",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

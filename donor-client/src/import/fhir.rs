@@ -33,9 +33,9 @@ use super::dates::{self, SourceDate};
 use super::metered::{Meter, Metered};
 use super::report::{quoted, Collector, Skip};
 use super::{
-    is_identifying_observation, Code, CodeSystem, Demographics, ImportError, ImportOptions, ImportReport,
-    ItemSink, Note, RecordRef, Sex, SkipReason, SourceCondition, SourceItem, SourceMedication, SourceObservation,
-    SourceValue,
+    is_identifying_observation, Code, CodeSystem, Demographics, ImportError, ImportOptions,
+    ImportReport, ItemSink, Note, RecordRef, Sex, SkipReason, SourceCondition, SourceItem,
+    SourceMedication, SourceObservation, SourceValue,
 };
 
 /// How many bytes of the first line [`import_json`] looks at to tell a Bundle from NDJSON.
@@ -53,13 +53,13 @@ const NO_RESOURCE: &str = "(no resource)";
 /// Identifier systems of national person numbers (see [`Demographics::primary_national_id`]).
 const NATIONAL_ID_SYSTEMS: &[&str] = &[
     "http://hl7.org/fhir/sid/us-ssn",
-    "urn:oid:2.16.840.1.113883.4.1",    // US SSN
-    "urn:oid:1.2.208.176.1.2",          // Danish CPR
+    "urn:oid:2.16.840.1.113883.4.1", // US SSN
+    "urn:oid:1.2.208.176.1.2",       // Danish CPR
     "http://fhir.nl/fhir/NamingSystem/bsn",
     "urn:oid:2.16.840.1.113883.2.4.6.3", // Dutch BSN
     "https://fhir.nhs.uk/Id/nhs-number",
-    "urn:oid:1.2.752.129.2.1.3.1",      // Swedish personnummer
-    "urn:oid:2.16.578.1.12.4.1.4.1",    // Norwegian fødselsnummer
+    "urn:oid:1.2.752.129.2.1.3.1",   // Swedish personnummer
+    "urn:oid:2.16.578.1.12.4.1.4.1", // Norwegian fødselsnummer
 ];
 
 /// Imports FHIR JSON, telling a Bundle from NDJSON by the first line: a first line that is a complete JSON
@@ -119,7 +119,11 @@ fn read_head<R: Read>(reader: &mut BufReader<R>, file: &str) -> Result<Vec<u8>, 
     reader
         .take(SNIFF_BYTES)
         .read_until(b'\n', &mut head)
-        .map_err(|source| ImportError::Io { file: file.to_owned(), at: None, source })?;
+        .map_err(|source| ImportError::Io {
+            file: file.to_owned(),
+            at: None,
+            source,
+        })?;
     if head.starts_with(b"\xEF\xBB\xBF") {
         head.drain(..3);
     }
@@ -157,7 +161,9 @@ fn sniff(head: &[u8], file: &str) -> Result<Layout, ImportError> {
         resource_type: Option<Value>,
     }
     match serde_json::from_slice::<Probe>(head) {
-        Ok(Probe { resource_type: Some(Value::String(t)) }) if t != "Bundle" => Ok(Layout::Ndjson),
+        Ok(Probe {
+            resource_type: Some(Value::String(t)),
+        }) if t != "Bundle" => Ok(Layout::Ndjson),
         _ => Ok(Layout::Bundle),
     }
 }
@@ -168,7 +174,12 @@ fn sniff(head: &[u8], file: &str) -> Result<Layout, ImportError> {
 fn read_bundle<R: Read>(reader: R, collector: &mut Collector<'_, '_>) -> Result<(), ImportError> {
     let meter = Meter::new(collector.limits().max_bundle_entry_bytes);
     let mut de = serde_json::Deserializer::from_reader(Metered::new(reader, meter.clone()));
-    let mut state = BundleState { importer: FhirImporter::new(collector), meter, current: None, fatal: None };
+    let mut state = BundleState {
+        importer: FhirImporter::new(collector),
+        meter,
+        current: None,
+        fatal: None,
+    };
     let top = match (BundleSeed { state: &mut state }).deserialize(&mut de) {
         Ok(top) => top,
         Err(err) => return Err(state.error_from(err)),
@@ -217,17 +228,36 @@ impl BundleState<'_, '_, '_> {
         let at = self.current.map(RecordRef::BundleEntry);
         if self.meter.tripped() {
             let limit = self.importer.c.limits().max_bundle_entry_bytes;
-            return ImportError::LimitExceeded { file, at, what: "a Bundle entry", limit };
+            return ImportError::LimitExceeded {
+                file,
+                at,
+                what: "a Bundle entry",
+                limit,
+            };
         }
         match err.classify() {
-            serde_json::error::Category::Io => ImportError::Io { file, at, source: err.into() },
-            serde_json::error::Category::Eof => ImportError::Truncated { file, at, detail: err.to_string() },
-            serde_json::error::Category::Syntax => {
-                ImportError::Malformed { file, at, field: None, detail: format!("invalid JSON: {err}") }
-            }
-            serde_json::error::Category::Data => {
-                ImportError::UnexpectedFormat { file, at, field: None, detail: format!("not a FHIR Bundle: {err}") }
-            }
+            serde_json::error::Category::Io => ImportError::Io {
+                file,
+                at,
+                source: err.into(),
+            },
+            serde_json::error::Category::Eof => ImportError::Truncated {
+                file,
+                at,
+                detail: err.to_string(),
+            },
+            serde_json::error::Category::Syntax => ImportError::Malformed {
+                file,
+                at,
+                field: None,
+                detail: format!("invalid JSON: {err}"),
+            },
+            serde_json::error::Category::Data => ImportError::UnexpectedFormat {
+                file,
+                at,
+                field: None,
+                detail: format!("not a FHIR Bundle: {err}"),
+            },
         }
     }
 }
@@ -261,7 +291,9 @@ impl<'de> Visitor<'de> for BundleSeed<'_, '_, '_, '_> {
             self.state.meter.mark();
             match key.as_str() {
                 "resourceType" => resource_type = Some(map.next_value::<Value>()?),
-                "entry" => map.next_value_seed(EntriesSeed { state: &mut *self.state })?,
+                "entry" => map.next_value_seed(EntriesSeed {
+                    state: &mut *self.state,
+                })?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -299,7 +331,9 @@ impl<'de> Visitor<'de> for EntriesSeed<'_, '_, '_, '_> {
         loop {
             self.state.meter.mark();
             self.state.current = Some(index);
-            let Some(entry) = seq.next_element::<RawEntry>()? else { break };
+            let Some(entry) = seq.next_element::<RawEntry>()? else {
+                break;
+            };
             if let Err(err) = self.state.importer.entry(index, entry) {
                 self.state.fatal = Some(err);
                 return Err(de::Error::custom("import stopped"));
@@ -313,7 +347,10 @@ impl<'de> Visitor<'de> for EntriesSeed<'_, '_, '_, '_> {
 
 /// One Bundle entry: only `fullUrl` and `resource` are kept.
 enum RawEntry {
-    Entry { full_url: Option<String>, resource: Option<RawResource> },
+    Entry {
+        full_url: Option<String>,
+        resource: Option<RawResource>,
+    },
     NotAnObject,
 }
 
@@ -495,13 +532,18 @@ impl<'de> Visitor<'de> for ResourceVisitor {
 
 /// `valueQuantity`, `valueString`, ...: `value` followed by an upper-case letter.
 fn is_value_key(key: &str) -> bool {
-    key.strip_prefix("value").and_then(|rest| rest.chars().next()).is_some_and(|c| c.is_ascii_uppercase())
+    key.strip_prefix("value")
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| c.is_ascii_uppercase())
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // NDJSON
 
-fn read_ndjson<R: BufRead>(mut reader: R, collector: &mut Collector<'_, '_>) -> Result<(), ImportError> {
+fn read_ndjson<R: BufRead>(
+    mut reader: R,
+    collector: &mut Collector<'_, '_>,
+) -> Result<(), ImportError> {
     let limit = collector.limits().max_record_bytes;
     let mut importer = FhirImporter::new(collector);
     let mut line = Vec::new();
@@ -509,9 +551,14 @@ fn read_ndjson<R: BufRead>(mut reader: R, collector: &mut Collector<'_, '_>) -> 
     let mut parsed_any = false;
     loop {
         line.clear();
-        let n = (&mut reader).take(limit.saturating_add(1)).read_until(b'\n', &mut line).map_err(|source| {
-            ImportError::Io { file: importer.c.file().to_owned(), at: Some(RecordRef::Line(line_no + 1)), source }
-        })?;
+        let n = (&mut reader)
+            .take(limit.saturating_add(1))
+            .read_until(b'\n', &mut line)
+            .map_err(|source| ImportError::Io {
+                file: importer.c.file().to_owned(),
+                at: Some(RecordRef::Line(line_no + 1)),
+                source,
+            })?;
         if n == 0 {
             break;
         }
@@ -552,7 +599,14 @@ fn read_ndjson<R: BufRead>(mut reader: R, collector: &mut Collector<'_, '_>) -> 
             }
             Err(err) => {
                 importer.c.seen(UNKNOWN_TYPE);
-                importer.c.skip(at, Skip::new(SkipReason::MalformedRecord, "line", format!("invalid JSON: {err}")));
+                importer.c.skip(
+                    at,
+                    Skip::new(
+                        SkipReason::MalformedRecord,
+                        "line",
+                        format!("invalid JSON: {err}"),
+                    ),
+                );
             }
         }
     }
@@ -585,38 +639,77 @@ struct FhirImporter<'c, 's, 'a> {
 
 impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
     fn new(c: &'c mut Collector<'s, 'a>) -> Self {
-        FhirImporter { c, medications: HashMap::new(), pending: Vec::new() }
+        FhirImporter {
+            c,
+            medications: HashMap::new(),
+            pending: Vec::new(),
+        }
     }
 
     fn entry(&mut self, index: u64, entry: RawEntry) -> Result<(), ImportError> {
         let at = RecordRef::BundleEntry(index);
         match entry {
-            RawEntry::Entry { full_url, resource } => self.resource(at, full_url.as_deref(), resource),
+            RawEntry::Entry { full_url, resource } => {
+                self.resource(at, full_url.as_deref(), resource)
+            }
             RawEntry::NotAnObject => {
                 self.c.seen(UNKNOWN_TYPE);
-                self.c.skip(at, Skip::new(SkipReason::MalformedRecord, "entry", "entry is not a JSON object"));
+                self.c.skip(
+                    at,
+                    Skip::new(
+                        SkipReason::MalformedRecord,
+                        "entry",
+                        "entry is not a JSON object",
+                    ),
+                );
                 Ok(())
             }
         }
     }
 
-    fn resource(&mut self, at: RecordRef, full_url: Option<&str>, resource: Option<RawResource>) -> Result<(), ImportError> {
+    fn resource(
+        &mut self,
+        at: RecordRef,
+        full_url: Option<&str>,
+        resource: Option<RawResource>,
+    ) -> Result<(), ImportError> {
         let r = match resource {
             Some(RawResource::Object(r)) => r,
             Some(RawResource::NotAnObject) => {
                 self.c.seen(UNKNOWN_TYPE);
-                self.c.skip(at, Skip::new(SkipReason::MalformedRecord, "resource", "resource is not a JSON object"));
+                self.c.skip(
+                    at,
+                    Skip::new(
+                        SkipReason::MalformedRecord,
+                        "resource",
+                        "resource is not a JSON object",
+                    ),
+                );
                 return Ok(());
             }
             None => {
                 self.c.seen(NO_RESOURCE);
-                self.c.skip(at, Skip::new(SkipReason::UnsupportedResourceType, "resource", "entry without resource"));
+                self.c.skip(
+                    at,
+                    Skip::new(
+                        SkipReason::UnsupportedResourceType,
+                        "resource",
+                        "entry without resource",
+                    ),
+                );
                 return Ok(());
             }
         };
         let Some(resource_type) = r.get("resourceType").and_then(Value::as_str) else {
             self.c.seen(UNKNOWN_TYPE);
-            self.c.skip(at, Skip::new(SkipReason::MalformedRecord, "resourceType", "no resourceType"));
+            self.c.skip(
+                at,
+                Skip::new(
+                    SkipReason::MalformedRecord,
+                    "resourceType",
+                    "no resourceType",
+                ),
+            );
             return Ok(());
         };
         self.c.seen(resource_type);
@@ -627,9 +720,17 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             "MedicationRequest" => self.medication_request(at, &r)?,
             "Medication" => {
                 self.remember_medication(at, full_url, &r);
-                Outcome::Skipped(Skip::new(SkipReason::ReferenceOnly, "resourceType", "Medication"))
+                Outcome::Skipped(Skip::new(
+                    SkipReason::ReferenceOnly,
+                    "resourceType",
+                    "Medication",
+                ))
             }
-            other => Outcome::Skipped(Skip::new(SkipReason::UnsupportedResourceType, "resourceType", other)),
+            other => Outcome::Skipped(Skip::new(
+                SkipReason::UnsupportedResourceType,
+                "resourceType",
+                other,
+            )),
         };
         match outcome {
             Outcome::Emitted => self.c.record_emitted(),
@@ -641,17 +742,29 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
 
     // --- Patient -----------------------------------------------------------------------------------------
 
-    fn patient(&mut self, at: RecordRef, full_url: Option<&str>, r: &Map<String, Value>) -> Result<Outcome, ImportError> {
+    fn patient(
+        &mut self,
+        at: RecordRef,
+        full_url: Option<&str>,
+        r: &Map<String, Value>,
+    ) -> Result<Outcome, ImportError> {
         let mut d = Demographics {
-            patient: str_field(r, "id").map(str::to_owned).or_else(|| full_url.map(local_id)),
+            patient: str_field(r, "id")
+                .map(str::to_owned)
+                .or_else(|| full_url.map(local_id)),
             location: Some(self.c.location(at)),
             ..Demographics::default()
         };
         if let Some(text) = str_field(r, "birthDate") {
             match dates::parse(text) {
-                Some(SourceDate::Partial) => self.c.note(at, Note::ImpreciseDate, "birthDate", quoted(text)),
+                Some(SourceDate::Partial) => {
+                    self.c
+                        .note(at, Note::ImpreciseDate, "birthDate", quoted(text))
+                }
                 Some(date) => d.birth_date = date.date(),
-                None => self.c.note(at, Note::UnparsableBirthDate, "birthDate", quoted(text)),
+                None => self
+                    .c
+                    .note(at, Note::UnparsableBirthDate, "birthDate", quoted(text)),
             }
         }
         if let Some(gender) = str_field(r, "gender") {
@@ -661,13 +774,20 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
                 "other" => Some(Sex::Other),
                 "unknown" => Some(Sex::Unknown),
                 other => {
-                    self.c.note(at, Note::UnrecognisedSex, "gender", quoted(other));
+                    self.c
+                        .note(at, Note::UnrecognisedSex, "gender", quoted(other));
                     None
                 }
             };
         }
         for identifier in array_field(r, "identifier") {
-            let Some(value) = identifier.get("value").and_then(Value::as_str).map(str::trim) else { continue };
+            let Some(value) = identifier
+                .get("value")
+                .and_then(Value::as_str)
+                .map(str::trim)
+            else {
+                continue;
+            };
             if value.is_empty() {
                 continue;
             }
@@ -688,19 +808,37 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             }
         }
         fn postcode_of(address: &Value) -> Option<&str> {
-            address.get("postalCode").and_then(Value::as_str).map(str::trim).filter(|p| !p.is_empty())
+            address
+                .get("postalCode")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
         }
-        let current = addresses.iter().filter(|a| a.get("use").and_then(Value::as_str) != Some("old"));
-        d.postcode = current.filter_map(postcode_of).next().or_else(|| addresses.iter().find_map(postcode_of)).map(str::to_owned);
+        let current = addresses
+            .iter()
+            .filter(|a| a.get("use").and_then(Value::as_str) != Some("old"));
+        d.postcode = current
+            .filter_map(postcode_of)
+            .next()
+            .or_else(|| addresses.iter().find_map(postcode_of))
+            .map(str::to_owned);
         self.c.emit(SourceItem::Demographics(d))?;
         Ok(Outcome::Emitted)
     }
 
     // --- Observation -------------------------------------------------------------------------------------
 
-    fn observation(&mut self, at: RecordRef, r: &Map<String, Value>) -> Result<Outcome, ImportError> {
+    fn observation(
+        &mut self,
+        at: RecordRef,
+        r: &Map<String, Value>,
+    ) -> Result<Outcome, ImportError> {
         if str_field(r, "status") == Some("entered-in-error") {
-            return Ok(Outcome::Skipped(Skip::new(SkipReason::EnteredInError, "status", "entered-in-error")));
+            return Ok(Outcome::Skipped(Skip::new(
+                SkipReason::EnteredInError,
+                "status",
+                "entered-in-error",
+            )));
         }
         let effective = match self.effective(at, r) {
             Ok(effective) => effective,
@@ -710,15 +848,27 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             None => &[],
             Some(Value::Array(components)) => components,
             Some(_) => {
-                return Ok(Outcome::Skipped(Skip::new(SkipReason::MalformedRecord, "component", "not an array")))
+                return Ok(Outcome::Skipped(Skip::new(
+                    SkipReason::MalformedRecord,
+                    "component",
+                    "not an array",
+                )))
             }
         };
         let has_value = r.keys().any(|k| is_value_key(k));
         if !has_value && components.is_empty() {
             let skip = if r.contains_key("hasMember") || r.contains_key("derivedFrom") {
-                Skip::new(SkipReason::PanelWithoutValue, "value[x]", "a panel with members and no value of its own")
+                Skip::new(
+                    SkipReason::PanelWithoutValue,
+                    "value[x]",
+                    "a panel with members and no value of its own",
+                )
             } else if r.contains_key("dataAbsentReason") {
-                Skip::new(SkipReason::MissingValue, "value[x]", "no value (dataAbsentReason given)")
+                Skip::new(
+                    SkipReason::MissingValue,
+                    "value[x]",
+                    "no value (dataAbsentReason given)",
+                )
             } else {
                 Skip::new(SkipReason::MissingValue, "value[x]", "no value")
             };
@@ -744,9 +894,19 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         for (i, component) in components.iter().enumerate() {
             let prefix = format!("component[{i}].");
             results.push(match component.as_object() {
-                Some(obj) if obj.keys().any(|k| is_value_key(k)) => self.coded_value(at, obj, &prefix),
-                Some(_) => Err(Skip::new(SkipReason::MissingValue, format!("{prefix}value[x]"), "no value")),
-                None => Err(Skip::new(SkipReason::MalformedRecord, format!("component[{i}]"), "not an object")),
+                Some(obj) if obj.keys().any(|k| is_value_key(k)) => {
+                    self.coded_value(at, obj, &prefix)
+                }
+                Some(_) => Err(Skip::new(
+                    SkipReason::MissingValue,
+                    format!("{prefix}value[x]"),
+                    "no value",
+                )),
+                None => Err(Skip::new(
+                    SkipReason::MalformedRecord,
+                    format!("component[{i}]"),
+                    "not an object",
+                )),
             });
         }
         for result in results {
@@ -764,7 +924,11 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         Ok(match (emitted, first_failure) {
             (true, _) => Outcome::Emitted,
             (false, Some(skip)) => Outcome::Skipped(skip),
-            (false, None) => Outcome::Skipped(Skip::new(SkipReason::MissingValue, "component", "no usable component")),
+            (false, None) => Outcome::Skipped(Skip::new(
+                SkipReason::MissingValue,
+                "component",
+                "no usable component",
+            )),
         })
     }
 
@@ -777,20 +941,39 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         effective: Option<jiff::civil::DateTime>,
     ) -> Result<(), ImportError> {
         let location = self.c.location(at);
-        self.c.emit(SourceItem::Observation(SourceObservation { patient: patient.clone(), code, value, effective, location }))
+        self.c.emit(SourceItem::Observation(SourceObservation {
+            patient: patient.clone(),
+            code,
+            value,
+            effective,
+            location,
+        }))
     }
 
     /// The value and code of an observation or component (`prefix` names the component in problems).
-    fn coded_value(&mut self, at: RecordRef, obj: &Map<String, Value>, prefix: &str) -> Result<(Code, SourceValue), Skip> {
+    fn coded_value(
+        &mut self,
+        at: RecordRef,
+        obj: &Map<String, Value>,
+        prefix: &str,
+    ) -> Result<(Code, SourceValue), Skip> {
         let code = self.select_code(at, obj.get("code"), &format!("{prefix}code"))?;
         if is_identifying_observation(&code) {
-            return Err(Skip::new(SkipReason::IdentifyingObservation, format!("{prefix}code"), code.code));
+            return Err(Skip::new(
+                SkipReason::IdentifyingObservation,
+                format!("{prefix}code"),
+                code.code,
+            ));
         }
         let value = read_value(obj, prefix)?;
         Ok((code, value))
     }
 
-    fn effective(&mut self, at: RecordRef, r: &Map<String, Value>) -> Result<Option<jiff::civil::DateTime>, Skip> {
+    fn effective(
+        &mut self,
+        at: RecordRef,
+        r: &Map<String, Value>,
+    ) -> Result<Option<jiff::civil::DateTime>, Skip> {
         let (field, value) = if let Some(v) = r.get("effectiveDateTime") {
             ("effectiveDateTime", v)
         } else if let Some(v) = r.get("effectiveInstant") {
@@ -799,7 +982,12 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             ("effectivePeriod.start", v)
         } else {
             if r.contains_key("effectiveTiming") {
-                self.c.note(at, Note::UnsupportedDateForm, "effectiveTiming", "effectiveTiming".into());
+                self.c.note(
+                    at,
+                    Note::UnsupportedDateForm,
+                    "effectiveTiming",
+                    "effectiveTiming".into(),
+                );
             }
             return Ok(None);
         };
@@ -807,7 +995,12 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
     }
 
     /// Parses a date field; a partial date is noted and gives `None`.
-    fn date(&mut self, at: RecordRef, field: &'static str, value: &Value) -> Result<Option<SourceDate>, Skip> {
+    fn date(
+        &mut self,
+        at: RecordRef,
+        field: &'static str,
+        value: &Value,
+    ) -> Result<Option<SourceDate>, Skip> {
         let Some(text) = value.as_str() else {
             return Err(Skip::new(SkipReason::UnparsableDate, field, "not a string"));
         };
@@ -817,7 +1010,11 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
                 Ok(None)
             }
             Some(date) => Ok(Some(date)),
-            None => Err(Skip::new(SkipReason::UnparsableDate, field, format!("not a date {}", quoted(text)))),
+            None => Err(Skip::new(
+                SkipReason::UnparsableDate,
+                field,
+                format!("not a date {}", quoted(text)),
+            )),
         }
     }
 
@@ -826,47 +1023,90 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         let reference = r.get("subject")?.get("reference")?.as_str()?;
         let key = patient_id_from_reference(reference);
         if key.is_none() {
-            self.c.note(at, Note::UnresolvedSubject, "subject.reference", quoted(reference));
+            self.c.note(
+                at,
+                Note::UnresolvedSubject,
+                "subject.reference",
+                quoted(reference),
+            );
         }
         key
     }
 
     /// Picks the code of a CodeableConcept (see the module docs).
-    fn select_code(&mut self, at: RecordRef, concept: Option<&Value>, field: &str) -> Result<Code, Skip> {
-        let codings = concept.and_then(|c| c.get("coding")).and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    fn select_code(
+        &mut self,
+        at: RecordRef,
+        concept: Option<&Value>,
+        field: &str,
+    ) -> Result<Code, Skip> {
+        let codings = concept
+            .and_then(|c| c.get("coding"))
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
         let mut invalid = None;
         let mut fallback = None;
         for (i, coding) in codings.iter().enumerate() {
-            let code = coding.get("code").and_then(Value::as_str).map(str::trim).filter(|c| !c.is_empty());
+            let code = coding
+                .get("code")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|c| !c.is_empty());
             let system_uri = coding.get("system").and_then(Value::as_str);
-            let (Some(code), Some(system_uri)) = (code, system_uri) else { continue };
+            let (Some(code), Some(system_uri)) = (code, system_uri) else {
+                continue;
+            };
             let system = CodeSystem::from_uri(system_uri);
             if !system.is_known() {
-                fallback.get_or_insert_with(|| Code { system, code: code.to_owned() });
+                fallback.get_or_insert_with(|| Code {
+                    system,
+                    code: code.to_owned(),
+                });
                 continue;
             }
             let verdict = codes::check(&system, code);
             if verdict == CodeCheck::Invalid {
                 invalid.get_or_insert_with(|| {
                     let detail = format!("{} is not a valid {system} code", quoted(code));
-                    Skip::new(SkipReason::InvalidCode, format!("{field}.coding[{i}].code"), detail)
+                    Skip::new(
+                        SkipReason::InvalidCode,
+                        format!("{field}.coding[{i}].code"),
+                        detail,
+                    )
                 });
                 continue;
             }
             if system_uri != system.uri() {
-                self.c.note(at, Note::NonCanonicalSystemUri, format!("{field}.coding[{i}].system"), quoted(system_uri));
+                self.c.note(
+                    at,
+                    Note::NonCanonicalSystemUri,
+                    format!("{field}.coding[{i}].system"),
+                    quoted(system_uri),
+                );
             }
             if verdict == CodeCheck::BadCheckDigit {
                 let detail = format!("{system} {} has a wrong check digit", quoted(code));
-                self.c.note(at, Note::CheckDigitMismatch, format!("{field}.coding[{i}].code"), detail);
+                self.c.note(
+                    at,
+                    Note::CheckDigitMismatch,
+                    format!("{field}.coding[{i}].code"),
+                    detail,
+                );
             }
-            return Ok(Code { system, code: code.to_owned() });
+            return Ok(Code {
+                system,
+                code: code.to_owned(),
+            });
         }
         if let Some(skip) = invalid {
             return Err(skip);
         }
         fallback.ok_or_else(|| {
-            let detail = if codings.is_empty() { "no coding" } else { "no coding with both system and code" };
+            let detail = if codings.is_empty() {
+                "no coding"
+            } else {
+                "no coding with both system and code"
+            };
             Skip::new(SkipReason::MissingCode, field.to_owned(), detail)
         })
     }
@@ -874,15 +1114,26 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
     // --- Condition ---------------------------------------------------------------------------------------
 
     fn condition(&mut self, at: RecordRef, r: &Map<String, Value>) -> Result<Outcome, ImportError> {
-        let verification = r.get("verificationStatus").and_then(|v| v.get("coding")).and_then(Value::as_array);
+        let verification = r
+            .get("verificationStatus")
+            .and_then(|v| v.get("coding"))
+            .and_then(Value::as_array);
         for coding in verification.map_or(&[][..], Vec::as_slice) {
             match coding.get("code").and_then(Value::as_str) {
                 Some("entered-in-error") => {
-                    let skip = Skip::new(SkipReason::EnteredInError, "verificationStatus", "entered-in-error");
+                    let skip = Skip::new(
+                        SkipReason::EnteredInError,
+                        "verificationStatus",
+                        "entered-in-error",
+                    );
                     return Ok(Outcome::Skipped(skip));
                 }
                 Some("refuted") => {
-                    return Ok(Outcome::Skipped(Skip::new(SkipReason::Refuted, "verificationStatus", "refuted")))
+                    return Ok(Outcome::Skipped(Skip::new(
+                        SkipReason::Refuted,
+                        "verificationStatus",
+                        "refuted",
+                    )))
                 }
                 _ => {}
             }
@@ -896,8 +1147,12 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         } else if let Some(v) = r.get("onsetPeriod").and_then(|p| p.get("start")) {
             self.date(at, "onsetPeriod.start", v)
         } else {
-            if let Some(key) = ["onsetAge", "onsetRange", "onsetString"].into_iter().find(|k| r.contains_key(*k)) {
-                self.c.note(at, Note::UnsupportedDateForm, key, key.to_owned());
+            if let Some(key) = ["onsetAge", "onsetRange", "onsetString"]
+                .into_iter()
+                .find(|k| r.contains_key(*k))
+            {
+                self.c
+                    .note(at, Note::UnsupportedDateForm, key, key.to_owned());
             }
             Ok(None)
         };
@@ -907,15 +1162,28 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         };
         let patient = self.subject(at, r);
         let location = self.c.location(at);
-        self.c.emit(SourceItem::Condition(SourceCondition { patient, code, onset, location }))?;
+        self.c.emit(SourceItem::Condition(SourceCondition {
+            patient,
+            code,
+            onset,
+            location,
+        }))?;
         Ok(Outcome::Emitted)
     }
 
     // --- MedicationRequest and Medication ------------------------------------------------------------------
 
-    fn medication_request(&mut self, at: RecordRef, r: &Map<String, Value>) -> Result<Outcome, ImportError> {
+    fn medication_request(
+        &mut self,
+        at: RecordRef,
+        r: &Map<String, Value>,
+    ) -> Result<Outcome, ImportError> {
         if str_field(r, "status") == Some("entered-in-error") {
-            return Ok(Outcome::Skipped(Skip::new(SkipReason::EnteredInError, "status", "entered-in-error")));
+            return Ok(Outcome::Skipped(Skip::new(
+                SkipReason::EnteredInError,
+                "status",
+                "entered-in-error",
+            )));
         }
         let authored = match r.get("authoredOn").map(|v| self.date(at, "authoredOn", v)) {
             None => None,
@@ -924,7 +1192,9 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         };
         // R4 medicationCodeableConcept / medicationReference; R5 medication.concept / medication.reference.
         let r5 = r.get("medication");
-        let concept = r.get("medicationCodeableConcept").or_else(|| r5.and_then(|m| m.get("concept")));
+        let concept = r
+            .get("medicationCodeableConcept")
+            .or_else(|| r5.and_then(|m| m.get("concept")));
         let reference = r
             .get("medicationReference")
             .or_else(|| r5.and_then(|m| m.get("reference")))
@@ -939,15 +1209,28 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
                     if self.pending.len() < self.c.limits().max_reference_table {
                         let patient = self.subject(at, r);
                         let reference = reference_key(reference);
-                        self.pending.push(PendingMedication { at, reference, patient, authored });
+                        self.pending.push(PendingMedication {
+                            at,
+                            reference,
+                            patient,
+                            authored,
+                        });
                         return Ok(Outcome::Deferred);
                     }
                     let detail = format!("{} (too many unresolved references)", quoted(reference));
-                    Err(Skip::new(SkipReason::UnresolvedMedicationReference, "medicationReference", detail))
+                    Err(Skip::new(
+                        SkipReason::UnresolvedMedicationReference,
+                        "medicationReference",
+                        detail,
+                    ))
                 }
             }
         } else {
-            Err(Skip::new(SkipReason::MissingCode, "medication[x]", "no medicationCodeableConcept or medicationReference"))
+            Err(Skip::new(
+                SkipReason::MissingCode,
+                "medication[x]",
+                "no medicationCodeableConcept or medicationReference",
+            ))
         };
         let code = match code {
             Ok(code) => code,
@@ -955,12 +1238,22 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         };
         let patient = self.subject(at, r);
         let location = self.c.location(at);
-        self.c.emit(SourceItem::Medication(SourceMedication { patient, code, authored, location }))?;
+        self.c.emit(SourceItem::Medication(SourceMedication {
+            patient,
+            code,
+            authored,
+            location,
+        }))?;
         Ok(Outcome::Emitted)
     }
 
     /// Resolves a medication reference against `contained` or earlier `Medication`s; `None` if not (yet) known.
-    fn resolve_medication(&mut self, at: RecordRef, r: &Map<String, Value>, reference: &str) -> Option<Result<Code, Skip>> {
+    fn resolve_medication(
+        &mut self,
+        at: RecordRef,
+        r: &Map<String, Value>,
+        reference: &str,
+    ) -> Option<Result<Code, Skip>> {
         if let Some(local) = reference.strip_prefix('#') {
             let contained = array_field(r, "contained").iter().find(|c| {
                 c.get("id").and_then(Value::as_str) == Some(local)
@@ -978,16 +1271,23 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
         self.medications.get(&reference_key(reference)).cloned()
     }
 
-    fn remember_medication(&mut self, at: RecordRef, full_url: Option<&str>, r: &Map<String, Value>) {
+    fn remember_medication(
+        &mut self,
+        at: RecordRef,
+        full_url: Option<&str>,
+        r: &Map<String, Value>,
+    ) {
         if self.medications.len() >= self.c.limits().max_reference_table {
             return;
         }
         let code = self.select_code(at, r.get("code"), "code");
         if let Some(id) = str_field(r, "id") {
-            self.medications.insert(format!("Medication/{id}"), code.clone());
+            self.medications
+                .insert(format!("Medication/{id}"), code.clone());
             // Synthea's ids are the UUIDs of their `urn:uuid:` fullUrls; this resolves such references in
             // NDJSON, which has no fullUrl.
-            self.medications.insert(format!("urn:uuid:{id}"), code.clone());
+            self.medications
+                .insert(format!("urn:uuid:{id}"), code.clone());
         }
         if let Some(url) = full_url {
             self.medications.insert(reference_key(url), code);
@@ -1001,14 +1301,23 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             match self.medications.get(&pending.reference).cloned() {
                 Some(Ok(code)) => {
                     let location = self.c.location(at);
-                    let item = SourceMedication { patient: pending.patient, code, authored: pending.authored, location };
+                    let item = SourceMedication {
+                        patient: pending.patient,
+                        code,
+                        authored: pending.authored,
+                        location,
+                    };
                     self.c.emit(SourceItem::Medication(item))?;
                     self.c.record_emitted();
                 }
                 Some(Err(skip)) => self.c.skip(at, skip),
                 None => {
                     let detail = format!("{} is not in the file", quoted(&pending.reference));
-                    let skip = Skip::new(SkipReason::UnresolvedMedicationReference, "medicationReference", detail);
+                    let skip = Skip::new(
+                        SkipReason::UnresolvedMedicationReference,
+                        "medicationReference",
+                        detail,
+                    );
                     self.c.skip(at, skip);
                 }
             }
@@ -1021,11 +1330,16 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
 // Field helpers
 
 fn str_field<'v>(r: &'v Map<String, Value>, key: &str) -> Option<&'v str> {
-    r.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+    r.get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 fn array_field<'v>(r: &'v Map<String, Value>, key: &str) -> &'v [Value] {
-    r.get(key).and_then(Value::as_array).map_or(&[][..], Vec::as_slice)
+    r.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
 }
 
 fn push_unique(list: &mut Vec<String>, value: &str) {
@@ -1044,10 +1358,17 @@ fn collect_names(names: &[Value], out: &mut Vec<String>) {
         match name.get("family") {
             Some(Value::String(family)) => push_unique(out, family),
             // STU3 and earlier allowed several family names.
-            Some(Value::Array(families)) => families.iter().filter_map(Value::as_str).for_each(|f| push_unique(out, f)),
+            Some(Value::Array(families)) => families
+                .iter()
+                .filter_map(Value::as_str)
+                .for_each(|f| push_unique(out, f)),
             _ => {}
         }
-        for given in name.get("given").and_then(Value::as_array).map_or(&[][..], Vec::as_slice) {
+        for given in name
+            .get("given")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+        {
             if let Some(given) = given.as_str() {
                 push_unique(out, given);
             }
@@ -1061,7 +1382,11 @@ fn collect_addresses(addresses: &[Value], out: &mut Vec<String>) {
         if let Some(text) = address.get("text").and_then(Value::as_str) {
             push_unique(out, text);
         }
-        for line in address.get("line").and_then(Value::as_array).map_or(&[][..], Vec::as_slice) {
+        for line in address
+            .get("line")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+        {
             if let Some(line) = line.as_str() {
                 push_unique(out, line);
             }
@@ -1071,14 +1396,22 @@ fn collect_addresses(addresses: &[Value], out: &mut Vec<String>) {
 
 /// Whether an Identifier is a national person number, by system or by its v2-0203 type code.
 fn is_national_identifier(identifier: &Value) -> bool {
-    let system = identifier.get("system").and_then(Value::as_str).map(str::trim);
+    let system = identifier
+        .get("system")
+        .and_then(Value::as_str)
+        .map(str::trim);
     if system.is_some_and(|s| NATIONAL_ID_SYSTEMS.contains(&s)) {
         return true;
     }
-    let codings = identifier.get("type").and_then(|t| t.get("coding")).and_then(Value::as_array);
-    codings.map_or(&[][..], Vec::as_slice).iter().filter_map(|c| c.get("code").and_then(Value::as_str)).any(|code| {
-        matches!(code, "SS" | "NI") || (code.len() == 5 && code.starts_with("NN"))
-    })
+    let codings = identifier
+        .get("type")
+        .and_then(|t| t.get("coding"))
+        .and_then(Value::as_array);
+    codings
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter_map(|c| c.get("code").and_then(Value::as_str))
+        .any(|code| matches!(code, "SS" | "NI") || (code.len() == 5 && code.starts_with("NN")))
 }
 
 /// `urn:uuid:X` → `X`; a URL → its last path segment.
@@ -1125,26 +1458,49 @@ fn reference_key(reference: &str) -> String {
 /// The observation value in `obj` (a resource or a component); the caller checked one is present.
 fn read_value(obj: &Map<String, Value>, prefix: &str) -> Result<SourceValue, Skip> {
     let Some((key, value)) = obj.iter().find(|(k, _)| is_value_key(k)) else {
-        return Err(Skip::new(SkipReason::MissingValue, format!("{prefix}value[x]"), "no value"));
+        return Err(Skip::new(
+            SkipReason::MissingValue,
+            format!("{prefix}value[x]"),
+            "no value",
+        ));
     };
     let field = |suffix: &str| format!("{prefix}{key}{suffix}");
     match key.as_str() {
         "valueQuantity" => read_quantity(value, &field),
         "valueString" | "valueDateTime" | "valueTime" => match value.as_str() {
             Some(text) if !text.trim().is_empty() => Ok(SourceValue::Text(text.to_owned())),
-            Some(_) => Err(Skip::new(SkipReason::MissingValue, field(""), "empty string")),
-            None => Err(Skip::new(SkipReason::UnparsableValue, field(""), "not a string")),
+            Some(_) => Err(Skip::new(
+                SkipReason::MissingValue,
+                field(""),
+                "empty string",
+            )),
+            None => Err(Skip::new(
+                SkipReason::UnparsableValue,
+                field(""),
+                "not a string",
+            )),
         },
         "valueBoolean" => match value.as_bool() {
             Some(b) => Ok(SourceValue::Text(b.to_string())),
-            None => Err(Skip::new(SkipReason::UnparsableValue, field(""), "not a boolean")),
+            None => Err(Skip::new(
+                SkipReason::UnparsableValue,
+                field(""),
+                "not a boolean",
+            )),
         },
         "valueInteger" => match value.as_i64() {
             Some(n) => Ok(SourceValue::Text(n.to_string())),
-            None => Err(Skip::new(SkipReason::UnparsableValue, field(""), "not an integer")),
+            None => Err(Skip::new(
+                SkipReason::UnparsableValue,
+                field(""),
+                "not an integer",
+            )),
         },
         "valueCodeableConcept" => {
-            let first_coding = value.get("coding").and_then(Value::as_array).and_then(|c| c.first());
+            let first_coding = value
+                .get("coding")
+                .and_then(Value::as_array)
+                .and_then(|c| c.first());
             let text = [
                 value.get("text"),
                 first_coding.and_then(|c| c.get("display")),
@@ -1156,26 +1512,50 @@ fn read_value(obj: &Map<String, Value>, prefix: &str) -> Result<SourceValue, Ski
             .find(|t| !t.trim().is_empty());
             match text {
                 Some(text) => Ok(SourceValue::Text(text.to_owned())),
-                None => Err(Skip::new(SkipReason::UnparsableValue, field(""), "CodeableConcept without text or coding")),
+                None => Err(Skip::new(
+                    SkipReason::UnparsableValue,
+                    field(""),
+                    "CodeableConcept without text or coding",
+                )),
             }
         }
-        other => Err(Skip::new(SkipReason::UnsupportedValueType, field(""), format!("{other} is not supported"))),
+        other => Err(Skip::new(
+            SkipReason::UnsupportedValueType,
+            field(""),
+            format!("{other} is not supported"),
+        )),
     }
 }
 
 fn read_quantity(value: &Value, field: &dyn Fn(&str) -> String) -> Result<SourceValue, Skip> {
     let Some(q) = value.as_object() else {
-        return Err(Skip::new(SkipReason::UnparsableValue, field(""), "not an object"));
+        return Err(Skip::new(
+            SkipReason::UnparsableValue,
+            field(""),
+            "not an object",
+        ));
     };
-    if let Some(comparator) = q.get("comparator").and_then(Value::as_str).filter(|c| !c.is_empty()) {
+    if let Some(comparator) = q
+        .get("comparator")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+    {
         let detail = format!("comparator {}", quoted(comparator));
-        return Err(Skip::new(SkipReason::ValueWithComparator, field(".comparator"), detail));
+        return Err(Skip::new(
+            SkipReason::ValueWithComparator,
+            field(".comparator"),
+            detail,
+        ));
     }
     let number = match q.get("value") {
         Some(Value::Number(n)) => n.as_f64(),
         Some(Value::String(s)) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
         None | Some(Value::Null) => {
-            return Err(Skip::new(SkipReason::MissingValue, field(".value"), "quantity without value"));
+            return Err(Skip::new(
+                SkipReason::MissingValue,
+                field(".value"),
+                "quantity without value",
+            ));
         }
         Some(_) => None,
     };
@@ -1184,13 +1564,33 @@ fn read_quantity(value: &Value, field: &dyn Fn(&str) -> String) -> Result<Source
             Some(Value::String(s)) => s.clone(),
             other => other.map(Value::to_string).unwrap_or_default(),
         };
-        return Err(Skip::new(SkipReason::UnparsableValue, field(".value"), format!("not a number {}", quoted(&shown))));
+        return Err(Skip::new(
+            SkipReason::UnparsableValue,
+            field(".value"),
+            format!("not a number {}", quoted(&shown)),
+        ));
     };
-    let text = |k: &str| q.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
-    let unit = if text("system") == Some(UCUM) { text("code").or_else(|| text("unit")) } else { text("unit").or_else(|| text("code")) };
+    let text = |k: &str| {
+        q.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let unit = if text("system") == Some(UCUM) {
+        text("code").or_else(|| text("unit"))
+    } else {
+        text("unit").or_else(|| text("code"))
+    };
     match unit {
-        Some(unit) => Ok(SourceValue::Quantity { value: number, unit: unit.to_owned() }),
-        None => Err(Skip::new(SkipReason::MissingUnit, field(".unit"), format!("{number} without unit"))),
+        Some(unit) => Ok(SourceValue::Quantity {
+            value: number,
+            unit: unit.to_owned(),
+        }),
+        None => Err(Skip::new(
+            SkipReason::MissingUnit,
+            field(".unit"),
+            format!("{number} without unit"),
+        )),
     }
 }
 
@@ -1200,12 +1600,24 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(patient_id_from_reference("urn:uuid:abc").as_deref(), Some("abc"));
-        assert_eq!(patient_id_from_reference("Patient/abc").as_deref(), Some("abc"));
-        assert_eq!(patient_id_from_reference("https://h/fhir/Patient/abc/_history/2").as_deref(), Some("abc"));
+        assert_eq!(
+            patient_id_from_reference("urn:uuid:abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            patient_id_from_reference("Patient/abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            patient_id_from_reference("https://h/fhir/Patient/abc/_history/2").as_deref(),
+            Some("abc")
+        );
         assert_eq!(patient_id_from_reference("Patient?identifier=x|1"), None);
         assert_eq!(patient_id_from_reference("Group/1"), None);
-        assert_eq!(reference_key("https://h/fhir/Medication/m1/_history/3"), "Medication/m1");
+        assert_eq!(
+            reference_key("https://h/fhir/Medication/m1/_history/3"),
+            "Medication/m1"
+        );
         assert_eq!(reference_key("urn:uuid:m1"), "urn:uuid:m1");
         assert_eq!(local_id("urn:uuid:p1"), "p1");
     }

@@ -52,7 +52,9 @@ impl Meter {
     }
 
     fn add(&self, n: u64) {
-        self.0.since_mark.set(self.0.since_mark.get().saturating_add(n));
+        self.0
+            .since_mark
+            .set(self.0.since_mark.get().saturating_add(n));
     }
 
     fn check(&self) -> io::Result<()> {
@@ -105,7 +107,10 @@ impl<R: BufRead> BufRead for Metered<R> {
         if let Ok(buf) = self.inner.fill_buf() {
             let taken = &buf[..amt.min(buf.len())];
             let newlines = taken.iter().filter(|&&b| b == b'\n').count() as u64;
-            self.meter.0.newlines.set(self.meter.0.newlines.get() + newlines);
+            self.meter
+                .0
+                .newlines
+                .set(self.meter.0.newlines.get() + newlines);
         }
         self.meter.add(amt as u64);
         self.inner.consume(amt);

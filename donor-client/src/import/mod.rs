@@ -102,11 +102,17 @@ impl CodeSystem {
     pub fn from_uri(uri: &str) -> CodeSystem {
         let trimmed = uri.trim();
         let norm = trimmed.trim_end_matches('/').to_ascii_lowercase();
-        let norm = norm.strip_prefix("https://").map_or(norm.clone(), |rest| format!("http://{rest}"));
+        let norm = norm
+            .strip_prefix("https://")
+            .map_or(norm.clone(), |rest| format!("http://{rest}"));
         match norm.as_str() {
-            "http://loinc.org" | "http://loinc" | "urn:oid:2.16.840.1.113883.6.1" => CodeSystem::Loinc,
+            "http://loinc.org" | "http://loinc" | "urn:oid:2.16.840.1.113883.6.1" => {
+                CodeSystem::Loinc
+            }
             "http://snomed.info/sct" | "urn:oid:2.16.840.1.113883.6.96" => CodeSystem::Snomed,
-            "http://www.nlm.nih.gov/research/umls/rxnorm" | "urn:oid:2.16.840.1.113883.6.88" => CodeSystem::RxNorm,
+            "http://www.nlm.nih.gov/research/umls/rxnorm" | "urn:oid:2.16.840.1.113883.6.88" => {
+                CodeSystem::RxNorm
+            }
             "http://developer.apple.com/documentation/healthkit" => CodeSystem::AppleHealthKit,
             _ => CodeSystem::Other(trimmed.to_owned()),
         }
@@ -272,9 +278,15 @@ impl fmt::Debug for Demographics {
             .field("sex", &self.sex)
             .field("postcode", &redacted(&self.postcode))
             .field("primary_national_id", &redacted(&self.primary_national_id))
-            .field("national_ids", &format_args!("<{} redacted>", self.national_ids.len()))
+            .field(
+                "national_ids",
+                &format_args!("<{} redacted>", self.national_ids.len()),
+            )
             .field("names", &format_args!("<{} redacted>", self.names.len()))
-            .field("addresses", &format_args!("<{} redacted>", self.addresses.len()))
+            .field(
+                "addresses",
+                &format_args!("<{} redacted>", self.addresses.len()),
+            )
             .field("location", &self.location)
             .finish()
     }
@@ -336,7 +348,9 @@ impl fmt::Display for RecordRef {
         match self {
             RecordRef::Line(line) => write!(f, "line {line}"),
             RecordRef::BundleEntry(index) => write!(f, "entry[{index}]"),
-            RecordRef::XmlElement { line, byte_offset } => write!(f, "line {line} (byte {byte_offset})"),
+            RecordRef::XmlElement { line, byte_offset } => {
+                write!(f, "line {line} (byte {byte_offset})")
+            }
         }
     }
 }
@@ -448,10 +462,9 @@ pub fn import_path_with(
         }
         SourceFormat::FhirJson => {
             let file = open(path)?;
-            let ndjson = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e.eq_ignore_ascii_case("ndjson") || e.eq_ignore_ascii_case("jsonl"));
+            let ndjson = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                e.eq_ignore_ascii_case("ndjson") || e.eq_ignore_ascii_case("jsonl")
+            });
             if ndjson {
                 fhir::import_ndjson(file, &name, options, sink)
             } else {
@@ -460,7 +473,12 @@ pub fn import_path_with(
         }
         SourceFormat::AppleHealthXml => {
             let file = open(path)?;
-            apple::import_xml(BufReader::with_capacity(256 * 1024, file), &name, options, sink)
+            apple::import_xml(
+                BufReader::with_capacity(256 * 1024, file),
+                &name,
+                options,
+                sink,
+            )
         }
         SourceFormat::AppleHealthZip => {
             let file = open(path)?;
@@ -475,12 +493,20 @@ pub fn import_path_with(
 /// table.
 pub fn detect_format(path: &Path) -> Result<SourceFormat, ImportError> {
     let name = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| ImportError::Io { file: name.clone(), at: None, source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ImportError::Io {
+        file: name.clone(),
+        at: None,
+        source,
+    })?;
     if meta.is_dir() {
         return Ok(SourceFormat::SyntheaCsvDirectory);
     }
     let mut reader = BufReader::with_capacity(1024, open(path)?);
-    let head = reader.fill_buf().map_err(|source| ImportError::Io { file: name.clone(), at: None, source })?;
+    let head = reader.fill_buf().map_err(|source| ImportError::Io {
+        file: name.clone(),
+        at: None,
+        source,
+    })?;
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Ok(SourceFormat::AppleHealthZip);
     }
@@ -506,7 +532,11 @@ pub fn detect_format(path: &Path) -> Result<SourceFormat, ImportError> {
 }
 
 fn open(path: &Path) -> Result<File, ImportError> {
-    File::open(path).map_err(|source| ImportError::Io { file: path.display().to_string(), at: None, source })
+    File::open(path).map_err(|source| ImportError::Io {
+        file: path.display().to_string(),
+        at: None,
+        source,
+    })
 }
 
 /// LOINC codes whose answer is itself a direct identifier; such observations are never emitted.

@@ -105,7 +105,8 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// Something worth knowing about a record that was still emitted.
+/// Something worth knowing about a record that does not by itself stop it from being emitted. Counted when
+/// found, so a record can carry a note and still be skipped later for another reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Note {
@@ -186,7 +187,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: field {}: {} ({})", self.location, self.field, self.detail, self.kind)
+        write!(
+            f,
+            "{}: field {}: {} ({})",
+            self.location, self.field, self.detail, self.kind
+        )
     }
 }
 
@@ -232,7 +237,7 @@ pub struct ImportReport {
     /// Individual panel components that produced no item, by reason (whether or not their record emitted
     /// other components).
     pub skipped_components: BTreeMap<SkipReason, u64>,
-    /// Emitted records with something worth knowing, by note.
+    /// Things worth knowing about records (see [`Note`]), by note.
     pub notes: BTreeMap<Note, u64>,
     /// Up to [`Limits::max_samples`] problems, at most [`Limits::max_samples_per_kind`] per kind, in the
     /// order met.
@@ -332,8 +337,16 @@ pub(crate) struct Skip {
 }
 
 impl Skip {
-    pub(crate) fn new(reason: SkipReason, field: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
-        Skip { reason, field: field.into(), detail: detail.into() }
+    pub(crate) fn new(
+        reason: SkipReason,
+        field: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Skip {
+            reason,
+            field: field.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -364,7 +377,13 @@ pub(crate) struct Collector<'s, 'a> {
 
 impl<'s, 'a> Collector<'s, 'a> {
     pub(crate) fn new(limits: Limits, sink: &'s mut ItemSink<'a>) -> Self {
-        Collector { report: ImportReport::default(), sink, limits, file: Arc::from(""), sampled: BTreeMap::new() }
+        Collector {
+            report: ImportReport::default(),
+            sink,
+            limits,
+            file: Arc::from(""),
+            sampled: BTreeMap::new(),
+        }
     }
 
     /// Starts a new file; later locations name it.
@@ -386,7 +405,10 @@ impl<'s, 'a> Collector<'s, 'a> {
     }
 
     pub(crate) fn location(&self, record: RecordRef) -> RecordLocation {
-        RecordLocation { file: Arc::clone(&self.file), record }
+        RecordLocation {
+            file: Arc::clone(&self.file),
+            record,
+        }
     }
 
     /// Counts a record of `kind`. Must be followed by exactly one `record_emitted` or `skip`.
@@ -419,33 +441,66 @@ impl<'s, 'a> Collector<'s, 'a> {
     pub(crate) fn skip(&mut self, at: RecordRef, skip: Skip) {
         *self.report.skipped.entry(skip.reason).or_insert(0) += 1;
         if skip.reason.is_problem() {
-            self.sample(at, ProblemKind::Skipped(skip.reason), skip.field, skip.detail);
+            self.sample(
+                at,
+                ProblemKind::Skipped(skip.reason),
+                skip.field,
+                skip.detail,
+            );
         }
     }
 
     /// One component of the current record produced no item.
     pub(crate) fn skip_component(&mut self, at: RecordRef, skip: Skip) {
-        *self.report.skipped_components.entry(skip.reason).or_insert(0) += 1;
+        *self
+            .report
+            .skipped_components
+            .entry(skip.reason)
+            .or_insert(0) += 1;
         if skip.reason.is_problem() {
-            self.sample(at, ProblemKind::ComponentSkipped(skip.reason), skip.field, skip.detail);
+            self.sample(
+                at,
+                ProblemKind::ComponentSkipped(skip.reason),
+                skip.field,
+                skip.detail,
+            );
         }
     }
 
     /// Something worth knowing about the current record.
-    pub(crate) fn note(&mut self, at: RecordRef, note: Note, field: impl Into<Cow<'static, str>>, detail: String) {
+    pub(crate) fn note(
+        &mut self,
+        at: RecordRef,
+        note: Note,
+        field: impl Into<Cow<'static, str>>,
+        detail: String,
+    ) {
         *self.report.notes.entry(note).or_insert(0) += 1;
         self.sample(at, ProblemKind::Note(note), field.into(), detail);
     }
 
-    fn sample(&mut self, at: RecordRef, kind: ProblemKind, field: Cow<'static, str>, detail: String) {
+    fn sample(
+        &mut self,
+        at: RecordRef,
+        kind: ProblemKind,
+        field: Cow<'static, str>,
+        detail: String,
+    ) {
         let per_kind = self.sampled.entry(kind).or_insert(0);
-        if self.report.samples.len() >= self.limits.max_samples || *per_kind >= self.limits.max_samples_per_kind {
+        if self.report.samples.len() >= self.limits.max_samples
+            || *per_kind >= self.limits.max_samples_per_kind
+        {
             self.report.samples_omitted += 1;
             return;
         }
         *per_kind += 1;
         let location = self.location(at);
-        self.report.samples.push(Problem { location, field: field.into_owned(), kind, detail });
+        self.report.samples.push(Problem {
+            location,
+            field: field.into_owned(),
+            kind,
+            detail,
+        });
     }
 
     pub(crate) fn finish(self) -> ImportReport {

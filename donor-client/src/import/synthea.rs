@@ -25,9 +25,9 @@ use super::dates::{self, SourceDate};
 use super::metered::{Meter, Metered};
 use super::report::{quoted, Collector, Skip};
 use super::{
-    is_identifying_observation, Code, CodeSystem, Demographics, ImportError, ImportOptions, ImportReport,
-    ItemSink, Note, RecordRef, Sex, SkipReason, SourceCondition, SourceItem, SourceMedication, SourceObservation,
-    SourceValue,
+    is_identifying_observation, Code, CodeSystem, Demographics, ImportError, ImportOptions,
+    ImportReport, ItemSink, Note, RecordRef, Sex, SkipReason, SourceCondition, SourceItem,
+    SourceMedication, SourceObservation, SourceValue,
 };
 
 /// The system given to Synthea's own observation codes (`QALY`, `DALY`, `QOLS`), which are not LOINC.
@@ -48,8 +48,12 @@ pub enum SyntheaTable {
 
 impl SyntheaTable {
     /// All tables, in the order a directory is imported (patients first, so demographics come first).
-    pub const ALL: [SyntheaTable; 4] =
-        [SyntheaTable::Patients, SyntheaTable::Observations, SyntheaTable::Conditions, SyntheaTable::Medications];
+    pub const ALL: [SyntheaTable; 4] = [
+        SyntheaTable::Patients,
+        SyntheaTable::Observations,
+        SyntheaTable::Conditions,
+        SyntheaTable::Medications,
+    ];
 
     /// The file name Synthea gives the table.
     pub fn file_name(self) -> &'static str {
@@ -63,7 +67,9 @@ impl SyntheaTable {
 
     /// The table a file name (not a path) denotes, case-insensitively.
     pub fn from_file_name(name: &str) -> Option<SyntheaTable> {
-        SyntheaTable::ALL.into_iter().find(|t| t.file_name().eq_ignore_ascii_case(name))
+        SyntheaTable::ALL
+            .into_iter()
+            .find(|t| t.file_name().eq_ignore_ascii_case(name))
     }
 
     /// The type under which this table's rows are counted in [`ImportReport::resources`].
@@ -93,9 +99,17 @@ pub fn import_table<R: Read>(
 
 /// Imports every supported table in a directory, patients first. Other files are listed in
 /// [`ImportReport::ignored_files`]; a directory without any supported table is an error.
-pub fn import_dir(dir: &Path, options: &ImportOptions, sink: &mut ItemSink<'_>) -> Result<ImportReport, ImportError> {
+pub fn import_dir(
+    dir: &Path,
+    options: &ImportOptions,
+    sink: &mut ItemSink<'_>,
+) -> Result<ImportReport, ImportError> {
     let dir_name = dir.display().to_string();
-    let io_error = |source| ImportError::Io { file: dir_name.clone(), at: None, source };
+    let io_error = |source| ImportError::Io {
+        file: dir_name.clone(),
+        at: None,
+        source,
+    };
     let mut tables: [Option<PathBuf>; 4] = Default::default();
     let mut ignored = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error)? {
@@ -103,7 +117,11 @@ pub fn import_dir(dir: &Path, options: &ImportOptions, sink: &mut ItemSink<'_>) 
         let name = entry.file_name().to_string_lossy().into_owned();
         match SyntheaTable::from_file_name(&name) {
             Some(table) => {
-                if let Some(slot) = SyntheaTable::ALL.iter().position(|t| *t == table).and_then(|i| tables.get_mut(i)) {
+                if let Some(slot) = SyntheaTable::ALL
+                    .iter()
+                    .position(|t| *t == table)
+                    .and_then(|i| tables.get_mut(i))
+                {
                     *slot = Some(entry.path());
                 }
             }
@@ -124,7 +142,11 @@ pub fn import_dir(dir: &Path, options: &ImportOptions, sink: &mut ItemSink<'_>) 
     for (table, path) in SyntheaTable::ALL.into_iter().zip(tables) {
         let Some(path) = path else { continue };
         let name = path.display().to_string();
-        let file = std::fs::File::open(&path).map_err(|source| ImportError::Io { file: name.clone(), at: None, source })?;
+        let file = std::fs::File::open(&path).map_err(|source| ImportError::Io {
+            file: name.clone(),
+            at: None,
+            source,
+        })?;
         collector.start_file(&name);
         read_table(table, file, &mut collector)?;
     }
@@ -154,13 +176,27 @@ struct Columns {
 }
 
 impl Columns {
-    fn resolve(table: SyntheaTable, header: &csv::StringRecord, file: &str) -> Result<Columns, ImportError> {
+    fn resolve(
+        table: SyntheaTable,
+        header: &csv::StringRecord,
+        file: &str,
+    ) -> Result<Columns, ImportError> {
         let find = |name: &str| {
-            header.iter().position(|h| h.trim_start_matches('\u{feff}').trim().eq_ignore_ascii_case(name))
+            header.iter().position(|h| {
+                h.trim_start_matches('\u{feff}')
+                    .trim()
+                    .eq_ignore_ascii_case(name)
+            })
         };
         let required = |name: &str| {
             find(name).ok_or_else(|| {
-                let mut shown: String = header.iter().collect::<Vec<_>>().join(",").chars().take(120).collect();
+                let mut shown: String = header
+                    .iter()
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .chars()
+                    .take(120)
+                    .collect();
                 if shown.is_empty() {
                     shown.push_str("(empty)");
                 }
@@ -176,7 +212,11 @@ impl Columns {
                 }
             })
         };
-        let patient_column = if table == SyntheaTable::Patients { "Id" } else { "PATIENT" };
+        let patient_column = if table == SyntheaTable::Patients {
+            "Id"
+        } else {
+            "PATIENT"
+        };
         let mut columns = Columns {
             patient: required(patient_column)?,
             code: None,
@@ -199,8 +239,14 @@ impl Columns {
                 columns.gender = find("GENDER");
                 columns.zip = find("ZIP");
                 columns.ssn = find("SSN");
-                columns.identifiers = ["Id", "SSN", "DRIVERS", "PASSPORT"].into_iter().filter_map(find).collect();
-                columns.names = ["FIRST", "MIDDLE", "LAST", "MAIDEN"].into_iter().filter_map(find).collect();
+                columns.identifiers = ["Id", "SSN", "DRIVERS", "PASSPORT"]
+                    .into_iter()
+                    .filter_map(find)
+                    .collect();
+                columns.names = ["FIRST", "MIDDLE", "LAST", "MAIDEN"]
+                    .into_iter()
+                    .filter_map(find)
+                    .collect();
                 columns.address = find("ADDRESS");
             }
             SyntheaTable::Observations => {
@@ -224,7 +270,11 @@ impl Columns {
     }
 }
 
-fn read_table<R: Read>(table: SyntheaTable, reader: R, c: &mut Collector<'_, '_>) -> Result<(), ImportError> {
+fn read_table<R: Read>(
+    table: SyntheaTable,
+    reader: R,
+    c: &mut Collector<'_, '_>,
+) -> Result<(), ImportError> {
     let limit = c.limits().max_record_bytes;
     let meter = Meter::new(limit);
     let mut csv = csv::ReaderBuilder::new()
@@ -236,12 +286,22 @@ fn read_table<R: Read>(table: SyntheaTable, reader: R, c: &mut Collector<'_, '_>
         let file = c.file().to_owned();
         let at = Some(RecordRef::Line(1));
         if meter.tripped() {
-            return ImportError::LimitExceeded { file, at, what: "the CSV header", limit };
+            return ImportError::LimitExceeded {
+                file,
+                at,
+                what: "the CSV header",
+                limit,
+            };
         }
         let detail = format!("not a Synthea CSV header: {err}");
         match err.into_kind() {
             csv::ErrorKind::Io(source) => ImportError::Io { file, at, source },
-            _ => ImportError::UnexpectedFormat { file, at, field: None, detail },
+            _ => ImportError::UnexpectedFormat {
+                file,
+                at,
+                field: None,
+                detail,
+            },
         }
     };
     meter.mark();
@@ -261,7 +321,9 @@ fn read_table<R: Read>(table: SyntheaTable, reader: R, c: &mut Collector<'_, '_>
                 let at = RecordRef::Line(line);
                 c.seen(kind);
                 let outcome = match table {
-                    SyntheaTable::Patients => patient_row(c, at, &record, &columns).map(|()| Ok(())),
+                    SyntheaTable::Patients => {
+                        patient_row(c, at, &record, &columns).map(|()| Ok(()))
+                    }
                     SyntheaTable::Observations => observation_row(c, at, &record, &columns),
                     SyntheaTable::Conditions => condition_row(c, at, &record, &columns),
                     SyntheaTable::Medications => medication_row(c, at, &record, &columns),
@@ -275,16 +337,26 @@ fn read_table<R: Read>(table: SyntheaTable, reader: R, c: &mut Collector<'_, '_>
                 let file = c.file().to_owned();
                 if meter.tripped() {
                     let at = err.position().map(|p| RecordRef::Line(p.line()));
-                    return Err(ImportError::LimitExceeded { file, at, what: "a CSV row", limit });
+                    return Err(ImportError::LimitExceeded {
+                        file,
+                        at,
+                        what: "a CSV row",
+                        limit,
+                    });
                 }
                 let at = RecordRef::Line(err.position().map_or(0, csv::Position::line));
                 match err.kind() {
                     csv::ErrorKind::Utf8 { err: utf8, .. } => {
                         c.seen(kind);
                         let field = format!("field {}", utf8.field() + 1);
-                        c.skip(at, Skip::new(SkipReason::MalformedRecord, field, "invalid UTF-8"));
+                        c.skip(
+                            at,
+                            Skip::new(SkipReason::MalformedRecord, field, "invalid UTF-8"),
+                        );
                     }
-                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                    csv::ErrorKind::UnequalLengths {
+                        expected_len, len, ..
+                    } => {
                         c.seen(kind);
                         let detail = format!("{len} fields where the header has {expected_len}");
                         c.skip(at, Skip::new(SkipReason::MalformedRecord, "row", detail));
@@ -292,8 +364,17 @@ fn read_table<R: Read>(table: SyntheaTable, reader: R, c: &mut Collector<'_, '_>
                     _ => {
                         let detail = err.to_string();
                         return Err(match err.into_kind() {
-                            csv::ErrorKind::Io(source) => ImportError::Io { file, at: Some(at), source },
-                            _ => ImportError::Malformed { file, at: Some(at), field: None, detail },
+                            csv::ErrorKind::Io(source) => ImportError::Io {
+                                file,
+                                at: Some(at),
+                                source,
+                            },
+                            _ => ImportError::Malformed {
+                                file,
+                                at: Some(at),
+                                field: None,
+                                detail,
+                            },
                         });
                     }
                 }
@@ -305,12 +386,20 @@ fn read_table<R: Read>(table: SyntheaTable, reader: R, c: &mut Collector<'_, '_>
 
 /// The trimmed, non-empty field at `column`.
 fn field(record: &csv::StringRecord, column: Option<usize>) -> Option<&str> {
-    column.and_then(|i| record.get(i)).map(str::trim).filter(|v| !v.is_empty())
+    column
+        .and_then(|i| record.get(i))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 type RowResult = Result<Result<(), Skip>, ImportError>;
 
-fn patient_row(c: &mut Collector<'_, '_>, at: RecordRef, record: &csv::StringRecord, cols: &Columns) -> Result<(), ImportError> {
+fn patient_row(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    record: &csv::StringRecord,
+    cols: &Columns,
+) -> Result<(), ImportError> {
     let mut d = Demographics {
         patient: field(record, Some(cols.patient)).map(str::to_owned),
         location: Some(c.location(at)),
@@ -353,21 +442,41 @@ fn push_unique(list: &mut Vec<String>, value: Option<&str>) {
     }
 }
 
-fn observation_row(c: &mut Collector<'_, '_>, at: RecordRef, record: &csv::StringRecord, cols: &Columns) -> RowResult {
+fn observation_row(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    record: &csv::StringRecord,
+    cols: &Columns,
+) -> RowResult {
     let Some(code) = field(record, cols.code) else {
         return Ok(Err(Skip::new(SkipReason::MissingCode, "CODE", "empty")));
     };
     let code = match codes::check_loinc(code) {
-        CodeCheck::Invalid => Code { system: CodeSystem::Other(SYNTHEA_LOCAL_SYSTEM.to_owned()), code: code.to_owned() },
+        CodeCheck::Invalid => Code {
+            system: CodeSystem::Other(SYNTHEA_LOCAL_SYSTEM.to_owned()),
+            code: code.to_owned(),
+        },
         verdict => {
             if verdict == CodeCheck::BadCheckDigit {
-                c.note(at, Note::CheckDigitMismatch, "CODE", format!("LOINC {} has a wrong check digit", quoted(code)));
+                c.note(
+                    at,
+                    Note::CheckDigitMismatch,
+                    "CODE",
+                    format!("LOINC {} has a wrong check digit", quoted(code)),
+                );
             }
-            Code { system: CodeSystem::Loinc, code: code.to_owned() }
+            Code {
+                system: CodeSystem::Loinc,
+                code: code.to_owned(),
+            }
         }
     };
     if is_identifying_observation(&code) {
-        return Ok(Err(Skip::new(SkipReason::IdentifyingObservation, "CODE", code.code)));
+        return Ok(Err(Skip::new(
+            SkipReason::IdentifyingObservation,
+            "CODE",
+            code.code,
+        )));
     }
     let effective = match date(c, at, "DATE", field(record, cols.date)) {
         Ok(date) => date.and_then(SourceDate::date_time),
@@ -378,29 +487,57 @@ fn observation_row(c: &mut Collector<'_, '_>, at: RecordRef, record: &csv::Strin
     };
     let units = field(record, cols.units);
     let number = || raw.parse::<f64>().ok().filter(|v| v.is_finite());
-    let value = match field(record, cols.kind).map(str::to_ascii_lowercase).as_deref() {
+    let value = match field(record, cols.kind)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("numeric") => {
             let Some(number) = number() else {
-                return Ok(Err(Skip::new(SkipReason::UnparsableValue, "VALUE", format!("not a number {}", quoted(raw)))));
+                return Ok(Err(Skip::new(
+                    SkipReason::UnparsableValue,
+                    "VALUE",
+                    format!("not a number {}", quoted(raw)),
+                )));
             };
             let Some(unit) = units else {
-                return Ok(Err(Skip::new(SkipReason::MissingUnit, "UNITS", format!("{number} without unit"))));
+                return Ok(Err(Skip::new(
+                    SkipReason::MissingUnit,
+                    "UNITS",
+                    format!("{number} without unit"),
+                )));
             };
-            SourceValue::Quantity { value: number, unit: unit.to_owned() }
+            SourceValue::Quantity {
+                value: number,
+                unit: unit.to_owned(),
+            }
         }
         Some("text") => SourceValue::Text(raw.to_owned()),
         _ => match (number(), units) {
-            (Some(number), Some(unit)) => SourceValue::Quantity { value: number, unit: unit.to_owned() },
+            (Some(number), Some(unit)) => SourceValue::Quantity {
+                value: number,
+                unit: unit.to_owned(),
+            },
             _ => SourceValue::Text(raw.to_owned()),
         },
     };
     let patient = field(record, Some(cols.patient)).map(str::to_owned);
     let location = c.location(at);
-    c.emit(SourceItem::Observation(SourceObservation { patient, code, value, effective, location }))?;
+    c.emit(SourceItem::Observation(SourceObservation {
+        patient,
+        code,
+        value,
+        effective,
+        location,
+    }))?;
     Ok(Ok(()))
 }
 
-fn condition_row(c: &mut Collector<'_, '_>, at: RecordRef, record: &csv::StringRecord, cols: &Columns) -> RowResult {
+fn condition_row(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    record: &csv::StringRecord,
+    cols: &Columns,
+) -> RowResult {
     let system = field(record, cols.system).map_or(CodeSystem::Snomed, system_from_name);
     let code = match checked_code(c, at, system, field(record, cols.code)) {
         Ok(code) => code,
@@ -412,11 +549,21 @@ fn condition_row(c: &mut Collector<'_, '_>, at: RecordRef, record: &csv::StringR
     };
     let patient = field(record, Some(cols.patient)).map(str::to_owned);
     let location = c.location(at);
-    c.emit(SourceItem::Condition(SourceCondition { patient, code, onset, location }))?;
+    c.emit(SourceItem::Condition(SourceCondition {
+        patient,
+        code,
+        onset,
+        location,
+    }))?;
     Ok(Ok(()))
 }
 
-fn medication_row(c: &mut Collector<'_, '_>, at: RecordRef, record: &csv::StringRecord, cols: &Columns) -> RowResult {
+fn medication_row(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    record: &csv::StringRecord,
+    cols: &Columns,
+) -> RowResult {
     let code = match checked_code(c, at, CodeSystem::RxNorm, field(record, cols.code)) {
         Ok(code) => code,
         Err(skip) => return Ok(Err(skip)),
@@ -427,30 +574,55 @@ fn medication_row(c: &mut Collector<'_, '_>, at: RecordRef, record: &csv::String
     };
     let patient = field(record, Some(cols.patient)).map(str::to_owned);
     let location = c.location(at);
-    c.emit(SourceItem::Medication(SourceMedication { patient, code, authored, location }))?;
+    c.emit(SourceItem::Medication(SourceMedication {
+        patient,
+        code,
+        authored,
+        location,
+    }))?;
     Ok(Ok(()))
 }
 
 /// The `CODE` column checked against `system`.
-fn checked_code(c: &mut Collector<'_, '_>, at: RecordRef, system: CodeSystem, code: Option<&str>) -> Result<Code, Skip> {
+fn checked_code(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    system: CodeSystem,
+    code: Option<&str>,
+) -> Result<Code, Skip> {
     let Some(code) = code else {
         return Err(Skip::new(SkipReason::MissingCode, "CODE", "empty"));
     };
     match codes::check(&system, code) {
-        CodeCheck::Invalid => {
-            Err(Skip::new(SkipReason::InvalidCode, "CODE", format!("{} is not a valid {system} code", quoted(code))))
-        }
+        CodeCheck::Invalid => Err(Skip::new(
+            SkipReason::InvalidCode,
+            "CODE",
+            format!("{} is not a valid {system} code", quoted(code)),
+        )),
         verdict => {
             if verdict == CodeCheck::BadCheckDigit {
-                c.note(at, Note::CheckDigitMismatch, "CODE", format!("{system} {} has a wrong check digit", quoted(code)));
+                c.note(
+                    at,
+                    Note::CheckDigitMismatch,
+                    "CODE",
+                    format!("{system} {} has a wrong check digit", quoted(code)),
+                );
             }
-            Ok(Code { system, code: code.to_owned() })
+            Ok(Code {
+                system,
+                code: code.to_owned(),
+            })
         }
     }
 }
 
 /// Parses an optional date column; a partial date is noted and gives `None`.
-fn date(c: &mut Collector<'_, '_>, at: RecordRef, column: &'static str, text: Option<&str>) -> Result<Option<SourceDate>, Skip> {
+fn date(
+    c: &mut Collector<'_, '_>,
+    at: RecordRef,
+    column: &'static str,
+    text: Option<&str>,
+) -> Result<Option<SourceDate>, Skip> {
     let Some(text) = text else { return Ok(None) };
     match dates::parse(text) {
         Some(SourceDate::Partial) => {
@@ -458,7 +630,11 @@ fn date(c: &mut Collector<'_, '_>, at: RecordRef, column: &'static str, text: Op
             Ok(None)
         }
         Some(date) => Ok(Some(date)),
-        None => Err(Skip::new(SkipReason::UnparsableDate, column, format!("not a date {}", quoted(text)))),
+        None => Err(Skip::new(
+            SkipReason::UnparsableDate,
+            column,
+            format!("not a date {}", quoted(text)),
+        )),
     }
 }
 

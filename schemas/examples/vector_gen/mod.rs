@@ -21,8 +21,8 @@ use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WR
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::consent::{ConsentManifest, Withdrawal, LEGAL_BASIS};
 use datadonor_schemas::envelope::{
-    hpke_seal_with_rng, DonationPayload, HpkeConfig, HpkeConfigList, HpkePrivateKey,
-    HpkePublicKey, ENVELOPE_INFO,
+    hpke_seal_with_rng, DonationPayload, HpkeConfig, HpkeConfigList, HpkePrivateKey, HpkePublicKey,
+    ENVELOPE_INFO,
 };
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{self, Hash};
@@ -778,9 +778,18 @@ impl Fixture {
 
 const SIGNED_OBJECT_FIELDS: [(&str, &str); 4] = [
     ("context", "the context label: which message type this is"),
-    ("payload", "standard base64 (padded) of the exact JSON body bytes that were signed"),
-    ("public_key", "standard base64 of the signer's 32-byte Ed25519 public key"),
-    ("signature", "standard base64 of the 64-byte Ed25519 signature over the signed bytes"),
+    (
+        "payload",
+        "standard base64 (padded) of the exact JSON body bytes that were signed",
+    ),
+    (
+        "public_key",
+        "standard base64 of the signer's 32-byte Ed25519 public key",
+    ),
+    (
+        "signature",
+        "standard base64 of the 64-byte Ed25519 signature over the signed bytes",
+    ),
 ];
 
 fn signed_bytes_layout(ctx: Context, payload: &[u8]) -> J {
@@ -789,7 +798,11 @@ fn signed_bytes_layout(ctx: Context, payload: &[u8]) -> J {
         .add(&[0], "separator", "0x00")
         .add(ctx.label().as_bytes(), "context", "ASCII context label")
         .add(&[0], "separator", "0x00")
-        .add(payload, "payload", "the payload bytes exactly as carried (base64-decoded)")
+        .add(
+            payload,
+            "payload",
+            "the payload bytes exactly as carried (base64-decoded)",
+        )
         .done()
 }
 
@@ -935,7 +948,11 @@ fn signed_object_file(fx: &Fixture) -> J {
         ),
         m(
             "signature-base64-noncanonical-trailing-bits",
-            Input::Text(wire.replacen(&b64(&base.signature), &noncanonical_b64(&base.signature), 1)),
+            Input::Text(wire.replacen(
+                &b64(&base.signature),
+                &noncanonical_b64(&base.signature),
+                1,
+            )),
             json,
         ),
         m(
@@ -1008,7 +1025,12 @@ fn noncanonical_b64(b: &[u8]) -> String {
     const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let idx = ALPHABET.find(last).expect("base64 symbol");
     let bumped = ALPHABET.as_bytes()[idx | 1] as char;
-    format!("{}{}{}", &trimmed[..trimmed.len() - 1], bumped, "=".repeat(pad))
+    format!(
+        "{}{}{}",
+        &trimmed[..trimmed.len() - 1],
+        bumped,
+        "=".repeat(pad)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1017,16 +1039,40 @@ fn noncanonical_b64(b: &[u8]) -> String {
 const STUDY_FIELDS: [(&str, &str); 12] = [
     ("format", "format version, must be 1"),
     ("id", "study id: 3-64 of [a-z0-9-], starting with a letter"),
-    ("version", "study version, at least 1; a changed definition gets a higher one"),
+    (
+        "version",
+        "study version, at least 1; a changed definition gets a higher one",
+    ),
     ("title", "title shown to donors"),
     ("controller", "the data controller: {name, contact}"),
-    ("purposes", "purposes a donor can choose among: [{code, text}], codes 1-64 of [a-z0-9-], distinct"),
-    ("period", "generalisation of observation dates: day | week | month"),
-    ("min_k", "minimum distinct donors behind any published cell, at least 2"),
-    ("retention_days", "retention of donated data, days from donation"),
-    ("max_consent_days", "largest consent expiry a donor may choose, days from consent, at least 1"),
-    ("notice_sha256", "SHA-256 of the consent notice text (examples/t2d-notice.md), lowercase hex"),
-    ("fields", "fields collected, in column order (after donor and period)"),
+    (
+        "purposes",
+        "purposes a donor can choose among: [{code, text}], codes 1-64 of [a-z0-9-], distinct",
+    ),
+    (
+        "period",
+        "generalisation of observation dates: day | week | month",
+    ),
+    (
+        "min_k",
+        "minimum distinct donors behind any published cell, at least 2",
+    ),
+    (
+        "retention_days",
+        "retention of donated data, days from donation",
+    ),
+    (
+        "max_consent_days",
+        "largest consent expiry a donor may choose, days from consent, at least 1",
+    ),
+    (
+        "notice_sha256",
+        "SHA-256 of the consent notice text (examples/t2d-notice.md), lowercase hex",
+    ),
+    (
+        "fields",
+        "fields collected, in column order (after donor and period)",
+    ),
 ];
 
 fn arrow_type_name(t: &DataType) -> String {
@@ -1062,7 +1108,10 @@ fn study_file(fx: &Fixture) -> J {
             } else if f.name() == "donor" {
                 c.push("values", "64 lowercase hex digits: the per-study pseudonym");
             } else {
-                c.push("values", "a period of the study's granularity (month: YYYY-MM)");
+                c.push(
+                    "values",
+                    "a period of the study's granularity (month: YYYY-MM)",
+                );
             }
             c
         })
@@ -1103,8 +1152,8 @@ fn study_file(fx: &Fixture) -> J {
         keep_rows(&mut second, 2..3);
         let mut out = Vec::new();
         {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)
-                .expect("ipc writer");
+            let mut w =
+                arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).expect("ipc writer");
             w.write(&first.batch(&schema)).expect("write");
             w.write(&second.batch(&schema)).expect("write");
             w.finish().expect("finish");
@@ -1156,7 +1205,9 @@ fn study_file(fx: &Fixture) -> J {
             obj! { "date" => *d, "granularity" => *g, "period" => gran.period_of(date) }
         })
         .collect();
-    valid.push(obj! { "name" => "period-of-date", "kind" => "period_of", "cases" => J::Arr(periods) });
+    valid.push(
+        obj! { "name" => "period-of-date", "kind" => "period_of", "cases" => J::Arr(periods) },
+    );
     let checks = [
         ("2024-02", "month", true),
         ("2024-12", "month", true),
@@ -1177,18 +1228,22 @@ fn study_file(fx: &Fixture) -> J {
         .iter()
         .map(|(p, g, ok)| obj! { "period" => *p, "granularity" => *g, "valid" => *ok })
         .collect();
-    valid.push(obj! { "name" => "period-validity", "kind" => "period_valid", "cases" => J::Arr(checks) });
-    let postcodes: Vec<J> = ["8000", "DK-5000", " 2100 ", "9000", "4000", "7400", "3700", "0800", "80000", "80a0"]
-        .into_iter()
-        .map(|p| {
-            let mu = datadonor_schemas::geo::municipality_of_postcode(p);
-            obj! {
-                "postcode" => p,
-                "municipality" => mu.map(|m| m.code),
-                "region" => mu.map(|m| m.region.label()),
-            }
-        })
-        .collect();
+    valid.push(
+        obj! { "name" => "period-validity", "kind" => "period_valid", "cases" => J::Arr(checks) },
+    );
+    let postcodes: Vec<J> = [
+        "8000", "DK-5000", " 2100 ", "9000", "4000", "7400", "3700", "0800", "80000", "80a0",
+    ]
+    .into_iter()
+    .map(|p| {
+        let mu = datadonor_schemas::geo::municipality_of_postcode(p);
+        obj! {
+            "postcode" => p,
+            "municipality" => mu.map(|m| m.code),
+            "region" => mu.map(|m| m.region.label()),
+        }
+    })
+    .collect();
     valid.push(obj! { "name" => "residence-of-postcode", "kind" => "residence", "cases" => J::Arr(postcodes) });
 
     // Malformed definitions.
@@ -1227,11 +1282,7 @@ fn study_file(fx: &Fixture) -> J {
         mal(
             "json-notice-hash-31-bytes",
             dj,
-            Input::Text(json.replacen(
-                &h(&study.notice_sha256),
-                &h(&study.notice_sha256[..31]),
-                1,
-            )),
+            Input::Text(json.replacen(&h(&study.notice_sha256), &h(&study.notice_sha256[..31]), 1)),
             "StudyError::Malformed(WireError::Json)",
         ),
         mal(
@@ -1283,12 +1334,7 @@ fn study_file(fx: &Fixture) -> J {
             variant(&|s| s.max_consent_days = 0),
             inv,
         ),
-        mal(
-            "no-measure",
-            dj,
-            variant(&|s| s.fields.truncate(4)),
-            inv,
-        ),
+        mal("no-measure", dj, variant(&|s| s.fields.truncate(4)), inv),
         mal(
             "field-named-twice",
             dj,
@@ -1458,12 +1504,7 @@ fn study_file(fx: &Fixture) -> J {
             t(&flipped),
             "SignatureError::BadSignature",
         ),
-        mal(
-            "signed-by-steward-but-invalid",
-            ds,
-            t(&invalid_signed),
-            inv,
-        ),
+        mal("signed-by-steward-but-invalid", ds, t(&invalid_signed), inv),
     ]);
 
     // Malformed rows.
@@ -1501,7 +1542,11 @@ fn study_file(fx: &Fixture) -> J {
     let ipcm = |name: &str, input: Input, expect: &str| mal(name, dr, input, expect);
     let mut rows_mal = vec![
         ipcm("ipc-empty", Input::Hex(Vec::new()), ipc_err),
-        ipcm("ipc-parquet-magic", Input::Hex(b"PAR1\0\0\0\0".to_vec()), ipc_err),
+        ipcm(
+            "ipc-parquet-magic",
+            Input::Hex(b"PAR1\0\0\0\0".to_vec()),
+            ipc_err,
+        ),
         ipcm(
             "ipc-truncated-inside-schema",
             Input::Hex(fx.ipc[..40].to_vec()),
@@ -1638,12 +1683,7 @@ fn study_file(fx: &Fixture) -> J {
             1,
             "region",
         ),
-        bad(
-            "sex-abbreviated",
-            rv(&|r| r.sex[0] = "f".into()),
-            0,
-            "sex",
-        ),
+        bad("sex-abbreviated", rv(&|r| r.sex[0] = "f".into()), 0, "sex"),
         bad(
             "age-band-not-a-band",
             rv(&|r| r.age_band[2] = "35-44".into()),
@@ -1696,7 +1736,11 @@ fn study_file(fx: &Fixture) -> J {
             "*",
         ),
         with(
-            ipcm("more-rows-than-the-limit", rows_in(&fx.rows), "StudyError::TooManyRows"),
+            ipcm(
+                "more-rows-than-the-limit",
+                rows_in(&fx.rows),
+                "StudyError::TooManyRows",
+            ),
             "max_rows",
             2u32,
         ),
@@ -1796,20 +1840,47 @@ fn ipc_messages(ipc: &[u8]) -> J {
 
 const MANIFEST_FIELDS: [(&str, &str); 15] = [
     ("format", "format version, must be 1"),
-    ("record_id", "consent record id: 16 random bytes, 32 lowercase hex digits"),
+    (
+        "record_id",
+        "consent record id: 16 random bytes, 32 lowercase hex digits",
+    ),
     ("study_id", "the study"),
     ("study_version", "the study version consented to"),
-    ("study_sha256", "SHA-256 of the signed study's payload bytes, lowercase hex"),
+    (
+        "study_sha256",
+        "SHA-256 of the signed study's payload bytes, lowercase hex",
+    ),
     ("controller", "the study's controller, verbatim"),
-    ("purposes", "purpose codes chosen: non-empty, distinct, each one of the study's"),
+    (
+        "purposes",
+        "purpose codes chosen: non-empty, distinct, each one of the study's",
+    ),
     ("legal_basis", "always \"gdpr-art-9-2-a\""),
-    ("data_categories", "the study's field names, in the study's order"),
+    (
+        "data_categories",
+        "the study's field names, in the study's order",
+    ),
     ("given_at", "when consent was given, Unix seconds"),
-    ("expires_at", "when it lapses, Unix seconds; after given_at, at most max_consent_days later"),
-    ("withdrawal_method", "how to withdraw, as shown to the donor"),
-    ("notice_sha256", "SHA-256 of the notice text shown, equal to the study's"),
-    ("donor_public_key", "the donor's Ed25519 key (base64), which must sign this manifest"),
-    ("pseudonym", "the per-study pseudonym, 64 lowercase hex digits"),
+    (
+        "expires_at",
+        "when it lapses, Unix seconds; after given_at, at most max_consent_days later",
+    ),
+    (
+        "withdrawal_method",
+        "how to withdraw, as shown to the donor",
+    ),
+    (
+        "notice_sha256",
+        "SHA-256 of the notice text shown, equal to the study's",
+    ),
+    (
+        "donor_public_key",
+        "the donor's Ed25519 key (base64), which must sign this manifest",
+    ),
+    (
+        "pseudonym",
+        "the per-study pseudonym, 64 lowercase hex digits",
+    ),
 ];
 
 fn consent_file(fx: &Fixture) -> J {
@@ -1835,7 +1906,12 @@ fn consent_file(fx: &Fixture) -> J {
     skewed.given_at = NOW + 300;
     skewed.expires_at = skewed.given_at + DAY;
     let valid = vec![
-        mv("manifest", &fx.manifest, NOW, "the manifest inside the envelope vector"),
+        mv(
+            "manifest",
+            &fx.manifest,
+            NOW,
+            "the manifest inside the envelope vector",
+        ),
         mv(
             "two-purposes-longest-expiry",
             &longest,
@@ -1878,8 +1954,12 @@ fn consent_file(fx: &Fixture) -> J {
             "signed-as-withdrawal",
             d,
             Input::Text(utf8(
-                &sign_payload(Context::Withdrawal, fx.signed_manifest.payload.clone(), &fx.donor)
-                    .to_bytes(),
+                &sign_payload(
+                    Context::Withdrawal,
+                    fx.signed_manifest.payload.clone(),
+                    &fx.donor,
+                )
+                .to_bytes(),
             )),
             "ConsentError::Signature(SignatureError::WrongContext)",
         ),
@@ -1963,8 +2043,7 @@ fn consent_file(fx: &Fixture) -> J {
             "other-study",
             d,
             mv2(&|m| {
-                m.study_id =
-                    datadonor_schemas::study::StudyId::new("copd-dk").expect("study id")
+                m.study_id = datadonor_schemas::study::StudyId::new("copd-dk").expect("study id")
             }),
             "ConsentError::StudyMismatch",
         ),
@@ -2050,9 +2129,7 @@ fn consent_file(fx: &Fixture) -> J {
         mal(
             "expiry-one-second-beyond-maximum",
             d,
-            mv2(&|m| {
-                m.expires_at = m.given_at + i64::from(fx.study.max_consent_days) * DAY + 1
-            }),
+            mv2(&|m| m.expires_at = m.given_at + i64::from(fx.study.max_consent_days) * DAY + 1),
             "ConsentError::ExpiryTooLong",
         ),
     ];
@@ -2079,12 +2156,18 @@ fn consent_file(fx: &Fixture) -> J {
 
 const WITHDRAWAL_FIELDS: [(&str, &str); 7] = [
     ("format", "format version, must be 1"),
-    ("request_id", "16 random bytes (idempotency of the request), lowercase hex"),
+    (
+        "request_id",
+        "16 random bytes (idempotency of the request), lowercase hex",
+    ),
     ("study_id", "the study"),
     ("pseudonym", "the donor's pseudonym in that study"),
     ("consent_record_id", "record_id of the consent withdrawn"),
     ("withdrawn_at", "when, Unix seconds"),
-    ("donor_public_key", "the consent's donor key (base64), which must sign this"),
+    (
+        "donor_public_key",
+        "the consent's donor key (base64), which must sign this",
+    ),
 ];
 
 fn withdrawal_file(fx: &Fixture) -> J {
@@ -2217,14 +2300,13 @@ fn seal_raw(
     header.extend_from_slice(&key_id.to_be_bytes());
     header.extend_from_slice(&[0x00, 0x20, 0x00, 0x01, 0x00, 0x02]);
     let pkr = <K as hpke::Kem>::PublicKey::from_bytes(&pk.0).expect("public key");
-    let (enc, mut ctx) =
-        hpke::setup_sender::<hpke::aead::AesGcm256, hpke::kdf::HkdfSha256, K, _>(
-            &hpke::OpModeS::Base,
-            &pkr,
-            info,
-            &mut DetRng::new(seed(rng_label)),
-        )
-        .expect("setup");
+    let (enc, mut ctx) = hpke::setup_sender::<hpke::aead::AesGcm256, hpke::kdf::HkdfSha256, K, _>(
+        &hpke::OpModeS::Base,
+        &pkr,
+        info,
+        &mut DetRng::new(seed(rng_label)),
+    )
+    .expect("setup");
     header.extend_from_slice(&enc.to_bytes());
     let ct = ctx.seal(plaintext, &header[..aad_len]).expect("seal");
     header.extend_from_slice(&ct);
@@ -2234,13 +2316,21 @@ fn seal_raw(
 fn payload_layout(p: &DonationPayload) -> J {
     Layout::new()
         .add(b"DDP1", "magic", "ASCII \"DDP1\"")
-        .add(&p.idempotency_key, "idempotency_key", "16 bytes chosen by the client")
+        .add(
+            &p.idempotency_key,
+            "idempotency_key",
+            "16 bytes chosen by the client",
+        )
         .add(
             &(p.manifest.len() as u32).to_be_bytes(),
             "manifest_len",
             "u32 BE length of the signed manifest, at most 65536",
         )
-        .add(&p.manifest, "manifest", "the signed consent manifest (signed-object JSON)")
+        .add(
+            &p.manifest,
+            "manifest",
+            "the signed consent manifest (signed-object JSON)",
+        )
         .add(
             &(p.rows.len() as u32).to_be_bytes(),
             "rows_len",
@@ -2253,11 +2343,19 @@ fn payload_layout(p: &DonationPayload) -> J {
 fn envelope_layout(env: &[u8]) -> J {
     Layout::new()
         .add(&env[0..4], "magic", "ASCII \"DDE1\"")
-        .add(&env[4..8], "key_id", "u32 BE id of the intake HPKE key sealed to")
+        .add(
+            &env[4..8],
+            "key_id",
+            "u32 BE id of the intake HPKE key sealed to",
+        )
         .add(&env[8..10], "kem_id", "0x0020 DHKEM(X25519, HKDF-SHA256)")
         .add(&env[10..12], "kdf_id", "0x0001 HKDF-SHA256")
         .add(&env[12..14], "aead_id", "0x0002 AES-256-GCM")
-        .add(&env[14..46], "enc", "HPKE encapsulated key (ephemeral X25519 public key)")
+        .add(
+            &env[14..46],
+            "enc",
+            "HPKE encapsulated key (ephemeral X25519 public key)",
+        )
         .add(
             &env[46..],
             "ciphertext",
@@ -2379,7 +2477,14 @@ fn envelope_file(fx: &Fixture) -> J {
         let j = mal(
             name,
             de,
-            Input::Hex(seal_raw(1, &pk1, pt, ENVELOPE_INFO, 46, &format!("{name} ephemeral"))),
+            Input::Hex(seal_raw(
+                1,
+                &pk1,
+                pt,
+                ENVELOPE_INFO,
+                46,
+                &format!("{name} ephemeral"),
+            )),
             expect,
         );
         match detail {
@@ -2411,7 +2516,12 @@ fn envelope_file(fx: &Fixture) -> J {
             "EnvelopeError::Decrypt",
         ),
         with(
-            patch("bad-magic", 0, b"DDE2", "EnvelopeError::Malformed(WireError::Unexpected)"),
+            patch(
+                "bad-magic",
+                0,
+                b"DDE2",
+                "EnvelopeError::Malformed(WireError::Unexpected)",
+            ),
             "expect_detail",
             "magic",
         ),
@@ -2468,7 +2578,11 @@ fn envelope_file(fx: &Fixture) -> J {
         xor("enc-bit-flipped", 20, 0x04),
         patch("enc-all-zero", 14, &[0u8; 32], "EnvelopeError::Decrypt"),
         xor("ciphertext-first-byte-flipped", 46, 0x01),
-        xor("ciphertext-middle-bit-flipped", 46 + (env.len() - 46) / 2, 0x10),
+        xor(
+            "ciphertext-middle-bit-flipped",
+            46 + (env.len() - 46) / 2,
+            0x10,
+        ),
         xor("tag-last-byte-flipped", env.len() - 1, 0x80),
         mal(
             "byte-appended",
@@ -2492,7 +2606,14 @@ fn envelope_file(fx: &Fixture) -> J {
         mal(
             "sealed-with-aad-excluding-enc",
             de,
-            Input::Hex(seal_raw(1, &pk1, &pt, ENVELOPE_INFO, 14, "short aad ephemeral")),
+            Input::Hex(seal_raw(
+                1,
+                &pk1,
+                &pt,
+                ENVELOPE_INFO,
+                14,
+                "short aad ephemeral",
+            )),
             "EnvelopeError::Decrypt",
         ),
         mal(
@@ -2701,10 +2822,9 @@ fn pseudonym_file(fx: &Fixture) -> J {
         };
         let blind = <voprf::Ristretto255 as voprf::Group>::deserialize_scalar(&blind_scalar)
             .expect("canonical scalar");
-        let r = voprf::OprfClient::<voprf::Ristretto255>::deterministic_blind_unchecked(
-            &input, blind,
-        )
-        .expect("blind");
+        let r =
+            voprf::OprfClient::<voprf::Ristretto255>::deterministic_blind_unchecked(&input, blind)
+                .expect("blind");
         let blinded = r.message.serialize();
         let evaluated = fx.oprf.evaluate(&blinded).expect("evaluate");
         let ev = voprf::EvaluationElement::<voprf::Ristretto255>::deserialize(&evaluated)
@@ -2735,7 +2855,11 @@ fn pseudonym_file(fx: &Fixture) -> J {
         }
     };
     valid.push(oprf_vec("oprf-vector-donor", CPR, "oprf blind 1"));
-    valid.push(oprf_vec("oprf-leap-day-2000", "290200-4234", "oprf blind 2"));
+    valid.push(oprf_vec(
+        "oprf-leap-day-2000",
+        "290200-4234",
+        "oprf blind 2",
+    ));
 
     let dc = "Cpr::parse";
     let fmt = "PseudonymError::CprFormat";
@@ -2788,10 +2912,20 @@ fn pseudonym_file(fx: &Fixture) -> J {
         mal("blinded-33-bytes", ev, Input::Hex(vec![0x02; 33]), bad),
         mal("blinded-not-canonical", ev, Input::Hex(vec![0xff; 32]), bad),
         mal("blinded-identity", ev, Input::Hex(vec![0; 32]), bad),
-        mal("evaluated-not-canonical", fin, Input::Hex(vec![0xff; 32]), bad),
+        mal(
+            "evaluated-not-canonical",
+            fin,
+            Input::Hex(vec![0xff; 32]),
+            bad,
+        ),
         mal("evaluated-31-bytes", fin, Input::Hex(vec![0x02; 31]), bad),
         mal("key-zero-scalar", key, Input::Hex(vec![0; 32]), bad),
-        mal("key-scalar-equal-to-group-order", key, Input::Hex(l_bytes.to_vec()), bad),
+        mal(
+            "key-scalar-equal-to-group-order",
+            key,
+            Input::Hex(l_bytes.to_vec()),
+            bad,
+        ),
         mal("key-31-bytes", key, Input::Hex(vec![1; 31]), bad),
     ]);
     finish(
@@ -2822,7 +2956,10 @@ fn pseudonym_file(fx: &Fixture) -> J {
 fn entry_meanings(kind: &str) -> Vec<(&'static str, &'static str)> {
     let mut v = vec![
         ("type", "entry type; first member"),
-        ("time", "when the intake (or analytics) recorded it, Unix seconds"),
+        (
+            "time",
+            "when the intake (or analytics) recorded it, Unix seconds",
+        ),
     ];
     let rest: &[(&str, &str)] = match kind {
         "consent_granted" => &[
@@ -2834,14 +2971,20 @@ fn entry_meanings(kind: &str) -> Vec<(&'static str, &'static str)> {
             ("given_at", "the manifest's given_at"),
             ("expires_at", "the manifest's expires_at"),
             ("manifest_sha256", "SHA-256 of the signed manifest payload"),
-            ("donor_public_key", "the donor key that may withdraw (base64)"),
+            (
+                "donor_public_key",
+                "the donor key that may withdraw (base64)",
+            ),
         ],
         "donation_accepted" => &[
             ("study_id", "the study"),
             ("pseudonym", "the donor's pseudonym"),
             ("consent_record_id", "consent the donation was made under"),
             ("idempotency_key", "the payload's idempotency key, hex"),
-            ("envelope_sha256", "SHA-256 of the envelope bytes as received"),
+            (
+                "envelope_sha256",
+                "SHA-256 of the envelope bytes as received",
+            ),
             ("rows", "rows accepted (u32)"),
             ("batch_id", "hex id of the sealed batch holding them"),
         ],
@@ -2849,7 +2992,10 @@ fn entry_meanings(kind: &str) -> Vec<(&'static str, &'static str)> {
             ("study_id", "the study"),
             ("pseudonym", "the donor's pseudonym"),
             ("consent_record_id", "consent withdrawn"),
-            ("withdrawal_sha256", "SHA-256 of the signed withdrawal payload"),
+            (
+                "withdrawal_sha256",
+                "SHA-256 of the signed withdrawal payload",
+            ),
         ],
         "erasure_done" => &[
             ("study_id", "the study"),
@@ -2863,7 +3009,10 @@ fn entry_meanings(kind: &str) -> Vec<(&'static str, &'static str)> {
             ("approval_sha256", "SHA-256 of the signed approval payload"),
             ("researcher", "researcher"),
             ("purpose", "purpose"),
-            ("donors_considered", "distinct donors whose consent covered the query (u64)"),
+            (
+                "donors_considered",
+                "distinct donors whose consent covered the query (u64)",
+            ),
             ("cells_published", "cells published (u64)"),
             ("cells_suppressed", "cells suppressed (u64)"),
         ],
@@ -3012,7 +3161,11 @@ fn ledger_file(fx: &Fixture) -> J {
         mal(
             "time-as-string",
             de,
-            Input::Text(granted.replacen(&format!("\"time\":{NOW}"), &format!("\"time\":\"{NOW}\""), 1)),
+            Input::Text(granted.replacen(
+                &format!("\"time\":{NOW}"),
+                &format!("\"time\":\"{NOW}\""),
+                1,
+            )),
             json,
         ),
         mal(
@@ -3070,14 +3223,22 @@ fn ledger_file(fx: &Fixture) -> J {
     let other_root = b64(&merkle::root(&fx.leaves[..5]).0);
     let mut sig_flipped = note.clone().into_bytes();
     let l = sig_flipped.len();
-    sig_flipped[l - 6] = if sig_flipped[l - 6] == b'A' { b'B' } else { b'A' };
+    sig_flipped[l - 6] = if sig_flipped[l - 6] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
     let mallory_note = checkpoint::sign(
         &Checkpoint::new(ORIGIN, n as u64, merkle::root(&fx.leaves)).expect("cp"),
         ORIGIN,
         fx.mallory.key_pair(),
     )
     .expect("sign");
-    let first_line_of_sig = note.split("\n\n").nth(1).expect("signature block").to_string();
+    let first_line_of_sig = note
+        .split("\n\n")
+        .nth(1)
+        .expect("signature block")
+        .to_string();
     malformed.extend([
         mal(
             "signature-changed",
@@ -3142,7 +3303,11 @@ fn ledger_file(fx: &Fixture) -> J {
         mal(
             "root-base64-unpadded-signed",
             dn,
-            Input::Text(sign_text(&body.replacen(&root6, root6.trim_end_matches('='), 1))),
+            Input::Text(sign_text(&body.replacen(
+                &root6,
+                root6.trim_end_matches('='),
+                1,
+            ))),
             &ce("InvalidRootHash"),
         ),
         mal(
@@ -3426,13 +3591,21 @@ fn receipt_file(fx: &Fixture) -> J {
         text(&b)
     };
     let mm = |name: &str, input: Input, detail: &str| {
-        with(mal(name, d, input, "ReceiptError::Mismatch"), "expect_detail", detail)
+        with(
+            mal(name, d, input, "ReceiptError::Mismatch"),
+            "expect_detail",
+            detail,
+        )
     };
     let good_text = utf8(&to_json_bytes(&good));
     let mut sig_flip = good.clone();
     sig_flip.receipt.signature[63] ^= 0x40;
     let mut wrong_ctx = good.clone();
-    wrong_ctx.receipt = sign_payload(Context::Withdrawal, good.receipt.payload.clone(), &fx.ledger);
+    wrong_ctx.receipt = sign_payload(
+        Context::Withdrawal,
+        good.receipt.payload.clone(),
+        &fx.ledger,
+    );
     let mut entry_flip = good.clone();
     let pos = entry_flip
         .entry
@@ -3677,12 +3850,19 @@ fn query_file(fx: &Fixture) -> J {
         mal(
             "no-measures",
             dt,
-            Input::Text("study = \"t2d-dk\"\npurpose = \"t2d-epidemiology\"\nresearcher = \"r\"\n".into()),
+            Input::Text(
+                "study = \"t2d-dk\"\npurpose = \"t2d-epidemiology\"\nresearcher = \"r\"\n".into(),
+            ),
             toml,
         ),
         mal("syntax-error", dt, q("k = 5", "k = "), toml),
         mal("op-median", dt, q("op = \"mean\"", "op = \"median\""), toml),
-        mal("study-id-uppercase", dt, q("\"t2d-dk\"", "\"T2D-DK\""), toml),
+        mal(
+            "study-id-uppercase",
+            dt,
+            q("\"t2d-dk\"", "\"T2D-DK\""),
+            toml,
+        ),
         mal("k-negative", dt, q("k = 5", "k = -5"), toml),
         mal(
             "oversize",
@@ -3693,13 +3873,19 @@ fn query_file(fx: &Fixture) -> J {
         mal(
             "measure-min",
             dv,
-            q("op = \"mean\"\nfield = \"hba1c\"", "op = \"min\"\nfield = \"hba1c\""),
+            q(
+                "op = \"mean\"\nfield = \"hba1c\"",
+                "op = \"min\"\nfield = \"hba1c\"",
+            ),
             refused,
         ),
         mal(
             "measure-max",
             dv,
-            q("op = \"mean\"\nfield = \"hba1c\"", "op = \"max\"\nfield = \"hba1c\""),
+            q(
+                "op = \"mean\"\nfield = \"hba1c\"",
+                "op = \"max\"\nfield = \"hba1c\"",
+            ),
             refused,
         ),
         mal(
@@ -3726,7 +3912,10 @@ fn query_file(fx: &Fixture) -> J {
         mal(
             "group-by-twice",
             dv,
-            q("group_by = [\"region\", \"t2d\"]", "group_by = [\"region\", \"region\"]"),
+            q(
+                "group_by = [\"region\", \"t2d\"]",
+                "group_by = [\"region\", \"region\"]",
+            ),
             inv,
         ),
         mal(
@@ -3735,12 +3924,20 @@ fn query_file(fx: &Fixture) -> J {
             q("purpose = \"t2d-epidemiology\"", "purpose = \"marketing\""),
             inv,
         ),
-        mal("researcher-blank", dv, q("researcher@sdu.example", "  "), inv),
+        mal(
+            "researcher-blank",
+            dv,
+            q("researcher@sdu.example", "  "),
+            inv,
+        ),
         mal("quantile-q-1", dv, q("q = 0.5", "q = 1.0"), inv),
         mal(
             "mean-of-a-dimension",
             dv,
-            q("op = \"mean\"\nfield = \"hba1c\"", "op = \"mean\"\nfield = \"region\""),
+            q(
+                "op = \"mean\"\nfield = \"hba1c\"",
+                "op = \"mean\"\nfield = \"region\"",
+            ),
             inv,
         ),
         mal(
@@ -3781,18 +3978,17 @@ fn query_file(fx: &Fixture) -> J {
             na,
         ),
         with(
-            mal(
-                "spec-changed-after-approval",
-                da,
-                approval_in(a),
-                na,
-            ),
+            mal("spec-changed-after-approval", da, approval_in(a), na),
             "spec_toml",
             QUERY_TOML.replacen("k = 5", "k = 6", 1),
         ),
         mal("not-yet-valid", da, av(&|x| x.not_before = NOW + 1), na),
         mal("expired-at-not-after", da, av(&|x| x.not_after = NOW), na),
-        with(mal("runs-used-up", da, approval_in(a), na), "runs_so_far", 3u32),
+        with(
+            mal("runs-used-up", da, approval_in(a), na),
+            "runs_so_far",
+            3u32,
+        ),
         mal(
             "researcher-differs",
             da,
@@ -4054,7 +4250,11 @@ fn batch_file(fx: &Fixture) -> J {
     let patch = |name: &str, at: usize, bytes: &[u8], expect: &str, detail: &str| {
         let mut b = hb.clone();
         b[at..at + bytes.len()].copy_from_slice(bytes);
-        with(mal(name, dh, Input::Hex(b), expect), "expect_detail", detail)
+        with(
+            mal(name, dh, Input::Hex(b), expect),
+            "expect_detail",
+            detail,
+        )
     };
     let une = "WireError::Unexpected";
     let mut malformed = vec![

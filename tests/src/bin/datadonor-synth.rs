@@ -1,6 +1,6 @@
 //! `datadonor-synth`: writes a deterministic synthetic population of Danish
 //! donors (see `datadonor_tests::synthpop`) as FHIR R4 transaction Bundles
-//! (one file per donor), a Synthea CSV set, or NDJSON, and prints a one-line
+//! (one file per donor), a Synthea CSV set, or FHIR NDJSON, and prints a one-line
 //! summary.
 //!
 //! ```text
@@ -24,7 +24,7 @@ enum Format {
     /// Synthea CSV: DIR/patients.csv, observations.csv, conditions.csv,
     /// medications.csv.
     Csv,
-    /// One compact Bundle per line: DIR/bundles.ndjson.
+    /// FHIR Bulk Data NDJSON, one resource per line: DIR/fhir.ndjson.
     Ndjson,
 }
 
@@ -104,7 +104,7 @@ fn main() -> Result<()> {
                 .with_context(|| format!("writing CSV to {}", args.out.display()))?;
         }
         Format::Ndjson => {
-            let path = args.out.join("bundles.ndjson");
+            let path = args.out.join("fhir.ndjson");
             let file =
                 File::create(&path).with_context(|| format!("creating {}", path.display()))?;
             let donors = synthpop::donors(&cfg).inspect(|d| tally.add(d));

@@ -8,7 +8,8 @@
 //! 8480-6/8462-4 components; the last HbA1c carries [`Donor::note`] in
 //! `note[0].text`); one Condition per [`Donor::conditions`]; one
 //! MedicationRequest per [`Donor::medications`]. [`resource_counts`] gives the
-//! expected numbers.
+//! expected numbers. [`write_ndjson`] writes the same resources as FHIR Bulk
+//! Data NDJSON, one resource per line.
 //!
 //! Identifying data a donor client must strip: `Patient.identifier` (CPR under
 //! [`CPR_SYSTEM`](super::CPR_SYSTEM)), `Patient.name`, `Patient.address`,
@@ -42,8 +43,10 @@ pub fn write_fhir_bundle(donor: &Donor, mut w: impl Write) -> io::Result<()> {
     w.flush()
 }
 
-/// Writes one compact Bundle per line (NDJSON), streaming: only one donor is
-/// held at a time. Returns the number of bundles written.
+/// Writes FHIR Bulk Data NDJSON: every resource of every donor's Bundle as one
+/// compact JSON object per line (the Patient first, then its Encounters,
+/// Observations, Conditions and MedicationRequests), streaming: only one
+/// donor is held at a time. Returns the number of donors written.
 ///
 /// # Errors
 ///
@@ -51,8 +54,10 @@ pub fn write_fhir_bundle(donor: &Donor, mut w: impl Write) -> io::Result<()> {
 pub fn write_ndjson(donors: impl Iterator<Item = Donor>, mut w: impl Write) -> io::Result<u64> {
     let mut n = 0;
     for donor in donors {
-        serde_json::to_writer(&mut w, &bundle_json(&donor))?;
-        w.write_all(b"\n")?;
+        for (_, _, resource) in resources(&donor) {
+            serde_json::to_writer(&mut w, &resource)?;
+            w.write_all(b"\n")?;
+        }
         n += 1;
     }
     w.flush()?;
@@ -76,6 +81,19 @@ pub fn resource_counts(donor: &Donor) -> BTreeMap<&'static str, usize> {
 
 /// The donor's transaction Bundle as a JSON value.
 pub fn bundle_json(donor: &Donor) -> Value {
+    let entries: Vec<Value> = resources(donor)
+        .into_iter()
+        .map(|(id, resource_type, resource)| entry(id, resource_type, resource))
+        .collect();
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": entries
+    })
+}
+
+/// The donor's resources in Bundle order, with their ids and types.
+fn resources(donor: &Donor) -> Vec<(&str, &'static str, Value)> {
     let patient_ref = format!("urn:uuid:{}", donor.id);
     let mut entries = Vec::with_capacity(
         1 + donor.encounters.len()
@@ -83,7 +101,7 @@ pub fn bundle_json(donor: &Donor) -> Value {
             + donor.conditions.len()
             + donor.medications.len(),
     );
-    entries.push(entry(&donor.id, "Patient", patient(donor)));
+    entries.push((donor.id.as_str(), "Patient", patient(donor)));
 
     for enc in &donor.encounters {
         let resource = json!({
@@ -98,7 +116,7 @@ pub fn bundle_json(donor: &Donor) -> Value {
             "subject": { "reference": patient_ref, "display": donor.full_name() },
             "period": { "start": timestamp(enc.start), "end": timestamp(enc.end) }
         });
-        entries.push(entry(&enc.id, "Encounter", resource));
+        entries.push((enc.id.as_str(), "Encounter", resource));
     }
 
     let note_at = donor.note_observation();
@@ -149,7 +167,7 @@ pub fn bundle_json(donor: &Donor) -> Value {
         if note_at == Some(i) {
             resource["note"] = json!([{ "text": donor.note }]);
         }
-        entries.push(entry(&obs.id, "Observation", resource));
+        entries.push((obs.id.as_str(), "Observation", resource));
     }
 
     for cond in &donor.conditions {
@@ -184,7 +202,7 @@ pub fn bundle_json(donor: &Donor) -> Value {
         if let Some(end) = cond.abatement {
             resource["abatementDateTime"] = json!(format!("{}T00:00:00+00:00", fmt_date(end)));
         }
-        entries.push(entry(&cond.id, "Condition", resource));
+        entries.push((cond.id.as_str(), "Condition", resource));
     }
 
     for med in &donor.medications {
@@ -221,14 +239,10 @@ pub fn bundle_json(donor: &Donor) -> Value {
         if let Some(r) = condition_ref {
             resource["reasonReference"] = json!([{ "reference": r }]);
         }
-        entries.push(entry(&med.id, "MedicationRequest", resource));
+        entries.push((med.id.as_str(), "MedicationRequest", resource));
     }
 
-    json!({
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": entries
-    })
+    entries
 }
 
 fn patient(donor: &Donor) -> Value {

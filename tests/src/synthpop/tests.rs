@@ -363,7 +363,22 @@ fn same_seed_gives_identical_bytes() {
     write_ndjson(donors(&cfg), &mut nd_a).expect("ndjson");
     write_ndjson(donors(&cfg), &mut nd_b).expect("ndjson");
     assert_eq!(nd_a, nd_b);
-    assert_eq!(nd_a.iter().filter(|&&b| b == b'\n').count(), 40);
+    let resources: usize = donors(&cfg)
+        .map(|d| resource_counts(&d).values().sum::<usize>())
+        .sum();
+    let lines: Vec<Value> = nd_a
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("NDJSON line parses"))
+        .collect();
+    assert_eq!(lines.len(), resources);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|r| r["resourceType"] == "Patient")
+            .count(),
+        40
+    );
 
     let other: Vec<Vec<u8>> = donors(&PopulationConfig::new(8, 40))
         .map(|d| fhir_bytes(&d))
@@ -609,6 +624,64 @@ fn fhir_bundles_are_well_formed() {
         }
     }
     assert!(saw_t2d, "150 donors include a diabetic");
+}
+
+/// The donor client's importers read every format unchanged: nothing skipped
+/// but the Encounters (which carry no donated data), and one item per
+/// observation component, condition and prescription of the ground truth.
+#[test]
+fn client_importers_read_the_output() {
+    use datadonor_client::import::{import_path, ImportReport};
+    let import = |path: &std::path::Path| -> ImportReport {
+        import_path(path, &mut |_item| Ok(())).expect("import succeeds")
+    };
+    let cfg = PopulationConfig::new(5, 30);
+    let all: Vec<Donor> = donors(&cfg).collect();
+    let parts = |d: &Donor| -> u64 {
+        d.observations
+            .iter()
+            .map(|o| o.measurement.parts().count() as u64)
+            .sum()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Synthea CSV.
+    write_synthea_csv(all.iter().cloned(), &dir.path().join("csv")).expect("csv");
+    let rep = import(&dir.path().join("csv"));
+    assert!(rep.skipped.is_empty() && rep.samples.is_empty(), "{rep:#?}");
+    assert_eq!(rep.emitted.demographics, all.len() as u64);
+    assert_eq!(rep.emitted.observations, all.iter().map(parts).sum::<u64>());
+    assert_eq!(
+        rep.emitted.conditions,
+        all.iter().map(|d| d.conditions.len() as u64).sum::<u64>()
+    );
+    assert_eq!(
+        rep.emitted.medications,
+        all.iter().map(|d| d.medications.len() as u64).sum::<u64>()
+    );
+
+    // FHIR Bundles and NDJSON.
+    let check = |rep: &ImportReport, ds: &[Donor]| {
+        assert!(rep.samples.is_empty(), "{rep:#?}");
+        let encounters: u64 = ds.iter().map(|d| d.encounters.len() as u64).sum();
+        assert_eq!(rep.skipped.values().sum::<u64>(), encounters, "{rep:#?}");
+        assert_eq!(rep.emitted.demographics, ds.len() as u64);
+        assert_eq!(rep.emitted.observations, ds.iter().map(parts).sum::<u64>());
+        let conditions: u64 = ds.iter().map(|d| d.conditions.len() as u64).sum();
+        let medications: u64 = ds.iter().map(|d| d.medications.len() as u64).sum();
+        assert_eq!(rep.emitted.conditions, conditions);
+        assert_eq!(rep.emitted.medications, medications);
+    };
+    for d in all.iter().take(10) {
+        let path = dir.path().join(format!("{}.json", d.id));
+        let file = std::fs::File::create(&path).expect("create");
+        write_fhir_bundle(d, std::io::BufWriter::new(file)).expect("bundle");
+        check(&import(&path), std::slice::from_ref(d));
+    }
+    let path = dir.path().join("fhir.ndjson");
+    let file = std::fs::File::create(&path).expect("create");
+    write_ndjson(all.iter().cloned(), std::io::BufWriter::new(file)).expect("ndjson");
+    check(&import(&path), &all);
 }
 
 proptest::proptest! {
