@@ -90,7 +90,7 @@ pub fn compact(
         let df = read(&f.path, &opened.plaintext, Some(vec![DONOR_COLUMN.to_string()]))?;
         let hits = df
             .lazy()
-            .filter(col(DONOR_COLUMN).is_in(lit(erase_series.clone()), false))
+            .filter(col(DONOR_COLUMN).is_in(lit(erase_series.clone()).implode(false), false))
             .group_by([col(DONOR_COLUMN)])
             .agg([len().cast(DataType::UInt64).alias("n")])
             .collect()?;
@@ -120,7 +120,7 @@ pub fn compact(
             let df = read(path, &opened.plaintext, None)?;
             let kept = df
                 .lazy()
-                .filter(col(DONOR_COLUMN).is_in(lit(erase_series.clone()), false).not())
+                .filter(col(DONOR_COLUMN).is_in(lit(erase_series.clone()).implode(false), false).not())
                 .collect()?;
             report.rows_kept += kept.height() as u64;
             match &mut acc {

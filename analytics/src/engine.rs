@@ -230,7 +230,7 @@ pub fn filter_expr(f: &Filter) -> Expr {
         }
         Filter::In { field, values } => {
             let s = Series::new("values".into(), values.clone());
-            col(field.as_str()).is_in(lit(s), false)
+            col(field.as_str()).is_in(lit(s).implode(false), false)
         }
     }
 }
@@ -356,7 +356,7 @@ impl QueryEngine {
     /// Aggregate rows given as a lazy frame with the study's columns (no schema checks beyond
     /// polars' own; used for plaintext reference runs).
     pub fn add_lazy(&mut self, lf: LazyFrame) -> Result<(), AnalyticsError> {
-        let mut lf = lf.filter(col(DONOR_COLUMN).is_in(lit(self.allowed.clone()), false));
+        let mut lf = lf.filter(col(DONOR_COLUMN).is_in(lit(self.allowed.clone()).implode(false), false));
         if let Some(f) = &self.filter {
             lf = lf.filter(f.clone());
         }

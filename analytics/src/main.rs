@@ -88,7 +88,7 @@ enum Cmd {
         /// The signed study (JSON).
         #[arg(long)]
         study: PathBuf,
-        /// Directory of sealed batches.
+        /// The study's batch directory: the intake's `batches/<study>/`.
         #[arg(long)]
         batches: PathBuf,
         /// Vault key file.
@@ -108,7 +108,7 @@ enum Cmd {
     },
     /// Rewrite sealed batches without withdrawn donors' rows and log the erasures.
     Compact {
-        /// Directory of sealed batches.
+        /// The study's batch directory: the intake's `batches/<study>/`.
         #[arg(long)]
         batches: PathBuf,
         /// Vault key file.

@@ -1,7 +1,10 @@
 //! The directory of sealed batches (embedded storage): listing a study's batches and replacing
 //! a set of batches atomically during compaction.
 //!
-//! A batch file is named `<32 hex batch id>.batch`. Other names are ignored. Replacement is
+//! The store is one study's directory of the intake's batch tree, `batches/<study>/`. A batch
+//! written by the intake's group commit is named `<32 hex batch id>.ddb`; a batch written here
+//! (by compaction) is named `<32 hex batch id>.ddc`, a name the intake's recovery never touches
+//! (it deletes `.ddb` files no ledger entry names). Other names are ignored. Replacement is
 //! crash-safe through a journal (`compact.journal`): the new batches are written as `.tmp`
 //! files and synced, then the journal naming the old and the new files is written and synced,
 //! then the new files are renamed into place and the old ones removed, and the journal is
@@ -19,8 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::sealed::{read_header, BatchError};
 use crate::AnalyticsError;
 
-/// File extension of sealed batches.
-pub const BATCH_EXT: &str = "batch";
+/// File extension of the batches this store writes (compaction output).
+pub const BATCH_EXT: &str = "ddc";
+/// File extension of the batches the intake writes.
+pub const INTAKE_BATCH_EXT: &str = "ddb";
 /// The compaction journal's file name.
 pub const JOURNAL: &str = "compact.journal";
 /// Largest possible header.
@@ -58,7 +63,8 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> AnalyticsError {
 }
 
 fn is_batch_name(name: &str) -> bool {
-    name.strip_suffix(".batch")
+    name.strip_suffix(".ddc")
+        .or_else(|| name.strip_suffix(".ddb"))
         .is_some_and(|stem| stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
@@ -254,12 +260,12 @@ mod tests {
         let (h2, b2) = seal_batch(b"two", &study, 2, &vault.public()).expect("seal");
         // Crash after the tmp file, before the journal: the tmp file is discarded.
         store
-            .write_tmp(&format!("{}.batch", h2.batch_id_hex()), &b2)
+            .write_tmp(&format!("{}.{BATCH_EXT}", h2.batch_id_hex()), &b2)
             .expect("tmp");
         let store = BatchStore::open(dir.path()).expect("recovers");
         assert_eq!(store.list(&study).expect("list").len(), 1);
         // Crash after the journal: rolled forward.
-        let name = format!("{}.batch", h2.batch_id_hex());
+        let name = format!("{}.{BATCH_EXT}", h2.batch_id_hex());
         store.write_tmp(&name, &b2).expect("tmp");
         let j = Journal {
             remove: vec![old.file_name().expect("name").to_string_lossy().to_string()],

@@ -48,7 +48,8 @@ pub struct Receipt {
     /// Consent record.
     #[serde(with = "hex16")]
     pub consent_record_id: [u8; 16],
-    /// SHA-256 of the request body (envelope, or signed withdrawal).
+    /// SHA-256 of the request: the envelope bytes, or the signed withdrawal's payload (the
+    /// ledger entry's `withdrawal_sha256`, which [`verify_receipt`] compares it with).
     #[serde(with = "hex32")]
     pub request_sha256: [u8; 32],
     /// Index of the ledger entry.

@@ -141,6 +141,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut tasks: JoinSet<Result<Option<Donated>>> = JoinSet::new();
+    let mut donated: Vec<Donated> = Vec::new();
     for donor in synthpop::donors(&pop) {
         let permit = permits.clone().acquire_owned().await?;
         let (session, study, exports, bar) = (session.clone(), study.clone(), exports.clone(), bar.clone());
@@ -151,10 +152,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
             out
         });
         while let Some(done) = tasks.try_join_next() {
-            collect(done, &mut summary)?;
+            if let Some(d) = collect(done, &mut summary)? {
+                donated.push(d);
+            }
         }
     }
-    let mut donated: Vec<Donated> = Vec::new();
     while let Some(done) = tasks.join_next().await {
         if let Some(d) = collect(done, &mut summary)? {
             donated.push(d);
