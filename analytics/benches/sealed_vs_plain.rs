@@ -37,7 +37,11 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn arg(args: &[String], name: &str, default: usize) -> Res<usize> {
     match args.iter().position(|a| a == name) {
-        Some(i) => Ok(args.get(i + 1).ok_or(format!("{name} needs a value"))?.replace('_', "").parse()?),
+        Some(i) => Ok(args
+            .get(i + 1)
+            .ok_or(format!("{name} needs a value"))?
+            .replace('_', "")
+            .parse()?),
         None => Ok(default),
     }
 }
@@ -68,7 +72,10 @@ fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()
         let n = batch_rows.min(rows - done);
         let mut df = synthetic_frame(&study, &hex, n, &mut rng)?;
         let bytes = parquet_bytes(&mut df)?;
-        std::fs::write(dir.join("plain").join(format!("part-{part:05}.parquet")), &bytes)?;
+        std::fs::write(
+            dir.join("plain").join(format!("part-{part:05}.parquet")),
+            &bytes,
+        )?;
         let (h, sealed) = seal_batch(&bytes, &study.id, part as i64, &vault.public())?;
         store.write(&h, &sealed)?;
         done += n;
@@ -77,9 +84,13 @@ fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()
     // Ledger: every donor consented to the example's purpose (but one in 50 withdrew).
     let mut ledger = Vec::new();
     for i in 0..donors as u32 {
-        ledger.extend(encode_record(&grant(&study, donor(i), &["t2d-epidemiology"], NOW + 86_400).to_bytes()));
+        ledger.extend(encode_record(
+            &grant(&study, donor(i), &["t2d-epidemiology"], NOW + 86_400).to_bytes(),
+        ));
         if i % 50 == 0 {
-            ledger.extend(encode_record(&datadonor_analytics::testkit::withdraw(&study, donor(i), NOW - 1).to_bytes()));
+            ledger.extend(encode_record(
+                &datadonor_analytics::testkit::withdraw(&study, donor(i), NOW - 1).to_bytes(),
+            ));
         }
     }
     std::fs::write(dir.join("ledger.log"), ledger)?;
@@ -104,7 +115,9 @@ fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()
 fn child(variant: &str, dir: &Path) -> Res<()> {
     let study = StudyDefinition::from_toml(STUDY)?;
     let spec = QuerySpec::from_toml(QUERY)?;
-    let seed: [u8; 32] = std::fs::read(dir.join("steward.seed"))?.as_slice().try_into()?;
+    let seed: [u8; 32] = std::fs::read(dir.join("steward.seed"))?
+        .as_slice()
+        .try_into()?;
     let steward = SigningKey::from_seed(&seed)?;
     let approval = SignedObject::from_bytes(&std::fs::read(dir.join("q.approval"))?)?;
     let approvers = [steward.public_key()];
@@ -146,7 +159,10 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
         other => return Err(format!("unknown variant {other}").into()),
     };
     let secs = start.elapsed().as_secs_f64();
-    println!("secs={secs} hwm_kib={} cells={cells} suppressed={suppressed}", vm_hwm_kib());
+    println!(
+        "secs={secs} hwm_kib={} cells={cells} suppressed={suppressed}",
+        vm_hwm_kib()
+    );
     Ok(())
 }
 
@@ -156,7 +172,11 @@ fn run_child(dir: &Path, variant: &str) -> Res<(f64, u64, String)> {
         .arg(dir)
         .output()?;
     if !out.status.success() {
-        return Err(format!("{variant} child failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        return Err(format!(
+            "{variant} child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
     let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let field = |k: &str| -> Option<String> {
@@ -184,7 +204,11 @@ fn main() -> Res<()> {
     generate(tmp.path(), rows, donors, batch_rows)?;
     let size = |d: &str| -> u64 {
         std::fs::read_dir(tmp.path().join(d))
-            .map(|r| r.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .map(|r| {
+                r.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0)
     };
     println!(
@@ -193,7 +217,10 @@ fn main() -> Res<()> {
         size("plain") >> 20,
         size("sealed") >> 20
     );
-    let mut best = [(f64::MAX, 0u64, String::new()), (f64::MAX, 0u64, String::new())];
+    let mut best = [
+        (f64::MAX, 0u64, String::new()),
+        (f64::MAX, 0u64, String::new()),
+    ];
     for _ in 0..repeat {
         for (slot, v) in ["plain", "sealed"].into_iter().enumerate() {
             let r = run_child(tmp.path(), v)?;
@@ -203,8 +230,14 @@ fn main() -> Res<()> {
         }
     }
     let [(tp, hp, lp), (ts, hs, ls)] = best;
-    println!("(b) plaintext scan_parquet: {tp:.3}s, peak RSS {} MiB   [{lp}]", hp >> 10);
-    println!("(a) sealed, real engine:   {ts:.3}s, peak RSS {} MiB   [{ls}]", hs >> 10);
+    println!(
+        "(b) plaintext scan_parquet: {tp:.3}s, peak RSS {} MiB   [{lp}]",
+        hp >> 10
+    );
+    println!(
+        "(a) sealed, real engine:   {ts:.3}s, peak RSS {} MiB   [{ls}]",
+        hs >> 10
+    );
     println!("ratio sealed/plain = {:.3} (target <= 1.10)", ts / tp);
     Ok(())
 }

@@ -87,7 +87,11 @@ pub fn compact(
     let mut plan: Vec<(PathBuf, String, bool, usize)> = Vec::new();
     for f in &files {
         let opened = open_batch_file(&f.path, vault)?;
-        let df = read(&f.path, &opened.plaintext, Some(vec![DONOR_COLUMN.to_string()]))?;
+        let df = read(
+            &f.path,
+            &opened.plaintext,
+            Some(vec![DONOR_COLUMN.to_string()]),
+        )?;
         let hits = df
             .lazy()
             .filter(col(DONOR_COLUMN).is_in(lit(erase_series.clone()).implode(false), false))
@@ -120,7 +124,11 @@ pub fn compact(
             let df = read(path, &opened.plaintext, None)?;
             let kept = df
                 .lazy()
-                .filter(col(DONOR_COLUMN).is_in(lit(erase_series.clone()).implode(false), false).not())
+                .filter(
+                    col(DONOR_COLUMN)
+                        .is_in(lit(erase_series.clone()).implode(false), false)
+                        .not(),
+                )
                 .collect()?;
             report.rows_kept += kept.height() as u64;
             match &mut acc {
@@ -161,7 +169,11 @@ pub fn compact(
     Ok(report)
 }
 
-fn read(path: &std::path::Path, bytes: &[u8], columns: Option<Vec<String>>) -> Result<DataFrame, AnalyticsError> {
+fn read(
+    path: &std::path::Path,
+    bytes: &[u8],
+    columns: Option<Vec<String>>,
+) -> Result<DataFrame, AnalyticsError> {
     ParquetReader::new(std::io::Cursor::new(bytes))
         .with_columns(columns)
         .finish()

@@ -117,7 +117,11 @@ pub fn suppress(
         let mut changed = false;
         for line in &lines {
             let cells: Vec<usize> = line.members.iter().copied().chain(line.margin).collect();
-            let suppressed: Vec<usize> = cells.iter().copied().filter(|c| status[*c].is_some()).collect();
+            let suppressed: Vec<usize> = cells
+                .iter()
+                .copied()
+                .filter(|c| status[*c].is_some())
+                .collect();
             if suppressed.is_empty() || suppressed.len() == cells.len() {
                 continue;
             }
@@ -155,7 +159,11 @@ pub fn check(
 ) -> Result<(), String> {
     for (i, d) in donors.iter().enumerate() {
         if status[i].is_none() && !d.is_empty() && d.len() < k as usize {
-            return Err(format!("cell {:?} published with {} donors", keys[i], d.len()));
+            return Err(format!(
+                "cell {:?} published with {} donors",
+                keys[i],
+                d.len()
+            ));
         }
     }
     if !margins {
@@ -163,7 +171,11 @@ pub fn check(
     }
     for line in lines(keys) {
         let cells: Vec<usize> = line.members.iter().copied().chain(line.margin).collect();
-        let suppressed: Vec<usize> = cells.iter().copied().filter(|c| status[*c].is_some()).collect();
+        let suppressed: Vec<usize> = cells
+            .iter()
+            .copied()
+            .filter(|c| status[*c].is_some())
+            .collect();
         if suppressed.len() == cells.len() || suppressed.is_empty() {
             continue;
         }
@@ -191,7 +203,11 @@ mod tests {
     /// totals, as the engine builds it.
     fn cube(rows: &[(u32, Vec<u8>)], d: usize, totals: bool) -> (Vec<CellKey>, Vec<Vec<u32>>) {
         let mut cells: BTreeMap<CellKey, HashSet<u32>> = BTreeMap::new();
-        let masks: Vec<u32> = if totals { (0..1u32 << d).collect() } else { vec![(1u32 << d) - 1] };
+        let masks: Vec<u32> = if totals {
+            (0..1u32 << d).collect()
+        } else {
+            vec![(1u32 << d) - 1]
+        };
         for (donor, dims) in rows {
             for mask in &masks {
                 let key: CellKey = (0..d)
@@ -231,7 +247,12 @@ mod tests {
             .position(|k| k == &vec![Some("1".to_string()), Some("0".to_string())])
             .expect("cell");
         assert_eq!(st[small], Some(Suppression::FewDonors));
-        assert!(st.iter().filter(|s| **s == Some(Suppression::Secondary)).count() >= 3);
+        assert!(
+            st.iter()
+                .filter(|s| **s == Some(Suppression::Secondary))
+                .count()
+                >= 3
+        );
         // Without margins only the small cell goes.
         let (keys, donors) = cube(&rows, 2, false);
         let st = suppress(&keys, &donors, 5, false, &[], Suppression::FewDonors);

@@ -32,7 +32,9 @@ use std::io::Cursor;
 use std::path::Path;
 
 use datadonor_schemas::pseudonym::Pseudonym;
-use datadonor_schemas::query::{CmpOp, Contribution, Filter, Literal, Measure, MeasureOp, QuerySpec};
+use datadonor_schemas::query::{
+    CmpOp, Contribution, Filter, Literal, Measure, MeasureOp, QuerySpec,
+};
 use datadonor_schemas::study::{FieldType, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN};
 use polars::prelude::*;
 
@@ -356,7 +358,8 @@ impl QueryEngine {
     /// Aggregate rows given as a lazy frame with the study's columns (no schema checks beyond
     /// polars' own; used for plaintext reference runs).
     pub fn add_lazy(&mut self, lf: LazyFrame) -> Result<(), AnalyticsError> {
-        let mut lf = lf.filter(col(DONOR_COLUMN).is_in(lit(self.allowed.clone()).implode(false), false));
+        let mut lf =
+            lf.filter(col(DONOR_COLUMN).is_in(lit(self.allowed.clone()).implode(false), false));
         if let Some(f) = &self.filter {
             lf = lf.filter(f.clone());
         }
@@ -373,7 +376,12 @@ impl QueryEngine {
         for f in &self.fields {
             let c = col(f.name.as_str());
             let d = c.clone() - lit(f.shift);
-            aggs.push(c.clone().count().cast(DataType::UInt64).alias(n_col(&f.name)));
+            aggs.push(
+                c.clone()
+                    .count()
+                    .cast(DataType::UInt64)
+                    .alias(n_col(&f.name)),
+            );
             aggs.push(c.sum().alias(s_col(&f.name)));
             aggs.push((d.clone() * d).sum().alias(ss_col(&f.name)));
         }
@@ -461,12 +469,16 @@ impl QueryEngine {
                         .enumerate()
                         .map(|(j, v)| if mask >> j & 1 == 1 { v.clone() } else { None })
                         .collect();
-                    let acc = cube.entry(key).or_default().entry(id).or_insert_with(|| DonorAcc {
-                        rows: 0,
-                        n: vec![0; nf],
-                        s: vec![0.0; nf],
-                        ss: vec![0.0; nf],
-                    });
+                    let acc = cube
+                        .entry(key)
+                        .or_default()
+                        .entry(id)
+                        .or_insert_with(|| DonorAcc {
+                            rows: 0,
+                            n: vec![0; nf],
+                            s: vec![0.0; nf],
+                            ss: vec![0.0; nf],
+                        });
                     acc.rows += rows.get(i).unwrap_or(0);
                     for f in 0..nf {
                         acc.n[f] += ns[f].get(i).unwrap_or(0);
@@ -491,7 +503,9 @@ impl QueryEngine {
                 let bins = df.column(BIN)?.i64()?;
                 let counts = df.column(COUNT)?.u64()?;
                 for i in 0..df.height() {
-                    let (Some(b), Some(n)) = (bins.get(i), counts.get(i)) else { continue };
+                    let (Some(b), Some(n)) = (bins.get(i), counts.get(i)) else {
+                        continue;
+                    };
                     let full: Vec<Option<String>> =
                         dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
                     for mask in &masks {
@@ -564,12 +578,14 @@ impl QueryEngine {
                                 }),
                                 MeasureOp::Quantile => {
                                     let slot = self.quantile_fields.iter().position(|q| *q == f);
-                                    slot.and_then(|s| hist_cube.get(s)).and_then(|h| h.get(&key)).and_then(|h| {
-                                        let fi = &self.fields[f];
-                                        let step = (fi.max - fi.min) / QUANTILE_BINS;
-                                        quantile_weighted(h, m.q.unwrap_or(0.5))
-                                            .map(|b| fi.min + b * step)
-                                    })
+                                    slot.and_then(|s| hist_cube.get(s))
+                                        .and_then(|h| h.get(&key))
+                                        .and_then(|h| {
+                                            let fi = &self.fields[f];
+                                            let step = (fi.max - fi.min) / QUANTILE_BINS;
+                                            quantile_weighted(h, m.q.unwrap_or(0.5))
+                                                .map(|b| fi.min + b * step)
+                                        })
                                 }
                                 _ => None,
                             }

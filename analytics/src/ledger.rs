@@ -219,7 +219,12 @@ impl LedgerView {
     }
 
     /// Pseudonyms whose consent covers `purpose` at `now`.
-    pub fn allowed_donors(&self, study: &StudyId, purpose: &str, now: UnixSeconds) -> HashSet<Pseudonym> {
+    pub fn allowed_donors(
+        &self,
+        study: &StudyId,
+        purpose: &str,
+        now: UnixSeconds,
+    ) -> HashSet<Pseudonym> {
         self.consent_states(study)
             .into_iter()
             .filter(|(_, s)| s.covers(purpose, now))
@@ -242,7 +247,9 @@ impl LedgerView {
             .all()
             .filter_map(|e| match e {
                 LedgerEntry::ErasureDone {
-                    study_id, pseudonym, ..
+                    study_id,
+                    pseudonym,
+                    ..
                 } if study_id == study => Some(*pseudonym),
                 _ => None,
             })
@@ -256,7 +263,9 @@ impl LedgerView {
         // Withdrawals in the tail of donors whose grant is also in the tail are still honoured.
         for e in &self.tail {
             if let LedgerEntry::ConsentWithdrawn {
-                study_id, pseudonym, ..
+                study_id,
+                pseudonym,
+                ..
             } = e
             {
                 if study_id == study && !erased.contains(pseudonym) && !out.contains(pseudonym) {
@@ -389,11 +398,13 @@ fn check_against_state(
         source,
     })?;
     // The entries we hold must also reproduce the old root.
-    let local_old = log.root_at(old.size).map_err(|source| LedgerError::Inconsistent {
-        old: old.size,
-        new: cp.size,
-        source,
-    })?;
+    let local_old = log
+        .root_at(old.size)
+        .map_err(|source| LedgerError::Inconsistent {
+            old: old.size,
+            new: cp.size,
+            source,
+        })?;
     if local_old != old.root {
         return Err(LedgerError::Inconsistent {
             old: old.size,
@@ -503,7 +514,10 @@ impl LocalLedgerFile {
 
 impl LedgerSource for LocalLedgerFile {
     fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
-        let p = self.checkpoint_path.as_ref().ok_or(LedgerError::NoCheckpoint)?;
+        let p = self
+            .checkpoint_path
+            .as_ref()
+            .ok_or(LedgerError::NoCheckpoint)?;
         std::fs::read(p).map_err(|source| LedgerError::Io {
             path: p.clone(),
             source,
@@ -519,10 +533,11 @@ impl LedgerSource for LocalLedgerFile {
     }
     fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
         let log = MerkleLog::from_leaves(self.read_all()?.iter().map(|b| merkle::leaf_hash(b)));
-        log.consistency_proof(from, to).map_err(|e| LedgerError::Malformed {
-            what: "consistency proof request".into(),
-            detail: e.to_string(),
-        })
+        log.consistency_proof(from, to)
+            .map_err(|e| LedgerError::Malformed {
+                what: "consistency proof request".into(),
+                detail: e.to_string(),
+            })
     }
 }
 
@@ -572,7 +587,10 @@ impl MemoryLedger {
 
     /// The verifier of its checkpoints.
     pub fn verifier(&self) -> Result<NoteVerifier, LedgerError> {
-        Ok(NoteVerifier::from_key_pair(&self.key_name, self.key.key_pair())?)
+        Ok(NoteVerifier::from_key_pair(
+            &self.key_name,
+            self.key.key_pair(),
+        )?)
     }
 
     /// Append any entry (tests use this to record consents and withdrawals).
@@ -590,7 +608,9 @@ impl MemoryLedger {
     /// Every entry, parsed.
     pub fn parsed(&self) -> Vec<LedgerEntry> {
         let g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        g.iter().filter_map(|b| LedgerEntry::from_bytes(b).ok()).collect()
+        g.iter()
+            .filter_map(|b| LedgerEntry::from_bytes(b).ok())
+            .collect()
     }
 
     /// Replace an entry's bytes (tests of tampering).
@@ -608,10 +628,13 @@ impl MemoryLedger {
 
     /// A signed checkpoint over the first `size` entries.
     pub fn checkpoint_at(&self, size: u64) -> Result<Vec<u8>, LedgerError> {
-        let root = self.log().root_at(size).map_err(|e| LedgerError::Malformed {
-            what: "checkpoint size".into(),
-            detail: e.to_string(),
-        })?;
+        let root = self
+            .log()
+            .root_at(size)
+            .map_err(|e| LedgerError::Malformed {
+                what: "checkpoint size".into(),
+                detail: e.to_string(),
+            })?;
         let cp = Checkpoint::new(self.origin.clone(), size, root)?;
         Ok(checkpoint::sign(&cp, &self.key_name, self.key.key_pair())?.into_bytes())
     }

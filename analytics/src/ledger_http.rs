@@ -170,7 +170,11 @@ fn problem_slug(body: &[u8]) -> String {
         kind: String,
     }
     serde_json::from_slice::<Problem>(body)
-        .map(|p| p.kind.trim_start_matches("urn:datadonor:problem:").to_string())
+        .map(|p| {
+            p.kind
+                .trim_start_matches("urn:datadonor:problem:")
+                .to_string()
+        })
         .unwrap_or_else(|_| "no problem document".into())
 }
 
@@ -246,7 +250,9 @@ impl LedgerSink for HttpLedger {
                 &proof,
                 cp.root.as_bytes(),
             )
-            .map_err(|e| LedgerError::Append(format!("inclusion proof of the appended entry: {e}")))?;
+            .map_err(|e| {
+                LedgerError::Append(format!("inclusion proof of the appended entry: {e}"))
+            })?;
         }
         Ok(Appended { index: r.index })
     }

@@ -25,7 +25,11 @@ use datadonor_schemas::study::StudyDefinition;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
-#[command(name = "datadonor-analytics", version, about = "Datadonor analytics: approved, consent-aware aggregate queries over sealed batches")]
+#[command(
+    name = "datadonor-analytics",
+    version,
+    about = "Datadonor analytics: approved, consent-aware aggregate queries over sealed batches"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -173,7 +177,9 @@ struct LedgerArgs {
 }
 
 fn token(arg: &Option<String>, what: &str) -> anyhow::Result<Zeroizing<String>> {
-    let t = arg.as_ref().ok_or_else(|| anyhow!("--{what} is required with --ledger"))?;
+    let t = arg
+        .as_ref()
+        .ok_or_else(|| anyhow!("--{what} is required with --ledger"))?;
     Ok(match t.strip_prefix('@') {
         Some(f) => Zeroizing::new(
             std::fs::read_to_string(f)
@@ -186,16 +192,27 @@ fn token(arg: &Option<String>, what: &str) -> anyhow::Result<Zeroizing<String>> 
 }
 
 fn read_vkey(path: &Path) -> anyhow::Result<NoteVerifier> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     NoteVerifier::parse_vkey(text.trim()).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// The ledger as read and verified for one command, and the sink to log to.
-fn open_ledger(args: &LedgerArgs, need_sink: bool) -> anyhow::Result<(LedgerView, Box<dyn LedgerSink>)> {
+fn open_ledger(
+    args: &LedgerArgs,
+    need_sink: bool,
+) -> anyhow::Result<(LedgerView, Box<dyn LedgerSink>)> {
     if let Some(url) = &args.ledger {
-        let ca = args.ca.as_ref().ok_or_else(|| anyhow!("--ca is required with --ledger"))?;
+        let ca = args
+            .ca
+            .as_ref()
+            .ok_or_else(|| anyhow!("--ca is required with --ledger"))?;
         let auditor = token(&args.auditor_token, "auditor-token")?;
-        let analytics = if need_sink { Some(token(&args.analytics_token, "analytics-token")?) } else { None };
+        let analytics = if need_sink {
+            Some(token(&args.analytics_token, "analytics-token")?)
+        } else {
+            None
+        };
         let mut http = HttpLedger::with_ca_file(url, auditor, analytics, ca)?;
         let verifier = match &args.ledger_vkey {
             Some(p) => read_vkey(p)?,
@@ -206,7 +223,10 @@ fn open_ledger(args: &LedgerArgs, need_sink: bool) -> anyhow::Result<(LedgerView
                     .map_err(|e| anyhow!("ledger key served by {url}: {e}"))?;
                 match std::fs::read_to_string(&pinned) {
                     Ok(p) if p.trim() != served.to_vkey() => {
-                        return Err(anyhow!("ledger key changed since it was pinned in {}", pinned.display()))
+                        return Err(anyhow!(
+                            "ledger key changed since it was pinned in {}",
+                            pinned.display()
+                        ))
                     }
                     Ok(_) => {}
                     Err(_) => {
@@ -241,7 +261,8 @@ fn open_ledger(args: &LedgerArgs, need_sink: bool) -> anyhow::Result<(LedgerView
 }
 
 fn now(args: &LedgerArgs) -> i64 {
-    args.now.unwrap_or_else(|| jiff::Timestamp::now().as_second())
+    args.now
+        .unwrap_or_else(|| jiff::Timestamp::now().as_second())
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -262,9 +283,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Study {
             cmd: StudyCmd::Sign { study, key, out },
         } => {
-            let text = std::fs::read_to_string(&study).with_context(|| format!("reading {}", study.display()))?;
-            let def = StudyDefinition::from_toml(&text)
-                .map_err(|e| AnalyticsError::Refused(format!("{}: {}", study.display(), e.to_string().replace('\n', " "))))?;
+            let text = std::fs::read_to_string(&study)
+                .with_context(|| format!("reading {}", study.display()))?;
+            let def = StudyDefinition::from_toml(&text).map_err(|e| {
+                AnalyticsError::Refused(format!(
+                    "{}: {}",
+                    study.display(),
+                    e.to_string().replace('\n', " ")
+                ))
+            })?;
             let key = load_steward_key(&key)?;
             let signed = SignedObject::sign(Context::StudyDefinition, &def, &key);
             write_new(&out, &signed.to_bytes())?;
@@ -288,7 +315,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let key = load_steward_key(&key)?;
             if let Some(s) = study {
-                let bytes = std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
+                let bytes =
+                    std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
                 let def = open_study(&bytes, &[key.public_key()])?;
                 q.validate(&def).map_err(|e| {
                     let e = e.to_string();
@@ -326,11 +354,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let approvers_keys = load_approvers(&approvers)?;
             let q = load_spec(&spec)?;
-            let approval_bytes =
-                std::fs::read(&approval).with_context(|| format!("reading {}", approval.display()))?;
+            let approval_bytes = std::fs::read(&approval)
+                .with_context(|| format!("reading {}", approval.display()))?;
             let approval_obj = SignedObject::from_bytes(&approval_bytes)
                 .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", approval.display())))?;
-            let study_bytes = std::fs::read(&study).with_context(|| format!("reading {}", study.display()))?;
+            let study_bytes =
+                std::fs::read(&study).with_context(|| format!("reading {}", study.display()))?;
             let def = open_study(&study_bytes, &approvers_keys)?;
             let vault = VaultKey::load(&vault_key)?;
             let store = BatchStore::open(&batches)?;
@@ -368,11 +397,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = BatchStore::open(&batches)?;
             let (view, sink) = open_ledger(&ledger, true)?;
             let studies = match study_id {
-                Some(s) => vec![datadonor_schemas::study::StudyId::new(&s).map_err(|e| anyhow!("--study-id: {e}"))?],
+                Some(s) => vec![datadonor_schemas::study::StudyId::new(&s)
+                    .map_err(|e| anyhow!("--study-id: {e}"))?],
                 None => store.studies()?,
             };
             for s in studies {
-                let r = compact(&store, &s, &vault, &view, sink.as_ref(), now(&ledger), CompactOptions { target_rows })?;
+                let r = compact(
+                    &store,
+                    &s,
+                    &vault,
+                    &view,
+                    sink.as_ref(),
+                    now(&ledger),
+                    CompactOptions { target_rows },
+                )?;
                 println!(
                     "{s}: {} donors erased, {} batches removed, {} written, {} rows kept, {} ledger entries",
                     r.erased.len(),
@@ -396,7 +434,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let refused = matches!(e.downcast_ref::<AnalyticsError>(), Some(AnalyticsError::Refused(_)));
+            let refused = matches!(
+                e.downcast_ref::<AnalyticsError>(),
+                Some(AnalyticsError::Refused(_))
+            );
             let msg = format!("{e:#}").replace('\n', " ");
             if refused {
                 let msg = msg.strip_prefix("refused: ").unwrap_or(&msg);

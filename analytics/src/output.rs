@@ -96,7 +96,12 @@ pub fn render_text(t: &ResultTable) -> String {
     }
     let cols = grid.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| grid.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .map(|c| {
+            grid.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     if !t.title.is_empty() {
@@ -119,7 +124,13 @@ pub fn render_text(t: &ResultTable) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
         if i == 0 {
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
             out.push('\n');
         }
     }
@@ -143,7 +154,11 @@ pub fn write_csv(t: &ResultTable, path: &Path) -> Result<(), AnalyticsError> {
             .iter()
             .map(|k| k.clone().unwrap_or_else(|| TOTAL_LABEL.to_string()))
             .collect();
-        rec.extend(r.values.iter().map(|v| v.map(|v| v.to_string()).unwrap_or_default()));
+        rec.extend(
+            r.values
+                .iter()
+                .map(|v| v.map(|v| v.to_string()).unwrap_or_default()),
+        );
         rec.push(status_text(r, &names));
         w.write_record(&rec).map_err(|e| out_err(path, e))?;
     }
@@ -205,12 +220,22 @@ pub fn to_frame(t: &ResultTable) -> Result<DataFrame, AnalyticsError> {
         let v: Vec<String> = t
             .rows
             .iter()
-            .map(|r| r.key.get(j).cloned().flatten().unwrap_or_else(|| TOTAL_LABEL.to_string()))
+            .map(|r| {
+                r.key
+                    .get(j)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| TOTAL_LABEL.to_string())
+            })
             .collect();
         cols.push(Column::new(d.as_str().into(), v));
     }
     for (m, n) in names.iter().enumerate() {
-        let v: Vec<Option<f64>> = t.rows.iter().map(|r| r.values.get(m).copied().flatten()).collect();
+        let v: Vec<Option<f64>> = t
+            .rows
+            .iter()
+            .map(|r| r.values.get(m).copied().flatten())
+            .collect();
         cols.push(Column::new(n.as_str().into(), v));
     }
     let status: Vec<String> = t.rows.iter().map(|r| status_text(r, &names)).collect();
@@ -234,7 +259,10 @@ pub fn write_by_extension(t: &ResultTable, path: &Path) -> Result<(), AnalyticsE
         Some("csv") => write_csv(t, path),
         Some("json") => write_json(t, path),
         Some("parquet") => write_parquet(t, path),
-        _ => Err(out_err(path, "unknown output format; use .csv, .json or .parquet")),
+        _ => Err(out_err(
+            path,
+            "unknown output format; use .csv, .json or .parquet",
+        )),
     }
 }
 
@@ -256,16 +284,28 @@ pub fn plot_svg(t: &ResultTable, path: &Path) -> Result<(), AnalyticsError> {
             }
             let first = r.key.first().is_some_and(Option::is_some);
             let rest_total = r.key.iter().skip(1).all(Option::is_none);
-            let has_margins = t.rows.iter().any(|x| x.key.iter().skip(1).all(Option::is_none) && x.key.first().is_some_and(Option::is_some));
+            let has_margins = t.rows.iter().any(|x| {
+                x.key.iter().skip(1).all(Option::is_none)
+                    && x.key.first().is_some_and(Option::is_some)
+            });
             first && (rest_total || !has_margins)
         })
         .map(|r| {
             let label = if t.dimensions.is_empty() {
                 "all".to_string()
             } else {
-                r.key.iter().flatten().cloned().collect::<Vec<_>>().join(" / ")
+                r.key
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" / ")
             };
-            (label, r.values.get(m).copied().flatten(), r.suppressed.get(m).copied().flatten())
+            (
+                label,
+                r.values.get(m).copied().flatten(),
+                r.suppressed.get(m).copied().flatten(),
+            )
         })
         .collect();
     let max = bars.iter().filter_map(|b| b.1).fold(0.0f64, f64::max);
@@ -276,7 +316,11 @@ pub fn plot_svg(t: &ResultTable, path: &Path) -> Result<(), AnalyticsError> {
         let width = (120 * bars.len().max(1) as u32 + 160).max(480);
         let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
         root.fill(&WHITE)?;
-        let title = if t.title.is_empty() { measure.clone() } else { format!("{} — {measure}", t.title) };
+        let title = if t.title.is_empty() {
+            measure.clone()
+        } else {
+            format!("{} — {measure}", t.title)
+        };
         let n = bars.len().max(1);
         let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
         let mut chart = ChartBuilder::on(&root)

@@ -93,8 +93,12 @@ pub struct QueryOutcome {
 }
 
 /// Open a signed study definition and check that a trusted steward signed it.
-pub fn open_study(bytes: &[u8], approvers: &[PublicKey]) -> Result<StudyDefinition, AnalyticsError> {
-    let obj = SignedObject::from_bytes(bytes).map_err(|e| AnalyticsError::Refused(format!("study: {e}")))?;
+pub fn open_study(
+    bytes: &[u8],
+    approvers: &[PublicKey],
+) -> Result<StudyDefinition, AnalyticsError> {
+    let obj = SignedObject::from_bytes(bytes)
+        .map_err(|e| AnalyticsError::Refused(format!("study: {e}")))?;
     let signed: Signed<StudyDefinition> = obj
         .open(Context::StudyDefinition, "study definition")
         .map_err(|e| AnalyticsError::Refused(format!("study: {e}")))?;
@@ -112,14 +116,23 @@ pub fn open_study(bytes: &[u8], approvers: &[PublicKey]) -> Result<StudyDefiniti
 
 /// Validate the spec against the study and check the approval, counting the runs already
 /// logged under it.
-pub fn authorize(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> Result<Signed<QueryApproval>, AnalyticsError> {
+pub fn authorize(
+    inputs: &QueryInputs<'_>,
+    ledger: &LedgerView,
+) -> Result<Signed<QueryApproval>, AnalyticsError> {
     inputs
         .spec
         .validate(inputs.study)
         .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
     let runs = ledger.runs_of(&inputs.approval.payload_digest());
-    let signed = check_approval(inputs.approval, inputs.spec, inputs.approvers, inputs.now, runs)
-        .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
+    let signed = check_approval(
+        inputs.approval,
+        inputs.spec,
+        inputs.approvers,
+        inputs.now,
+        runs,
+    )
+    .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
     if signed.body.study_id != inputs.study.id {
         return Err(AnalyticsError::Refused(
             "approval is for another study".into(),
@@ -158,15 +171,32 @@ pub fn aggregate_store(
 }
 
 /// Apply disclosure control to an aggregated table.
-pub fn apply_disclosure(agg: &AggregateTable, spec: &QuerySpec, k: u32) -> Result<ResultTable, AnalyticsError> {
+pub fn apply_disclosure(
+    agg: &AggregateTable,
+    spec: &QuerySpec,
+    k: u32,
+) -> Result<ResultTable, AnalyticsError> {
     let keys: Vec<CellKey> = agg.cells.iter().map(|c| c.key.clone()).collect();
     let donors: Vec<Vec<u32>> = agg.cells.iter().map(|c| c.donors.clone()).collect();
-    let cell_status = disclosure::suppress(&keys, &donors, k, spec.totals, &[], Suppression::FewDonors);
-    disclosure::check(&keys, &donors, k, spec.totals, &cell_status).map_err(AnalyticsError::Engine)?;
+    let cell_status =
+        disclosure::suppress(&keys, &donors, k, spec.totals, &[], Suppression::FewDonors);
+    disclosure::check(&keys, &donors, k, spec.totals, &cell_status)
+        .map_err(AnalyticsError::Engine)?;
     let mut field_status = Vec::new();
     for f in 0..agg.fields.len() {
-        let fd: Vec<Vec<u32>> = agg.cells.iter().map(|c| c.field_donors[f].clone()).collect();
-        let st = disclosure::suppress(&keys, &fd, k, spec.totals, &cell_status, Suppression::FewValues);
+        let fd: Vec<Vec<u32>> = agg
+            .cells
+            .iter()
+            .map(|c| c.field_donors[f].clone())
+            .collect();
+        let st = disclosure::suppress(
+            &keys,
+            &fd,
+            k,
+            spec.totals,
+            &cell_status,
+            Suppression::FewValues,
+        );
         disclosure::check(&keys, &fd, k, spec.totals, &st).map_err(AnalyticsError::Engine)?;
         field_status.push(st);
     }
@@ -192,7 +222,11 @@ pub fn apply_disclosure(agg: &AggregateTable, spec: &QuerySpec, k: u32) -> Resul
                 suppressed.push(cell_status[i]);
             }
             for (m, v) in agg.measures.iter().zip(&c.values) {
-                let st = match m.field.as_ref().and_then(|n| agg.fields.iter().position(|f| f == n)) {
+                let st = match m
+                    .field
+                    .as_ref()
+                    .and_then(|n| agg.fields.iter().position(|f| f == n))
+                {
                     Some(f) => field_status[f][i],
                     None => cell_status[i],
                 };
@@ -265,6 +299,10 @@ pub fn load_spec(path: &Path) -> Result<QuerySpec, AnalyticsError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", path.display())))?;
     QuerySpec::from_toml(&text).map_err(|e| {
-        AnalyticsError::Refused(format!("{}: {}", path.display(), e.to_string().replace('\n', " ")))
+        AnalyticsError::Refused(format!(
+            "{}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ")
+        ))
     })
 }

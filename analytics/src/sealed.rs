@@ -97,7 +97,9 @@ pub enum BatchErrorKind {
         chunk: u64,
     },
     /// The final chunk does not authenticate.
-    #[error("final chunk {chunk} does not authenticate: the file is cut inside it, or it was modified")]
+    #[error(
+        "final chunk {chunk} does not authenticate: the file is cut inside it, or it was modified"
+    )]
     FinalChunkInvalid {
         /// Index of the final chunk.
         chunk: u64,
@@ -209,7 +211,8 @@ pub fn open_batch(file: &Path, bytes: &[u8], vault: &VaultKey) -> Result<OpenedB
     if data_key.len() != 32 {
         return Err(err(BatchErrorKind::KeyUnwrap));
     }
-    let cipher = Aes256Gcm::new_from_slice(&data_key).map_err(|_| err(BatchErrorKind::KeyUnwrap))?;
+    let cipher =
+        Aes256Gcm::new_from_slice(&data_key).map_err(|_| err(BatchErrorKind::KeyUnwrap))?;
     drop(data_key);
     let aad = header.chunk_aad();
     let body = bytes.get(header_len..).unwrap_or_default();
@@ -243,7 +246,13 @@ pub fn open_batch(file: &Path, bytes: &[u8], vault: &VaultKey) -> Result<OpenedB
 }
 
 /// Work out why chunk `failed` did not authenticate.
-fn diagnose(cipher: &Aes256Gcm, aad: &[u8], body: &[u8], failed: u64, last: bool) -> BatchErrorKind {
+fn diagnose(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    body: &[u8],
+    failed: u64,
+    last: bool,
+) -> BatchErrorKind {
     let segs: Vec<&[u8]> = body.chunks(SEGMENT_LEN).collect();
     let n = segs.len() as u64;
     let Some(seg) = segs.get(failed as usize) else {
@@ -325,7 +334,8 @@ pub fn seal_batch(
     let mut batch_id = [0u8; 16];
     rng.fill(&mut batch_id).map_err(|_| err("no randomness"))?;
     let mut data_key = Zeroizing::new([0u8; 32]);
-    rng.fill(&mut data_key[..]).map_err(|_| err("no randomness"))?;
+    rng.fill(&mut data_key[..])
+        .map_err(|_| err("no randomness"))?;
     let mut header = BatchHeader {
         batch_id,
         study_id: study.as_str().to_string(),
@@ -334,8 +344,13 @@ pub fn seal_batch(
         enc: [0u8; 32],
         wrapped_key: [0u8; WRAPPED_KEY_LEN],
     };
-    let (enc, wrapped) = hpke_seal(&vault.public_key, WRAP_INFO, &header.wrap_aad(), &data_key[..])
-        .map_err(|_| err("HPKE wrap of the data key failed"))?;
+    let (enc, wrapped) = hpke_seal(
+        &vault.public_key,
+        WRAP_INFO,
+        &header.wrap_aad(),
+        &data_key[..],
+    )
+    .map_err(|_| err("HPKE wrap of the data key failed"))?;
     header.enc = enc;
     header.wrapped_key = wrapped
         .as_slice()
@@ -396,7 +411,14 @@ mod tests {
     #[test]
     fn round_trip_sizes_and_header_fields() {
         let vault = VaultKey::generate(7);
-        for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 5] {
+        for len in [
+            0,
+            1,
+            CHUNK_SIZE - 1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            3 * CHUNK_SIZE + 5,
+        ] {
             let (h, bytes) = sealed(len, &vault);
             let o = open(&bytes, &vault).expect("opens");
             assert_eq!(o.plaintext.as_slice(), payload(len).as_slice());
@@ -428,14 +450,20 @@ mod tests {
         assert!(matches!(flip(26), BatchErrorKind::KeyUnwrap));
         assert!(matches!(flip(25 + 6 + 3), BatchErrorKind::KeyUnwrap));
         // vault key id
-        assert!(matches!(flip(25 + 6 + 8 + 3), BatchErrorKind::VaultKeyId { .. }));
+        assert!(matches!(
+            flip(25 + 6 + 8 + 3),
+            BatchErrorKind::VaultKeyId { .. }
+        ));
         // chunk size
         assert!(matches!(flip(25 + 6 + 12 + 2), BatchErrorKind::Header(_)));
         // enc and wrapped key
         assert!(matches!(flip(hl - 48 - 5), BatchErrorKind::KeyUnwrap));
         assert!(matches!(flip(hl - 3), BatchErrorKind::KeyUnwrap));
         // body of chunk 0, tag of chunk 1
-        assert!(matches!(flip(hl + 5), BatchErrorKind::ChunkModified { chunk: 0 }));
+        assert!(matches!(
+            flip(hl + 5),
+            BatchErrorKind::ChunkModified { chunk: 0 }
+        ));
         assert!(matches!(
             flip(hl + 2 * SEGMENT_LEN - 1),
             BatchErrorKind::ChunkModified { chunk: 1 }
@@ -518,7 +546,10 @@ mod tests {
         let mut mixed = h1.encode();
         mixed.extend_from_slice(&b2[h2.encode().len()..]);
         let _ = b1;
-        assert!(matches!(kind(open(&mixed, &vault)), BatchErrorKind::BodyMismatch));
+        assert!(matches!(
+            kind(open(&mixed, &vault)),
+            BatchErrorKind::BodyMismatch
+        ));
     }
 
     #[test]
@@ -547,6 +578,8 @@ mod tests {
         std::fs::write(&bad, &bytes).expect("write");
         let e = open_batch_file(&bad, &vault).expect_err("renamed file");
         assert!(matches!(e.kind, BatchErrorKind::FileNameMismatch { .. }));
-        assert!(e.to_string().contains("00000000000000000000000000000000.batch"));
+        assert!(e
+            .to_string()
+            .contains("00000000000000000000000000000000.batch"));
     }
 }

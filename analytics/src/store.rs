@@ -65,7 +65,9 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> AnalyticsError {
 fn is_batch_name(name: &str) -> bool {
     name.strip_suffix(".ddc")
         .or_else(|| name.strip_suffix(".ddb"))
-        .is_some_and(|stem| stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .is_some_and(|stem| {
+            stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AnalyticsError> {
@@ -96,7 +98,8 @@ impl BatchStore {
         let jpath = self.dir.join(JOURNAL);
         match std::fs::read(&jpath) {
             Ok(bytes) => {
-                let j: Journal = serde_json::from_slice(&bytes).map_err(|e| store_err(&jpath, e))?;
+                let j: Journal =
+                    serde_json::from_slice(&bytes).map_err(|e| store_err(&jpath, e))?;
                 self.roll_forward(&j)?;
                 std::fs::remove_file(&jpath).map_err(|e| store_err(&jpath, e))?;
                 sync_dir(&self.dir)?;
@@ -106,7 +109,8 @@ impl BatchStore {
                     let entry = entry.map_err(|e| store_err(&self.dir, e))?;
                     let name = entry.file_name().to_string_lossy().to_string();
                     if name.strip_suffix(".tmp").is_some_and(is_batch_name) {
-                        std::fs::remove_file(entry.path()).map_err(|e| store_err(&entry.path(), e))?;
+                        std::fs::remove_file(entry.path())
+                            .map_err(|e| store_err(&entry.path(), e))?;
                     }
                 }
             }
@@ -271,7 +275,11 @@ mod tests {
             remove: vec![old.file_name().expect("name").to_string_lossy().to_string()],
             add: vec![name],
         };
-        std::fs::write(dir.path().join(JOURNAL), serde_json::to_vec(&j).expect("json")).expect("journal");
+        std::fs::write(
+            dir.path().join(JOURNAL),
+            serde_json::to_vec(&j).expect("json"),
+        )
+        .expect("journal");
         let store = BatchStore::open(dir.path()).expect("recovers");
         let list = store.list(&study).expect("list");
         assert_eq!(list.len(), 1);

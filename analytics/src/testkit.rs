@@ -6,7 +6,9 @@
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::signing::PublicKey;
-use datadonor_schemas::study::{FieldType, Granularity, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN};
+use datadonor_schemas::study::{
+    FieldType, Granularity, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN,
+};
 use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 
@@ -70,9 +72,12 @@ pub fn synthetic_frame(
     let picks: Vec<usize> = (0..rows).map(|_| rng.below(donors.len())).collect();
     let mut cols: Vec<Column> = Vec::new();
     cols.push(
-        StringChunked::from_iter_values(DONOR_COLUMN.into(), picks.iter().map(|i| donors[*i].as_str()))
-            .into_series()
-            .into(),
+        StringChunked::from_iter_values(
+            DONOR_COLUMN.into(),
+            picks.iter().map(|i| donors[*i].as_str()),
+        )
+        .into_series()
+        .into(),
     );
     let periods: Vec<String> = (0..12).map(|i| period(study.period, i)).collect();
     cols.push(
@@ -133,7 +138,12 @@ pub fn store_frame(
 }
 
 /// A `consent_granted` entry.
-pub fn grant(study: &StudyDefinition, p: Pseudonym, purposes: &[&str], expires_at: UnixSeconds) -> LedgerEntry {
+pub fn grant(
+    study: &StudyDefinition,
+    p: Pseudonym,
+    purposes: &[&str],
+    expires_at: UnixSeconds,
+) -> LedgerEntry {
     LedgerEntry::ConsentGranted {
         time: 1_700_000_000,
         study_id: study.id.clone(),

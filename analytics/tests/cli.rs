@@ -32,7 +32,11 @@ fn bin() -> Command {
 
 /// Run; return (exit code, stdout, stderr with the temp dir replaced by `<TMP>`).
 fn run(s: &Setup, args: &[&str]) -> (i32, String, String) {
-    let out = bin().args(args).current_dir(s.dir.path()).output().expect("runs");
+    let out = bin()
+        .args(args)
+        .current_dir(s.dir.path())
+        .output()
+        .expect("runs");
     let tmp = s.dir.path().display().to_string();
     (
         out.status.code().unwrap_or(-1),
@@ -56,7 +60,19 @@ fn setup() -> Setup {
     ok(&s, &["keygen", "--out", &s.s("steward.key")]);
     ok(&s, &["keygen", "--out", &s.s("other.key")]);
     std::fs::copy(s.p("steward.key.pub"), s.p("approvers")).expect("copy");
-    ok(&s, &["study", "sign", "--study", &s.s("t.toml"), "--key", &s.s("steward.key"), "--out", &s.s("t.json")]);
+    ok(
+        &s,
+        &[
+            "study",
+            "sign",
+            "--study",
+            &s.s("t.toml"),
+            "--key",
+            &s.s("steward.key"),
+            "--out",
+            &s.s("t.json"),
+        ],
+    );
     // batches and a ledger file with consents
     let study = StudyDefinition::from_toml(STUDY).expect("study");
     let vault = VaultKey::generate(1);
@@ -80,17 +96,41 @@ fn approve(s: &Setup, spec: &str, key: &str, days: &str, runs: &str, out: &str) 
     ok(
         s,
         &[
-            "approve", "--spec", spec, "--key", &s.s(key), "--researcher", "researcher@sdu.example",
-            "--valid-days", days, "--max-runs", runs, "--study", &s.s("t.json"), "--out", &s.s(out),
+            "approve",
+            "--spec",
+            spec,
+            "--key",
+            &s.s(key),
+            "--researcher",
+            "researcher@sdu.example",
+            "--valid-days",
+            days,
+            "--max-runs",
+            runs,
+            "--study",
+            &s.s("t.json"),
+            "--out",
+            &s.s(out),
         ],
     );
 }
 
 fn query(s: &Setup, spec: &str, approval: &str, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec![
-        "query".to_string(), "--spec".into(), spec.into(), "--approval".into(), s.s(approval),
-        "--study".into(), s.s("t.json"), "--batches".into(), s.s("batches"), "--vault-key".into(),
-        s.s("vault.key"), "--approvers".into(), s.s("approvers"), "--ledger-file".into(),
+        "query".to_string(),
+        "--spec".into(),
+        spec.into(),
+        "--approval".into(),
+        s.s(approval),
+        "--study".into(),
+        s.s("t.json"),
+        "--batches".into(),
+        s.s("batches"),
+        "--vault-key".into(),
+        s.s("vault.key"),
+        "--approvers".into(),
+        s.s("approvers"),
+        "--ledger-file".into(),
         s.s("ledger.log"),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
@@ -98,7 +138,8 @@ fn query(s: &Setup, spec: &str, approval: &str, extra: &[&str]) -> (i32, String,
     run(s, &refs)
 }
 
-const WARN: &str = "datadonor-analytics: warning: <TMP>/ledger.log is not checked against a signed checkpoint\n";
+const WARN: &str =
+    "datadonor-analytics: warning: <TMP>/ledger.log is not checked against a signed checkpoint\n";
 
 #[test]
 fn query_runs_writes_outputs_and_then_runs_out() {
@@ -108,14 +149,32 @@ fn query_runs_writes_outputs_and_then_runs_out() {
         &s,
         &s.s("q.toml"),
         "q.approval",
-        &["--out", &s.s("x.csv"), "--out", &s.s("x.json"), "--out", &s.s("x.parquet"), "--plot", &s.s("x.svg")],
+        &[
+            "--out",
+            &s.s("x.csv"),
+            "--out",
+            &s.s("x.json"),
+            "--out",
+            &s.s("x.parquet"),
+            "--plot",
+            &s.s("x.svg"),
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.starts_with("HbA1c and BMI by region and type 2 diabetes\nregion"), "{stdout}");
+    assert!(
+        stdout.starts_with("HbA1c and BMI by region and type 2 diabetes\nregion"),
+        "{stdout}"
+    );
     assert!(stderr.starts_with(WARN), "{stderr}");
-    assert!(stderr.contains("logged query_run at ledger index 60"), "{stderr}");
+    assert!(
+        stderr.contains("logged query_run at ledger index 60"),
+        "{stderr}"
+    );
     for f in ["x.csv", "x.json", "x.parquet", "x.svg"] {
-        assert!(s.p(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} written");
+        assert!(
+            s.p(f).metadata().map(|m| m.len() > 0).unwrap_or(false),
+            "{f} written"
+        );
     }
     // max_runs = 1: the run logged in the ledger file uses it up.
     let (code, _, stderr) = query(&s, &s.s("q.toml"), "q.approval", &[]);
@@ -139,13 +198,32 @@ fn refusals_have_one_line_reasons() {
         format!("{WARN}datadonor-analytics: refused: approval does not cover this run: the spec differs from the one approved (query hash mismatch)\n")
     );
     // expired
-    approve(&s, &s.s("q.toml"), "steward.key", "0", "5", "expired.approval");
+    approve(
+        &s,
+        &s.s("q.toml"),
+        "steward.key",
+        "0",
+        "5",
+        "expired.approval",
+    );
     let (code, _, stderr) = query(&s, &s.s("q.toml"), "expired.approval", &[]);
     assert_eq!(code, 3);
     assert_eq!(stderr, format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approval has expired\n"));
     // unknown approver (the study is signed by the trusted steward, the approval is not)
     std::fs::copy(s.p("t.json"), s.p("t.json.bak")).expect("copy");
-    ok(&s, &["study", "sign", "--study", &s.s("t.toml"), "--key", &s.s("other.key"), "--out", &s.s("t-other.json")]);
+    ok(
+        &s,
+        &[
+            "study",
+            "sign",
+            "--study",
+            &s.s("t.toml"),
+            "--key",
+            &s.s("other.key"),
+            "--out",
+            &s.s("t-other.json"),
+        ],
+    );
     std::fs::rename(s.p("t-other.json"), s.p("t.json")).expect("swap");
     approve(&s, &s.s("q.toml"), "other.key", "30", "5", "other.approval");
     std::fs::rename(s.p("t.json.bak"), s.p("t.json")).expect("restore");
@@ -158,15 +236,24 @@ fn refusals_have_one_line_reasons() {
     // min / max and grouping by pseudonym
     for (text, reason) in [
         (
-            QUERY.replace("op = \"mean\"\nfield = \"systolic\"", "op = \"max\"\nfield = \"systolic\""),
+            QUERY.replace(
+                "op = \"mean\"\nfield = \"systolic\"",
+                "op = \"max\"\nfield = \"systolic\"",
+            ),
             "max is refused: an extreme value is one donor's row-level value",
         ),
         (
-            QUERY.replace("op = \"mean\"\nfield = \"systolic\"", "op = \"min\"\nfield = \"systolic\""),
+            QUERY.replace(
+                "op = \"mean\"\nfield = \"systolic\"",
+                "op = \"min\"\nfield = \"systolic\"",
+            ),
             "min is refused: an extreme value is one donor's row-level value",
         ),
         (
-            QUERY.replace("group_by = [\"region\", \"t2d\"]", "group_by = [\"region\", \"donor\"]"),
+            QUERY.replace(
+                "group_by = [\"region\", \"t2d\"]",
+                "group_by = [\"region\", \"donor\"]",
+            ),
             "grouping by pseudonym would publish per-donor rows",
         ),
     ] {
@@ -175,24 +262,53 @@ fn refusals_have_one_line_reasons() {
         let (code, _, stderr) = run(
             &s,
             &[
-                "approve", "--spec", &s.s("bad.toml"), "--key", &s.s("steward.key"), "--researcher",
-                "researcher@sdu.example", "--valid-days", "3", "--max-runs", "1", "--study", &s.s("t.json"),
-                "--out", &s.s("bad.approval"),
+                "approve",
+                "--spec",
+                &s.s("bad.toml"),
+                "--key",
+                &s.s("steward.key"),
+                "--researcher",
+                "researcher@sdu.example",
+                "--valid-days",
+                "3",
+                "--max-runs",
+                "1",
+                "--study",
+                &s.s("t.json"),
+                "--out",
+                &s.s("bad.approval"),
             ],
         );
         assert_eq!(code, 3);
-        assert_eq!(stderr, format!("datadonor-analytics: refused: <TMP>/bad.toml: {reason}\n"));
+        assert_eq!(
+            stderr,
+            format!("datadonor-analytics: refused: <TMP>/bad.toml: {reason}\n")
+        );
         // ... and so does query, whatever the approval.
         let (code, _, stderr) = query(&s, &s.s("bad.toml"), "q.approval", &[]);
         assert_eq!(code, 3);
-        assert_eq!(stderr, format!("{WARN}datadonor-analytics: refused: {reason}\n"));
+        assert_eq!(
+            stderr,
+            format!("{WARN}datadonor-analytics: refused: {reason}\n")
+        );
     }
     // purpose mismatch between the researcher flag and the spec is refused at approval time
     let (code, _, stderr) = run(
         &s,
         &[
-            "approve", "--spec", &s.s("q.toml"), "--key", &s.s("steward.key"), "--researcher", "someone@else",
-            "--valid-days", "3", "--max-runs", "1", "--out", &s.s("x.approval"),
+            "approve",
+            "--spec",
+            &s.s("q.toml"),
+            "--key",
+            &s.s("steward.key"),
+            "--researcher",
+            "someone@else",
+            "--valid-days",
+            "3",
+            "--max-runs",
+            "1",
+            "--out",
+            &s.s("x.approval"),
         ],
     );
     assert_eq!(code, 3);
@@ -204,18 +320,37 @@ fn refusals_have_one_line_reasons() {
     std::fs::write(s.p("broken.toml"), QUERY.replace("k = 5", "k = \"five\"")).expect("write");
     let (code, _, stderr) = query(&s, &s.s("broken.toml"), "q.approval", &[]);
     assert_eq!(code, 3);
-    assert!(stderr.starts_with("datadonor-analytics: refused: <TMP>/broken.toml: TOML parse error at line 6"), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "datadonor-analytics: refused: <TMP>/broken.toml: TOML parse error at line 6"
+        ),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // no ledger given
     let (code, _, stderr) = run(
         &s,
         &[
-            "query", "--spec", &s.s("q.toml"), "--approval", &s.s("q.approval"), "--study", &s.s("t.json"),
-            "--batches", &s.s("batches"), "--vault-key", &s.s("vault.key"), "--approvers", &s.s("approvers"),
+            "query",
+            "--spec",
+            &s.s("q.toml"),
+            "--approval",
+            &s.s("q.approval"),
+            "--study",
+            &s.s("t.json"),
+            "--batches",
+            &s.s("batches"),
+            "--vault-key",
+            &s.s("vault.key"),
+            "--approvers",
+            &s.s("approvers"),
         ],
     );
     assert_eq!(code, 1);
-    assert_eq!(stderr, "datadonor-analytics: error: one of --ledger URL or --ledger-file PATH is required\n");
+    assert_eq!(
+        stderr,
+        "datadonor-analytics: error: one of --ledger URL or --ledger-file PATH is required\n"
+    );
     // nothing was logged by any refusal
     let _ = Path::new("");
 }
@@ -225,5 +360,8 @@ fn usage_errors_exit_2() {
     let s = setup();
     let (code, _, stderr) = run(&s, &["query", "--spec"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("error: a value is required for '--spec <SPEC>'"), "{stderr}");
+    assert!(
+        stderr.contains("error: a value is required for '--spec <SPEC>'"),
+        "{stderr}"
+    );
 }

@@ -113,7 +113,8 @@ fn approve(w: &World, s: &QuerySpec, max_runs: u32) -> SignedObject {
 }
 
 fn view(w: &World) -> LedgerView {
-    verify_ledger(&w.ledger, &[w.ledger.verifier().expect("verifier")], None).expect("ledger verifies")
+    verify_ledger(&w.ledger, &[w.ledger.verifier().expect("verifier")], None)
+        .expect("ledger verifies")
 }
 
 fn run(w: &World, s: &QuerySpec, approval: &SignedObject) -> Result<ResultTable, AnalyticsError> {
@@ -146,17 +147,29 @@ fn consent_world() -> World {
     // Donors 0..10 consent to epidemiology; 20 withdraws; 21's consent expired; 22 consented to
     // care quality only.
     for i in 0..10 {
-        w.ledger.push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
+        w.ledger
+            .push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
     }
-    w.ledger.push(&grant(&w.study, donor(20), &[EPI], NOW + 1000));
+    w.ledger
+        .push(&grant(&w.study, donor(20), &[EPI], NOW + 1000));
     w.ledger.push(&withdraw(&w.study, donor(20), NOW - 100));
     w.ledger.push(&grant(&w.study, donor(21), &[EPI], NOW - 1));
-    w.ledger.push(&grant(&w.study, donor(22), &[CARE], NOW + 1000));
-    let mut good: Vec<(u32, &str, bool, f64, usize)> = (0..10).map(|i| (i, "syddanmark", true, 6.0, 3)).collect();
+    w.ledger
+        .push(&grant(&w.study, donor(22), &[CARE], NOW + 1000));
+    let mut good: Vec<(u32, &str, bool, f64, usize)> =
+        (0..10).map(|i| (i, "syddanmark", true, 6.0, 3)).collect();
     let mut df = rows(&w, &good);
     store(&w, &mut df, 1);
     good.clear();
-    let mut bad = rows(&w, &[(20, "syddanmark", true, 15.0, 4), (21, "syddanmark", true, 15.0, 4), (22, "syddanmark", true, 15.0, 4), (99, "syddanmark", true, 15.0, 4)]);
+    let mut bad = rows(
+        &w,
+        &[
+            (20, "syddanmark", true, 15.0, 4),
+            (21, "syddanmark", true, 15.0, 4),
+            (22, "syddanmark", true, 15.0, 4),
+            (99, "syddanmark", true, 15.0, 4),
+        ],
+    );
     store(&w, &mut bad, 2);
     w
 }
@@ -172,7 +185,12 @@ fn only_consenting_donors_are_counted() {
     // withdrawn (20), expired (21), other purpose (22) and unknown (99) donors are not counted
     assert_eq!(r.values, vec![Some(10.0), Some(30.0), Some(6.0)]);
     // the run is logged with its numbers
-    let logged: Vec<LedgerEntry> = w.ledger.parsed().into_iter().filter(|e| e.kind() == "query_run").collect();
+    let logged: Vec<LedgerEntry> = w
+        .ledger
+        .parsed()
+        .into_iter()
+        .filter(|e| e.kind() == "query_run")
+        .collect();
     assert_eq!(logged.len(), 1);
     match &logged[0] {
         LedgerEntry::QueryRun {
@@ -227,7 +245,8 @@ fn region_world() -> World {
         ("sjaelland", false, 6, 5.4),
     ] {
         for _ in 0..n {
-            w.ledger.push(&grant(&w.study, donor(id), &[EPI], NOW + 1000));
+            w.ledger
+                .push(&grant(&w.study, donor(id), &[EPI], NOW + 1000));
             spec_rows.push((id, region, t2d, v, 2usize));
             id += 1;
         }
@@ -252,7 +271,11 @@ fn region_labels(study: &StudyDefinition) -> Vec<String> {
 #[test]
 fn small_cells_are_suppressed_with_secondary_suppression() {
     let w = region_world();
-    assert!(region_labels(&w.study).contains(&"hovedstaden".to_string()), "{:?}", region_labels(&w.study));
+    assert!(
+        region_labels(&w.study).contains(&"hovedstaden".to_string()),
+        "{:?}",
+        region_labels(&w.study)
+    );
     let s = spec(REGION_SPEC);
     let t = run(&w, &s, &approve(&w, &s, 5)).expect("runs");
     let find = |r: Option<&str>, f: Option<&str>| {
@@ -278,25 +301,43 @@ fn small_cells_are_suppressed_with_secondary_suppression() {
     let text = output::render_text(&t);
     assert!(text.contains("suppressed (<k)"), "{text}");
     assert!(text.contains("suppressed (secondary)"), "{text}");
-    assert!(text.contains("* suppressed (<k): fewer than k = 5"), "{text}");
+    assert!(
+        text.contains("* suppressed (<k): fewer than k = 5"),
+        "{text}"
+    );
     // Outputs parse back.
     let dir = tempfile::tempdir().expect("dir");
     let csv_path = dir.path().join("t.csv");
     output::write_by_extension(&t, &csv_path).expect("csv");
     let mut rdr = csv::Reader::from_path(&csv_path).expect("reads");
     let header = rdr.headers().expect("header").clone();
-    assert_eq!(header.iter().collect::<Vec<_>>(), ["region", "t2d", "donors", "mean_hba1c", "q0.5_hba1c", "status"]);
+    assert_eq!(
+        header.iter().collect::<Vec<_>>(),
+        [
+            "region",
+            "t2d",
+            "donors",
+            "mean_hba1c",
+            "q0.5_hba1c",
+            "status"
+        ]
+    );
     let recs: Vec<csv::StringRecord> = rdr.records().collect::<Result<_, _>>().expect("records");
     assert_eq!(recs.len(), t.rows.len());
-    assert!(recs.iter().any(|r| &r[5] == "suppressed (<k)" && r[2].is_empty()));
+    assert!(recs
+        .iter()
+        .any(|r| &r[5] == "suppressed (<k)" && r[2].is_empty()));
     let json_path = dir.path().join("t.json");
     output::write_by_extension(&t, &json_path).expect("json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).expect("read")).expect("json parses");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("read")).expect("json parses");
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(t.rows.len()));
     assert_eq!(v["k"], 5);
     let pq = dir.path().join("t.parquet");
     output::write_by_extension(&t, &pq).expect("parquet");
-    let df = ParquetReader::new(std::fs::File::open(&pq).expect("open")).finish().expect("parquet parses");
+    let df = ParquetReader::new(std::fs::File::open(&pq).expect("open"))
+        .finish()
+        .expect("parquet parses");
     assert_eq!(df.height(), t.rows.len());
     assert!(df.column("status").is_ok());
     let svg = dir.path().join("t.svg");
@@ -331,11 +372,19 @@ fn approval_refusals() {
     let e = run(&w, &s, &foreign.sign(&other)).expect_err("unknown approver");
     assert!(e.to_string().contains("not a trusted steward key"), "{e}");
     // expired
-    let expired = QueryApproval { not_after: NOW, ..foreign.clone() }.sign(&w.steward);
+    let expired = QueryApproval {
+        not_after: NOW,
+        ..foreign.clone()
+    }
+    .sign(&w.steward);
     let e = run(&w, &s, &expired).expect_err("expired");
     assert!(e.to_string().contains("expired"), "{e}");
     // purpose mismatch
-    let purpose = QueryApproval { purpose: CARE.into(), ..foreign.clone() }.sign(&w.steward);
+    let purpose = QueryApproval {
+        purpose: CARE.into(),
+        ..foreign.clone()
+    }
+    .sign(&w.steward);
     let e = run(&w, &s, &purpose).expect_err("purpose");
     assert!(e.to_string().contains("purpose"), "{e}");
     // runs exhausted: the first run is logged, the second is refused
@@ -344,8 +393,17 @@ fn approval_refusals() {
     assert!(e.to_string().contains("all used"), "{e}");
     // disclosive specs
     for (bad, why) in [
-        (TOTAL_SPEC.replace("op = \"rows\"", "op = \"min\"\nfield = \"hba1c\""), "refused"),
-        (TOTAL_SPEC.replace("researcher = \"r@sdu.example\"", "researcher = \"r@sdu.example\"\ngroup_by = [\"donor\"]"), "pseudonym"),
+        (
+            TOTAL_SPEC.replace("op = \"rows\"", "op = \"min\"\nfield = \"hba1c\""),
+            "refused",
+        ),
+        (
+            TOTAL_SPEC.replace(
+                "researcher = \"r@sdu.example\"",
+                "researcher = \"r@sdu.example\"\ngroup_by = [\"donor\"]",
+            ),
+            "pseudonym",
+        ),
     ] {
         let b = spec(&bad);
         let e = run(&w, &b, &approve(&w, &b, 5)).expect_err("refused spec");
@@ -353,54 +411,112 @@ fn approval_refusals() {
         assert!(e.to_string().contains(why), "{e}");
     }
     // Refusals log nothing.
-    assert_eq!(w.ledger.parsed().iter().filter(|e| e.kind() == "query_run").count(), 1);
+    assert_eq!(
+        w.ledger
+            .parsed()
+            .iter()
+            .filter(|e| e.kind() == "query_run")
+            .count(),
+        1
+    );
 }
 
 #[test]
 fn compaction_erases_a_withdrawn_donor_everywhere_and_logs_it() {
     let w = world();
     for i in 0..12 {
-        w.ledger.push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
+        w.ledger
+            .push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
     }
     let mut rng = Rng::new(3);
     let hex: Vec<String> = (0..12).map(|i| donor(i).to_hex()).collect();
     for b in 0..4 {
-        let mut df = datadonor_analytics::testkit::synthetic_frame(&w.study, &hex, 200, &mut rng).expect("rows");
+        let mut df = datadonor_analytics::testkit::synthetic_frame(&w.study, &hex, 200, &mut rng)
+            .expect("rows");
         store(&w, &mut df, b);
     }
     let victim: Pseudonym = donor(5);
     w.ledger.push(&withdraw(&w.study, victim, NOW - 50));
     let before = w.store.list(&w.study.id).expect("list");
     assert_eq!(before.len(), 4);
-    let report = compact(&w.store, &w.study.id, &w.vault, &view(&w), &w.ledger, NOW, CompactOptions { target_rows: 300 }).expect("compacts");
-    let (rows_erased, batches) = report.erased.get(&victim.to_hex()).cloned().expect("victim erased");
+    let report = compact(
+        &w.store,
+        &w.study.id,
+        &w.vault,
+        &view(&w),
+        &w.ledger,
+        NOW,
+        CompactOptions { target_rows: 300 },
+    )
+    .expect("compacts");
+    let (rows_erased, batches) = report
+        .erased
+        .get(&victim.to_hex())
+        .cloned()
+        .expect("victim erased");
     assert!(rows_erased > 0);
     assert_eq!(batches.len(), 4);
     assert_eq!(report.rows_kept + rows_erased, 800);
     let after = w.store.list(&w.study.id).expect("list");
-    assert_eq!(after.len(), 3, "800 - erased rows in batches of at most 300");
+    assert_eq!(
+        after.len(),
+        3,
+        "800 - erased rows in batches of at most 300"
+    );
     let mut total = 0;
     for f in &after {
-        assert!(before.iter().all(|b| b.header.batch_id != f.header.batch_id), "fresh batch ids");
+        assert!(
+            before
+                .iter()
+                .all(|b| b.header.batch_id != f.header.batch_id),
+            "fresh batch ids"
+        );
         let o = open_batch_file(&f.path, &w.vault).expect("opens");
-        let df = ParquetReader::new(std::io::Cursor::new(o.plaintext.as_slice())).finish().expect("parquet");
+        let df = ParquetReader::new(std::io::Cursor::new(o.plaintext.as_slice()))
+            .finish()
+            .expect("parquet");
         total += df.height();
-        let col = df.column("donor").expect("donor").str().expect("str").clone();
-        let donors: HashSet<String> = (0..col.len()).filter_map(|i| col.get(i).map(str::to_string)).collect();
+        let col = df
+            .column("donor")
+            .expect("donor")
+            .str()
+            .expect("str")
+            .clone();
+        let donors: HashSet<String> = (0..col.len())
+            .filter_map(|i| col.get(i).map(str::to_string))
+            .collect();
         assert!(!donors.contains(&victim.to_hex()));
     }
     assert_eq!(total as u64, report.rows_kept);
-    let erasures: Vec<LedgerEntry> = w.ledger.parsed().into_iter().filter(|e| e.kind() == "erasure_done").collect();
+    let erasures: Vec<LedgerEntry> = w
+        .ledger
+        .parsed()
+        .into_iter()
+        .filter(|e| e.kind() == "erasure_done")
+        .collect();
     assert_eq!(erasures.len(), 1);
     match &erasures[0] {
-        LedgerEntry::ErasureDone { pseudonym, rows_erased: r, .. } => {
+        LedgerEntry::ErasureDone {
+            pseudonym,
+            rows_erased: r,
+            ..
+        } => {
             assert_eq!(*pseudonym, victim);
             assert_eq!(*r, rows_erased);
         }
         other => panic!("unexpected {other:?}"),
     }
     // A second compaction has nothing to erase and logs nothing.
-    let again = compact(&w.store, &w.study.id, &w.vault, &view(&w), &w.ledger, NOW, CompactOptions { target_rows: 300 }).expect("compacts");
+    let again = compact(
+        &w.store,
+        &w.study.id,
+        &w.vault,
+        &view(&w),
+        &w.ledger,
+        NOW,
+        CompactOptions { target_rows: 300 },
+    )
+    .expect("compacts");
     assert_eq!(again.entries_logged, 0);
     let _ = &w.dir;
 }
@@ -410,12 +526,14 @@ fn all_rows_measures_match_a_direct_polars_computation() {
     let w = world();
     let hex: Vec<String> = (0..40).map(|i| donor(i).to_hex()).collect();
     for i in 0..40 {
-        w.ledger.push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
+        w.ledger
+            .push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
     }
     let mut rng = Rng::new(11);
     let mut all: Option<DataFrame> = None;
     for b in 0..3 {
-        let mut df = datadonor_analytics::testkit::synthetic_frame(&w.study, &hex, 500, &mut rng).expect("rows");
+        let mut df = datadonor_analytics::testkit::synthetic_frame(&w.study, &hex, 500, &mut rng)
+            .expect("rows");
         match &mut all {
             Some(a) => {
                 a.vstack_mut(&df).expect("stack");
@@ -461,20 +579,43 @@ q = 0.5
             col("systolic").sum().alias("sum"),
             col("systolic").mean().alias("mean"),
             col("systolic").std(1).alias("std"),
-            col("systolic").quantile(lit(0.5), QuantileMethod::Linear).alias("q"),
+            col("systolic")
+                .quantile(lit(0.5), QuantileMethod::Linear)
+                .alias("q"),
         ])
         .collect()
         .expect("reference");
-    let sex = expected.column("sex").expect("sex").str().expect("str").clone();
+    let sex = expected
+        .column("sex")
+        .expect("sex")
+        .str()
+        .expect("str")
+        .clone();
     for i in 0..expected.height() {
         let key = sex.get(i).map(str::to_string);
-        let row = t.rows.iter().find(|r| r.key == vec![key.clone()]).expect("cell");
-        let get = |c: &str| expected.column(c).expect("col").cast(&DataType::Float64).expect("cast").f64().expect("f64").get(i);
+        let row = t
+            .rows
+            .iter()
+            .find(|r| r.key == vec![key.clone()])
+            .expect("cell");
+        let get = |c: &str| {
+            expected
+                .column(c)
+                .expect("col")
+                .cast(&DataType::Float64)
+                .expect("cast")
+                .f64()
+                .expect("f64")
+                .get(i)
+        };
         assert_eq!(row.values[0], get("donors"));
         assert_eq!(row.values[1], get("rows"));
         for (j, c) in [(2, "sum"), (3, "mean"), (4, "std"), (5, "q")] {
             let (a, b) = (row.values[j].expect("value"), get(c).expect("value"));
-            assert!((a - b).abs() < 1e-6 * b.abs().max(1.0) + if c == "q" { 0.01 } else { 0.0 }, "{c}: {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-6 * b.abs().max(1.0) + if c == "q" { 0.01 } else { 0.0 },
+                "{c}: {a} vs {b}"
+            );
         }
     }
 }

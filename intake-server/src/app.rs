@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use datadonor_schemas::envelope::{HpkeConfig, HpkeConfigList};
-use datadonor_schemas::pseudonym::OprfServerKey;
 use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::pseudonym::OprfServerKey;
 use datadonor_schemas::receipt::ReceiptBundle;
 use datadonor_schemas::time::Clock;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -469,7 +469,9 @@ async fn ledger_event(
     authorize_with(&s.0.analytics, &headers)?;
     let entry = LedgerEntry::from_bytes(&body).map_err(|_| Problem::BadRequest)?;
     let study = match &entry {
-        LedgerEntry::QueryRun { study_id, .. } | LedgerEntry::ErasureDone { study_id, .. } => study_id,
+        LedgerEntry::QueryRun { study_id, .. } | LedgerEntry::ErasureDone { study_id, .. } => {
+            study_id
+        }
         _ => return Err(Problem::ForbiddenEntryType),
     };
     if s.0.studies.get(study.as_str()).is_none() {

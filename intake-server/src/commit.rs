@@ -264,7 +264,10 @@ fn process_group(ctx: &CommitContext, group: Vec<Job>) {
                     .map(|proof| EventAck {
                         index,
                         checkpoint: st.published_note().to_string(),
-                        inclusion_proof: proof.iter().map(|h| datadonor_schemas::receipt::HexHash(h.0)).collect(),
+                        inclusion_proof: proof
+                            .iter()
+                            .map(|h| datadonor_schemas::receipt::HexHash(h.0))
+                            .collect(),
                     })
                     .map_err(|_| Problem::Internal);
                 let _ = reply.send(answer);

@@ -640,7 +640,11 @@ async fn consistency_and_inclusion_proofs_verify() {
 
     // Out of range or malformed queries.
     for q in [
-        format!("/v1/ledger/entries?start={}&end={}", c2.size + 1, c2.size + 2),
+        format!(
+            "/v1/ledger/entries?start={}&end={}",
+            c2.size + 1,
+            c2.size + 2
+        ),
         "/v1/ledger/entries?start=0&end=1001".to_string(),
         "/v1/ledger/consistency?from=0&to=1".to_string(),
         format!("/v1/ledger/inclusion?index={}&size={}", c2.size, c2.size),

@@ -47,7 +47,10 @@ async fn analytics_appends_query_runs_with_its_token_only() {
     // No token, the auditor's token, a wrong token: refused, nothing written.
     for t in [None, Some(env.token.as_str()), Some("00")] {
         let (s, b) = post_event(&env, t, entry.to_bytes()).await;
-        assert_eq!((s, slug(&b).as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        assert_eq!(
+            (s, slug(&b).as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
     }
     // Entry types analytics may not append.
     let forged = LedgerEntry::ConsentWithdrawn {
@@ -58,19 +61,32 @@ async fn analytics_appends_query_runs_with_its_token_only() {
         withdrawal_sha256: [4; 32],
     };
     let (s, b) = post_event(&env, Some(token), forged.to_bytes()).await;
-    assert_eq!((s, slug(&b).as_str()), (StatusCode::FORBIDDEN, "forbidden-entry-type"));
+    assert_eq!(
+        (s, slug(&b).as_str()),
+        (StatusCode::FORBIDDEN, "forbidden-entry-type")
+    );
     // Unknown study, malformed body, a time far from the intake's clock.
     let (s, b) = post_event(&env, Some(token), query_run(&env, "other-study").to_bytes()).await;
-    assert_eq!((s, slug(&b).as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "unknown-study"));
+    assert_eq!(
+        (s, slug(&b).as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unknown-study")
+    );
     let (s, b) = post_event(&env, Some(token), b"{\"type\":\"query_run\"}".to_vec()).await;
-    assert_eq!((s, slug(&b).as_str()), (StatusCode::BAD_REQUEST, "bad-request"));
+    assert_eq!(
+        (s, slug(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "bad-request")
+    );
     let mut stale = query_run(&env, "t2d-dk");
     if let LedgerEntry::QueryRun { time, .. } = &mut stale {
         *time -= 3600;
     }
     let (s, _) = post_event(&env, Some(token), stale.to_bytes()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert_eq!(env.snapshot().0, before, "a refused event wrote to the ledger");
+    assert_eq!(
+        env.snapshot().0,
+        before,
+        "a refused event wrote to the ledger"
+    );
 
     // Accepted: durable, included under a signed checkpoint.
     let (s, b) = post_event(&env, Some(token), entry.to_bytes()).await;
@@ -86,6 +102,13 @@ async fn analytics_appends_query_runs_with_its_token_only() {
         .map(|h| hex::decode(h.as_str().unwrap()).unwrap())
         .collect();
     let leaf = merkle::leaf_hash(&entry.to_bytes());
-    merkle::verify_inclusion(index, cp.checkpoint.size, &leaf.0, &proof, &cp.checkpoint.root.0).unwrap();
+    merkle::verify_inclusion(
+        index,
+        cp.checkpoint.size,
+        &leaf.0,
+        &proof,
+        &cp.checkpoint.root.0,
+    )
+    .unwrap();
     assert!(env.snapshot().0 > before);
 }

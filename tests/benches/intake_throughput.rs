@@ -26,7 +26,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { clients: 32, donations: 2000, rows: 50 };
+    let mut a = Args {
+        clients: 32,
+        donations: 2000,
+        rows: 50,
+    };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < v.len() {
@@ -68,19 +72,29 @@ fn client(ca_pem: &[u8]) -> Result<reqwest::Client> {
     for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
         roots.add(c?)?;
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(reqwest::Client::builder().use_preconfigured_tls(cfg).build()?)
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .build()?)
 }
 
-async fn run_load(client: reqwest::Client, url: String, bodies: Arc<Vec<Vec<u8>>>, clients: usize) -> Result<LoadResult> {
+async fn run_load(
+    client: reqwest::Client,
+    url: String,
+    bodies: Arc<Vec<Vec<u8>>>,
+    clients: usize,
+) -> Result<LoadResult> {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (client, url, bodies, next) = (client.clone(), url.clone(), bodies.clone(), next.clone());
+        let (client, url, bodies, next) =
+            (client.clone(), url.clone(), bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -107,20 +121,31 @@ async fn run_load(client: reqwest::Client, url: String, bodies: Arc<Vec<Vec<u8>>
     for t in tasks {
         latencies.extend(t.await??);
     }
-    Ok(LoadResult { ok: latencies.len(), elapsed: start.elapsed(), latencies })
+    Ok(LoadResult {
+        ok: latencies.len(),
+        elapsed: start.elapsed(),
+        latencies,
+    })
 }
 
 async fn bare_endpoint(cert: &std::path::Path, key: &std::path::Path) -> Result<SocketAddr> {
-    let certs = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?.context("no key")?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let certs = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key =
+        rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?.context("no key")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let router: Router = Router::new()
-        .route("/v1/donations", post(|body: axum::body::Bytes| async move { format!("{}", body.len()) }))
+        .route(
+            "/v1/donations",
+            post(|body: axum::body::Bytes| async move { format!("{}", body.len()) }),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -128,10 +153,13 @@ async fn bare_endpoint(cert: &std::path::Path, key: &std::path::Path) -> Result<
         while let Ok((tcp, _)) = listener.accept().await {
             let (acceptor, router) = (acceptor.clone(), router.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    router.clone().oneshot(req.map(axum::body::Body::new))
-                });
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        router.clone().oneshot(req.map(axum::body::Body::new))
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -153,7 +181,9 @@ fn report(name: &str, r: &LoadResult) {
 
 fn main() -> Result<()> {
     let a = args();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
         let cfg = testkit::init_test_dir(dir.path())?;

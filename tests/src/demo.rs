@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use datadonor_client::keystore::StoredReceipt;
 use datadonor_client::session::minimise_blocking;
-use datadonor_client::{ConsentChoice, Intake, IntakeConfig, IntakeSession, MinimiseOptions, TrustAnchors};
+use datadonor_client::{
+    ConsentChoice, Intake, IntakeConfig, IntakeSession, MinimiseOptions, TrustAnchors,
+};
 use datadonor_schemas::pseudonym::Cpr;
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::study::StudyId;
@@ -84,7 +86,11 @@ impl fmt::Display for DemoSummary {
             "  query                       {} donors considered, {} cells published, {} suppressed",
             self.donors_considered, self.cells.0, self.cells.1
         )?;
-        writeln!(f, "  compaction                  {} rows of withdrawn donors erased", self.rows_erased)?;
+        writeln!(
+            f,
+            "  compaction                  {} rows of withdrawn donors erased",
+            self.rows_erased
+        )?;
         writeln!(f, "  verified:")?;
         for c in &self.checks {
             writeln!(f, "    ok  {c}")?;
@@ -114,27 +120,55 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
             tmp.path().to_path_buf()
         }
     };
-    let mut summary = DemoSummary { donors: opts.donors, dir: work.clone(), ..Default::default() };
+    let mut summary = DemoSummary {
+        donors: opts.donors,
+        dir: work.clone(),
+        ..Default::default()
+    };
     let now = SystemClock.now();
 
     // 1. The intake, with fresh keys.
     let intake_dir = work.join("intake");
-    let init = datadonor_intake::init::init(&intake_dir, None, now).context("initialising the intake")?;
-    let mut config = datadonor_intake::Config::load_dir(&intake_dir).context("loading the intake config")?;
+    let init =
+        datadonor_intake::init::init(&intake_dir, None, now).context("initialising the intake")?;
+    let mut config =
+        datadonor_intake::Config::load_dir(&intake_dir).context("loading the intake config")?;
     config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     // Every simulated donor connects from 127.0.0.1: lift the per-address OPRF limit.
-    config.oprf.burst = u32::try_from(opts.donors.saturating_mul(2)).unwrap_or(u32::MAX).max(100);
+    config.oprf.burst = u32::try_from(opts.donors.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .max(100);
     config.oprf.per_second = 100_000.0;
-    let running = datadonor_intake::start(config).await.context("starting the intake")?;
+    let running = datadonor_intake::start(config)
+        .await
+        .context("starting the intake")?;
     let ca = std::fs::read(running.ca_pem_path()).context("reading the intake's CA")?;
-    summary.checks.push(format!("intake serving TLS 1.3 on {} with fresh keys", running.base_url()));
+    summary.checks.push(format!(
+        "intake serving TLS 1.3 on {} with fresh keys",
+        running.base_url()
+    ));
 
     // 2. Donors donate concurrently through the client library.
-    let intake = Intake::new(IntakeConfig::new(running.base_url(), TrustAnchors::CaPem(ca.clone())))?;
-    let session = IntakeSession::connect(intake, None).await.context("connecting to the intake")?;
+    let intake = Intake::new(IntakeConfig::new(
+        running.base_url(),
+        TrustAnchors::CaPem(ca.clone()),
+    ))?;
+    let session = IntakeSession::connect(intake, None)
+        .await
+        .context("connecting to the intake")?;
     let study_id = StudyId::new("t2d-dk")?;
-    let study = Arc::new(session.intake().study(&study_id).await.context("fetching the study")?);
-    let pop = PopulationConfig { seed: opts.seed, donors: opts.donors, ..PopulationConfig::default() };
+    let study = Arc::new(
+        session
+            .intake()
+            .study(&study_id)
+            .await
+            .context("fetching the study")?,
+    );
+    let pop = PopulationConfig {
+        seed: opts.seed,
+        donors: opts.donors,
+        ..PopulationConfig::default()
+    };
     let exports = work.join("exports");
     std::fs::create_dir_all(&exports)?;
     let bar = progress_bar(opts.progress, opts.donors, "donating");
@@ -144,7 +178,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     let mut donated: Vec<Donated> = Vec::new();
     for donor in synthpop::donors(&pop) {
         let permit = permits.clone().acquire_owned().await?;
-        let (session, study, exports, bar) = (session.clone(), study.clone(), exports.clone(), bar.clone());
+        let (session, study, exports, bar) =
+            (session.clone(), study.clone(), exports.clone(), bar.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let out = donate_one(&session, &study, &exports, donor).await;
@@ -177,29 +212,52 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     let step = (100 / opts.withdraw_percent.clamp(1, 100)).max(1) as usize;
     let mut withdrawn = Vec::new();
     for d in donated.iter().step_by(step) {
-        let (receipt, _) = session.withdraw(&d.stored, &d.key).await.with_context(|| format!("donor {} withdrawing", d.index))?;
+        let (receipt, _) = session
+            .withdraw(&d.stored, &d.key)
+            .await
+            .with_context(|| format!("donor {} withdrawing", d.index))?;
         withdrawn.push(receipt.receipt.pseudonym);
         summary.withdrawn += 1;
     }
-    summary.checks.push(format!("{} withdrawal receipts verified", summary.withdrawn));
+    summary.checks.push(format!(
+        "{} withdrawal receipts verified",
+        summary.withdrawn
+    ));
 
     // 4. A donor re-checks a receipt against the intake's current tree head.
     if let Some(first) = donated.first() {
         let mut cfg = IntakeConfig::new(running.base_url(), TrustAnchors::CaPem(ca.clone()));
-        cfg.auditor_token = Some(datadonor_client::client::AuditorToken::new(&init.auditor_token));
+        cfg.auditor_token = Some(datadonor_client::client::AuditorToken::new(
+            &init.auditor_token,
+        ));
         let auditor = Intake::new(cfg)?;
         let s = IntakeSession::connect(auditor, None).await?;
-        let v = s.verify(&first.stored, None).await.context("re-verifying a receipt")?;
+        let v = s
+            .verify(&first.stored, None)
+            .await
+            .context("re-verifying a receipt")?;
         summary.checks.push(format!(
             "a stored receipt is included in the current tree (size {})",
-            v.current.as_ref().map(|c| c.0).unwrap_or(v.receipt.tree_size)
+            v.current
+                .as_ref()
+                .map(|c| c.0)
+                .unwrap_or(v.receipt.tree_size)
         ));
     }
 
-    crate::demo_research::research_and_audit(&intake_dir, &running, &init, &withdrawn, &mut summary).await?;
+    crate::demo_research::research_and_audit(
+        &intake_dir,
+        &running,
+        &init,
+        &withdrawn,
+        &mut summary,
+    )
+    .await?;
 
     running.shutdown().await.context("stopping the intake")?;
-    summary.checks.push("intake shut down cleanly (drained, committed)".into());
+    summary
+        .checks
+        .push("intake shut down cleanly (drained, committed)".into());
     Ok(summary)
 }
 
@@ -236,9 +294,13 @@ async fn donate_one(
     })
     .await??;
     let cpr = Cpr::parse(&donor.cpr).map_err(|e| anyhow!("donor {}: {e}", donor.index))?;
-    let rows = minimise_blocking(vec![path.clone()], study.definition.clone(), MinimiseOptions::default().with_cpr(&cpr))
-        .await
-        .with_context(|| format!("donor {}: minimising {}", donor.index, path.display()))?;
+    let rows = minimise_blocking(
+        vec![path.clone()],
+        study.definition.clone(),
+        MinimiseOptions::default().with_cpr(&cpr),
+    )
+    .await
+    .with_context(|| format!("donor {}: minimising {}", donor.index, path.display()))?;
     if rows.rows.is_empty() {
         return Ok(None);
     }
@@ -248,12 +310,20 @@ async fn donate_one(
     if donor.index % 3 == 0 {
         purposes.push("t2d-care-quality".to_string());
     }
-    let consent = ConsentChoice { purposes, expires_in_days: 365 };
+    let consent = ConsentChoice {
+        purposes,
+        expires_in_days: 365,
+    };
     let out = session
         .donate(study, &rows, &cpr, &key, &consent)
         .await
         .with_context(|| format!("donor {} donating", donor.index))?;
-    Ok(Some(Donated { index: donor.index, key, stored: out.stored, rows: n }))
+    Ok(Some(Donated {
+        index: donor.index,
+        key,
+        stored: out.stored,
+        rows: n,
+    }))
 }
 
 fn progress_bar(show: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
@@ -261,7 +331,9 @@ fn progress_bar(show: bool, len: u64, msg: &'static str) -> indicatif::ProgressB
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(msg);

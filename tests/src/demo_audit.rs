@@ -17,12 +17,19 @@ pub(crate) fn donors_in_parquet(bytes: &[u8]) -> Result<Vec<Pseudonym>> {
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch?;
-        let col = batch.column_by_name("donor").ok_or_else(|| anyhow!("batch has no donor column"))?;
+        let col = batch
+            .column_by_name("donor")
+            .ok_or_else(|| anyhow!("batch has no donor column"))?;
         let col = arrow::compute::cast(col, &DataType::Utf8)?;
-        let col = col.as_any().downcast_ref::<StringArray>().ok_or_else(|| anyhow!("donor column is not text"))?;
+        let col = col
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| anyhow!("donor column is not text"))?;
         for i in 0..col.len() {
             let v = col.value(i);
-            out.push(Pseudonym::from_hex(v).ok_or_else(|| anyhow!("donor {v:?} is not a pseudonym"))?);
+            out.push(
+                Pseudonym::from_hex(v).ok_or_else(|| anyhow!("donor {v:?} is not a pseudonym"))?,
+            );
         }
     }
     Ok(out)

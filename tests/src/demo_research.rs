@@ -50,7 +50,10 @@ pub(crate) async fn research_and_audit(
         ca: running.ca_pem_path(),
         auditor_token: init.auditor_token.clone(),
         analytics_token: Zeroizing::new(analytics_token.trim().to_string()),
-        vault_key: init.vault_private_key.clone().ok_or_else(|| anyhow!("init made no vault key"))?,
+        vault_key: init
+            .vault_private_key
+            .clone()
+            .ok_or_else(|| anyhow!("init made no vault key"))?,
     };
     let withdrawn: HashSet<Pseudonym> = withdrawn.iter().copied().collect();
     let mut s = std::mem::take(summary);
@@ -64,7 +67,11 @@ pub(crate) async fn research_and_audit(
     Ok(())
 }
 
-fn research_blocking(p: &Paths, withdrawn: &HashSet<Pseudonym>, summary: &mut DemoSummary) -> Result<()> {
+fn research_blocking(
+    p: &Paths,
+    withdrawn: &HashSet<Pseudonym>,
+    summary: &mut DemoSummary,
+) -> Result<()> {
     let now = SystemClock.now();
     // The steward: the demo steward key that signed the study approves the example query.
     let seed: [u8; 32] = std::fs::read(p.intake.join("steward/steward.key"))
@@ -74,7 +81,8 @@ fn research_blocking(p: &Paths, withdrawn: &HashSet<Pseudonym>, summary: &mut De
         .map_err(|_| anyhow!("steward key is not 32 bytes"))?;
     let steward = SigningKey::from_seed(&seed)?;
     let approvers = vec![steward.public_key()];
-    let study_bytes = std::fs::read(p.intake.join("studies/t2d-dk.json")).context("reading the signed study")?;
+    let study_bytes =
+        std::fs::read(p.intake.join("studies/t2d-dk.json")).context("reading the signed study")?;
     let study = open_study(&study_bytes, &approvers)?;
     let spec = QuerySpec::from_toml(EXAMPLE_QUERY)?;
     spec.validate(&study)?;
@@ -93,7 +101,9 @@ fn research_blocking(p: &Paths, withdrawn: &HashSet<Pseudonym>, summary: &mut De
         max_runs: 3,
     }
     .sign(&steward);
-    summary.checks.push("steward approval bound to the query hash, purpose, researcher and window".into());
+    summary
+        .checks
+        .push("steward approval bound to the query hash, purpose, researcher and window".into());
 
     // An approval for this query does not run another.
     let mut other = spec.clone();
@@ -101,25 +111,47 @@ fn research_blocking(p: &Paths, withdrawn: &HashSet<Pseudonym>, summary: &mut De
     if datadonor_schemas::query::check_approval(&approval, &other, &approvers, now, 0).is_ok() {
         bail!("an approval for one query ran another");
     }
-    summary.checks.push("the approval refuses a query that differs from the approved one".into());
+    summary
+        .checks
+        .push("the approval refuses a query that differs from the approved one".into());
 
     // The researcher: ledger through the auditor endpoints, verified against signed tree heads.
-    let mut ledger = HttpLedger::with_ca_file(&p.base_url, p.auditor_token.clone(), Some(p.analytics_token.clone()), &p.ca)?;
+    let mut ledger = HttpLedger::with_ca_file(
+        &p.base_url,
+        p.auditor_token.clone(),
+        Some(p.analytics_token.clone()),
+        &p.ca,
+    )?;
     let key = ledger.ledger_key()?;
     let verifier = NoteVerifier::parse_vkey(&key.vkey).map_err(|e| anyhow!("ledger vkey: {e}"))?;
     ledger.set_verifiers(vec![verifier.clone()]);
     let state = p.intake.join("../analytics-state");
     std::fs::create_dir_all(&state)?;
     let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;
-    summary.checks.push(format!("ledger of {} entries matches its signed tree head", view.all().count()));
+    summary.checks.push(format!(
+        "ledger of {} entries matches its signed tree head",
+        view.all().count()
+    ));
 
     let store = BatchStore::open(&p.intake.join("batches").join(study.id.as_str()))?;
     let vault = VaultKey::load(&p.vault_key)?;
-    let inputs = QueryInputs { spec: &spec, approval: &approval, study: &study, approvers: &approvers, now };
+    let inputs = QueryInputs {
+        spec: &spec,
+        approval: &approval,
+        study: &study,
+        approvers: &approvers,
+        now,
+    };
     let outcome = run_query(&inputs, &view, &store, &vault, &ledger)?;
     summary.table = datadonor_analytics::output::render_text(&outcome.table);
-    summary.cells = (outcome.table.cells_published(), outcome.table.cells_suppressed());
-    if let LedgerEntry::QueryRun { donors_considered, .. } = &outcome.entry {
+    summary.cells = (
+        outcome.table.cells_published(),
+        outcome.table.cells_suppressed(),
+    );
+    if let LedgerEntry::QueryRun {
+        donors_considered, ..
+    } = &outcome.entry
+    {
         summary.donors_considered = *donors_considered;
     }
     let allowed = view.allowed_donors(&study.id, &spec.purpose, now);
@@ -135,13 +167,23 @@ fn research_blocking(p: &Paths, withdrawn: &HashSet<Pseudonym>, summary: &mut De
 
     // Compaction: erase withdrawn donors' rows.
     let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;
-    let report = compact(&store, &study.id, &vault, &view, &ledger, SystemClock.now(), CompactOptions::default())?;
+    let report = compact(
+        &store,
+        &study.id,
+        &vault,
+        &view,
+        &ledger,
+        SystemClock.now(),
+        CompactOptions::default(),
+    )?;
     summary.rows_erased = report.erased.values().map(|(rows, _)| *rows).sum();
 
     // The auditor: the log only grew (consistency with the head verified before), every
     // withdrawn donor has an erasure entry, and no sealed batch holds their rows.
     let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;
-    summary.checks.push("every new tree head is consistent with the last verified one (append-only)".into());
+    summary
+        .checks
+        .push("every new tree head is consistent with the last verified one (append-only)".into());
     let erased: HashSet<Pseudonym> = view
         .all()
         .filter_map(|e| match e {
@@ -162,7 +204,10 @@ fn research_blocking(p: &Paths, withdrawn: &HashSet<Pseudonym>, summary: &mut De
                 bail!("{}: holds a row of a withdrawn donor", b.path.display());
             }
             if !consented.contains(&donor) {
-                bail!("{}: holds a row of a donor with no consent entry", b.path.display());
+                bail!(
+                    "{}: holds a row of a donor with no consent entry",
+                    b.path.display()
+                );
             }
         }
     }

@@ -12,7 +12,10 @@ use clap::Parser;
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
-#[command(name = "datadonor-demo", about = "Run the Datadonor pipeline end to end on localhost")]
+#[command(
+    name = "datadonor-demo",
+    about = "Run the Datadonor pipeline end to end on localhost"
+)]
 struct Args {
     /// Number of synthetic donors.
     #[arg(long, default_value_t = 2000)]
@@ -43,21 +46,26 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("demo failed: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(datadonor_tests::demo::run(datadonor_tests::demo::DemoOptions {
-        donors: args.donors,
-        seed: args.seed,
-        concurrency: args.concurrency,
-        withdraw_percent: args.withdraw_percent,
-        keep: args.keep,
-        progress: !args.quiet,
-    })) {
+    match rt.block_on(datadonor_tests::demo::run(
+        datadonor_tests::demo::DemoOptions {
+            donors: args.donors,
+            seed: args.seed,
+            concurrency: args.concurrency,
+            withdraw_percent: args.withdraw_percent,
+            keep: args.keep,
+            progress: !args.quiet,
+        },
+    )) {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS
