@@ -35,6 +35,10 @@ async fn pipeline_end_to_end() {
         "append-only",
         "all belong to consenting donors",
     ] {
-        assert!(s.checks.iter().any(|c| c.contains(check)), "missing check {check:?}: {:#?}", s.checks);
+        assert!(
+            s.checks.iter().any(|c| c.contains(check)),
+            "missing check {check:?}: {:#?}",
+            s.checks
+        );
     }
 }
