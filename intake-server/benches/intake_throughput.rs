@@ -5,7 +5,7 @@
 //! the same stack (tokio-rustls, hyper-util auto, axum) that only reads the body and answers 200.
 //! Prints accepted donations/s, p50 and p99 latency for both and the ratio.
 //!
-//! `cargo bench -p datadonor-tests --bench intake_throughput -- [--clients N] [--donations N] [--rows N]`
+//! `cargo bench -p datadonor-intake --bench intake_throughput -- [--clients N] [--donations N] [--rows N]`
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
