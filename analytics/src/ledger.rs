@@ -339,7 +339,8 @@ pub fn verify_ledger(
     })
 }
 
-const STATE_FILE: &str = "verified-checkpoint";
+/// Name of the file in a state directory holding the last verified signed checkpoint.
+pub const STATE_FILE: &str = "verified-checkpoint";
 
 fn check_against_state(
     source: &dyn LedgerSource,
@@ -428,46 +429,35 @@ fn save_state(dir: &Path, note: &[u8]) -> Result<(), LedgerError> {
     std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(|e| err(e.to_string()))
 }
 
-/// Encode one ledger-file record.
+/// Encode one ledger-file record (the format is
+/// [`datadonor_schemas::ledger::encode_ledger_record`]).
 pub fn encode_record(entry_bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entry_bytes.len() + 36);
-    out.extend_from_slice(&(entry_bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(entry_bytes);
-    out.extend_from_slice(merkle::leaf_hash(entry_bytes).as_bytes());
+    datadonor_schemas::ledger::encode_ledger_record(entry_bytes, &mut out);
     out
 }
 
-/// Decode ledger-file records, stopping at a torn tail. Returns the entries' bytes.
+/// Decode ledger-file records, stopping at a torn tail (a write that never finished). A record
+/// with an impossible length or a wrong leaf hash is an error. Returns the entries' bytes.
 pub fn decode_records(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, LedgerError> {
-    let _ = path;
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while let Some(len_bytes) = bytes.get(pos..pos + 4) {
-        let mut l = [0u8; 4];
-        l.copy_from_slice(len_bytes);
-        let len = u32::from_be_bytes(l) as usize;
-        if len > datadonor_schemas::ledger::MAX_ENTRY_LEN {
-            return Err(LedgerError::Malformed {
-                what: format!("record {} of {}", out.len(), path.display()),
-                detail: format!("length {len} exceeds the entry limit"),
-            });
-        }
-        let (Some(entry), Some(hash)) = (
-            bytes.get(pos + 4..pos + 4 + len),
-            bytes.get(pos + 4 + len..pos + 4 + len + 32),
-        ) else {
-            // A torn tail: the writer crashed mid-record; the record was never acknowledged.
-            break;
-        };
-        if merkle::leaf_hash(entry).as_bytes() != hash {
-            return Err(LedgerError::LeafHashMismatch {
-                index: out.len() as u64,
-            });
-        }
-        out.push(entry.to_vec());
-        pos += 4 + len + 32;
+    use datadonor_schemas::ledger::{decode_ledger_records, RecordTail};
+    let r = decode_ledger_records(bytes);
+    if let RecordTail::Corrupt { index } = r.tail {
+        let bad_length = bytes
+            .get(r.valid_len..r.valid_len + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .is_some_and(|len| len == 0 || len as usize > datadonor_schemas::ledger::MAX_ENTRY_LEN);
+        return Err(if bad_length {
+            LedgerError::Malformed {
+                what: format!("record {index} of {}", path.display()),
+                detail: "length is zero or exceeds the entry limit".into(),
+            }
+        } else {
+            LedgerError::LeafHashMismatch { index }
+        });
     }
-    Ok(out)
+    Ok(r.entries.into_iter().map(<[u8]>::to_vec).collect())
 }
 
 /// The intake's ledger file, read directly (embedded single-machine setup).

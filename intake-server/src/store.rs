@@ -23,8 +23,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use datadonor_schemas::ledger::MAX_ENTRY_LEN;
-use datadonor_schemas::merkle::leaf_hash;
 
 /// Errors of a storage backend.
 #[derive(Debug, thiserror::Error)]
@@ -246,38 +244,19 @@ impl LocalLedgerStore {
     }
 }
 
-/// Encode one ledger record.
+/// Encode one ledger record (the format is [`datadonor_schemas::ledger::encode_ledger_record`]).
 pub fn encode_record(entry: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
-    out.extend_from_slice(entry);
-    out.extend_from_slice(&leaf_hash(entry).0);
+    datadonor_schemas::ledger::encode_ledger_record(entry, out);
 }
 
-/// Decode records; returns them and the length of the valid prefix.
+/// Decode records; returns them and the length of the valid prefix (a torn or damaged tail is
+/// cut off there).
 pub fn decode_records(bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while let Some(len_bytes) = bytes.get(pos..pos + 4) {
-        let mut l = [0u8; 4];
-        l.copy_from_slice(len_bytes);
-        let len = u32::from_be_bytes(l) as usize;
-        if len == 0 || len > MAX_ENTRY_LEN {
-            break;
-        }
-        let start = pos + 4;
-        let (Some(entry), Some(hash)) = (
-            bytes.get(start..start + len),
-            bytes.get(start + len..start + len + 32),
-        ) else {
-            break;
-        };
-        if leaf_hash(entry).0 != hash {
-            break;
-        }
-        out.push(entry.to_vec());
-        pos = start + len + 32;
-    }
-    (out, pos)
+    let r = datadonor_schemas::ledger::decode_ledger_records(bytes);
+    (
+        r.entries.into_iter().map(<[u8]>::to_vec).collect(),
+        r.valid_len,
+    )
 }
 
 impl LedgerStore for LocalLedgerStore {

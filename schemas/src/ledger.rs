@@ -238,3 +238,112 @@ pub fn consent_states<'a>(
     }
     out
 }
+
+/// How the records of a ledger file end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordTail {
+    /// Every byte belongs to a complete, intact record.
+    Clean,
+    /// The last record is incomplete: a write that never finished (never acknowledged).
+    Torn,
+    /// Record `index` has an impossible length or a leaf hash that does not match its bytes.
+    Corrupt {
+        /// Index of the first bad record.
+        index: u64,
+    },
+}
+
+/// The records of a ledger file, as far as they are intact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRecords<'a> {
+    /// Entry bytes of the intact records, in order.
+    pub entries: Vec<&'a [u8]>,
+    /// Length of the intact prefix.
+    pub valid_len: usize,
+    /// What follows the intact prefix.
+    pub tail: RecordTail,
+}
+
+/// Append one ledger-file record: `u32 BE length || entry bytes || 32-byte RFC 9162 leaf hash`.
+pub fn encode_ledger_record(entry: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+    out.extend_from_slice(entry);
+    out.extend_from_slice(&crate::merkle::leaf_hash(entry).0);
+}
+
+/// Decode a ledger file's records, stopping at the first incomplete or damaged one.
+pub fn decode_ledger_records(bytes: &[u8]) -> LedgerRecords<'_> {
+    let mut entries = Vec::new();
+    let mut pos = 0usize;
+    let tail = loop {
+        if pos == bytes.len() {
+            break RecordTail::Clean;
+        }
+        let Some(len_bytes) = bytes.get(pos..pos + 4) else {
+            break RecordTail::Torn;
+        };
+        let mut l = [0u8; 4];
+        l.copy_from_slice(len_bytes);
+        let len = u32::from_be_bytes(l) as usize;
+        if len == 0 || len > MAX_ENTRY_LEN {
+            break RecordTail::Corrupt {
+                index: entries.len() as u64,
+            };
+        }
+        let start = pos + 4;
+        let (Some(entry), Some(hash)) = (
+            bytes.get(start..start + len),
+            bytes.get(start + len..start + len + 32),
+        ) else {
+            break RecordTail::Torn;
+        };
+        if crate::merkle::leaf_hash(entry).0 != hash {
+            break RecordTail::Corrupt {
+                index: entries.len() as u64,
+            };
+        }
+        entries.push(entry);
+        pos = start + len + 32;
+    };
+    LedgerRecords {
+        entries,
+        valid_len: pos,
+        tail,
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_tails_are_classified() {
+        let mut file = Vec::new();
+        encode_ledger_record(b"{\"a\":1}", &mut file);
+        encode_ledger_record(b"{\"b\":2}", &mut file);
+        let whole = decode_ledger_records(&file);
+        assert_eq!(whole.entries, vec![&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
+        assert_eq!(
+            (whole.valid_len, whole.tail),
+            (file.len(), RecordTail::Clean)
+        );
+        let first_len = 4 + 7 + 32;
+        for cut in first_len + 1..file.len() {
+            let torn = decode_ledger_records(&file[..cut]);
+            assert_eq!(
+                (torn.entries.len(), torn.valid_len, torn.tail),
+                (1, first_len, RecordTail::Torn),
+                "cut {cut}"
+            );
+        }
+        let mut flipped = file.clone();
+        flipped[first_len + 6] ^= 1;
+        let bad = decode_ledger_records(&flipped);
+        assert_eq!(
+            (bad.entries.len(), bad.tail),
+            (1, RecordTail::Corrupt { index: 1 })
+        );
+        let zero = decode_ledger_records(&[0, 0, 0, 0]);
+        assert_eq!(zero.tail, RecordTail::Corrupt { index: 0 });
+    }
+}

@@ -1,0 +1,315 @@
+//! End-to-end test of the `datadonor` CLI binary against a real, in-process intake
+//! (`datadonor_intake::start`): `donate`, `receipts`, `verify` and `withdraw` on a shared FHIR
+//! bundle, then the intake's own ledger is checked for the entries the CLI caused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datadonor_schemas::ledger::LedgerEntry;
+
+const STUDY: &str = "t2d-dk";
+
+/// The shared test data root: `$DATADONOR_SHARED`, else `$CARGO_MANIFEST_DIR/../../shared`.
+fn shared() -> PathBuf {
+    std::env::var_os("DATADONOR_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+}
+
+fn bundle() -> PathBuf {
+    let p = shared().join("data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json");
+    assert!(
+        p.is_file(),
+        "shared FHIR bundle missing: {} (set DATADONOR_SHARED to the shared data root)",
+        p.display()
+    );
+    p
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// Run the CLI on a blocking thread, so that the intake keeps serving on the test's runtime.
+async fn datadonor(args: Vec<String>, home: PathBuf) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_datadonor"))
+            .args(&args)
+            .env("DATADONOR_HOME", &home)
+            .env_remove("DATADONOR_PASSPHRASE")
+            .output()
+            .expect("run datadonor")
+    })
+    .await
+    .expect("join the CLI thread")
+}
+
+/// Assert exit status 0 and return stdout.
+fn ok(what: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: exit status\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("datadonor: error"),
+        "{what}: error on stderr: {stderr}"
+    );
+    stdout
+}
+
+/// The line of `stdout` starting with `prefix`.
+fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{stdout}"))
+}
+
+/// The path after "stored in " at the end of a line.
+fn stored_path(l: &str) -> PathBuf {
+    let (_, p) = l
+        .rsplit_once(" stored in ")
+        .unwrap_or_else(|| panic!("no receipt path in {l:?}"));
+    PathBuf::from(p.trim())
+}
+
+/// The ledger index after "at ledger index ".
+fn ledger_index(l: &str) -> u64 {
+    let (_, rest) = l
+        .split_once("at ledger index ")
+        .unwrap_or_else(|| panic!("no ledger index in {l:?}"));
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad ledger index in {l:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn donate_receipts_verify_withdraw_against_a_real_intake() {
+    let input = bundle();
+    let data = tempfile::tempdir().expect("intake dir");
+    let home = tempfile::tempdir().expect("keystore dir");
+    let config = datadonor_intake::testkit::init_test_dir(data.path()).expect("init intake");
+    let intake = datadonor_intake::start(config).await.expect("start intake");
+    let url = intake.base_url();
+    let ca = s(&intake.ca_pem_path());
+    let ks = s(home.path());
+    let auditor_token = std::fs::read_to_string(data.path().join("auditor.token"))
+        .expect("auditor.token")
+        .trim()
+        .to_string();
+
+    // donate
+    let args: Vec<String> = [
+        "--keystore",
+        &ks,
+        "donate",
+        "--study",
+        STUDY,
+        "--input",
+        &s(&input),
+        "--cpr",
+        "0101721234",
+        "--postcode",
+        "5000",
+        "--purpose",
+        "t2d-epidemiology",
+        "--expires-days",
+        "365",
+        "--intake",
+        &url,
+        "--ca",
+        &ca,
+        "--yes",
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("donate", &out);
+    assert!(
+        stdout.contains("Study signed by steward key "),
+        "donate stdout: {stdout}"
+    );
+    let donated = line(&stdout, "Donated ");
+    assert!(
+        donated.contains(&format!(" rows to {STUDY} at ledger index ")),
+        "{donated}"
+    );
+    assert!(
+        donated.contains("receipt verified and stored in "),
+        "{donated}"
+    );
+    let rows: u32 = donated
+        .strip_prefix("Donated ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("row count");
+    assert!(rows > 0, "{donated}");
+    let donation_index = ledger_index(donated);
+    let donation_receipt = stored_path(donated);
+    assert!(donation_receipt.is_file(), "{}", donation_receipt.display());
+    assert!(donation_receipt.starts_with(home.path()));
+
+    // receipts
+    let args = ["--keystore", &ks, "receipts"].map(String::from).to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("receipts", &out);
+    assert_eq!(
+        stdout,
+        format!(
+            "Donation\t{STUDY}\tindex {donation_index}\t{url}\t{}\n",
+            donation_receipt.display()
+        )
+    );
+
+    // verify, against the receipt's own checkpoint
+    let args: Vec<String> = [
+        "--keystore",
+        &ks,
+        "verify",
+        &s(&donation_receipt),
+        "--ca",
+        &ca,
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("verify", &out);
+    assert!(
+        stdout.starts_with("receipt verified against its own checkpoint only (tree of "),
+        "verify stdout: {stdout}"
+    );
+
+    // verify, against the intake's current checkpoint (auditor token)
+    let args: Vec<String> = [
+        "--keystore",
+        &ks,
+        "verify",
+        &s(&donation_receipt),
+        "--ca",
+        &ca,
+        "--auditor-token",
+        &auditor_token,
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("verify --auditor-token", &out);
+    assert!(
+        stdout.starts_with(&format!(
+            "receipt verified: entry {donation_index} is in the intake's current tree of "
+        )),
+        "verify stdout: {stdout}"
+    );
+
+    // withdraw
+    let args: Vec<String> = [
+        "--keystore",
+        &ks,
+        "withdraw",
+        "--study",
+        STUDY,
+        "--intake",
+        &url,
+        "--ca",
+        &ca,
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("withdraw", &out);
+    let withdrawn = line(
+        &stdout,
+        &format!("Consent withdrawn for study {STUDY} at ledger index "),
+    );
+    let withdrawal_index = ledger_index(withdrawn);
+    assert!(withdrawal_index > donation_index, "{withdrawn}");
+    let withdrawal_receipt = stored_path(withdrawn);
+    assert!(withdrawal_receipt.is_file());
+
+    // receipts now lists both
+    let args = ["--keystore", &ks, "receipts"].map(String::from).to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("receipts after withdraw", &out);
+    assert!(
+        stdout.contains(&format!(
+            "Donation\t{STUDY}\tindex {donation_index}\t{url}\t"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "Withdrawal\t{STUDY}\tindex {withdrawal_index}\t{url}\t{}",
+            withdrawal_receipt.display()
+        )),
+        "{stdout}"
+    );
+
+    // The intake's ledger holds the consent, the donation and the withdrawal, at those indexes.
+    let entries: Vec<LedgerEntry> = {
+        let state = intake.state().0.state.read().expect("ledger lock");
+        let size = state.published_size();
+        assert!(size > withdrawal_index, "published size {size}");
+        state
+            .entries(0, size)
+            .expect("published entries")
+            .iter()
+            .map(|b| LedgerEntry::from_bytes(b).expect("ledger entry"))
+            .collect()
+    };
+    let at = |i: u64| &entries[usize::try_from(i).expect("index")];
+    let (pseudonym, record) = match at(donation_index) {
+        LedgerEntry::DonationAccepted {
+            study_id,
+            pseudonym,
+            consent_record_id,
+            rows: accepted,
+            ..
+        } => {
+            assert_eq!(study_id.as_str(), STUDY);
+            assert_eq!(*accepted, rows, "rows accepted vs rows the CLI reported");
+            (*pseudonym, *consent_record_id)
+        }
+        other => panic!("entry {donation_index}: expected DonationAccepted, got {other:?}"),
+    };
+    let granted: Vec<_> = entries
+        .iter()
+        .filter_map(|e| match e {
+            LedgerEntry::ConsentGranted {
+                study_id,
+                pseudonym: p,
+                consent_record_id,
+                purposes,
+                given_at,
+                expires_at,
+                ..
+            } if *p == pseudonym && *consent_record_id == record => {
+                Some((study_id.as_str(), purposes.clone(), expires_at - given_at))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        granted,
+        vec![(STUDY, vec!["t2d-epidemiology".to_string()], 365 * 86_400)],
+        "ConsentGranted entries for the donation"
+    );
+    match at(withdrawal_index) {
+        LedgerEntry::ConsentWithdrawn {
+            study_id,
+            pseudonym: p,
+            consent_record_id,
+            ..
+        } => {
+            assert_eq!(study_id.as_str(), STUDY);
+            assert_eq!(*p, pseudonym);
+            assert_eq!(*consent_record_id, record);
+        }
+        other => panic!("entry {withdrawal_index}: expected ConsentWithdrawn, got {other:?}"),
+    }
+
+    intake.shutdown().await.expect("intake shutdown");
+}
