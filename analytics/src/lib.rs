@@ -19,6 +19,7 @@
 //! | [`query`] | one approved run: approval, consent, engine, disclosure, ledger entry |
 //! | [`output`] | the result table as text, CSV, JSON, Parquet and an SVG bar chart |
 //! | [`compact`] | rewriting batches without withdrawn donors' rows |
+//! | [`audit`] | the auditor's checks of the ledger, receipts, consents, query runs and batches |
 //! | [`testkit`] | synthetic rows and ledger entries for tests and the benchmark |
 //!
 //! **Architecture invariant:** plaintext rows exist only in memory. No function of this crate
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod compact;
 pub mod disclosure;
 pub mod engine;
@@ -74,6 +76,17 @@ pub enum AnalyticsError {
         /// What went wrong.
         detail: String,
     },
+    /// An input file (receipt, approval) could not be read or parsed.
+    #[error("{}: {detail}", path.display())]
+    Input {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An audit found violations.
+    #[error("audit: {0}")]
+    AuditFailed(String),
     /// The batch directory could not be read or updated.
     #[error("batch store {}: {detail}", path.display())]
     Store {

@@ -1,7 +1,8 @@
 //! The `datadonor-analytics` command line: a thin layer over the `datadonor_analytics` library.
 //!
 //! Exit status: 0 success, 1 error, 2 usage error, 3 refused (the spec, approval or study does
-//! not allow the run). Errors are one line on stderr.
+//! not allow the run, or a receipt does not check out), 4 an audit found violations. Errors are
+//! one line on stderr.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -9,9 +10,12 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
+use datadonor_analytics::audit;
 use datadonor_analytics::compact::{compact, CompactOptions};
 use datadonor_analytics::keys::{generate_steward_key, load_approvers, load_steward_key};
-use datadonor_analytics::ledger::{verify_ledger, LedgerSink, LedgerView, LocalLedgerFile};
+use datadonor_analytics::ledger::{
+    verify_ledger, LedgerSink, LedgerSource, LedgerView, LocalLedgerFile,
+};
 use datadonor_analytics::ledger_http::HttpLedger;
 use datadonor_analytics::output;
 use datadonor_analytics::query::{load_spec, open_study, run_query, QueryInputs};
@@ -20,8 +24,9 @@ use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
 use datadonor_schemas::checkpoint::NoteVerifier;
 use datadonor_schemas::query::QueryApproval;
-use datadonor_schemas::signing::{Context, SignedObject};
+use datadonor_schemas::signing::{Context, PublicKey, SignedObject};
 use datadonor_schemas::study::StudyDefinition;
+use datadonor_schemas::study::StudyId;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -127,6 +132,74 @@ enum Cmd {
         #[command(flatten)]
         ledger: LedgerArgs,
     },
+    /// Auditor's checks of the ledger, receipts, consents, query runs and sealed batches.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify the signed tree head against the last verified one (kept in --state-dir) and
+    /// the entries; store it; print size, root and entries by type.
+    Log {
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Also write a self-contained HTML report.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Verify a receipt (bundle JSON or the donor client's stored receipt) and that its entry
+    /// is in the current log.
+    Receipt {
+        /// The receipt file.
+        file: PathBuf,
+        #[command(flatten)]
+        ledger: LedgerArgs,
+    },
+    /// The consent timeline per pseudonym of a study, and totals.
+    Consents {
+        /// Study id.
+        #[arg(long)]
+        study: String,
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Also write a self-contained HTML report.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Every query run; with --approvals, flag runs not covered by an approval.
+    Queries {
+        /// Directory of signed approval files.
+        #[arg(long)]
+        approvals: Option<PathBuf>,
+        /// Only accept approvals signed by these trusted approver keys.
+        #[arg(long, requires = "approvals")]
+        approvers: Option<PathBuf>,
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Also write a self-contained HTML report.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Check that every row of every sealed batch belongs to a consenting, non-erased donor.
+    Batches {
+        /// The study's batch directory: the intake's `batches/<study>/`.
+        #[arg(long)]
+        batches: PathBuf,
+        /// Vault key file.
+        #[arg(long)]
+        vault_key: PathBuf,
+        /// Study id.
+        #[arg(long)]
+        study: String,
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Also write a self-contained HTML report.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,46 +270,57 @@ fn read_vkey(path: &Path) -> anyhow::Result<NoteVerifier> {
     NoteVerifier::parse_vkey(text.trim()).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
+/// The intake's ledger over HTTPS and its checkpoint verifier (pinned on first use in the
+/// state directory unless --ledger-vkey is given).
+fn http_ledger(args: &LedgerArgs, need_sink: bool) -> anyhow::Result<(HttpLedger, NoteVerifier)> {
+    let url = args
+        .ledger
+        .as_ref()
+        .ok_or_else(|| anyhow!("--ledger URL is required"))?;
+    let ca = args
+        .ca
+        .as_ref()
+        .ok_or_else(|| anyhow!("--ca is required with --ledger"))?;
+    let auditor = token(&args.auditor_token, "auditor-token")?;
+    let analytics = if need_sink {
+        Some(token(&args.analytics_token, "analytics-token")?)
+    } else {
+        None
+    };
+    let http = HttpLedger::with_ca_file(url, auditor, analytics, ca)?;
+    let verifier = match &args.ledger_vkey {
+        Some(p) => read_vkey(p)?,
+        None => {
+            // Trust on first use, pinned in the state directory.
+            let pinned = args.state_dir.join("ledger.vkey");
+            let served = NoteVerifier::parse_vkey(&http.ledger_key()?.vkey)
+                .map_err(|e| anyhow!("ledger key served by {url}: {e}"))?;
+            match std::fs::read_to_string(&pinned) {
+                Ok(p) if p.trim() != served.to_vkey() => {
+                    return Err(anyhow!(
+                        "ledger key changed since it was pinned in {}",
+                        pinned.display()
+                    ))
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    std::fs::create_dir_all(&args.state_dir)?;
+                    std::fs::write(&pinned, format!("{}\n", served.to_vkey()))?;
+                }
+            }
+            served
+        }
+    };
+    Ok((http, verifier))
+}
+
 /// The ledger as read and verified for one command, and the sink to log to.
 fn open_ledger(
     args: &LedgerArgs,
     need_sink: bool,
 ) -> anyhow::Result<(LedgerView, Box<dyn LedgerSink>)> {
-    if let Some(url) = &args.ledger {
-        let ca = args
-            .ca
-            .as_ref()
-            .ok_or_else(|| anyhow!("--ca is required with --ledger"))?;
-        let auditor = token(&args.auditor_token, "auditor-token")?;
-        let analytics = if need_sink {
-            Some(token(&args.analytics_token, "analytics-token")?)
-        } else {
-            None
-        };
-        let mut http = HttpLedger::with_ca_file(url, auditor, analytics, ca)?;
-        let verifier = match &args.ledger_vkey {
-            Some(p) => read_vkey(p)?,
-            None => {
-                // Trust on first use, pinned in the state directory.
-                let pinned = args.state_dir.join("ledger.vkey");
-                let served = NoteVerifier::parse_vkey(&http.ledger_key()?.vkey)
-                    .map_err(|e| anyhow!("ledger key served by {url}: {e}"))?;
-                match std::fs::read_to_string(&pinned) {
-                    Ok(p) if p.trim() != served.to_vkey() => {
-                        return Err(anyhow!(
-                            "ledger key changed since it was pinned in {}",
-                            pinned.display()
-                        ))
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        std::fs::create_dir_all(&args.state_dir)?;
-                        std::fs::write(&pinned, format!("{}\n", served.to_vkey()))?;
-                    }
-                }
-                served
-            }
-        };
+    if args.ledger.is_some() {
+        let (mut http, verifier) = http_ledger(args, need_sink)?;
         http.set_verifiers(vec![verifier.clone()]);
         let view = verify_ledger(&http, &[verifier], Some(&args.state_dir))?;
         return Ok((view, Box::new(http)));
@@ -258,6 +342,132 @@ fn open_ledger(
         }
     };
     Ok((view, Box::new(file)))
+}
+
+/// The ledger as a source to audit, its checkpoint verifier, and the key that signs receipts.
+/// A local ledger file needs --ledger-checkpoint and --ledger-vkey.
+fn audit_source(
+    args: &LedgerArgs,
+) -> anyhow::Result<(Box<dyn LedgerSource>, NoteVerifier, PublicKey)> {
+    if args.ledger.is_some() {
+        let (http, verifier) = http_ledger(args, false)?;
+        let key = match &args.ledger_vkey {
+            Some(_) => PublicKey(*verifier.public_key()),
+            None => PublicKey::from_base64(&http.ledger_key()?.public_key)
+                .map_err(|e| anyhow!("ledger key: {e}"))?,
+        };
+        return Ok((Box::new(http), verifier, key));
+    }
+    let path = args
+        .ledger_file
+        .as_ref()
+        .ok_or_else(|| anyhow!("one of --ledger URL or --ledger-file PATH is required"))?;
+    let (Some(cp), Some(vk)) = (&args.ledger_checkpoint, &args.ledger_vkey) else {
+        return Err(anyhow!(
+            "auditing --ledger-file needs --ledger-checkpoint and --ledger-vkey"
+        ));
+    };
+    let verifier = read_vkey(vk)?;
+    let key = PublicKey(*verifier.public_key());
+    Ok((
+        Box::new(LocalLedgerFile::new(path, Some(cp))),
+        verifier,
+        key,
+    ))
+}
+
+fn study_id(s: &str) -> anyhow::Result<StudyId> {
+    StudyId::new(s).map_err(|e| anyhow!("--study: {e}"))
+}
+
+fn html_out(path: Option<&PathBuf>, html: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        audit::write_html(p, &html())?;
+        eprintln!("HTML report written to {}", p.display());
+    }
+    Ok(())
+}
+
+fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Log { ledger, html } => {
+            let (source, verifier, _) = audit_source(&ledger)?;
+            let (report, _) = audit::audit_log(source.as_ref(), &[verifier], &ledger.state_dir)?;
+            print!("{}", report.render_text());
+            html_out(html.as_ref(), || report.to_html())?;
+        }
+        AuditCmd::Receipt { file, ledger } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bundle = audit::parse_receipt_file(&bytes, &file)?;
+            let (source, verifier, key) = audit_source(&ledger)?;
+            let report = audit::audit_receipt(
+                &bundle,
+                &key,
+                &verifier,
+                source.as_ref(),
+                Some(&ledger.state_dir),
+            )?;
+            print!("{}", report.render_text());
+        }
+        AuditCmd::Consents {
+            study,
+            ledger,
+            html,
+        } => {
+            let study = study_id(&study)?;
+            let (view, _) = open_ledger(&ledger, false)?;
+            let report = audit::audit_consents(&view, &study);
+            print!("{}", report.render_text());
+            html_out(html.as_ref(), || report.to_html())?;
+        }
+        AuditCmd::Queries {
+            approvals,
+            approvers,
+            ledger,
+            html,
+        } => {
+            let trusted = approvers.as_deref().map(load_approvers).transpose()?;
+            let approvals = approvals
+                .as_deref()
+                .map(|d| audit::load_approvals(d, trusted.as_deref()))
+                .transpose()?;
+            let (view, _) = open_ledger(&ledger, false)?;
+            let report = audit::audit_queries(&view, approvals.as_deref());
+            print!("{}", report.render_text());
+            html_out(html.as_ref(), || report.to_html())?;
+            if report.flagged() > 0 {
+                return Err(AnalyticsError::AuditFailed(format!(
+                    "{} query runs flagged",
+                    report.flagged()
+                ))
+                .into());
+            }
+        }
+        AuditCmd::Batches {
+            batches,
+            vault_key,
+            study,
+            ledger,
+            html,
+        } => {
+            let study = study_id(&study)?;
+            let vault = VaultKey::load(&vault_key)?;
+            let store = BatchStore::open(&batches)?;
+            let (view, _) = open_ledger(&ledger, false)?;
+            let report = audit::audit_batches(&view, &store, &vault, &study)?;
+            print!("{}", report.render_text());
+            html_out(html.as_ref(), || report.to_html())?;
+            if !report.violations.is_empty() {
+                return Err(AnalyticsError::AuditFailed(format!(
+                    "{} violations in the sealed batches of {study}",
+                    report.violations.len()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn now(args: &LedgerArgs) -> i64 {
@@ -421,6 +631,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Audit { cmd } => run_audit(cmd)?,
     }
     Ok(())
 }
@@ -438,8 +649,15 @@ fn main() -> ExitCode {
                 e.downcast_ref::<AnalyticsError>(),
                 Some(AnalyticsError::Refused(_))
             );
+            let audit_failed = matches!(
+                e.downcast_ref::<AnalyticsError>(),
+                Some(AnalyticsError::AuditFailed(_))
+            );
             let msg = format!("{e:#}").replace('\n', " ");
-            if refused {
+            if audit_failed {
+                eprintln!("datadonor-analytics: {msg}");
+                ExitCode::from(4)
+            } else if refused {
                 let msg = msg.strip_prefix("refused: ").unwrap_or(&msg);
                 eprintln!("datadonor-analytics: refused: {msg}");
                 ExitCode::from(3)

@@ -23,7 +23,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-
 /// Errors of a storage backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

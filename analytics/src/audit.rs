@@ -1,0 +1,1159 @@
+//! The auditor's tools: checks an outside auditor runs against the consent ledger and the
+//! sealed batches, each producing a report that renders as text or as a self-contained HTML page.
+//!
+//! | function | what it checks |
+//! |---|---|
+//! | [`audit_log`] | the signed tree head: signature, consistency with the last verified head kept in a state directory, the root recomputed from the entries |
+//! | [`audit_receipt`] | a donor's receipt: its signatures and proof, and the inclusion of its entry in the current verified log |
+//! | [`audit_consents`] | the consent timeline per pseudonym of one study |
+//! | [`audit_queries`] | every `query_run` entry, optionally against the signed approvals |
+//! | [`audit_batches`] | that every row of every sealed batch belongs to a donor who had consented when the batch was created and has not been erased |
+//!
+//! Consent grants are taken only from the part of the log covered by a verified signed
+//! checkpoint; withdrawals and erasures are taken from the whole log (the conservative
+//! direction, as in [`LedgerView`]). Pseudonyms are shown as their first 12 hex digits.
+//! Like the rest of the crate, [`audit_batches`] opens batches only in memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use datadonor_schemas::checkpoint::{self, NoteVerifier};
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::merkle::{self, Hash, MerkleLog};
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::query::QueryApproval;
+use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, VerifiedReceipt};
+use datadonor_schemas::signing::{Context, PublicKey, Signed, SignedObject};
+use datadonor_schemas::study::{StudyId, DONOR_COLUMN};
+use datadonor_schemas::time::UnixSeconds;
+use polars::prelude::*;
+
+use crate::ledger::{verify_ledger, LedgerError, LedgerSource, LedgerView, PAGE, STATE_FILE};
+use crate::sealed::{open_batch_file, BatchError, BatchErrorKind};
+use crate::store::BatchStore;
+use crate::vault::VaultKey;
+use crate::AnalyticsError;
+
+/// Hex digits of a pseudonym shown in reports.
+pub const PSEUDONYM_PREFIX_LEN: usize = 12;
+
+/// A pseudonym as shown in reports: its first [`PSEUDONYM_PREFIX_LEN`] hex digits.
+pub fn short_pseudonym(p: &Pseudonym) -> String {
+    let mut h = p.to_hex();
+    h.truncate(PSEUDONYM_PREFIX_LEN);
+    h
+}
+
+/// A Unix time as RFC 3339 UTC text (or the number when out of range).
+pub fn fmt_time(t: UnixSeconds) -> String {
+    jiff::Timestamp::from_second(t)
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn input_err(path: &Path, detail: impl std::fmt::Display) -> AnalyticsError {
+    AnalyticsError::Input {
+        path: path.to_path_buf(),
+        detail: detail.to_string().replace('\n', " "),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit log
+
+/// The result of [`audit_log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogAudit {
+    /// Origin of the log.
+    pub origin: String,
+    /// Size of the verified head.
+    pub size: u64,
+    /// Root of the verified head (recomputed from the entries).
+    pub root: Hash,
+    /// Size of the head verified before this run, if the state directory held one.
+    pub previous_size: Option<u64>,
+    /// Entries after the head (not covered by a signature).
+    pub tail: u64,
+    /// Entries by type (`type` field), over the verified prefix.
+    pub counts: BTreeMap<String, u64>,
+}
+
+fn read_state(
+    state_dir: &Path,
+    verifiers: &[NoteVerifier],
+) -> Result<Option<checkpoint::Checkpoint>, AnalyticsError> {
+    let path = state_dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(note) => Ok(Some(
+            checkpoint::open(&note, verifiers)
+                .map_err(|e| LedgerError::State {
+                    path: path.clone(),
+                    detail: format!("stored checkpoint does not open: {e}"),
+                })?
+                .checkpoint,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LedgerError::State {
+            path,
+            detail: e.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// Fetch and verify the signed tree head of `source`: its signature by one of `verifiers`, the
+/// root recomputed from the entries, and an RFC 9162 consistency proof from the head last
+/// verified and kept in `state_dir` (a head not consistent with it is refused with
+/// [`LedgerError::Inconsistent`] or [`LedgerError::Rollback`], and the state is left
+/// unchanged). On success the new head is stored in `state_dir`.
+pub fn audit_log(
+    source: &dyn LedgerSource,
+    verifiers: &[NoteVerifier],
+    state_dir: &Path,
+) -> Result<(LogAudit, LedgerView), AnalyticsError> {
+    let previous = read_state(state_dir, verifiers)?;
+    let view = verify_ledger(source, verifiers, Some(state_dir))?;
+    // The head just verified and stored.
+    let head = read_state(state_dir, verifiers)?.ok_or(LedgerError::NoCheckpoint)?;
+    let mut counts = BTreeMap::new();
+    for e in &view.verified {
+        *counts.entry(e.kind().to_string()).or_insert(0u64) += 1;
+    }
+    Ok((
+        LogAudit {
+            origin: head.origin,
+            size: head.size,
+            root: head.root,
+            previous_size: previous.map(|c| c.size),
+            tail: view.tail.len() as u64,
+            counts,
+        },
+        view,
+    ))
+}
+
+impl LogAudit {
+    /// Plain-text report.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "origin: {}", self.origin);
+        let _ = writeln!(s, "size: {}", self.size);
+        let _ = writeln!(s, "root: {}", self.root.to_hex());
+        match self.previous_size {
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "consistent with the previously verified head of size {p}"
+                );
+            }
+            None => {
+                let _ = writeln!(s, "no previously verified head (first audit)");
+            }
+        }
+        if self.tail > 0 {
+            let _ = writeln!(s, "unsigned entries after the head: {}", self.tail);
+        }
+        for (k, n) in &self.counts {
+            let _ = writeln!(s, "  {k}: {n}");
+        }
+        s
+    }
+
+    /// HTML report.
+    pub fn to_html(&self) -> String {
+        let mut r = HtmlReport::new("Ledger audit");
+        r.summary("Origin", &self.origin);
+        r.summary("Size", self.size);
+        r.summary("Root", self.root.to_hex());
+        r.summary(
+            "Previous verified size",
+            self.previous_size
+                .map_or_else(|| "none (first audit)".to_string(), |p| p.to_string()),
+        );
+        r.summary("Unsigned tail entries", self.tail);
+        r.table(
+            "Entries by type",
+            &["type", "count"],
+            self.counts
+                .iter()
+                .map(|(k, n)| vec![k.clone(), n.to_string()])
+                .collect(),
+        );
+        r.render()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit receipt
+
+/// Parse a receipt file: a [`ReceiptBundle`], or the donor client's stored receipt JSON, which
+/// holds the bundle in a `bundle` field.
+pub fn parse_receipt_file(bytes: &[u8], path: &Path) -> Result<ReceiptBundle, AnalyticsError> {
+    match ReceiptBundle::from_json(bytes) {
+        Ok(b) => Ok(b),
+        Err(direct) => {
+            let v: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| input_err(path, format!("not JSON: {e}")))?;
+            let Some(inner) = v.get("bundle") else {
+                return Err(input_err(
+                    path,
+                    format!("neither a receipt bundle nor a stored receipt: {direct}"),
+                ));
+            };
+            let inner = serde_json::to_vec(inner).map_err(|e| input_err(path, e))?;
+            ReceiptBundle::from_json(&inner).map_err(|e| input_err(path, format!("bundle: {e}")))
+        }
+    }
+}
+
+/// The result of [`audit_receipt`].
+#[derive(Debug, Clone)]
+pub struct ReceiptAudit {
+    /// The verified receipt.
+    pub receipt: VerifiedReceipt,
+    /// Size of the current verified head the entry was found under.
+    pub current_size: u64,
+    /// Root of that head.
+    pub current_root: Hash,
+}
+
+impl ReceiptAudit {
+    /// Plain-text report.
+    pub fn render_text(&self) -> String {
+        let r = &self.receipt.receipt;
+        format!(
+            "receipt valid: {} entry {} at index {} (study {}, pseudonym {}), issued {}\n\
+             receipt head size {}; included in the current head of size {} (root {})\n",
+            self.receipt.entry.kind(),
+            hex::encode(r.entry_sha256),
+            r.ledger_index,
+            r.study_id,
+            short_pseudonym(&r.pseudonym),
+            fmt_time(r.issued_at),
+            self.receipt.tree_size,
+            self.current_size,
+            self.current_root.to_hex()
+        )
+    }
+}
+
+/// Verify a receipt bundle with the ledger key (`ledger_key` signs receipts, `verifier` the
+/// checkpoints), then check that its entry is in the current log: the current head is verified
+/// with [`verify_ledger`] (consistency against `state_dir` when given), the entry's leaf must be
+/// the one at the receipt's index, its inclusion proof under the current head must verify, and
+/// the receipt's head must be consistent with the current one.
+pub fn audit_receipt(
+    bundle: &ReceiptBundle,
+    ledger_key: &PublicKey,
+    verifier: &NoteVerifier,
+    source: &dyn LedgerSource,
+    state_dir: Option<&Path>,
+) -> Result<ReceiptAudit, AnalyticsError> {
+    let refused = |m: String| AnalyticsError::Refused(format!("receipt: {m}"));
+    let verified =
+        verify_receipt(bundle, ledger_key, verifier).map_err(|e| refused(e.to_string()))?;
+    let verifiers = std::slice::from_ref(verifier);
+    let _view = verify_ledger(source, verifiers, state_dir)?;
+    // Rebuild the verified log's leaves (verify_ledger has checked them against the head).
+    let head = checkpoint::open(&source.checkpoint()?, verifiers)
+        .map_err(LedgerError::from)?
+        .checkpoint;
+    let mut leaves = Vec::new();
+    let mut start = 0u64;
+    while start < head.size {
+        let page = source.entries(start, (start + PAGE).min(head.size))?;
+        if page.is_empty() {
+            break;
+        }
+        start += page.len() as u64;
+        leaves.extend(page.iter().map(|b| merkle::leaf_hash(b)));
+    }
+    let log = MerkleLog::from_leaves(leaves);
+    if log.size() != head.size || log.root() != head.root {
+        return Err(LedgerError::RootMismatch { size: head.size }.into());
+    }
+    let index = verified.receipt.ledger_index;
+    if index >= head.size {
+        return Err(refused(format!(
+            "entry index {index} is not covered by the current head of size {}",
+            head.size
+        )));
+    }
+    let leaf = merkle::leaf_hash(&bundle.entry);
+    if log.leaf(index) != Some(leaf) {
+        return Err(refused(format!(
+            "the log's entry at index {index} is not the receipt's entry"
+        )));
+    }
+    let proof = log
+        .inclusion_proof(index, head.size)
+        .map_err(|e| refused(e.to_string()))?;
+    merkle::verify_inclusion(
+        index,
+        head.size,
+        leaf.as_bytes(),
+        &proof,
+        head.root.as_bytes(),
+    )
+    .map_err(|e| refused(format!("inclusion under the current head: {e}")))?;
+    if verified.tree_size > head.size {
+        return Err(refused(format!(
+            "the receipt's head (size {}) is ahead of the current head (size {})",
+            verified.tree_size, head.size
+        )));
+    }
+    let cproof = if verified.tree_size == head.size {
+        Vec::new()
+    } else {
+        log.consistency_proof(verified.tree_size, head.size)
+            .map_err(|e| refused(e.to_string()))?
+    };
+    merkle::verify_consistency(
+        verified.tree_size,
+        head.size,
+        &cproof,
+        &verified.root,
+        head.root.as_bytes(),
+    )
+    .map_err(|e| {
+        refused(format!(
+            "the receipt's head is not consistent with the current head: {e}"
+        ))
+    })?;
+    Ok(ReceiptAudit {
+        receipt: verified,
+        current_size: head.size,
+        current_root: head.root,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit consents
+
+/// One pseudonym's consent history in a study.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentTimeline {
+    /// The pseudonym.
+    pub pseudonym: Pseudonym,
+    /// Times of `consent_granted` entries (verified prefix only).
+    pub granted: Vec<UnixSeconds>,
+    /// Times of `consent_withdrawn` entries.
+    pub withdrawn: Vec<UnixSeconds>,
+    /// Times of `erasure_done` entries.
+    pub erased: Vec<UnixSeconds>,
+}
+
+impl ConsentTimeline {
+    /// Consent in force: the last grant is later than the last withdrawal (or there is none).
+    pub fn is_active(&self) -> bool {
+        match (self.granted.last(), self.withdrawn.last()) {
+            (Some(g), Some(w)) => g > w,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+    /// Withdrawn and not erased since the last withdrawal.
+    pub fn is_pending_erasure(&self) -> bool {
+        match (self.withdrawn.last(), self.erased.last()) {
+            (Some(w), Some(e)) => e < w,
+            (Some(_), None) => !self.is_active(),
+            _ => false,
+        }
+    }
+}
+
+/// Totals of [`ConsentAudit`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsentTotals {
+    /// Distinct pseudonyms.
+    pub donors: u64,
+    /// `consent_granted` entries.
+    pub granted: u64,
+    /// `consent_withdrawn` entries.
+    pub withdrawn: u64,
+    /// `erasure_done` entries.
+    pub erased: u64,
+    /// Donors whose consent is in force.
+    pub active: u64,
+    /// Withdrawn donors awaiting erasure.
+    pub pending_erasure: u64,
+}
+
+/// The result of [`audit_consents`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentAudit {
+    /// Study.
+    pub study: StudyId,
+    /// One timeline per pseudonym, ordered by first event.
+    pub timelines: Vec<ConsentTimeline>,
+    /// Totals.
+    pub totals: ConsentTotals,
+}
+
+/// The consent timeline per pseudonym of `study`.
+pub fn audit_consents(view: &LedgerView, study: &StudyId) -> ConsentAudit {
+    let mut by: HashMap<Pseudonym, ConsentTimeline> = HashMap::new();
+    let mut first: HashMap<Pseudonym, usize> = HashMap::new();
+    let n_verified = view.verified.len();
+    let mut totals = ConsentTotals::default();
+    for (i, e) in view.all().enumerate() {
+        let (p, kind, time) = match e {
+            LedgerEntry::ConsentGranted {
+                study_id,
+                pseudonym,
+                time,
+                ..
+            } if study_id == study && i < n_verified => (pseudonym, 0, *time),
+            LedgerEntry::ConsentWithdrawn {
+                study_id,
+                pseudonym,
+                time,
+                ..
+            } if study_id == study => (pseudonym, 1, *time),
+            LedgerEntry::ErasureDone {
+                study_id,
+                pseudonym,
+                time,
+                ..
+            } if study_id == study => (pseudonym, 2, *time),
+            _ => continue,
+        };
+        first.entry(*p).or_insert(i);
+        let t = by.entry(*p).or_insert_with(|| ConsentTimeline {
+            pseudonym: *p,
+            granted: Vec::new(),
+            withdrawn: Vec::new(),
+            erased: Vec::new(),
+        });
+        match kind {
+            0 => {
+                t.granted.push(time);
+                totals.granted += 1;
+            }
+            1 => {
+                t.withdrawn.push(time);
+                totals.withdrawn += 1;
+            }
+            _ => {
+                t.erased.push(time);
+                totals.erased += 1;
+            }
+        }
+    }
+    let mut timelines: Vec<ConsentTimeline> = by.into_values().collect();
+    timelines.sort_by_key(|t| first.get(&t.pseudonym).copied().unwrap_or(usize::MAX));
+    totals.donors = timelines.len() as u64;
+    totals.active = timelines.iter().filter(|t| t.is_active()).count() as u64;
+    totals.pending_erasure = timelines.iter().filter(|t| t.is_pending_erasure()).count() as u64;
+    ConsentAudit {
+        study: study.clone(),
+        timelines,
+        totals,
+    }
+}
+
+fn times(ts: &[UnixSeconds]) -> String {
+    if ts.is_empty() {
+        "-".into()
+    } else {
+        ts.iter()
+            .map(|t| fmt_time(*t))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl ConsentAudit {
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.timelines
+            .iter()
+            .map(|t| {
+                vec![
+                    short_pseudonym(&t.pseudonym),
+                    times(&t.granted),
+                    times(&t.withdrawn),
+                    times(&t.erased),
+                ]
+            })
+            .collect()
+    }
+
+    fn total_pairs(&self) -> Vec<(&'static str, u64)> {
+        let t = &self.totals;
+        vec![
+            ("donors", t.donors),
+            ("granted", t.granted),
+            ("withdrawn", t.withdrawn),
+            ("erased", t.erased),
+            ("active", t.active),
+            ("pending erasure", t.pending_erasure),
+        ]
+    }
+
+    /// Plain-text report.
+    pub fn render_text(&self) -> String {
+        let mut s = format!("study {}\n", self.study);
+        let _ = writeln!(s, "pseudonym     granted | withdrawn | erased");
+        for r in self.rows() {
+            let _ = writeln!(s, "{}  {} | {} | {}", r[0], r[1], r[2], r[3]);
+        }
+        let totals: Vec<String> = self
+            .total_pairs()
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "totals: {}", totals.join(", "));
+        s
+    }
+
+    /// HTML report.
+    pub fn to_html(&self) -> String {
+        let mut r = HtmlReport::new(&format!("Consent audit: {}", self.study));
+        for (k, v) in self.total_pairs() {
+            r.summary(k, v);
+        }
+        r.table(
+            "Consent timeline per pseudonym",
+            &["pseudonym", "granted", "withdrawn", "erased"],
+            self.rows(),
+        );
+        r.render()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit queries
+
+/// Something wrong with a `query_run` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryFlag {
+    /// No approval in the given set has this approval hash.
+    NoApproval,
+    /// The run is outside the approval's validity window.
+    OutsideWindow {
+        /// Valid from.
+        not_before: UnixSeconds,
+        /// Valid until (exclusive).
+        not_after: UnixSeconds,
+    },
+    /// The run is beyond the approval's max runs.
+    BeyondMaxRuns {
+        /// This run's number under the approval (1-based).
+        run: u64,
+        /// Runs allowed.
+        max_runs: u32,
+    },
+    /// The run names another study, purpose, researcher or query than its approval.
+    Mismatch(&'static str),
+}
+
+impl std::fmt::Display for QueryFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryFlag::NoApproval => write!(f, "no matching approval"),
+            QueryFlag::OutsideWindow {
+                not_before,
+                not_after,
+            } => write!(
+                f,
+                "outside the approval window {} .. {}",
+                fmt_time(*not_before),
+                fmt_time(*not_after)
+            ),
+            QueryFlag::BeyondMaxRuns { run, max_runs } => {
+                write!(f, "run {run} beyond the approval's max runs {max_runs}")
+            }
+            QueryFlag::Mismatch(what) => write!(f, "{what} differs from the approval"),
+        }
+    }
+}
+
+/// One `query_run` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRunRecord {
+    /// Ledger index.
+    pub index: u64,
+    /// When.
+    pub time: UnixSeconds,
+    /// Study.
+    pub study: StudyId,
+    /// Researcher.
+    pub researcher: String,
+    /// Purpose.
+    pub purpose: String,
+    /// Cells published.
+    pub cells_published: u64,
+    /// Cells suppressed.
+    pub cells_suppressed: u64,
+    /// SHA-256 of the signed approval payload.
+    pub approval_sha256: [u8; 32],
+    /// Problems found (empty without approvals to check against, or when the run is in order).
+    pub flags: Vec<QueryFlag>,
+}
+
+/// The result of [`audit_queries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryAudit {
+    /// Every run, in log order.
+    pub runs: Vec<QueryRunRecord>,
+    /// Whether the runs were checked against approvals.
+    pub checked: bool,
+    /// Approvals checked against.
+    pub approvals: u64,
+}
+
+impl QueryAudit {
+    /// Runs with at least one flag.
+    pub fn flagged(&self) -> usize {
+        self.runs.iter().filter(|r| !r.flags.is_empty()).count()
+    }
+}
+
+/// Read every signed approval in `dir` (every regular file; each must be a signed
+/// `query-approval` object with a valid signature). When `trusted` is given, approvals by
+/// other keys are refused.
+pub fn load_approvals(
+    dir: &Path,
+    trusted: Option<&[PublicKey]>,
+) -> Result<Vec<Signed<QueryApproval>>, AnalyticsError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| input_err(dir, e))?;
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| input_err(dir, e))?;
+        if e.file_type().map_err(|e| input_err(dir, e))?.is_file() {
+            paths.push(e.path());
+        }
+    }
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(&p).map_err(|e| input_err(&p, e))?;
+        let obj = SignedObject::from_bytes(&bytes).map_err(|e| input_err(&p, e))?;
+        let signed: Signed<QueryApproval> = obj
+            .open(Context::QueryApproval, "query approval")
+            .map_err(|e| input_err(&p, e))?;
+        if let Some(t) = trusted {
+            if !t.contains(&signed.signer) {
+                return Err(input_err(&p, "approval signed by an untrusted key"));
+            }
+        }
+        out.push(signed);
+    }
+    Ok(out)
+}
+
+/// Every `query_run` entry of the log; with `approvals`, flag runs with no matching approval,
+/// runs outside their approval's window, runs beyond its max runs (counted in log order), and
+/// runs naming another study, purpose or researcher than their approval.
+pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval>]>) -> QueryAudit {
+    let by_digest: HashMap<[u8; 32], &QueryApproval> = approvals
+        .unwrap_or_default()
+        .iter()
+        .map(|a| (a.digest(), &a.body))
+        .collect();
+    let mut counts: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut runs = Vec::new();
+    for (i, e) in view.all().enumerate() {
+        let LedgerEntry::QueryRun {
+            time,
+            study_id,
+            query_sha256,
+            approval_sha256,
+            researcher,
+            purpose,
+            cells_published,
+            cells_suppressed,
+            ..
+        } = e
+        else {
+            continue;
+        };
+        let mut flags = Vec::new();
+        if approvals.is_some() {
+            match by_digest.get(approval_sha256) {
+                None => flags.push(QueryFlag::NoApproval),
+                Some(a) => {
+                    let n = counts.entry(*approval_sha256).or_insert(0);
+                    *n += 1;
+                    if *time < a.not_before || *time >= a.not_after {
+                        flags.push(QueryFlag::OutsideWindow {
+                            not_before: a.not_before,
+                            not_after: a.not_after,
+                        });
+                    }
+                    if *n > u64::from(a.max_runs) {
+                        flags.push(QueryFlag::BeyondMaxRuns {
+                            run: *n,
+                            max_runs: a.max_runs,
+                        });
+                    }
+                    if &a.study_id != study_id {
+                        flags.push(QueryFlag::Mismatch("study"));
+                    }
+                    if &a.purpose != purpose {
+                        flags.push(QueryFlag::Mismatch("purpose"));
+                    }
+                    if &a.researcher != researcher {
+                        flags.push(QueryFlag::Mismatch("researcher"));
+                    }
+                    if &a.query_sha256 != query_sha256 {
+                        flags.push(QueryFlag::Mismatch("query hash"));
+                    }
+                }
+            }
+        }
+        runs.push(QueryRunRecord {
+            index: i as u64,
+            time: *time,
+            study: study_id.clone(),
+            researcher: researcher.clone(),
+            purpose: purpose.clone(),
+            cells_published: *cells_published,
+            cells_suppressed: *cells_suppressed,
+            approval_sha256: *approval_sha256,
+            flags,
+        });
+    }
+    QueryAudit {
+        runs,
+        checked: approvals.is_some(),
+        approvals: by_digest.len() as u64,
+    }
+}
+
+impl QueryAudit {
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.index.to_string(),
+                    fmt_time(r.time),
+                    r.study.to_string(),
+                    r.researcher.clone(),
+                    r.purpose.clone(),
+                    r.cells_published.to_string(),
+                    r.cells_suppressed.to_string(),
+                    hex::encode(r.approval_sha256),
+                    if r.flags.is_empty() {
+                        if self.checked {
+                            "ok".into()
+                        } else {
+                            "-".into()
+                        }
+                    } else {
+                        r.flags
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    const HEADERS: [&'static str; 9] = [
+        "index",
+        "time",
+        "study",
+        "researcher",
+        "purpose",
+        "published",
+        "suppressed",
+        "approval sha256",
+        "flags",
+    ];
+
+    fn summary_line(&self) -> String {
+        if self.checked {
+            format!(
+                "totals: {} runs, {} flagged, {} approvals checked",
+                self.runs.len(),
+                self.flagged(),
+                self.approvals
+            )
+        } else {
+            format!(
+                "totals: {} runs (not checked against approvals)",
+                self.runs.len()
+            )
+        }
+    }
+
+    /// Plain-text report.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        for r in self.rows() {
+            let _ = writeln!(s, "{}", r.join("  "));
+        }
+        let _ = writeln!(s, "{}", self.summary_line());
+        s
+    }
+
+    /// HTML report.
+    pub fn to_html(&self) -> String {
+        let mut r = HtmlReport::new("Query audit");
+        r.summary("Runs", self.runs.len());
+        if self.checked {
+            r.summary("Flagged runs", self.flagged());
+            r.summary("Approvals checked", self.approvals);
+        } else {
+            r.summary("Approvals", "not checked");
+        }
+        r.table("Query runs", &Self::HEADERS, self.rows());
+        r.render()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit batches
+
+/// What is wrong with a donor's rows in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchViolationKind {
+    /// No `consent_granted` entry at or before the batch's creation.
+    NoConsent,
+    /// The donor has an `erasure_done` entry (and no later re-consent) yet rows remain.
+    Erased {
+        /// Time of the erasure entry.
+        at: UnixSeconds,
+    },
+    /// The donor column holds something that is not a pseudonym.
+    BadPseudonym(String),
+}
+
+/// One violation found by [`audit_batches`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchViolation {
+    /// Batch id (hex).
+    pub batch_id: String,
+    /// Batch creation time.
+    pub created_at: UnixSeconds,
+    /// The donor, when the cell parsed.
+    pub pseudonym: Option<Pseudonym>,
+    /// Rows of this donor in the batch.
+    pub rows: u64,
+    /// What is wrong.
+    pub kind: BatchViolationKind,
+}
+
+impl std::fmt::Display for BatchViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let who = self
+            .pseudonym
+            .as_ref()
+            .map_or_else(|| "?".to_string(), short_pseudonym);
+        match &self.kind {
+            BatchViolationKind::NoConsent => write!(
+                f,
+                "batch {}: {} rows of {who} without consent granted by {}",
+                self.batch_id,
+                self.rows,
+                fmt_time(self.created_at)
+            ),
+            BatchViolationKind::Erased { at } => write!(
+                f,
+                "batch {}: {} rows of {who} remain after erasure at {}",
+                self.batch_id,
+                self.rows,
+                fmt_time(*at)
+            ),
+            BatchViolationKind::BadPseudonym(v) => write!(
+                f,
+                "batch {}: {} rows with a malformed donor value {v:?}",
+                self.batch_id, self.rows
+            ),
+        }
+    }
+}
+
+/// The result of [`audit_batches`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchAudit {
+    /// Study.
+    pub study: StudyId,
+    /// Batches opened.
+    pub batches: u64,
+    /// Rows read.
+    pub rows: u64,
+    /// Distinct donors seen.
+    pub donors: u64,
+    /// Violations.
+    pub violations: Vec<BatchViolation>,
+}
+
+fn donor_counts(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, u64>, AnalyticsError> {
+    let content = |e: PolarsError| -> AnalyticsError {
+        BatchError::new(path, BatchErrorKind::Content(e.to_string())).into()
+    };
+    let df = ParquetReader::new(std::io::Cursor::new(bytes))
+        .with_columns(Some(vec![DONOR_COLUMN.to_string()]))
+        .finish()
+        .map_err(content)?;
+    let col = df.column(DONOR_COLUMN).map_err(content)?;
+    let ca = col.str().map_err(content)?;
+    let mut out = BTreeMap::new();
+    for v in ca.iter() {
+        *out.entry(v.unwrap_or_default().to_string()).or_insert(0u64) += 1;
+    }
+    Ok(out)
+}
+
+/// Check every row of every sealed batch of `study` in `store`: its donor must have a
+/// `consent_granted` entry (in the verified prefix) at or before the batch's `created_at`, and
+/// must have no `erasure_done` entry (unless consent was granted again after the erasure and
+/// before the batch). Batches are opened in memory with `vault`.
+pub fn audit_batches(
+    view: &LedgerView,
+    store: &BatchStore,
+    vault: &VaultKey,
+    study: &StudyId,
+) -> Result<BatchAudit, AnalyticsError> {
+    let mut grants: HashMap<Pseudonym, Vec<UnixSeconds>> = HashMap::new();
+    for e in &view.verified {
+        if let LedgerEntry::ConsentGranted {
+            study_id,
+            pseudonym,
+            time,
+            ..
+        } = e
+        {
+            if study_id == study {
+                grants.entry(*pseudonym).or_default().push(*time);
+            }
+        }
+    }
+    let mut erasures: HashMap<Pseudonym, UnixSeconds> = HashMap::new();
+    for e in view.all() {
+        if let LedgerEntry::ErasureDone {
+            study_id,
+            pseudonym,
+            time,
+            ..
+        } = e
+        {
+            if study_id == study {
+                let t = erasures.entry(*pseudonym).or_insert(*time);
+                *t = (*t).max(*time);
+            }
+        }
+    }
+    let mut audit = BatchAudit {
+        study: study.clone(),
+        batches: 0,
+        rows: 0,
+        donors: 0,
+        violations: Vec::new(),
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    for bf in store.list(study)? {
+        let opened = open_batch_file(&bf.path, vault)?;
+        let created = opened.header.created_at;
+        let batch_id = opened.header.batch_id_hex();
+        let counts = donor_counts(&bf.path, &opened.plaintext)?;
+        drop(opened);
+        audit.batches += 1;
+        for (value, rows) in counts {
+            audit.rows += rows;
+            seen.insert(value.clone());
+            let Some(p) = Pseudonym::from_hex(&value) else {
+                audit.violations.push(BatchViolation {
+                    batch_id: batch_id.clone(),
+                    created_at: created,
+                    pseudonym: None,
+                    rows,
+                    kind: BatchViolationKind::BadPseudonym(value),
+                });
+                continue;
+            };
+            let g = grants.get(&p).map(Vec::as_slice).unwrap_or_default();
+            if !g.iter().any(|t| *t <= created) {
+                audit.violations.push(BatchViolation {
+                    batch_id: batch_id.clone(),
+                    created_at: created,
+                    pseudonym: Some(p),
+                    rows,
+                    kind: BatchViolationKind::NoConsent,
+                });
+            }
+            if let Some(at) = erasures.get(&p) {
+                let reconsented = g.iter().any(|t| t > at && *t <= created);
+                if !reconsented {
+                    audit.violations.push(BatchViolation {
+                        batch_id: batch_id.clone(),
+                        created_at: created,
+                        pseudonym: Some(p),
+                        rows,
+                        kind: BatchViolationKind::Erased { at: *at },
+                    });
+                }
+            }
+        }
+    }
+    audit.donors = seen.len() as u64;
+    Ok(audit)
+}
+
+impl BatchAudit {
+    fn summary_line(&self) -> String {
+        format!(
+            "study {}: {} batches, {} rows, {} donors, {} violations",
+            self.study,
+            self.batches,
+            self.rows,
+            self.donors,
+            self.violations.len()
+        )
+    }
+
+    /// Plain-text report.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        for v in &self.violations {
+            let _ = writeln!(s, "violation: {v}");
+        }
+        let _ = writeln!(s, "{}", self.summary_line());
+        s
+    }
+
+    /// HTML report.
+    pub fn to_html(&self) -> String {
+        let mut r = HtmlReport::new(&format!("Batch audit: {}", self.study));
+        r.summary("Batches", self.batches);
+        r.summary("Rows", self.rows);
+        r.summary("Donors", self.donors);
+        r.summary("Violations", self.violations.len());
+        r.table(
+            "Violations",
+            &["batch", "created", "pseudonym", "rows", "violation"],
+            self.violations
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.batch_id.clone(),
+                        fmt_time(v.created_at),
+                        v.pseudonym
+                            .as_ref()
+                            .map_or_else(|| "-".to_string(), short_pseudonym),
+                        v.rows.to_string(),
+                        v.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+        r.render()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTML
+
+/// Escape text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}\
+table{border-collapse:collapse;margin:.5em 0}\
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\
+th{background:#f0f0f0}td.num{text-align:right}\
+dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
+dl.summary dt{font-weight:bold}dl.summary dd{margin:0}\
+footer{margin-top:2em;font-size:.8em;color:#666}";
+
+/// A self-contained HTML report: a title, summary pairs and tables; inline CSS, no scripts.
+#[derive(Debug, Clone, Default)]
+pub struct HtmlReport {
+    title: String,
+    summary: Vec<(String, String)>,
+    tables: Vec<(String, Vec<String>, Vec<Vec<String>>)>,
+}
+
+impl HtmlReport {
+    /// An empty report.
+    pub fn new(title: &str) -> Self {
+        Self {
+            title: title.to_string(),
+            ..Self::default()
+        }
+    }
+    /// Add a summary line.
+    pub fn summary(&mut self, key: &str, value: impl std::fmt::Display) {
+        self.summary.push((key.to_string(), value.to_string()));
+    }
+    /// Add a table.
+    pub fn table(&mut self, caption: &str, headers: &[&str], rows: Vec<Vec<String>>) {
+        self.tables.push((
+            caption.to_string(),
+            headers.iter().map(|h| h.to_string()).collect(),
+            rows,
+        ));
+    }
+    /// The page.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let t = html_escape(&self.title);
+        let _ = write!(
+            s,
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <title>{t}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<h1>{t}</h1>\n"
+        );
+        if !self.summary.is_empty() {
+            s.push_str("<h2>Totals</h2>\n<dl class=\"summary\">\n");
+            for (k, v) in &self.summary {
+                let _ = writeln!(s, "<dt>{}</dt><dd>{}</dd>", html_escape(k), html_escape(v));
+            }
+            s.push_str("</dl>\n");
+        }
+        for (caption, headers, rows) in &self.tables {
+            let _ = writeln!(s, "<h2>{}</h2>", html_escape(caption));
+            if rows.is_empty() {
+                s.push_str("<p>None.</p>\n");
+                continue;
+            }
+            s.push_str("<table>\n<thead><tr>");
+            for h in headers {
+                let _ = write!(s, "<th>{}</th>", html_escape(h));
+            }
+            s.push_str("</tr></thead>\n<tbody>\n");
+            for r in rows {
+                s.push_str("<tr>");
+                for c in r {
+                    let num = !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit());
+                    let class = if num { " class=\"num\"" } else { "" };
+                    let _ = write!(s, "<td{class}>{}</td>", html_escape(c));
+                }
+                s.push_str("</tr>\n");
+            }
+            s.push_str("</tbody>\n</table>\n");
+        }
+        let _ = write!(
+            s,
+            "<footer>Generated by datadonor-analytics audit at {}.</footer>\n</body>\n</html>\n",
+            html_escape(&jiff::Timestamp::now().to_string())
+        );
+        s
+    }
+}
+
+/// Write an HTML report to `path`.
+pub fn write_html(path: &Path, html: &str) -> Result<(), AnalyticsError> {
+    std::fs::write(path, html).map_err(|e| AnalyticsError::Output {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
