@@ -5,7 +5,8 @@
 //! the same stack (tokio-rustls, hyper-util auto, axum) that only reads the body and answers 200.
 //! Prints accepted donations/s, p50 and p99 latency for both and the ratio.
 //!
-//! `cargo bench -p datadonor-intake --bench intake_throughput -- [--clients N] [--donations N] [--rows N]`
+//! `cargo bench -p datadonor-intake --bench intake_throughput -- [--clients N] [--donations N] [--rows N]
+//! [--group-max N] [--window-ms N]`
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,8 @@ struct Args {
     clients: usize,
     donations: usize,
     rows: usize,
+    group_max: Option<usize>,
+    window_ms: Option<u64>,
 }
 
 fn args() -> Args {
@@ -39,6 +42,8 @@ fn args() -> Args {
             ("--clients", Some(n)) => a.clients = n,
             ("--donations", Some(n)) => a.donations = n,
             ("--rows", Some(n)) => a.rows = n,
+            ("--group-max", Some(n)) => a.group_max = Some(n),
+            ("--window-ms", Some(n)) => a.window_ms = Some(n as u64),
             _ => {
                 i += 1;
                 continue;
@@ -186,7 +191,17 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
-        let cfg = testkit::init_test_dir(dir.path())?;
+        let mut cfg = testkit::init_test_dir(dir.path())?;
+        if let Some(n) = a.group_max {
+            cfg.commit.group_max_donations = n;
+        }
+        if let Some(ms) = a.window_ms {
+            cfg.commit.group_window_ms = ms;
+        }
+        println!(
+            "group commit: at most {} donations per group, window {} ms",
+            cfg.commit.group_max_donations, cfg.commit.group_window_ms
+        );
         let cert = cfg.path(&cfg.server.tls_cert);
         let key = cfg.path(&cfg.server.tls_key);
         let running = datadonor_intake::start(cfg).await?;
