@@ -33,6 +33,8 @@ fn args() -> Args {
         clients: 32,
         donations: 2000,
         rows: 50,
+        group_max: None,
+        window_ms: None,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
