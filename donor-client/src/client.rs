@@ -560,26 +560,15 @@ impl Intake {
         envelope: &[u8],
         ledger: &LedgerTrust,
     ) -> Result<(ReceiptBundle, VerifiedReceipt), ClientError> {
-        let p = "/v1/donations";
-        let url = self.url(p);
-        let body = envelope.to_vec();
-        let b = self
-            .send(&url, true, || {
-                self.inner
-                    .http
-                    .post(&url)
-                    .header("content-type", ENVELOPE_MEDIA_TYPE)
-                    .body(body.clone())
-            })
-            .await?;
-        let bundle = ReceiptBundle::from_json(&b).map_err(|e| self.bad(p, e))?;
-        let v = ledger.verify(&bundle)?;
-        if v.receipt.request_sha256 != sha256(envelope) {
-            return Err(ClientError::Receipt(
-                "receipt is for another envelope".into(),
-            ));
-        }
-        Ok((bundle, v))
+        self.post_for_receipt(
+            "/v1/donations",
+            ENVELOPE_MEDIA_TYPE,
+            envelope.to_vec(),
+            sha256(envelope),
+            "envelope",
+            ledger,
+        )
+        .await
     }
 
     /// `POST /v1/withdrawals` with a signed withdrawal; verified like a donation receipt.
@@ -588,24 +577,44 @@ impl Intake {
         signed: &SignedObject,
         ledger: &LedgerTrust,
     ) -> Result<(ReceiptBundle, VerifiedReceipt), ClientError> {
-        let p = "/v1/withdrawals";
+        self.post_for_receipt(
+            "/v1/withdrawals",
+            "application/json",
+            signed.to_bytes(),
+            signed.payload_digest(),
+            "withdrawal",
+            ledger,
+        )
+        .await
+    }
+
+    /// POST a request that the intake answers with a receipt (with retries: the same bytes every
+    /// time), verify the receipt and check that it names this request's digest.
+    async fn post_for_receipt(
+        &self,
+        p: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+        request_sha256: [u8; 32],
+        what: &str,
+        ledger: &LedgerTrust,
+    ) -> Result<(ReceiptBundle, VerifiedReceipt), ClientError> {
         let url = self.url(p);
-        let body = signed.to_bytes();
         let b = self
             .send(&url, true, || {
                 self.inner
                     .http
                     .post(&url)
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .body(body.clone())
             })
             .await?;
         let bundle = ReceiptBundle::from_json(&b).map_err(|e| self.bad(p, e))?;
         let v = ledger.verify(&bundle)?;
-        if v.receipt.request_sha256 != signed.payload_digest() {
-            return Err(ClientError::Receipt(
-                "receipt is for another withdrawal".into(),
-            ));
+        if v.receipt.request_sha256 != request_sha256 {
+            return Err(ClientError::Receipt(format!(
+                "receipt is for another {what}"
+            )));
         }
         Ok((bundle, v))
     }
