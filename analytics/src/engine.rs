@@ -434,12 +434,7 @@ impl QueryEngine {
         let mut donor_ids: HashMap<String, u32> = HashMap::new();
         let mut cube: BTreeMap<CellKey, HashMap<u32, DonorAcc>> = BTreeMap::new();
         if let Some(df) = self.cells.finish(&ck)? {
-            let dims: Vec<&StringChunked> = self
-                .spec
-                .group_by
-                .iter()
-                .map(|g| df.column(g).and_then(|c| c.str()))
-                .collect::<PolarsResult<_>>()?;
+            let dims = dimension_columns(&df, &self.spec.group_by)?;
             let donor = df.column(DONOR_COLUMN)?.str()?;
             let rows = df.column(ROWS)?.u64()?;
             let ns: Vec<&UInt64Chunked> = self
@@ -464,13 +459,8 @@ impl QueryEngine {
                 let full: Vec<Option<String>> =
                     dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
                 for mask in &masks {
-                    let key: CellKey = full
-                        .iter()
-                        .enumerate()
-                        .map(|(j, v)| if mask >> j & 1 == 1 { v.clone() } else { None })
-                        .collect();
                     let acc = cube
-                        .entry(key)
+                        .entry(masked_key(&full, *mask))
                         .or_default()
                         .entry(id)
                         .or_insert_with(|| DonorAcc {
@@ -490,16 +480,10 @@ impl QueryEngine {
         }
         // Histograms of all-rows quantiles.
         let mut hist_cube: Vec<HashMap<CellKey, BTreeMap<i64, u64>>> = Vec::new();
-        for (slot, p) in self.hists.into_iter().enumerate() {
+        for p in self.hists {
             let mut m: HashMap<CellKey, BTreeMap<i64, u64>> = HashMap::new();
-            let _ = slot;
             if let Some(df) = p.finish(&hk)? {
-                let dims: Vec<&StringChunked> = self
-                    .spec
-                    .group_by
-                    .iter()
-                    .map(|g| df.column(g).and_then(|c| c.str()))
-                    .collect::<PolarsResult<_>>()?;
+                let dims = dimension_columns(&df, &self.spec.group_by)?;
                 let bins = df.column(BIN)?.i64()?;
                 let counts = df.column(COUNT)?.u64()?;
                 for i in 0..df.height() {
@@ -509,12 +493,10 @@ impl QueryEngine {
                     let full: Vec<Option<String>> =
                         dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
                     for mask in &masks {
-                        let key: CellKey = full
-                            .iter()
-                            .enumerate()
-                            .map(|(j, v)| if mask >> j & 1 == 1 { v.clone() } else { None })
-                            .collect();
-                        *m.entry(key).or_default().entry(b).or_insert(0) += n;
+                        *m.entry(masked_key(&full, *mask))
+                            .or_default()
+                            .entry(b)
+                            .or_insert(0) += n;
                     }
                 }
             }
@@ -630,6 +612,26 @@ fn std_dev(xs: &[f64]) -> Option<f64> {
     let m = mean(xs)?;
     let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64;
     Some(v.sqrt())
+}
+
+/// The group-by columns of a partial-aggregate frame, as strings.
+fn dimension_columns<'a>(
+    df: &'a DataFrame,
+    group_by: &[String],
+) -> PolarsResult<Vec<&'a StringChunked>> {
+    group_by
+        .iter()
+        .map(|g| df.column(g).and_then(|c| c.str()))
+        .collect()
+}
+
+/// The cell key of a row's dimension values with the dimensions not in `mask` replaced by the
+/// total (`None`): bit `j` of `mask` keeps dimension `j`.
+fn masked_key(full: &[Option<String>], mask: u32) -> CellKey {
+    full.iter()
+        .enumerate()
+        .map(|(j, v)| if mask >> j & 1 == 1 { v.clone() } else { None })
+        .collect()
 }
 
 /// Type-7 quantile of sorted values.
