@@ -141,26 +141,13 @@ impl LedgerState {
         match entry {
             LedgerEntry::ConsentGranted {
                 study_id,
-                pseudonym,
                 consent_record_id,
-                purposes,
-                expires_at,
                 manifest_sha256,
-                donor_public_key,
                 ..
             } => {
                 self.consent_records
                     .insert((study_id.clone(), *consent_record_id), *manifest_sha256);
-                self.consents.insert(
-                    (study_id.clone(), *pseudonym),
-                    ConsentState {
-                        purposes: purposes.clone(),
-                        expires_at: *expires_at,
-                        withdrawn_at: None,
-                        donor_public_key: *donor_public_key,
-                        consent_record_id: *consent_record_id,
-                    },
-                );
+                ConsentState::apply(&mut self.consents, entry);
             }
             LedgerEntry::DonationAccepted {
                 study_id,
@@ -181,17 +168,9 @@ impl LedgerState {
                     .insert((study_id.as_str().to_string(), batch_id.clone()));
             }
             LedgerEntry::ConsentWithdrawn {
-                study_id,
-                pseudonym,
-                time,
-                withdrawal_sha256,
-                consent_record_id,
+                withdrawal_sha256, ..
             } => {
-                if let Some(c) = self.consents.get_mut(&(study_id.clone(), *pseudonym)) {
-                    if &c.consent_record_id == consent_record_id {
-                        c.withdrawn_at.get_or_insert(*time);
-                    }
-                }
+                ConsentState::apply(&mut self.consents, entry);
                 self.withdrawals.insert(
                     *withdrawal_sha256,
                     WithdrawalRecord {

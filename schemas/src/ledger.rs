@@ -194,15 +194,15 @@ impl ConsentState {
     }
 }
 
-/// Fold a study's ledger entries into the consent state per pseudonym. A later consent for the
-/// same pseudonym replaces an earlier one (a re-consent after expiry); a withdrawal ends it.
-pub fn consent_states<'a>(
-    study: &StudyId,
-    entries: impl IntoIterator<Item = &'a LedgerEntry>,
-) -> std::collections::HashMap<Pseudonym, ConsentState> {
-    let mut out = std::collections::HashMap::new();
-    for e in entries {
-        match e {
+impl ConsentState {
+    /// Fold one ledger entry into consent states keyed by (study, pseudonym). A consent replaces
+    /// an earlier one for the same key (a re-consent after expiry); a withdrawal ends the
+    /// consent record it names, and only that one. Other entry types change nothing.
+    pub fn apply(
+        states: &mut std::collections::HashMap<(StudyId, Pseudonym), ConsentState>,
+        entry: &LedgerEntry,
+    ) {
+        match entry {
             LedgerEntry::ConsentGranted {
                 study_id,
                 pseudonym,
@@ -211,9 +211,9 @@ pub fn consent_states<'a>(
                 donor_public_key,
                 consent_record_id,
                 ..
-            } if study_id == study => {
-                out.insert(
-                    *pseudonym,
+            } => {
+                states.insert(
+                    (study_id.clone(), *pseudonym),
                     ConsentState {
                         purposes: purposes.clone(),
                         expires_at: *expires_at,
@@ -227,16 +227,38 @@ pub fn consent_states<'a>(
                 study_id,
                 pseudonym,
                 time,
+                consent_record_id,
                 ..
-            } if study_id == study => {
-                if let Some(s) = out.get_mut(pseudonym) {
-                    s.withdrawn_at.get_or_insert(*time);
+            } => {
+                if let Some(s) = states.get_mut(&(study_id.clone(), *pseudonym)) {
+                    if &s.consent_record_id == consent_record_id {
+                        s.withdrawn_at.get_or_insert(*time);
+                    }
                 }
             }
             _ => {}
         }
     }
-    out
+}
+
+/// Fold a study's ledger entries into the consent state per pseudonym, with
+/// [`ConsentState::apply`].
+pub fn consent_states<'a>(
+    study: &StudyId,
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+) -> std::collections::HashMap<Pseudonym, ConsentState> {
+    let mut all = std::collections::HashMap::new();
+    for e in entries {
+        let entry_study = match e {
+            LedgerEntry::ConsentGranted { study_id, .. }
+            | LedgerEntry::ConsentWithdrawn { study_id, .. } => study_id,
+            _ => continue,
+        };
+        if entry_study == study {
+            ConsentState::apply(&mut all, e);
+        }
+    }
+    all.into_iter().map(|((_, p), s)| (p, s)).collect()
 }
 
 /// How the records of a ledger file end.
@@ -315,6 +337,45 @@ pub fn decode_ledger_records(bytes: &[u8]) -> LedgerRecords<'_> {
 #[cfg(test)]
 mod record_tests {
     use super::*;
+
+    #[test]
+    fn consent_fold_withdraws_only_the_named_record() {
+        let study = StudyId::new("t2d-dk").unwrap();
+        let p = Pseudonym([7; 32]);
+        let granted = |record: u8, t: i64| LedgerEntry::ConsentGranted {
+            time: t,
+            study_id: study.clone(),
+            study_version: 1,
+            pseudonym: p,
+            consent_record_id: [record; 16],
+            purposes: vec!["a".into()],
+            given_at: t,
+            expires_at: t + 100,
+            manifest_sha256: [0; 32],
+            donor_public_key: PublicKey([1; 32]),
+        };
+        let withdrawn = |record: u8, t: i64| LedgerEntry::ConsentWithdrawn {
+            time: t,
+            study_id: study.clone(),
+            pseudonym: p,
+            consent_record_id: [record; 16],
+            withdrawal_sha256: [0; 32],
+        };
+        let log = [granted(1, 10), withdrawn(2, 20)];
+        assert!(
+            consent_states(&study, &log)[&p].covers("a", 30),
+            "another record's withdrawal ends nothing"
+        );
+        let log = [granted(1, 10), withdrawn(1, 20)];
+        assert_eq!(consent_states(&study, &log)[&p].withdrawn_at, Some(20));
+        let log = [granted(1, 10), withdrawn(1, 20), granted(3, 30)];
+        assert!(
+            consent_states(&study, &log)[&p].covers("a", 40),
+            "a re-consent replaces the withdrawn one"
+        );
+        let other = StudyId::new("other-study").unwrap();
+        assert!(consent_states(&other, &log).is_empty());
+    }
 
     #[test]
     fn records_round_trip_and_tails_are_classified() {
