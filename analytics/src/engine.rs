@@ -1,10 +1,13 @@
-//! The query engine: polars over opened batches, one batch at a time, with mergeable partials.
+//! The query engine: polars over opened batches, a group of batches per plan, with mergeable
+//! partials.
 //!
 //! # Memory strategy
 //!
-//! Batches are opened and aggregated one at a time (the caller may open the next batch while
-//! polars works on the current one), so at most a couple of batches' plaintext is in memory.
-//! Each batch is reduced by polars' lazy engine to *partial aggregates* that merge exactly:
+//! Batches are opened in groups of a bounded plaintext size (the caller opens the next group
+//! while polars works on the current one), so at most a couple of groups' plaintext is in
+//! memory. Each group is one polars plan: a Parquet scan over the in-memory buffers (no copy,
+//! no plaintext on disk; the buffers are zeroized when polars drops them), the consent and
+//! spec filters, and a `group_by` that reduces it to *partial aggregates* that merge exactly:
 //!
 //! * the **cell–donor partial**: one row per (cell, donor) with the donor's row count and, per
 //!   measured field, the count of values, their sum and their sum of squares (shifted by the
@@ -18,18 +21,22 @@
 //!   cells × `QUANTILE_BINS` whatever the number of rows. The quantile is then exact over the
 //!   binned values (for HbA1c, 3–20 %, the bin width is 0.00026 %).
 //!
-//! Partials of new batches are stacked and re-aggregated (`group_by` + `sum`) whenever the
+//! Partials of new groups are stacked and re-aggregated (`group_by` + `sum`) whenever the
 //! stack outgrows the merged table, which keeps the total work linear in the input and the
-//! memory bounded by the partial sizes above. A single streaming polars plan over all batches
-//! would need every batch's plaintext in memory at once (polars' in-memory scan takes all
-//! buffers up front), which is what this design avoids.
+//! memory bounded by the partial sizes above. A single polars plan over all batches would need
+//! every batch's plaintext in memory at once (polars' in-memory scan takes all buffers up
+//! front), which is what the groups avoid; a plan per batch would pay polars' per-plan work and
+//! a partial per batch, which is what the groups amortise.
+//!
+//! Rows without a donor pseudonym match no consent and are never counted; a dimension value
+//! that is null in a counted row is an error naming the batch.
 //!
 //! Quantiles use linear interpolation between closest ranks (Hyndman–Fan type 7, polars'
 //! `QuantileMethod::Linear`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::{
@@ -37,6 +44,8 @@ use datadonor_schemas::query::{
 };
 use datadonor_schemas::study::{FieldType, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN};
 use polars::prelude::*;
+use polars_buffer::Buffer;
+use zeroize::Zeroizing;
 
 use crate::disclosure::CellKey;
 use crate::sealed::{BatchError, BatchErrorKind};
@@ -99,6 +108,15 @@ struct FieldInfo {
     min: f64,
     max: f64,
     shift: f64,
+}
+
+/// Plaintext Parquet owned by a polars buffer: zeroized when polars drops its last reference.
+struct ZeroizingBytes(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Stacked partial frames and their merged form.
@@ -326,38 +344,102 @@ impl QueryEngine {
         k
     }
 
-    /// Aggregate one batch given as in-memory Parquet bytes (`file` labels errors).
-    pub fn add_parquet(&mut self, file: &Path, parquet: &[u8]) -> Result<(), AnalyticsError> {
-        let content = |m: String| BatchError::new(file, BatchErrorKind::Content(m));
-        let columns: Vec<String> = self.needed.iter().map(|(n, _)| n.clone()).collect();
-        let df = ParquetReader::new(Cursor::new(parquet))
-            .with_columns(Some(columns))
-            .finish()
-            .map_err(|e| content(e.to_string()))?;
-        self.check_frame(&df).map_err(content)?;
-        self.rows_scanned += df.height() as u64;
-        self.add_lazy(df.lazy())
+    /// Aggregate a group of opened batches (in-memory Parquet bytes, each labelled with its
+    /// file for errors) in one polars plan.
+    ///
+    /// Each batch's footer is checked first (every needed column present with its type); the
+    /// buffers are then handed to polars' Parquet scan without a copy and zeroized when polars
+    /// drops its last reference.
+    pub fn add_parquet_group(
+        &mut self,
+        batches: Vec<(PathBuf, Zeroizing<Vec<u8>>)>,
+    ) -> Result<(), AnalyticsError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let mut files = Vec::with_capacity(batches.len());
+        let mut buffers = Vec::with_capacity(batches.len());
+        let mut rows = 0u64;
+        for (file, parquet) in batches {
+            rows += self.check_footer(&file, &parquet)?;
+            buffers.push(Buffer::from_owner(ZeroizingBytes(parquet)));
+            files.push(file);
+        }
+        let sources = ScanSources::Buffers(buffers.clone().into());
+        let args = ScanArgsParquet {
+            hive_options: HiveOptions {
+                enabled: Some(false),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let lf = LazyFrame::scan_parquet_sources(sources, args)?;
+        if let Some(column) = self.add_frame(lf)? {
+            // Name the batch: re-read the key column of each (the error path only).
+            for (file, buf) in files.iter().zip(&buffers) {
+                let df = ParquetReader::new(Cursor::new(buf.as_slice()))
+                    .with_columns(Some(vec![column.clone()]))
+                    .finish()
+                    .map_err(|e| BatchError::new(file, BatchErrorKind::Content(e.to_string())))?;
+                if df.column(&column).is_ok_and(|c| c.null_count() > 0) {
+                    return Err(BatchError::new(
+                        file,
+                        BatchErrorKind::Content(format!("column `{column}` has null values")),
+                    )
+                    .into());
+                }
+            }
+            return Err(AnalyticsError::Engine(format!(
+                "column `{column}` has null values"
+            )));
+        }
+        self.rows_scanned += rows;
+        self.batches += files.len() as u64;
+        Ok(())
     }
 
-    fn check_frame(&self, df: &DataFrame) -> Result<(), String> {
+    /// Check a batch's footer against the needed columns; its row count.
+    fn check_footer(&self, file: &Path, parquet: &[u8]) -> Result<u64, AnalyticsError> {
+        let content = |m: String| BatchError::new(file, BatchErrorKind::Content(m));
+        let columns: Vec<String> = self.needed.iter().map(|(n, _)| n.clone()).collect();
+        let mut reader = ParquetReader::new(Cursor::new(parquet));
+        let rows = reader.num_rows().map_err(|e| content(e.to_string()))?;
+        let empty = reader
+            .with_columns(Some(columns))
+            .with_slice(Some((0, 0)))
+            .finish()
+            .map_err(|e| content(e.to_string()))?;
         for (name, dt) in &self.needed {
-            let c = df
+            let c = empty
                 .column(name)
-                .map_err(|_| format!("column `{name}` is missing"))?;
+                .map_err(|_| content(format!("column `{name}` is missing")))?;
             if c.dtype() != dt {
-                return Err(format!("column `{name}` is {}, expected {dt}", c.dtype()));
-            }
-            let must_be_present = name == DONOR_COLUMN || self.spec.group_by.contains(name);
-            if must_be_present && c.null_count() > 0 {
-                return Err(format!("column `{name}` has null values"));
+                return Err(
+                    content(format!("column `{name}` is {}, expected {dt}", c.dtype())).into(),
+                );
             }
         }
-        Ok(())
+        Ok(rows as u64)
     }
 
     /// Aggregate rows given as a lazy frame with the study's columns (no schema checks beyond
     /// polars' own; used for plaintext reference runs).
     pub fn add_lazy(&mut self, lf: LazyFrame) -> Result<(), AnalyticsError> {
+        match self.add_frame(lf)? {
+            Some(column) => Err(AnalyticsError::Engine(format!(
+                "column `{column}` has null values"
+            ))),
+            None => {
+                self.batches += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Aggregate one lazy frame into the partials: one polars plan (the cell partial and every
+    /// histogram share the scan). `Some(column)` if a dimension column held a null, in which
+    /// case nothing was added.
+    fn add_frame(&mut self, lf: LazyFrame) -> Result<Option<String>, AnalyticsError> {
         let mut lf =
             lf.filter(col(DONOR_COLUMN).is_in(lit(self.allowed.clone()).implode(false), false));
         if let Some(f) = &self.filter {
@@ -386,11 +468,8 @@ impl QueryEngine {
             aggs.push((d.clone() * d).sum().alias(ss_col(&f.name)));
         }
         let keys: Vec<Expr> = self.cell_keys().iter().map(|k| col(k.as_str())).collect();
-        let cells = lf.clone().group_by(keys).agg(aggs).collect()?;
-        let ck = self.cell_keys();
-        self.cells.push(cells, &ck)?;
-        let hk = self.hist_keys();
-        for (slot, fi) in self.quantile_fields.clone().into_iter().enumerate() {
+        let mut plans = vec![lf.clone().group_by(keys).agg(aggs)];
+        for &fi in &self.quantile_fields {
             let f = &self.fields[fi];
             let step = (f.max - f.min) / QUANTILE_BINS;
             let c = col(f.name.as_str());
@@ -399,17 +478,44 @@ impl QueryEngine {
                 .alias(BIN);
             let mut keys: Vec<Expr> = self.spec.group_by.iter().map(|k| col(k.as_str())).collect();
             keys.push(col(BIN));
-            let h = lf
-                .clone()
-                .filter(c.is_not_null())
-                .with_columns([bin])
-                .group_by(keys)
-                .agg([len().cast(DataType::UInt64).alias(COUNT)])
-                .collect()?;
+            plans.push(
+                lf.clone()
+                    .filter(c.is_not_null())
+                    .with_columns([bin])
+                    .group_by(keys)
+                    .agg([len().cast(DataType::UInt64).alias(COUNT)]),
+            );
+        }
+        let mut frames = if plans.len() == 1 {
+            plans
+                .into_iter()
+                .map(LazyFrame::collect)
+                .collect::<PolarsResult<Vec<_>>>()?
+        } else {
+            // One plan with several sinks: the scan is read once for all of them.
+            let opt = lf.get_current_optimizations();
+            LazyFrame::collect_all_with_engine(
+                plans.into_iter().map(|p| p.logical_plan).collect(),
+                Engine::Auto,
+                opt,
+            )?
+        }
+        .into_iter();
+        let cells = frames
+            .next()
+            .ok_or_else(|| AnalyticsError::Engine("no cell partial".into()))?;
+        for d in &self.spec.group_by {
+            if cells.column(d)?.null_count() > 0 {
+                return Ok(Some(d.clone()));
+            }
+        }
+        let ck = self.cell_keys();
+        self.cells.push(cells, &ck)?;
+        let hk = self.hist_keys();
+        for (slot, h) in frames.enumerate() {
             self.hists[slot].push(h, &hk)?;
         }
-        self.batches += 1;
-        Ok(())
+        Ok(None)
     }
 
     /// Merge the partials into the aggregated table (with every margin when the spec asks for

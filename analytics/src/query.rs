@@ -141,30 +141,60 @@ pub fn authorize(
     Ok(signed)
 }
 
-/// Aggregate every batch of the study in the store. Batches are opened on a second thread, one
-/// ahead of the engine, so decryption overlaps with polars; at most two batches' plaintext is
-/// in memory at any time.
+/// Plaintext Parquet bytes per polars plan: batches are opened into groups of about this size
+/// and each group is aggregated by one plan (fewer, larger plans; bounded memory).
+pub const GROUP_BYTES: usize = 256 << 20;
+
+/// Aggregate every batch of the study in the store. Batches are opened on a second thread into
+/// groups of about [`GROUP_BYTES`] of plaintext, one group ahead of the engine, so decryption
+/// overlaps with polars; at most two groups' plaintext is in memory at any time.
 pub fn aggregate_store(
-    mut engine: QueryEngine,
+    engine: QueryEngine,
     store: &BatchStore,
     study: &StudyDefinition,
     vault: &VaultKey,
 ) -> Result<AggregateTable, AnalyticsError> {
+    aggregate_store_in_groups(engine, store, study, vault, GROUP_BYTES)
+}
+
+/// [`aggregate_store`] with groups of about `group_bytes` of plaintext (1: a plan per batch).
+pub fn aggregate_store_in_groups(
+    mut engine: QueryEngine,
+    store: &BatchStore,
+    study: &StudyDefinition,
+    vault: &VaultKey,
+    group_bytes: usize,
+) -> Result<AggregateTable, AnalyticsError> {
     let files = store.list(&study.id)?;
     std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<_>, AnalyticsError>>(1);
         s.spawn(move || {
+            let mut group = Vec::new();
+            let mut bytes = 0usize;
             for f in files {
-                let opened = open_batch_file(&f.path, vault).map(|o| (f.path.clone(), o));
-                let stop = opened.is_err();
-                if tx.send(opened).is_err() || stop {
-                    return;
+                match open_batch_file(&f.path, vault) {
+                    Ok(o) => {
+                        bytes += o.plaintext.len();
+                        group.push((f.path.clone(), o.plaintext));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                        return;
+                    }
+                }
+                if bytes >= group_bytes {
+                    bytes = 0;
+                    if tx.send(Ok(std::mem::take(&mut group))).is_err() {
+                        return;
+                    }
                 }
             }
+            if !group.is_empty() {
+                let _ = tx.send(Ok(group));
+            }
         });
-        for item in rx {
-            let (path, opened) = item?;
-            engine.add_parquet(&path, &opened.plaintext)?;
+        for group in rx {
+            engine.add_parquet_group(group?)?;
         }
         engine.finish()
     })

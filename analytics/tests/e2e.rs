@@ -619,3 +619,77 @@ q = 0.5
         }
     }
 }
+
+#[test]
+fn grouping_batches_into_plans_does_not_change_the_result() {
+    use datadonor_analytics::engine::QueryEngine;
+    use datadonor_analytics::query::aggregate_store_in_groups;
+    let w = world();
+    let hex: Vec<String> = (0..60).map(|i| donor(i).to_hex()).collect();
+    for i in 0..60 {
+        w.ledger
+            .push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
+    }
+    let mut rng = Rng::new(23);
+    for b in 0..5 {
+        let mut df = datadonor_analytics::testkit::synthetic_frame(&w.study, &hex, 400, &mut rng)
+            .expect("rows");
+        store(&w, &mut df, b);
+    }
+    let allowed = view(&w).allowed_donors(&w.study.id, EPI, NOW);
+    for contribution in ["all_rows", "donor_mean"] {
+        let s = spec(&format!(
+            r#"
+study = "t2d-dk"
+purpose = "t2d-epidemiology"
+researcher = "r@sdu.example"
+group_by = ["sex", "t2d"]
+totals = true
+contribution = "{contribution}"
+[[measures]]
+op = "mean"
+field = "hba1c"
+[[measures]]
+op = "std"
+field = "systolic"
+[[measures]]
+op = "quantile"
+field = "bmi"
+q = 0.9
+"#
+        ));
+        let table = |group_bytes: usize| {
+            let engine = QueryEngine::new(&s, &w.study, &allowed).expect("engine");
+            aggregate_store_in_groups(engine, &w.store, &w.study, &w.vault, group_bytes)
+                .expect("aggregates")
+        };
+        // One plan per batch (five partials merged) against one plan for all five.
+        let (per_batch, one_plan) = (table(1), table(usize::MAX));
+        assert_eq!(per_batch.batches, 5);
+        assert_eq!(one_plan.batches, 5);
+        assert_eq!(per_batch.rows_scanned, 2000);
+        assert_eq!(one_plan.rows_scanned, 2000);
+        assert_eq!(per_batch.cells.len(), one_plan.cells.len());
+        assert!(one_plan.cells.len() >= 9, "cells and margins");
+        for (a, b) in per_batch.cells.iter().zip(&one_plan.cells) {
+            assert_eq!(a.key, b.key);
+            // Donor ids are engine-local: compare the counts.
+            assert_eq!(a.donors.len(), b.donors.len(), "{contribution} {:?}", a.key);
+            let lens = |c: &datadonor_analytics::engine::AggCell| -> Vec<usize> {
+                c.field_donors.iter().map(Vec::len).collect()
+            };
+            assert_eq!(lens(a), lens(b));
+            assert_eq!(a.rows, b.rows);
+            for (x, y) in a.values.iter().zip(&b.values) {
+                match (x, y) {
+                    (Some(x), Some(y)) => assert!(
+                        (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                        "{contribution} {:?}: {x} vs {y}",
+                        a.key
+                    ),
+                    _ => assert_eq!(x, y),
+                }
+            }
+        }
+    }
+}
