@@ -1,7 +1,8 @@
 //! The `datadonor-analytics` command line: a thin layer over the `datadonor_analytics` library.
 //!
 //! Exit status: 0 success, 1 error, 2 usage error, 3 refused (the spec, approval or study does
-//! not allow the run, or a receipt does not check out), 4 an audit found violations. Errors are
+//! not allow the run, or a receipt does not check out), 4 an audit found violations (including a
+//! ledger that is not append-only or does not match its signed checkpoint). Errors are
 //! one line on stderr.
 #![forbid(unsafe_code)]
 
@@ -14,7 +15,7 @@ use datadonor_analytics::audit;
 use datadonor_analytics::compact::{compact, CompactOptions};
 use datadonor_analytics::keys::{generate_steward_key, load_approvers, load_steward_key};
 use datadonor_analytics::ledger::{
-    verify_ledger, LedgerSink, LedgerSource, LedgerView, LocalLedgerFile,
+    verify_ledger, LedgerError, LedgerSink, LedgerSource, LedgerView, LocalLedgerFile,
 };
 use datadonor_analytics::ledger_http::HttpLedger;
 use datadonor_analytics::output;
@@ -649,13 +650,28 @@ fn main() -> ExitCode {
                 e.downcast_ref::<AnalyticsError>(),
                 Some(AnalyticsError::Refused(_))
             );
+            // A log that is not what it signed (rewritten, rolled back, entries that do not
+            // hash to the signed root) is an audit finding, not an operational error.
             let audit_failed = matches!(
                 e.downcast_ref::<AnalyticsError>(),
                 Some(AnalyticsError::AuditFailed(_))
             );
+            let log_violation = matches!(
+                e.downcast_ref::<AnalyticsError>(),
+                Some(AnalyticsError::Ledger(
+                    LedgerError::Inconsistent { .. }
+                        | LedgerError::Rollback { .. }
+                        | LedgerError::RootMismatch { .. }
+                        | LedgerError::LeafHashMismatch { .. }
+                        | LedgerError::MissingEntries { .. }
+                ))
+            );
             let msg = format!("{e:#}").replace('\n', " ");
             if audit_failed {
                 eprintln!("datadonor-analytics: {msg}");
+                ExitCode::from(4)
+            } else if log_violation {
+                eprintln!("datadonor-analytics: violation: {msg}");
                 ExitCode::from(4)
             } else if refused {
                 let msg = msg.strip_prefix("refused: ").unwrap_or(&msg);
