@@ -742,12 +742,74 @@ pub fn rows_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>, StudyError> {
     Ok(out)
 }
 
+/// Walk the messages of an IPC stream and check that every buffer a batch message names lies
+/// inside that message's body (the Arrow decoder asserts this instead of returning an error),
+/// that bodies lie inside the stream, and that no batch is compressed (study rows are not; a
+/// dictionary-encoded column is refused later by the schema check).
+fn check_ipc_layout(bytes: &[u8]) -> Result<(), StudyError> {
+    let bad = |m: &str| StudyError::Ipc(m.to_string());
+    let mut pos = 0usize;
+    loop {
+        let word = |at: usize| -> Result<u32, StudyError> {
+            let b = bytes
+                .get(at..at + 4)
+                .ok_or_else(|| bad("stream ends inside a message prefix"))?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        if pos == bytes.len() {
+            return Ok(()); // a stream may end without the end-of-stream marker
+        }
+        let mut len = word(pos)?;
+        pos += 4;
+        if len == 0xFFFF_FFFF {
+            len = word(pos)?;
+            pos += 4;
+        }
+        if len == 0 {
+            return Ok(()); // end of stream
+        }
+        let meta_end = pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| bad("message metadata beyond the end of the stream"))?;
+        let msg = arrow::ipc::root_as_message(&bytes[pos..meta_end])
+            .map_err(|e| StudyError::Ipc(format!("message metadata: {e}")))?;
+        let body_len =
+            usize::try_from(msg.bodyLength()).map_err(|_| bad("negative message body length"))?;
+        let body_end = meta_end
+            .checked_add(body_len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| bad("message body beyond the end of the stream"))?;
+        let batch = msg
+            .header_as_record_batch()
+            .or_else(|| msg.header_as_dictionary_batch().and_then(|d| d.data()));
+        if let Some(batch) = batch {
+            if batch.compression().is_some() {
+                return Err(bad("compressed batches are not accepted"));
+            }
+            for b in batch.buffers().into_iter().flatten() {
+                let inside = usize::try_from(b.offset())
+                    .ok()
+                    .zip(usize::try_from(b.length()).ok())
+                    .and_then(|(o, l)| o.checked_add(l))
+                    .is_some_and(|end| end <= body_len);
+                if !inside {
+                    return Err(bad("a buffer lies outside its message body"));
+                }
+            }
+        }
+        pos = body_end;
+    }
+}
+
 /// Decode an Arrow IPC stream of untrusted bytes into one batch, at most `max_rows` rows.
 ///
-/// The decoder runs with full validation. The Arrow decoder has historically had panicking
-/// paths on malformed input; as defence in depth a panic inside it is caught and reported as
-/// [`StudyError::Ipc`] rather than taking the process down.
+/// The stream's message layout is checked first (every buffer inside its message body; no
+/// compression), then the decoder runs with full validation. The Arrow decoder
+/// has had panicking paths on malformed input; as defence in depth a panic inside it is caught
+/// and reported as [`StudyError::Ipc`] rather than taking the process down.
 pub fn rows_from_ipc(bytes: &[u8], max_rows: usize) -> Result<RecordBatch, StudyError> {
+    check_ipc_layout(bytes)?;
     let decode = || -> Result<RecordBatch, StudyError> {
         let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
             .map_err(|e| StudyError::Ipc(e.to_string()))?;
