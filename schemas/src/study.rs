@@ -742,13 +742,29 @@ pub fn rows_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>, StudyError> {
     Ok(out)
 }
 
-/// Walk the messages of an IPC stream and check that every buffer a batch message names lies
-/// inside that message's body (the Arrow decoder asserts this instead of returning an error),
-/// that bodies lie inside the stream, and that no batch is compressed (study rows are not; a
-/// dictionary-encoded column is refused later by the schema check).
+/// For each column type rows may use, the size every buffer after the validity bitmap must be
+/// a multiple of (offsets are 4 or 8 bytes wide, fixed-width values their width; 1: any).
+fn buffer_widths(dt: &DataType) -> Option<&'static [usize]> {
+    Some(match dt {
+        DataType::Utf8 | DataType::Binary => &[4, 1],
+        DataType::LargeUtf8 | DataType::LargeBinary => &[8, 1],
+        DataType::Boolean | DataType::Int8 | DataType::UInt8 => &[1],
+        DataType::Int16 | DataType::UInt16 | DataType::Float16 => &[2],
+        DataType::Int32 | DataType::UInt32 | DataType::Float32 => &[4],
+        DataType::Int64 | DataType::UInt64 | DataType::Float64 => &[8],
+        _ => return None,
+    })
+}
+
+/// Walk the messages of an IPC stream before the Arrow decoder sees it, refusing what that
+/// decoder asserts on instead of returning an error: metadata or a body beyond the stream, a
+/// buffer outside its message body, a buffer whose length is not a whole number of its values
+/// (offsets, fixed-width values), and compressed batches. Column types other than flat strings,
+/// numbers and booleans are a schema mismatch here already (no study uses them).
 fn check_ipc_layout(bytes: &[u8]) -> Result<(), StudyError> {
     let bad = |m: &str| StudyError::Ipc(m.to_string());
     let mut pos = 0usize;
+    let mut widths: Option<Vec<&'static [usize]>> = None;
     loop {
         let word = |at: usize| -> Result<u32, StudyError> {
             let b = bytes
@@ -780,14 +796,38 @@ fn check_ipc_layout(bytes: &[u8]) -> Result<(), StudyError> {
             .checked_add(body_len)
             .filter(|&e| e <= bytes.len())
             .ok_or_else(|| bad("message body beyond the end of the stream"))?;
-        let batch = msg
-            .header_as_record_batch()
-            .or_else(|| msg.header_as_dictionary_batch().and_then(|d| d.data()));
-        if let Some(batch) = batch {
+        if let Some(schema) = msg.header_as_schema() {
+            if widths.is_some() {
+                return Err(bad("a second schema message"));
+            }
+            let schema = arrow::ipc::convert::try_fb_to_schema(schema)
+                .map_err(|e| StudyError::Ipc(format!("schema message: {e}")))?;
+            let mut w = Vec::new();
+            for f in schema.fields() {
+                w.push(buffer_widths(f.data_type()).ok_or_else(|| {
+                    StudyError::SchemaMismatch(format!(
+                        "column `{}` is {:?}; rows hold strings, numbers and booleans only",
+                        f.name(),
+                        f.data_type()
+                    ))
+                })?);
+            }
+            widths = Some(w);
+        }
+        if msg.header_as_dictionary_batch().is_some() {
+            return Err(StudyError::SchemaMismatch(
+                "dictionary-encoded columns are not accepted".into(),
+            ));
+        }
+        if let Some(batch) = msg.header_as_record_batch() {
+            let widths = widths
+                .as_ref()
+                .ok_or_else(|| bad("a record batch before the schema"))?;
             if batch.compression().is_some() {
                 return Err(bad("compressed batches are not accepted"));
             }
-            for b in batch.buffers().into_iter().flatten() {
+            let buffers: Vec<_> = batch.buffers().into_iter().flatten().collect();
+            for b in &buffers {
                 let inside = usize::try_from(b.offset())
                     .ok()
                     .zip(usize::try_from(b.length()).ok())
@@ -797,6 +837,20 @@ fn check_ipc_layout(bytes: &[u8]) -> Result<(), StudyError> {
                     return Err(bad("a buffer lies outside its message body"));
                 }
             }
+            // Validity bitmap, then the column's own buffers, column after column.
+            let mut i = 0usize;
+            for w in widths {
+                i += 1;
+                for &width in *w {
+                    let Some(b) = buffers.get(i) else {
+                        return Err(bad("fewer buffers than the schema needs"));
+                    };
+                    if b.length() % width as i64 != 0 {
+                        return Err(bad("a buffer is not a whole number of its values"));
+                    }
+                    i += 1;
+                }
+            }
         }
         pos = body_end;
     }
@@ -804,8 +858,7 @@ fn check_ipc_layout(bytes: &[u8]) -> Result<(), StudyError> {
 
 /// Decode an Arrow IPC stream of untrusted bytes into one batch, at most `max_rows` rows.
 ///
-/// The stream's message layout is checked first (every buffer inside its message body; no
-/// compression), then the decoder runs with full validation. The Arrow decoder
+/// The stream's message layout is checked first (see `check_ipc_layout`), then the decoder runs with full validation. The Arrow decoder
 /// has had panicking paths on malformed input; as defence in depth a panic inside it is caught
 /// and reported as [`StudyError::Ipc`] rather than taking the process down.
 pub fn rows_from_ipc(bytes: &[u8], max_rows: usize) -> Result<RecordBatch, StudyError> {
