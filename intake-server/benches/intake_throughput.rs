@@ -176,6 +176,56 @@ async fn bare_endpoint(cert: &std::path::Path, key: &std::path::Path) -> Result<
     Ok(addr)
 }
 
+/// The public-key operations every accepted donation needs, timed one at a time on one thread
+/// over the same envelopes: HPKE open (X25519 decapsulation), the manifest's Ed25519
+/// verification, and the receipt's Ed25519 signature. With the measured cost of a bare request
+/// (2 cores / bare throughput, client and server together) this bounds the ratio any intake
+/// doing this work could reach on this machine.
+fn crypto_floor(dir: &std::path::Path, bodies: &[Vec<u8>], bare_rate: f64) -> Result<()> {
+    use datadonor_schemas::consent::open_manifest;
+    use datadonor_schemas::envelope::Envelope;
+    let keys = datadonor_intake::keys::TransportKeys::load(dir, 86_400, i64::MAX / 4)
+        .or_else(|_| datadonor_intake::keys::TransportKeys::load(dir, 86_400, 0))?;
+    let n = bodies.len().min(2000);
+    let t = Instant::now();
+    let mut payloads = Vec::with_capacity(n);
+    for b in &bodies[..n] {
+        let env = Envelope::parse(b)?;
+        let key = keys
+            .all()
+            .iter()
+            .find(|k| k.info.key_id == env.key_id)
+            .context("no transport key")?;
+        payloads.push(env.open(&key.private_key)?);
+    }
+    let open_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    for p in &payloads {
+        open_manifest(&p.manifest)?;
+    }
+    let verify_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let signer = datadonor_schemas::signing::SigningKey::generate()?;
+    let msg = vec![0x5a_u8; 600];
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(signer.sign_raw(&msg));
+    }
+    let sign_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let floor_us = open_us + verify_us + sign_us;
+    let bare_us = 2.0e6 / bare_rate;
+    println!(
+        "per donation, one core: HPKE open {open_us:.1} us, manifest verify {verify_us:.1} us, \
+         receipt sign {sign_us:.1} us = {floor_us:.1} us; a bare request costs {bare_us:.1} us of \
+         the 2 cores"
+    );
+    println!(
+        "ceiling on this machine with nothing but that work added to a bare request: {:.0} donations/s, ratio {:.3}",
+        2.0e6 / (bare_us + floor_us),
+        bare_us / (bare_us + floor_us)
+    );
+    Ok(())
+}
+
 fn report(name: &str, r: &LoadResult) {
     println!(
         "{name:<28} {:>6} ok  {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
@@ -245,6 +295,7 @@ fn main() -> Result<()> {
         report("intake (durable receipts)", &intake);
         println!("ratio intake/bare throughput: {:.3} (target >= 0.5)", intake.rate() / bare.rate());
         running.shutdown().await?;
+        crypto_floor(dir.path(), &bodies, bare.rate())?;
         Ok(())
     })
 }

@@ -21,8 +21,10 @@
 //!    [`crate::store::BatchStore::put`] (temp file, fsync, rename, fsync dir).
 //! 5. The group's ledger entries (`ConsentGranted` for a consent record not seen before,
 //!    `DonationAccepted` naming the batch, `ConsentWithdrawn`) are appended with **one fsync**.
-//! 6. A checkpoint of the new tree is signed and published; only then are the receipts (signed
-//!    by the ledger key, with the entry, the checkpoint and an inclusion proof) sent.
+//! 6. A checkpoint of the new tree is signed and published; only then does each handler learn
+//!    its entry's index and build its receipt (signed by the ledger key, with the entry, the
+//!    published checkpoint and an inclusion proof) on its own task, in parallel, while the
+//!    committer moves on to the next group.
 //!
 //! Recovery at startup ([`recover`]): the ledger store drops a torn tail; the Merkle log and the
 //! idempotency and consent indexes are rebuilt from the entries; every batch no
@@ -63,8 +65,19 @@ use crate::seal::{rows_to_parquet, seal_batch, VaultKey};
 use crate::store::{BatchRef, BatchStore, LedgerStore, StoreError};
 use crate::validate::{ValidatedDonation, ValidatedWithdrawal};
 
-/// The answer a handler waits for.
-pub type Reply = oneshot::Sender<Result<ReceiptBundle, Problem>>;
+/// Where a donation or withdrawal landed: its ledger index and the published tree size its
+/// receipt is issued under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Ledger index of the entry.
+    pub index: u64,
+    /// Tree size of the receipt's checkpoint.
+    pub size: u64,
+}
+
+/// The answer a handler waits for (the handler then builds and signs the receipt itself, off
+/// the committer thread).
+pub type Reply = oneshot::Sender<Result<Committed, Problem>>;
 
 /// The answer to a ledger event.
 pub type EventReply = oneshot::Sender<Result<EventAck, Problem>>;
@@ -123,11 +136,22 @@ pub struct CommitContext {
 pub struct CommitHandle {
     tx: SyncSender<Job>,
     poisoned: Arc<AtomicBool>,
+    state: Arc<RwLock<LedgerState>>,
+    signer: Arc<LedgerSigner>,
 }
 
 impl CommitHandle {
-    /// Submit a job and wait for its receipt.
+    /// Submit a job, wait until it is durable and published, and build its signed receipt.
     pub async fn submit(&self, make: impl FnOnce(Reply) -> Job) -> Result<ReceiptBundle, Problem> {
+        let c = self.submit_job(make).await?;
+        let st = self.state.read().map_err(|_| Problem::Internal)?;
+        st.receipt(&self.signer, c.index, c.size).map_err(|e| {
+            tracing::error!(error = %e, "building a receipt failed");
+            Problem::Internal
+        })
+    }
+
+    async fn submit_job(&self, make: impl FnOnce(Reply) -> Job) -> Result<Committed, Problem> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Problem::Unavailable);
         }
@@ -168,11 +192,16 @@ impl CommitHandle {
 /// Start the committer thread.
 pub fn spawn(ctx: CommitContext, capacity: usize) -> std::io::Result<CommitHandle> {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-    let poisoned = ctx.poisoned.clone();
+    let handle = CommitHandle {
+        tx,
+        poisoned: ctx.poisoned.clone(),
+        state: ctx.state.clone(),
+        signer: ctx.signer.clone(),
+    };
     std::thread::Builder::new()
         .name("datadonor-committer".into())
         .spawn(move || run(ctx, rx))?;
-    Ok(CommitHandle { tx, poisoned })
+    Ok(handle)
 }
 
 fn run(ctx: CommitContext, rx: Receiver<Job>) {
@@ -247,13 +276,15 @@ fn process_group(ctx: &CommitContext, group: Vec<Job>) {
     let state = ctx.state.read();
     match (result, state) {
         (Ok(()), Ok(st)) => {
+            let published = st.published_size();
             for (reply, outcome) in replies {
                 let answer = match outcome {
                     Outcome::Fail(p) => Err(p),
-                    Outcome::New(i) | Outcome::Existing(i, None) => {
-                        receipt(ctx, &st, i, st.published_size())
-                    }
-                    Outcome::Existing(i, Some(size)) => receipt(ctx, &st, i, size),
+                    Outcome::New(index) | Outcome::Existing(index, None) => Ok(Committed {
+                        index,
+                        size: published,
+                    }),
+                    Outcome::Existing(index, Some(size)) => Ok(Committed { index, size }),
                 };
                 let _ = reply.send(answer);
             }
@@ -290,18 +321,6 @@ fn process_group(ctx: &CommitContext, group: Vec<Job>) {
             }
         }
     }
-}
-
-fn receipt(
-    ctx: &CommitContext,
-    st: &LedgerState,
-    index: u64,
-    size: u64,
-) -> Result<ReceiptBundle, Problem> {
-    st.receipt(&ctx.signer, index, size).map_err(|e| {
-        tracing::error!(error = %e, "building a receipt failed");
-        Problem::Internal
-    })
 }
 
 fn commit(

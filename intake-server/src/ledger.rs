@@ -94,6 +94,9 @@ impl LedgerSigner {
     }
 }
 
+/// Published checkpoints kept for receipts.
+const RECENT_NOTES: usize = 64;
+
 /// The folded ledger.
 #[derive(Debug, Default)]
 pub struct LedgerState {
@@ -102,6 +105,9 @@ pub struct LedgerState {
     /// Size covered by the latest signed checkpoint.
     published_size: u64,
     published_note: String,
+    /// The most recently published checkpoints (size, signed note), newest last, so receipts
+    /// carry the very note that was published for their size without signing it again.
+    recent_notes: std::collections::VecDeque<(u64, String)>,
     donations: HashMap<[u8; 16], DonationRecord>,
     /// Consent records seen: (study, record id) → manifest SHA-256.
     consent_records: HashMap<(StudyId, [u8; 16]), [u8; 32]>,
@@ -189,6 +195,11 @@ impl LedgerState {
         let size = self.log.size();
         self.published_note = signer.checkpoint(size, self.log.root())?;
         self.published_size = size;
+        if self.recent_notes.len() == RECENT_NOTES {
+            self.recent_notes.pop_front();
+        }
+        self.recent_notes
+            .push_back((size, self.published_note.clone()));
         Ok(())
     }
 
@@ -335,8 +346,10 @@ impl LedgerState {
                 })
             }
         };
-        let root = self.log.root_at(size)?;
-        let checkpoint = signer.checkpoint(size, root)?;
+        let checkpoint = match self.recent_notes.iter().rev().find(|(s, _)| *s == size) {
+            Some((_, note)) => note.clone(),
+            None => signer.checkpoint(size, self.log.root_at(size)?)?,
+        };
         let proof = self.log.inclusion_proof(index, size)?;
         let receipt = Receipt {
             format: datadonor_schemas::PROTOCOL_VERSION,
