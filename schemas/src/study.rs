@@ -376,13 +376,23 @@ pub const SEX_LABELS: [&str; 4] = ["female", "male", "other", "unknown"];
 /// at `min_age`, the last the open band `top_age+`.
 pub fn age_band_labels(years: u8, min_age: u8, top_age: u8) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for age in min_age..=top_age {
-        if let Some(l) = age_band_label(age, years, min_age, top_age) {
-            if out.last() != Some(&l) {
-                out.push(l);
-            }
-        }
+    if min_age > top_age {
+        return out;
     }
+    // One label per band: from each band's first age, jump past its last.
+    let years = years.max(1);
+    let mut age = min_age;
+    while age < top_age {
+        let next = (age / years)
+            .saturating_add(1)
+            .saturating_mul(years)
+            .min(top_age);
+        if let Some(l) = age_band_label(age, years, min_age, top_age) {
+            out.push(l);
+        }
+        age = next;
+    }
+    out.push(format!("{top_age}+"));
     out
 }
 
@@ -661,7 +671,7 @@ impl StudyDefinition {
         let mut any_measure = vec![false; batch.num_rows()];
         for (idx, f) in self.fields.iter().enumerate() {
             let col: &ArrayRef = batch.column(idx + 2);
-            if !f.arrow_field().is_nullable() && col.null_count() > 0 {
+            if !expected.field(idx + 2).is_nullable() && col.null_count() > 0 {
                 let row = (0..col.len()).find(|r| col.is_null(*r)).unwrap_or(0);
                 return Err(bad(row, &f.name, "null in a required column".into()));
             }

@@ -814,3 +814,31 @@ proptest! {
         }
     }
 }
+
+/// Age-band labels as the definition states them: the label of every age from `min_age` to
+/// `top_age`, consecutive duplicates removed.
+fn age_band_labels_by_age(years: u8, min_age: u8, top_age: u8) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for age in min_age..=top_age {
+        if let Some(l) = datadonor_schemas::study::age_band_label(age, years, min_age, top_age) {
+            if out.last() != Some(&l) {
+                out.push(l);
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn age_band_labels_are_the_labels_of_every_age(
+        years in 0u8..=30,
+        min_age in 0u8..=130,
+        top_age in 0u8..=255,
+    ) {
+        prop_assert_eq!(
+            datadonor_schemas::study::age_band_labels(years, min_age, top_age),
+            age_band_labels_by_age(years, min_age, top_age)
+        );
+    }
+}
