@@ -6,26 +6,24 @@
 //! semaphore permit is taken *before* `accept`, so excess connections wait in the kernel backlog);
 //! the TLS handshake must finish within `handshake_timeout_ms`; HTTP/1 headers within
 //! `header_read_timeout_ms`; a request body within `request_body_timeout_ms` (`408 timeout`);
-//! a connection with no request in flight that reads nothing for `header_read_timeout_ms` is
-//! closed, whatever the protocol (no first request after the handshake, an idle HTTP/2
-//! connection without streams, an idle keep-alive);
+//! a connection with no request in flight on which no request started or finished for
+//! `header_read_timeout_ms` is closed, whatever the protocol and whatever bytes arrive (no
+//! first request after the handshake, an HTTP/2 connection without streams or trickling an
+//! incomplete frame, an idle keep-alive);
 //! bodies beyond `limits.max_body_bytes` get `413 body-too-large`. Shutdown stops accepting,
 //! tells every connection to finish its in-flight requests (HTTP/2 GOAWAY, HTTP/1 close after the
 //! response), waits up to `drain_timeout_ms`, then lets the committer finish its group and stops.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::Router;
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::time::{Clock, SystemClock};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -298,12 +296,14 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-/// Read activity and requests in flight of one connection, for the idle cut-off.
+/// Requests in flight on one connection and when one last started or finished, for the idle
+/// cut-off. Bytes alone do not count as activity: a client trickling an incomplete request (an
+/// HTTP/2 frame a byte at a time, say) is as idle as a silent one.
 #[derive(Debug)]
 struct Activity {
     start: std::time::Instant,
-    /// Milliseconds since `start` of the last read that returned bytes.
-    last_read_ms: AtomicU64,
+    /// Milliseconds since `start` of the last request start or end (0: the connection's start).
+    last_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
 
@@ -311,7 +311,7 @@ impl Activity {
     fn new() -> Self {
         Self {
             start: std::time::Instant::now(),
-            last_read_ms: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -321,16 +321,16 @@ impl Activity {
     }
 
     fn touch(&self) {
-        self.last_read_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Resolves once no request is in flight and nothing was read for `limit`.
+    /// Resolves once no request is in flight and none started or finished for `limit`.
     async fn idle(&self, limit: std::time::Duration) {
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
             let quiet = self
                 .now_ms()
-                .saturating_sub(self.last_read_ms.load(Ordering::Relaxed));
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed));
             if quiet >= limit_ms && self.in_flight.load(Ordering::Relaxed) == 0 {
                 return;
             }
@@ -350,6 +350,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn enter(a: Arc<Activity>) -> Self {
         a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.touch();
         Self(a)
     }
 }
@@ -358,58 +359,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
-    }
-}
-
-/// A connection's stream that records when it last read bytes.
-struct Watched<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -454,10 +403,6 @@ async fn serve(
                 _ => return,
             };
             let activity = Arc::new(Activity::new());
-            let stream = Watched {
-                inner: stream,
-                activity: activity.clone(),
-            };
             let in_flight = activity.clone();
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {

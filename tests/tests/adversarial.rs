@@ -1048,6 +1048,38 @@ async fn idle_connection_after_the_handshake_is_cut_off() {
         .expect("preface written");
     tls.flush().await.expect("flushed");
     read_until_closed(&mut tls, bound).await;
+    // HTTP/2 again, then a HEADERS frame trickled a byte every 200 ms: bytes keep arriving but
+    // no request ever starts, so the connection is as idle as a silent one.
+    let mut tls = tls_connect_alpn(&live, b"h2").await;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface written");
+    let frame = b"\x00\x40\x00\x01\x05\x00\x00\x00\x01";
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    'trickle: for _ in 0..4 {
+        for b in frame.iter().chain(std::iter::repeat_n(&0u8, 64)) {
+            if tls.write_all(&[*b]).await.is_err() || tls.flush().await.is_err() {
+                closed = true;
+                break 'trickle;
+            }
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed = true;
+                    break 'trickle;
+                }
+                _ => {}
+            }
+            if started.elapsed() > bound {
+                break 'trickle;
+            }
+        }
+    }
+    assert!(
+        closed,
+        "a trickling HTTP/2 client was not cut off within {bound:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
