@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use datadonor_schemas::batch::{
-    chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WRAPPED_KEY_LEN, WRAP_INFO,
+    self, chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WRAPPED_KEY_LEN, WRAP_INFO,
 };
-use datadonor_schemas::envelope::{hpke_open, hpke_seal};
+use datadonor_schemas::envelope::hpke_open;
 use datadonor_schemas::study::StudyId;
 use datadonor_schemas::time::UnixSeconds;
 use datadonor_schemas::WireError;
@@ -329,14 +329,12 @@ pub fn seal_batch(
     vault: &VaultPublicKey,
 ) -> Result<(BatchHeader, Vec<u8>), BatchError> {
     let label = PathBuf::from(format!("<new batch of {study}>"));
-    let err = |m: &str| BatchError::new(&label, BatchErrorKind::Seal(m.to_string()));
-    let rng = SystemRandom::new();
+    let err = |m: String| BatchError::new(&label, BatchErrorKind::Seal(m));
     let mut batch_id = [0u8; 16];
-    rng.fill(&mut batch_id).map_err(|_| err("no randomness"))?;
-    let mut data_key = Zeroizing::new([0u8; 32]);
-    rng.fill(&mut data_key[..])
-        .map_err(|_| err("no randomness"))?;
-    let mut header = BatchHeader {
+    SystemRandom::new()
+        .fill(&mut batch_id)
+        .map_err(|_| err("no randomness".into()))?;
+    let header = BatchHeader {
         batch_id,
         study_id: study.as_str().to_string(),
         created_at,
@@ -344,38 +342,7 @@ pub fn seal_batch(
         enc: [0u8; 32],
         wrapped_key: [0u8; WRAPPED_KEY_LEN],
     };
-    let (enc, wrapped) = hpke_seal(
-        &vault.public_key,
-        WRAP_INFO,
-        &header.wrap_aad(),
-        &data_key[..],
-    )
-    .map_err(|_| err("HPKE wrap of the data key failed"))?;
-    header.enc = enc;
-    header.wrapped_key = wrapped
-        .as_slice()
-        .try_into()
-        .map_err(|_| err("wrapped key has the wrong length"))?;
-    let cipher =
-        Aes256Gcm::new_from_slice(&data_key[..]).map_err(|_| err("bad data key length"))?;
-    drop(data_key);
-    let aad = header.chunk_aad();
-    let mut out = header.encode();
-    let n = plaintext.len().div_ceil(CHUNK_SIZE).max(1);
-    out.reserve(plaintext.len() + n * TAG_LEN);
-    for i in 0..n {
-        let start = i * CHUNK_SIZE;
-        let end = (start + CHUNK_SIZE).min(plaintext.len());
-        let chunk = plaintext.get(start..end).unwrap_or_default();
-        let at = out.len();
-        out.extend_from_slice(chunk);
-        let nonce = chunk_nonce(i as u64, i + 1 == n);
-        let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[at..])
-            .map_err(|_| err("chunk encryption failed"))?;
-        out.extend_from_slice(&tag);
-    }
-    Ok((header, out))
+    batch::seal(header, &vault.public_key, plaintext).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The sealed batch file: header layout and the STREAM nonce construction.
 //!
-//! Sealing lives in the intake and opening in analytics; this module holds only the format both
-//! agree on, so that the intake never links code that opens a batch.
+//! This module holds the format and the one sealing routine ([`seal`], used by the intake for new
+//! batches and by analytics when compaction rewrites them). Opening lives in analytics alone, so
+//! that the intake never links code that opens a batch.
 //!
 //! ```text
 //! header (big-endian integers)
@@ -26,6 +27,12 @@
 //! another batch's body fails on the first chunk), and the wrap's AAD binds the data key to the
 //! batch id, study and time.
 
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand_core::{CryptoRng, OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::envelope::{hpke_seal_with_rng, HpkePublicKey};
 use crate::wire::{sha256, Reader, WireError};
 
 /// File magic.
@@ -152,4 +159,67 @@ pub fn chunk_nonce(counter: u64, last: bool) -> [u8; 12] {
     n[3..11].copy_from_slice(&counter.to_be_bytes());
     n[11] = u8::from(last);
     n
+}
+
+/// Why sealing failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The header's study id is not 3 to 64 bytes.
+    #[error("study id must be 3 to 64 bytes")]
+    StudyId,
+    /// Wrapping the data key to the vault key failed.
+    #[error("HPKE wrap of the data key failed")]
+    Wrap,
+    /// Encrypting a chunk failed.
+    #[error("chunk encryption failed")]
+    Encrypt,
+}
+
+/// Seal `plaintext` as a batch under a fresh random data key (zeroized after use), wrapped to
+/// `vault`. `header` gives the batch id, study, time and vault key id; its `enc` and
+/// `wrapped_key` are filled in. Returns the header and the whole file.
+pub fn seal(
+    header: BatchHeader,
+    vault: &HpkePublicKey,
+    plaintext: &[u8],
+) -> Result<(BatchHeader, Vec<u8>), SealError> {
+    let mut data_key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(data_key.as_mut());
+    seal_with_key(header, vault, &data_key, plaintext, &mut OsRng)
+}
+
+/// [`seal`] under a given data key, with `rng` for the wrap's ephemeral key (test vectors use a
+/// deterministic one).
+pub fn seal_with_key<R: RngCore + CryptoRng>(
+    mut header: BatchHeader,
+    vault: &HpkePublicKey,
+    data_key: &[u8; 32],
+    plaintext: &[u8],
+    rng: &mut R,
+) -> Result<(BatchHeader, Vec<u8>), SealError> {
+    if !(3..=64).contains(&header.study_id.len()) {
+        return Err(SealError::StudyId);
+    }
+    let (enc, wrapped) = hpke_seal_with_rng(vault, WRAP_INFO, &header.wrap_aad(), data_key, rng)
+        .map_err(|_| SealError::Wrap)?;
+    header.enc = enc;
+    header.wrapped_key = wrapped.as_slice().try_into().map_err(|_| SealError::Wrap)?;
+    let cipher = Aes256Gcm::new_from_slice(data_key).map_err(|_| SealError::Encrypt)?;
+    let aad = header.chunk_aad();
+    let mut out = header.encode();
+    let n = plaintext.len().div_ceil(CHUNK_SIZE).max(1);
+    out.reserve(plaintext.len() + n * TAG_LEN);
+    for i in 0..n {
+        let start = i * CHUNK_SIZE;
+        let end = (start + CHUNK_SIZE).min(plaintext.len());
+        let chunk = plaintext.get(start..end).unwrap_or_default();
+        let at = out.len();
+        out.extend_from_slice(chunk);
+        let nonce = chunk_nonce(i as u64, i + 1 == n);
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[at..])
+            .map_err(|_| SealError::Encrypt)?;
+        out.extend_from_slice(&tag);
+    }
+    Ok((header, out))
 }

@@ -290,7 +290,7 @@ impl Live {
         Stored {
             ledger_bytes,
             tree_size: self.tree_size().await,
-            batch_files: files_under(&self.path().join("batches")),
+            batch_files: testkit::files_under(&self.path().join("batches")),
         }
     }
 
@@ -341,26 +341,6 @@ impl Live {
         self.client = https_client(self.path(), self.addr);
         self.intake = Some(intake);
     }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn replace_column(rows: &RecordBatch, name: &str, col: ArrayRef) -> RecordBatch {

@@ -11,18 +11,15 @@
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use arrow::array::{ArrayRef, BooleanArray, Float32Array, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WRAP_INFO};
+use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN};
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::consent::{ConsentManifest, Withdrawal, LEGAL_BASIS};
 use datadonor_schemas::envelope::{
-    hpke_seal_with_rng, DonationPayload, HpkeConfig, HpkeConfigList, HpkePrivateKey, HpkePublicKey,
-    ENVELOPE_INFO,
+    DonationPayload, HpkeConfig, HpkeConfigList, HpkePrivateKey, HpkePublicKey, ENVELOPE_INFO,
 };
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{self, Hash};
@@ -4056,7 +4053,7 @@ struct SealedBatch {
 }
 
 fn seal_batch(fx: &Fixture, label: &str, created_at: i64, plaintext: &[u8]) -> SealedBatch {
-    let mut header = BatchHeader {
+    let header = BatchHeader {
         batch_id: seed16(&format!("{label} batch id")),
         study_id: fx.study.id.to_string(),
         created_at,
@@ -4065,32 +4062,15 @@ fn seal_batch(fx: &Fixture, label: &str, created_at: i64, plaintext: &[u8]) -> S
         wrapped_key: [0; 48],
     };
     let data_key = seed(&format!("{label} data key"));
-    let (enc, wrapped) = hpke_seal_with_rng(
+    let (header, bytes) = datadonor_schemas::batch::seal_with_key(
+        header,
         &fx.vault.public_key(),
-        WRAP_INFO,
-        &header.wrap_aad(),
         &data_key,
+        plaintext,
         &mut DetRng::new(seed(&format!("{label} wrap ephemeral"))),
     )
-    .expect("wrap");
-    header.enc = enc;
-    header.wrapped_key.copy_from_slice(&wrapped);
-    let mut bytes = header.encode();
-    let header_len = bytes.len();
-    let aad = header.chunk_aad();
-    let cipher = Aes256Gcm::new_from_slice(&data_key).expect("32-byte key");
-    let chunks: Vec<&[u8]> = if plaintext.is_empty() {
-        vec![&[]]
-    } else {
-        plaintext.chunks(CHUNK_SIZE).collect()
-    };
-    for (i, c) in chunks.iter().enumerate() {
-        let nonce = chunk_nonce(i as u64, i + 1 == chunks.len());
-        let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: c, aad: &aad })
-            .expect("seal chunk");
-        bytes.extend_from_slice(&ct);
-    }
+    .expect("seal");
+    let header_len = header.encode().len();
     SealedBatch {
         header,
         data_key,
