@@ -29,7 +29,7 @@
 //! | slow client: body trickled after the headers | [`slow_body_is_cut_off`] |
 //! | slow client: headers trickled | [`slow_headers_are_cut_off`] |
 //! | slow client: TCP connection that never starts TLS | [`silent_connection_is_cut_off_before_the_handshake`] |
-//! | slow client: idle after the TLS handshake (no request byte; HTTP/2 without a stream) | [`idle_connection_after_the_handshake_is_cut_off`] |
+//! | slow client: idle after the TLS handshake (no request byte; HTTP/2 without a stream; an HTTP/2 frame trickled a byte at a time) | [`idle_connection_after_the_handshake_is_cut_off`] |
 //! | OPRF flood (dictionary building over CPR numbers) | [`oprf_flood_is_rate_limited`] |
 //! | withdrawal signed by another donor's key | [`withdrawal_signed_by_another_donors_key`] |
 //! | approval for query A used to run query B | [`approval_for_one_query_used_for_another`] |
@@ -40,6 +40,12 @@
 //! | headers swapped between two sealed batches | [`sealed_batch_headers_swapped`] |
 //! | ledger history rewritten and re-signed | [`rewritten_ledger_is_caught_by_the_auditor`] |
 //! | withdrawn donor counted by a later query | [`withdrawn_donor_is_not_counted_by_a_later_query`] |
+//!
+//! The crash test (the intake killed with SIGKILL again and again under concurrent donations,
+//! then every acknowledged donation found in exactly one sealed batch and in the ledger) is
+//! `intake-server/tests/crash.rs`: it drives the `datadonor-intake` binary, which only that
+//! crate's tests can name. Parsers of untrusted bytes are fuzzed in `fuzz/` and replayed in
+//! `tests/fuzz_corpus.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
