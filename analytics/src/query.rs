@@ -167,7 +167,9 @@ pub fn aggregate_store_in_groups(
 ) -> Result<AggregateTable, AnalyticsError> {
     let files = store.list(&study.id)?;
     std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<_>, AnalyticsError>>(1);
+        // A rendezvous channel: the opener holds at most one finished group while the engine works
+        // on another, so at most two groups of plaintext exist at once.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<_>, AnalyticsError>>(0);
         s.spawn(move || {
             let mut group = Vec::new();
             let mut bytes = 0usize;
