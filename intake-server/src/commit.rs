@@ -144,11 +144,16 @@ impl CommitHandle {
     /// Submit a job, wait until it is durable and published, and build its signed receipt.
     pub async fn submit(&self, make: impl FnOnce(Reply) -> Job) -> Result<ReceiptBundle, Problem> {
         let c = self.submit_job(make).await?;
-        let st = self.state.read().map_err(|_| Problem::Internal)?;
-        st.receipt(&self.signer, c.index, c.size).map_err(|e| {
-            tracing::error!(error = %e, "building a receipt failed");
-            Problem::Internal
-        })
+        let unsigned = {
+            let st = self.state.read().map_err(|_| Problem::Internal)?;
+            st.unsigned_receipt(&self.signer, c.index, c.size)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "building a receipt failed");
+                    Problem::Internal
+                })?
+        };
+        // Signed outside the state lock: the committer's writes do not wait for it.
+        Ok(unsigned.sign(&self.signer))
     }
 
     async fn submit_job(&self, make: impl FnOnce(Reply) -> Job) -> Result<Committed, Problem> {

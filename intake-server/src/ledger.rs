@@ -94,6 +94,25 @@ impl LedgerSigner {
     }
 }
 
+/// A receipt bundle before its signature.
+#[derive(Debug)]
+pub struct UnsignedReceipt {
+    receipt: Receipt,
+    entry: Vec<u8>,
+    inclusion_proof: Vec<HexHash>,
+}
+
+impl UnsignedReceipt {
+    /// Sign with the ledger key.
+    pub fn sign(self, signer: &LedgerSigner) -> ReceiptBundle {
+        ReceiptBundle {
+            receipt: self.receipt.sign(&signer.key),
+            entry: self.entry,
+            inclusion_proof: self.inclusion_proof,
+        }
+    }
+}
+
 /// Published checkpoints kept for receipts.
 const RECENT_NOTES: usize = 64;
 
@@ -303,6 +322,17 @@ impl LedgerState {
         index: u64,
         size: u64,
     ) -> Result<ReceiptBundle, LedgerError> {
+        Ok(self.unsigned_receipt(signer, index, size)?.sign(signer))
+    }
+
+    /// Everything of a receipt but its signature, so a caller can sign it after releasing the
+    /// state lock.
+    pub fn unsigned_receipt(
+        &self,
+        signer: &LedgerSigner,
+        index: u64,
+        size: u64,
+    ) -> Result<UnsignedReceipt, LedgerError> {
         let bytes = self
             .entries
             .get(index as usize)
@@ -363,8 +393,8 @@ impl LedgerState {
             checkpoint,
             issued_at,
         };
-        Ok(ReceiptBundle {
-            receipt: receipt.sign(&signer.key),
+        Ok(UnsignedReceipt {
+            receipt,
             entry: bytes.clone(),
             inclusion_proof: proof.into_iter().map(|h| HexHash(h.0)).collect(),
         })
