@@ -1132,8 +1132,14 @@ impl HtmlReport {
             s.push_str("</tr></thead>\n<tbody>\n");
             for r in rows {
                 s.push_str("<tr>");
-                for c in r {
-                    let num = !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit());
+                for (i, c) in r.iter().enumerate() {
+                    // Identifiers (pseudonym prefixes, batch ids) may happen to be all digits;
+                    // only counts and times are right-aligned.
+                    let identifier = headers.get(i).is_some_and(|h| {
+                        h.contains("pseudonym") || h.contains("batch") || h.contains("id")
+                    });
+                    let num =
+                        !identifier && !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit());
                     let class = if num { " class=\"num\"" } else { "" };
                     let _ = write!(s, "<td{class}>{}</td>", html_escape(c));
                 }

@@ -601,6 +601,11 @@ fn audit_batches_reports_rows_of_an_erased_donor() {
     assert!(html.contains("<dt>Violations</dt><dd>1</dd>"));
     assert!(html.contains(&format!("<td>{batch_id}</td>")));
     assert!(!html.contains(&donor(VICTIM).to_hex()));
+    // The victim's pseudonym prefix is all digits here; it is an identifier, not a count.
+    let prefix = short_pseudonym(&donor(VICTIM));
+    assert!(prefix.chars().all(|c| c.is_ascii_digit()), "{prefix}");
+    assert!(html.contains(&format!("<td>{prefix}</td>")), "{html}");
+    assert!(!html.contains(&format!("<td class=\"num\">{prefix}</td>")));
 
     // Without the erasure entry (withdrawn, erasure pending) the batch is in order.
     let mut w2 = world();
