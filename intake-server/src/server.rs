@@ -296,6 +296,9 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// How long an idle connection gets to finish closing politely before it is dropped.
+const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Requests in flight on one connection and when one last started or finished, for the idle
 /// cut-off. Bytes alone do not count as activity: a client trickling an incomplete request (an
 /// HTTP/2 frame a byte at a time, say) is as idle as a silent one.
@@ -426,6 +429,10 @@ async fn serve(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = activity.idle(idle) => {
+                    // Close politely (HTTP/2 GOAWAY, so a client racing a new request knows it
+                    // was not processed and may retry), but give the connection only a moment.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
                     tracing::debug!("idle connection closed");
                 }
                 _ = stopped(&mut shutdown) => {
