@@ -138,9 +138,8 @@ impl BatchStore {
         Ok(())
     }
 
-    /// The batches of `study`, sorted by creation time then id (headers only; nothing is
-    /// decrypted).
-    pub fn list(&self, study: &StudyId) -> Result<Vec<BatchFile>, AnalyticsError> {
+    /// Every batch file in the store with its header (headers only; nothing is decrypted).
+    fn all(&self) -> Result<Vec<BatchFile>, AnalyticsError> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(|e| store_err(&self.dir, e))? {
             let entry = entry.map_err(|e| store_err(&self.dir, e))?;
@@ -157,10 +156,19 @@ impl BatchStore {
                 .read_to_end(&mut head)
                 .map_err(|e| BatchError::new(&path, e))?;
             let header = read_header(&path, &head)?;
-            if header.study_id == study.as_str() {
-                out.push(BatchFile { path, header, len });
-            }
+            out.push(BatchFile { path, header, len });
         }
+        Ok(out)
+    }
+
+    /// The batches of `study`, sorted by creation time then id (headers only; nothing is
+    /// decrypted).
+    pub fn list(&self, study: &StudyId) -> Result<Vec<BatchFile>, AnalyticsError> {
+        let mut out: Vec<BatchFile> = self
+            .all()?
+            .into_iter()
+            .filter(|b| b.header.study_id == study.as_str())
+            .collect();
         out.sort_by(|a, b| {
             (a.header.created_at, a.header.batch_id).cmp(&(b.header.created_at, b.header.batch_id))
         });
@@ -170,21 +178,8 @@ impl BatchStore {
     /// Study ids of every batch in the store.
     pub fn studies(&self) -> Result<Vec<StudyId>, AnalyticsError> {
         let mut ids: Vec<StudyId> = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| store_err(&self.dir, e))? {
-            let entry = entry.map_err(|e| store_err(&self.dir, e))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !is_batch_name(&name) {
-                continue;
-            }
-            let path = entry.path();
-            let mut f = std::fs::File::open(&path).map_err(|e| BatchError::new(&path, e))?;
-            let mut head = Vec::with_capacity(MAX_HEADER_LEN);
-            std::io::Read::by_ref(&mut f)
-                .take(MAX_HEADER_LEN as u64)
-                .read_to_end(&mut head)
-                .map_err(|e| BatchError::new(&path, e))?;
-            let header = read_header(&path, &head)?;
-            let id = StudyId::new(&header.study_id).map_err(|e| store_err(&path, e))?;
+        for b in self.all()? {
+            let id = StudyId::new(&b.header.study_id).map_err(|e| store_err(&b.path, e))?;
             if !ids.contains(&id) {
                 ids.push(id);
             }
