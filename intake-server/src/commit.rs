@@ -156,7 +156,12 @@ impl CommitHandle {
         Ok(unsigned.sign(&self.signer))
     }
 
-    async fn submit_job(&self, make: impl FnOnce(Reply) -> Job) -> Result<Committed, Problem> {
+    /// Hand a job to the committer (unless it is poisoned or its queue is full) and wait for
+    /// its answer.
+    async fn submit_job<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Problem>>) -> Job,
+    ) -> Result<T, Problem> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Problem::Unavailable);
         }
@@ -172,17 +177,7 @@ impl CommitHandle {
 
     /// Append a ledger event and wait until it is durable and published.
     pub async fn submit_event(&self, entry: LedgerEntry) -> Result<EventAck, Problem> {
-        if self.poisoned.load(Ordering::SeqCst) {
-            return Err(Problem::Unavailable);
-        }
-        let (tx, rx) = oneshot::channel();
-        match self.tx.try_send(Job::Event(Box::new(entry), tx)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                return Err(Problem::Unavailable)
-            }
-        }
-        rx.await.unwrap_or(Err(Problem::Unavailable))
+        self.submit_job(|tx| Job::Event(Box::new(entry), tx)).await
     }
 
     /// Ask the committer to finish and wait until it has.
@@ -431,18 +426,7 @@ fn decide_donation(
             }
         }
         None => {
-            let granted = LedgerEntry::ConsentGranted {
-                time: now,
-                study_id: study.clone(),
-                study_version: m.study_version,
-                pseudonym: m.pseudonym,
-                consent_record_id: m.record_id,
-                purposes: m.purposes.clone(),
-                given_at: m.given_at,
-                expires_at: m.expires_at,
-                manifest_sha256: manifest_sha,
-                donor_public_key: m.donor_public_key,
-            };
+            let granted = LedgerEntry::consent_granted(m, manifest_sha, now);
             push(st, &granted, new_entries);
         }
     }

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::consent::ConsentManifest;
 use crate::pseudonym::Pseudonym;
 use crate::signing::PublicKey;
 use crate::study::StudyId;
@@ -134,6 +135,27 @@ pub enum LedgerEntry {
 }
 
 impl LedgerEntry {
+    /// The `consent_granted` entry of a verified consent manifest (`manifest_sha256`: the
+    /// digest of its signed payload), recorded at `time`.
+    pub fn consent_granted(
+        manifest: &ConsentManifest,
+        manifest_sha256: [u8; 32],
+        time: UnixSeconds,
+    ) -> Self {
+        LedgerEntry::ConsentGranted {
+            time,
+            study_id: manifest.study_id.clone(),
+            study_version: manifest.study_version,
+            pseudonym: manifest.pseudonym,
+            consent_record_id: manifest.record_id,
+            purposes: manifest.purposes.clone(),
+            given_at: manifest.given_at,
+            expires_at: manifest.expires_at,
+            manifest_sha256,
+            donor_public_key: manifest.donor_public_key,
+        }
+    }
+
     /// The leaf bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()

@@ -493,18 +493,7 @@ async fn donations(State(s): S, body: Bytes) -> Response {
         Some((sha, bundle)) if sha == env_sha => bundle,
         Some(_) => return problem(StatusCode::CONFLICT, "idempotency-conflict"),
         None => {
-            let granted = LedgerEntry::ConsentGranted {
-                time: now,
-                study_id: m.study_id.clone(),
-                study_version: m.study_version,
-                pseudonym: m.pseudonym,
-                consent_record_id: m.record_id,
-                purposes: m.purposes.clone(),
-                given_at: m.given_at,
-                expires_at: m.expires_at,
-                manifest_sha256: manifest.digest(),
-                donor_public_key: m.donor_public_key,
-            };
+            let granted = LedgerEntry::consent_granted(m, manifest.digest(), now);
             append(&s, granted.to_bytes());
             let accepted = LedgerEntry::DonationAccepted {
                 time: now,

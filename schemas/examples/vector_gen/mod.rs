@@ -665,18 +665,7 @@ impl Fixture {
 
         let batch_id = seed16("batch id 1");
         let entries = vec![
-            LedgerEntry::ConsentGranted {
-                time: NOW,
-                study_id: study.id.clone(),
-                study_version: study.version,
-                pseudonym,
-                consent_record_id: manifest.record_id,
-                purposes: manifest.purposes.clone(),
-                given_at: manifest.given_at,
-                expires_at: manifest.expires_at,
-                manifest_sha256: signed_manifest.payload_digest(),
-                donor_public_key: donor.public_key(),
-            },
+            LedgerEntry::consent_granted(&manifest, signed_manifest.payload_digest(), NOW),
             LedgerEntry::DonationAccepted {
                 time: NOW,
                 study_id: study.id.clone(),
