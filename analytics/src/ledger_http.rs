@@ -3,7 +3,11 @@
 //!
 //! TLS 1.3 only, rustls, with the intake's CA given as a PEM file (no built-in roots). Bearer
 //! tokens are held in zeroizing strings and never printed. The library API is synchronous; the
-//! client drives a private current-thread tokio runtime.
+//! client drives a private tokio runtime with one worker thread, which keeps polling pooled
+//! connections between calls: a connection the intake closed while the caller was busy (the
+//! intake's idle cut-off) is noticed and dropped from the pool rather than reused. A read that
+//! still fails in transport is retried once on a fresh connection; an append is not retried
+//! (the intake may have logged it).
 
 use std::path::Path;
 
@@ -69,6 +73,22 @@ fn http_err(url: &str, detail: impl std::fmt::Display) -> LedgerError {
     }
 }
 
+/// A transport error with its causes ("error sending request: connection closed before
+/// message completed"), for the message of a [`LedgerError::Http`].
+fn transport_err(url: &str, e: &reqwest::Error) -> LedgerError {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !detail.ends_with(&s_text) {
+            detail.push_str(": ");
+            detail.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    http_err(url, detail)
+}
+
 fn parse_proof(url: &str, proof: &[String]) -> Result<Vec<Hash>, LedgerError> {
     proof
         .iter()
@@ -105,7 +125,9 @@ impl HttpLedger {
             builder = builder.add_root_certificate(c);
         }
         let client = builder.build().map_err(|e| http_err(base, e))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("datadonor-ledger-http")
             .enable_all()
             .build()
             .map_err(|e| http_err(base, e))?;
@@ -141,13 +163,24 @@ impl HttpLedger {
     fn get(&self, path: &str, token: Option<&str>) -> Result<Vec<u8>, LedgerError> {
         let url = format!("{}{path}", self.base);
         self.rt.block_on(async {
-            let mut req = self.client.get(&url);
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.map_err(|e| http_err(&url, e))?;
+            let send = || {
+                let mut req = self.client.get(&url);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                req.send()
+            };
+            let resp = match send().await {
+                Ok(resp) => resp,
+                // A read is safe to repeat: once more, on a fresh connection.
+                Err(e) if e.is_request() || e.is_connect() => {
+                    tracing::debug!(url = %url, "ledger read failed in transport; retrying once");
+                    send().await.map_err(|e| transport_err(&url, &e))?
+                }
+                Err(e) => return Err(transport_err(&url, &e)),
+            };
             let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| http_err(&url, e))?;
+            let body = resp.bytes().await.map_err(|e| transport_err(&url, &e))?;
             if !status.is_success() {
                 return Err(http_err(&url, format!("{status}: {}", problem_slug(&body))));
             }
@@ -227,9 +260,9 @@ impl LedgerSink for HttpLedger {
                 .body(bytes.clone())
                 .send()
                 .await
-                .map_err(|e| http_err(&url, e))?;
+                .map_err(|e| transport_err(&url, &e))?;
             let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| http_err(&url, e))?;
+            let body = resp.bytes().await.map_err(|e| transport_err(&url, &e))?;
             if !status.is_success() {
                 return Err(LedgerError::Append(format!(
                     "{url}: {status}: {}",

@@ -41,6 +41,9 @@
 //! | ledger history rewritten and re-signed | [`rewritten_ledger_is_caught_by_the_auditor`] |
 //! | withdrawn donor counted by a later query | [`withdrawn_donor_is_not_counted_by_a_later_query`] |
 //!
+//! The idle cut-off must not break an honest client that keeps its connection open between
+//! requests: [`ledger_client_outlives_the_idle_cut_off`].
+//!
 //! The crash test (the intake killed with SIGKILL again and again under concurrent donations,
 //! then every acknowledged donation found in exactly one sealed batch and in the ledger) is
 //! `intake-server/tests/crash.rs`: it drives the `datadonor-intake` binary, which only that
@@ -1066,6 +1069,44 @@ async fn idle_connection_after_the_handshake_is_cut_off() {
         closed,
         "a trickling HTTP/2 client was not cut off within {bound:?}"
     );
+}
+
+/// A researcher's blocking ledger client reads the ledger, works for longer than the idle
+/// cut-off (the intake closes the pooled connection meanwhile), then appends its run and reads
+/// again: both go through on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_client_outlives_the_idle_cut_off() {
+    let live = Live::start_with(short_timeouts).await;
+    live.donate_ok(live.builder()).await;
+    let access = LedgerAccess::of(&live);
+    let research = Research::load(live.path());
+    let s = spec(TOTAL_SPEC);
+    let now = SystemClock.now();
+    let approval = research.approve(&s, now - 60, now + 3_600);
+    let pause = Duration::from_millis(SHORT_TIMEOUT_MS * 5 / 2);
+    let (appended, size) = tokio::task::spawn_blocking(move || {
+        let ledger = access.client();
+        let verifiers = std::slice::from_ref(&access.verifier);
+        let view = verify_ledger(&ledger, verifiers, None).expect("the first read");
+        std::thread::sleep(pause);
+        let store = BatchStore::open(&research.batches).expect("store");
+        let approvers = [research.steward.public_key()];
+        let inputs = QueryInputs {
+            spec: &s,
+            approval: &approval,
+            study: &research.study,
+            approvers: &approvers,
+            now: SystemClock.now(),
+        };
+        let outcome = run_query(&inputs, &view, &store, &research.vault, &ledger)
+            .expect("the run is logged after the cut-off");
+        std::thread::sleep(pause);
+        let view = verify_ledger(&ledger, verifiers, None).expect("a read after the cut-off");
+        (outcome.appended.index, view.all().count() as u64)
+    })
+    .await
+    .expect("the research task");
+    assert_eq!(size, appended + 1);
 }
 
 // ---------------------------------------------------------------------------------------------
