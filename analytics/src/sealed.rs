@@ -263,13 +263,11 @@ fn diagnose(
         return BatchErrorKind::Truncated { chunks: n };
     }
     // Does it belong elsewhere?
-    let mut tries = 0u64;
     for j in 0..n.saturating_add(1).min(MAX_DIAGNOSIS_TRIES) {
         if j == failed {
             continue;
         }
         for flag in [false, true] {
-            tries += 1;
             if try_open(cipher, aad, j, flag, seg) {
                 return BatchErrorKind::Reordered {
                     position: failed,
@@ -284,7 +282,6 @@ fn diagnose(
         let i = i as u64;
         i != failed && try_open(cipher, aad, i, i + 1 == n, s)
     });
-    let _ = tries;
     if !any_other && n > 1 {
         return BatchErrorKind::BodyMismatch;
     }
