@@ -99,12 +99,18 @@ impl fmt::Display for DemoSummary {
     }
 }
 
-/// One donor's completed donation, kept for withdrawals and audits.
+/// One donor's completed donation.
 struct Donated {
     index: u64,
-    key: SigningKey,
-    stored: StoredReceipt,
     rows: u64,
+    /// The donor's key and stored receipt, kept only for donors who will withdraw, so memory
+    /// does not grow with the population.
+    kept: Option<(SigningKey, StoredReceipt)>,
+}
+
+/// Which donors withdraw: every `100 / percent`-th donor by index; none at 0 %.
+fn withdraws(index: u64, percent: u64) -> bool {
+    percent > 0 && index % (100 / percent.min(100)).max(1) == 0
 }
 
 /// Run the demo.
@@ -169,20 +175,24 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         donors: opts.donors,
         ..PopulationConfig::default()
     };
+    // Each donor's export is written, imported and deleted again, so disk use does not grow
+    // with the population either (`datadonor-synth` writes a population's exports to keep).
     let exports = work.join("exports");
     std::fs::create_dir_all(&exports)?;
+    let withdraw_percent = opts.withdraw_percent;
     let bar = progress_bar(opts.progress, opts.donors, "donating");
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut tasks: JoinSet<Result<Option<Donated>>> = JoinSet::new();
-    let mut donated: Vec<Donated> = Vec::new();
+    let mut donated: Vec<(u64, SigningKey, StoredReceipt)> = Vec::new();
     for donor in synthpop::donors(&pop) {
         let permit = permits.clone().acquire_owned().await?;
         let (session, study, exports, bar) =
             (session.clone(), study.clone(), exports.clone(), bar.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            let out = donate_one(&session, &study, &exports, donor).await;
+            let keep = withdraws(donor.index, withdraw_percent);
+            let out = donate_one(&session, &study, &exports, keep, donor).await;
             bar.inc(1);
             out
         });
@@ -208,14 +218,13 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     ));
 
     // 3. Some donors withdraw.
-    donated.sort_by_key(|d| d.index);
-    let step = (100 / opts.withdraw_percent.clamp(1, 100)).max(1) as usize;
+    donated.sort_by_key(|(index, _, _)| *index);
     let mut withdrawn = Vec::new();
-    for d in donated.iter().step_by(step) {
+    for (index, key, stored) in &donated {
         let (receipt, _) = session
-            .withdraw(&d.stored, &d.key)
+            .withdraw(stored, key)
             .await
-            .with_context(|| format!("donor {} withdrawing", d.index))?;
+            .with_context(|| format!("donor {index} withdrawing"))?;
         withdrawn.push(receipt.receipt.pseudonym);
         summary.withdrawn += 1;
     }
@@ -225,7 +234,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     ));
 
     // 4. A donor re-checks a receipt against the intake's current tree head.
-    if let Some(first) = donated.first() {
+    if let Some((_, _, first)) = donated.first() {
         let mut cfg = IntakeConfig::new(running.base_url(), TrustAnchors::CaPem(ca.clone()));
         cfg.auditor_token = Some(datadonor_client::client::AuditorToken::new(
             &init.auditor_token,
@@ -233,7 +242,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         let auditor = Intake::new(cfg)?;
         let s = IntakeSession::connect(auditor, None).await?;
         let v = s
-            .verify(&first.stored, None)
+            .verify(first, None)
             .await
             .context("re-verifying a receipt")?;
         summary.checks.push(format!(
@@ -261,15 +270,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     Ok(summary)
 }
 
+/// Counts a finished donation; returns what is kept of it for the withdrawal step.
 fn collect(
     done: std::result::Result<Result<Option<Donated>>, tokio::task::JoinError>,
     summary: &mut DemoSummary,
-) -> Result<Option<Donated>> {
+) -> Result<Option<(u64, SigningKey, StoredReceipt)>> {
     match done.map_err(|e| anyhow!("donor task failed: {e}"))?? {
         Some(d) => {
             summary.donated += 1;
             summary.rows += d.rows;
-            Ok(Some(d))
+            Ok(d.kept.map(|(key, stored)| (d.index, key, stored)))
         }
         None => {
             summary.nothing_to_donate += 1;
@@ -282,6 +292,7 @@ async fn donate_one(
     session: &IntakeSession,
     study: &datadonor_client::PublishedStudy,
     exports: &Path,
+    keep_receipt: bool,
     donor: synthpop::Donor,
 ) -> Result<Option<Donated>> {
     let path = exports.join(format!("{}.json", donor.id));
@@ -301,6 +312,7 @@ async fn donate_one(
     )
     .await
     .with_context(|| format!("donor {}: minimising {}", donor.index, path.display()))?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     if rows.rows.is_empty() {
         return Ok(None);
     }
@@ -320,9 +332,8 @@ async fn donate_one(
         .with_context(|| format!("donor {} donating", donor.index))?;
     Ok(Some(Donated {
         index: donor.index,
-        key,
-        stored: out.stored,
         rows: n,
+        kept: keep_receipt.then_some((key, out.stored)),
     }))
 }
 

@@ -158,8 +158,18 @@ fn research_blocking(
     if allowed.iter().any(|d| withdrawn.contains(d)) {
         bail!("a withdrawn donor was counted");
     }
+    // Every demo donor consents to the query's purpose, with a distinct CPR number and so a
+    // distinct pseudonym: exactly those who did not withdraw count.
+    let expected = summary.donated.saturating_sub(withdrawn.len() as u64);
+    if allowed.len() as u64 != expected || summary.donors_considered != expected {
+        bail!(
+            "the query considered {} donors ({} allowed by the ledger), expected {expected}",
+            summary.donors_considered,
+            allowed.len()
+        );
+    }
     summary.checks.push(format!(
-        "query counted {} consenting donors, none of the {} who withdrew; run logged at ledger index {}",
+        "query counted {} consenting donors: every donor but the {} who withdrew; run logged at ledger index {}",
         allowed.len(),
         withdrawn.len(),
         outcome.appended.index

@@ -30,6 +30,7 @@ struct Stats {
     age_65_plus: f64,
     female: f64,
     t2d_by_decade: BTreeMap<i32, f64>,
+    distinct_cprs: usize,
     problems: Vec<String>,
 }
 
@@ -137,8 +138,10 @@ fn stats() -> &'static Stats {
         let mut regions: BTreeMap<u16, f64> = BTreeMap::new();
         let mut decades: BTreeMap<i32, (f64, f64)> = BTreeMap::new();
         let mut problems = Vec::new();
+        let mut cprs = HashSet::new();
         for d in donors(&cfg) {
             n += 1.0;
+            cprs.insert(d.cpr.clone());
             problems.extend(check_donor(&d, &cfg));
             let age = d.age_on(cfg.end);
             *regions.entry(d.region.code()).or_default() += 1.0;
@@ -188,6 +191,7 @@ fn stats() -> &'static Stats {
             age_65_plus: old / n,
             female: female / n,
             t2d_by_decade: decades.into_iter().map(|(k, (a, b))| (k, b / a)).collect(),
+            distinct_cprs: cprs.len(),
             problems,
         }
     })
@@ -203,6 +207,31 @@ fn every_donor_is_internally_consistent() {
         s.problems.len(),
         &s.problems[..s.problems.len().min(10)]
     );
+}
+
+#[test]
+fn cpr_numbers_are_unique_in_a_population() {
+    assert_eq!(stats().distinct_cprs as u64, STATS_DONORS);
+    // The demo's default seed draws one number twice among its first 20 000.
+    let demo = PopulationConfig::new(42, 20_000);
+    let drawn: HashSet<String> = (0..20_000).map(|i| donor(&demo, i).cpr).collect();
+    assert_eq!(drawn.len(), 19_999);
+    let issued: HashSet<String> = donors(&demo).map(|d| d.cpr).collect();
+    assert_eq!(issued.len(), 20_000);
+    // Fifty donors drawing the same number: the first keeps it, the others get
+    // the next free serials of the same birth date and sex.
+    let cfg = PopulationConfig::new(7, 1);
+    let original = donor(&cfg, 0);
+    let mut register = CprRegister::default();
+    let mut seen = HashSet::new();
+    for i in 0..50 {
+        let mut d = original.clone();
+        assert_eq!(register.issue(&mut d), i > 0);
+        assert!(seen.insert(d.cpr.clone()), "{} issued twice", d.cpr);
+        assert_eq!(cpr_birth_date(&d.cpr), Some(d.birth_date));
+        assert_eq!(cpr_sex(&d.cpr), Some(d.sex));
+        assert_eq!(d.cpr[..6], original.cpr[..6]);
+    }
 }
 
 #[test]
