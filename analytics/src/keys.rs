@@ -1,7 +1,9 @@
 //! Steward key files and the trusted-approvers list.
 //!
-//! * Steward signing key: the 32-byte RFC 8032 seed as 64 lowercase hex digits and a newline,
-//!   mode 0600. Its public half is `<file>.pub`: the base64 Ed25519 public key and a newline.
+//! * Steward signing key (`PROTOCOL.md`, "Key files"): the 32-byte RFC 8032 seed as 64
+//!   lowercase hex digits and a newline, mode 0600. Its public half is `<file>.pub`: the base64
+//!   Ed25519 public key and a newline. `datadonor-intake init` writes its demo steward key in
+//!   the same form.
 //! * Approvers file: one base64 Ed25519 public key per line; `#` starts a comment; blank lines
 //!   are ignored. `cat steward.key.pub >> approvers` adds a steward.
 
@@ -44,9 +46,7 @@ pub fn generate_steward_key(path: &Path) -> Result<PublicKey, AnalyticsError> {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let mut text = Zeroizing::new(hex::encode(key.seed()));
-    text.push('\n');
-    write_secret_file(path, text.as_bytes())?;
+    write_secret_file(path, key.to_key_file().as_bytes())?;
     let pk = key.public_key();
     let pub_file = pub_path(path);
     std::fs::write(&pub_file, format!("{}\n", pk.to_base64())).map_err(|e| {
@@ -65,10 +65,8 @@ pub fn load_steward_key(path: &Path) -> Result<SigningKey, AnalyticsError> {
         detail,
     };
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
-    let mut seed = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), seed.as_mut())
-        .map_err(|_| bad("expected 64 hex digits (an Ed25519 seed)".into()))?;
-    SigningKey::from_seed(&seed).map_err(|e| bad(e.to_string()))
+    SigningKey::from_key_file(&text)
+        .map_err(|_| bad("expected 64 hex digits (an Ed25519 seed)".into()))
 }
 
 /// Parse an approvers file's text.

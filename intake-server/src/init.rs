@@ -8,8 +8,9 @@
 //! * `auditor.token`: the auditor token itself, once, for the operator to hand over and delete;
 //! * `tls/ca.pem`, `tls/server.pem`, `tls/server.key`: a throw-away CA and a server certificate
 //!   for `localhost` and `127.0.0.1` (the CA key is not kept);
-//! * `steward/steward.key`, `steward/steward.pub`: a demo steward key — in production the
-//!   steward signs studies elsewhere; `serve` never reads this directory;
+//! * `steward/steward.key`, `steward/steward.key.pub`: a demo steward key, in the key-file
+//!   format `datadonor-analytics keygen` writes (so `approve --key` and `--approvers` take them)
+//!   — in production the steward signs studies elsewhere; `serve` never reads this directory;
 //! * `studies/t2d-dk.json`: the example study signed by that steward key;
 //! * `vault.pub` and, unless `--vault-public-key` is given, `vault-private/vault.key`: a demo
 //!   vault key pair. **`serve` never reads `vault-private/`**; move it to the steward's machine;
@@ -162,10 +163,13 @@ pub fn init(
 
     // Steward and the example study.
     let steward = SigningKey::generate().map_err(|_| Error::Init("steward key".into()))?;
-    write_secret(&dir.join("steward/steward.key"), steward.seed())?;
+    write_secret(
+        &dir.join("steward/steward.key"),
+        steward.to_key_file().as_bytes(),
+    )?;
     let steward_pub = steward.public_key().to_base64();
     write_atomic(
-        &dir.join("steward/steward.pub"),
+        &dir.join("steward/steward.key.pub"),
         format!("{steward_pub}\n").as_bytes(),
         0o644,
     )?;

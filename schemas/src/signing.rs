@@ -188,6 +188,21 @@ impl SigningKey {
         &self.seed
     }
 
+    /// The key as a signing-key file (`PROTOCOL.md`, "Key files"): the seed as 64 lowercase
+    /// hex digits and a newline.
+    pub fn to_key_file(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(hex::encode(self.seed.as_ref()));
+        text.push('\n');
+        text
+    }
+
+    /// Parse a signing-key file: 64 hex digits, surrounding whitespace ignored.
+    pub fn from_key_file(text: &str) -> Result<Self, SignatureError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| SignatureError::BadKey)?;
+        Self::from_seed(&seed)
+    }
+
     /// The public key.
     pub fn public_key(&self) -> PublicKey {
         let mut out = [0u8; 32];

@@ -17,7 +17,6 @@ use datadonor_schemas::checkpoint::NoteVerifier;
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::{QueryApproval, QuerySpec};
-use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::time::{Clock, SystemClock};
 use zeroize::Zeroizing;
 
@@ -74,12 +73,8 @@ fn research_blocking(
 ) -> Result<()> {
     let now = SystemClock.now();
     // The steward: the demo steward key that signed the study approves the example query.
-    let seed: [u8; 32] = std::fs::read(p.intake.join("steward/steward.key"))
-        .context("reading the steward key")?
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow!("steward key is not 32 bytes"))?;
-    let steward = SigningKey::from_seed(&seed)?;
+    let steward =
+        datadonor_analytics::keys::load_steward_key(&p.intake.join("steward/steward.key"))?;
     let approvers = vec![steward.public_key()];
     let study_bytes =
         std::fs::read(p.intake.join("studies/t2d-dk.json")).context("reading the signed study")?;

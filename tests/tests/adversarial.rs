@@ -1202,12 +1202,9 @@ struct Research {
 
 impl Research {
     fn load(intake_dir: &Path) -> Self {
-        let seed: [u8; 32] = std::fs::read(intake_dir.join("steward/steward.key"))
-            .expect("steward key")
-            .as_slice()
-            .try_into()
-            .expect("a 32-byte seed");
-        let steward = SigningKey::from_seed(&seed).expect("steward key");
+        let steward =
+            datadonor_analytics::keys::load_steward_key(&intake_dir.join("steward/steward.key"))
+                .expect("steward key");
         let signed = std::fs::read(intake_dir.join("studies/t2d-dk.json")).expect("signed study");
         let study = open_study(&signed, &[steward.public_key()]).expect("the study opens");
         let vault = VaultKey::load(&intake_dir.join("vault-private/vault.key")).expect("vault key");

@@ -54,3 +54,47 @@ async fn pipeline_end_to_end() {
         );
     }
 }
+
+/// The key files pass between the operators' tools as they are: the demo steward key `init`
+/// writes is one `datadonor-analytics approve --key` and `--approvers` read, and a vault key
+/// made by `datadonor-analytics vault-keygen` configures `init --vault-public-key`.
+#[test]
+fn key_files_pass_between_the_intake_and_analytics_tools() {
+    use datadonor_analytics::keys::{load_approvers, load_steward_key};
+    use datadonor_analytics::query::open_study;
+    use datadonor_analytics::vault::{VaultKey, VaultPublicKey};
+    use datadonor_schemas::time::{Clock, SystemClock};
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let now = SystemClock.now();
+
+    // The demo steward key written by init.
+    let dir = work.path().join("demo");
+    let report = datadonor_intake::init::init(&dir, None, now).expect("init");
+    let steward = load_steward_key(&dir.join("steward/steward.key")).expect("steward key");
+    assert_eq!(steward.public_key().to_base64(), report.steward_public_key);
+    let approvers = load_approvers(&dir.join("steward/steward.key.pub")).expect("approvers");
+    assert_eq!(approvers, vec![steward.public_key()]);
+    let study = std::fs::read(dir.join("studies/t2d-dk.json")).expect("signed study");
+    open_study(&study, &approvers).expect("the example study verifies under that key");
+    let vault_key = report.vault_private_key.expect("demo vault key");
+    let vault = VaultKey::load(&vault_key).expect("the demo vault key loads");
+    let configured = VaultPublicKey::load(&dir.join("vault.pub")).expect("vault.pub");
+    assert_eq!(configured, vault.public());
+
+    // A steward's own vault key, given to init.
+    let own = VaultKey::generate(7);
+    let own_path = work.path().join("vault.key");
+    own.save(&own_path).expect("vault key saved");
+    let dir = work.path().join("production");
+    let report = datadonor_intake::init::init(
+        &dir,
+        Some(&datadonor_analytics::keys::pub_path(&own_path)),
+        now,
+    )
+    .expect("init with the steward's vault key");
+    assert!(report.vault_private_key.is_none());
+    assert!(!dir.join("vault-private").exists());
+    let configured = VaultPublicKey::load(&dir.join("vault.pub")).expect("vault.pub");
+    assert_eq!(configured, own.public());
+}
