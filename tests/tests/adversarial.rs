@@ -59,7 +59,7 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArra
 use arrow::datatypes::{DataType, Field, Schema};
 use datadonor_analytics::audit::{audit_batches, audit_log};
 use datadonor_analytics::ledger::{
-    decode_records, encode_record, verify_ledger, LedgerError, STATE_FILE,
+    decode_records, encode_record, verify_ledger, LedgerError, LedgerView, STATE_FILE,
 };
 use datadonor_analytics::ledger_http::HttpLedger;
 use datadonor_analytics::query::{open_study, run_query, QueryInputs, QueryOutcome};
@@ -1090,15 +1090,8 @@ async fn ledger_client_outlives_the_idle_cut_off() {
         let view = verify_ledger(&ledger, verifiers, None).expect("the first read");
         std::thread::sleep(pause);
         let store = BatchStore::open(&research.batches).expect("store");
-        let approvers = [research.steward.public_key()];
-        let inputs = QueryInputs {
-            spec: &s,
-            approval: &approval,
-            study: &research.study,
-            approvers: &approvers,
-            now: SystemClock.now(),
-        };
-        let outcome = run_query(&inputs, &view, &store, &research.vault, &ledger)
+        let outcome = research
+            .run(&s, &approval, &view, &store, &ledger)
             .expect("the run is logged after the cut-off");
         std::thread::sleep(pause);
         let view = verify_ledger(&ledger, verifiers, None).expect("a read after the cut-off");
@@ -1216,6 +1209,26 @@ impl Research {
         }
     }
 
+    /// Run an approved query now with the real engine, the steward as the only approver.
+    fn run(
+        &self,
+        spec: &QuerySpec,
+        approval: &SignedObject,
+        view: &LedgerView,
+        store: &BatchStore,
+        ledger: &HttpLedger,
+    ) -> Result<QueryOutcome, AnalyticsError> {
+        let approvers = [self.steward.public_key()];
+        let inputs = QueryInputs {
+            spec,
+            approval,
+            study: &self.study,
+            approvers: &approvers,
+            now: SystemClock.now(),
+        };
+        run_query(&inputs, view, store, &self.vault, ledger)
+    }
+
     fn approve(&self, spec: &QuerySpec, not_before: i64, not_after: i64) -> SignedObject {
         QueryApproval {
             format: datadonor_schemas::PROTOCOL_VERSION,
@@ -1285,15 +1298,7 @@ async fn run_approved(
         let ledger = access.client();
         let view = verify_ledger(&ledger, std::slice::from_ref(&access.verifier), None)?;
         let store = BatchStore::open(batches.as_deref().unwrap_or(&research.batches))?;
-        let approvers = [research.steward.public_key()];
-        let inputs = QueryInputs {
-            spec: &spec,
-            approval: &approval,
-            study: &research.study,
-            approvers: &approvers,
-            now: SystemClock.now(),
-        };
-        run_query(&inputs, &view, &store, &research.vault, &ledger)
+        research.run(&spec, &approval, &view, &store, &ledger)
     })
     .await
     .expect("the query task")
