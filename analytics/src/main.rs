@@ -516,7 +516,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             study,
             out,
         } => {
-            let q = load_spec(&spec)?;
+            let file = load_spec(&spec)?;
+            let q = &file.spec;
             if researcher != q.researcher {
                 return Err(AnalyticsError::Refused(format!(
                     "--researcher {researcher:?} is not the spec's researcher {:?}",
@@ -529,11 +530,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let bytes =
                     std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
                 let def = open_study(&bytes, &[key.public_key()])?;
-                q.validate(&def).map_err(|e| {
-                    let e = e.to_string();
-                    let e = e.strip_prefix("refused: ").unwrap_or(&e).to_string();
-                    AnalyticsError::Refused(format!("{}: {e}", spec.display()))
-                })?;
+                file.validate(&def)?;
             }
             let mut approval_id = [0u8; 16];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut approval_id)
@@ -564,7 +561,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             plot,
         } => {
             let approvers_keys = load_approvers(&approvers)?;
-            let q = load_spec(&spec)?;
+            let file = load_spec(&spec)?;
             let approval_bytes = std::fs::read(&approval)
                 .with_context(|| format!("reading {}", approval.display()))?;
             let approval_obj = SignedObject::from_bytes(&approval_bytes)
@@ -572,11 +569,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let study_bytes =
                 std::fs::read(&study).with_context(|| format!("reading {}", study.display()))?;
             let def = open_study(&study_bytes, &approvers_keys)?;
+            file.validate(&def)?;
             let vault = VaultKey::load(&vault_key)?;
             let store = BatchStore::open(&batches)?;
             let (view, sink) = open_ledger(&ledger, true)?;
             let inputs = QueryInputs {
-                spec: &q,
+                spec: &file.spec,
                 approval: &approval_obj,
                 study: &def,
                 approvers: &approvers_keys,

@@ -6,11 +6,13 @@
 //! nothing is returned before the `query_run` entry has been appended.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::pseudonym::Pseudonym;
-use datadonor_schemas::query::{check_approval, Measure, MeasureOp, QueryApproval, QuerySpec};
+use datadonor_schemas::query::{
+    check_approval, spec_key_line, Measure, MeasureOp, QueryApproval, QuerySpec,
+};
 use datadonor_schemas::signing::{Context, PublicKey, Signed, SignedObject};
 use datadonor_schemas::study::StudyDefinition;
 use datadonor_schemas::time::UnixSeconds;
@@ -326,15 +328,52 @@ pub fn run_query(
     })
 }
 
+/// A query spec read from a file, with its text, so that errors can name the line.
+#[derive(Debug, Clone)]
+pub struct SpecFile {
+    /// The parsed spec.
+    pub spec: QuerySpec,
+    /// Where it was read from.
+    pub path: PathBuf,
+    text: String,
+}
+
+impl SpecFile {
+    /// Check the spec against its study; a refusal names the file, the line and the key, as
+    /// `q.toml:7: group_by[1]: "hba1c" is a measure; only dimensions can be grouped by`.
+    pub fn validate(&self, study: &StudyDefinition) -> Result<(), AnalyticsError> {
+        self.spec.check(study).map_err(|e| {
+            let what = e.error.to_string();
+            let what = ["refused: ", "invalid query: "]
+                .iter()
+                .find_map(|p| what.strip_prefix(p))
+                .unwrap_or(&what);
+            // "filter: ..." under the key `filter` says it once.
+            let name = e.key.split('[').next().unwrap_or_default();
+            let what = what.strip_prefix(&format!("{name}: ")).unwrap_or(what);
+            let file = self.path.display();
+            AnalyticsError::Refused(match spec_key_line(&self.text, &e.key) {
+                Some(line) => format!("{file}:{line}: {}: {what}", e.key),
+                None => format!("{file}: {}: {what}", e.key),
+            })
+        })
+    }
+}
+
 /// Read a spec file; errors name the file and carry the TOML line, column and key.
-pub fn load_spec(path: &Path) -> Result<QuerySpec, AnalyticsError> {
+pub fn load_spec(path: &Path) -> Result<SpecFile, AnalyticsError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", path.display())))?;
-    QuerySpec::from_toml(&text).map_err(|e| {
+    let spec = QuerySpec::from_toml(&text).map_err(|e| {
         AnalyticsError::Refused(format!(
             "{}: {}",
             path.display(),
             e.to_string().replace('\n', " ")
         ))
+    })?;
+    Ok(SpecFile {
+        spec,
+        path: path.to_path_buf(),
+        text,
     })
 }

@@ -240,21 +240,32 @@ fn refusals_have_one_line_reasons() {
                 "op = \"mean\"\nfield = \"systolic\"",
                 "op = \"max\"\nfield = \"systolic\"",
             ),
-            "max is refused: an extreme value is one donor's row-level value",
+            "26: measures[3]: max is refused: an extreme value is one donor's row-level value",
         ),
         (
             QUERY.replace(
                 "op = \"mean\"\nfield = \"systolic\"",
                 "op = \"min\"\nfield = \"systolic\"",
             ),
-            "min is refused: an extreme value is one donor's row-level value",
+            "26: measures[3]: min is refused: an extreme value is one donor's row-level value",
         ),
         (
             QUERY.replace(
                 "group_by = [\"region\", \"t2d\"]",
                 "group_by = [\"region\", \"donor\"]",
             ),
-            "grouping by pseudonym would publish per-donor rows",
+            "7: group_by[1]: grouping by pseudonym would publish per-donor rows",
+        ),
+        (
+            QUERY.replace(
+                "values = [\"18-19\", \"20-29\", \"30-39\"]",
+                "values = [\"18-19\", \"20-29\", \"30-40\"]",
+            ),
+            "11: filter: \"30-40\" is not a value of age_band",
+        ),
+        (
+            QUERY.replace("field = \"hba1c\"", "field = \"age_band\""),
+            "17: measures[1]: \"age_band\" is not a numeric measure",
         ),
     ] {
         std::fs::write(s.p("bad.toml"), &text).expect("write");
@@ -280,17 +291,13 @@ fn refusals_have_one_line_reasons() {
             ],
         );
         assert_eq!(code, 3);
-        assert_eq!(
-            stderr,
-            format!("datadonor-analytics: refused: <TMP>/bad.toml: {reason}\n")
-        );
-        // ... and so does query, whatever the approval.
+        // Errors name the file, the line and the key.
+        let refusal = format!("datadonor-analytics: refused: <TMP>/bad.toml:{reason}\n");
+        assert_eq!(stderr, refusal);
+        // ... and so does query, whatever the approval, before it reads any batch or ledger.
         let (code, _, stderr) = query(&s, &s.s("bad.toml"), "q.approval", &[]);
         assert_eq!(code, 3);
-        assert_eq!(
-            stderr,
-            format!("{WARN}datadonor-analytics: refused: {reason}\n")
-        );
+        assert_eq!(stderr, refusal);
     }
     // purpose mismatch between the researcher flag and the spec is refused at approval time
     let (code, _, stderr) = run(

@@ -230,109 +230,153 @@ impl QuerySpec {
 
     /// Check the spec against its study; refuses disclosive requests with a reason.
     pub fn validate(&self, study: &StudyDefinition) -> Result<(), QueryError> {
+        self.check(study).map_err(|e| e.error)
+    }
+
+    /// [`Self::validate`], naming the spec key the error concerns (see [`SpecError`]).
+    pub fn check(&self, study: &StudyDefinition) -> Result<(), SpecError> {
+        let at = |key: &str| {
+            let key = key.to_string();
+            move |error| SpecError { key, error }
+        };
         if self.study != study.id {
-            return Err(QueryError::Invalid(format!(
+            return Err(at("study")(QueryError::Invalid(format!(
                 "spec is for study {}, not {}",
                 self.study, study.id
-            )));
+            ))));
         }
         if !study.purpose_codes().any(|p| p == self.purpose) {
-            return Err(QueryError::Invalid(format!(
+            return Err(at("purpose")(QueryError::Invalid(format!(
                 "purpose {:?} is not one of the study's",
                 self.purpose
-            )));
+            ))));
         }
         if self.researcher.trim().is_empty() {
-            return Err(QueryError::Invalid("researcher is required".into()));
+            return Err(at("researcher")(QueryError::Invalid(
+                "researcher is required".into(),
+            )));
         }
         if self.measures.is_empty() {
-            return Err(QueryError::Invalid(
+            return Err(at("measures")(QueryError::Invalid(
                 "at least one measure is required".into(),
-            ));
+            )));
         }
         if self.group_by.len() > 4 {
-            return Err(QueryError::Refused("at most 4 group-by dimensions".into()));
+            return Err(at("group_by")(QueryError::Refused(
+                "at most 4 group-by dimensions".into(),
+            )));
         }
         for (i, g) in self.group_by.iter().enumerate() {
-            if g == crate::study::DONOR_COLUMN {
-                return Err(QueryError::Refused(
-                    "grouping by pseudonym would publish per-donor rows".into(),
-                ));
+            let twice = self.group_by.iter().skip(i + 1).any(|h| h == g);
+            check_group_by(g, twice, study).map_err(at(&format!("group_by[{i}]")))?;
+        }
+        for (i, m) in self.measures.iter().enumerate() {
+            check_measure(m, study).map_err(at(&format!("measures[{i}]")))?;
+        }
+        if let Some(f) = &self.filter {
+            validate_filter(f, study, 0).map_err(at("filter"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A spec validation error with the key it concerns: a top-level key of the spec (`study`,
+/// `purpose`, `measures`, `filter`, ...) or an element of an array (`group_by[1]`, the third
+/// `[[measures]]` table as `measures[2]`). [`spec_key_line`] finds its line in the TOML text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {error}")]
+pub struct SpecError {
+    /// The key.
+    pub key: String,
+    /// What is wrong.
+    pub error: QueryError,
+}
+
+/// The 1-based line of the TOML text where `key` (as in [`SpecError::key`]) is written, if the
+/// text parses and holds it.
+pub fn spec_key_line(text: &str, key: &str) -> Option<usize> {
+    let (name, index) = match key.strip_suffix(']').and_then(|k| k.split_once('[')) {
+        Some((name, i)) => (name, Some(i.parse::<usize>().ok()?)),
+        None => (key, None),
+    };
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let (k, item) = doc.as_table().get_key_value(name)?;
+    let span = match (index, item) {
+        (Some(i), toml_edit::Item::Value(toml_edit::Value::Array(a))) => a.get(i)?.span(),
+        (Some(i), toml_edit::Item::ArrayOfTables(t)) => t.get(i)?.span(),
+        _ => k.span().or_else(|| item.span()),
+    }?;
+    Some(text.get(..span.start)?.matches('\n').count() + 1)
+}
+
+fn check_group_by(g: &str, twice: bool, study: &StudyDefinition) -> Result<(), QueryError> {
+    if g == crate::study::DONOR_COLUMN {
+        return Err(QueryError::Refused(
+            "grouping by pseudonym would publish per-donor rows".into(),
+        ));
+    }
+    if twice {
+        return Err(QueryError::Invalid(format!("group_by names {g:?} twice")));
+    }
+    if g == PERIOD_COLUMN {
+        return Ok(());
+    }
+    match study.field(g) {
+        Some(f) if f.role == Role::Dimension => Ok(()),
+        Some(_) => Err(QueryError::Refused(format!(
+            "{g:?} is a measure; only dimensions can be grouped by"
+        ))),
+        None => Err(QueryError::Invalid(format!(
+            "group_by: no field {g:?} in the study"
+        ))),
+    }
+}
+
+fn check_measure(m: &Measure, study: &StudyDefinition) -> Result<(), QueryError> {
+    match m.op {
+        MeasureOp::Min | MeasureOp::Max => Err(QueryError::Refused(
+            format!(
+                "{:?} is refused: an extreme value is one donor's row-level value",
+                m.op
+            )
+            .to_lowercase(),
+        )),
+        MeasureOp::Donors | MeasureOp::Rows => {
+            if m.field.is_some() || m.q.is_some() {
+                return Err(QueryError::Invalid(format!(
+                    "{:?} takes no field and no q",
+                    m.op
+                )));
             }
-            if self.group_by.iter().skip(i + 1).any(|h| h == g) {
-                return Err(QueryError::Invalid(format!("group_by names {g:?} twice")));
-            }
-            if g == PERIOD_COLUMN {
-                continue;
-            }
-            match study.field(g) {
-                Some(f) if f.role == Role::Dimension => {}
+            Ok(())
+        }
+        MeasureOp::Sum | MeasureOp::Mean | MeasureOp::Std | MeasureOp::Quantile => {
+            let name = m
+                .field
+                .as_deref()
+                .ok_or_else(|| QueryError::Invalid(format!("{:?} needs a field", m.op)))?;
+            match study.field(name).map(|f| (f.role, f.field_type())) {
+                Some((Role::Measure, FieldType::Number { .. })) => {}
                 Some(_) => {
-                    return Err(QueryError::Refused(format!(
-                        "{g:?} is a measure; only dimensions can be grouped by"
+                    return Err(QueryError::Invalid(format!(
+                        "{name:?} is not a numeric measure"
                     )))
                 }
                 None => {
                     return Err(QueryError::Invalid(format!(
-                        "group_by: no field {g:?} in the study"
+                        "measure: no field {name:?} in the study"
                     )))
                 }
             }
-        }
-        for m in &self.measures {
-            match m.op {
-                MeasureOp::Min | MeasureOp::Max => {
-                    return Err(QueryError::Refused(
-                        format!(
-                            "{:?} is refused: an extreme value is one donor's row-level value",
-                            m.op
-                        )
-                        .to_lowercase(),
-                    ))
+            match (m.op, m.q) {
+                (MeasureOp::Quantile, Some(q)) if q > 0.0 && q < 1.0 => Ok(()),
+                (MeasureOp::Quantile, _) => {
+                    Err(QueryError::Invalid("quantile needs q in (0, 1)".into()))
                 }
-                MeasureOp::Donors | MeasureOp::Rows => {
-                    if m.field.is_some() || m.q.is_some() {
-                        return Err(QueryError::Invalid(format!(
-                            "{:?} takes no field and no q",
-                            m.op
-                        )));
-                    }
-                }
-                MeasureOp::Sum | MeasureOp::Mean | MeasureOp::Std | MeasureOp::Quantile => {
-                    let name = m
-                        .field
-                        .as_deref()
-                        .ok_or_else(|| QueryError::Invalid(format!("{:?} needs a field", m.op)))?;
-                    match study.field(name).map(|f| (f.role, f.field_type())) {
-                        Some((Role::Measure, FieldType::Number { .. })) => {}
-                        Some(_) => {
-                            return Err(QueryError::Invalid(format!(
-                                "{name:?} is not a numeric measure"
-                            )))
-                        }
-                        None => {
-                            return Err(QueryError::Invalid(format!(
-                                "measure: no field {name:?} in the study"
-                            )))
-                        }
-                    }
-                    match (m.op, m.q) {
-                        (MeasureOp::Quantile, Some(q)) if q > 0.0 && q < 1.0 => {}
-                        (MeasureOp::Quantile, _) => {
-                            return Err(QueryError::Invalid("quantile needs q in (0, 1)".into()))
-                        }
-                        (_, Some(_)) => {
-                            return Err(QueryError::Invalid("only quantile takes q".into()))
-                        }
-                        _ => {}
-                    }
-                }
+                (_, Some(_)) => Err(QueryError::Invalid("only quantile takes q".into())),
+                _ => Ok(()),
             }
         }
-        if let Some(f) = &self.filter {
-            validate_filter(f, study, 0)?;
-        }
-        Ok(())
     }
 }
 
@@ -514,4 +558,74 @@ pub fn check_approval(
         )));
     }
     Ok(signed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = include_str!("../../examples/t2d-query.toml");
+    const STUDY: &str = include_str!("../../examples/t2d-study.toml");
+
+    fn located(text: &str) -> (String, Option<usize>) {
+        let study = StudyDefinition::from_toml(STUDY).expect("example study");
+        let spec = QuerySpec::from_toml(text).expect("parses");
+        let e = spec.check(&study).expect_err("refused");
+        assert_eq!(spec.validate(&study), Err(e.error.clone()));
+        let line = spec_key_line(text, &e.key);
+        (e.key, line)
+    }
+
+    #[test]
+    fn a_validation_error_names_its_key_and_line() {
+        let study = StudyDefinition::from_toml(STUDY).expect("example study");
+        let spec = QuerySpec::from_toml(SPEC).expect("example spec");
+        assert_eq!(spec.check(&study), Ok(()));
+        let cases = [
+            (SPEC.replace("\"t2d\"]", "\"hba1c\"]"), "group_by[1]", 7),
+            (
+                SPEC.replace("field = \"systolic\"", "field = \"weight\""),
+                "measures[3]",
+                26,
+            ),
+            (SPEC.replace("\"30-39\"", "\"30-40\""), "filter", 11),
+            (SPEC.replace("t2d-epidemiology", "marketing"), "purpose", 3),
+            // An array written over several lines: the element's own line.
+            (
+                SPEC.replace(
+                    "group_by = [\"region\", \"t2d\"]",
+                    "group_by = [\n  \"region\",\n  \"donor\",\n]",
+                ),
+                "group_by[1]",
+                9,
+            ),
+            // An inline filter table.
+            (
+                SPEC.replace(
+                    "[filter]\nnot = { in = { field = \"age_band\", values = [\"18-19\", \"20-29\", \"30-39\"] } }",
+                    "",
+                )
+                .replace(
+                    "k = 5",
+                    "k = 5\nfilter = { cmp = { field = \"bmi\", op = \"eq\", value = \"high\" } }",
+                ),
+                "filter",
+                7,
+            ),
+        ];
+        for (text, key, line) in cases {
+            assert_eq!(located(&text), (key.to_string(), Some(line)), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_key_the_text_does_not_hold_has_no_line() {
+        assert_eq!(spec_key_line(SPEC, "group_by[9]"), None);
+        assert_eq!(spec_key_line(SPEC, "measures[4]"), None);
+        assert_eq!(spec_key_line(SPEC, "epsilon"), None);
+        assert_eq!(spec_key_line(SPEC, "group_by[x]"), None);
+        assert_eq!(spec_key_line("k = ", "k"), None);
+        assert_eq!(spec_key_line(SPEC, "measures[0]"), Some(14));
+        assert_eq!(spec_key_line(SPEC, "study"), Some(2));
+    }
 }
