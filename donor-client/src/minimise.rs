@@ -57,7 +57,8 @@ use jiff::civil::Date;
 use serde::Serialize;
 
 use crate::import::{
-    self, CodeSystem, Demographics, ImportError, ImportReport, Sex, SourceItem, SourceValue,
+    self, CodeSystem, Demographics, ImportError, ImportReport, ProblemKind, Sex, SourceItem,
+    SourceValue,
 };
 
 /// Why something from the export does not leave the device. Every item the minimiser receives
@@ -144,6 +145,12 @@ pub struct MinimiseReport {
     pub dropped: BTreeMap<DropReason, u64>,
     /// Records the importer skipped, by the importer's reason.
     pub import_skipped: BTreeMap<String, u64>,
+    /// The importer's sampled problems with the data (file, record, field, what), in the order
+    /// met: a record it could not read, not one it leaves out on purpose. They may quote the
+    /// source, so like the preview they stay on the device.
+    pub import_problems: Vec<String>,
+    /// Problems beyond those sampled.
+    pub import_problems_omitted: u64,
 }
 
 impl MinimiseReport {
@@ -156,7 +163,7 @@ impl MinimiseReport {
             *self.dropped.entry(reason).or_insert(0) += n;
         }
     }
-    /// Merge the importer's skip counts.
+    /// Merge the importer's skip counts and its sampled problems of skipped records.
     pub fn add_import_report(&mut self, r: &ImportReport) {
         for (reason, n) in r.skipped.iter().chain(r.skipped_components.iter()) {
             *self
@@ -164,6 +171,15 @@ impl MinimiseReport {
                 .entry(reason.describe().to_string())
                 .or_insert(0) += n;
         }
+        for p in &r.samples {
+            if matches!(
+                p.kind,
+                ProblemKind::Skipped(_) | ProblemKind::ComponentSkipped(_)
+            ) {
+                self.import_problems.push(p.to_string());
+            }
+        }
+        self.import_problems_omitted += r.samples_omitted;
     }
 }
 

@@ -164,9 +164,24 @@ impl Preview {
                 "  {n:>8}  records skipped by the importer: {reason}\n"
             ));
         }
+        let problems = &self.report.import_problems;
+        if !problems.is_empty() {
+            out.push_str("\nRecords the importer could not read:\n");
+            for p in problems.iter().take(PROBLEMS_SHOWN) {
+                out.push_str(&format!("  {p}\n"));
+            }
+            let more = (problems.len().saturating_sub(PROBLEMS_SHOWN) as u64)
+                + self.report.import_problems_omitted;
+            if more > 0 {
+                out.push_str(&format!("  ... and {more} more (counted above)\n"));
+            }
+        }
         out
     }
 }
+
+/// Problems of the importer listed in the text preview; the rest are counted.
+const PROBLEMS_SHOWN: usize = 10;
 
 /// One line of the table: cells padded to the column widths, two spaces apart.
 fn table_line<'a>(cells: impl Iterator<Item = &'a str>, widths: &[usize]) -> String {

@@ -227,3 +227,57 @@ fn preview_json_on_a_shared_fhir_bundle_matches_the_golden_file() {
         assert!(!got.contains(needle), "{needle} in the preview");
     }
 }
+
+/// A record the importer cannot read is skipped, counted, and named in the preview by file,
+/// line and field.
+#[test]
+fn preview_names_the_file_line_and_field_of_a_record_it_could_not_read() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let export = tmp.path().join("export");
+    std::fs::create_dir(&export).expect("mkdir");
+    let source = support::shared().join("data/synthea_csv");
+    for f in ["patients.csv", "observations.csv", "conditions.csv"] {
+        std::fs::copy(source.join(f), export.join(f)).expect("copy");
+    }
+    let obs = std::fs::read_to_string(export.join("observations.csv")).expect("read");
+    let mut lines: Vec<String> = obs.lines().map(str::to_string).collect();
+    assert!(lines[0].starts_with("DATE,"), "{}", lines[0]);
+    let (date, rest) = lines[5].split_once(',').expect("a row");
+    assert!(date.starts_with("20") || date.starts_with("19"), "{date}");
+    lines[5] = format!("2019-13-45T99:00:00Z,{rest}");
+    std::fs::write(export.join("observations.csv"), lines.join("\n") + "\n").expect("write");
+    let patients = std::fs::read_to_string(export.join("patients.csv")).expect("read");
+    let patient = patients
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split(',').next())
+        .expect("a patient id")
+        .to_string();
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&example_study()),
+            "--input",
+            s(&export),
+            "--patient",
+            &patient,
+            "--cpr",
+            "010172-1234",
+            "--postcode",
+            "5000",
+        ],
+        tmp.path(),
+    );
+    check(&out, 0, "");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        stdout.contains("records skipped by the importer: unparsable date"),
+        "{stdout}"
+    );
+    let want = format!(
+        "Records the importer could not read:\n  {}: line 6: field DATE: not a date \"2019-13-45T99:00:00Z\" (skipped: unparsable date)\n",
+        export.join("observations.csv").display()
+    );
+    assert!(stdout.contains(&want), "{stdout}");
+}
