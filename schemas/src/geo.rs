@@ -41,7 +41,7 @@ impl Region {
         }
     }
 
-    /// The official four-digit region code.
+    /// The official four-digit region code (DAGI, Danmarks Statistik).
     pub fn code(self) -> u16 {
         match self {
             Region::Nordjylland => 1081,
@@ -49,6 +49,22 @@ impl Region {
             Region::Syddanmark => 1083,
             Region::Hovedstaden => 1084,
             Region::Sjaelland => 1085,
+        }
+    }
+
+    /// The region of an official region code, if any.
+    pub fn from_code(code: u16) -> Option<Region> {
+        Region::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// The official name, e.g. "Region Sjælland".
+    pub fn name(self) -> &'static str {
+        match self {
+            Region::Nordjylland => "Region Nordjylland",
+            Region::Midtjylland => "Region Midtjylland",
+            Region::Syddanmark => "Region Syddanmark",
+            Region::Hovedstaden => "Region Hovedstaden",
+            Region::Sjaelland => "Region Sjælland",
         }
     }
 }
@@ -77,44 +93,48 @@ use Region::{
 const POSTCODE_TABLE: &[(u16, u16, Municipality)] = &[
     (1000, 2499, m(101, "København", H)),
     (2500, 2500, m(101, "København", H)),
-    (2600, 2600, m(175, "Rødovre", H)),
+    (2600, 2600, m(161, "Glostrup", H)),
     (2605, 2605, m(153, "Brøndby", H)),
     (2610, 2610, m(175, "Rødovre", H)),
     (2620, 2620, m(165, "Albertslund", H)),
-    (2625, 2625, m(167, "Hvidovre", H)),
+    (2625, 2625, m(187, "Vallensbæk", H)),
     (2630, 2630, m(169, "Høje-Taastrup", H)),
     (2635, 2635, m(183, "Ishøj", H)),
     (2640, 2640, m(169, "Høje-Taastrup", H)),
     (2650, 2650, m(167, "Hvidovre", H)),
     (2660, 2660, m(153, "Brøndby", H)),
     (2665, 2665, m(187, "Vallensbæk", H)),
-    (2670, 2670, m(151, "Ballerup", H)),
-    (2680, 2680, m(350, "Lejre", S)),
+    (2670, 2670, m(253, "Greve", S)),
+    (2680, 2680, m(269, "Solrød", S)),
     (2690, 2690, m(253, "Greve", S)),
     (2700, 2700, m(101, "København", H)),
     (2720, 2720, m(101, "København", H)),
-    (2730, 2730, m(161, "Glostrup", H)),
+    (2730, 2730, m(163, "Herlev", H)),
     (2740, 2750, m(151, "Ballerup", H)),
-    (2760, 2760, m(190, "Furesø", H)),
-    (2765, 2765, m(159, "Gladsaxe", H)),
+    (2760, 2760, m(151, "Ballerup", H)),
+    (2765, 2765, m(240, "Egedal", H)),
     (2770, 2770, m(185, "Tårnby", H)),
     (2791, 2791, m(155, "Dragør", H)),
     (2800, 2800, m(173, "Lyngby-Taarbæk", H)),
-    (2820, 2830, m(157, "Gentofte", H)),
+    (2820, 2820, m(157, "Gentofte", H)),
+    (2830, 2830, m(173, "Lyngby-Taarbæk", H)),
     (2840, 2840, m(230, "Rudersdal", H)),
     (2850, 2850, m(230, "Rudersdal", H)),
     (2860, 2880, m(159, "Gladsaxe", H)),
     (2900, 2930, m(157, "Gentofte", H)),
     (2942, 2970, m(223, "Hørsholm", H)),
-    (2980, 2990, m(217, "Helsingør", H)),
+    (2980, 2990, m(210, "Fredensborg", H)),
     (3000, 3199, m(217, "Helsingør", H)),
     (3200, 3299, m(270, "Gribskov", H)),
     (3300, 3399, m(260, "Halsnæs", H)),
     (3400, 3499, m(219, "Hillerød", H)),
     (3500, 3599, m(190, "Furesø", H)),
-    (3600, 3699, m(240, "Egedal", H)),
+    (3600, 3649, m(250, "Frederikssund", H)),
+    (3650, 3699, m(240, "Egedal", H)),
     (3700, 3799, m(400, "Bornholm", H)),
-    (4000, 4099, m(265, "Roskilde", S)),
+    (4000, 4049, m(265, "Roskilde", S)),
+    (4050, 4050, m(250, "Frederikssund", H)),
+    (4051, 4099, m(265, "Roskilde", S)),
     (4100, 4199, m(329, "Ringsted", S)),
     (4200, 4299, m(330, "Slagelse", S)),
     (4300, 4399, m(316, "Holbæk", S)),
@@ -140,16 +160,25 @@ const POSTCODE_TABLE: &[(u16, u16, Municipality)] = &[
     (6500, 6599, m(575, "Vejen", Y)),
     (6600, 6699, m(575, "Vejen", Y)),
     (6700, 6799, m(561, "Esbjerg", Y)),
-    (6800, 6899, m(573, "Varde", Y)),
+    (6800, 6879, m(573, "Varde", Y)),
+    (6880, 6880, m(760, "Ringkøbing-Skjern", M)),
+    (6881, 6892, m(573, "Varde", Y)),
+    (6893, 6893, m(760, "Ringkøbing-Skjern", M)),
+    (6894, 6899, m(573, "Varde", Y)),
     (6900, 6999, m(760, "Ringkøbing-Skjern", M)),
     (7000, 7099, m(607, "Fredericia", Y)),
-    (7100, 7199, m(630, "Vejle", Y)),
-    (7200, 7299, m(530, "Billund", Y)),
-    (7300, 7399, m(630, "Vejle", Y)),
+    (7100, 7129, m(630, "Vejle", Y)),
+    (7130, 7172, m(766, "Hedensted", M)),
+    (7173, 7189, m(630, "Vejle", Y)),
+    (7190, 7269, m(530, "Billund", Y)),
+    (7270, 7299, m(657, "Herning", M)),
+    (7300, 7329, m(630, "Vejle", Y)),
+    (7330, 7399, m(756, "Ikast-Brande", M)),
     (7400, 7499, m(657, "Herning", M)),
     (7500, 7599, m(661, "Holstebro", M)),
     (7600, 7699, m(665, "Lemvig", M)),
-    (7700, 7799, m(787, "Thisted", N)),
+    (7700, 7789, m(787, "Thisted", N)),
+    (7790, 7799, m(671, "Struer", M)),
     (7800, 7899, m(779, "Skive", M)),
     (7900, 7999, m(773, "Morsø", N)),
     (8000, 8299, m(751, "Aarhus", M)),
@@ -230,5 +259,38 @@ mod tests {
         assert_eq!(region_of_postcode("80000"), None);
         assert_eq!(region_of_postcode("80a0"), None);
         assert_eq!(region_of_postcode(""), None);
+    }
+
+    /// Postcodes next to a region border, where a coarse range would put the donor in the
+    /// neighbouring region.
+    #[test]
+    fn postcodes_at_region_borders() {
+        use Region::{Hovedstaden, Midtjylland, Nordjylland, Sjaelland, Syddanmark};
+        for (postcode, region, municipality) in [
+            ("2665", Hovedstaden, 187), // Vallensbæk Strand
+            ("2670", Sjaelland, 253),   // Greve
+            ("2680", Sjaelland, 269),   // Solrød Strand
+            ("4040", Sjaelland, 265),   // Jyllinge
+            ("4050", Hovedstaden, 250), // Skibby
+            ("4060", Sjaelland, 265),   // Kirke Såby
+            ("6870", Syddanmark, 573),  // Ølgod
+            ("6880", Midtjylland, 760), // Tarm
+            ("6893", Midtjylland, 760), // Hemmet
+            ("7120", Syddanmark, 630),  // Vejle Øst
+            ("7130", Midtjylland, 766), // Juelsminde
+            ("7171", Midtjylland, 766), // Uldum
+            ("7173", Syddanmark, 630),  // Vonge
+            ("7190", Syddanmark, 530),  // Billund
+            ("7280", Midtjylland, 657), // Sønder Felding
+            ("7323", Syddanmark, 630),  // Give
+            ("7330", Midtjylland, 756), // Brande
+            ("7362", Midtjylland, 756), // Hampen
+            ("7770", Nordjylland, 787), // Vestervig
+            ("7790", Midtjylland, 671), // Thyholm
+        ] {
+            let m = municipality_of_postcode(postcode).expect(postcode);
+            assert_eq!((m.region, m.code), (region, municipality), "{postcode}");
+            assert_eq!(region_of_postcode(postcode), Some(region), "{postcode}");
+        }
     }
 }

@@ -10,62 +10,19 @@
 //! municipalities is listed (at least ten per region), so within a region the
 //! large towns are somewhat over-represented; the regional split is right.
 
-/// One of the five Danish regions (regioner), in force since 2007.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Region {
-    /// Region Nordjylland, code 1081.
-    Nordjylland,
-    /// Region Midtjylland, code 1082.
-    Midtjylland,
-    /// Region Syddanmark, code 1083.
-    Syddanmark,
-    /// Region Hovedstaden, code 1084.
-    Hovedstaden,
-    /// Region Sjælland, code 1085.
-    Sjaelland,
-}
+pub use datadonor_schemas::geo::Region;
 
-impl Region {
-    /// All regions, in order of their codes.
-    pub const ALL: [Region; 5] = [
-        Region::Nordjylland,
-        Region::Midtjylland,
-        Region::Syddanmark,
-        Region::Hovedstaden,
-        Region::Sjaelland,
-    ];
-
-    /// The official region code (1081–1085), as used by Danmarks Statistik
-    /// and DAGI.
-    pub fn code(self) -> u16 {
-        match self {
-            Region::Nordjylland => 1081,
-            Region::Midtjylland => 1082,
-            Region::Syddanmark => 1083,
-            Region::Hovedstaden => 1084,
-            Region::Sjaelland => 1085,
-        }
-    }
-
-    /// The official name, e.g. "Region Sjælland".
-    pub fn name(self) -> &'static str {
-        match self {
-            Region::Nordjylland => "Region Nordjylland",
-            Region::Midtjylland => "Region Midtjylland",
-            Region::Syddanmark => "Region Syddanmark",
-            Region::Hovedstaden => "Region Hovedstaden",
-            Region::Sjaelland => "Region Sjælland",
-        }
-    }
-
-    /// The region for an official region code, if any.
-    pub fn from_code(code: u16) -> Option<Region> {
-        Region::ALL.into_iter().find(|r| r.code() == code)
-    }
-
+/// What the generator knows of a region beyond the protocol's [`Region`].
+pub trait RegionPopulation {
     /// Share of the Danish population living in the region (Danmarks
     /// Statistik, 1 January 2024, rounded); the shares sum to 1.
-    pub fn population_share(self) -> f64 {
+    fn population_share(self) -> f64;
+    /// The municipalities of this region listed in [`MUNICIPALITIES`].
+    fn municipalities(self) -> impl Iterator<Item = &'static Municipality>;
+}
+
+impl RegionPopulation for Region {
+    fn population_share(self) -> f64 {
         match self {
             Region::Hovedstaden => 0.317,
             Region::Sjaelland => 0.144,
@@ -75,8 +32,7 @@ impl Region {
         }
     }
 
-    /// The municipalities of this region listed in [`MUNICIPALITIES`].
-    pub fn municipalities(self) -> impl Iterator<Item = &'static Municipality> {
+    fn municipalities(self) -> impl Iterator<Item = &'static Municipality> {
         MUNICIPALITIES.iter().filter(move |m| m.region == self)
     }
 }

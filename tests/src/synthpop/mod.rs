@@ -93,7 +93,7 @@ pub use self::clinical::{
 };
 pub use self::csv::write_synthea_csv;
 pub use self::fhir::{bundle_json, write_fhir_bundle, write_ndjson};
-pub use self::geo::{Municipality, Region};
+pub use self::geo::{Municipality, Region, RegionPopulation};
 
 use std::fmt;
 
