@@ -261,6 +261,34 @@ mod tests {
         assert_eq!(region_of_postcode(""), None);
     }
 
+    /// PROTOCOL.md carries the table; it must be this one.
+    #[test]
+    fn protocol_documents_this_table() {
+        let doc = include_str!("../../PROTOCOL.md");
+        let start = doc
+            .find("Postcode ranges → municipality:")
+            .expect("the section");
+        let block = doc[start..]
+            .split("```text\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("the table block");
+        let documented: Vec<String> = block.split_whitespace().map(str::to_string).collect();
+        let ours: Vec<String> = POSTCODE_TABLE
+            .iter()
+            .map(|(a, b, m)| {
+                if a == b {
+                    format!("{a}:{}", m.code)
+                } else {
+                    format!("{a}-{b}:{}", m.code)
+                }
+            })
+            .collect();
+        assert_eq!(documented, ours);
+        let count = format!("the {} codes of the table", municipalities().len());
+        assert!(doc.contains(&count), "PROTOCOL.md should say {count:?}");
+    }
+
     /// Postcodes next to a region border, where a coarse range would put the donor in the
     /// neighbouring region.
     #[test]
