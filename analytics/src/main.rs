@@ -124,8 +124,8 @@ enum Cmd {
         /// Vault key file.
         #[arg(long)]
         vault_key: PathBuf,
-        /// Only this study (default: every study in the directory).
-        #[arg(long)]
+        /// Only this study id (default: every study in the directory); `--study` as in `audit`.
+        #[arg(long, visible_alias = "study")]
         study_id: Option<String>,
         /// Rows per rewritten batch.
         #[arg(long, default_value_t = 1_000_000)]

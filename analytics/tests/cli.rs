@@ -372,3 +372,59 @@ fn usage_errors_exit_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn compact_erases_withdrawn_donors_and_logs_each_erasure() {
+    use datadonor_analytics::ledger::decode_records;
+    use datadonor_analytics::testkit::withdraw;
+    use datadonor_schemas::ledger::LedgerEntry;
+
+    let s = setup();
+    let study = StudyDefinition::from_toml(STUDY).expect("study");
+    let mut ledger = std::fs::read(s.p("ledger.log")).expect("ledger");
+    for i in 0..3 {
+        ledger.extend(encode_record(
+            &withdraw(&study, donor(i), 1_800_000_000).to_bytes(),
+        ));
+    }
+    std::fs::write(s.p("ledger.log"), ledger).expect("ledger");
+    let compact = [
+        "compact",
+        "--batches",
+        &s.s("batches"),
+        "--vault-key",
+        &s.s("vault.key"),
+        "--study",
+        "t2d-dk",
+        "--ledger-file",
+        &s.s("ledger.log"),
+    ];
+    let (code, stdout, stderr) = run(&s, &compact);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("t2d-dk: 3 donors erased, 1 batches removed, 1 written, ")
+            && stdout.ends_with(" rows kept, 3 ledger entries\n"),
+        "{stdout}"
+    );
+    let path = s.p("ledger.log");
+    let records =
+        decode_records(&std::fs::read(&path).expect("ledger"), &path).expect("the ledger decodes");
+    let erased: Vec<_> = records
+        .iter()
+        .filter_map(|r| match LedgerEntry::from_bytes(r) {
+            Ok(LedgerEntry::ErasureDone { pseudonym, .. }) => Some(pseudonym),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(erased.len(), 3);
+    for i in 0..3 {
+        assert!(erased.contains(&donor(i)), "donor {i} has no erasure entry");
+    }
+    // Nothing left to erase: a second run rewrites nothing and logs nothing.
+    let (code, stdout, stderr) = run(&s, &compact);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("t2d-dk: 0 donors erased, 0 batches removed, 0 written, "),
+        "{stdout}"
+    );
+}
