@@ -92,6 +92,19 @@ pub fn init(
             dir.display()
         )));
     }
+    // A given vault key is read before anything is written, so a bad one leaves no directory
+    // behind.
+    let given_vault = match vault_public_key {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(Error::io(format!("reading {}", p.display())))?;
+            Some(
+                parse_vault_public_key(&bytes).ok_or_else(|| {
+                    Error::Init(format!("{}: not a vault public key", p.display()))
+                })?,
+            )
+        }
+        None => None,
+    };
     std::fs::create_dir_all(dir.join("keys")).map_err(Error::io("creating keys/"))?;
     for sub in ["tls", "studies", "steward", "ledger", "batches"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(Error::io(format!("creating {sub}/")))?;
@@ -133,12 +146,8 @@ pub fn init(
 
     // Vault.
     let mut vault_private_key = None;
-    let vault = match vault_public_key {
-        Some(p) => {
-            let bytes = std::fs::read(p).map_err(Error::io(format!("reading {}", p.display())))?;
-            parse_vault_public_key(&bytes)
-                .ok_or_else(|| Error::Init(format!("{}: not a vault public key", p.display())))?
-        }
+    let vault = match given_vault {
+        Some(v) => v,
         None => {
             let (sk, pk) = HpkePrivateKey::generate();
             let file = VaultPrivateKeyFile {

@@ -54,7 +54,32 @@ fn load(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<Config>
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("datadonor-intake: error: {}", chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, without repeating a cause its context already quotes.
+fn chain(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -69,8 +94,7 @@ fn main() -> anyhow::Result<()> {
             vault_public_key,
         } => {
             let r =
-                datadonor_intake::init::init(&dir, vault_public_key.as_deref(), SystemClock.now())
-                    .with_context(|| format!("init {}", dir.display()))?;
+                datadonor_intake::init::init(&dir, vault_public_key.as_deref(), SystemClock.now())?;
             println!("initialised {}", r.dir.display());
             println!("auditor token (also in auditor.token; hand it over, then delete that file):");
             println!("{}", r.auditor_token.as_str());
@@ -107,7 +131,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::RotateKey { dir } => {
             let config = Config::load_dir(&dir)?;
-            let id = datadonor_intake::rotate_transport_key(&config, SystemClock.now())?;
+            let id = datadonor_intake::rotate_transport_key(&config, SystemClock.now())
+                .with_context(|| format!("rotate-key {}", dir.display()))?;
             println!("new transport key id {id}; restart the intake to serve it");
         }
     }
