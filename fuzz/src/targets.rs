@@ -163,7 +163,8 @@ pub fn study(data: &[u8]) -> bool {
     toml_ok || json_ok
 }
 
-/// A researcher's query spec (TOML), validated against the vectors' study and hashed.
+/// A researcher's query spec (TOML), hashed and checked against the vectors' study, with the
+/// line of the key a refusal names.
 pub fn query(data: &[u8]) -> bool {
     let Some(f) = fixture() else { return false };
     let Ok(text) = std::str::from_utf8(data) else {
@@ -173,7 +174,14 @@ pub fn query(data: &[u8]) -> bool {
         return false;
     };
     let _ = spec.hash();
-    spec.validate(&f.study).is_ok()
+    match spec.check(&f.study) {
+        Ok(()) => true,
+        Err(e) => {
+            // The line a refusal names: must be found (or not) without panicking.
+            let _ = datadonor_schemas::query::spec_key_line(text, &e.key);
+            false
+        }
+    }
 }
 
 /// The header of a sealed batch file.
