@@ -17,7 +17,7 @@ use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 use zeroize::Zeroizing;
 
-use crate::ledger::{LedgerSink, LedgerView};
+use crate::ledger::{logged_at, LedgerSink, LedgerView};
 use crate::sealed::{open_batch_file, seal_batch, BatchError, BatchErrorKind};
 use crate::store::BatchStore;
 use crate::vault::VaultKey;
@@ -69,6 +69,7 @@ pub fn compact(
     now: UnixSeconds,
     opts: CompactOptions,
 ) -> Result<CompactionReport, AnalyticsError> {
+    let started = std::time::Instant::now();
     let withdrawn: HashSet<Pseudonym> = ledger
         .consent_states(study)
         .into_iter()
@@ -158,7 +159,7 @@ pub fn compact(
     for p in pending {
         let (rows, batches) = report.erased.get(&p.to_hex()).cloned().unwrap_or_default();
         sink.append(&LedgerEntry::ErasureDone {
-            time: now,
+            time: logged_at(now, started),
             study_id: study.clone(),
             pseudonym: p,
             rows_erased: rows,

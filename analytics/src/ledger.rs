@@ -158,6 +158,13 @@ pub trait LedgerSink {
     fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError>;
 }
 
+/// The time to log an entry with at the end of a run that started at `now` (taken at `since`):
+/// `now` advanced by the run's duration. A long compaction or query logs the time it finishes,
+/// which the intake checks against its own clock (`PROTOCOL.md`: within 5 minutes).
+pub fn logged_at(now: UnixSeconds, since: std::time::Instant) -> UnixSeconds {
+    now.saturating_add(i64::try_from(since.elapsed().as_secs()).unwrap_or(i64::MAX))
+}
+
 fn parse_entries(raw: &[Vec<u8>], first: u64) -> Result<Vec<LedgerEntry>, LedgerError> {
     raw.iter()
         .enumerate()

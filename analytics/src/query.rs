@@ -19,7 +19,7 @@ use datadonor_schemas::time::UnixSeconds;
 
 use crate::disclosure::{self, CellKey, Suppression};
 use crate::engine::{AggregateTable, QueryEngine};
-use crate::ledger::{Appended, LedgerSink, LedgerView};
+use crate::ledger::{logged_at, Appended, LedgerSink, LedgerView};
 use crate::sealed::open_batch_file;
 use crate::store::BatchStore;
 use crate::vault::VaultKey;
@@ -303,6 +303,7 @@ pub fn run_query(
     vault: &VaultKey,
     sink: &dyn LedgerSink,
 ) -> Result<QueryOutcome, AnalyticsError> {
+    let started = std::time::Instant::now();
     authorize(inputs, ledger)?;
     let allowed = allowed_donors(inputs, ledger);
     let engine = QueryEngine::new(inputs.spec, inputs.study, &allowed)?;
@@ -310,7 +311,7 @@ pub fn run_query(
     let k = inputs.spec.effective_k(inputs.study);
     let table = apply_disclosure(&agg, inputs.spec, k)?;
     let entry = LedgerEntry::QueryRun {
-        time: inputs.now,
+        time: logged_at(inputs.now, started),
         study_id: inputs.study.id.clone(),
         query_sha256: inputs.spec.hash(),
         approval_sha256: inputs.approval.payload_digest(),

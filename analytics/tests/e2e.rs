@@ -693,3 +693,72 @@ q = 0.9
         }
     }
 }
+
+/// A sink that takes a second over its first append, like a slow link to the intake.
+struct SlowSink<'a> {
+    inner: &'a MemoryLedger,
+    first: std::sync::atomic::AtomicBool,
+}
+
+impl datadonor_analytics::ledger::LedgerSink for SlowSink<'_> {
+    fn append(
+        &self,
+        entry: &LedgerEntry,
+    ) -> Result<datadonor_analytics::ledger::Appended, datadonor_analytics::ledger::LedgerError>
+    {
+        if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        self.inner.append(entry)
+    }
+}
+
+/// An entry is timed when it is logged: the run's start plus its duration, so that a long
+/// compaction is not refused by the intake for a start time more than 5 minutes back.
+#[test]
+fn erasure_entries_are_timed_when_they_are_logged() {
+    let w = world();
+    for i in 0..6 {
+        w.ledger
+            .push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
+    }
+    let mut rng = Rng::new(9);
+    let hex: Vec<String> = (0..6).map(|i| donor(i).to_hex()).collect();
+    let mut df =
+        datadonor_analytics::testkit::synthetic_frame(&w.study, &hex, 60, &mut rng).expect("rows");
+    store(&w, &mut df, 0);
+    w.ledger.push(&withdraw(&w.study, donor(1), NOW - 50));
+    w.ledger.push(&withdraw(&w.study, donor(2), NOW - 40));
+    let sink = SlowSink {
+        inner: &w.ledger,
+        first: std::sync::atomic::AtomicBool::new(true),
+    };
+    compact(
+        &w.store,
+        &w.study.id,
+        &w.vault,
+        &view(&w),
+        &sink,
+        NOW,
+        CompactOptions::default(),
+    )
+    .expect("compacts");
+    let times: Vec<i64> = w
+        .ledger
+        .parsed()
+        .iter()
+        .filter_map(|e| match e {
+            LedgerEntry::ErasureDone { time, .. } => Some(*time),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(times.len(), 2);
+    assert!(
+        times.iter().all(|t| (NOW..NOW + 60).contains(t)),
+        "{times:?}"
+    );
+    assert!(
+        times[1] > NOW,
+        "the second entry kept the start time: {times:?}"
+    );
+}

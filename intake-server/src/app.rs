@@ -478,7 +478,7 @@ async fn ledger_event(
         return Err(Problem::UnknownStudy);
     }
     if (entry.time() - s.0.clock.now()).abs() > EVENT_CLOCK_SKEW_SECS {
-        return Err(Problem::BadRequest);
+        return Err(Problem::EventTimeSkew);
     }
     let ack = s.0.commit.submit_event(entry).await?;
     Ok(Json(ack))

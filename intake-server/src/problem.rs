@@ -84,6 +84,9 @@ pub enum Problem {
     /// 403: a ledger event of a type analytics may not append.
     #[error("forbidden entry type")]
     ForbiddenEntryType,
+    /// 422: a ledger event's time is more than 5 minutes from the intake's clock.
+    #[error("event time too far from the intake's clock")]
+    EventTimeSkew,
     /// 400: anything else the client got wrong (query parameters, content type, JSON).
     #[error("bad request")]
     BadRequest,
@@ -103,7 +106,7 @@ pub enum Problem {
 
 impl Problem {
     /// Every problem, for metrics and documentation.
-    pub const ALL: [Problem; 28] = [
+    pub const ALL: [Problem; 29] = [
         Problem::BodyTooLarge,
         Problem::MalformedEnvelope,
         Problem::UnknownKeyId,
@@ -127,6 +130,7 @@ impl Problem {
         Problem::RateLimited,
         Problem::Unauthorized,
         Problem::ForbiddenEntryType,
+        Problem::EventTimeSkew,
         Problem::BadRequest,
         Problem::NotFound,
         Problem::Timeout,
@@ -160,6 +164,7 @@ impl Problem {
             Problem::RateLimited => "rate-limited",
             Problem::Unauthorized => "unauthorized",
             Problem::ForbiddenEntryType => "forbidden-entry-type",
+            Problem::EventTimeSkew => "event-time-skew",
             Problem::BadRequest => "bad-request",
             Problem::NotFound => "not-found",
             Problem::Timeout => "timeout",
@@ -187,7 +192,8 @@ impl Problem {
             | Problem::SchemaMismatch
             | Problem::ValueOutOfRange
             | Problem::TooManyRows
-            | Problem::PseudonymMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            | Problem::PseudonymMismatch
+            | Problem::EventTimeSkew => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::IdempotencyConflict | Problem::AlreadyWithdrawn => StatusCode::CONFLICT,
             Problem::UnknownConsent | Problem::NotFound => StatusCode::NOT_FOUND,
             Problem::WithdrawalKeyMismatch | Problem::ForbiddenEntryType => StatusCode::FORBIDDEN,

@@ -76,12 +76,18 @@ async fn analytics_appends_query_runs_with_its_token_only() {
         (s, slug(&b).as_str()),
         (StatusCode::BAD_REQUEST, "bad-request")
     );
-    let mut stale = query_run(&env, "t2d-dk");
-    if let LedgerEntry::QueryRun { time, .. } = &mut stale {
-        *time -= 3600;
+    for skew in [-301, 301, -3600] {
+        let mut skewed = query_run(&env, "t2d-dk");
+        if let LedgerEntry::QueryRun { time, .. } = &mut skewed {
+            *time += skew;
+        }
+        let (s, b) = post_event(&env, Some(token), skewed.to_bytes()).await;
+        assert_eq!(
+            (s, slug(&b).as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "event-time-skew"),
+            "{skew} s"
+        );
     }
-    let (s, _) = post_event(&env, Some(token), stale.to_bytes()).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(
         env.snapshot().0,
         before,

@@ -439,7 +439,10 @@ impl CprRegister {
             let candidate = date * 10_000 + (serial + step) % 10_000;
             let text = format!("{candidate:010}");
             if cpr_birth_date(&text) == birth && self.issued.insert(candidate) {
+                // The free-text note quotes the number too.
+                let old = donor.cpr_display();
                 donor.cpr = text;
+                donor.note = donor.note.replace(&old, &donor.cpr_display());
                 return true;
             }
         }

@@ -231,6 +231,7 @@ fn cpr_numbers_are_unique_in_a_population() {
         assert_eq!(cpr_birth_date(&d.cpr), Some(d.birth_date));
         assert_eq!(cpr_sex(&d.cpr), Some(d.sex));
         assert_eq!(d.cpr[..6], original.cpr[..6]);
+        assert!(d.note.contains(&d.cpr_display()), "{}", d.note);
     }
 }
 
