@@ -1,0 +1,211 @@
+//! The steward's, researcher's and auditor's commands of README's "Running the parts by hand",
+//! run as the `datadonor-analytics` binary against a real intake over HTTPS: the demo steward
+//! key and tokens `init` wrote (`@FILE`), the dev CA, the ledger read through the auditor
+//! endpoints and the runs and erasures appended through `POST /v1/ledger/events`.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use datadonor_intake::app::ENVELOPE_CONTENT_TYPE;
+use datadonor_intake::testkit;
+use datadonor_schemas::time::{Clock, SystemClock};
+
+const QUERY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/t2d-query.toml");
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Run the CLI on a blocking thread, so that the intake keeps serving on the test's runtime.
+async fn analytics(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_datadonor-analytics"))
+            .args(&args)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("the CLI task")
+}
+
+fn ok(what: &str, out: &Output) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{what}: {stderr}\n{stdout}");
+    (stdout, stderr)
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|a| a.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
+    let data = tempfile::tempdir().expect("intake dir");
+    let d = data.path();
+    let config = testkit::init_test_dir(d).expect("init");
+    let intake = datadonor_intake::start(config)
+        .await
+        .expect("the intake starts");
+    let url = intake.base_url();
+    let work = tempfile::tempdir().expect("work dir");
+    let w = |name: &str| -> PathBuf { work.path().join(name) };
+
+    // Six donations over HTTPS, as the donor client would send them.
+    let pem = std::fs::read(d.join("tls/ca.pem")).expect("dev CA");
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
+        .build()
+        .expect("client");
+    let study = testkit::load_study(d, "t2d-dk").expect("study");
+    let hpke = testkit::current_hpke_key(d).expect("transport key");
+    let mut donations = Vec::new();
+    for _ in 0..6 {
+        let mut b = testkit::DonationBuilder::new(&study, hpke);
+        b.n_rows = 4;
+        let donation = b.build().expect("donation");
+        let resp = client
+            .post(format!("{url}/v1/donations"))
+            .header("content-type", ENVELOPE_CONTENT_TYPE)
+            .body(donation.envelope.clone())
+            .send()
+            .await
+            .expect("sent");
+        assert!(resp.status().is_success(), "{}", resp.status());
+        donations.push(donation);
+    }
+
+    let ledger_flags = |state: &Path| {
+        args(&[
+            "--ledger",
+            &url,
+            "--auditor-token",
+            &format!("@{}", s(&d.join("auditor.token"))),
+            "--ca",
+            &s(&d.join("tls/ca.pem")),
+            "--state-dir",
+            &s(state),
+        ])
+    };
+    let analytics_token = format!("@{}", s(&d.join("analytics.token")));
+
+    // Steward: approve the example query with init's demo steward key.
+    let out = analytics(args(&[
+        "approve",
+        "--spec",
+        QUERY,
+        "--key",
+        &s(&d.join("steward/steward.key")),
+        "--researcher",
+        "researcher@sdu.example",
+        "--valid-days",
+        "30",
+        "--max-runs",
+        "3",
+        "--study",
+        &s(&d.join("studies/t2d-dk.json")),
+        "--out",
+        &s(&w("q.approval")),
+    ]))
+    .await;
+    ok("approve", &out);
+
+    // Researcher: the run is logged to the intake's ledger over HTTPS.
+    let mut query = args(&[
+        "query",
+        "--spec",
+        QUERY,
+        "--approval",
+        &s(&w("q.approval")),
+        "--study",
+        &s(&d.join("studies/t2d-dk.json")),
+        "--approvers",
+        &s(&d.join("steward/steward.key.pub")),
+        "--batches",
+        &s(&d.join("batches/t2d-dk")),
+        "--vault-key",
+        &s(&d.join("vault-private/vault.key")),
+        "--analytics-token",
+        &analytics_token,
+        "--out",
+        &s(&w("q.csv")),
+    ]);
+    query.extend(ledger_flags(&w("researcher")));
+    let (stdout, stderr) = ok("query", &analytics(query).await);
+    assert!(stdout.contains("HbA1c and BMI by region"), "{stdout}");
+    // 1 key rotation, then a consent and a donation each: the run is entry 13.
+    assert!(
+        stderr.contains("logged query_run at ledger index 13 ("),
+        "{stderr}"
+    );
+    assert!(w("q.csv").is_file());
+
+    // A donor withdraws; the steward compacts: one erasure, logged.
+    let withdrawal = donations[0].withdrawal(SystemClock.now());
+    let resp = client
+        .post(format!("{url}/v1/withdrawals"))
+        .header("content-type", "application/json")
+        .body(withdrawal)
+        .send()
+        .await
+        .expect("sent");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let mut compact = args(&[
+        "compact",
+        "--batches",
+        &s(&d.join("batches/t2d-dk")),
+        "--vault-key",
+        &s(&d.join("vault-private/vault.key")),
+        "--study",
+        "t2d-dk",
+        "--analytics-token",
+        &analytics_token,
+    ]);
+    compact.extend(ledger_flags(&w("steward")));
+    let (stdout, _) = ok("compact", &analytics(compact).await);
+    assert!(
+        stdout.starts_with("t2d-dk: 1 donors erased, ") && stdout.ends_with(" 1 ledger entries\n"),
+        "{stdout}"
+    );
+
+    // Auditor: the log verifies and grew by the run, the withdrawal and the erasure; a second
+    // audit checks consistency with the head the first one kept.
+    let auditor = w("auditor");
+    let mut log = args(&["audit", "log"]);
+    log.extend(ledger_flags(&auditor));
+    let (stdout, _) = ok("audit log", &analytics(log.clone()).await);
+    assert!(stdout.contains("size: 16\n"), "{stdout}");
+    assert!(stdout.contains("no previously verified head"), "{stdout}");
+    let (stdout, _) = ok("audit log again", &analytics(log).await);
+    assert!(stdout.contains("size: 16\n"), "{stdout}");
+    assert!(!stdout.contains("no previously verified head"), "{stdout}");
+
+    let mut queries = args(&["audit", "queries"]);
+    queries.extend(ledger_flags(&auditor));
+    let (stdout, _) = ok("audit queries", &analytics(queries).await);
+    assert!(stdout.contains("totals: 1 runs"), "{stdout}");
+
+    let mut batches = args(&[
+        "audit",
+        "batches",
+        "--study",
+        "t2d-dk",
+        "--batches",
+        &s(&d.join("batches/t2d-dk")),
+        "--vault-key",
+        &s(&d.join("vault-private/vault.key")),
+        "--html",
+        &s(&w("report.html")),
+    ]);
+    batches.extend(ledger_flags(&auditor));
+    let (stdout, _) = ok("audit batches", &analytics(batches).await);
+    assert!(
+        stdout.contains("study t2d-dk: ") && stdout.contains(" 5 donors, 0 violations"),
+        "{stdout}"
+    );
+    assert!(w("report.html").is_file());
+
+    intake.shutdown().await.expect("the intake stops");
+}
