@@ -5,6 +5,7 @@
 
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::query::QueryApproval;
 use datadonor_schemas::signing::PublicKey;
 use datadonor_schemas::study::{
     FieldType, Granularity, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN,
@@ -166,5 +167,43 @@ pub fn withdraw(study: &StudyDefinition, p: Pseudonym, time: UnixSeconds) -> Led
         pseudonym: p,
         consent_record_id: [p.0[3]; 16],
         withdrawal_sha256: [1; 32],
+    }
+}
+
+/// An approval of query `[id; 32]` under approval id `[id; 16]`, for the study's
+/// `t2d-epidemiology` purpose and researcher `r@sdu.example`, valid from `now - 100` to
+/// `now + 1000`.
+pub fn approval(study: &StudyDefinition, id: u8, max_runs: u32, now: UnixSeconds) -> QueryApproval {
+    QueryApproval {
+        format: 1,
+        approval_id: [id; 16],
+        query_sha256: [id; 32],
+        study_id: study.id.clone(),
+        purpose: "t2d-epidemiology".into(),
+        researcher: "r@sdu.example".into(),
+        not_before: now - 100,
+        not_after: now + 1000,
+        max_runs,
+    }
+}
+
+/// A `query_run` entry of `approval` (whose signed form digests to `approval_sha256`): 40 donors
+/// considered, 6 cells published, 2 suppressed.
+pub fn query_run(
+    study: &StudyDefinition,
+    approval: &QueryApproval,
+    approval_sha256: [u8; 32],
+    time: UnixSeconds,
+) -> LedgerEntry {
+    LedgerEntry::QueryRun {
+        time,
+        study_id: study.id.clone(),
+        query_sha256: approval.query_sha256,
+        approval_sha256,
+        researcher: approval.researcher.clone(),
+        purpose: approval.purpose.clone(),
+        donors_considered: 40,
+        cells_published: 6,
+        cells_suppressed: 2,
     }
 }

@@ -9,13 +9,14 @@ use datadonor_analytics::ledger::{
     encode_record, verify_ledger, LedgerError, LocalLedgerFile, MemoryLedger, STATE_FILE,
 };
 use datadonor_analytics::store::BatchStore;
-use datadonor_analytics::testkit::{donor, grant, store_frame, synthetic_frame, withdraw, Rng};
+use datadonor_analytics::testkit::{
+    approval, donor, grant, query_run, store_frame, synthetic_frame, withdraw, Rng,
+};
 use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{self, MerkleLog};
-use datadonor_schemas::query::QueryApproval;
 use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::study::StudyDefinition;
@@ -93,48 +94,20 @@ fn consistent_log_passes_and_rewritten_log_is_refused() {
     );
 }
 
-fn approval(s: &StudyDefinition, id: u8, max_runs: u32) -> QueryApproval {
-    QueryApproval {
-        format: 1,
-        approval_id: [id; 16],
-        query_sha256: [id; 32],
-        study_id: s.id.clone(),
-        purpose: EPI.into(),
-        researcher: "r@sdu.example".into(),
-        not_before: NOW - 100,
-        not_after: NOW + 1000,
-        max_runs,
-    }
-}
-
-fn run(s: &StudyDefinition, a: &QueryApproval, digest: [u8; 32], time: i64) -> LedgerEntry {
-    LedgerEntry::QueryRun {
-        time,
-        study_id: s.id.clone(),
-        query_sha256: a.query_sha256,
-        approval_sha256: digest,
-        researcher: a.researcher.clone(),
-        purpose: a.purpose.clone(),
-        donors_considered: 40,
-        cells_published: 6,
-        cells_suppressed: 2,
-    }
-}
-
 #[test]
 fn queries_beyond_max_runs_outside_window_or_unapproved_are_flagged() {
     let s = study();
     let key = SigningKey::generate().expect("key");
     let l = MemoryLedger::new("datadonor.test/ledger").expect("ledger");
-    let a = approval(&s, 1, 2);
+    let a = approval(&s, 1, 2, NOW);
     let signed = a.sign(&key);
     let digest = signed.payload_digest();
     l.push(&grant(&s, donor(0), &[EPI], NOW + 86_400));
-    l.push(&run(&s, &a, digest, NOW)); // 1
-    l.push(&run(&s, &a, digest, NOW + 10)); // 2
-    l.push(&run(&s, &a, digest, NOW + 20)); // 3: beyond max runs
-    l.push(&run(&s, &a, digest, NOW + 5000)); // 4: beyond and expired
-    l.push(&run(&s, &a, [9; 32], NOW)); // no approval
+    l.push(&query_run(&s, &a, digest, NOW)); // 1
+    l.push(&query_run(&s, &a, digest, NOW + 10)); // 2
+    l.push(&query_run(&s, &a, digest, NOW + 20)); // 3: beyond max runs
+    l.push(&query_run(&s, &a, digest, NOW + 5000)); // 4: beyond and expired
+    l.push(&query_run(&s, &a, [9; 32], NOW)); // no approval
 
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("a1.json"), signed.to_bytes()).expect("write");

@@ -10,12 +10,13 @@ use std::process::Command;
 use datadonor_analytics::audit::short_pseudonym;
 use datadonor_analytics::ledger::{encode_record, STATE_FILE};
 use datadonor_analytics::store::BatchStore;
-use datadonor_analytics::testkit::{donor, grant, store_frame, synthetic_frame, withdraw, Rng};
+use datadonor_analytics::testkit::{
+    approval, donor, grant, query_run, store_frame, synthetic_frame, withdraw, Rng,
+};
 use datadonor_analytics::vault::VaultKey;
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{self, MerkleLog};
-use datadonor_schemas::query::QueryApproval;
 use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
 use datadonor_schemas::signing::{SignedObject, SigningKey};
 use datadonor_schemas::study::StudyDefinition;
@@ -402,39 +403,11 @@ fn audit_consents_prints_each_pseudonyms_timeline_and_totals() {
     )));
 }
 
-fn approval(w: &World, id: u8, max_runs: u32) -> QueryApproval {
-    QueryApproval {
-        format: 1,
-        approval_id: [id; 16],
-        query_sha256: [id; 32],
-        study_id: w.study.id.clone(),
-        purpose: EPI.into(),
-        researcher: "r@sdu.example".into(),
-        not_before: NOW - 100,
-        not_after: NOW + 1000,
-        max_runs,
-    }
-}
-
-fn run_entry(w: &World, a: &QueryApproval, approval_sha256: [u8; 32], time: i64) -> LedgerEntry {
-    LedgerEntry::QueryRun {
-        time,
-        study_id: w.study.id.clone(),
-        query_sha256: a.query_sha256,
-        approval_sha256,
-        researcher: a.researcher.clone(),
-        purpose: a.purpose.clone(),
-        donors_considered: 40,
-        cells_published: 6,
-        cells_suppressed: 2,
-    }
-}
-
 #[test]
 fn audit_queries_flags_runs_beyond_their_approval() {
     let mut w = world();
     let steward = SigningKey::generate().expect("steward key");
-    let a = approval(&w, 1, 2);
+    let a = approval(&w.study, 1, 2, NOW);
     let signed: SignedObject = a.sign(&steward);
     let digest = signed.payload_digest();
     std::fs::create_dir(w.p("approvals")).expect("dir");
@@ -444,15 +417,15 @@ fn audit_queries_flags_runs_beyond_their_approval() {
         format!("# stewards\n{}\n", steward.public_key().to_base64()),
     )
     .expect("approvers written");
-    let e = run_entry(&w, &a, digest, NOW); // index 8: run 1
+    let e = query_run(&w.study, &a, digest, NOW); // index 8: run 1
     w.push(&e);
-    let e = run_entry(&w, &a, digest, NOW + 10); // 9: run 2
+    let e = query_run(&w.study, &a, digest, NOW + 10); // 9: run 2
     w.push(&e);
-    let e = run_entry(&w, &a, digest, NOW + 20); // 10: run 3, beyond max runs
+    let e = query_run(&w.study, &a, digest, NOW + 20); // 10: run 3, beyond max runs
     w.push(&e);
-    let e = run_entry(&w, &a, digest, NOW + 5000); // 11: run 4, beyond and outside the window
+    let e = query_run(&w.study, &a, digest, NOW + 5000); // 11: run 4, beyond and outside the window
     w.push(&e);
-    let e = run_entry(&w, &a, [9; 32], NOW + 30); // 12: no approval
+    let e = query_run(&w.study, &a, [9; 32], NOW + 30); // 12: no approval
     w.push(&e);
     w.write_ledger(13);
 
@@ -521,7 +494,7 @@ fn audit_queries_flags_runs_beyond_their_approval() {
     let other = SigningKey::generate().expect("key");
     std::fs::write(
         w.p("approvals/a2.json"),
-        approval(&w, 2, 1).sign(&other).to_bytes(),
+        approval(&w.study, 2, 1, NOW).sign(&other).to_bytes(),
     )
     .expect("written");
     let mut a3 = args(
