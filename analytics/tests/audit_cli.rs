@@ -4,8 +4,9 @@
 //! runs, violations), the one-line refusal of a rewritten ledger, and self-contained `--html`
 //! reports.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use datadonor_analytics::audit::short_pseudonym;
 use datadonor_analytics::ledger::{encode_record, STATE_FILE};
@@ -83,19 +84,9 @@ impl World {
         ]
     }
 
-    /// Run the binary; (exit code, stdout, stderr), the temp dir replaced by `<TMP>`.
+    /// Run the binary in the world's directory (see [`common::run_in`]).
     fn run(&self, args: &[String]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_datadonor-analytics"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("the binary runs");
-        let tmp = self.dir.path().display().to_string();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).replace(&tmp, "<TMP>"),
-            String::from_utf8_lossy(&out.stderr).replace(&tmp, "<TMP>"),
-        )
+        common::run_in(self.dir.path(), args)
     }
 }
 

@@ -1,8 +1,9 @@
 //! Golden tests of the `datadonor-analytics` command line: arguments, exit status and stderr,
 //! for the happy path and every refusal path.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use datadonor_analytics::ledger::encode_record;
 use datadonor_analytics::store::BatchStore;
@@ -26,23 +27,9 @@ impl Setup {
     }
 }
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_datadonor-analytics"))
-}
-
-/// Run; return (exit code, stdout, stderr with the temp dir replaced by `<TMP>`).
+/// Run in the setup's directory (see [`common::run_in`]).
 fn run(s: &Setup, args: &[&str]) -> (i32, String, String) {
-    let out = bin()
-        .args(args)
-        .current_dir(s.dir.path())
-        .output()
-        .expect("runs");
-    let tmp = s.dir.path().display().to_string();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).replace(&tmp, "<TMP>"),
-    )
+    common::run_in(s.dir.path(), args)
 }
 
 fn ok(s: &Setup, args: &[&str]) -> String {
