@@ -331,6 +331,12 @@ impl Live {
         self.assert_refused(&r, status, slug, &before).await;
     }
 
+    /// Build a donation and expect it refused with nothing written.
+    async fn built_refused(&self, b: testkit::DonationBuilder<'_>, status: StatusCode, slug: &str) {
+        self.donation_refused(b.build().expect("builds").envelope, status, slug)
+            .await;
+    }
+
     /// Stop the intake (drained, committed, directory lock released).
     async fn stop(&mut self) {
         // Drop the pooled connections so that the drain does not wait for them.
@@ -412,12 +418,8 @@ async fn idempotency_key_reused_for_another_envelope() {
     // Another donor's donation under a stolen idempotency key.
     let mut b = live.builder();
     b.idempotency_key = d.idempotency_key;
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        StatusCode::CONFLICT,
-        "idempotency-conflict",
-    )
-    .await;
+    live.built_refused(b, StatusCode::CONFLICT, "idempotency-conflict")
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,12 +431,8 @@ async fn envelope_to_an_unknown_key_id() {
     for key_id in [0, live.hpke.0 + 1, u32::MAX] {
         let mut b = testkit::DonationBuilder::new(&live.study, (key_id, live.hpke.1));
         b.now = live.clock.now();
-        live.donation_refused(
-            b.build().expect("builds").envelope,
-            StatusCode::BAD_REQUEST,
-            "unknown-key-id",
-        )
-        .await;
+        live.built_refused(b, StatusCode::BAD_REQUEST, "unknown-key-id")
+            .await;
     }
 }
 
@@ -457,12 +455,8 @@ async fn envelope_to_a_retired_key_id() {
     live.clock.advance(i64::try_from(grace).expect("small") + 1);
     let mut b = testkit::DonationBuilder::new(&live.study, old);
     b.now = live.clock.now();
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        StatusCode::BAD_REQUEST,
-        "unknown-key-id",
-    )
-    .await;
+    live.built_refused(b, StatusCode::BAD_REQUEST, "unknown-key-id")
+        .await;
     // ... and no longer published; the new key works.
     let r = live.get("/v1/hpke-config", false).await;
     let list =
@@ -537,22 +531,14 @@ async fn manifest_with_a_forged_signature() {
     b.donor_key = Some(donor);
     b.pseudonym = m.pseudonym;
     b.manifest_bytes = Some(obj.to_bytes());
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        StatusCode::BAD_REQUEST,
-        "bad-signature",
-    )
-    .await;
+    live.built_refused(b, StatusCode::BAD_REQUEST, "bad-signature")
+        .await;
     // A manifest naming a victim's donor key, signed by the attacker's key.
     let victim = SigningKey::generate().expect("key");
     let mut b = live.builder();
     b.edit_manifest = Some(Box::new(move |m| m.donor_public_key = victim.public_key()));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        StatusCode::BAD_REQUEST,
-        "bad-signature",
-    )
-    .await;
+    live.built_refused(b, StatusCode::BAD_REQUEST, "bad-signature")
+        .await;
     // A payload changed after signing (the wrapper's payload replaced, signature kept).
     let donor = SigningKey::generate().expect("key");
     let p = testkit::random_pseudonym();
@@ -570,12 +556,8 @@ async fn manifest_with_a_forged_signature() {
     b.donor_key = Some(donor);
     b.pseudonym = p;
     b.manifest_bytes = Some(obj.to_bytes());
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        StatusCode::BAD_REQUEST,
-        "bad-signature",
-    )
-    .await;
+    live.built_refused(b, StatusCode::BAD_REQUEST, "bad-signature")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,30 +568,15 @@ async fn manifest_for_an_unknown_study() {
     b.edit_manifest = Some(Box::new(|m| {
         m.study_id = StudyId::new("flu-dk").expect("a valid study id");
     }));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        unprocessable,
-        "unknown-study",
-    )
-    .await;
+    live.built_refused(b, unprocessable, "unknown-study").await;
     // The served study, but a version the intake does not serve.
     let mut b = live.builder();
     b.edit_manifest = Some(Box::new(|m| m.study_version += 1));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        unprocessable,
-        "unknown-study",
-    )
-    .await;
+    live.built_refused(b, unprocessable, "unknown-study").await;
     // The right id and version, but consented to another rendition of the study.
     let mut b = live.builder();
     b.edit_manifest = Some(Box::new(|m| m.study_sha256[0] ^= 1));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        unprocessable,
-        "study-mismatch",
-    )
-    .await;
+    live.built_refused(b, unprocessable, "study-mismatch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,12 +591,8 @@ async fn manifest_with_a_purpose_outside_the_study() {
         let mut b = live.builder();
         let purposes: Vec<String> = purposes.iter().map(|p| p.to_string()).collect();
         b.edit_manifest = Some(Box::new(move |m| m.purposes = purposes));
-        live.donation_refused(
-            b.build().expect("builds").envelope,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "purpose-not-in-study",
-        )
-        .await;
+        live.built_refused(b, StatusCode::UNPROCESSABLE_ENTITY, "purpose-not-in-study")
+            .await;
     }
 }
 
@@ -644,33 +607,21 @@ async fn expired_consent() {
         m.given_at = now - 86_400;
         m.expires_at = now - 1;
     }));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        unprocessable,
-        "consent-expired",
-    )
-    .await;
+    live.built_refused(b, unprocessable, "consent-expired")
+        .await;
     // Longer than the study allows.
     let max = i64::from(live.study.definition.max_consent_days) * 86_400;
     let mut b = live.builder();
     b.edit_manifest = Some(Box::new(move |m| m.expires_at = m.given_at + max + 1));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        unprocessable,
-        "consent-expired",
-    )
-    .await;
+    live.built_refused(b, unprocessable, "consent-expired")
+        .await;
     // Accepted once, then a later donation under the same consent after it lapsed.
     let (d, _, _) = live.donate_ok(live.builder()).await;
     live.clock.set(d.manifest.expires_at + 1);
     let mut b = live.builder();
     b.reuse = Some((&d.manifest, &d.donor_key));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        unprocessable,
-        "consent-expired",
-    )
-    .await;
+    live.built_refused(b, unprocessable, "consent-expired")
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,22 +661,14 @@ async fn rows_outside_the_study_schema() {
         let mut b = live.builder();
         b.pseudonym = p;
         b.rows = Some(bad);
-        live.donation_refused(
-            b.build().expect("builds").envelope,
-            unprocessable,
-            "schema-mismatch",
-        )
-        .await;
+        live.built_refused(b, unprocessable, "schema-mismatch")
+            .await;
     }
     // Not Arrow IPC at all.
     let mut b = live.builder();
     b.rows_bytes = Some(b"donor,period\nabc,2023-01\n".to_vec());
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        StatusCode::BAD_REQUEST,
-        "malformed-rows",
-    )
-    .await;
+    live.built_refused(b, StatusCode::BAD_REQUEST, "malformed-rows")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,12 +707,8 @@ async fn rows_outside_ranges_and_enumerations() {
         let mut b = live.builder();
         b.pseudonym = p;
         b.rows = Some(replace_column(&rows, column, values));
-        live.donation_refused(
-            b.build().expect("builds").envelope,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "value-out-of-range",
-        )
-        .await;
+        live.built_refused(b, StatusCode::UNPROCESSABLE_ENTITY, "value-out-of-range")
+            .await;
     }
     // Rows of someone else under this donor's consent.
     let mut b = live.builder();
@@ -778,12 +717,8 @@ async fn rows_outside_ranges_and_enumerations() {
         &testkit::random_pseudonym(),
         2,
     ));
-    live.donation_refused(
-        b.build().expect("builds").envelope,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "pseudonym-mismatch",
-    )
-    .await;
+    live.built_refused(b, StatusCode::UNPROCESSABLE_ENTITY, "pseudonym-mismatch")
+        .await;
     // The untouched rows are accepted.
     let mut b = live.builder();
     b.pseudonym = p;
