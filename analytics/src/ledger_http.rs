@@ -76,17 +76,7 @@ fn http_err(url: &str, detail: impl std::fmt::Display) -> LedgerError {
 /// A transport error with its causes ("error sending request: connection closed before
 /// message completed"), for the message of a [`LedgerError::Http`].
 fn transport_err(url: &str, e: &reqwest::Error) -> LedgerError {
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !detail.ends_with(&s_text) {
-            detail.push_str(": ");
-            detail.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    http_err(url, detail)
+    http_err(url, datadonor_schemas::error_chain(e))
 }
 
 fn parse_proof(url: &str, proof: &[String]) -> Result<Vec<Hash>, LedgerError> {

@@ -303,17 +303,6 @@ fn unb64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Outcome of one attempt.
 enum Attempt {
     Done(Vec<u8>),
@@ -342,7 +331,7 @@ impl Intake {
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("datadonor/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ClientError::Config(chain(&e)))?;
+            .map_err(|e| ClientError::Config(datadonor_schemas::error_chain(&e)))?;
         Ok(Self {
             inner: Arc::new(Inner { http, base, config }),
         })
@@ -363,7 +352,7 @@ impl Intake {
             Err(e) => {
                 return Attempt::Retry(ClientError::Network {
                     url: url.to_string(),
-                    detail: chain(&e),
+                    detail: datadonor_schemas::error_chain(&e),
                 })
             }
         };
@@ -691,7 +680,7 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
                 out.extend_from_slice(&c);
             }
             Ok(None) => return Ok(out),
-            Err(e) => return Err(chain(&e)),
+            Err(e) => return Err(datadonor_schemas::error_chain(&e)),
         }
     }
 }

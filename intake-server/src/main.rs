@@ -58,25 +58,13 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("datadonor-intake: error: {}", chain(&e));
+            eprintln!(
+                "datadonor-intake: error: {}",
+                datadonor_schemas::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line, without repeating a cause its context already quotes.
-fn chain(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-    }
-    msg
 }
 
 fn run() -> anyhow::Result<()> {

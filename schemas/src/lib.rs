@@ -45,3 +45,43 @@ pub use wire::WireError;
 
 /// The protocol version carried by every message body in this crate.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// An error and its causes on one line, `error: cause: cause`, for the one-line messages of the
+/// CLIs and of transport errors. A cause whose text the line already holds (an error that quotes
+/// its source in its own message) is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Layer(&'static str, #[source] Option<Box<Layer>>);
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let inner = Layer("connection closed", None);
+        let quoting = Layer("sending: connection closed", Some(Box::new(inner)));
+        let outer = Layer("ledger append", Some(Box::new(quoting)));
+        assert_eq!(
+            super::error_chain(&outer),
+            "ledger append: sending: connection closed"
+        );
+        let plain = Layer(
+            "a",
+            Some(Box::new(Layer("b", Some(Box::new(Layer("c", None)))))),
+        );
+        assert_eq!(super::error_chain(&plain), "a: b: c");
+    }
+}
