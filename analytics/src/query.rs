@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::{
-    check_approval, spec_key_line, Measure, MeasureOp, QueryApproval, QuerySpec,
+    check_approval, spec_key_line, Measure, MeasureOp, QueryApproval, QueryError, QuerySpec,
 };
 use datadonor_schemas::signing::{Context, PublicKey, Signed, SignedObject};
 use datadonor_schemas::study::StudyDefinition;
@@ -344,14 +344,14 @@ impl SpecFile {
     /// `q.toml:7: group_by[1]: "hba1c" is a measure; only dimensions can be grouped by`.
     pub fn validate(&self, study: &StudyDefinition) -> Result<(), AnalyticsError> {
         self.spec.check(study).map_err(|e| {
-            let what = e.error.to_string();
-            let what = ["refused: ", "invalid query: "]
-                .iter()
-                .find_map(|p| what.strip_prefix(p))
-                .unwrap_or(&what);
+            // The reason itself, without the variant's "refused: " or "invalid query: ".
+            let what = match &e.error {
+                QueryError::Refused(m) | QueryError::Invalid(m) => m.clone(),
+                other => other.to_string(),
+            };
             // "filter: ..." under the key `filter` says it once.
             let name = e.key.split('[').next().unwrap_or_default();
-            let what = what.strip_prefix(&format!("{name}: ")).unwrap_or(what);
+            let what = what.strip_prefix(&format!("{name}: ")).unwrap_or(&what);
             let file = self.path.display();
             AnalyticsError::Refused(match spec_key_line(&self.text, &e.key) {
                 Some(line) => format!("{file}:{line}: {}: {what}", e.key),
