@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use datadonor_schemas::checkpoint::{self, NoteVerifier};
 use datadonor_schemas::envelope::HpkeConfigList;
-use datadonor_schemas::pseudonym::{self, Cpr, Pseudonym, ELEMENT_LEN};
+use datadonor_schemas::pseudonym::{Cpr, Pseudonym};
+use datadonor_schemas::threshold::{
+    self, AnswerError, EvaluateRequest, InstanceAnswer, ThresholdError, MAX_ANSWER_LEN,
+};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, VerifiedReceipt};
 use datadonor_schemas::signing::{Context, PublicKey, SignedObject};
 use datadonor_schemas::study::{StudyDefinition, StudyId};
@@ -90,6 +93,56 @@ pub enum ClientError {
     /// The ledger read endpoints need the auditor token.
     #[error("the ledger read endpoints need --auditor-token")]
     NoAuditorToken,
+    /// The study names no pseudonymisation service.
+    #[error("study {0} names no pseudonymisation service; no pseudonym can be computed for it")]
+    NoPseudonymiser(String),
+    /// Too few pseudonymiser instances gave a valid answer.
+    #[error("pseudonymisation: {0}")]
+    Pseudonymiser(ThresholdError),
+}
+
+/// A donor's pseudonym and how the instances answered.
+#[derive(Debug, Clone)]
+pub struct PseudonymOutcome {
+    /// The per-study pseudonym.
+    pub pseudonym: Pseudonym,
+    /// The instances whose answers were combined.
+    pub used: Vec<u16>,
+    /// Instances whose answers verified but were not needed.
+    pub spare: Vec<u16>,
+    /// Instances that were down or answered wrongly, and why.
+    pub rejected: Vec<AnswerError>,
+}
+
+/// A donor credential from the study's enrolment, sent to instances that require one. Never
+/// printed.
+#[derive(Clone)]
+pub struct DonorCredentialToken(Zeroizing<String>);
+
+impl DonorCredentialToken {
+    /// Wrap an `Authorization` value (`Bearer …`); a bare token gets the `Bearer ` prefix.
+    pub fn new(s: &str) -> Self {
+        let t = s.trim();
+        if t.starts_with("Bearer ") {
+            Self(Zeroizing::new(t.to_string()))
+        } else {
+            Self(Zeroizing::new(format!("Bearer {t}")))
+        }
+    }
+}
+
+impl std::fmt::Debug for DonorCredentialToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DonorCredentialToken(<redacted>)")
+    }
+}
+
+/// The slug of a problem document, escaped for display.
+fn problem_slug(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let t = v.get("type")?.as_str()?;
+    let slug = t.strip_prefix("urn:datadonor:problem:")?;
+    Some(slug.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect())
 }
 
 /// How donations are retried.
@@ -146,6 +199,8 @@ pub struct IntakeConfig {
     pub retry: RetryPolicy,
     /// Timeout of one request.
     pub timeout: Duration,
+    /// The donor credential pseudonymiser instances may require.
+    pub credential: Option<DonorCredentialToken>,
 }
 
 impl IntakeConfig {
@@ -159,6 +214,7 @@ impl IntakeConfig {
             steward_key: None,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(60),
+            credential: None,
         }
     }
 }
@@ -259,12 +315,6 @@ struct Problem {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OprfResponse {
-    evaluated: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ProofResponse {
     proof: Vec<String>,
 }
@@ -291,16 +341,6 @@ impl std::fmt::Debug for Intake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Intake({})", self.inner.base)
     }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn unb64(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 /// Outcome of one attempt.
@@ -337,6 +377,19 @@ impl Intake {
         })
     }
 
+    /// The same intake, sending `credential` to pseudonymiser instances.
+    pub fn with_credential(self, credential: DonorCredentialToken) -> Self {
+        let mut config = self.inner.config.clone();
+        config.credential = Some(credential);
+        Self {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                base: self.inner.base.clone(),
+                config,
+            }),
+        }
+    }
+
     /// The base URL.
     pub fn base_url(&self) -> &str {
         &self.inner.base
@@ -357,7 +410,7 @@ impl Intake {
             }
         };
         let status = resp.status();
-        let body = match read_limited(resp).await {
+        let body = match read_limited(resp, MAX_RESPONSE).await {
             Ok(b) => b,
             Err(detail) => {
                 return Attempt::Retry(ClientError::Network {
@@ -508,38 +561,81 @@ impl Intake {
         LedgerTrust::from_info(&fetched)
     }
 
-    /// `POST /v1/oprf` with one blinded element.
-    pub async fn oprf(
+    /// The donor's per-study pseudonym from the study's threshold pseudonymisation service:
+    /// blind the CPR, send `B` to every instance at once, verify each answer's proof against
+    /// the instance's public share, combine `t` of them, finalise, derive. Only `B` leaves the
+    /// device. Up to `n − t` instances may be down or answer wrongly.
+    pub async fn pseudonym(
         &self,
-        blinded: &[u8; ELEMENT_LEN],
-    ) -> Result<[u8; ELEMENT_LEN], ClientError> {
-        let p = "/v1/oprf";
-        let url = self.url(p);
-        let body = serde_json::json!({ "blinded": b64(blinded) }).to_string();
-        let b = self
-            .send(&url, true, || {
-                self.inner
-                    .http
+        cpr: &Cpr,
+        study: &StudyDefinition,
+    ) -> Result<PseudonymOutcome, ClientError> {
+        let config = study
+            .pseudonymiser
+            .as_ref()
+            .ok_or_else(|| ClientError::NoPseudonymiser(study.id.to_string()))?;
+        let blind = threshold::blind(cpr).map_err(ClientError::Pseudonymiser)?;
+        let req = serde_json::to_vec(&EvaluateRequest {
+            blinded: blind.blinded,
+        })
+        .unwrap_or_default();
+        let mut tasks = tokio::task::JoinSet::new();
+        for inst in &config.instances {
+            let (http, url, body, index) = (
+                self.inner.http.clone(),
+                format!("{}/v1/evaluate", inst.url),
+                req.clone(),
+                inst.index,
+            );
+            let credential = self.inner.config.credential.clone();
+            tasks.spawn(async move {
+                let mut rb = http
                     .post(&url)
                     .header("content-type", "application/json")
-                    .body(body.clone())
-            })
-            .await?;
-        let r: OprfResponse = serde_json::from_slice(&b).map_err(|e| self.bad(p, e))?;
-        unb64(&r.evaluated)
-            .and_then(|v| <[u8; ELEMENT_LEN]>::try_from(v.as_slice()).ok())
-            .ok_or_else(|| self.bad(p, "evaluated element is not 32 bytes of base64"))
-    }
-
-    /// The donor's per-study pseudonym: blind the CPR, one OPRF round trip, finalize, derive.
-    /// Only the blinded element leaves the device.
-    pub async fn pseudonym(&self, cpr: &Cpr, study: &StudyId) -> Result<Pseudonym, ClientError> {
-        let blind = pseudonym::blind(cpr).map_err(|e| self.bad("/v1/oprf", e))?;
-        let evaluated = self.oprf(&blind.blinded).await?;
-        let out = blind
-            .finalize(&evaluated)
-            .map_err(|e| self.bad("/v1/oprf", e))?;
-        Ok(out.study_pseudonym(study.as_str()))
+                    .body(body);
+                if let Some(c) = credential {
+                    rb = rb.header("authorization", c.0.as_str());
+                }
+                let unavailable = |detail: String| AnswerError::Unavailable { index, detail };
+                let resp = rb
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(datadonor_schemas::error_chain(&e)))?;
+                let status = resp.status();
+                let bytes = read_limited(resp, MAX_ANSWER_LEN)
+                    .await
+                    .map_err(unavailable)?;
+                if !status.is_success() {
+                    let slug = problem_slug(&bytes).unwrap_or_else(|| "no problem document".into());
+                    return Err(unavailable(format!("{} {slug}", status.as_u16())));
+                }
+                InstanceAnswer::from_json(&bytes).map_err(|e| AnswerError::Malformed {
+                    index,
+                    detail: e.to_string(),
+                })
+            });
+        }
+        let mut answers = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(a)) => answers.push(a),
+                Ok(Err(e)) => failed.push(e),
+                Err(e) => failed.push(AnswerError::Unavailable {
+                    index: 0,
+                    detail: e.to_string(),
+                }),
+            }
+        }
+        let combined = blind
+            .combine(config, &answers, failed)
+            .map_err(ClientError::Pseudonymiser)?;
+        Ok(PseudonymOutcome {
+            pseudonym: combined.output.study_pseudonym(study.id.as_str()),
+            used: combined.used,
+            spare: combined.spare,
+            rejected: combined.rejected,
+        })
     }
 
     /// `POST /v1/donations` with the envelope, retried with the same bytes; returns the
@@ -669,13 +765,13 @@ pub fn sha256(b: &[u8]) -> [u8; 32] {
     out
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
         match resp.chunk().await {
             Ok(Some(c)) => {
-                if out.len() + c.len() > MAX_RESPONSE {
-                    return Err(format!("response larger than {MAX_RESPONSE} bytes"));
+                if out.len() + c.len() > limit {
+                    return Err(format!("response larger than {limit} bytes"));
                 }
                 out.extend_from_slice(&c);
             }

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use datadonor_client::client::{AuditorToken, ClientError, Intake, IntakeConfig, PublishedStudy};
+use datadonor_client::client::{
+    AuditorToken, ClientError, DonorCredentialToken, Intake, IntakeConfig, PublishedStudy,
+};
 use datadonor_client::donation::{ConsentChoice, DonationError};
 use datadonor_client::keystore::{read_receipt, Keystore, KeystoreError, Passphrase};
 use datadonor_client::minimise::{minimise_paths, MinimiseError, MinimiseOptions};
@@ -78,9 +80,10 @@ struct ExportArgs {
 
 #[derive(Args)]
 struct TlsArgs {
-    /// CA certificate(s) (PEM) to trust for the intake.
+    /// CA certificate(s) (PEM) to trust for the intake and the pseudonymiser instances
+    /// (repeatable; a file may hold several certificates).
     #[arg(long, value_name = "PEM")]
-    ca: Option<PathBuf>,
+    ca: Vec<PathBuf>,
     /// Accept any server certificate. Development only.
     #[arg(long)]
     dangerous_accept_invalid_certs: bool,
@@ -127,6 +130,10 @@ struct DonateArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
+    /// The donor credential the study's enrolment issued (`@FILE`), for pseudonymiser
+    /// instances that require one.
+    #[arg(long, value_name = "@FILE")]
+    credential: Option<String>,
 }
 
 #[derive(Args)]
@@ -269,12 +276,18 @@ fn study_file_error(path: &Path, e: &StudyError) -> Failure {
 }
 
 fn tls_trust(args: &TlsArgs) -> Result<TrustAnchors, Failure> {
-    match (&args.ca, args.dangerous_accept_invalid_certs) {
+    match (args.ca.as_slice(), args.dangerous_accept_invalid_certs) {
         (_, true) => Ok(TrustAnchors::DangerousAcceptInvalidCerts),
-        (Some(ca), false) => std::fs::read(ca)
-            .map(TrustAnchors::CaPem)
-            .map_err(|e| fail(3, format!("{}: {e}", ca.display()))),
-        (None, false) => Err(fail(
+        (cas, false) if !cas.is_empty() => {
+            let mut pem = Vec::new();
+            for ca in cas {
+                let b = std::fs::read(ca).map_err(|e| fail(3, format!("{}: {e}", ca.display())))?;
+                pem.extend_from_slice(&b);
+                pem.push(b'\n');
+            }
+            Ok(TrustAnchors::CaPem(pem))
+        }
+        (_, false) => Err(fail(
             4,
             "the intake's CA is required: pass --ca <PEM> (there is no platform trust store)",
         )),
@@ -483,7 +496,14 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
     if let StudySource::File { definition, .. } = &source {
         datadonor_client::donation::check_choice(definition, &consent)?;
     }
-    let intake = intake_for(&args.intake, &args.tls, None)?;
+    let mut intake = intake_for(&args.intake, &args.tls, None)?;
+    if let Some(c) = &args.credential {
+        let text = match c.strip_prefix('@') {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| fail(3, format!("{p}: {e}")))?,
+            None => c.clone(),
+        };
+        intake = intake.with_credential(DonorCredentialToken::new(&text));
+    }
     let rt = runtime()?;
     let study = match source {
         StudySource::File {
@@ -539,6 +559,19 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         r
     })?;
     let path = ks.store_receipt(&outcome.stored)?;
+    println!(
+        "Pseudonym computed on this device from {} of {} pseudonymiser instances (instances {:?}); no instance saw your CPR number",
+        outcome.pseudonymisers_used.len(),
+        study
+            .definition
+            .pseudonymiser
+            .as_ref()
+            .map_or(0, |p| p.instances.len()),
+        outcome.pseudonymisers_used
+    );
+    for r in &outcome.pseudonymisers_rejected {
+        println!("warning: {r}");
+    }
     println!(
         "Donated {} rows to {} at ledger index {}; receipt verified and stored in {}",
         rows.rows.len(),

@@ -84,6 +84,11 @@ pub struct DonationOutcome {
     pub receipt: VerifiedReceipt,
     /// The receipt as it should be stored on the device.
     pub stored: StoredReceipt,
+    /// The pseudonymiser instances whose answers gave the pseudonym (empty for a donation
+    /// sealed elsewhere and sent with [`IntakeSession::send_donation`]).
+    pub pseudonymisers_used: Vec<u16>,
+    /// Instances that were down or answered wrongly during this donation.
+    pub pseudonymisers_rejected: Vec<datadonor_schemas::threshold::AnswerError>,
 }
 
 /// How far a stored receipt was verified.
@@ -146,6 +151,19 @@ impl IntakeSession {
         }
     }
 
+    /// The same session sending `credential` to the pseudonymiser instances (one donor's
+    /// credential from the study's enrolment).
+    pub fn with_credential(&self, credential: crate::client::DonorCredentialToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                intake: self.inner.intake.clone().with_credential(credential),
+                hpke: self.inner.hpke.clone(),
+                ledger: self.inner.ledger.clone(),
+                clock: self.inner.clock.clone(),
+            }),
+        }
+    }
+
     /// The intake.
     pub fn intake(&self) -> &Intake {
         &self.inner.intake
@@ -174,11 +192,8 @@ impl IntakeSession {
         if rows.rows.is_empty() {
             return Err(DonationError::NoRows.into());
         }
-        let pseudonym = self
-            .inner
-            .intake
-            .pseudonym(cpr, &study.definition.id)
-            .await?;
+        let pseudonymised = self.inner.intake.pseudonym(cpr, &study.definition).await?;
+        let pseudonym = pseudonymised.pseudonym;
         let sealed = seal_donation(
             study,
             rows,
@@ -188,7 +203,10 @@ impl IntakeSession {
             &self.inner.hpke,
             self.inner.clock.now(),
         )?;
-        self.send_donation(&sealed).await
+        let mut outcome = self.send_donation(&sealed).await?;
+        outcome.pseudonymisers_used = pseudonymised.used;
+        outcome.pseudonymisers_rejected = pseudonymised.rejected;
+        Ok(outcome)
     }
 
     /// Send an already sealed donation (retries resend the same bytes).
@@ -211,6 +229,8 @@ impl IntakeSession {
             pseudonym: sealed.manifest.pseudonym,
             receipt,
             stored,
+            pseudonymisers_used: Vec::new(),
+            pseudonymisers_rejected: Vec::new(),
         })
     }
 

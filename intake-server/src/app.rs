@@ -2,7 +2,7 @@
 //! its handlers, and the per-request middleware (request id, tracing span, latency, refusal
 //! counting). Tests drive [`app`] with `tower::ServiceExt::oneshot`, without a socket.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -15,11 +15,10 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use datadonor_schemas::envelope::{HpkeConfig, HpkeConfigList};
 use datadonor_schemas::ledger::LedgerEntry;
-use datadonor_schemas::pseudonym::OprfServerKey;
 use datadonor_schemas::receipt::ReceiptBundle;
 use datadonor_schemas::time::Clock;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::Instrument;
 
 use crate::commit::{CommitHandle, Job};
@@ -28,7 +27,6 @@ use crate::keys::{AuditorTokenHash, TransportKeys};
 use crate::ledger::{LedgerSigner, LedgerState};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
-use crate::ratelimit::RateLimiter;
 use crate::studies::StudyRegistry;
 use crate::validate::{validate_donation, validate_withdrawal};
 
@@ -52,14 +50,10 @@ pub struct Shared {
     pub transport: TransportKeys,
     /// Ledger key.
     pub signer: Arc<LedgerSigner>,
-    /// OPRF key.
-    pub oprf: OprfServerKey,
     /// Auditor token hash.
     pub auditor: AuditorTokenHash,
     /// Analytics token hash (ledger events).
     pub analytics: AuditorTokenHash,
-    /// OPRF limiter.
-    pub limiter: RateLimiter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Committer.
@@ -81,7 +75,6 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/studies/{id}", get(get_study))
         .route("/v1/hpke-config", get(hpke_config))
         .route("/v1/ledger-key", get(ledger_key))
-        .route("/v1/oprf", post(oprf))
         .route("/v1/donations", post(donate))
         .route("/v1/withdrawals", post(withdraw))
         .route("/v1/ledger/checkpoint", get(checkpoint))
@@ -96,12 +89,11 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-const ROUTES: [&str; 13] = [
+const ROUTES: [&str; 12] = [
     "/v1/studies",
     "/v1/studies/{id}",
     "/v1/hpke-config",
     "/v1/ledger-key",
-    "/v1/oprf",
     "/v1/donations",
     "/v1/withdrawals",
     "/v1/ledger/checkpoint",
@@ -198,41 +190,6 @@ async fn ledger_key(State(s): State<AppState>) -> Json<LedgerKey> {
         vkey: s.0.signer.verifier().to_vkey(),
         origin: s.0.signer.origin().to_string(),
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OprfRequest {
-    blinded: String,
-}
-
-#[derive(Serialize)]
-struct OprfResponse {
-    evaluated: String,
-}
-
-async fn oprf(
-    State(s): State<AppState>,
-    addr: Option<axum::Extension<ClientAddr>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<OprfResponse>, Problem> {
-    let ip = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0 .0.ip());
-    if !s.0.limiter.check(ip) {
-        return Err(Problem::RateLimited);
-    }
-    let bytes = read_body(&s, &headers, body, 4096).await?;
-    let req: OprfRequest = serde_json::from_slice(&bytes).map_err(|_| Problem::BadRequest)?;
-    let blinded = base64::engine::general_purpose::STANDARD
-        .decode(req.blinded)
-        .map_err(|_| Problem::BadRequest)?;
-    let evaluated =
-        s.0.oprf
-            .evaluate(&blinded)
-            .map_err(|_| Problem::BadRequest)?;
-    Ok(Json(OprfResponse {
-        evaluated: base64::engine::general_purpose::STANDARD.encode(evaluated),
-    }))
 }
 
 /// Read a body within the size limit and the body timeout.

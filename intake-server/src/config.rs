@@ -29,11 +29,6 @@ pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Default largest number of rows in one donation (ten years of daily rows is ~3650).
 pub const DEFAULT_MAX_ROWS_PER_DONATION: usize = 10_000;
-/// Default OPRF burst per client address: a donor app needs one evaluation per donation.
-pub const DEFAULT_OPRF_BURST: u32 = 10;
-/// Default OPRF refill rate per client address (tokens per second): slows down offline
-/// dictionary building over the ~10^7 valid CPR numbers to months per address.
-pub const DEFAULT_OPRF_PER_SECOND: f64 = 0.5;
 /// Default largest commit group (donations sealed into one batch file per study).
 pub const DEFAULT_GROUP_MAX_DONATIONS: usize = 64;
 /// Default group window (ms): how long the committer waits for more donations after the first
@@ -85,9 +80,6 @@ pub struct Config {
     /// Input limits.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// OPRF rate limit.
-    #[serde(default)]
-    pub oprf: OprfConfig,
     /// Group commit.
     #[serde(default)]
     pub commit: CommitConfig,
@@ -160,25 +152,6 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_rows_per_donation: DEFAULT_MAX_ROWS_PER_DONATION,
-        }
-    }
-}
-
-/// OPRF rate limit (token bucket per client address).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OprfConfig {
-    /// Bucket size.
-    pub burst: u32,
-    /// Refill rate, tokens per second.
-    pub per_second: f64,
-}
-
-impl Default for OprfConfig {
-    fn default() -> Self {
-        Self {
-            burst: DEFAULT_OPRF_BURST,
-            per_second: DEFAULT_OPRF_PER_SECOND,
         }
     }
 }
@@ -290,7 +263,6 @@ impl Config {
             data_dir: default_data_dir(),
             server: ServerConfig::default(),
             limits: LimitsConfig::default(),
-            oprf: OprfConfig::default(),
             commit: CommitConfig::default(),
             ledger: LedgerConfig::default(),
             keys: KeysConfig::default(),
@@ -316,10 +288,6 @@ impl Config {
         }
         if self.limits.max_rows_per_donation == 0 {
             return bad("limits.max_rows_per_donation must be at least 1");
-        }
-        if self.oprf.burst == 0 || !(self.oprf.per_second.is_finite() && self.oprf.per_second > 0.0)
-        {
-            return bad("oprf.burst must be >= 1 and oprf.per_second > 0");
         }
         if self.commit.group_max_donations == 0 || self.commit.queue_capacity == 0 {
             return bad("commit.group_max_donations and commit.queue_capacity must be >= 1");

@@ -3,8 +3,9 @@
 //!
 //! Creates (secrets mode 0600):
 //!
-//! * `keys/`: HPKE transport key id 1, ledger Ed25519 seed, OPRF key, SHA-256 of the auditor
-//!   token (see [`crate::keys`]);
+//! * `keys/`: HPKE transport key id 1, ledger Ed25519 seed, SHA-256 of the auditor token (see
+//!   [`crate::keys`]) — and no OPRF key material: pseudonyms come from the threshold
+//!   pseudonymisation service, whose configuration the example study embeds when one is given;
 //! * `auditor.token`: the auditor token itself, once, for the operator to hand over and delete;
 //! * `tls/ca.pem`, `tls/server.pem`, `tls/server.key`: a throw-away CA and a server certificate
 //!   for `localhost` and `127.0.0.1` (the CA key is not kept);
@@ -14,15 +15,16 @@
 //! * `studies/t2d-dk.json`: the example study signed by that steward key;
 //! * `vault.pub` and, unless `--vault-public-key` is given, `vault-private/vault.key`: a demo
 //!   vault key pair. **`serve` never reads `vault-private/`**; move it to the steward's machine;
-//! * `config.toml`: every setting with its default, trusting the demo steward key;
+//! * `config.toml`: every setting with its default (the listen address as given with
+//!   `--listen`), trusting the demo steward key;
 //! * `ledger/ledger.log`, with a `KeyRotated` entry for transport key 1.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use datadonor_schemas::envelope::{HpkePrivateKey, HpkePublicKey};
 use datadonor_schemas::ledger::LedgerEntry;
-use datadonor_schemas::pseudonym::OprfServerKey;
 use datadonor_schemas::signing::{Context, SignedObject, SigningKey};
 use datadonor_schemas::study::StudyDefinition;
 use datadonor_schemas::time::UnixSeconds;
@@ -80,12 +82,45 @@ pub fn parse_vault_public_key(bytes: &[u8]) -> Option<VaultPublicKey> {
     Some(VaultPublicKey::new(1, &HpkePublicKey(pk)))
 }
 
+/// Choices `init` takes beyond the directory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InitOptions<'a> {
+    /// The vault public key file to use instead of generating a demo vault key pair.
+    pub vault_public_key: Option<&'a Path>,
+    /// The listen address to write into `config.toml` (default: `DEFAULT_LISTEN`).
+    pub listen: Option<SocketAddr>,
+    /// The threshold pseudonymisation service the example study names (its configuration is
+    /// embedded in the signed study). Without one, donors cannot compute pseudonyms for it.
+    pub pseudonymiser: Option<&'a datadonor_schemas::threshold::PseudonymiserConfig>,
+}
+
 /// Create a data directory. Refuses if `dir/config.toml` exists.
 pub fn init(
     dir: &Path,
     vault_public_key: Option<&Path>,
     now: UnixSeconds,
 ) -> Result<InitReport, Error> {
+    init_with(
+        dir,
+        InitOptions {
+            vault_public_key,
+            ..InitOptions::default()
+        },
+        now,
+    )
+}
+
+/// [`init`] with every option.
+pub fn init_with(
+    dir: &Path,
+    options: InitOptions<'_>,
+    now: UnixSeconds,
+) -> Result<InitReport, Error> {
+    let InitOptions {
+        vault_public_key,
+        listen,
+        pseudonymiser,
+    } = options;
     if dir.join("config.toml").exists() {
         return Err(Error::Init(format!(
             "{} already holds an intake (config.toml exists)",
@@ -114,8 +149,6 @@ pub fn init(
     let (tid, tpk) = keys::create_transport_key(dir, now)?;
     let ledger = SigningKey::generate().map_err(|_| Error::Init("ledger key".into()))?;
     write_secret(&keys::ledger_key_path(dir), ledger.seed())?;
-    let oprf = OprfServerKey::generate().map_err(|_| Error::Init("OPRF key".into()))?;
-    write_secret(&keys::oprf_key_path(dir), &oprf.to_bytes())?;
     let mut token_bytes = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(token_bytes.as_mut());
     let token = Zeroizing::new(hex::encode(token_bytes.as_ref()));
@@ -182,7 +215,11 @@ pub fn init(
         format!("{steward_pub}\n").as_bytes(),
         0o644,
     )?;
-    let study = StudyDefinition::from_toml(EXAMPLE_STUDY_TOML)
+    let mut study = StudyDefinition::from_toml(EXAMPLE_STUDY_TOML)
+        .map_err(|e| Error::Init(format!("example study: {e}")))?;
+    study.pseudonymiser = pseudonymiser.cloned();
+    study
+        .validate()
         .map_err(|e| Error::Init(format!("example study: {e}")))?;
     let signed = SignedObject::sign(Context::StudyDefinition, &study, &steward);
     write_atomic(
@@ -205,7 +242,10 @@ pub fn init(
     }
 
     // Config last: its presence marks a complete directory.
-    let config = Config::with_defaults(vec![steward_pub.clone()]);
+    let mut config = Config::with_defaults(vec![steward_pub.clone()]);
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
     let text = format!(
         "# Datadonor intake configuration, written by `datadonor-intake init` with every default.\n\
          # Paths are relative to the data directory. See intake-server/config.sample.toml.\n{}",

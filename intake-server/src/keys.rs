@@ -8,7 +8,6 @@
 //! | `keys/transport.json` | transport key ids, creation and supersession times | no |
 //! | `keys/transport-<id>.key` | 32-byte X25519 HPKE private key | yes |
 //! | `keys/ledger.key` | 32-byte Ed25519 seed of the ledger key | yes |
-//! | `keys/oprf.key` | 32-byte ristretto255 OPRF scalar | yes |
 //! | `keys/auditor.sha256` | hex SHA-256 of the auditor token (the token itself is not kept) | no |
 //! | `vault.pub` | `{"key_id":u32,"public_key":"<b64>"}`: the vault key's public half | no |
 //!
@@ -22,7 +21,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use datadonor_schemas::envelope::{HpkePrivateKey, HpkePublicKey};
-use datadonor_schemas::pseudonym::OprfServerKey;
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::time::UnixSeconds;
 use serde::{Deserialize, Serialize};
@@ -251,10 +249,6 @@ pub fn ledger_key_path(dir: &Path) -> PathBuf {
     dir.join("keys/ledger.key")
 }
 
-/// Path of the OPRF key.
-pub fn oprf_key_path(dir: &Path) -> PathBuf {
-    dir.join("keys/oprf.key")
-}
 
 /// Path of the analytics token hash (the credential for `POST /v1/ledger/events`).
 pub fn analytics_hash_path(dir: &Path) -> PathBuf {
@@ -273,12 +267,6 @@ pub fn load_ledger_key(dir: &Path) -> Result<SigningKey, KeyError> {
     SigningKey::from_seed(&seed).map_err(|_| KeyError::Invalid(p))
 }
 
-/// Load the OPRF key.
-pub fn load_oprf_key(dir: &Path) -> Result<OprfServerKey, KeyError> {
-    let p = oprf_key_path(dir);
-    let raw = read_secret(&p)?;
-    OprfServerKey::from_bytes(&raw).map_err(|_| KeyError::Invalid(p))
-}
 
 /// The SHA-256 of the auditor token (what the intake keeps).
 #[derive(Clone, PartialEq, Eq)]

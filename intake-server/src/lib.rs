@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`config`] | the configuration file, its defaults and limits |
 //! | [`init`] | `datadonor-intake init`: keys, dev TLS, config, the example study, a demo vault key |
-//! | [`keys`] | key files in the data directory (transport, ledger, OPRF, auditor, vault public) |
+//! | [`keys`] | key files in the data directory (transport, ledger, auditor, vault public); no OPRF key material |
 //! | [`studies`] | signed study definitions served and checked against |
 //! | [`validate`] | stateless validation of donations and withdrawals, in protocol order |
 //! | [`commit`] | the committer: group commit = sealing + ledger fsync, and crash recovery |
@@ -17,7 +17,6 @@
 //! | [`app`] | the axum router and handlers |
 //! | [`server`] | `start`: TLS 1.3 accept loop, limits, graceful shutdown; `rotate_transport_key` |
 //! | [`problem`] | RFC 7807 problem documents and their slugs |
-//! | [`ratelimit`] | per-address token buckets (OPRF) |
 //! | [`metrics`] | Prometheus text metrics |
 //! | [`testkit`] | helpers for tests of this and other crates: build valid donations |
 //!
@@ -36,7 +35,6 @@ pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod problem;
-pub mod ratelimit;
 pub mod seal;
 pub mod server;
 pub mod store;

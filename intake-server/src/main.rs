@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -27,6 +28,14 @@ enum Command {
         /// a demo vault key pair.
         #[arg(long)]
         vault_public_key: Option<PathBuf>,
+        /// The address `serve` listens on, written into the config (default 127.0.0.1:8443).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// The pseudonymisation service's configuration (`pseudonymiser.json`, as
+        /// `datadonor-pseudonymiser init-local` or `config` writes it), embedded in the example
+        /// study so donors can compute pseudonyms.
+        #[arg(long, value_name = "FILE")]
+        pseudonymiser_config: Option<PathBuf>,
     },
     /// Serve HTTPS until SIGTERM or SIGINT.
     Serve {
@@ -36,6 +45,10 @@ enum Command {
         /// Configuration file (its data_dir is relative to the file).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Listen on ADDR instead of the config's `server.listen`; port 0 picks a free port.
+        /// The bound address is printed as `listening on https://ADDR`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
     },
     /// Create a new transport key; the previous one stays accepted for the grace period.
     /// Run while the intake is stopped.
@@ -80,9 +93,29 @@ fn run() -> anyhow::Result<()> {
         Command::Init {
             dir,
             vault_public_key,
+            listen,
+            pseudonymiser_config,
         } => {
-            let r =
-                datadonor_intake::init::init(&dir, vault_public_key.as_deref(), SystemClock.now())?;
+            let pseudonymiser = match &pseudonymiser_config {
+                Some(p) => {
+                    let bytes = std::fs::read(p).map_err(|e| {
+                        datadonor_intake::Error::Init(format!("reading {}: {e}", p.display()))
+                    })?;
+                    Some(
+                        datadonor_schemas::threshold::PseudonymiserConfig::from_json(&bytes)
+                            .map_err(|e| {
+                                datadonor_intake::Error::Init(format!("{}: {e}", p.display()))
+                            })?,
+                    )
+                }
+                None => None,
+            };
+            let options = datadonor_intake::init::InitOptions {
+                vault_public_key: vault_public_key.as_deref(),
+                listen,
+                pseudonymiser: pseudonymiser.as_ref(),
+            };
+            let r = datadonor_intake::init::init_with(&dir, options, SystemClock.now())?;
             println!("initialised {}", r.dir.display());
             println!("auditor token (also in auditor.token; hand it over, then delete that file):");
             println!("{}", r.auditor_token.as_str());
@@ -94,15 +127,22 @@ fn run() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Serve { dir, config } => {
-            let config = load(dir, config)?;
+        Command::Serve {
+            dir,
+            config,
+            listen,
+        } => {
+            let mut config = load(dir, config)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
             rt.block_on(async move {
                 let running = datadonor_intake::start(config).await?;
-                println!("listening on {}", running.addr());
+                println!("listening on https://{}", running.addr());
                 let handle = running.shutdown_handle();
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

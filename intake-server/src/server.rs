@@ -36,7 +36,6 @@ use crate::init::{batches_path, ledger_path, public_key_sha256};
 use crate::keys::{self, AuditorTokenHash, TransportKeys, VaultPublicKey};
 use crate::ledger::{LedgerSigner, LedgerState};
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
 use crate::seal::VaultKey;
 use crate::store::{BatchStore, LedgerStore, LocalBatchStore, LocalLedgerStore};
 use crate::studies::StudyRegistry;
@@ -103,7 +102,6 @@ impl Intake {
             keys::load_ledger_key(&dir)?,
             &config.ledger.origin,
         )?);
-        let oprf = keys::load_oprf_key(&dir)?;
         let auditor = AuditorTokenHash::load(&dir)?;
         let analytics = AuditorTokenHash::load_from(&keys::analytics_hash_path(&dir))?;
         let (vault_file, vault_pk) = VaultPublicKey::load(&dir)?;
@@ -136,16 +134,13 @@ impl Intake {
         };
         let commit = commit::spawn(ctx, config.commit.queue_capacity)
             .map_err(Error::io("starting the committer"))?;
-        let limiter = RateLimiter::new(config.oprf.burst, config.oprf.per_second);
         let shared = Shared {
             config,
             studies,
             transport,
             signer,
-            oprf,
             auditor,
             analytics,
-            limiter,
             metrics,
             commit: commit.clone(),
             state,

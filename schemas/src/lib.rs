@@ -14,7 +14,8 @@
 //! | [`study`] | study definitions, the Arrow schema of a study's rows and the row validator |
 //! | [`geo`] | Danish regions and municipalities, postcode generalisation |
 //! | [`consent`] | consent manifests and withdrawals |
-//! | [`pseudonym`] | CPR normalisation, the RFC 9497 OPRF steps, per-study pseudonyms |
+//! | [`pseudonym`] | CPR normalisation, the OPRF input and output, per-study pseudonyms |
+//! | [`threshold`] | the donor's half of the t-of-n VOPRF: blinding, proofs, combination, the pseudonymiser configuration, donor credentials |
 //! | [`envelope`] | HPKE configurations, donation envelopes and their payload |
 //! | [`receipt`] | receipts signed by the ledger key |
 //! | [`ledger`] | typed ledger entries |
@@ -38,10 +39,16 @@ pub mod query;
 pub mod receipt;
 pub mod signing;
 pub mod study;
+pub mod threshold;
 pub mod time;
 mod wire;
 
 pub use wire::WireError;
+
+/// SHA-256 (FIPS 180-4) of a byte string.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    wire::sha256(bytes)
+}
 
 /// The protocol version carried by every message body in this crate.
 pub const PROTOCOL_VERSION: u32 = 1;

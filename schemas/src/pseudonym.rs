@@ -1,19 +1,18 @@
-//! Pseudonyms: the Danish CPR number as the national identifier, the RFC 9497 OPRF
-//! (ristretto255-SHA512, mode 0x00) that turns it into an unlinkable secret without the
-//! pseudonymisation service ever seeing it, and the per-study pseudonym derived from the OPRF
-//! output so that two studies' rows cannot be joined.
+//! Pseudonyms: the Danish CPR number as the national identifier, its OPRF input, the RFC 9497
+//! output `y` that the threshold evaluation ([`crate::threshold`]) yields without any
+//! pseudonymiser instance seeing the number, and the per-study pseudonym derived from `y` so that
+//! two studies' rows cannot be joined.
 //!
 //! ```text
 //! input      = "datadonor/v1/cpr" 0x00 <10 ASCII digits DDMMYYSSSS>
-//! blinded    = Blind(input)                        (client; 32 bytes on the wire)
-//! evaluated  = BlindEvaluate(skS, blinded)         (server; 32 bytes on the wire)
-//! y          = Finalize(input, blind, evaluated)   (client; 64 bytes, never sent)
+//! y          = the VOPRF output of input under the shared key (64 bytes, never sent)
 //! pseudonym  = HKDF-SHA256(salt = "datadonor/v1/pseudonym", ikm = y, info = study id, L = 32)
 //! ```
+//!
+//! Nothing here holds or uses OPRF key material: evaluation with a key share lives in the
+//! `datadonor-pseudonymiser` crate only.
 
-use rand_core::OsRng;
-use voprf::{BlindedElement, EvaluationElement, OprfClient, OprfServer, Ristretto255};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// Domain-separation prefix of the OPRF input.
 pub const OPRF_INPUT_PREFIX: &[u8] = b"datadonor/v1/cpr\0";
@@ -114,24 +113,6 @@ impl Cpr {
     }
 }
 
-/// The client's state between blinding and finalising.
-pub struct OprfBlind {
-    state: OprfClient<Ristretto255>,
-    input: Zeroizing<Vec<u8>>,
-    /// The blinded element to send to the server.
-    pub blinded: [u8; ELEMENT_LEN],
-}
-
-impl std::fmt::Debug for OprfBlind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "OprfBlind(blinded: {}, state: <redacted>)",
-            hex::encode(self.blinded)
-        )
-    }
-}
-
 /// The 64-byte OPRF output for a donor. Zeroized on drop; never printed.
 pub struct OprfOutput(Zeroizing<[u8; 64]>);
 
@@ -168,108 +149,6 @@ impl OprfOutput {
             let _ = okm.fill(&mut out);
         }
         Pseudonym(out)
-    }
-}
-
-/// Blind a CPR number for the OPRF server.
-pub fn blind(cpr: &Cpr) -> Result<OprfBlind, PseudonymError> {
-    blind_input(cpr.oprf_input())
-}
-
-/// Blind an arbitrary OPRF input (the CPR path is [`blind`]).
-pub fn blind_input(input: Zeroizing<Vec<u8>>) -> Result<OprfBlind, PseudonymError> {
-    let r =
-        OprfClient::<Ristretto255>::blind(&input, &mut OsRng).map_err(|_| PseudonymError::Oprf)?;
-    let mut blinded = [0u8; ELEMENT_LEN];
-    blinded.copy_from_slice(&r.message.serialize());
-    Ok(OprfBlind {
-        state: r.state,
-        input,
-        blinded,
-    })
-}
-
-impl OprfBlind {
-    /// Unblind the server's evaluated element into the OPRF output.
-    pub fn finalize(self, evaluated: &[u8]) -> Result<OprfOutput, PseudonymError> {
-        let ev = EvaluationElement::<Ristretto255>::deserialize(evaluated)
-            .map_err(|_| PseudonymError::BadElement)?;
-        let out = self
-            .state
-            .finalize(&self.input, &ev)
-            .map_err(|_| PseudonymError::Oprf)?;
-        let mut b = [0u8; 64];
-        b.copy_from_slice(&out);
-        Ok(OprfOutput(Zeroizing::new(b)))
-    }
-}
-
-/// The pseudonymisation service's OPRF key. Never printed; zeroized by the library on drop.
-pub struct OprfServerKey {
-    server: OprfServer<Ristretto255>,
-}
-
-impl std::fmt::Debug for OprfServerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OprfServerKey(<redacted>)")
-    }
-}
-
-impl OprfServerKey {
-    /// A fresh random key.
-    pub fn generate() -> Result<Self, PseudonymError> {
-        let server =
-            OprfServer::<Ristretto255>::new(&mut OsRng).map_err(|_| PseudonymError::Oprf)?;
-        Ok(Self { server })
-    }
-    /// The key derived from a seed as RFC 9497 DeriveKeyPair does.
-    pub fn from_seed(seed: &[u8], info: &[u8]) -> Result<Self, PseudonymError> {
-        let server = OprfServer::<Ristretto255>::new_from_seed(seed, info)
-            .map_err(|_| PseudonymError::Oprf)?;
-        Ok(Self { server })
-    }
-    /// Load a 32-byte scalar.
-    pub fn from_bytes(sk: &[u8]) -> Result<Self, PseudonymError> {
-        let server =
-            OprfServer::<Ristretto255>::new_with_key(sk).map_err(|_| PseudonymError::BadElement)?;
-        Ok(Self { server })
-    }
-    /// The 32-byte scalar, for storing the key.
-    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut s = self.server.serialize().to_vec();
-        let out = Zeroizing::new(s.clone());
-        s.zeroize();
-        out
-    }
-    /// The full (unblinded) RFC 9497 `Evaluate(skS, input)`: the 64-byte OPRF output for an
-    /// input the server sees in the clear.
-    ///
-    /// Only for computing test vectors: production servers never see inputs (they receive
-    /// blinded elements, [`OprfServerKey::evaluate`]), and no server code path calls this.
-    pub fn evaluate_unblinded_for_vectors(
-        &self,
-        input: &[u8],
-    ) -> Result<OprfOutput, PseudonymError> {
-        let out = self
-            .server
-            .evaluate(input)
-            .map_err(|_| PseudonymError::Oprf)?;
-        let mut b = [0u8; 64];
-        b.copy_from_slice(&out);
-        Ok(OprfOutput(Zeroizing::new(b)))
-    }
-
-    /// BlindEvaluate one blinded element from a client.
-    pub fn evaluate(&self, blinded: &[u8]) -> Result<[u8; ELEMENT_LEN], PseudonymError> {
-        if blinded.len() != ELEMENT_LEN {
-            return Err(PseudonymError::BadElement);
-        }
-        let b = BlindedElement::<Ristretto255>::deserialize(blinded)
-            .map_err(|_| PseudonymError::BadElement)?;
-        let ev = self.server.blind_evaluate(&b);
-        let mut out = [0u8; ELEMENT_LEN];
-        out.copy_from_slice(&ev.serialize());
-        Ok(out)
     }
 }
 
@@ -365,26 +244,5 @@ mod tests {
             Some(29)
         );
         assert!(format!("{:?}", Cpr::parse("0101901234")).contains("redacted"));
-    }
-
-    #[test]
-    fn oprf_round_trip_and_study_separation() {
-        let key = OprfServerKey::generate().unwrap();
-        let cpr = Cpr::parse("0101901234").unwrap();
-        let b1 = blind(&cpr).unwrap();
-        let b2 = blind(&cpr).unwrap();
-        assert_ne!(b1.blinded, b2.blinded, "blinding must be randomised");
-        let e1 = key.evaluate(&b1.blinded).unwrap();
-        let e2 = key.evaluate(&b2.blinded).unwrap();
-        let y1 = b1.finalize(&e1).unwrap();
-        let y2 = b2.finalize(&e2).unwrap();
-        assert_eq!(y1.as_bytes(), y2.as_bytes());
-        assert_ne!(y1.study_pseudonym("study-a"), y1.study_pseudonym("study-b"));
-        let other = OprfServerKey::generate().unwrap();
-        let b3 = blind(&cpr).unwrap();
-        let e3 = other.evaluate(&b3.blinded).unwrap();
-        assert_ne!(b3.finalize(&e3).unwrap().as_bytes(), y1.as_bytes());
-        assert_eq!(key.evaluate(&[0u8; 31]), Err(PseudonymError::BadElement));
-        assert!(key.evaluate(&[0xffu8; 32]).is_err());
     }
 }

@@ -37,16 +37,22 @@ pub enum Context {
     Receipt,
     /// A query approval, signed by a steward.
     QueryApproval,
+    /// A donor credential, signed by a study's enrolment service.
+    DonorCredential,
+    /// A message of the pseudonymisers' key ceremony, signed by the sending instance.
+    DkgMessage,
 }
 
 impl Context {
     /// All contexts, for tests and documentation.
-    pub const ALL: [Context; 5] = [
+    pub const ALL: [Context; 7] = [
         Context::StudyDefinition,
         Context::ConsentManifest,
         Context::Withdrawal,
         Context::Receipt,
         Context::QueryApproval,
+        Context::DonorCredential,
+        Context::DkgMessage,
     ];
 
     /// The label that goes into the signed bytes and the `context` field.
@@ -57,6 +63,8 @@ impl Context {
             Context::Withdrawal => "withdrawal",
             Context::Receipt => "receipt",
             Context::QueryApproval => "query-approval",
+            Context::DonorCredential => "donor-credential",
+            Context::DkgMessage => "dkg-message",
         }
     }
 }

@@ -440,6 +440,10 @@ pub struct StudyDefinition {
     pub notice_sha256: [u8; 32],
     /// Fields collected, in column order.
     pub fields: Vec<FieldSpec>,
+    /// The threshold pseudonymisation service whose key gives this study's pseudonyms. A donor
+    /// client refuses to donate to a study without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonymiser: Option<crate::threshold::PseudonymiserConfig>,
 }
 
 impl StudyDefinition {
@@ -492,6 +496,10 @@ impl StudyDefinition {
             if self.purposes.iter().filter(|q| q.code == p.code).count() > 1 {
                 return bad(format!("purpose code {:?} appears twice", p.code));
             }
+        }
+        if let Some(p) = &self.pseudonymiser {
+            p.validate()
+                .map_err(|e| StudyError::Invalid(format!("pseudonymiser: {e}")))?;
         }
         if self.min_k < 2 {
             return bad("min_k must be at least 2".into());

@@ -51,6 +51,13 @@ pub struct DemoSummary {
     pub rows: u64,
     /// Withdrawals acknowledged with a verified receipt.
     pub withdrawn: u64,
+    /// Pseudonymiser instances (t, n).
+    pub pseudonymisers: (u16, u16),
+    /// Donations by how many instances' answers were combined, and how many answers were
+    /// refused or missing over all donations.
+    pub instances_answered: std::collections::BTreeMap<usize, u64>,
+    /// Answers refused or missing.
+    pub instances_rejected: u64,
     /// Seconds spent donating.
     pub donate_secs: f64,
     /// The researcher's table as printed.
@@ -81,6 +88,19 @@ impl fmt::Display for DemoSummary {
             self.nothing_to_donate
         )?;
         writeln!(f, "  withdrawals acknowledged    {}", self.withdrawn)?;
+        let answered: Vec<String> = self
+            .instances_answered
+            .iter()
+            .map(|(k, v)| format!("{v} donations from {k} instances"))
+            .collect();
+        writeln!(
+            f,
+            "  pseudonymisers              {} of {} needed; {}; {} answers refused or missing",
+            self.pseudonymisers.0,
+            self.pseudonymisers.1,
+            answered.join(", "),
+            self.instances_rejected
+        )?;
         writeln!(
             f,
             "  query                       {} donors considered, {} cells published, {} suppressed",
@@ -106,6 +126,9 @@ struct Donated {
     /// The donor's key and stored receipt, kept only for donors who will withdraw, so memory
     /// does not grow with the population.
     kept: Option<(SigningKey, StoredReceipt)>,
+    /// Pseudonymiser answers combined, and refused or missing.
+    instances: usize,
+    rejected: usize,
 }
 
 /// Which donors withdraw: every `100 / percent`-th donor by index; none at 0 %.
@@ -133,28 +156,62 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     };
     let now = SystemClock.now();
 
-    // 1. The intake, with fresh keys.
+    // 1. The threshold pseudonymisation service: 2 of 3 instances, keys from a distributed key
+    // generation, each instance requiring a donor credential from the study's enrolment.
+    let enrolment = SigningKey::generate()?;
+    let donors = opts.donors;
+    let pseudonymisers = datadonor_pseudonymiser::local::start_local(
+        &work.join("pseudonymisers"),
+        "dk-pseudonymiser",
+        3,
+        2,
+        Some(&enrolment.public_key()),
+        |c| {
+            // Every simulated donor connects from 127.0.0.1: lift the per-address limit; the
+            // per-credential limit stays (one credential per donor).
+            c.per_address_burst = u32::try_from(donors.saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .max(100);
+            c.per_address_per_second = 100_000.0;
+        },
+    )
+    .await
+    .context("starting the pseudonymiser instances")?;
+    summary.pseudonymisers = (
+        pseudonymisers.config.threshold,
+        pseudonymisers.config.instances.len() as u16,
+    );
+    summary.checks.push(format!(
+        "{} pseudonymiser instances serving TLS 1.3, keys from a distributed key generation ({} needed per pseudonym)",
+        pseudonymisers.config.instances.len(),
+        pseudonymisers.config.threshold
+    ));
+
+    // 2. The intake, with fresh keys; the example study embeds the pseudonymiser configuration.
     let intake_dir = work.join("intake");
-    let init =
-        datadonor_intake::init::init(&intake_dir, None, now).context("initialising the intake")?;
+    let init = datadonor_intake::init::init_with(
+        &intake_dir,
+        datadonor_intake::init::InitOptions {
+            pseudonymiser: Some(&pseudonymisers.config),
+            ..Default::default()
+        },
+        now,
+    )
+    .context("initialising the intake")?;
     let mut config =
         datadonor_intake::Config::load_dir(&intake_dir).context("loading the intake config")?;
     config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    // Every simulated donor connects from 127.0.0.1: lift the per-address OPRF limit.
-    config.oprf.burst = u32::try_from(opts.donors.saturating_mul(2))
-        .unwrap_or(u32::MAX)
-        .max(100);
-    config.oprf.per_second = 100_000.0;
     let running = datadonor_intake::start(config)
         .await
         .context("starting the intake")?;
-    let ca = std::fs::read(running.ca_pem_path()).context("reading the intake's CA")?;
+    let mut ca = std::fs::read(running.ca_pem_path()).context("reading the intake's CA")?;
+    ca.extend_from_slice(pseudonymisers.ca_pem.as_bytes());
     summary.checks.push(format!(
         "intake serving TLS 1.3 on {} with fresh keys",
         running.base_url()
     ));
 
-    // 2. Donors donate concurrently through the client library.
+    // 3. Donors donate concurrently through the client library.
     let intake = Intake::new(IntakeConfig::new(
         running.base_url(),
         TrustAnchors::CaPem(ca.clone()),
@@ -187,8 +244,21 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     let mut donated: Vec<(u64, SigningKey, StoredReceipt)> = Vec::new();
     for donor in synthpop::donors(&pop) {
         let permit = permits.clone().acquire_owned().await?;
-        let (session, study, exports, bar) =
-            (session.clone(), study.clone(), exports.clone(), bar.clone());
+        // The study's enrolment issues this donor a credential (after an e-ID login).
+        let credential = datadonor_schemas::signing::SignedObject::sign(
+            datadonor_schemas::signing::Context::DonorCredential,
+            &datadonor_schemas::threshold::DonorCredential {
+                format: datadonor_schemas::PROTOCOL_VERSION,
+                config_id: "dk-pseudonymiser".into(),
+                subject: rand::random(),
+                not_after: now + 86_400,
+            },
+            &enrolment,
+        );
+        let session = session.with_credential(datadonor_client::client::DonorCredentialToken::new(
+            &datadonor_schemas::threshold::DonorCredential::bearer(&credential),
+        ));
+        let (study, exports, bar) = (study.clone(), exports.clone(), bar.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let keep = withdraws(donor.index, withdraw_percent);
@@ -217,7 +287,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         summary.donated
     ));
 
-    // 3. Some donors withdraw.
+    // 4. Some donors withdraw.
     donated.sort_by_key(|(index, _, _)| *index);
     let mut withdrawn = Vec::new();
     for (index, key, stored) in &donated {
@@ -233,7 +303,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         summary.withdrawn
     ));
 
-    // 4. A donor re-checks a receipt against the intake's current tree head.
+    // 5. A donor re-checks a receipt against the intake's current tree head.
     if let Some((_, _, first)) = donated.first() {
         let mut cfg = IntakeConfig::new(running.base_url(), TrustAnchors::CaPem(ca.clone()));
         cfg.auditor_token = Some(datadonor_client::client::AuditorToken::new(
@@ -264,6 +334,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     .await?;
 
     running.shutdown().await.context("stopping the intake")?;
+    pseudonymisers.shutdown().await;
     summary
         .checks
         .push("intake shut down cleanly (drained, committed)".into());
@@ -279,6 +350,8 @@ fn collect(
         Some(d) => {
             summary.donated += 1;
             summary.rows += d.rows;
+            *summary.instances_answered.entry(d.instances).or_default() += 1;
+            summary.instances_rejected += d.rejected as u64;
             Ok(d.kept.map(|(key, stored)| (d.index, key, stored)))
         }
         None => {
@@ -334,6 +407,8 @@ async fn donate_one(
         index: donor.index,
         rows: n,
         kept: keep_receipt.then_some((key, out.stored)),
+        instances: out.pseudonymisers_used.len(),
+        rejected: out.pseudonymisers_rejected.len(),
     }))
 }
 

@@ -1,12 +1,12 @@
-//! Token-bucket rate limiting per client address (used for the OPRF endpoint, so that nobody
-//! can evaluate the pseudonymisation function over the CPR space offline).
+//! Token-bucket rate limiting per key: per client address, and per donor credential, so that
+//! nobody can evaluate the pseudonymisation function over the CPR space.
 //!
-//! Each address has a bucket of `burst` tokens refilled at `per_second`; a request takes one.
-//! The table is bounded: when it exceeds [`MAX_TRACKED`] addresses, buckets that have refilled
+//! Each key has a bucket of `burst` tokens refilled at `per_second`; a request takes one.
+//! The table is bounded: when it exceeds [`MAX_TRACKED`] keys, buckets that have refilled
 //! completely (indistinguishable from a fresh one) are dropped.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -19,15 +19,15 @@ struct Bucket {
     at: Instant,
 }
 
-/// A per-address token bucket limiter.
+/// A per-key token bucket limiter.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K> {
     burst: f64,
     per_second: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Copy> RateLimiter<K> {
     /// A limiter.
     pub fn new(burst: u32, per_second: f64) -> Self {
         Self {
@@ -38,12 +38,12 @@ impl RateLimiter {
     }
 
     /// Take a token for `addr`; false when the bucket is empty.
-    pub fn check(&self, addr: IpAddr) -> bool {
+    pub fn check(&self, addr: K) -> bool {
         self.check_at(addr, Instant::now())
     }
 
     /// [`RateLimiter::check`] at a given instant (tests).
-    pub fn check_at(&self, addr: IpAddr, now: Instant) -> bool {
+    pub fn check_at(&self, addr: K, now: Instant) -> bool {
         let Ok(mut m) = self.buckets.lock() else {
             return false;
         };
