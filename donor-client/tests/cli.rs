@@ -1,5 +1,5 @@
 //! Golden tests of the `datadonor` CLI: arguments, exit status and stderr are pinned exactly, and
-//! `preview --json` on a shared FHIR bundle is compared with a committed golden file
+//! `preview --json` on a published FHIR bundle is compared with a committed golden file
 //! (`tests/golden/`). Set `DATADONOR_BLESS=1` to rewrite the golden files after a deliberate
 //! change.
 
@@ -17,7 +17,7 @@ fn example_study() -> PathBuf {
 }
 
 fn bundle() -> PathBuf {
-    support::shared().join("data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json")
+    support::testdata("data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json")
 }
 
 fn run(args: &[&str], keystore: &Path) -> Output {
@@ -186,7 +186,7 @@ fn missing_ca_is_refused() {
 }
 
 #[test]
-fn preview_json_on_a_shared_fhir_bundle_matches_the_golden_file() {
+fn preview_json_on_a_published_fhir_bundle_matches_the_golden_file() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (study, b) = (example_study(), bundle());
     let out = run(
@@ -235,7 +235,7 @@ fn preview_names_the_file_line_and_field_of_a_record_it_could_not_read() {
     let tmp = tempfile::tempdir().expect("tmp");
     let export = tmp.path().join("export");
     std::fs::create_dir(&export).expect("mkdir");
-    let source = support::shared().join("data/synthea_csv");
+    let source = support::testdata("data/synthea_csv");
     for f in ["patients.csv", "observations.csv", "conditions.csv"] {
         std::fs::copy(source.join(f), export.join(f)).expect("copy");
     }

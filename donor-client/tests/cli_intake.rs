@@ -1,6 +1,7 @@
 //! End-to-end test of the `datadonor` CLI binary against a real, in-process intake
-//! (`datadonor_intake::start`): `donate`, `receipts`, `verify` and `withdraw` on a shared FHIR
-//! bundle, then the intake's own ledger is checked for the entries the CLI caused.
+//! (`datadonor_intake::start`): `donate`, `receipts`, `verify` and `withdraw` on a published
+//! FHIR bundle (`testdata/data/fhir/`), then the intake's own ledger is checked for the entries
+//! the CLI caused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,21 +10,18 @@ use datadonor_schemas::ledger::LedgerEntry;
 
 const STUDY: &str = "t2d-dk";
 
-/// The shared test data root: `$DATADONOR_SHARED`, else `$CARGO_MANIFEST_DIR/../../shared`.
-fn shared() -> PathBuf {
-    std::env::var_os("DATADONOR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
+/// or directory fails the test with its path.
+fn testdata(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel);
+    assert!(path.exists(), "test data missing: {}", path.display());
+    path
 }
 
 fn bundle() -> PathBuf {
-    let p = shared().join("data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json");
-    assert!(
-        p.is_file(),
-        "shared FHIR bundle missing: {} (set DATADONOR_SHARED to the shared data root)",
-        p.display()
-    );
-    p
+    testdata("data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json")
 }
 
 fn s(p: &Path) -> String {

@@ -1,4 +1,4 @@
-//! Integration tests of the Apple Health importer against the `export.xml` fixture in the shared test data
+//! Integration tests of the Apple Health importer against the `export.xml` fixture in `testdata/data/`
 //! (counts verified by hand against the file), an inline iOS 16 export with the malformed DTD, a zip with a
 //! localised member name built here, and truncated/garbage input.
 
@@ -10,22 +10,18 @@ use datadonor_client::import::{
     SourceItem, SourceValue,
 };
 
-/// The shared test data directory: `$DATADONOR_SHARED/data`, by default `$CARGO_MANIFEST_DIR/../../shared/data`.
-fn shared_data() -> PathBuf {
-    let root = std::env::var_os("DATADONOR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let data = root.join("data");
-    assert!(
-        data.is_dir(),
-        "shared test data not found at {}: set DATADONOR_SHARED to the directory that holds data/",
-        data.display()
-    );
-    data
+/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
+/// or directory fails the test with its path.
+fn testdata(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel);
+    assert!(path.exists(), "test data missing: {}", path.display());
+    path
 }
 
 fn export_xml() -> PathBuf {
-    let path = shared_data().join("apple_health/export.xml");
+    let path = testdata("data/apple_health/export.xml");
     assert!(path.is_file(), "missing {}", path.display());
     path
 }
@@ -130,7 +126,7 @@ fn assert_fixture_counts(items: &[SourceItem], report: &ImportReport) {
 }
 
 #[test]
-fn shared_export_xml() {
+fn published_export_xml() {
     let path = export_xml();
     assert_eq!(
         import::detect_format(&path).expect("detect"),

@@ -1,6 +1,7 @@
-//! Integration tests of the FHIR R4 JSON importer against the published Synthea bundles in the shared test
-//! data (counts verified by hand against the files), plus constructed bundles for the cases the files lack:
-//! BOM, NDJSON, `batch`/`collection`/`searchset` bundles, truncated and garbage input.
+//! Integration tests of the FHIR R4 JSON importer against the published Synthea bundles in
+//! `testdata/data/fhir/` (counts verified by hand against the files), plus constructed bundles for
+//! the cases the files lack: BOM, NDJSON, `batch`/`collection`/`searchset` bundles, truncated and
+//! garbage input.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -11,22 +12,18 @@ use datadonor_client::import::{
     Sex, SkipReason, SourceItem, SourceValue,
 };
 
-/// The shared test data directory: `$DATADONOR_SHARED/data`, by default `$CARGO_MANIFEST_DIR/../../shared/data`.
-fn shared_data() -> PathBuf {
-    let root = std::env::var_os("DATADONOR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let data = root.join("data");
-    assert!(
-        data.is_dir(),
-        "shared test data not found at {}: set DATADONOR_SHARED to the directory that holds data/",
-        data.display()
-    );
-    data
+/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
+/// or directory fails the test with its path.
+fn testdata(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel);
+    assert!(path.exists(), "test data missing: {}", path.display());
+    path
 }
 
 fn fhir_file(prefix: &str) -> PathBuf {
-    let dir = shared_data().join("fhir");
+    let dir = testdata("data/fhir");
     let found = std::fs::read_dir(&dir)
         .expect("read fhir dir")
         .map(|e| e.expect("dir entry").path())
@@ -234,7 +231,7 @@ fn dab4861f_bundle_hba1c_bp_conditions_medications() {
 }
 
 #[test]
-fn every_shared_bundle_imports_with_hand_checked_counts() {
+fn every_published_bundle_imports_with_hand_checked_counts() {
     struct Expected {
         prefix: &'static str,
         total: u64,
@@ -783,7 +780,7 @@ fn entry_size_limit_and_sink_errors_stop_the_import() {
 }
 
 #[test]
-fn format_detection_of_shared_files() {
+fn format_detection_of_published_files() {
     for prefix in ["dab4861f", "Lanell756"] {
         assert_eq!(
             import::detect_format(&fhir_file(prefix)).expect("detect"),

@@ -1,6 +1,6 @@
-//! Integration tests of the Synthea CSV importer against the published 27-patient export in the shared test
-//! data (counts verified by hand against the files), plus constructed tables for header variants, bad rows
-//! and garbage.
+//! Integration tests of the Synthea CSV importer against the published 27-patient export in
+//! `testdata/data/` (counts verified by hand against the files), plus constructed tables for header
+//! variants, bad rows and garbage.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -11,22 +11,18 @@ use datadonor_client::import::{
     RecordRef, Sex, SkipReason, SourceItem, SourceValue, SyntheaTable,
 };
 
-/// The shared test data directory: `$DATADONOR_SHARED/data`, by default `$CARGO_MANIFEST_DIR/../../shared/data`.
-fn shared_data() -> PathBuf {
-    let root = std::env::var_os("DATADONOR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let data = root.join("data");
-    assert!(
-        data.is_dir(),
-        "shared test data not found at {}: set DATADONOR_SHARED to the directory that holds data/",
-        data.display()
-    );
-    data
+/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
+/// or directory fails the test with its path.
+fn testdata(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel);
+    assert!(path.exists(), "test data missing: {}", path.display());
+    path
 }
 
 fn csv_dir() -> PathBuf {
-    let dir = shared_data().join("synthea_csv");
+    let dir = testdata("data/synthea_csv");
     assert!(
         dir.join("observations.csv").is_file(),
         "missing {}/observations.csv",

@@ -4,8 +4,8 @@
 //! identifiers, street addresses, exact birth dates, patient keys or free-text notes appear.
 //!
 //! The identifying strings are extracted from the source files by this test itself (plain
-//! `serde_json` / `csv`), not by the importer under test. Runs on every shared FHIR bundle and
-//! on every patient of the shared Synthea CSV export.
+//! `serde_json` / `csv`), not by the importer under test. Runs on every published FHIR bundle and
+//! on every patient of the published Synthea CSV export (`testdata/data/`).
 
 mod support;
 
@@ -285,7 +285,7 @@ async fn start() -> (TestIntake, IntakeSession) {
 }
 
 #[tokio::test]
-async fn no_identifier_from_any_shared_fhir_bundle_leaves_the_device() {
+async fn no_identifier_from_any_published_fhir_bundle_leaves_the_device() {
     let (server, session) = start().await;
     let mut donated = 0;
     let mut seen = 0;
@@ -329,7 +329,7 @@ async fn no_identifier_from_any_shared_fhir_bundle_leaves_the_device() {
 
 #[tokio::test]
 async fn no_identifier_of_any_synthea_csv_patient_leaves_the_device() {
-    let dir = support::shared().join("data/synthea_csv");
+    let dir = support::testdata("data/synthea_csv");
     let mut patients = csv::Reader::from_path(dir.join("patients.csv")).expect("patients.csv");
     let headers = patients.headers().expect("headers").clone();
     let col = |name: &str| headers.iter().position(|h| h == name).expect(name);

@@ -1,9 +1,8 @@
 //! Merkle tree conformance: the published transparency-dev / RFC 6962 vectors
-//! under `shared/vectors/merkle/`, the reference tree, and property tests.
+//! under the repository's `testdata/vectors/merkle/` (sources in `testdata/SOURCES.md`),
+//! the reference tree, and property tests.
 //!
-//! The vectors are located at `$DATADONOR_SHARED/vectors/merkle` if the
-//! environment variable is set, else `$CARGO_MANIFEST_DIR/../../shared/...`.
-//! A missing directory makes the tests fail, never skip.
+//! A missing vector makes the tests fail with its path, never skip.
 
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used)]
@@ -20,22 +19,24 @@ use datadonor_schemas::merkle::{
 use proptest::prelude::*;
 use serde::Deserialize;
 
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("DATADONOR_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
+/// The repository's `testdata/` directory, which holds `SHA256SUMS` and `vectors/`.
+fn testdata_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
 }
 
 fn vectors_dir() -> PathBuf {
-    let dir = shared_dir().join("vectors");
+    let dir = testdata_dir().join("vectors");
     assert!(
         dir.join("merkle").is_dir(),
-        "Merkle test vectors not found at {}: set DATADONOR_SHARED to the shared/ directory \
-         (these tests must not be skipped)",
+        "Merkle test vectors not found at {} (these tests must not be skipped)",
         dir.join("merkle").display()
     );
     dir
+}
+
+/// The bytes of a vector file; a missing file fails the test with its path.
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {} ({e})", path.display()))
 }
 
 fn b64(s: &str) -> Vec<u8> {
@@ -110,7 +111,7 @@ fn load_cases<T: for<'de> Deserialize<'de>>(kind: &str) -> BTreeMap<String, T> {
                 .unwrap()
                 .to_string_lossy()
                 .replace('\\', "/");
-            let text = std::fs::read_to_string(&path).unwrap();
+            let text = String::from_utf8(read(&path)).unwrap();
             let case: T =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             (rel, case)
@@ -142,18 +143,21 @@ fn run_consistency(case: &ConsistencyCase) -> Result<(), MerkleError> {
 
 #[test]
 fn vector_files_match_sha256sums() {
-    let dir = vectors_dir();
-    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let dir = testdata_dir();
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = std::fs::read_to_string(&sums_path)
+        .unwrap_or_else(|e| panic!("cannot read {} ({e})", sums_path.display()));
     let mut checked = 0;
     for line in sums.lines() {
         let Some((want, path)) = line.split_once("  ") else {
             continue;
         };
-        let path = path.trim_start_matches("./");
-        if !path.starts_with("merkle/") {
+        if !path.starts_with("vectors/merkle/") {
             continue;
         }
-        let data = std::fs::read(dir.join(path)).unwrap();
+        let file = dir.join(path);
+        let data =
+            std::fs::read(&file).unwrap_or_else(|e| panic!("cannot read {} ({e})", file.display()));
         let got = hex::encode(ring::digest::digest(&ring::digest::SHA256, &data));
         assert_eq!(got, want, "{path} does not match SHA256SUMS");
         checked += 1;
@@ -200,7 +204,7 @@ fn every_consistency_vector() {
 #[test]
 fn combined_file_matches_individual_files_and_passes() {
     let path = vectors_dir().join("merkle/all-inclusion-consistency-combined.json");
-    let combined: Combined = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let combined: Combined = serde_json::from_slice(&read(&path)).unwrap();
     let inclusion: BTreeMap<String, InclusionCase> = load_cases("inclusion");
     let consistency: BTreeMap<String, ConsistencyCase> = load_cases("consistency");
     assert_eq!(combined.inclusion.len(), inclusion.len());
@@ -258,7 +262,7 @@ fn stricter_policy_cases() {
 
 fn reference_tree() -> (Vec<Hash>, Vec<Hash>) {
     let path = vectors_dir().join("merkle/rfc6962-reference-tree.json");
-    let tree: ReferenceTree = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let tree: ReferenceTree = serde_json::from_slice(&read(&path)).unwrap();
     let leaves = tree
         .leaf_inputs_hex
         .iter()

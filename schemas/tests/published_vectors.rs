@@ -1,10 +1,10 @@
 //! Conformance of the crypto Datadonor composes against published test vectors.
 //!
-//! The vectors live in `shared/vectors/` (see its README): RFC 9180 HPKE, RFC 9497 OPRF,
-//! RFC 8032 / SUPERCOP Ed25519, NIST CAVP AES-GCM, RFC 7748 X25519 and Wycheproof (AES-GCM,
-//! Ed25519, X25519, HKDF-SHA256, HMAC-SHA256). The `shared` directory is
-//! `$DATADONOR_SHARED` when that is set, else `$CARGO_MANIFEST_DIR/../../shared`. Missing
-//! vectors make the tests FAIL, never skip; every file is checked against `SHA256SUMS` first.
+//! The vectors live in the repository's `testdata/vectors/` (sources and licences in
+//! `testdata/SOURCES.md`): RFC 9180 HPKE, RFC 9497 OPRF, RFC 8032 / SUPERCOP Ed25519, NIST CAVP
+//! AES-GCM, RFC 7748 X25519 and Wycheproof (AES-GCM, Ed25519, X25519, HKDF-SHA256,
+//! HMAC-SHA256). A missing vector makes its test FAIL with the path, never skip; every file is
+//! checked against `testdata/SHA256SUMS` first.
 //!
 //! Each family is one test that asserts the exact number of cases it processed (counted from the
 //! files), so a parser that silently yields nothing fails, and that every case, including every
@@ -35,37 +35,25 @@ use voprf::{
 // Locating, verifying and decoding the vectors
 // ---------------------------------------------------------------------------------------------
 
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("DATADONOR_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
+/// The repository's `testdata/` directory.
+fn testdata_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
 }
 
-fn vectors_dir() -> PathBuf {
-    let dir = shared_dir().join("vectors");
-    assert!(
-        dir.join("SHA256SUMS").is_file(),
-        "published test vectors not found at {} (no SHA256SUMS): set DATADONOR_SHARED to the \
-         shared/ directory; these tests must not be skipped",
-        dir.display()
-    );
-    dir
-}
-
-/// Read `rel` (relative to `shared/vectors`) and check it against `SHA256SUMS`.
+/// Read `rel` (relative to `testdata/vectors`) and check it against `testdata/SHA256SUMS`.
 fn read_vector(rel: &str) -> Vec<u8> {
-    let dir = vectors_dir();
+    let dir = testdata_dir();
     let sums_path = dir.join("SHA256SUMS");
     let sums = std::fs::read_to_string(&sums_path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", sums_path.display()));
+        .unwrap_or_else(|e| panic!("cannot read {} ({e})", sums_path.display()));
+    let listed = format!("vectors/{rel}");
     let expected = sums
         .lines()
         .filter_map(|l| l.split_once("  "))
-        .find(|(_, p)| p.trim_start_matches("./") == rel)
+        .find(|(_, p)| *p == listed)
         .map(|(h, _)| h.to_string())
-        .unwrap_or_else(|| panic!("{rel} is not listed in {}", sums_path.display()));
-    let path = dir.join(rel);
+        .unwrap_or_else(|| panic!("{listed} is not listed in {}", sums_path.display()));
+    let path = dir.join(&listed);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "published test vector {} missing or unreadable ({e}); these tests must not be \
@@ -74,7 +62,12 @@ fn read_vector(rel: &str) -> Vec<u8> {
         )
     });
     let got = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
-    assert_eq!(got, expected, "{rel}: SHA-256 differs from SHA256SUMS");
+    assert_eq!(
+        got,
+        expected,
+        "{}: SHA-256 differs from SHA256SUMS",
+        path.display()
+    );
     bytes
 }
 

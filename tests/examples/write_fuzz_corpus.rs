@@ -1,5 +1,5 @@
 //! Writes the seed corpus of every fuzz target (`fuzz/corpus/<target>/`), deterministically,
-//! from the published vectors in `schemas/vectors/` and the sample exports in `../shared/data`:
+//! from the published vectors in `schemas/vectors/` and the sample exports in `testdata/data/`:
 //!
 //! ```text
 //! cargo run -p datadonor-tests --example write_fuzz_corpus -- fuzz/corpus
@@ -150,9 +150,10 @@ fn from_vectors(root: &Path, c: &mut Corpus) -> Res<()> {
     Ok(())
 }
 
-fn from_samples(shared: &Path, c: &mut Corpus) -> Res<()> {
-    let fhir = shared.join("data/fhir");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&fhir)?
+fn from_samples(testdata: &Path, c: &mut Corpus) -> Res<()> {
+    let fhir = testdata.join("data/fhir");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&fhir)
+        .map_err(|e| format!("{}: {e}", fhir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
@@ -182,8 +183,8 @@ fn from_samples(shared: &Path, c: &mut Corpus) -> Res<()> {
         .into_iter()
         .enumerate()
     {
-        let csv =
-            std::fs::read_to_string(shared.join("data/synthea_csv").join(format!("{table}.csv")))?;
+        let path = testdata.join(format!("data/synthea_csv/{table}.csv"));
+        let csv = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut seed = vec![which as u8];
         for line in csv.lines().take(40) {
             seed.extend(line.as_bytes());
@@ -197,7 +198,8 @@ fn from_samples(shared: &Path, c: &mut Corpus) -> Res<()> {
         "not-csv",
         b"\x02\xff\xfe\x00\x01\n\"".to_vec(),
     );
-    let apple = std::fs::read(shared.join("data/apple_health/export.xml"))?;
+    let path = testdata.join("data/apple_health/export.xml");
+    let apple = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     c.add("apple_xml", "sample-export", apple.clone());
     // The same export without its DTD and with every record in one line.
     let text = String::from_utf8_lossy(&apple);
@@ -220,12 +222,10 @@ fn main() -> Res<()> {
         .parent()
         .ok_or("no workspace root")?
         .to_path_buf();
-    let shared = std::env::var_os("DATADONOR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared"));
+    let testdata = root.join("testdata");
     let mut c = Corpus::default();
     from_vectors(&root, &mut c)?;
-    from_samples(&shared, &mut c)?;
+    from_samples(&testdata, &mut c)?;
     // A cut copy of each target's first seed: a refusal every corpus starts with.
     for seeds in c.0.values_mut() {
         if let Some((n, b)) = seeds.first().cloned() {

@@ -34,17 +34,14 @@ use datadonor_schemas::study::{rows_from_ipc, StudyDefinition};
 use datadonor_schemas::time::{Clock, SystemClock};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// The shared test data root: `$DATADONOR_SHARED`, else `$CARGO_MANIFEST_DIR/../../shared`.
-pub fn shared() -> PathBuf {
-    let root = std::env::var_os("DATADONOR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    assert!(
-        root.join("data").is_dir(),
-        "shared test data not found at {}: set DATADONOR_SHARED to the directory that holds data/",
-        root.display()
-    );
-    root
+/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
+/// or directory fails the test with its path.
+pub fn testdata(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel);
+    assert!(path.exists(), "test data missing: {}", path.display());
+    path
 }
 
 /// The example study of the repository.
@@ -54,9 +51,9 @@ pub fn example_study() -> StudyDefinition {
         .expect("example study parses")
 }
 
-/// Every FHIR bundle of the shared data.
+/// Every FHIR bundle in `testdata/data/fhir/`.
 pub fn fhir_bundles() -> Vec<PathBuf> {
-    let dir = shared().join("data/fhir");
+    let dir = testdata("data/fhir");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("read fhir dir")
         .map(|e| e.expect("entry").path())

@@ -1,6 +1,7 @@
 //! Synthea CSV writer of the synthetic population: `patients.csv`,
 //! `observations.csv`, `conditions.csv` and `medications.csv` with exactly the
-//! column headers of Synthea's CSV exporter (as in the shared samples).
+//! column headers of Synthea's CSV exporter (as in the published samples in
+//! `testdata/data/`).
 //!
 //! Mapping from [`Donor`]: `Id` is the donor UUID; `SSN` carries the CPR number
 //! in its display form "DDMMYY-SSSS" (Synthea writes SSNs with dashes);

@@ -1,6 +1,6 @@
 //! Unit tests of the synthetic population: determinism, realism of the
 //! marginal distributions, CPR validity, and the shape of the FHIR and CSV
-//! output against the shared Synthea samples.
+//! output against the published Synthea samples in `testdata/data/`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -463,20 +463,19 @@ fn config_validation_and_clamping() {
     assert!(check_donor(&d, &bad.normalized()).is_empty());
 }
 
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("DATADONOR_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
+/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
+/// or directory fails the test with its path.
+fn testdata(rel: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel);
+    assert!(path.exists(), "test data missing: {}", path.display());
+    path
 }
 
 fn first_line(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {} ({e}); set DATADONOR_SHARED to the shared/ directory",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {} ({e})", path.display()));
     text.lines()
         .next()
         .unwrap_or("")
@@ -486,12 +485,7 @@ fn first_line(path: &std::path::Path) -> String {
 
 #[test]
 fn csv_headers_equal_the_synthea_samples() {
-    let samples = shared_dir().join("data/synthea_csv");
-    assert!(
-        samples.is_dir(),
-        "Synthea CSV samples missing at {}; set DATADONOR_SHARED",
-        samples.display()
-    );
+    let samples = testdata("data/synthea_csv");
     let cfg = PopulationConfig::new(3, 25);
     let dir = tempfile::tempdir().expect("tempdir");
     let written = write_synthea_csv(donors(&cfg), dir.path()).expect("csv");
