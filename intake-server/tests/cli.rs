@@ -1,9 +1,11 @@
 //! Golden tests of the `datadonor-intake` command line: `init`, `rotate-key` and the refusals
 //! of `init` and `serve`, with exit status, stdout and stderr (the temporary directory shown
-//! as `<TMP>`). `serve` itself runs in `crash.rs`.
+//! as `<TMP>`); `serve --listen` as a process answering over TLS with the dev CA. `serve` under
+//! load and SIGKILL runs in `crash.rs`.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// Run in `dir`; return (exit code, stdout, stderr) with `dir` replaced by `<TMP>`.
 fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -132,4 +134,137 @@ fn rotate_key_adds_a_transport_key_and_commands_name_a_missing_directory() {
             "{cmd}"
         );
     }
+}
+
+/// A `serve` process, killed if the test ends before it is stopped.
+struct Served {
+    child: Child,
+    /// The address it printed, as `https://HOST:PORT`.
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `serve` with `args` in `dir` and read the address from its first line of output.
+fn serve(dir: &Path, args: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datadonor-intake"))
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read stdout");
+    let Some(url) = line
+        .strip_suffix('\n')
+        .and_then(|l| l.strip_prefix("listening on "))
+        .map(str::to_string)
+    else {
+        let _ = child.kill();
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        panic!("serve {args:?}: first line {line:?}, stderr: {stderr}");
+    };
+    Served { child, url }
+}
+
+/// `GET /healthz` at `url` over TLS, trusting only the dev CA of the data directory `dir`.
+async fn healthz(dir: &Path, url: &str) -> (u16, String) {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("tls/ca.pem")).expect("ca"))
+        .expect("ca pem");
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let r = client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}/healthz: {e}"));
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+/// The port of `https://127.0.0.1:PORT`; not 0, since the bound address is printed.
+fn bound_port(url: &str) -> u16 {
+    let port: u16 = url
+        .strip_prefix("https://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not https://127.0.0.1:PORT: {url:?}"));
+    assert_ne!(port, 0, "{url}");
+    port
+}
+
+#[tokio::test]
+async fn serve_listens_where_told_and_prints_the_bound_address() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+
+    // `serve --listen` overrides the config's address (init's default, 127.0.0.1:8443).
+    let (code, _, stderr) = run(t, &["init", "--dir", "d"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        read(&t.join("d/config.toml")).contains("listen = \"127.0.0.1:8443\"\n"),
+        "default listen address"
+    );
+    let mut served = serve(t, &["--dir", "d", "--listen", "127.0.0.1:0"]);
+    bound_port(&served.url);
+    assert_eq!(
+        healthz(&t.join("d"), &served.url).await,
+        (200, "ok".to_string())
+    );
+
+    // SIGTERM: a clean stop. Waited for on a blocking thread, so that this runtime goes on
+    // driving the client's connection and closes it (else the intake waits for it to drain).
+    let status = tokio::task::spawn_blocking(move || {
+        let pid = served.child.id().to_string();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(kill.success());
+        served.child.wait().expect("wait")
+    })
+    .await
+    .expect("the waiting task");
+    assert!(status.success(), "serve exited with {status}");
+
+    // `init --listen` writes the address into the config, and `serve` uses it.
+    let (code, _, stderr) = run(t, &["init", "--dir", "e", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        read(&t.join("e/config.toml")).contains("listen = \"127.0.0.1:0\"\n"),
+        "listen address from init --listen"
+    );
+    let served = serve(t, &["--dir", "e"]);
+    bound_port(&served.url);
+    assert_eq!(
+        healthz(&t.join("e"), &served.url).await,
+        (200, "ok".to_string())
+    );
+
+    // A listen address that is not one is refused before anything is read.
+    let (code, stdout, stderr) = run(t, &["serve", "--dir", "e", "--listen", "localhost"]);
+    assert_eq!((code, stdout.as_str()), (2, ""));
+    assert!(
+        stderr.starts_with(
+            "error: invalid value 'localhost' for '--listen <ADDR>': invalid socket address syntax"
+        ),
+        "{stderr}"
+    );
 }

@@ -40,7 +40,7 @@ fn spawn_intake(dir: &Path) -> (Child, std::net::SocketAddr) {
         .unwrap();
     let addr = line
         .trim()
-        .strip_prefix("listening on ")
+        .strip_prefix("listening on https://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();
