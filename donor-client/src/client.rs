@@ -16,12 +16,12 @@ use std::time::Duration;
 use datadonor_schemas::checkpoint::{self, NoteVerifier};
 use datadonor_schemas::envelope::HpkeConfigList;
 use datadonor_schemas::pseudonym::{Cpr, Pseudonym};
-use datadonor_schemas::threshold::{
-    self, AnswerError, EvaluateRequest, InstanceAnswer, ThresholdError, MAX_ANSWER_LEN,
-};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, VerifiedReceipt};
 use datadonor_schemas::signing::{Context, PublicKey, SignedObject};
 use datadonor_schemas::study::{StudyDefinition, StudyId};
+use datadonor_schemas::threshold::{
+    self, AnswerError, EvaluateRequest, InstanceAnswer, ThresholdError, MAX_ANSWER_LEN,
+};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -142,7 +142,12 @@ fn problem_slug(bytes: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let t = v.get("type")?.as_str()?;
     let slug = t.strip_prefix("urn:datadonor:problem:")?;
-    Some(slug.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect())
+    Some(
+        slug.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(64)
+            .collect(),
+    )
 }
 
 /// How donations are retried.

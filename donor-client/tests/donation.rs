@@ -105,10 +105,14 @@ async fn donation_round_trip_verifies_and_stores_the_receipt() {
     let p2 = s
         .session
         .intake()
-        .pseudonym(&s.cpr, &s.study.definition.id)
+        .pseudonym(&s.cpr, &s.study.definition)
         .await
         .expect("pseudonym");
-    assert_eq!(p2, out.pseudonym);
+    assert_eq!(p2.pseudonym, out.pseudonym);
+    // Two of the three instances were combined, and the third verified as a spare.
+    assert_eq!(p2.used.len(), 2);
+    assert_eq!(p2.spare.len(), 1);
+    assert!(p2.rejected.is_empty());
 
     let dir = tempfile::tempdir().expect("tmp");
     let ks = Keystore::open(dir.path()).expect("keystore");

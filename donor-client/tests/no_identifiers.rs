@@ -252,9 +252,9 @@ async fn donate_and_withdraw(server: &TestIntake, session: &IntakeSession, d: Do
         // Nothing to donate (a child, or no matching measure): the OPRF still must not leak.
         session
             .intake()
-            .pseudonym(&cpr, &study.definition.id)
+            .pseudonym(&cpr, &study.definition)
             .await
-            .expect("oprf");
+            .expect("pseudonymisation");
         return false;
     }
     let consent = ConsentChoice {

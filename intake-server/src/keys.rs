@@ -249,7 +249,6 @@ pub fn ledger_key_path(dir: &Path) -> PathBuf {
     dir.join("keys/ledger.key")
 }
 
-
 /// Path of the analytics token hash (the credential for `POST /v1/ledger/events`).
 pub fn analytics_hash_path(dir: &Path) -> PathBuf {
     dir.join("keys/analytics.sha256")
@@ -266,7 +265,6 @@ pub fn load_ledger_key(dir: &Path) -> Result<SigningKey, KeyError> {
     let seed = read_32(&p)?;
     SigningKey::from_seed(&seed).map_err(|_| KeyError::Invalid(p))
 }
-
 
 /// The SHA-256 of the auditor token (what the intake keeps).
 #[derive(Clone, PartialEq, Eq)]

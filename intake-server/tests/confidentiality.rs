@@ -118,7 +118,7 @@ async fn the_intakes_keys_cannot_open_a_batch() {
 
     let keys = private_keys_in_data_dir(&env);
     let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
-    for want in ["transport-1.key", "ledger.key", "oprf.key", "steward.key"] {
+    for want in ["transport-1.key", "ledger.key", "steward.key"] {
         assert!(
             names.iter().any(|n| n.ends_with(want)),
             "{want} not tried: {names:?}"

@@ -123,7 +123,6 @@ fn secrets_are_mode_0600() {
     for f in [
         "keys/transport-1.key",
         "keys/ledger.key",
-        "keys/oprf.key",
         "auditor.token",
         "tls/server.key",
         "steward/steward.key",

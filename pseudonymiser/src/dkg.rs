@@ -357,10 +357,9 @@ pub fn round2(
             .ok_or_else(|| DkgError::State("identity seed".into()))?,
     );
     let identity = SigningKey::from_seed(&seed).map_err(|e| DkgError::State(e.to_string()))?;
-    let own = parsed
-        .iter()
-        .find(|p| p.from == c.index)
-        .ok_or_else(|| DkgError::Messages("this instance's own round-1 message is missing".into()))?;
+    let own = parsed.iter().find(|p| p.from == c.index).ok_or_else(|| {
+        DkgError::Messages("this instance's own round-1 message is missing".into())
+    })?;
     if own.signer != identity.public_key() {
         return Err(DkgError::Messages(
             "the round-1 message for this instance's index was not made by it".into(),
@@ -381,8 +380,13 @@ pub fn round2(
             .get(&ident(p.from)?)
             .ok_or_else(|| DkgError::Frost(format!("no share for instance {}", p.from)))?;
         let plain = Zeroizing::new(pkg.serialize().map_err(frost_err)?);
-        let (enc, ct) = hpke_seal(&p.transport, &round2_info(&c.config_id, c.index, p.from), &transcript, &plain)
-            .map_err(|e| DkgError::Frost(e.to_string()))?;
+        let (enc, ct) = hpke_seal(
+            &p.transport,
+            &round2_info(&c.config_id, c.index, p.from),
+            &transcript,
+            &plain,
+        )
+        .map_err(|e| DkgError::Frost(e.to_string()))?;
         let body = Round2Body {
             format: datadonor_schemas::PROTOCOL_VERSION,
             round: 2,

@@ -312,7 +312,10 @@ fn dkg_command(d: DkgCommand) -> Result<()> {
         } => {
             let state_path = dir.join("dkg/round1.state");
             if state_path.exists() {
-                bail!("{} exists: this instance already ran round 1", state_path.display());
+                bail!(
+                    "{} exists: this instance already ran round 1",
+                    state_path.display()
+                );
             }
             let (state, msg) = dkg::round1(&Ceremony {
                 config_id,

@@ -116,7 +116,8 @@ impl InstanceConfig {
             return Err("max_connections must be at least 1".into());
         }
         if let Some(k) = &self.credential_issuer {
-            PublicKey::from_base64(k).map_err(|_| "credential_issuer is not a base64 Ed25519 key")?;
+            PublicKey::from_base64(k)
+                .map_err(|_| "credential_issuer is not a base64 Ed25519 key")?;
         }
         Ok(())
     }

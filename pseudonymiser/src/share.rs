@@ -205,11 +205,18 @@ impl KeyShare {
                 .ok_or_else(|| inv(format!("public share {} is not 32 bytes", p.index)))?;
             shares.push((p.index, k));
         }
-        Self::new(&f.config_id, f.index, f.threshold, secret.as_ref(), group, shares)
-            .map_err(|e| match e {
-                ShareError::Invalid(_, m) => inv(m),
-                other => other,
-            })
+        Self::new(
+            &f.config_id,
+            f.index,
+            f.threshold,
+            secret.as_ref(),
+            group,
+            shares,
+        )
+        .map_err(|e| match e {
+            ShareError::Invalid(_, m) => inv(m),
+            other => other,
+        })
     }
 
     /// Write the share file with mode 0600 (atomically: temporary file, fsync, rename).

@@ -31,8 +31,10 @@ impl DevCa {
         let key = rcgen::KeyPair::generate().map_err(e)?;
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "Datadonor pseudonymiser development CA");
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            "Datadonor pseudonymiser development CA",
+        );
         p.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,

@@ -294,7 +294,10 @@ impl PseudonymiserConfig {
             if !inst.url.starts_with("https://")
                 || inst.url.len() > 256
                 || inst.url.ends_with('/')
-                || inst.url.chars().any(|c| c.is_control() || c.is_whitespace())
+                || inst
+                    .url
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
             {
                 return bad(format!(
                     "instances[{pos}]: url must be https://host[:port] without a trailing slash"
@@ -304,7 +307,9 @@ impl PseudonymiserConfig {
                 || inst.operator.len() > 128
                 || inst.operator.chars().any(char::is_control)
             {
-                return bad(format!("instances[{pos}]: operator must be 1-128 characters"));
+                return bad(format!(
+                    "instances[{pos}]: operator must be 1-128 characters"
+                ));
             }
             let p = decode_point(&inst.public_share).ok_or_else(|| {
                 ConfigError::Invalid(format!(
@@ -531,8 +536,9 @@ impl ThresholdBlind {
     fn finalize_combined(&self, z: &RistrettoPoint) -> Result<OprfOutput, ThresholdError> {
         let ev = EvaluationElement::<Ristretto255>::deserialize(z.compress().as_bytes())
             .map_err(|_| ThresholdError::Oprf)?;
-        let fin = OprfClient::<Ristretto255>::deterministic_blind_unchecked(&self.input, *self.blind)
-            .map_err(|_| ThresholdError::Oprf)?;
+        let fin =
+            OprfClient::<Ristretto255>::deterministic_blind_unchecked(&self.input, *self.blind)
+                .map_err(|_| ThresholdError::Oprf)?;
         let out = fin
             .state
             .finalize(&self.input, &ev)

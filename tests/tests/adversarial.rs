@@ -30,7 +30,6 @@
 //! | slow client: headers trickled | [`slow_headers_are_cut_off`] |
 //! | slow client: TCP connection that never starts TLS | [`silent_connection_is_cut_off_before_the_handshake`] |
 //! | slow client: idle after the TLS handshake (no request byte; HTTP/2 without a stream; an HTTP/2 frame trickled a byte at a time) | [`idle_connection_after_the_handshake_is_cut_off`] |
-//! | OPRF flood (dictionary building over CPR numbers) | [`oprf_flood_is_rate_limited`] |
 //! | withdrawal signed by another donor's key | [`withdrawal_signed_by_another_donors_key`] |
 //! | approval for query A used to run query B | [`approval_for_one_query_used_for_another`] |
 //! | expired approval | [`expired_approval`] |
@@ -40,6 +39,10 @@
 //! | headers swapped between two sealed batches | [`sealed_batch_headers_swapped`] |
 //! | ledger history rewritten and re-signed | [`rewritten_ledger_is_caught_by_the_auditor`] |
 //! | withdrawn donor counted by a later query | [`withdrawn_donor_is_not_counted_by_a_later_query`] |
+//!
+//! Attacks on pseudonymisation (an intake operator enumerating CPR numbers, a malicious or
+//! lost pseudonymiser instance, replayed and malformed answers, floods without and with donor
+//! credentials) run against real pseudonymiser instances in `tests/threshold.rs`.
 //!
 //! The idle cut-off must not break an honest client that keeps its connection open between
 //! requests: [`ledger_client_outlives_the_idle_cut_off`].
@@ -74,7 +77,7 @@ use datadonor_schemas::batch::BatchHeader;
 use datadonor_schemas::checkpoint::{self, NoteVerifier};
 use datadonor_schemas::envelope::HpkePublicKey;
 use datadonor_schemas::ledger::LedgerEntry;
-use datadonor_schemas::pseudonym::{Cpr, Pseudonym};
+use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::{QueryApproval, QuerySpec};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle};
 use datadonor_schemas::signing::{PublicKey, SignedObject, SigningKey};
@@ -1035,44 +1038,6 @@ async fn ledger_client_outlives_the_idle_cut_off() {
     .await
     .expect("the research task");
     assert_eq!(size, appended + 1);
-}
-
-// ---------------------------------------------------------------------------------------------
-// OPRF
-
-/// Standard padded base64 of 32 bytes (an element is encoded like a public key).
-fn b64_32(bytes: &[u8; 32]) -> String {
-    PublicKey(*bytes).to_base64()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oprf_flood_is_rate_limited() {
-    let burst = 3;
-    let live = Live::start_with(|c| {
-        c.oprf.burst = burst;
-        c.oprf.per_second = 0.001;
-    })
-    .await;
-    let cpr = Cpr::parse("0101801234").expect("CPR");
-    let mut served = 0;
-    let mut limited = 0;
-    for i in 0..10 {
-        let blind = datadonor_schemas::pseudonym::blind(&cpr).expect("blinds");
-        let body = serde_json::json!({ "blinded": b64_32(&blind.blinded) }).to_string();
-        let before = live.stored().await;
-        let r = live
-            .post("/v1/oprf", "application/json", body.into_bytes())
-            .await;
-        if r.status == StatusCode::OK {
-            assert!(i < burst, "request {i} served beyond the burst");
-            served += 1;
-        } else {
-            live.assert_refused(&r, StatusCode::TOO_MANY_REQUESTS, "rate-limited", &before)
-                .await;
-            limited += 1;
-        }
-    }
-    assert_eq!((served, limited), (burst, 10 - burst));
 }
 
 // ---------------------------------------------------------------------------------------------

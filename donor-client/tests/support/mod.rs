@@ -1,6 +1,7 @@
 //! A small, recording test intake that implements the `PROTOCOL.md` endpoints the donor client
-//! uses (studies, hpke-config, ledger-key, oprf, donations, withdrawals, checkpoint, inclusion,
-//! consistency) over rustls with a test CA made by rcgen. It opens every envelope with its HPKE
+//! uses (studies, hpke-config, ledger-key, donations, withdrawals, checkpoint, inclusion,
+//! consistency), and three pseudonymiser instances (`/p1`, `/p2`, `/p3`, 2 of 3, real key
+//! shares from the ceremony) over rustls with a test CA made by rcgen. It opens every envelope with its HPKE
 //! key, checks it as the intake would (manifest, study, rows), appends real ledger entries to a
 //! real Merkle log, signs checkpoints and receipts with a ledger key, and RECORDS every request
 //! body it received (and every opened payload) so tests can assert what left the client.
@@ -22,12 +23,13 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use datadonor_pseudonymiser::KeyShare;
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::consent::{check_manifest, open_manifest, open_withdrawal};
 use datadonor_schemas::envelope::{Envelope, HpkeConfig, HpkeConfigList, HpkePrivateKey};
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{leaf_hash, MerkleLog};
-use datadonor_schemas::pseudonym::{OprfServerKey, Pseudonym};
+use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
 use datadonor_schemas::signing::{Context, PublicKey, SignedObject, SigningKey};
 use datadonor_schemas::study::{rows_from_ipc, StudyDefinition};
@@ -94,7 +96,7 @@ struct Inner {
     signed_study: SignedObject,
     hpke: HpkePrivateKey,
     key_id: u32,
-    oprf: OprfServerKey,
+    shares: Vec<KeyShare>,
     ledger_key: SigningKey,
     origin: String,
     auditor_token: String,
@@ -161,7 +163,24 @@ impl TestIntake {
     }
 
     /// Start with a study.
-    pub async fn start_with(study: StudyDefinition) -> Self {
+    pub async fn start_with(mut study: StudyDefinition) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (shares, result) =
+            datadonor_pseudonymiser::dkg::run_local("test-pseudonymiser", 3, 2).expect("ceremony");
+        let endpoints: Vec<datadonor_pseudonymiser::dkg::Endpoint> = (1..=3u16)
+            .map(|i| datadonor_pseudonymiser::dkg::Endpoint {
+                index: i,
+                url: format!("https://localhost:{port}/p{i}"),
+                operator: format!("test instance {i}"),
+            })
+            .collect();
+        study.pseudonymiser = Some(
+            datadonor_pseudonymiser::dkg::assemble_config(&result, 1, &endpoints, None)
+                .expect("config"),
+        );
         let steward = SigningKey::generate().expect("steward key");
         let signed_study = SignedObject::sign(Context::StudyDefinition, &study, &steward);
         let (hpke, _) = HpkePrivateKey::generate();
@@ -170,7 +189,7 @@ impl TestIntake {
             signed_study,
             hpke,
             key_id: 7,
-            oprf: OprfServerKey::generate().expect("oprf key"),
+            shares,
             ledger_key: SigningKey::generate().expect("ledger key"),
             origin: "datadonor.test/ledger".to_string(),
             auditor_token: "ab".repeat(32),
@@ -201,10 +220,6 @@ impl TestIntake {
         .expect("server config");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
         let app = app(inner.clone());
         let kill_src = inner.clone();
         tokio::spawn(async move {
@@ -365,7 +380,7 @@ fn app(inner: Arc<Inner>) -> Router {
         .route("/v1/studies/{id}", get(study))
         .route("/v1/hpke-config", get(hpke_config))
         .route("/v1/ledger-key", get(ledger_key))
-        .route("/v1/oprf", post(oprf))
+        .route("/{instance}/v1/evaluate", post(evaluate))
         .route("/v1/donations", post(donations))
         .route("/v1/withdrawals", post(withdrawals))
         .route("/v1/ledger/checkpoint", get(checkpoint_h))
@@ -406,23 +421,21 @@ async fn ledger_key(State(s): S) -> Response {
     )
 }
 
-async fn oprf(State(s): S, body: Bytes) -> Response {
-    record(&s, "/v1/oprf", &body, Vec::new());
-    #[derive(serde::Deserialize)]
-    struct Req {
-        blinded: String,
-    }
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let Ok(req) = serde_json::from_slice::<Req>(&body) else {
+async fn evaluate(State(s): S, UrlPath(instance): UrlPath<String>, body: Bytes) -> Response {
+    record(&s, &format!("/{instance}/v1/evaluate"), &body, Vec::new());
+    let Some(share) = instance
+        .strip_prefix('p')
+        .and_then(|i| i.parse::<u16>().ok())
+        .and_then(|i| s.shares.iter().find(|k| k.index == i))
+    else {
+        return problem(StatusCode::NOT_FOUND, "not-found");
+    };
+    let Ok(req) = datadonor_schemas::threshold::EvaluateRequest::from_json(&body) else {
         return problem(StatusCode::BAD_REQUEST, "bad-request");
     };
-    let Ok(blinded) = b64.decode(req.blinded) else {
-        return problem(StatusCode::BAD_REQUEST, "bad-request");
-    };
-    match s.oprf.evaluate(&blinded) {
-        Ok(ev) => json(format!("{{\"evaluated\":\"{}\"}}", b64.encode(ev)).into_bytes()),
-        Err(_) => problem(StatusCode::BAD_REQUEST, "bad-request"),
+    match share.evaluate(&req.blinded) {
+        Ok(answer) => json(serde_json::to_vec(&answer).expect("json")),
+        Err(_) => problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-element"),
     }
 }
 
