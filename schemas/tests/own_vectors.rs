@@ -17,6 +17,9 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use arrow::array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
 use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WRAP_INFO};
 use datadonor_schemas::checkpoint::{self, key_hash, CheckpointError, NoteVerifier};
 use datadonor_schemas::consent::{check_manifest, open_manifest, open_withdrawal, ConsentError};
@@ -27,7 +30,7 @@ use datadonor_schemas::envelope::{
 use datadonor_schemas::geo::municipality_of_postcode;
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{self, Hash, MerkleError};
-use datadonor_schemas::pseudonym::{blind, Cpr, OprfOutput, OprfServerKey, PseudonymError};
+use datadonor_schemas::pseudonym::{Cpr, OprfOutput, Pseudonym, PseudonymError};
 use datadonor_schemas::query::{check_approval, QueryError, QuerySpec, QUERY_HASH_PREFIX};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, ReceiptError};
 use datadonor_schemas::signing::{signed_bytes, Context, SignatureError, SignedObject, SigningKey};
@@ -35,9 +38,16 @@ use datadonor_schemas::study::{
     age_band_label, age_band_labels, rows_from_ipc, rows_to_ipc, FieldType, Granularity,
     StudyDefinition, StudyError,
 };
+use datadonor_schemas::threshold::{
+    blind_input_with_scalar, combine_points, lagrange_at_zero, AnswerError, ConfigError,
+    EvaluateRequest, InstanceAnswer, PseudonymiserConfig, ThresholdBlind, ThresholdError,
+};
 use datadonor_schemas::WireError;
 use rand_core::{CryptoRng, RngCore};
 use serde_json::Value;
+use voprf::{
+    BlindedElement, EvaluationElement, Group, Proof, Ristretto255, VoprfClient, VoprfServer,
+};
 
 // The generator module is shared with the example; this test uses only `build`.
 #[allow(dead_code)]
@@ -45,13 +55,14 @@ use serde_json::Value;
 mod vector_gen;
 
 /// Every vector file and its number of (valid, malformed) vectors.
-const EXPECTED: [(&str, usize, usize); 10] = [
-    ("signed-object.json", 6, 25),
+const EXPECTED: [(&str, usize, usize); 11] = [
+    ("signed-object.json", 8, 25),
     ("study-definition.json", 8, 64),
     ("consent-manifest.json", 3, 26),
     ("withdrawal.json", 1, 9),
     ("envelope.json", 4, 51),
-    ("pseudonym.json", 16, 27),
+    ("pseudonym.json", 16, 25),
+    ("threshold-oprf.json", 2, 37),
     ("ledger-entry.json", 9, 39),
     ("receipt.json", 2, 19),
     ("query.json", 4, 29),
@@ -425,6 +436,51 @@ fn pseudo_err(e: &PseudonymError) -> Named {
     plain("PseudonymError", e)
 }
 
+/// `AnswerError::Variant`, the instance index as the detail.
+fn answer_err(e: &AnswerError) -> Named {
+    (
+        format!("AnswerError::{}", variant(e)),
+        Some(e.index().to_string()),
+    )
+}
+
+/// An answer error as the vectors list it: `AnswerError::BadProof(1)`.
+fn answer_text(e: &AnswerError) -> String {
+    format!("AnswerError::{e:?}")
+}
+
+fn config_err(e: &ConfigError) -> Named {
+    match e {
+        ConfigError::Wire(w) => wrap("ConfigError", "Wire", wire(w)),
+        ConfigError::Invalid(m) => ("ConfigError::Invalid".into(), Some(m.clone())),
+        ConfigError::InconsistentShare(i) => {
+            ("ConfigError::InconsistentShare".into(), Some(i.to_string()))
+        }
+        _ => plain("ConfigError", e),
+    }
+}
+
+fn threshold_err(e: &ThresholdError) -> Named {
+    match e {
+        ThresholdError::NotEnoughAnswers {
+            valid,
+            needed,
+            rejected,
+        } => {
+            let r: Vec<String> = rejected.iter().map(answer_text).collect();
+            (
+                "ThresholdError::NotEnoughAnswers".into(),
+                Some(format!(
+                    "valid {valid}, needed {needed}, rejected [{}]",
+                    r.join(", ")
+                )),
+            )
+        }
+        ThresholdError::Config(c) => wrap("ThresholdError", "Config", config_err(c)),
+        _ => plain("ThresholdError", e),
+    }
+}
+
 fn proof(v: &Value, k: &str) -> Vec<Vec<u8>> {
     arr(v, k)
         .iter()
@@ -508,16 +564,35 @@ fn decode_malformed(file: &Value, v: &Value) -> Named {
             envelope_err,
         ),
         "Cpr::parse" => must_fail(Cpr::parse(text(&input(v))), pseudo_err),
-        "OprfServerKey::evaluate" => {
-            let key =
-                OprfServerKey::from_bytes(&hx(&file["oprf_key"], "private_key_hex")).expect("key");
-            must_fail(key.evaluate(&input(v)), pseudo_err)
+        "threshold::blind_input_with_scalar" => {
+            let cpr = Cpr::parse("0101901234").expect("cpr");
+            let scalar: [u8; 32] = input(v).try_into().expect("32-byte scalar");
+            must_fail(
+                blind_input_with_scalar(cpr.oprf_input(), scalar),
+                threshold_err,
+            )
         }
-        "OprfBlind::finalize" => {
-            let b = blind(&Cpr::parse("0101901234").expect("cpr")).expect("blind");
-            must_fail(b.finalize(&input(v)), pseudo_err)
+        "Pseudonym::from_hex" => match Pseudonym::from_hex(text(&input(v))) {
+            Some(_) => ("<accepted>".into(), None),
+            None => ("None".into(), None),
+        },
+        "InstanceAnswer::from_json+ThresholdBlind::verify_answer" => {
+            let (config, tb) = threshold_context(file);
+            match InstanceAnswer::from_json(&input(v)) {
+                Err(e) => wire(&e),
+                Ok(a) => must_fail(tb.verify_answer(&config, &a), answer_err),
+            }
         }
-        "OprfServerKey::from_bytes" => must_fail(OprfServerKey::from_bytes(&input(v)), pseudo_err),
+        "ThresholdBlind::combine" => {
+            let (config, tb) = threshold_context(file);
+            let answers: Vec<InstanceAnswer> =
+                serde_json::from_slice(&input(v)).expect("a JSON array of answers");
+            must_fail(tb.combine(&config, &answers, Vec::new()), threshold_err)
+        }
+        "PseudonymiserConfig::from_json" => {
+            must_fail(PseudonymiserConfig::from_json(&input(v)), config_err)
+        }
+        "EvaluateRequest::from_json" => must_fail(EvaluateRequest::from_json(&input(v)), wire),
         "LedgerEntry::from_bytes" => must_fail(LedgerEntry::from_bytes(&input(v)), wire),
         "checkpoint::open" => must_fail(
             checkpoint::open(&input(v), &[ledger_verifier(file)]),
@@ -695,7 +770,9 @@ fn check_valid(file: &Value, v: &Value) {
             );
             assert_eq!(hex::encode(c.oprf_input()), s(v, "oprf_input_hex"));
         }
-        "oprf" => check_oprf(file, v),
+        "voprf" => check_voprf(file, v),
+        "pseudonymiser_config" => check_config(file, v),
+        "threshold_evaluation" => check_threshold(file, v),
         "entry" => {
             let b = s(v, "entry_text").as_bytes();
             let e = LedgerEntry::from_bytes(b).expect("entry parses");
@@ -1015,44 +1092,39 @@ fn check_envelope(file: &Value, v: &Value) {
 
 const ENVELOPE_INFO_TEXT: &str = "datadonor/v1 donation envelope";
 
-fn check_oprf(file: &Value, v: &Value) {
-    let k = &file["oprf_key"];
-    let key = OprfServerKey::from_bytes(&hx(k, "private_key_hex")).expect("key");
-    let derived =
-        OprfServerKey::from_seed(&hx(k, "seed_hex"), s(k, "info_text").as_bytes()).expect("derive");
-    assert_eq!(*derived.to_bytes(), hx(k, "private_key_hex"));
-    let cpr = Cpr::parse(s(v, "cpr_input")).expect("cpr");
-    let input = cpr.oprf_input();
-    assert_eq!(hex::encode(&*input), s(v, "oprf_input_hex"));
-    check_layout(&v["oprf_input_layout"], &input);
-    // RFC 9497 client steps with the vector's blind.
-    let blind_scalar =
-        <voprf::Ristretto255 as voprf::Group>::deserialize_scalar(&hx(v, "blind_hex"))
-            .expect("scalar");
-    let r = voprf::OprfClient::<voprf::Ristretto255>::deterministic_blind_unchecked(
-        &input,
-        blind_scalar,
-    )
-    .expect("blind");
-    let blinded = r.message.serialize();
-    assert_eq!(hex::encode(blinded), s(v, "blinded_element_hex"));
-    let evaluated = key.evaluate(&blinded).expect("evaluate");
-    assert_eq!(hex::encode(evaluated), s(v, "evaluated_element_hex"));
-    let ev =
-        voprf::EvaluationElement::<voprf::Ristretto255>::deserialize(&evaluated).expect("element");
-    let y = r.state.finalize(&input, &ev).expect("finalize");
-    assert_eq!(hex::encode(y), s(v, "output_hex"));
-    // The crate's own client path (random blind) reaches the same output.
-    let b = blind(&cpr).expect("blind");
-    let e = key.evaluate(&b.blinded).expect("evaluate");
-    let out = b.finalize(&e).expect("finalize");
-    assert_eq!(hex::encode(out.as_bytes()), s(v, "output_hex"));
-    let full = key
-        .evaluate_unblinded_for_vectors(&input)
-        .expect("evaluate");
-    assert_eq!(full.as_bytes(), out.as_bytes());
-    let y: [u8; 64] = hx(v, "output_hex").try_into().expect("64 bytes");
-    let y = OprfOutput::from_bytes(y);
+/// The 64-byte replay of a DLEQ proof's nonce: ristretto255's `RandomScalar` reads 64 bytes
+/// and reduces them, so `r || 0^32` yields exactly `r`.
+fn nonce_rng(v: &Value) -> FixedRng {
+    let mut r = hx(v, "proof_nonce_hex");
+    r.resize(64, 0);
+    FixedRng(r)
+}
+
+fn scalar_of(b: [u8; 32]) -> Scalar {
+    Option::from(Scalar::from_canonical_bytes(b)).expect("canonical scalar")
+}
+
+fn point_of(b: &[u8]) -> RistrettoPoint {
+    CompressedRistretto::from_slice(b)
+        .expect("32 bytes")
+        .decompress()
+        .expect("valid element")
+}
+
+/// `BlindEvaluate` with the vector's proof nonce: the evaluated element and the proof.
+fn blind_evaluate(
+    server: &VoprfServer<Ristretto255>,
+    blinded: &[u8],
+    v: &Value,
+) -> (Vec<u8>, Vec<u8>) {
+    let b = BlindedElement::<Ristretto255>::deserialize(blinded).expect("blinded element");
+    let mut rng = nonce_rng(v);
+    let r = server.blind_evaluate(&mut rng, &b);
+    assert!(rng.0.is_empty(), "the proof drew exactly its nonce");
+    (r.message.serialize().to_vec(), r.proof.serialize().to_vec())
+}
+
+fn check_pseudonyms(y: &OprfOutput, v: &Value) {
     for p in arr(v, "pseudonyms") {
         let sid = s(p, "study_id");
         assert_eq!(y.study_pseudonym(sid).to_hex(), s(p, "pseudonym_hex"));
@@ -1066,6 +1138,248 @@ fn check_oprf(file: &Value, v: &Value) {
             .expect("fill");
         assert_eq!(hex::encode(okm), s(p, "pseudonym_hex"));
     }
+}
+
+/// The VOPRF key of pseudonym.json's `oprf_key` (or threshold-oprf.json's `group_key`),
+/// derived from its seed and checked against the stated private and public keys.
+fn oprf_key(k: &Value) -> VoprfServer<Ristretto255> {
+    let seed = match k.get("seed_hex") {
+        Some(_) => hx(k, "seed_hex"),
+        None => vector_gen::seed(s(k, "seed_label")).to_vec(),
+    };
+    let key = VoprfServer::<Ristretto255>::new_from_seed(&seed, s(k, "info_text").as_bytes())
+        .expect("derive");
+    let mut sk_pk = hx(k, "private_key_hex");
+    sk_pk.extend(hx(k, "public_key_hex"));
+    assert_eq!(key.serialize().to_vec(), sk_pk, "skS || pkS");
+    let loaded = VoprfServer::<Ristretto255>::new_with_key(&hx(k, "private_key_hex")).expect("key");
+    assert_eq!(loaded.serialize(), key.serialize());
+    key
+}
+
+fn check_voprf(file: &Value, v: &Value) {
+    let key = oprf_key(&file["oprf_key"]);
+    let cpr = Cpr::parse(s(v, "cpr_input")).expect("cpr");
+    let input = cpr.oprf_input();
+    assert_eq!(hex::encode(&*input), s(v, "oprf_input_hex"));
+    check_layout(&v["oprf_input_layout"], &input);
+    // The crate's blinding with the vector's blind is RFC 9497's, in mode 0x01.
+    let blind = hx32(v, "blind_hex");
+    let tb = blind_input_with_scalar(input.clone(), blind).expect("blind");
+    assert_eq!(hex::encode(tb.blinded), s(v, "blinded_element_hex"));
+    let r = VoprfClient::<Ristretto255>::deterministic_blind_unchecked(&input, scalar_of(blind))
+        .expect("blind");
+    assert_eq!(r.message.serialize().as_slice(), tb.blinded);
+    // The server's evaluation and proof, with the stated nonce.
+    let (evaluated, proof) = blind_evaluate(&key, &tb.blinded, v);
+    assert_eq!(hex::encode(&evaluated), s(v, "evaluated_element_hex"));
+    assert_eq!(hex::encode(&proof), s(v, "proof_hex"));
+    // The nonce is the one the stated seed gives.
+    let wide: [u8; 64] =
+        vector_gen::DetRng::first_bytes(vector_gen::seed(s(v, "proof_seed_label")), 64)
+            .try_into()
+            .expect("64");
+    assert_eq!(
+        hex::encode(Scalar::from_bytes_mod_order_wide(&wide).to_bytes()),
+        s(v, "proof_nonce_hex")
+    );
+    // The client verifies the proof against the public key and finalises.
+    let ev = EvaluationElement::<Ristretto255>::deserialize(&hx(v, "evaluated_element_hex"))
+        .expect("element");
+    let proof = Proof::<Ristretto255>::deserialize(&hx(v, "proof_hex")).expect("proof");
+    let pk = Ristretto255::deserialize_elem(&hx(&file["oprf_key"], "public_key_hex")).expect("pk");
+    let y = r
+        .state
+        .finalize(&input, &ev, &proof, pk)
+        .expect("proof verifies");
+    assert_eq!(hex::encode(y), s(v, "output_hex"));
+    // ... which is the server's unblinded evaluation.
+    assert_eq!(
+        hex::encode(key.evaluate(&input).expect("evaluate")),
+        s(v, "output_hex")
+    );
+    // A proof for another key does not verify.
+    let other = VoprfServer::<Ristretto255>::new_with_key(&[7; 32]).expect("key");
+    assert!(r
+        .state
+        .finalize(&input, &ev, &proof, other.get_public_key())
+        .is_err());
+    let y: [u8; 64] = hx(v, "output_hex").try_into().expect("64 bytes");
+    check_pseudonyms(&OprfOutput::from_bytes(y), v);
+}
+
+/// The configuration and the blind the threshold file's decoders run with.
+fn threshold_context(file: &Value) -> (PseudonymiserConfig, ThresholdBlind) {
+    let c = valid_of_kind(file, "pseudonymiser_config");
+    let config = PseudonymiserConfig::from_json(s(c, "json_text").as_bytes()).expect("config");
+    (
+        config,
+        threshold_blind(valid_of_kind(file, "threshold_evaluation")),
+    )
+}
+
+fn threshold_blind(v: &Value) -> ThresholdBlind {
+    let cpr = Cpr::parse(s(v, "cpr_input")).expect("cpr");
+    blind_input_with_scalar(cpr.oprf_input(), hx32(v, "blind_hex")).expect("blind")
+}
+
+/// A scalar from a seed label: the seed with its top four bits cleared (so canonical).
+fn seed_scalar_hex(label: &str) -> String {
+    let mut b = vector_gen::seed(label);
+    b[31] &= 0x0f;
+    hex::encode(b)
+}
+
+/// The shares of threshold-oprf.json: `k_i = f(i)` of the stated polynomial, `K_i = k_i·G`.
+fn shares(file: &Value) -> Vec<(u16, [u8; 32], [u8; 32])> {
+    let k = scalar_of(hx32(&file["group_key"], "private_key_hex"));
+    let poly = &file["polynomial"];
+    let a = scalar_of(hx32(poly, "a1_hex"));
+    assert_eq!(
+        seed_scalar_hex(s(poly, "a1_seed_label")),
+        s(poly, "a1_hex"),
+        "a1 comes from its seed"
+    );
+    assert_eq!((num(poly, "threshold"), num(poly, "instances")), (2, 3));
+    arr(file, "shares")
+        .iter()
+        .enumerate()
+        .map(|(n, sh)| {
+            let i = num(sh, "index") as u16;
+            assert_eq!(usize::from(i), n + 1, "shares by index");
+            let ki = k + a * Scalar::from(u64::from(i));
+            assert_eq!(hex::encode(ki.to_bytes()), s(sh, "secret_share_hex"));
+            let pki = (ki * RISTRETTO_BASEPOINT_POINT).compress().to_bytes();
+            assert_eq!(hex::encode(pki), s(sh, "public_share_hex"));
+            (i, ki.to_bytes(), pki)
+        })
+        .collect()
+}
+
+fn check_config(file: &Value, v: &Value) {
+    let text_json = s(v, "json_text").as_bytes();
+    let c = PseudonymiserConfig::from_json(text_json).expect("config");
+    assert_eq!(c.to_json(), text_json, "re-serialisation is the same bytes");
+    check_fields(&v["fields"], text_json);
+    assert_eq!(
+        hex::encode(c.group_public_key),
+        s(&file["group_key"], "public_key_hex")
+    );
+    // The group key is pseudonym.json's VOPRF key.
+    let single = load("pseudonym.json");
+    assert_eq!(
+        s(&file["group_key"], "private_key_hex"),
+        s(&single["oprf_key"], "private_key_hex")
+    );
+    oprf_key(&file["group_key"]);
+    let shares = shares(file);
+    assert_eq!(c.instances.len(), shares.len());
+    for (inst, (i, _, pk)) in c.instances.iter().zip(&shares) {
+        assert_eq!((inst.index, inst.public_share), (*i, *pk));
+        assert_eq!(inst.url, format!("https://pseudonymiser-{i}.example"));
+    }
+    assert_eq!(
+        i64::from(c.threshold),
+        num(&file["polynomial"], "threshold")
+    );
+}
+
+fn check_threshold(file: &Value, v: &Value) {
+    let (config, _) = threshold_context(file);
+    assert_eq!(
+        s(v, "config"),
+        s(valid_of_kind(file, "pseudonymiser_config"), "name")
+    );
+    let shares = shares(file);
+    let k = scalar_of(hx32(&file["group_key"], "private_key_hex"));
+    let cpr = Cpr::parse(s(v, "cpr_input")).expect("cpr");
+    let input = cpr.oprf_input();
+    assert_eq!(hex::encode(&*input), s(v, "oprf_input_hex"));
+    assert_eq!(
+        seed_scalar_hex(s(v, "blind_seed_label")),
+        s(v, "blind_hex"),
+        "the blind comes from its seed"
+    );
+    let tb = threshold_blind(v);
+    assert_eq!(hex::encode(tb.blinded), s(v, "blinded_element_hex"));
+    let req = EvaluateRequest::from_json(s(v, "request_json_text").as_bytes()).expect("request");
+    assert_eq!(req.blinded, tb.blinded);
+    let b = point_of(&tb.blinded);
+    // Every instance's answer: reproduced with its share and nonce, verified by the client.
+    let mut z = BTreeMap::new();
+    for (a, (i, ki, _)) in arr(v, "answers").iter().zip(&shares) {
+        assert_eq!(num(a, "index"), i64::from(*i));
+        let server = VoprfServer::<Ristretto255>::new_with_key(ki).expect("share");
+        let (evaluated, proof) = blind_evaluate(&server, &tb.blinded, a);
+        assert_eq!(hex::encode(&evaluated), s(a, "evaluated_element_hex"));
+        assert_eq!(hex::encode(&proof), s(a, "proof_hex"));
+        let zi = scalar_of(*ki) * b;
+        assert_eq!(
+            zi.compress().as_bytes().as_slice(),
+            evaluated,
+            "Z_i = k_i·B"
+        );
+        let ans = InstanceAnswer::from_json(s(a, "answer_json_text").as_bytes()).expect("answer");
+        assert_eq!(
+            (ans.index, ans.evaluated.to_vec(), ans.proof.clone()),
+            (*i, evaluated, proof)
+        );
+        assert_eq!(
+            serde_json::to_vec(&ans).expect("json"),
+            s(a, "answer_json_text").as_bytes()
+        );
+        assert_eq!(tb.verify_answer(&config, &ans).expect("verifies"), zi);
+        z.insert(*i, zi);
+    }
+    assert_eq!(z.len(), 3);
+    // Every t-subset combines to k·B.
+    let kb = (k * b).compress().to_bytes();
+    assert_eq!(hex::encode(kb), s(v, "single_key_evaluated_element_hex"));
+    let combos = arr(v, "combinations");
+    assert_eq!(combos.len(), 3, "every 2-subset of 3");
+    for c in combos {
+        let set: Vec<u16> = serde_json::from_value(c["indexes"].clone()).expect("indexes");
+        let lambdas: Vec<String> = set
+            .iter()
+            .map(|&i| hex::encode(lagrange_at_zero(i, &set).to_bytes()))
+            .collect();
+        let want: Vec<String> = serde_json::from_value(c["lagrange_hex"].clone()).expect("hex");
+        assert_eq!(lambdas, want);
+        let pts: Vec<(u16, RistrettoPoint)> = set.iter().map(|i| (*i, z[i])).collect();
+        let combined = combine_points(&pts).compress().to_bytes();
+        assert_eq!(hex::encode(combined), s(c, "combined_element_hex"));
+        assert_eq!(combined, kb);
+    }
+    // The same evaluated element, output and pseudonyms as the single key of pseudonym.json.
+    let single = load("pseudonym.json");
+    let sv = arr(&single, "valid")
+        .iter()
+        .find(|x| s(x, "kind") == "voprf" && s(x, "blind_hex") == s(v, "blind_hex"))
+        .expect("pseudonym.json has the same blind");
+    assert_eq!(s(sv, "cpr_input"), s(v, "cpr_input"));
+    assert_eq!(s(sv, "evaluated_element_hex"), hex::encode(kb));
+    assert_eq!(s(sv, "output_hex"), s(v, "output_hex"));
+    assert_eq!(sv["pseudonyms"], v["pseudonyms"]);
+    // ThresholdBlind::combine on each case reaches y.
+    let cases = arr(v, "combine_cases");
+    assert!(cases.len() >= 5);
+    for c in cases {
+        let answers: Vec<InstanceAnswer> =
+            serde_json::from_str(s(c, "answers_json_text")).expect("answers");
+        let out = threshold_blind(v)
+            .combine(&config, &answers, Vec::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", s(c, "note")));
+        assert_eq!(hex::encode(out.output.as_bytes()), s(v, "output_hex"));
+        let want = |k: &str| -> Vec<u16> { serde_json::from_value(c[k].clone()).expect("indexes") };
+        assert_eq!(out.used, want("used"), "{}", s(c, "note"));
+        assert_eq!(out.spare, want("spare"), "{}", s(c, "note"));
+        let rejected: Vec<String> = out.rejected.iter().map(answer_text).collect();
+        let want_rejected: Vec<String> =
+            serde_json::from_value(c["rejected"].clone()).expect("rejected");
+        assert_eq!(rejected, want_rejected, "{}", s(c, "note"));
+    }
+    let y: [u8; 64] = hx(v, "output_hex").try_into().expect("64 bytes");
+    check_pseudonyms(&OprfOutput::from_bytes(y), v);
 }
 
 fn check_tree(file: &Value, v: &Value) {

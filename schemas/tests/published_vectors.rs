@@ -17,9 +17,16 @@ use aes_gcm::aead::consts::{U12, U13, U14, U15, U16};
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, Payload};
 use aes_gcm::aes::{Aes128, Aes192, Aes256};
 use aes_gcm::AesGcm;
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
+use curve25519_dalek::ristretto::RistrettoPoint;
+use curve25519_dalek::scalar::Scalar;
 use datadonor_schemas::envelope::{hpke_open, hpke_seal, HpkePrivateKey, HpkePublicKey};
-use datadonor_schemas::pseudonym::{OprfOutput, OprfServerKey, PSEUDONYM_SALT};
+use datadonor_schemas::pseudonym::{OprfOutput, PSEUDONYM_SALT};
 use datadonor_schemas::signing::{PublicKey, SigningKey};
+use datadonor_schemas::threshold::{
+    blind_input_with_scalar, combine_points, AnswerError, InstanceAnswer, InstanceInfo,
+    PseudonymiserConfig, ThresholdError,
+};
 use hpke::aead::{AesGcm128, AesGcm256};
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -27,9 +34,10 @@ use hpke::{Deserializable, HpkeError, Kem, OpModeR, OpModeS, PskBundle, Serializ
 use rand_core::{CryptoRng, OsRng, RngCore};
 use serde::Deserialize;
 use voprf::{
-    EvaluationElement, Group, OprfClient, OprfServer, PoprfClient, PoprfServer, Proof,
-    Ristretto255, VoprfClient, VoprfServer,
+    BlindedElement, EvaluationElement, Group, OprfClient, OprfServer, PoprfClient, PoprfServer,
+    Proof, Ristretto255, VoprfClient, VoprfServer,
 };
+use zeroize::Zeroizing;
 
 // ---------------------------------------------------------------------------------------------
 // Locating, verifying and decoding the vectors
@@ -482,7 +490,7 @@ fn hkdf_sha256_32(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
 
 #[derive(Default, Debug, PartialEq, Eq)]
 struct OprfCounts {
-    /// Mode 0 vectors and the items in them, checked through the crate's wrappers.
+    /// Mode 0 vectors and the items in them.
     oprf_vectors: usize,
     oprf_items: usize,
     /// Mode 1 (VOPRF) vectors, items, proofs reproduced, tampered proofs refused.
@@ -501,13 +509,11 @@ struct OprfCounts {
 
 fn oprf_mode0(s: &OprfSuite, c: &mut OprfCounts) {
     let id = "ristretto255 mode 0";
-    let key = OprfServerKey::from_seed(&hx(&s.seed), &hx(&s.key_info))
-        .unwrap_or_else(|e| panic!("{id}: from_seed: {e}"));
-    assert_eq!(key.to_bytes().as_slice(), hx(&s.sk_sm), "{id}: skSm");
-    let loaded = OprfServerKey::from_bytes(&hx(&s.sk_sm))
-        .unwrap_or_else(|e| panic!("{id}: from_bytes: {e}"));
-    let library_server = OprfServer::<Ristretto255>::new_from_seed(&hx(&s.seed), &hx(&s.key_info))
+    let key = OprfServer::<Ristretto255>::new_from_seed(&hx(&s.seed), &hx(&s.key_info))
         .unwrap_or_else(|e| panic!("{id}: OprfServer::new_from_seed: {e:?}"));
+    assert_eq!(key.serialize().as_slice(), hx(&s.sk_sm), "{id}: skSm");
+    let loaded = OprfServer::<Ristretto255>::new_with_key(&hx(&s.sk_sm))
+        .unwrap_or_else(|e| panic!("{id}: new_with_key: {e:?}"));
     c.keys += 1;
     for (n, v) in s.vectors.iter().enumerate() {
         let id = format!("{id} vector {n}");
@@ -522,14 +528,16 @@ fn oprf_mode0(s: &OprfSuite, c: &mut OprfCounts) {
                 it.blinded[i],
                 "{id}[{i}]: BlindedElement"
             );
-            let ev = key
-                .evaluate(&it.blinded[i])
-                .unwrap_or_else(|e| panic!("{id}[{i}]: evaluate: {e}"));
-            assert_eq!(ev.to_vec(), it.evaluated[i], "{id}[{i}]: EvaluationElement");
-            let ev2 = loaded
-                .evaluate(&it.blinded[i])
-                .unwrap_or_else(|e| panic!("{id}[{i}]: evaluate (from_bytes key): {e}"));
-            assert_eq!(ev2, ev, "{id}[{i}]: from_bytes key evaluates differently");
+            let blinded = BlindedElement::<Ristretto255>::deserialize(&it.blinded[i])
+                .unwrap_or_else(|e| panic!("{id}[{i}]: BlindedElement: {e:?}"));
+            let ev = key.blind_evaluate(&blinded).serialize();
+            assert_eq!(
+                ev.as_slice(),
+                it.evaluated[i],
+                "{id}[{i}]: EvaluationElement"
+            );
+            let ev2 = loaded.blind_evaluate(&blinded).serialize();
+            assert_eq!(ev2, ev, "{id}[{i}]: the skSm key evaluates differently");
             let ev_elem = EvaluationElement::<Ristretto255>::deserialize(&it.evaluated[i])
                 .unwrap_or_else(|e| panic!("{id}[{i}]: EvaluationElement: {e:?}"));
             let out = blind
@@ -537,7 +545,7 @@ fn oprf_mode0(s: &OprfSuite, c: &mut OprfCounts) {
                 .finalize(input, &ev_elem)
                 .unwrap_or_else(|e| panic!("{id}[{i}]: finalize: {e:?}"));
             assert_eq!(out.as_slice(), it.outputs[i], "{id}[{i}]: Output");
-            let direct = library_server
+            let direct = key
                 .evaluate(input)
                 .unwrap_or_else(|e| panic!("{id}[{i}]: server-side evaluate: {e:?}"));
             assert_eq!(
@@ -834,6 +842,235 @@ fn oprf_rfc9497_ristretto255() {
             poprf_proofs: 3,
             poprf_bad_proofs_rejected: 3,
             keys: 3,
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. The same VOPRF (mode 0x01) with its key Shamir-shared among pseudonymiser instances
+// ---------------------------------------------------------------------------------------------
+
+/// A fixed "random" scalar: SHA-512 of a label, reduced modulo the group order.
+fn fixed_scalar(label: &str) -> Scalar {
+    let d = ring::digest::digest(&ring::digest::SHA512, label.as_bytes());
+    let mut wide = [0u8; 64];
+    wide.copy_from_slice(d.as_ref());
+    Scalar::from_bytes_mod_order_wide(&wide)
+}
+
+/// Shamir shares `(i, f(i))`, `i = 1..=n`, of `secret` under the fixed polynomial of degree
+/// `t − 1` whose other coefficients come from `label`.
+fn shamir(secret: Scalar, t: u16, n: u16, label: &str) -> Vec<(u16, Scalar)> {
+    let coefficients: Vec<Scalar> = std::iter::once(secret)
+        .chain((1..t).map(|j| fixed_scalar(&format!("{label} a{j}"))))
+        .collect();
+    (1..=n)
+        .map(|i| {
+            let x = Scalar::from(u64::from(i));
+            let y = coefficients
+                .iter()
+                .rev()
+                .fold(Scalar::ZERO, |acc, c| acc * x + c);
+            (i, y)
+        })
+        .collect()
+}
+
+/// Every `t`-element subset of `1..=n`, in lexicographic order.
+fn subsets(n: u16, t: usize) -> Vec<Vec<u16>> {
+    fn walk(from: u16, n: u16, t: usize, cur: &mut Vec<u16>, out: &mut Vec<Vec<u16>>) {
+        if cur.len() == t {
+            out.push(cur.clone());
+            return;
+        }
+        for i in from..=n {
+            cur.push(i);
+            walk(i + 1, n, t, cur, out);
+            cur.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(1, n, t, &mut Vec::new(), &mut out);
+    out
+}
+
+/// What a pseudonymiser instance holding `share` answers: `Z_i` and a fresh DLEQ proof.
+fn share_answer(
+    index: u16,
+    share: &Scalar,
+    blinded: &BlindedElement<Ristretto255>,
+) -> InstanceAnswer {
+    let server = VoprfServer::<Ristretto255>::new_with_key(&share.to_bytes())
+        .unwrap_or_else(|e| panic!("share {index}: {e:?}"));
+    let r = server.blind_evaluate(&mut OsRng, blinded);
+    InstanceAnswer {
+        index,
+        evaluated: arr32(&r.message.serialize(), "evaluated element"),
+        proof: r.proof.serialize().to_vec(),
+    }
+}
+
+fn public_share(share: &Scalar) -> [u8; 32] {
+    (share * RISTRETTO_BASEPOINT_POINT).compress().to_bytes()
+}
+
+#[derive(Default, Debug, PartialEq, Eq)]
+struct ThresholdCounts {
+    /// Sharings of skSm (2-of-3, 3-of-5).
+    sharings: usize,
+    /// Vector items (inputs) evaluated under each sharing.
+    items: usize,
+    /// Answers whose proof verified against their public share.
+    answers_verified: usize,
+    /// t-subsets combined to EvaluationElement and finalised to Output.
+    combinations: usize,
+    /// t − 1 answers refused with NotEnoughAnswers.
+    too_few_refused: usize,
+    /// Answers from a share of another key refused with BadProof.
+    other_key_refused: usize,
+}
+
+#[test]
+fn threshold_voprf_rfc9497_ristretto255() {
+    let suites: Vec<OprfSuite> = read_json("oprf/rfc9497-allVectors.json");
+    let s = suites
+        .iter()
+        .find(|s| s.identifier == "ristretto255-SHA512" && s.mode == 1)
+        .expect("the ristretto255-SHA512 VOPRF suite");
+    let id = "ristretto255 mode 1";
+    let sk: Scalar = Option::from(Scalar::from_canonical_bytes(arr32(&hx(&s.sk_sm), "skSm")))
+        .unwrap_or_else(|| panic!("{id}: skSm is not a canonical scalar"));
+    let pk = arr32(
+        &hx(s
+            .pk_sm
+            .as_deref()
+            .unwrap_or_else(|| panic!("{id}: no pkSm"))),
+        "pkSm",
+    );
+    assert_eq!(public_share(&sk), pk, "{id}: pkSm = skSm·G");
+    let mut c = ThresholdCounts::default();
+    for (t, n) in [(2u16, 3u16), (3, 5)] {
+        let id = format!("{id}, skSm shared {t}-of-{n}");
+        let shares = shamir(sk, t, n, &format!("datadonor/v1 threshold test {t}-of-{n}"));
+        let config = PseudonymiserConfig {
+            format: datadonor_schemas::PROTOCOL_VERSION,
+            config_id: "rfc9497-test".into(),
+            version: 1,
+            suite: datadonor_schemas::threshold::SUITE.into(),
+            mode: datadonor_schemas::threshold::MODE.into(),
+            threshold: t,
+            group_public_key: pk,
+            instances: shares
+                .iter()
+                .map(|(i, k)| InstanceInfo {
+                    index: *i,
+                    url: format!("https://pseudonymiser-{i}.example"),
+                    operator: format!("operator {i}"),
+                    public_share: public_share(k),
+                })
+                .collect(),
+            credential_issuer: None,
+        };
+        let config = PseudonymiserConfig::from_json(&config.to_json())
+            .unwrap_or_else(|e| panic!("{id}: configuration: {e}"));
+        // A share of another key, presented as instance 1's.
+        let other = shamir(fixed_scalar("another key"), t, n, "another key")[0].1;
+        let t_us = usize::from(t);
+        c.sharings += 1;
+        for (vn, v) in s.vectors.iter().enumerate() {
+            let it = oprf_items(v, &id);
+            for i in 0..v.batch {
+                let id = format!("{id}, vector {vn}[{i}]");
+                let blind = || {
+                    blind_input_with_scalar(
+                        Zeroizing::new(it.inputs[i].clone()),
+                        it.blinds[i].to_bytes(),
+                    )
+                    .unwrap_or_else(|e| panic!("{id}: blind: {e}"))
+                };
+                let b = blind();
+                assert_eq!(b.blinded.as_slice(), it.blinded[i], "{id}: BlindedElement");
+                let be = BlindedElement::<Ristretto255>::deserialize(&it.blinded[i])
+                    .unwrap_or_else(|e| panic!("{id}: BlindedElement: {e:?}"));
+                // Every instance evaluates once; every t of them are combined.
+                let answers: Vec<InstanceAnswer> = shares
+                    .iter()
+                    .map(|(j, k)| share_answer(*j, k, &be))
+                    .collect();
+                for subset in subsets(n, t_us) {
+                    let chosen: Vec<InstanceAnswer> = subset
+                        .iter()
+                        .map(|j| answers[usize::from(*j) - 1].clone())
+                        .collect();
+                    let points: Vec<(u16, RistrettoPoint)> = chosen
+                        .iter()
+                        .map(|a| {
+                            let z = b.verify_answer(&config, a).unwrap_or_else(|e| {
+                                panic!("{id}: answer {} of {subset:?}: {e}", a.index)
+                            });
+                            (a.index, z)
+                        })
+                        .collect();
+                    c.answers_verified += points.len();
+                    assert_eq!(
+                        combine_points(&points).compress().as_bytes().as_slice(),
+                        it.evaluated[i],
+                        "{id}: {subset:?} combine to EvaluationElement"
+                    );
+                    let out = blind()
+                        .combine(&config, &chosen, Vec::new())
+                        .unwrap_or_else(|e| panic!("{id}: combine {subset:?}: {e}"));
+                    assert_eq!(
+                        out.output.as_bytes().as_slice(),
+                        it.outputs[i],
+                        "{id}: {subset:?} Output"
+                    );
+                    assert_eq!(out.used, subset, "{id}: answers used");
+                    assert!(out.rejected.is_empty() && out.spare.is_empty());
+                    c.combinations += 1;
+                }
+                // t − 1 answers are not enough.
+                match blind().combine(&config, &answers[..t_us - 1], Vec::new()) {
+                    Err(ThresholdError::NotEnoughAnswers {
+                        valid,
+                        needed,
+                        rejected,
+                    }) if valid == t_us - 1 && needed == t_us && rejected.is_empty() => {}
+                    other => panic!("{id}: {} answers: {other:?}", t_us - 1),
+                }
+                c.too_few_refused += 1;
+                // A share of another key does not verify as instance 1's, and does not count
+                // towards t.
+                let forged = share_answer(1, &other, &be);
+                assert_eq!(
+                    b.verify_answer(&config, &forged),
+                    Err(AnswerError::BadProof(1)),
+                    "{id}: share of another key"
+                );
+                let mut mixed = vec![forged];
+                mixed.extend_from_slice(&answers[1..t_us]);
+                match blind().combine(&config, &mixed, Vec::new()) {
+                    Err(ThresholdError::NotEnoughAnswers {
+                        valid, rejected, ..
+                    }) if valid == t_us - 1 && rejected == [AnswerError::BadProof(1)] => {}
+                    other => panic!("{id}: forged answer and t − 1 honest ones: {other:?}"),
+                }
+                c.other_key_refused += 1;
+                c.items += 1;
+            }
+        }
+    }
+    // 3 vectors of batch 1, 1, 2: 4 inputs per sharing. 2-of-3: 3 subsets of 2 answers;
+    // 3-of-5: 10 subsets of 3 answers.
+    assert_eq!(
+        c,
+        ThresholdCounts {
+            sharings: 2,
+            items: 8,
+            answers_verified: 4 * (3 * 2 + 10 * 3),
+            combinations: 4 * (3 + 10),
+            too_few_refused: 8,
+            other_key_refused: 8,
         }
     );
 }

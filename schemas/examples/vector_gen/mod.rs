@@ -3,8 +3,9 @@
 //! Shared by the `write_vectors` example, which writes the files, and by the `own_vectors`
 //! integration test, which checks that the committed files are exactly what this code produces
 //! (and, separately, that every vector in them decodes or fails as annotated). Every key comes
-//! from a fixed seed, every HPKE seal draws its `ikmE` from a deterministic generator, Ed25519
-//! and the OPRF are deterministic, so the output is reproducible byte for byte.
+//! from a fixed seed, every HPKE seal draws its `ikmE` and every VOPRF proof its nonce from a
+//! deterministic generator, Ed25519 and the VOPRF evaluation are deterministic, so the output is
+//! reproducible byte for byte.
 //!
 //! The expectations written here (`expect`, field values) are stated, not computed by running
 //! the decoder under test: the test is what checks them.
@@ -15,6 +16,9 @@ use arrow::array::{ArrayRef, BooleanArray, Float32Array, Float64Array, RecordBat
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
+use curve25519_dalek::ristretto::RistrettoPoint;
+use curve25519_dalek::scalar::Scalar;
 use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN};
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::consent::{ConsentManifest, Withdrawal, LEGAL_BASIS};
@@ -23,25 +27,32 @@ use datadonor_schemas::envelope::{
 };
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{self, Hash};
-use datadonor_schemas::pseudonym::{Cpr, OprfServerKey, Pseudonym, OPRF_INPUT_PREFIX};
+use datadonor_schemas::pseudonym::{Cpr, OprfOutput, Pseudonym, OPRF_INPUT_PREFIX};
 use datadonor_schemas::query::{QueryApproval, QuerySpec};
 use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
 use datadonor_schemas::signing::{signed_bytes, Context, SignedObject, SigningKey};
 use datadonor_schemas::study::{
     age_band_label, age_band_labels, rows_to_ipc, FieldType, Granularity, StudyDefinition,
 };
+use datadonor_schemas::threshold::{
+    self, EvaluateRequest, InstanceAnswer, InstanceInfo, PseudonymiserConfig,
+};
 use datadonor_schemas::time::UnixSeconds;
 use rand_core::{CryptoRng, RngCore};
 use serde_json::Value;
+use voprf::{
+    BlindedElement, EvaluationElement, Group as _, Ristretto255, VoprfClient, VoprfServer,
+};
 
 /// The vector files, in the order they are written.
-pub const FILE_NAMES: [&str; 10] = [
+pub const FILE_NAMES: [&str; 11] = [
     "signed-object.json",
     "study-definition.json",
     "consent-manifest.json",
     "withdrawal.json",
     "envelope.json",
     "pseudonym.json",
+    "threshold-oprf.json",
     "ledger-entry.json",
     "receipt.json",
     "query.json",
@@ -70,6 +81,7 @@ pub fn build() -> Vec<VectorFile> {
         ("withdrawal.json", withdrawal_file(&fx)),
         ("envelope.json", envelope_file(&fx)),
         ("pseudonym.json", pseudonym_file(&fx)),
+        ("threshold-oprf.json", threshold_file(&fx)),
         ("ledger-entry.json", ledger_file(&fx)),
         ("receipt.json", receipt_file(&fx)),
         ("query.json", query_file(&fx)),
@@ -336,6 +348,69 @@ impl RngCore for DetRng {
 
 impl CryptoRng for DetRng {}
 
+/// The VOPRF key's private scalar, 32 bytes little-endian.
+fn oprf_private_key(k: &VoprfServer<Ristretto255>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&k.serialize()[..32]);
+    out
+}
+
+/// The VOPRF key's public element.
+fn oprf_public_key(k: &VoprfServer<Ristretto255>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Ristretto255::serialize_elem(k.get_public_key()));
+    out
+}
+
+/// RFC 9497 `Evaluate(skS, input)`: the output the client's `Finalize` reaches.
+fn voprf_output(k: &VoprfServer<Ristretto255>, input: &[u8]) -> OprfOutput {
+    let mut y = [0u8; 64];
+    y.copy_from_slice(&k.evaluate(input).expect("evaluate"));
+    OprfOutput::from_bytes(y)
+}
+
+/// A scalar from a seed: 32 bytes little-endian with the top four bits cleared, so below 2^252
+/// and hence canonical (less than the group order).
+fn seed_scalar(label: &str) -> [u8; 32] {
+    let mut b = seed(label);
+    b[31] &= 0x0f;
+    b
+}
+
+fn scalar(b: [u8; 32]) -> Scalar {
+    Option::from(Scalar::from_canonical_bytes(b)).expect("canonical scalar")
+}
+
+fn point(b: &[u8]) -> RistrettoPoint {
+    let b: [u8; 32] = b.try_into().expect("32 bytes");
+    curve25519_dalek::ristretto::CompressedRistretto(b)
+        .decompress()
+        .expect("valid element")
+}
+
+/// The nonce `r` a DLEQ proof drawn from `DetRng::new(seed(label))` uses: RFC 9497
+/// `RandomScalar` for ristretto255 reads 64 bytes and reduces them modulo the group order.
+fn proof_nonce(label: &str) -> [u8; 32] {
+    let wide: [u8; 64] = DetRng::first_bytes(seed(label), 64)
+        .try_into()
+        .expect("64 bytes");
+    Scalar::from_bytes_mod_order_wide(&wide).to_bytes()
+}
+
+/// `BlindEvaluate` with a proof whose randomness comes from `seed(proof_label)`:
+/// the evaluated element and the proof `c || s`.
+fn voprf_evaluate(
+    k: &VoprfServer<Ristretto255>,
+    blinded: &[u8],
+    proof_label: &str,
+) -> ([u8; 32], Vec<u8>) {
+    let b = BlindedElement::<Ristretto255>::deserialize(blinded).expect("blinded element");
+    let r = k.blind_evaluate(&mut DetRng::new(seed(proof_label)), &b);
+    let mut z = [0u8; 32];
+    z.copy_from_slice(&r.message.serialize());
+    (z, r.proof.serialize().to_vec())
+}
+
 fn signing_key(label: &str) -> SigningKey {
     SigningKey::from_seed(&seed(label)).expect("every seed is a key")
 }
@@ -546,7 +621,7 @@ struct Fixture {
     intake1: HpkePrivateKey,
     intake2: HpkePrivateKey,
     vault: HpkePrivateKey,
-    oprf: OprfServerKey,
+    oprf: VoprfServer<Ristretto255>,
     study: StudyDefinition,
     signed_study: SignedObject,
     study_sha: [u8; 32],
@@ -578,16 +653,15 @@ impl Fixture {
         let intake1 = hpke_key("intake hpke key 1");
         let intake2 = hpke_key("intake hpke key 2");
         let vault = hpke_key("vault");
-        let oprf = OprfServerKey::from_seed(&seed("oprf key"), OPRF_INFO).expect("oprf key");
+        let oprf = VoprfServer::<Ristretto255>::new_from_seed(&seed("oprf key"), OPRF_INFO)
+            .expect("oprf key");
 
         let study = StudyDefinition::from_toml(STUDY_TOML).expect("example study");
         let signed_study = SignedObject::sign(Context::StudyDefinition, &study, &steward);
         let study_sha = signed_study.payload_digest();
 
         let cpr = Cpr::parse(CPR).expect("vector CPR");
-        let y = oprf
-            .evaluate_unblinded_for_vectors(&cpr.oprf_input())
-            .expect("oprf");
+        let y = voprf_output(&oprf, &cpr.oprf_input());
         let pseudonym = y.study_pseudonym(study.id.as_str());
 
         let given_at = NOW - 3600;
@@ -2796,34 +2870,40 @@ fn pseudonym_file(fx: &Fixture) -> J {
         })
         .collect();
 
-    let oprf_vec = |name: &str, cpr: &str, blind_label: &str| {
+    let voprf_vec = |name: &str, cpr: &str, blind_label: &str, proof_label: &str| {
         let c = Cpr::parse(cpr).expect("cpr");
         let input = c.oprf_input();
-        // A blinding scalar from a seed: 32 bytes little-endian with the top four bits cleared,
-        // so below 2^252 and hence canonical (less than the group order).
-        let blind_scalar = {
-            let mut b = seed(blind_label);
-            b[31] &= 0x0f;
-            b
-        };
-        let blind = <voprf::Ristretto255 as voprf::Group>::deserialize_scalar(&blind_scalar)
-            .expect("canonical scalar");
-        let r =
-            voprf::OprfClient::<voprf::Ristretto255>::deterministic_blind_unchecked(&input, blind)
-                .expect("blind");
-        let blinded = r.message.serialize();
-        let evaluated = fx.oprf.evaluate(&blinded).expect("evaluate");
-        let ev = voprf::EvaluationElement::<voprf::Ristretto255>::deserialize(&evaluated)
-            .expect("element");
-        let y = r.state.finalize(&input, &ev).expect("finalize");
-        let full = fx
-            .oprf
-            .evaluate_unblinded_for_vectors(&input)
-            .expect("evaluate");
-        assert_eq!(full.as_bytes().as_slice(), y.as_slice(), "OPRF consistency");
+        let blind_scalar = seed_scalar(blind_label);
+        let blinded = threshold::blind_input_with_scalar(input.clone(), blind_scalar)
+            .expect("blind")
+            .blinded;
+        let (evaluated, proof) = voprf_evaluate(&fx.oprf, &blinded, proof_label);
+        // The client's RFC 9497 steps: the proof verifies against the public key, and Finalize
+        // reaches the server's unblinded Evaluate(skS, input).
+        let client = VoprfClient::<Ristretto255>::deterministic_blind_unchecked(
+            &input,
+            scalar(blind_scalar),
+        )
+        .expect("blind");
+        assert_eq!(client.message.serialize().as_slice(), blinded, "blinding");
+        let y = client
+            .state
+            .finalize(
+                &input,
+                &EvaluationElement::deserialize(&evaluated).expect("element"),
+                &voprf::Proof::deserialize(&proof).expect("proof"),
+                fx.oprf.get_public_key(),
+            )
+            .expect("proof verifies");
+        let full = voprf_output(&fx.oprf, &input);
+        assert_eq!(
+            full.as_bytes().as_slice(),
+            y.as_slice(),
+            "VOPRF consistency"
+        );
         obj! {
             "name" => name,
-            "kind" => "oprf",
+            "kind" => "voprf",
             "cpr_input" => cpr,
             "oprf_input_hex" => h(&input),
             "oprf_input_layout" => Layout::new()
@@ -2832,7 +2912,10 @@ fn pseudonym_file(fx: &Fixture) -> J {
                 .done(),
             "blind_hex" => h(&blind_scalar),
             "blinded_element_hex" => h(&blinded),
+            "proof_seed_label" => proof_label,
+            "proof_nonce_hex" => h(&proof_nonce(proof_label)),
             "evaluated_element_hex" => h(&evaluated),
+            "proof_hex" => h(&proof),
             "output_hex" => h(full.as_bytes()),
             "pseudonyms" => J::Arr(["t2d-dk", "copd-dk"].iter().map(|s| obj! {
                 "study_id" => *s,
@@ -2840,11 +2923,17 @@ fn pseudonym_file(fx: &Fixture) -> J {
             }).collect()),
         }
     };
-    valid.push(oprf_vec("oprf-vector-donor", CPR, "oprf blind 1"));
-    valid.push(oprf_vec(
-        "oprf-leap-day-2000",
+    valid.push(voprf_vec(
+        "voprf-vector-donor",
+        CPR,
+        "oprf blind 1",
+        "voprf proof 1",
+    ));
+    valid.push(voprf_vec(
+        "voprf-leap-day-2000",
         "290200-4234",
         "oprf blind 2",
+        "voprf proof 2",
     ));
 
     let dc = "Cpr::parse";
@@ -2881,43 +2970,59 @@ fn pseudonym_file(fx: &Fixture) -> J {
             )
         })
         .collect();
-    let bad = "PseudonymError::BadElement";
-    let ev = "OprfServerKey::evaluate";
-    let fin = "OprfBlind::finalize";
-    let key = "OprfServerKey::from_bytes";
-    let l_bytes: [u8; 32] = {
-        let mut l = [0u8; 32];
-        l.copy_from_slice(
-            &hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010")
-                .expect("hex"),
-        );
-        l
-    };
+    let bl = "threshold::blind_input_with_scalar";
+    let oprf = "ThresholdError::Oprf";
+    let mut l_bytes = [0u8; 32];
+    l_bytes.copy_from_slice(
+        &hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010")
+            .expect("hex"),
+    );
+    let ph = "Pseudonym::from_hex";
+    let p = fx.pseudonym.to_hex();
     malformed.extend([
-        mal("blinded-31-bytes", ev, Input::Hex(vec![0x02; 31]), bad),
-        mal("blinded-33-bytes", ev, Input::Hex(vec![0x02; 33]), bad),
-        mal("blinded-not-canonical", ev, Input::Hex(vec![0xff; 32]), bad),
-        mal("blinded-identity", ev, Input::Hex(vec![0; 32]), bad),
+        mal("blind-zero-scalar", bl, Input::Hex(vec![0; 32]), oprf),
         mal(
-            "evaluated-not-canonical",
-            fin,
-            Input::Hex(vec![0xff; 32]),
-            bad,
-        ),
-        mal("evaluated-31-bytes", fin, Input::Hex(vec![0x02; 31]), bad),
-        mal("key-zero-scalar", key, Input::Hex(vec![0; 32]), bad),
-        mal(
-            "key-scalar-equal-to-group-order",
-            key,
+            "blind-scalar-equal-to-group-order",
+            bl,
             Input::Hex(l_bytes.to_vec()),
-            bad,
+            oprf,
         ),
-        mal("key-31-bytes", key, Input::Hex(vec![1; 31]), bad),
+        mal(
+            "blind-scalar-not-reduced",
+            bl,
+            Input::Hex(vec![0xff; 32]),
+            oprf,
+        ),
+        mal(
+            "pseudonym-uppercase-hex",
+            ph,
+            Input::Text(p.to_uppercase()),
+            "None",
+        ),
+        mal(
+            "pseudonym-63-digits",
+            ph,
+            Input::Text(p[..63].to_string()),
+            "None",
+        ),
+        mal(
+            "pseudonym-65-digits",
+            ph,
+            Input::Text(format!("{p}0")),
+            "None",
+        ),
+        mal(
+            "pseudonym-not-hex",
+            ph,
+            Input::Text(format!("{}g", &p[..63])),
+            "None",
+        ),
     ]);
+    let (sk, pk) = (oprf_private_key(&fx.oprf), oprf_public_key(&fx.oprf));
     finish(
         file_head(
             "pseudonym",
-            "CPR normalisation, the RFC 9497 OPRF (ristretto255-SHA512, mode 0x00) and per-study pseudonyms. The OPRF key is DeriveKeyPair(seed, info) of RFC 9497. Decoders: Cpr::parse(input_text); OprfServerKey::evaluate(input) with the key below; OprfBlind::finalize(input) after blinding any valid CPR; OprfServerKey::from_bytes(input).",
+            "CPR normalisation, the RFC 9497 VOPRF (ristretto255-SHA512, mode 0x01) under a single key and per-study pseudonyms; threshold-oprf.json shares the same key among pseudonymiser instances and reaches the same outputs. The key is DeriveKeyPair(seed, info) of RFC 9497 in mode 0x01. A VOPRF vector gives the blind, the blinded element (the crate's threshold::blind_input_with_scalar), the server's evaluated element and DLEQ proof (RFC 9497 BlindEvaluate, its random scalar given as proof_nonce_hex), the output y = Finalize(input, blind, evaluated) = Evaluate(skS, input) and the pseudonyms. Decoders: Cpr::parse(input_text); threshold::blind_input_with_scalar(any valid CPR, input as the blind); Pseudonym::from_hex(input_text), which refuses with None.",
             "Pseudonyms",
         ),
         vec![(
@@ -2926,12 +3031,601 @@ fn pseudonym_file(fx: &Fixture) -> J {
                 "seed_label" => "oprf key",
                 "seed_hex" => h(&seed("oprf key")),
                 "info_text" => utf8(OPRF_INFO),
-                "private_key_hex" => h(&fx.oprf.to_bytes()),
-                "suite" => "ristretto255-SHA512, mode 0x00 (OPRF)",
+                "private_key_hex" => h(&sk),
+                "public_key_hex" => h(&pk),
+                "suite" => "ristretto255-SHA512, mode 0x01 (VOPRF)",
                 "pseudonym" => "HKDF-SHA256(salt = \"datadonor/v1/pseudonym\", ikm = output, info = study id, L = 32)",
             },
         )],
         valid,
+        malformed,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// threshold-oprf.json
+
+/// The threshold and the number of pseudonymiser instances of the vectors.
+const SHARE_T: u16 = 2;
+const SHARE_N: u16 = 3;
+
+/// `λ_i = Π_{j∈S, j≠i} j / (j − i)`, written out here rather than taken from the crate.
+fn lagrange(i: u16, set: &[u16]) -> Scalar {
+    let x = |v: u16| Scalar::from(u64::from(v));
+    set.iter()
+        .filter(|&&j| j != i)
+        .fold(Scalar::ONE, |acc, &j| acc * x(j) * (x(j) - x(i)).invert())
+}
+
+fn index_list(set: &[u16]) -> J {
+    J::Arr(set.iter().map(|&i| J::from(i)).collect())
+}
+
+fn threshold_file(fx: &Fixture) -> J {
+    let g = RISTRETTO_BASEPOINT_POINT;
+    let sk = oprf_private_key(&fx.oprf);
+    let k = scalar(sk);
+    let group = oprf_public_key(&fx.oprf);
+    let a_label = "threshold polynomial a1";
+    let a = scalar(seed_scalar(a_label));
+    // Instance i holds k_i = f(i) = k + a·i; K_i = k_i·G.
+    let servers: Vec<(u16, VoprfServer<Ristretto255>)> = (1..=SHARE_N)
+        .map(|i| {
+            let ki = k + a * Scalar::from(u64::from(i));
+            let s = VoprfServer::new_with_key(&ki.to_bytes()).expect("share");
+            assert_eq!(oprf_public_key(&s), (ki * g).compress().to_bytes());
+            (i, s)
+        })
+        .collect();
+    let server = |i: u16| &servers[usize::from(i) - 1].1;
+
+    let config = PseudonymiserConfig {
+        format: datadonor_schemas::PROTOCOL_VERSION,
+        config_id: "dk-pseudonymiser-test".into(),
+        version: 1,
+        suite: threshold::SUITE.into(),
+        mode: threshold::MODE.into(),
+        threshold: SHARE_T,
+        group_public_key: group,
+        instances: servers
+            .iter()
+            .map(|(i, s)| InstanceInfo {
+                index: *i,
+                url: format!("https://pseudonymiser-{i}.example"),
+                operator: format!("Test operator {i}"),
+                public_share: oprf_public_key(s),
+            })
+            .collect(),
+        credential_issuer: None,
+    };
+    let config_text = utf8(&config.to_json());
+    let config_vec = obj! {
+        "name" => "config-2-of-3",
+        "kind" => "pseudonymiser_config",
+        "json_text" => config_text.clone(),
+        "fields" => annotate(&config, &[
+            ("format", "format version, must be 1"),
+            ("config_id", "name of the service, 1-64 of [a-z0-9-]"),
+            ("version", "version of this configuration, at least 1"),
+            ("suite", "always \"ristretto255-SHA512\""),
+            ("mode", "always \"voprf\" (RFC 9497 mode 0x01)"),
+            ("threshold", "t: answers needed, 2 <= t <= n"),
+            ("group_public_key", "K = k·G, base64 of the canonical encoding"),
+            ("instances", "n instances by strictly increasing index: index i >= 1, https url without a trailing slash, operator, public_share K_i = k_i·G (base64)"),
+        ]),
+    };
+
+    // The donor's evaluation: the same input and blind as pseudonym.json's voprf-vector-donor.
+    let cpr = Cpr::parse(CPR).expect("cpr");
+    let input = cpr.oprf_input();
+    let blind_label = "oprf blind 1";
+    let blind = seed_scalar(blind_label);
+    let blinded = threshold::blind_input_with_scalar(input.clone(), blind)
+        .expect("blind")
+        .blinded;
+    let b = point(&blinded);
+    let proof_label = |i: u16| format!("threshold proof {i}");
+    let answer = |i: u16, on: &[u8], label: &str| {
+        let (evaluated, proof) = voprf_evaluate(server(i), on, label);
+        InstanceAnswer {
+            index: i,
+            evaluated,
+            proof,
+        }
+    };
+    let answers: Vec<InstanceAnswer> = (1..=SHARE_N)
+        .map(|i| answer(i, &blinded, &proof_label(i)))
+        .collect();
+    let ans = |i: u16| answers[usize::from(i) - 1].clone();
+    let kb = (k * b).compress().to_bytes();
+    let answer_json: Vec<J> = answers
+        .iter()
+        .map(|x| {
+            let ki = scalar(oprf_private_key(server(x.index)));
+            assert_eq!(x.evaluated, (ki * b).compress().to_bytes(), "Z_i = k_i·B");
+            obj! {
+                "index" => x.index,
+                "proof_seed_label" => proof_label(x.index),
+                "proof_nonce_hex" => h(&proof_nonce(&proof_label(x.index))),
+                "evaluated_element_hex" => h(&x.evaluated),
+                "proof_hex" => h(&x.proof),
+                "answer_json_text" => utf8(&to_json_bytes(x)),
+            }
+        })
+        .collect();
+    let combinations: Vec<J> = [[1u16, 2], [1, 3], [2, 3]]
+        .iter()
+        .map(|set| {
+            let z = set
+                .iter()
+                .map(|&i| lagrange(i, set) * point(&ans(i).evaluated))
+                .fold(RistrettoPoint::default(), |acc, p| acc + p)
+                .compress()
+                .to_bytes();
+            assert_eq!(z, kb, "Σ λ_i·Z_i = k·B");
+            let lambdas: Vec<String> = set
+                .iter()
+                .map(|&i| h(&lagrange(i, set).to_bytes()))
+                .collect();
+            obj! {
+                "indexes" => index_list(set),
+                "lagrange_hex" => strs(&lambdas),
+                "combined_element_hex" => h(&z),
+            }
+        })
+        .collect();
+    let y = voprf_output(&fx.oprf, &input);
+    let forged = |index: u16, from: &InstanceAnswer| InstanceAnswer {
+        index,
+        ..from.clone()
+    };
+    let list = |v: &[InstanceAnswer]| utf8(&to_json_bytes(&v));
+    let case =
+        |note: &str, given: &[InstanceAnswer], used: &[u16], spare: &[u16], rejected: &[&str]| {
+            obj! {
+                "note" => note,
+                "answers_json_text" => list(given),
+                "used" => index_list(used),
+                "spare" => index_list(spare),
+                "rejected" => strs(rejected),
+            }
+        };
+    let combine_cases = vec![
+        case(
+            "every instance answered: the first t by index are combined, the rest are spare",
+            &[ans(1), ans(2), ans(3)],
+            &[1, 2],
+            &[3],
+            &[],
+        ),
+        case(
+            "answers in any order are combined by increasing index",
+            &[ans(3), ans(1)],
+            &[1, 3],
+            &[],
+            &[],
+        ),
+        case(
+            "a wrong answer (instance 2's evaluation under index 1) is refused; t others suffice",
+            &[forged(1, &ans(2)), ans(2), ans(3)],
+            &[2, 3],
+            &[],
+            &["AnswerError::BadProof(1)"],
+        ),
+        case(
+            "a second answer with an index already seen is refused, whatever it holds",
+            &[ans(1), forged(1, &ans(2)), ans(2)],
+            &[1, 2],
+            &[],
+            &["AnswerError::DuplicateIndex(1)"],
+        ),
+        case(
+            "an index the configuration does not list is refused",
+            &[forged(4, &ans(1)), ans(2), ans(3)],
+            &[2, 3],
+            &[],
+            &["AnswerError::UnknownIndex(4)"],
+        ),
+    ];
+    let eval_vec = obj! {
+        "name" => "threshold-donor",
+        "kind" => "threshold_evaluation",
+        "config" => "config-2-of-3",
+        "cpr_input" => CPR,
+        "oprf_input_hex" => h(&input),
+        "blind_seed_label" => blind_label,
+        "blind_hex" => h(&blind),
+        "blinded_element_hex" => h(&blinded),
+        "request_json_text" => utf8(&to_json_bytes(&EvaluateRequest { blinded })),
+        "answers" => answer_json,
+        "combinations" => combinations,
+        "single_key_evaluated_element_hex" => h(&kb),
+        "combine_cases" => combine_cases,
+        "output_hex" => h(y.as_bytes()),
+        "pseudonyms" => J::Arr(["t2d-dk", "copd-dk"].iter().map(|s| obj! {
+            "study_id" => *s,
+            "pseudonym_hex" => y.study_pseudonym(s).to_hex(),
+        }).collect()),
+    };
+
+    // Malformed answers, each checked alone against the configuration and the blind above.
+    let da = "InstanceAnswer::from_json+ThresholdBlind::verify_answer";
+    let answer_text = |x: &InstanceAnswer| Input::Text(utf8(&to_json_bytes(x)));
+    let bad_answer = |name: &str, x: InstanceAnswer, e: &str, detail: u16, note: &str| {
+        with(
+            with(
+                mal(name, da, answer_text(&x), e),
+                "expect_detail",
+                detail.to_string(),
+            ),
+            "note",
+            note,
+        )
+    };
+    let other_blind_label = "threshold other blind";
+    let other_blinded =
+        threshold::blind_input_with_scalar(input.clone(), seed_scalar(other_blind_label))
+            .expect("blind")
+            .blinded;
+    let other = answer(1, &other_blinded, "threshold proof other");
+    let other_key_label = "threshold another key share";
+    let other_key =
+        VoprfServer::<Ristretto255>::new_with_key(&seed_scalar(other_key_label)).expect("key");
+    let (oz, op) = voprf_evaluate(&other_key, &blinded, "threshold proof another key");
+    let with_proof = |proof: Vec<u8>| InstanceAnswer { proof, ..ans(1) };
+    let with_element = |evaluated: [u8; 32]| InstanceAnswer {
+        evaluated,
+        ..ans(1)
+    };
+    let mut l_bytes = [0u8; 32];
+    l_bytes.copy_from_slice(
+        &hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010")
+            .expect("hex"),
+    );
+    let mut p_bytes = [0xffu8; 32];
+    p_bytes[0] = 0xed;
+    p_bytes[31] = 0x7f;
+    let mut negative = [0u8; 32];
+    negative[0] = 1;
+    let mut flipped = ans(1).proof;
+    flipped[0] ^= 1;
+    let bp = "AnswerError::BadProof";
+    let be = "AnswerError::BadElement";
+    let mp = "AnswerError::MalformedProof";
+    let ui = "AnswerError::UnknownIndex";
+    let a1_text = utf8(&to_json_bytes(&ans(1)));
+    let mut malformed = vec![
+        bad_answer(
+            "answer-proof-for-another-blinded-element",
+            InstanceAnswer {
+                proof: other.proof.clone(),
+                ..ans(1)
+            },
+            bp,
+            1,
+            "Z_1 = k_1·B with the proof instance 1 gave for another blinded element",
+        ),
+        with(
+            bad_answer(
+                "answer-for-another-blinded-element",
+                other.clone(),
+                bp,
+                1,
+                "instance 1's honest answer, proof included, for another blind of the same input",
+            ),
+            "other_blinded_element_hex",
+            h(&other_blinded),
+        ),
+        bad_answer(
+            "answer-share-2-under-index-1",
+            forged(1, &ans(2)),
+            bp,
+            1,
+            "instance 2's element and proof (Z = k_2·B) presented as instance 1's",
+        ),
+        bad_answer(
+            "answer-share-1-under-index-2",
+            forged(2, &ans(1)),
+            bp,
+            2,
+            "instance 1's element and proof presented as instance 2's",
+        ),
+        with(
+            bad_answer(
+                "answer-share-of-another-key",
+                InstanceAnswer {
+                    index: 1,
+                    evaluated: oz,
+                    proof: op,
+                },
+                bp,
+                1,
+                "a correct VOPRF answer under a key that is not instance 1's share",
+            ),
+            "other_key_seed_label",
+            other_key_label,
+        ),
+        bad_answer(
+            "answer-proof-bit-flipped",
+            with_proof(flipped),
+            bp,
+            1,
+            "the lowest bit of c flipped",
+        ),
+        bad_answer(
+            "answer-unknown-index-4",
+            forged(4, &ans(1)),
+            ui,
+            4,
+            "the configuration lists instances 1, 2 and 3",
+        ),
+        bad_answer(
+            "answer-index-0",
+            forged(0, &ans(1)),
+            ui,
+            0,
+            "index 0 would be the key itself",
+        ),
+        bad_answer(
+            "answer-evaluated-identity",
+            with_element([0; 32]),
+            be,
+            1,
+            "the identity element",
+        ),
+        bad_answer(
+            "answer-evaluated-not-canonical",
+            with_element(p_bytes),
+            be,
+            1,
+            "the field element p = 2^255 - 19, not reduced",
+        ),
+        bad_answer(
+            "answer-evaluated-negative",
+            with_element(negative),
+            be,
+            1,
+            "s = 1 is negative (odd): not a ristretto255 encoding",
+        ),
+        bad_answer(
+            "answer-proof-63-bytes",
+            with_proof(ans(1).proof[..63].to_vec()),
+            mp,
+            1,
+            "a proof is c || s, 64 bytes",
+        ),
+        bad_answer(
+            "answer-proof-c-equal-to-group-order",
+            with_proof([l_bytes.as_slice(), &ans(1).proof[32..]].concat()),
+            mp,
+            1,
+            "c is not a canonical scalar",
+        ),
+        bad_answer(
+            "answer-proof-s-zero",
+            with_proof([&ans(1).proof[..32], [0u8; 32].as_slice()].concat()),
+            mp,
+            1,
+            "s = 0 is refused",
+        ),
+        mal(
+            "answer-unknown-member",
+            da,
+            Input::Text(a1_text.replacen("\"index\":1,", "\"index\":1,\"instance\":\"x\",", 1)),
+            "WireError::Json",
+        ),
+        mal(
+            "answer-evaluated-31-bytes",
+            da,
+            Input::Text(format!(
+                "{{\"index\":1,\"evaluated\":\"{}\",\"proof\":\"{}\"}}",
+                b64(&ans(1).evaluated[..31]),
+                b64(&ans(1).proof)
+            )),
+            "WireError::Json",
+        ),
+        mal(
+            "answer-evaluated-noncanonical-base64",
+            da,
+            Input::Text(a1_text.replacen(
+                &b64(&ans(1).evaluated),
+                &noncanonical_b64(&ans(1).evaluated),
+                1,
+            )),
+            "WireError::Json",
+        ),
+        mal(
+            "answer-trailing-newline",
+            da,
+            Input::Text(format!("{a1_text}\n")),
+            "WireError::TrailingBytes",
+        ),
+    ];
+
+    let dc = "ThresholdBlind::combine";
+    let ne = "ThresholdError::NotEnoughAnswers";
+    let combine_bad = |name: &str, given: &[InstanceAnswer], detail: &str| {
+        with(
+            mal(name, dc, Input::Text(list(given)), ne),
+            "expect_detail",
+            detail,
+        )
+    };
+    malformed.extend([
+        combine_bad(
+            "combine-t-minus-1-answers",
+            &[ans(2)],
+            "valid 1, needed 2, rejected []",
+        ),
+        combine_bad("combine-no-answers", &[], "valid 0, needed 2, rejected []"),
+        combine_bad(
+            "combine-duplicate-index",
+            &[ans(1), ans(1)],
+            "valid 1, needed 2, rejected [AnswerError::DuplicateIndex(1)]",
+        ),
+        combine_bad(
+            "combine-one-valid-one-wrong",
+            &[ans(1), forged(2, &ans(1))],
+            "valid 1, needed 2, rejected [AnswerError::BadProof(2)]",
+        ),
+    ]);
+
+    let dcfg = "PseudonymiserConfig::from_json";
+    let inv = "ConfigError::Invalid";
+    let cfg_bad = |name: &str, f: &dyn Fn(&mut PseudonymiserConfig), e: &str, detail: &str| {
+        let mut c = config.clone();
+        f(&mut c);
+        with(
+            mal(name, dcfg, Input::Text(utf8(&c.to_json())), e),
+            "expect_detail",
+            detail,
+        )
+    };
+    let url_msg = "url must be https://host[:port] without a trailing slash";
+    let off_polynomial = (point(&config.instances[2].public_share) + g)
+        .compress()
+        .to_bytes();
+    let doubled_group = (point(&group) + point(&group)).compress().to_bytes();
+    malformed.extend([
+        cfg_bad(
+            "config-threshold-1",
+            &|c| c.threshold = 1,
+            inv,
+            "threshold 1 must be at least 2 and at most the 3 instances",
+        ),
+        cfg_bad(
+            "config-threshold-above-n",
+            &|c| c.threshold = 4,
+            inv,
+            "threshold 4 must be at least 2 and at most the 3 instances",
+        ),
+        cfg_bad(
+            "config-duplicate-index",
+            &|c| c.instances[1].index = 1,
+            inv,
+            "instances[1]: indexes must be distinct and increasing",
+        ),
+        cfg_bad(
+            "config-decreasing-index",
+            &|c| c.instances.swap(1, 2),
+            inv,
+            "instances[2]: indexes must be distinct and increasing",
+        ),
+        cfg_bad(
+            "config-index-0",
+            &|c| c.instances[0].index = 0,
+            inv,
+            "instances[0]: index 0 is not a share",
+        ),
+        cfg_bad(
+            "config-http-url",
+            &|c| c.instances[0].url = "http://pseudonymiser-1.example".into(),
+            inv,
+            &format!("instances[0]: {url_msg}"),
+        ),
+        cfg_bad(
+            "config-url-trailing-slash",
+            &|c| c.instances[1].url.push('/'),
+            inv,
+            &format!("instances[1]: {url_msg}"),
+        ),
+        cfg_bad(
+            "config-public-share-identity",
+            &|c| c.instances[2].public_share = [0; 32],
+            inv,
+            "instances[2]: public_share is not a valid non-identity element",
+        ),
+        cfg_bad(
+            "config-public-share-off-the-polynomial",
+            &|c| c.instances[2].public_share = off_polynomial,
+            "ConfigError::InconsistentShare",
+            "3",
+        ),
+        cfg_bad(
+            "config-group-key-identity",
+            &|c| c.group_public_key = [0; 32],
+            inv,
+            "group_public_key is not a valid non-identity element",
+        ),
+        cfg_bad(
+            "config-group-key-not-of-the-shares",
+            &|c| c.group_public_key = doubled_group,
+            "ConfigError::InconsistentShare",
+            "2",
+        ),
+        cfg_bad(
+            "config-mode-oprf",
+            &|c| c.mode = "oprf".into(),
+            inv,
+            "mode must be \"voprf\"",
+        ),
+        mal(
+            "config-unknown-member",
+            dcfg,
+            Input::Text(config_text.replacen("\"version\":1,", "\"version\":1,\"expires\":0,", 1)),
+            "ConfigError::Wire(WireError::Json)",
+        ),
+    ]);
+
+    let dr = "EvaluateRequest::from_json";
+    malformed.extend([
+        mal(
+            "request-blinded-31-bytes",
+            dr,
+            Input::Text(format!("{{\"blinded\":\"{}\"}}", b64(&blinded[..31]))),
+            "WireError::Json",
+        ),
+        mal(
+            "request-unknown-member",
+            dr,
+            Input::Text(format!(
+                "{{\"blinded\":\"{}\",\"study\":\"t2d-dk\"}}",
+                b64(&blinded)
+            )),
+            "WireError::Json",
+        ),
+    ]);
+
+    let shares: Vec<J> = servers
+        .iter()
+        .map(|(i, s)| {
+            obj! {
+                "index" => *i,
+                "secret_share_hex" => h(&oprf_private_key(s)),
+                "public_share_hex" => h(&oprf_public_key(s)),
+            }
+        })
+        .collect();
+    finish(
+        file_head(
+            "threshold-oprf",
+            "The RFC 9497 VOPRF (ristretto255-SHA512, mode 0x01) with pseudonym.json's key k Shamir-shared 2-of-3 among pseudonymiser instances: each instance i answers Z_i = k_i·B with a DLEQ proof against its public share K_i (RFC 9497 BlindEvaluate, random scalar given as proof_nonce_hex); the donor verifies every answer, combines t of them as Σ λ_i·Z_i = k·B and finalises to the same y as the single key. Decoders: InstanceAnswer::from_json then ThresholdBlind::verify_answer, with the configuration of config-2-of-3 and the blind of threshold-donor (threshold::blind_input_with_scalar); ThresholdBlind::combine(input as a JSON array of answers, no unavailable instances) with the same configuration and blind; PseudonymiserConfig::from_json; EvaluateRequest::from_json. AnswerError details are the instance index; NotEnoughAnswers details list the verified count, t and the refused answers in order.",
+            "Threshold pseudonymisation",
+        ),
+        vec![
+            (
+                "group_key",
+                obj! {
+                    "note" => "the key of pseudonym.json's oprf_key",
+                    "seed_label" => "oprf key",
+                    "info_text" => utf8(OPRF_INFO),
+                    "private_key_hex" => h(&sk),
+                    "public_key_hex" => h(&group),
+                },
+            ),
+            (
+                "polynomial",
+                obj! {
+                    "threshold" => SHARE_T,
+                    "instances" => SHARE_N,
+                    "formula" => "f(x) = k + a1·x mod L; instance i holds k_i = f(i) and publishes K_i = k_i·G",
+                    "a1_seed_label" => a_label,
+                    "a1_hex" => h(&a.to_bytes()),
+                },
+            ),
+            ("shares", J::Arr(shares)),
+        ],
+        vec![config_vec, eval_vec],
         malformed,
     )
 }
