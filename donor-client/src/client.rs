@@ -614,10 +614,18 @@ impl Intake {
                     let slug = problem_slug(&bytes).unwrap_or_else(|| "no problem document".into());
                     return Err(unavailable(format!("{} {slug}", status.as_u16())));
                 }
-                InstanceAnswer::from_json(&bytes).map_err(|e| AnswerError::Malformed {
-                    index,
-                    detail: e.to_string(),
-                })
+                let answer =
+                    InstanceAnswer::from_json(&bytes).map_err(|e| AnswerError::Malformed {
+                        index,
+                        detail: e.to_string(),
+                    })?;
+                if answer.index != index {
+                    return Err(AnswerError::Malformed {
+                        index,
+                        detail: format!("answered as instance {}", answer.index),
+                    });
+                }
+                Ok(answer)
             });
         }
         let mut answers = Vec::new();

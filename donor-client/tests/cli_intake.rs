@@ -90,12 +90,26 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
     let input = bundle();
     let data = tempfile::tempdir().expect("intake dir");
     let home = tempfile::tempdir().expect("keystore dir");
-    let config = datadonor_intake::testkit::init_test_dir(data.path()).expect("init intake");
+    let pseudonymisers = datadonor_pseudonymiser::local::start_local(
+        &data.path().join("pseudonymisers"),
+        "dk-pseudonymiser",
+        3,
+        2,
+        None,
+        |_| {},
+    )
+    .await
+    .expect("pseudonymisers");
+    let intake_dir = data.path().join("intake");
+    let config =
+        datadonor_intake::testkit::init_test_dir_with(&intake_dir, Some(&pseudonymisers.config))
+            .expect("init intake");
     let intake = datadonor_intake::start(config).await.expect("start intake");
     let url = intake.base_url();
     let ca = s(&intake.ca_pem_path());
+    let pseudonymiser_ca = s(&data.path().join("pseudonymisers/ca.pem"));
     let ks = s(home.path());
-    let auditor_token = std::fs::read_to_string(data.path().join("auditor.token"))
+    let auditor_token = std::fs::read_to_string(intake_dir.join("auditor.token"))
         .expect("auditor.token")
         .trim()
         .to_string();
@@ -121,6 +135,8 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         &url,
         "--ca",
         &ca,
+        "--ca",
+        &pseudonymiser_ca,
         "--yes",
     ]
     .map(String::from)
@@ -130,6 +146,12 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
     assert!(
         stdout.contains("Study signed by steward key "),
         "donate stdout: {stdout}"
+    );
+    let pseudonymised = line(&stdout, "Pseudonym computed on this device from ");
+    assert!(
+        pseudonymised
+            .starts_with("Pseudonym computed on this device from 2 of 3 pseudonymiser instances"),
+        "{pseudonymised}"
     );
     let donated = line(&stdout, "Donated ");
     assert!(

@@ -31,10 +31,24 @@ use crate::config::Config;
 use crate::studies::{LoadedStudy, StudyRegistry};
 use crate::Error;
 
-/// `init` a directory and return a configuration for tests: port 0, short group window, a
-/// generous OPRF limit.
+/// `init` a directory and return a configuration for tests: port 0, short group window.
 pub fn init_test_dir(dir: &Path) -> Result<Config, Error> {
-    crate::init::init(dir, None, SystemClock.now())?;
+    init_test_dir_with(dir, None)
+}
+
+/// [`init_test_dir`] with the example study naming a pseudonymisation service.
+pub fn init_test_dir_with(
+    dir: &Path,
+    pseudonymiser: Option<&datadonor_schemas::threshold::PseudonymiserConfig>,
+) -> Result<Config, Error> {
+    crate::init::init_with(
+        dir,
+        crate::init::InitOptions {
+            pseudonymiser,
+            ..Default::default()
+        },
+        SystemClock.now(),
+    )?;
     let mut c = Config::load_dir(dir)?;
     c.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     c.commit.group_window_ms = 2;

@@ -27,7 +27,7 @@ fn init_writes_every_default() {
         "max_body_bytes",
         "group_window_ms",
         "transport_key_grace_secs",
-        "burst",
+        "queue_capacity",
     ] {
         assert!(text.contains(key), "{key} missing from config.toml");
     }
@@ -37,7 +37,8 @@ fn init_writes_every_default() {
 fn unknown_and_out_of_range_keys_are_refused() {
     assert!(Config::from_toml("[limits]\nmax_body_byte = 5\n").is_err());
     assert!(Config::from_toml("surprise = 1\n").is_err());
-    assert!(Config::from_toml("[oprf]\nburst = 0\n").is_err());
+    // The intake evaluates no OPRF: an `[oprf]` section is an unknown key.
+    assert!(Config::from_toml("[oprf]\nburst = 10\n").is_err());
     assert!(Config::from_toml("[ledger]\norigin = \"has space\"\n").is_err());
     assert!(Config::from_toml("").is_ok());
 }

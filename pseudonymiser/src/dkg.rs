@@ -343,12 +343,15 @@ fn parse_all_round1(
     ))
 }
 
+/// Signed round-2 messages, each with the index of the instance it is for.
+pub type Outgoing = Vec<(u16, Vec<u8>)>;
+
 /// Step 2: FROST part 2 over all `n` round-1 messages (this instance's own included). Returns
 /// the state to keep and one signed round-2 message per other instance.
 pub fn round2(
     state: Round1State,
     round1_messages: &[Vec<u8>],
-) -> Result<(Round2State, Vec<(u16, Vec<u8>)>), DkgError> {
+) -> Result<(Round2State, Outgoing), DkgError> {
     let c = state.ceremony.clone();
     let (parsed, transcript) = parse_all_round1(&c, round1_messages)?;
     let seed = Zeroizing::new(

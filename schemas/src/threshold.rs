@@ -65,7 +65,7 @@ pub enum AnswerError {
     /// The answer names an index the configuration does not list.
     #[error("instance index {0} is not in the configuration")]
     UnknownIndex(u16),
-    /// An answer with this index was already accepted.
+    /// An answer with this index was already verified and accepted.
     #[error("a second answer for instance {0}")]
     DuplicateIndex(u16),
     /// The evaluated element is not a canonical ristretto255 encoding, or is the identity.
@@ -501,13 +501,17 @@ impl ThresholdBlind {
         let mut rejected = std::mem::take(&mut unavailable);
         let mut seen: Vec<u16> = Vec::new();
         for a in answers {
+            // Only a verified answer claims its index, so a forged answer labelled with an
+            // honest instance's index cannot crowd out that instance's real answer.
             if seen.contains(&a.index) {
                 rejected.push(AnswerError::DuplicateIndex(a.index));
                 continue;
             }
-            seen.push(a.index);
             match self.verify_answer(config, a) {
-                Ok(z) => good.push((a.index, z)),
+                Ok(z) => {
+                    seen.push(a.index);
+                    good.push((a.index, z));
+                }
                 Err(e) => rejected.push(e),
             }
         }

@@ -437,6 +437,22 @@ async fn replayed_and_malformed_answers_are_refused() {
         )
         .expect("two valid");
     assert_eq!(c.rejected, vec![AnswerError::DuplicateIndex(1)]);
+    // A forged answer labelled with instance 1's index, arriving first, does not crowd out
+    // instance 1's real answer.
+    let b = blind(&cpr).expect("blind");
+    let (_, r1) = ask(&client, &url(1), b.blinded, None).await;
+    let (_, r2) = ask(&client, &url(2), b.blinded, None).await;
+    let (r1, r2) = (
+        InstanceAnswer::from_json(&r1).expect("answer"),
+        InstanceAnswer::from_json(&r2).expect("answer"),
+    );
+    let mut forged = r2.clone();
+    forged.index = 1;
+    let c = b
+        .combine(&env.service.config, &[forged, r1, r2], Vec::new())
+        .expect("the real answers still combine");
+    assert_eq!(c.used, vec![1, 2]);
+    assert_eq!(c.rejected, vec![AnswerError::BadProof(1)]);
     // Malformed requests get problem documents and no evaluation.
     let r = client
         .post(format!("{}/v1/evaluate", url(1)))
