@@ -602,10 +602,19 @@ impl Intake {
                     rb = rb.header("authorization", c.0.as_str());
                 }
                 let unavailable = |detail: String| AnswerError::Unavailable { index, detail };
-                let resp = rb
-                    .send()
-                    .await
-                    .map_err(|e| unavailable(datadonor_schemas::error_chain(&e)))?;
+                // A pooled connection the instance has just closed fails before the request is
+                // processed: try once more on a fresh one (an evaluation changes no state).
+                let retry = rb.try_clone();
+                let resp = match rb.send().await {
+                    Ok(r) => r,
+                    Err(first) => match retry {
+                        Some(again) if first.is_request() || first.is_connect() => again
+                            .send()
+                            .await
+                            .map_err(|e| unavailable(datadonor_schemas::error_chain(&e)))?,
+                        _ => return Err(unavailable(datadonor_schemas::error_chain(&first))),
+                    },
+                };
                 let status = resp.status();
                 let bytes = read_limited(resp, MAX_ANSWER_LEN)
                     .await

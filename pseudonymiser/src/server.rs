@@ -7,8 +7,8 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! Limits: TLS 1.3 only; the handshake within `handshake_timeout_ms`; a connection lives at
-//! most `connection_timeout_ms`; a body over [`MAX_BODY`] is `413 body-too-large`; at most
+//! Limits: TLS 1.3 only; the handshake within `handshake_timeout_ms`; a connection is closed
+//! politely (GOAWAY, or close after the response in flight) after `connection_timeout_ms`; a body over [`MAX_BODY`] is `413 body-too-large`; at most
 //! `max_connections` connections at once. Rate limits: a token bucket per client address and,
 //! where the configuration names a credential issuer, a credential is required and each
 //! credential's subject has its own bucket (`429 rate-limited` with `Retry-After`).
@@ -513,14 +513,16 @@ async fn serve(
                 .header_read_timeout(handshake);
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
             tokio::pin!(conn);
+            // At the end of its lifetime, or at shutdown, a connection is closed politely
+            // (HTTP/2 GOAWAY, HTTP/1 close after the response in flight) and dropped if it
+            // has not finished a few seconds later.
             tokio::select! {
-                _ = &mut conn => {}
+                _ = &mut conn => return,
                 _ = tokio::time::sleep(lifetime) => {}
-                _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
+                _ = stopped(&mut stop) => {}
             }
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         });
         while conns.try_join_next().is_some() {}
     }
