@@ -10,6 +10,7 @@
 //! | an instance is down, then two are | [`a_down_instance_is_tolerated_while_t_remain`] |
 //! | a replayed answer (for another blinded element) and malformed answers | [`replayed_and_malformed_answers_are_refused`] |
 //! | an outsider floods one instance (per address), with and without credentials | [`floods_are_rate_limited_and_credentials_required`] |
+//! | (honest) a client whose pooled connections outlive an instance's connection lifetime | [`a_donor_client_outlives_an_instances_connection_lifetime`] |
 
 use std::path::{Path, PathBuf};
 
@@ -573,5 +574,32 @@ async fn floods_are_rate_limited_and_credentials_required() {
         .await
         .expect("two instances with fresh buckets");
     assert_eq!(out.used, vec![2, 3]);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_donor_client_outlives_an_instances_connection_lifetime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_local(dir.path(), "dk-pseudonymiser", 3, 2, None, |c| {
+        c.connection_timeout_ms = 300;
+    })
+    .await
+    .expect("start");
+    let intake = Intake::new(IntakeConfig::new(
+        "https://127.0.0.1:1",
+        TrustAnchors::CaPem(service.ca_pem.clone().into_bytes()),
+    ))
+    .expect("client");
+    let study = study_with(&service.config);
+    let cpr = Cpr::parse(CPR).expect("cpr");
+    let first = intake.pseudonym(&cpr, &study).await.expect("first");
+    // The pooled connections outlive the instances' lifetime for them; the next evaluations
+    // must still get every answer.
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let again = intake.pseudonym(&cpr, &study).await.expect("again");
+        assert_eq!(again.pseudonym, first.pseudonym);
+        assert!(again.rejected.is_empty(), "{:?}", again.rejected);
+    }
     service.shutdown().await;
 }
