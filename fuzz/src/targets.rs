@@ -22,6 +22,9 @@ use datadonor_schemas::query::QuerySpec;
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle};
 use datadonor_schemas::signing::PublicKey;
 use datadonor_schemas::study::{rows_from_ipc, StudyDefinition};
+use datadonor_schemas::threshold::{
+    blind_input_with_scalar, DonorCredential, EvaluateRequest, InstanceAnswer, PseudonymiserConfig,
+};
 
 /// A target: arbitrary bytes in, whether they were accepted all the way through.
 pub type Target = fn(&[u8]) -> bool;
@@ -38,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rows", rows),
     ("ledger", ledger),
     ("receipt", receipt),
+    ("threshold", threshold),
     ("fhir", fhir),
     ("synthea_csv", synthea_csv),
     ("apple_xml", apple_xml),
@@ -46,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 const ENVELOPE_VECTORS: &str = include_str!("../../schemas/vectors/envelope.json");
 const MANIFEST_VECTORS: &str = include_str!("../../schemas/vectors/consent-manifest.json");
 const RECEIPT_VECTORS: &str = include_str!("../../schemas/vectors/receipt.json");
+const THRESHOLD_VECTORS: &str = include_str!("../../schemas/vectors/threshold-oprf.json");
 /// Rows per donation accepted by the rows decoder here (the intake's default limit).
 const MAX_ROWS: usize = 10_000;
 
@@ -220,6 +225,61 @@ pub fn receipt(data: &[u8]) -> bool {
     let receipt_ok = ReceiptBundle::from_json(data)
         .is_ok_and(|b| verify_receipt(&b, &f.ledger_key, &f.verifier).is_ok());
     checkpoint_ok || receipt_ok
+}
+
+struct ThresholdFixture {
+    config: PseudonymiserConfig,
+    input: Vec<u8>,
+    blind: [u8; 32],
+    issuer: PublicKey,
+}
+
+fn threshold_fixture() -> Option<&'static ThresholdFixture> {
+    static F: OnceLock<Option<ThresholdFixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        let d = json(THRESHOLD_VECTORS);
+        let valid = d["valid"].as_array()?;
+        let config = valid
+            .iter()
+            .find(|v| v["kind"] == "pseudonymiser_config")
+            .and_then(|v| v["json_text"].as_str())
+            .and_then(|t| PseudonymiserConfig::from_json(t.as_bytes()).ok())?;
+        let eval = valid.iter().find(|v| v["kind"] == "threshold_evaluation")?;
+        let input = hex::decode(eval["oprf_input_hex"].as_str()?).ok()?;
+        let blind = hex::decode(eval["blind_hex"].as_str()?)
+            .ok()?
+            .try_into()
+            .ok()?;
+        // Any fixed key will do for credentials: the target checks that parsing and
+        // verification of arbitrary bearer values never panic.
+        let issuer = config.instances.first()?.public_share;
+        Some(ThresholdFixture {
+            config,
+            input,
+            blind,
+            issuer: PublicKey(issuer),
+        })
+    })
+    .as_ref()
+}
+
+/// What a donor's device parses from a pseudonymiser and what an instance parses from a
+/// donor: an instance's answer (then checked against the vectors' configuration for the
+/// vectors' blinded element), a configuration, an evaluation request, a credential.
+pub fn threshold(data: &[u8]) -> bool {
+    let Some(f) = threshold_fixture() else {
+        return false;
+    };
+    let config_ok = PseudonymiserConfig::from_json(data).is_ok();
+    let request_ok = EvaluateRequest::from_json(data).is_ok();
+    let answer_ok = InstanceAnswer::from_json(data).is_ok_and(|a| {
+        blind_input_with_scalar(zeroize::Zeroizing::new(f.input.clone()), f.blind)
+            .is_ok_and(|b| b.verify_answer(&f.config, &a).is_ok())
+    });
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = DonorCredential::verify_bearer(text, &f.issuer, &f.config.config_id, 0);
+    }
+    config_ok || request_ok || answer_ok
 }
 
 /// Runs an importer into the minimiser for the vectors' study; accepted if the import

@@ -60,6 +60,29 @@ fn name(v: &Value) -> String {
 }
 
 fn from_vectors(root: &Path, c: &mut Corpus) -> Res<()> {
+    let th = vectors(root, "threshold-oprf.json")?;
+    for v in items(&th, "valid") {
+        if let Some(b) = text(v, "json_text") {
+            c.add("threshold", &format!("valid-{}", name(v)), b);
+        }
+        if let Some(b) = text(v, "request_json_text") {
+            c.add("threshold", &format!("valid-{}-request", name(v)), b);
+        }
+        for (i, a) in v["answers"].as_array().into_iter().flatten().enumerate() {
+            if let Some(b) = text(a, "answer_json_text") {
+                c.add(
+                    "threshold",
+                    &format!("valid-{}-answer-{}", name(v), i + 1),
+                    b,
+                );
+            }
+        }
+    }
+    for v in items(&th, "malformed") {
+        if let Some(b) = text(v, "input_text") {
+            c.add("threshold", &format!("bad-{}", name(v)), b);
+        }
+    }
     let env = vectors(root, "envelope.json")?;
     for v in items(&env, "valid") {
         if let Some(b) = hex_of(v, "envelope_hex") {
