@@ -769,25 +769,23 @@ impl QueryAudit {
     fn summary_line(&self) -> String {
         if self.checked {
             format!(
-                "totals: {} runs, {} flagged, {} approvals checked",
-                self.runs.len(),
+                "totals: {}, {} flagged, {} checked",
+                plural(self.runs.len() as u64, "run", "runs"),
                 self.flagged(),
-                self.approvals
+                plural(self.approvals, "approval", "approvals")
             )
         } else {
             format!(
-                "totals: {} runs (not checked against approvals)",
-                self.runs.len()
+                "totals: {} (not checked against approvals)",
+                plural(self.runs.len() as u64, "run", "runs")
             )
         }
     }
 
-    /// Plain-text report.
+    /// Plain-text report: a header row, then one row per run, columns aligned (left-aligned
+    /// text, right-aligned counts; the last column, the flags, is not padded).
     pub fn render_text(&self) -> String {
-        let mut s = String::new();
-        for r in self.rows() {
-            let _ = writeln!(s, "{}", r.join("  "));
-        }
+        let mut s = aligned_text(&Self::HEADERS, &self.rows(), &[0, 5, 6]);
         let _ = writeln!(s, "{}", self.summary_line());
         s
     }
@@ -848,22 +846,24 @@ impl std::fmt::Display for BatchViolation {
         match &self.kind {
             BatchViolationKind::NoConsent => write!(
                 f,
-                "batch {}: {} rows of {who} without consent granted by {}",
+                "batch {}: {} of {who} without consent granted by {}",
                 self.batch_id,
-                self.rows,
+                plural(self.rows, "row", "rows"),
                 fmt_time(self.created_at)
             ),
             BatchViolationKind::Erased { at } => write!(
                 f,
-                "batch {}: {} rows of {who} remain after erasure at {}",
+                "batch {}: {} of {who} {} after erasure at {}",
                 self.batch_id,
-                self.rows,
+                plural(self.rows, "row", "rows"),
+                if self.rows == 1 { "remains" } else { "remain" },
                 fmt_time(*at)
             ),
             BatchViolationKind::BadPseudonym(v) => write!(
                 f,
-                "batch {}: {} rows with a malformed donor value {v:?}",
-                self.batch_id, self.rows
+                "batch {}: {} with a malformed donor value {v:?}",
+                self.batch_id,
+                plural(self.rows, "row", "rows")
             ),
         }
     }
@@ -999,12 +999,12 @@ pub fn audit_batches(
 impl BatchAudit {
     fn summary_line(&self) -> String {
         format!(
-            "study {}: {} batches, {} rows, {} donors, {} violations",
+            "study {}: {}, {}, {}, {}",
             self.study,
-            self.batches,
-            self.rows,
-            self.donors,
-            self.violations.len()
+            plural(self.batches, "batch", "batches"),
+            plural(self.rows, "row", "rows"),
+            plural(self.donors, "donor", "donors"),
+            plural(self.violations.len() as u64, "violation", "violations")
         )
     }
 
@@ -1050,6 +1050,48 @@ impl BatchAudit {
 // ---------------------------------------------------------------------------------------------
 // HTML
 
+/// `n` with the singular or plural noun: `1 donor`, `0 donors`, `2 donors`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// A plain-text table: the header row, then `rows`, each column padded to its widest cell
+/// and separated by two spaces; columns in `right` are right-aligned, the last column is not
+/// padded and trailing spaces are trimmed.
+pub fn aligned_text(headers: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    let cols = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (c, cell) in r.iter().enumerate().take(cols) {
+            widths[c] = widths[c].max(cell.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for r in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                let w = widths.get(c).copied().unwrap_or(0);
+                if c + 1 == cols {
+                    cell.clone()
+                } else if right.contains(&c) {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "{}", cells.join("  ").trim_end());
+    }
+    s
+}
+
 /// Escape text for HTML element content and attribute values.
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -1071,6 +1113,8 @@ h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}\
 table{border-collapse:collapse;margin:.5em 0}\
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\
 th{background:#f0f0f0}td.num{text-align:right}\
+td.hash{overflow-wrap:anywhere;word-break:break-all;font-family:monospace;min-width:12ch}\
+div.table{max-width:100%;overflow-x:auto}\
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
 dl.summary dt{font-weight:bold}dl.summary dd{margin:0}\
 footer{margin-top:2em;font-size:.8em;color:#666}";
@@ -1125,7 +1169,7 @@ impl HtmlReport {
                 s.push_str("<p>None.</p>\n");
                 continue;
             }
-            s.push_str("<table>\n<thead><tr>");
+            s.push_str("<div class=\"table\">\n<table>\n<thead><tr>");
             for h in headers {
                 let _ = write!(s, "<th>{}</th>", html_escape(h));
             }
@@ -1140,12 +1184,23 @@ impl HtmlReport {
                     });
                     let num =
                         !identifier && !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit());
-                    let class = if num { " class=\"num\"" } else { "" };
+                    // Hashes are one long word: let them wrap so that the columns after
+                    // them stay on the page.
+                    let hash = headers
+                        .get(i)
+                        .is_some_and(|h| h.contains("sha256") || h.contains("hash"));
+                    let class = if num {
+                        " class=\"num\""
+                    } else if hash {
+                        " class=\"hash\""
+                    } else {
+                        ""
+                    };
                     let _ = write!(s, "<td{class}>{}</td>", html_escape(c));
                 }
                 s.push_str("</tr>\n");
             }
-            s.push_str("</tbody>\n</table>\n");
+            s.push_str("</tbody>\n</table>\n</div>\n");
         }
         let _ = write!(
             s,

@@ -439,8 +439,8 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
             html_out(html.as_ref(), || report.to_html())?;
             if report.flagged() > 0 {
                 return Err(AnalyticsError::AuditFailed(format!(
-                    "{} query runs flagged",
-                    report.flagged()
+                    "{} flagged",
+                    audit::plural(report.flagged() as u64, "query run", "query runs")
                 ))
                 .into());
             }
@@ -461,8 +461,8 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
             html_out(html.as_ref(), || report.to_html())?;
             if !report.violations.is_empty() {
                 return Err(AnalyticsError::AuditFailed(format!(
-                    "{} violations in the sealed batches of {study}",
-                    report.violations.len()
+                    "{} in the sealed batches of {study}",
+                    audit::plural(report.violations.len() as u64, "violation", "violations")
                 ))
                 .into());
             }
@@ -485,6 +485,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Keygen { out } => {
             let pk = generate_steward_key(&out)?;
             println!("{}", pk.to_base64());
+            eprintln!(
+                "wrote {} (steward key) and {}.pub (its public key)",
+                out.display(),
+                out.display()
+            );
         }
         Cmd::VaultKeygen { out, key_id } => {
             let key = VaultKey::generate(key_id);
@@ -506,6 +511,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = load_steward_key(&key)?;
             let signed = SignedObject::sign(Context::StudyDefinition, &def, &key);
             write_new(&out, &signed.to_bytes())?;
+            eprintln!("wrote {} (signed study {})", out.display(), def.id);
         }
         Cmd::Approve {
             spec,
@@ -548,6 +554,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_runs,
             };
             write_new(&out, &a.sign(&key).to_bytes())?;
+            eprintln!(
+                "wrote {} (approval for {} to run {} for {}, valid until {}, {})",
+                out.display(),
+                a.researcher,
+                spec.display(),
+                a.purpose,
+                audit::fmt_time(a.not_after),
+                audit::plural(u64::from(max_runs), "run", "runs")
+            );
         }
         Cmd::Query {
             spec,
@@ -584,9 +599,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", output::render_text(&outcome.table));
             for o in &out {
                 output::write_by_extension(&outcome.table, o)?;
+                eprintln!("wrote {}", o.display());
             }
             if let Some(p) = plot {
                 output::plot_svg(&outcome.table, &p)?;
+                eprintln!("wrote {} (plot)", p.display());
             }
             eprintln!(
                 "logged query_run at ledger index {} ({} cells published, {} suppressed)",
@@ -620,13 +637,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     now(&ledger),
                     CompactOptions { target_rows },
                 )?;
+                for w in &r.written {
+                    eprintln!("wrote {}", w.display());
+                }
                 println!(
-                    "{s}: {} donors erased, {} batches removed, {} written, {} rows kept, {} ledger entries",
-                    r.erased.len(),
-                    r.removed.len(),
+                    "{s}: {} erased, {} removed, {} written, {} kept, {}",
+                    audit::plural(r.erased.len() as u64, "donor", "donors"),
+                    audit::plural(r.removed.len() as u64, "batch", "batches"),
                     r.written.len(),
-                    r.rows_kept,
-                    r.entries_logged
+                    audit::plural(r.rows_kept, "row", "rows"),
+                    audit::plural(r.entries_logged, "ledger entry", "ledger entries")
                 );
             }
         }
@@ -636,7 +656,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Colours only on a terminal: a log redirected to a file or pipe stays plain text.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();

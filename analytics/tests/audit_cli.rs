@@ -423,13 +423,24 @@ fn audit_queries_flags_runs_beyond_their_approval() {
     // Without approvals: every run listed, nothing checked, exit 0.
     let (code, stdout, stderr) = w.run(&args(&["audit", "queries"], w.verified("s1")));
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().count(), 7, "{stdout}");
     assert!(stdout.ends_with("totals: 5 runs (not checked against approvals)\n"));
     let d = hex::encode(digest);
-    assert!(stdout.starts_with(&format!(
-        "8  {}  t2d-dk  r@sdu.example  {EPI}  6  2  {d}  -\n",
-        time(NOW)
-    )));
+    // A header row, then the runs, columns aligned: counts right, text left, flags last.
+    let header = format!(
+        "index  time                  study   researcher     purpose           published  suppressed  approval sha256{}  flags",
+        " ".repeat(64 - "approval sha256".len())
+    );
+    let row = |index: u64, t: i64, hash: &str, flags: &str| {
+        format!(
+            "{index:>5}  {}  t2d-dk  r@sdu.example  {EPI}          6           2  {hash}  {flags}",
+            time(t)
+        )
+    };
+    assert!(
+        stdout.starts_with(&format!("{header}\n{}\n", row(8, NOW, &d, "-"))),
+        "{stdout}"
+    );
 
     // Against the approvals: three runs flagged, exit 4, a one-line reason on stderr.
     let mut a2 = args(
@@ -449,25 +460,23 @@ fn audit_queries_flags_runs_beyond_their_approval() {
     assert_eq!(
         lines,
         vec![
-            format!("8  {}  t2d-dk  r@sdu.example  {EPI}  6  2  {d}  ok", time(NOW)),
-            format!(
-                "9  {}  t2d-dk  r@sdu.example  {EPI}  6  2  {d}  ok",
-                time(NOW + 10)
+            header.clone(),
+            row(8, NOW, &d, "ok"),
+            row(9, NOW + 10, &d, "ok"),
+            row(10, NOW + 20, &d, "run 3 beyond the approval's max runs 2"),
+            row(
+                11,
+                NOW + 5000,
+                &d,
+                &format!("{window}; run 4 beyond the approval's max runs 2"),
             ),
-            format!(
-                "10  {}  t2d-dk  r@sdu.example  {EPI}  6  2  {d}  run 3 beyond the approval's max runs 2",
-                time(NOW + 20)
+            row(
+                12,
+                NOW + 30,
+                &hex::encode([9u8; 32]),
+                "no matching approval"
             ),
-            format!(
-                "11  {}  t2d-dk  r@sdu.example  {EPI}  6  2  {d}  {window}; run 4 beyond the approval's max runs 2",
-                time(NOW + 5000)
-            ),
-            format!(
-                "12  {}  t2d-dk  r@sdu.example  {EPI}  6  2  {}  no matching approval",
-                time(NOW + 30),
-                hex::encode([9u8; 32])
-            ),
-            "totals: 5 runs, 3 flagged, 1 approvals checked".to_string(),
+            "totals: 5 runs, 3 flagged, 1 approval checked".to_string(),
         ]
     );
     assert_eq!(
@@ -480,6 +489,17 @@ fn audit_queries_flags_runs_beyond_their_approval() {
     assert!(html.contains("<dt>Flagged runs</dt><dd>3</dd>"));
     assert!(html.contains("<dt>Approvals checked</dt><dd>1</dd>"));
     assert!(html.contains("run 3 beyond the approval&#39;s max runs 2"));
+    // The 64-character hashes wrap (and the table scrolls) so that the flags stay on the page.
+    assert!(html.contains("td.hash{overflow-wrap:anywhere;"), "{html}");
+    assert!(
+        html.contains("div.table{max-width:100%;overflow-x:auto}"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("<td class=\"hash\">{d}</td>")),
+        "{html}"
+    );
+    assert!(html.contains("<div class=\"table\">\n<table>"), "{html}");
 
     // An approval signed by a key outside the approvers file is refused as input.
     let other = SigningKey::generate().expect("key");
@@ -548,14 +568,14 @@ fn audit_batches_reports_rows_of_an_erased_donor() {
         stdout,
         format!(
             "violation: batch {batch_id}: {victim_rows} rows of {} remain after erasure at {ERASED}\n\
-             study t2d-dk: 1 batches, 300 rows, 6 donors, 1 violations\n",
+             study t2d-dk: 1 batch, 300 rows, 6 donors, 1 violation\n",
             short_pseudonym(&donor(VICTIM))
         )
     );
     assert_eq!(
         stderr,
         "HTML report written to <TMP>/batches.html\n\
-         datadonor-analytics: audit: 1 violations in the sealed batches of t2d-dk\n"
+         datadonor-analytics: audit: 1 violation in the sealed batches of t2d-dk\n"
     );
     let html = read(&w, "batches.html");
     assert_self_contained(&html);
@@ -587,7 +607,7 @@ fn audit_batches_reports_rows_of_an_erased_donor() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stdout,
-        "study t2d-dk: 1 batches, 300 rows, 6 donors, 0 violations\n"
+        "study t2d-dk: 1 batch, 300 rows, 6 donors, 0 violations\n"
     );
 
     // A damaged batch stops the audit with an error naming the file.

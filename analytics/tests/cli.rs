@@ -163,12 +163,27 @@ fn query_runs_writes_outputs_and_then_runs_out() {
             "{f} written"
         );
     }
+    // It says what it wrote.
+    assert!(
+        stderr.contains(
+            "wrote <TMP>/x.csv\nwrote <TMP>/x.json\nwrote <TMP>/x.parquet\nwrote <TMP>/x.svg (plot)\n"
+        ),
+        "{stderr}"
+    );
+    // No float noise in the CSV: values are rounded to 6 significant digits (means of HbA1c
+    // and BMI: at most 4 decimals).
+    let csv = std::fs::read_to_string(s.p("x.csv")).expect("csv");
+    for field in csv.lines().skip(1).flat_map(|l| l.split(',')) {
+        if let (Ok(_), Some((_, decimals))) = (field.parse::<f64>(), field.split_once('.')) {
+            assert!(decimals.len() <= 4, "{field} in {csv}");
+        }
+    }
     // max_runs = 1: the run logged in the ledger file uses it up.
     let (code, _, stderr) = query(&s, &s.s("q.toml"), "q.approval", &[]);
     assert_eq!(code, 3);
     assert_eq!(
         stderr,
-        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approval allows 1 runs, all used\n")
+        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approval allows 1 run, already used\n")
     );
 }
 
@@ -389,10 +404,17 @@ fn compact_erases_withdrawn_donors_and_logs_each_erasure() {
     let (code, stdout, stderr) = run(&s, &compact);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.starts_with("t2d-dk: 3 donors erased, 1 batches removed, 1 written, ")
+        stdout.starts_with("t2d-dk: 3 donors erased, 1 batch removed, 1 written, ")
             && stdout.ends_with(" rows kept, 3 ledger entries\n"),
         "{stdout}"
     );
+    // It names the batch it wrote.
+    let written: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("wrote <TMP>/batches/"))
+        .collect();
+    assert_eq!(written.len(), 1, "{stderr}");
+    assert!(s.p("batches").join(written[0]).is_file(), "{stderr}");
     let path = s.p("ledger.log");
     let records =
         decode_records(&std::fs::read(&path).expect("ledger"), &path).expect("the ledger decodes");
@@ -413,5 +435,44 @@ fn compact_erases_withdrawn_donors_and_logs_each_erasure() {
     assert!(
         stdout.starts_with("t2d-dk: 0 donors erased, 0 batches removed, 0 written, "),
         "{stdout}"
+    );
+}
+
+#[test]
+fn approve_and_keygen_say_what_they_wrote() {
+    let s = setup();
+    let (code, stdout, stderr) = run(
+        &s,
+        &[
+            "approve",
+            "--spec",
+            &s.s("q.toml"),
+            "--key",
+            &s.s("steward.key"),
+            "--researcher",
+            "researcher@sdu.example",
+            "--valid-days",
+            "30",
+            "--max-runs",
+            "1",
+            "--study",
+            &s.s("t.json"),
+            "--out",
+            &s.s("q.approval"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "");
+    let line = stderr
+        .strip_prefix(
+            "wrote <TMP>/q.approval (approval for researcher@sdu.example to run <TMP>/q.toml for t2d-epidemiology, valid until ",
+        )
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.ends_with("Z, 1 run)\n"), "{stderr}");
+    let (code, _, stderr) = run(&s, &["keygen", "--out", &s.s("k2.key")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr,
+        "wrote <TMP>/k2.key (steward key) and <TMP>/k2.key.pub (its public key)\n"
     );
 }

@@ -390,7 +390,11 @@ fn approval_refusals() {
     // runs exhausted: the first run is logged, the second is refused
     run(&w, &s, &approval).expect("first run");
     let e = run(&w, &s, &approval).expect_err("second run");
-    assert!(e.to_string().contains("all used"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("approval allows 1 run, already used"),
+        "{e}"
+    );
     // disclosive specs
     for (bad, why) in [
         (

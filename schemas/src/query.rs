@@ -552,10 +552,11 @@ pub fn check_approval(
         return Err(QueryError::NotApproved("approval has expired".into()));
     }
     if runs_so_far >= u64::from(a.max_runs) {
-        return Err(QueryError::NotApproved(format!(
-            "approval allows {} runs, all used",
-            a.max_runs
-        )));
+        return Err(QueryError::NotApproved(if a.max_runs == 1 {
+            "approval allows 1 run, already used".into()
+        } else {
+            format!("approval allows {} runs, all used", a.max_runs)
+        }));
     }
     Ok(signed)
 }
