@@ -268,3 +268,45 @@ async fn serve_listens_where_told_and_prints_the_bound_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_log_written_to_a_pipe_has_no_colour_codes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    let (code, _, stderr) = run(t, &["init", "--dir", "d"]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datadonor-intake"))
+        .args(["serve", "--dir", "d", "--listen", "127.0.0.1:0"])
+        .current_dir(t)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read stdout");
+    assert!(line.starts_with("listening on "), "{line:?}");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // The log line of the start is written before the address is printed.
+    let mut log = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&log).contains("intake listening") {
+        let n = stderr.read(&mut buf).expect("read stderr");
+        assert!(
+            n > 0,
+            "no start line in the log: {}",
+            String::from_utf8_lossy(&log)
+        );
+        log.extend_from_slice(&buf[..n]);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        !log.contains("\x1b["),
+        "colour codes in a piped log: {log:?}"
+    );
+}
