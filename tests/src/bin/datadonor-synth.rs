@@ -30,7 +30,12 @@ enum Format {
 
 /// Generate a synthetic population of Danish data donors.
 #[derive(Debug, Parser)]
-#[command(name = "datadonor-synth", version, about)]
+#[command(
+    name = "datadonor-synth",
+    version,
+    about = "Generate a deterministic synthetic population of Danish data donors \
+             (FHIR R4 Bundles, Synthea CSV or FHIR NDJSON)"
+)]
 struct Args {
     /// Population seed.
     #[arg(long, default_value_t = 42)]
