@@ -476,3 +476,35 @@ fn approve_and_keygen_say_what_they_wrote() {
         "wrote <TMP>/k2.key (steward key) and <TMP>/k2.key.pub (its public key)\n"
     );
 }
+
+#[test]
+fn the_log_written_to_a_pipe_has_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("dir");
+    // A data directory for its dev CA only.
+    datadonor_intake::testkit::init_test_dir(&dir.path().join("intake")).expect("init");
+    // Nothing listens on port 1: the ledger read fails in transport and is retried, which is
+    // logged at debug level; stderr is a pipe here.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datadonor-analytics"))
+        .args([
+            "audit",
+            "log",
+            "--ledger",
+            "https://127.0.0.1:1",
+            "--auditor-token",
+            "token",
+            "--ca",
+            "intake/tls/ca.pem",
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "datadonor_analytics=debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("retrying once"), "{stderr}");
+    assert!(
+        !stderr.contains("\x1b["),
+        "colour codes in a piped log: {stderr:?}"
+    );
+}
