@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use datadonor_analytics::audit::plural;
 use datadonor_client::keystore::StoredReceipt;
 use datadonor_client::session::minimise_blocking;
 use datadonor_client::{
@@ -81,35 +82,43 @@ impl fmt::Display for DemoSummary {
         writeln!(f, "  donors generated            {}", self.donors)?;
         writeln!(
             f,
-            "  donations acknowledged      {} ({} rows, {:.1} donations/s); {} donors had nothing the study asks for",
+            "  donations acknowledged      {} ({}, {:.1} donations/s); {} nothing the study asks for",
             self.donated,
-            self.rows,
+            plural(self.rows, "row", "rows"),
             self.donated as f64 / self.donate_secs.max(1e-9),
-            self.nothing_to_donate
+            plural(self.nothing_to_donate, "donor had", "donors had")
         )?;
         writeln!(f, "  withdrawals acknowledged    {}", self.withdrawn)?;
         let answered: Vec<String> = self
             .instances_answered
             .iter()
-            .map(|(k, v)| format!("{v} donations from {k} instances"))
+            .map(|(k, v)| {
+                format!(
+                    "{} from {}",
+                    plural(*v, "donation", "donations"),
+                    plural(*k as u64, "instance", "instances")
+                )
+            })
             .collect();
         writeln!(
             f,
-            "  pseudonymisers              {} of {} needed; {}; {} answers refused or missing",
+            "  pseudonymisers              {} of {} needed; {}; {} refused or missing",
             self.pseudonymisers.0,
             self.pseudonymisers.1,
             answered.join(", "),
-            self.instances_rejected
+            plural(self.instances_rejected, "answer", "answers")
         )?;
         writeln!(
             f,
-            "  query                       {} donors considered, {} cells published, {} suppressed",
-            self.donors_considered, self.cells.0, self.cells.1
+            "  query                       {} considered, {} published, {} suppressed",
+            plural(self.donors_considered, "donor", "donors"),
+            plural(self.cells.0, "cell", "cells"),
+            self.cells.1
         )?;
         writeln!(
             f,
-            "  compaction                  {} rows of withdrawn donors erased",
-            self.rows_erased
+            "  compaction                  {} of withdrawn donors erased",
+            plural(self.rows_erased, "row", "rows")
         )?;
         writeln!(f, "  verified:")?;
         for c in &self.checks {
@@ -424,4 +433,52 @@ fn progress_bar(show: bool, len: u64, msg: &'static str) -> indicatif::ProgressB
     }
     bar.set_message(msg);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_in_the_singular_and_the_plural() {
+        let one = DemoSummary {
+            donors: 1,
+            donated: 1,
+            nothing_to_donate: 1,
+            rows: 1,
+            pseudonymisers: (2, 3),
+            instances_answered: [(2, 1)].into_iter().collect(),
+            instances_rejected: 1,
+            donate_secs: 1.0,
+            cells: (1, 0),
+            donors_considered: 1,
+            rows_erased: 1,
+            ..DemoSummary::default()
+        }
+        .to_string();
+        for s in [
+            "(1 row, 1.0 donations/s); 1 donor had nothing the study asks for",
+            "2 of 3 needed; 1 donation from 2 instances; 1 answer refused or missing",
+            "1 donor considered, 1 cell published, 0 suppressed",
+            "1 row of withdrawn donors erased",
+        ] {
+            assert!(one.contains(s), "{s:?} in {one}");
+        }
+        let two = DemoSummary {
+            nothing_to_donate: 2,
+            rows: 2,
+            instances_answered: [(3, 2)].into_iter().collect(),
+            rows_erased: 2,
+            ..DemoSummary::default()
+        }
+        .to_string();
+        for s in [
+            "(2 rows, ",
+            "2 donors had nothing",
+            "2 donations from 3 instances; 0 answers refused",
+            "2 rows of withdrawn donors erased",
+        ] {
+            assert!(two.contains(s), "{s:?} in {two}");
+        }
+    }
 }
