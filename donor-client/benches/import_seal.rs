@@ -6,10 +6,17 @@
 //! cargo bench -p datadonor-client --bench import_seal                          # small (default)
 //! cargo bench -p datadonor-client --bench import_seal -- --apple-mb 1024       # the 1 GB target
 //! cargo bench -p datadonor-client --bench import_seal -- --fhir-obs 1000000
+//! cargo bench -p datadonor-client --bench import_seal -- --hostile-attrs 800000
 //! ```
 //!
 //! Target: the 1 GB Apple export stays under 256 MB peak RSS. Exports are streamed to a temporary
 //! directory, never built in memory.
+//!
+//! The `hostile` run is a small Apple export built to be slow to parse: one `<Record>` with
+//! `--hostile-attrs` distinct attribute names (default 400,000, about 4 MB), the same with a duplicate name
+//! at the end, and a `<Workout>` subtree a quarter as many levels deep, each level declaring a namespace. Its
+//! time should stay proportional to its size (RUSTSEC-2026-0194: quick-xml before 0.41 spent O(n²) on the two
+//! records).
 #![forbid(unsafe_code)]
 
 use std::io::{BufWriter, Write};
@@ -85,13 +92,15 @@ fn write_fhir(path: &Path, observations: u64) -> std::io::Result<()> {
     w.flush()
 }
 
+/// The start of a generated Apple export, up to and including `<Me>`.
+const APPLE_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE HealthData [\n<!ELEMENT HealthData (ExportDate,Me,(Record|Correlation|Workout|ActivitySummary)*)>\n]>\n<HealthData locale=\"da_DK\">\n <ExportDate value=\"2024-06-01 08:10:05 +0200\"/>\n <Me HKCharacteristicTypeIdentifierDateOfBirth=\"1965-05-20\" HKCharacteristicTypeIdentifierBiologicalSex=\"HKBiologicalSexFemale\"/>\n";
+
 fn write_apple(path: &Path, megabytes: u64) -> std::io::Result<()> {
     let target = megabytes * 1024 * 1024;
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut rng = Xs(0x2545_f491_4f6c_dd1d);
-    let head = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE HealthData [\n<!ELEMENT HealthData (ExportDate,Me,(Record|Correlation|Workout|ActivitySummary)*)>\n]>\n<HealthData locale=\"da_DK\">\n <ExportDate value=\"2024-06-01 08:10:05 +0200\"/>\n <Me HKCharacteristicTypeIdentifierDateOfBirth=\"1965-05-20\" HKCharacteristicTypeIdentifierBiologicalSex=\"HKBiologicalSexFemale\"/>\n";
-    w.write_all(head.as_bytes())?;
-    let mut written = head.len() as u64;
+    w.write_all(APPLE_HEAD.as_bytes())?;
+    let mut written = APPLE_HEAD.len() as u64;
     let types = [
         (
             "HKQuantityTypeIdentifierHeartRate",
@@ -120,6 +129,30 @@ fn write_apple(path: &Path, megabytes: u64) -> std::io::Result<()> {
         w.write_all(rec.as_bytes())?;
         written += rec.len() as u64;
     }
+    w.write_all(b"</HealthData>\n")?;
+    w.flush()
+}
+
+/// The `hostile` export (see the module docs); `attrs` distinct attribute names on one tag.
+fn write_hostile_apple(path: &Path, attrs: u64) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    w.write_all(APPLE_HEAD.as_bytes())?;
+    let glucose = |extra: &str| {
+        format!(" <Record{extra} type=\"HKQuantityTypeIdentifierBloodGlucose\" unit=\"mg/dL\" startDate=\"2024-05-01 08:00:00 +0200\" value=\"140\"/>\n")
+    };
+    let names: String = (0..attrs).map(|i| format!(" a{i}=\"\"")).collect();
+    w.write_all(glucose(&names).as_bytes())?;
+    w.write_all(glucose(&format!("{names} a0=\"\"")).as_bytes())?;
+    let depth = attrs / 4;
+    w.write_all(b" <Workout>")?;
+    for i in 0..depth {
+        write!(w, "<p{}:n xmlns:p{}=\"urn:{i}\">", i % 7, i % 7)?;
+    }
+    for i in (0..depth).rev() {
+        write!(w, "</p{}:n>", i % 7)?;
+    }
+    w.write_all(b"</Workout>\n")?;
+    w.write_all(glucose("").as_bytes())?;
     w.write_all(b"</HealthData>\n")?;
     w.flush()
 }
@@ -200,7 +233,7 @@ fn measure(label: &str, path: &Path) {
     let (items, rows, bytes, secs) = (num("items"), num("rows"), num("bytes"), num("total_s"));
     let mb = bytes / (1024.0 * 1024.0);
     println!(
-        "{label:<6} input {mb:>8.1} MB  items {items:>10.0}  rows {rows:>5.0}  envelope {:>7.0} B  time {secs:>7.2} s  {:>8.0} items/s  {:>6.1} MB/s  peak RSS {:>6.1} MB",
+        "{label:<7} input {mb:>8.1} MB  items {items:>10.0}  rows {rows:>5.0}  envelope {:>7.0} B  time {secs:>7.2} s  {:>8.0} items/s  {:>6.1} MB/s  peak RSS {:>6.1} MB",
         num("envelope"),
         items / secs.max(1e-9),
         mb / secs.max(1e-9),
@@ -224,18 +257,22 @@ fn main() {
     };
     let apple_mb = opt("--apple-mb", 16);
     let fhir_obs = opt("--fhir-obs", 50_000);
+    let hostile_attrs = opt("--hostile-attrs", 400_000);
     let dir = std::env::temp_dir().join(format!("datadonor-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let fhir = dir.join("bundle.json");
     let apple = dir.join("export.xml");
+    let hostile = dir.join("hostile.xml");
     let t = Instant::now();
     write_fhir(&fhir, fhir_obs).expect("write FHIR export");
     write_apple(&apple, apple_mb).expect("write Apple export");
+    write_hostile_apple(&hostile, hostile_attrs).expect("write hostile Apple export");
     println!(
-        "generated {fhir_obs} FHIR observations and a {apple_mb} MB Apple export in {:.1} s",
+        "generated {fhir_obs} FHIR observations, a {apple_mb} MB Apple export and a hostile one with {hostile_attrs} attributes on a tag in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     measure("fhir", &fhir);
     measure("apple", &apple);
+    measure("hostile", &hostile);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -55,8 +56,7 @@ pub fn client_config(trust: &TrustAnchors) -> Result<ClientConfig, TlsError> {
     let mut config = match trust {
         TrustAnchors::CaPem(pem) => {
             let mut roots = RootCertStore::empty();
-            let mut reader = std::io::BufReader::new(pem.as_slice());
-            for cert in rustls_pemfile::certs(&mut reader) {
+            for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| TlsError::BadCa(e.to_string()))?;
                 roots
                     .add(cert)

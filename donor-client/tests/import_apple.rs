@@ -453,3 +453,178 @@ fn element_size_limit() {
     assert!(matches!(err, ImportError::LimitExceeded { .. }), "{err:?}");
     assert!(err.to_string().starts_with("huge.xml: line 2"), "{err}");
 }
+
+/// A `<Record>` the importer reads (type, unit, value, startDate), with `extra` placed before its attributes.
+fn heart_rate(extra: &str) -> String {
+    format!(
+        "<Record {extra} type=\"HKQuantityTypeIdentifierHeartRate\" unit=\"count/min\" value=\"70\" startDate=\"2024-01-01 08:00:00 +0100\"/>"
+    )
+}
+
+#[test]
+fn invalid_utf8_skips_only_its_record() {
+    let mut xml = b"<HealthData>\n<Record type=\"HKQuantityType\xffIdentifierHeartRate\" unit=\"count/min\" value=\"70\"/>\n".to_vec();
+    // Not UTF-8 (Latin-1 "é") in an attribute that is never read: the record imports.
+    xml.extend_from_slice(heart_rate("sourceName=\"Bea_s Watch\"").as_bytes());
+    let latin1 = xml.iter().rposition(|&b| b == b'_').expect("placeholder");
+    xml[latin1] = 0xe9;
+    xml.extend_from_slice(b"\n</HealthData>\n");
+    let (items, report) =
+        import_xml_bytes(&xml, "latin1.xml", &ImportOptions::default()).expect("import");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.resource_count("Record"), 2);
+    assert_eq!(report.emitted.observations, 1);
+    assert_eq!(report.skipped_count(SkipReason::MalformedRecord), 1);
+    assert_eq!(report.samples.len(), 1, "{report}");
+    assert_eq!(report.samples[0].field, "type");
+    assert!(
+        report.samples[0]
+            .to_string()
+            .starts_with("latin1.xml: line 2 (byte 13)"),
+        "{}",
+        report.samples[0]
+    );
+    assert_eq!(items.len(), 1);
+}
+
+#[test]
+fn references_and_ampersands() {
+    let options = ImportOptions::default();
+
+    // A reference before the root element is text before it.
+    let err = import_xml_bytes(b"&amp;<HealthData/>", "ref.xml", &options).expect_err("text");
+    assert!(
+        matches!(err, ImportError::UnexpectedFormat { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with("text before the root element: not an XML document"),
+        "{err}"
+    );
+
+    // References and a lone `&` in text inside the root are not read, and do not stop the import.
+    let xml = format!(
+        "<HealthData>\n fish &amp; chips & peas &#10; &custom;\n{}\n</HealthData>\n",
+        heart_rate("")
+    );
+    let (_, report) = import_xml_bytes(xml.as_bytes(), "amp.xml", &options).expect("import");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.emitted.observations, 1);
+
+    // In attribute values, character and entity references are expanded, and a literal newline or tab
+    // becomes a space (XML attribute-value normalisation), trimmed at the ends.
+    let xml = "<HealthData>\n<Record type=\"HKQuantityTypeIdentifierHeartRate\" unit=\"\n\tcount/min\n\" value=\"7&#48;\" startDate=\"2024-01-01&#32;08:00:00 +0100\"/>\n<Record type=\"HKCategoryTypeIdentifierSleepAnalysis\" value=\"In &amp; out\nof bed\"/>\n</HealthData>\n";
+    let (items, report) = import_xml_bytes(xml.as_bytes(), "refs.xml", &options).expect("import");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(
+        observations(&items),
+        vec![
+            (
+                "HKQuantityTypeIdentifierHeartRate",
+                &SourceValue::Quantity {
+                    value: 70.0,
+                    unit: "count/min".into()
+                }
+            ),
+            (
+                "HKCategoryTypeIdentifierSleepAnalysis",
+                &SourceValue::Text("In & out of bed".into())
+            ),
+        ]
+    );
+    let SourceItem::Observation(first) = &items[0] else {
+        panic!()
+    };
+    assert_eq!(
+        first.effective,
+        Some(jiff::civil::date(2024, 1, 1).at(8, 0, 0, 0))
+    );
+}
+
+/// Hostile tags, generated for a range of sizes (RUSTSEC-2026-0194/0195: quick-xml before 0.41 checked
+/// duplicate attribute names in O(n²) and namespace declarations without a bound). Each case asserts its
+/// outcome only; there is no timing. The largest sizes are chosen so that a quadratic parser needs minutes
+/// for them (800,000 attributes took about 10 minutes in the advisory), while a linear one needs well
+/// under a second, so a regression shows as a test that does not finish.
+#[test]
+fn many_attributes_and_deep_namespaces_finish() {
+    let options = ImportOptions::default();
+    // Sizes on both sides of quick-xml's switch from a linear scan to a hash set (32 attributes).
+    for n in [1usize, 31, 32, 33, 1_000, 400_000] {
+        let distinct: String = (0..n).map(|i| format!(" a{i}=\"\"")).collect();
+        // No duplicate: the wanted attributes come after all the others and are read.
+        // A duplicate of the first name at the end: that record is skipped as malformed.
+        // The same name n times: skipped at the second one.
+        let same = " a=\"\"".repeat(n.max(2));
+        let xml = format!(
+            "<HealthData>\n{}\n{}\n{}\n{}\n</HealthData>\n",
+            heart_rate(&distinct),
+            heart_rate(&format!("{distinct} a0=\"x\"")),
+            heart_rate(&same),
+            heart_rate(""),
+        );
+        assert!(xml.len() < 16 << 20, "within the default element limit");
+        let (items, report) =
+            import_xml_bytes(xml.as_bytes(), "attrs.xml", &options).expect("import");
+        assert!(report.is_balanced(), "n={n}: {report}");
+        assert_eq!(report.resource_count("Record"), 4, "n={n}");
+        assert_eq!(report.emitted.observations, 2, "n={n}: {report}");
+        assert_eq!(
+            report.skipped_count(SkipReason::MalformedRecord),
+            2,
+            "n={n}"
+        );
+        assert!(
+            report
+                .samples
+                .iter()
+                .all(|p| p.field == "attributes" && p.detail.contains("duplicated")),
+            "n={n}: {report}"
+        );
+        assert_eq!(items.len(), 2);
+    }
+
+    // Deeply nested elements, each declaring namespaces (300 declarations on some, more than quick-xml's
+    // NsReader accepts on one element; this importer does not resolve namespaces at all), inside a Workout:
+    // nothing below the top level is a record, and the Record after the subtree (declaring 300 namespaces
+    // too) is read.
+    let depth = 200_000;
+    let wide: String = (0..300)
+        .map(|i| format!(" xmlns:w{i}=\"urn:w{i}\""))
+        .collect();
+    let mut xml = String::from("<HealthData>\n<Workout>");
+    for i in 0..depth {
+        let p = i % 7;
+        let decls = if i % 1_000 == 0 { wide.as_str() } else { "" };
+        xml.push_str(&format!(
+            "<p{p}:n xmlns:p{p}=\"urn:{i}\" xmlns=\"urn:d\"{decls}>"
+        ));
+    }
+    for i in (0..depth).rev() {
+        xml.push_str(&format!("</p{}:n>", i % 7));
+    }
+    xml.push_str(&format!(
+        "</Workout>\n{}\n</HealthData>\n",
+        heart_rate(&wide)
+    ));
+    let (items, report) = import_xml_bytes(xml.as_bytes(), "deep.xml", &options).expect("import");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.resource_count("Workout"), 1);
+    assert_eq!(report.resource_count("Record"), 1);
+    assert_eq!(report.records_total(), 2, "{report}");
+    assert_eq!(report.emitted.observations, 1);
+    assert_eq!(items.len(), 1);
+
+    // The same nesting left open is a truncated file, not a hang or a crash.
+    let cut = xml.find("</p").expect("end tags");
+    let err = import_xml_bytes(&xml.as_bytes()[..cut], "deep.xml", &options).expect_err("open");
+    assert!(matches!(err, ImportError::Truncated { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!(
+            "end of file with {} element(s) still open",
+            depth + 2
+        )),
+        "{err}"
+    );
+}

@@ -18,6 +18,8 @@ use axum::routing::post;
 use axum::Router;
 use datadonor_intake::testkit::{self, DonationBuilder};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tower::ServiceExt;
 
 struct Args {
@@ -76,7 +78,7 @@ impl LoadResult {
 
 fn client(ca_pem: &[u8]) -> Result<reqwest::Client> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(c?)?;
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -136,10 +138,8 @@ async fn run_load(
 }
 
 async fn bare_endpoint(cert: &std::path::Path, key: &std::path::Path) -> Result<SocketAddr> {
-    let certs = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key =
-        rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?.context("no key")?;
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key).context("no key")?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -24,6 +24,8 @@ use axum::Router;
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::time::{Clock, SystemClock};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -238,12 +240,13 @@ fn tls_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, Error> {
     let key_pem = zeroize::Zeroizing::new(
         std::fs::read(&key_path).map_err(Error::io(format!("reading {}", key_path.display())))?,
     );
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Tls(format!("{}: {e}", cert_path.display())))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| Error::Tls(format!("{}: {e}", key_path.display())))?
-        .ok_or_else(|| Error::Tls(format!("{}: no private key", key_path.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_slice()).map_err(|e| match e {
+        pem::Error::NoItemsFound => Error::Tls(format!("{}: no private key", key_path.display())),
+        e => Error::Tls(format!("{}: {e}", key_path.display())),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -85,6 +85,7 @@ use datadonor_schemas::study::{FieldType, StudyDefinition, StudyId};
 use datadonor_schemas::time::{Clock, ManualClock, SystemClock};
 use rand::{Rng as _, SeedableRng as _};
 use reqwest::StatusCode;
+use rustls::pki_types::pem::PemObject as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
@@ -777,7 +778,7 @@ async fn tls_connect(live: &Live) -> tokio_rustls::client::TlsStream<TcpStream> 
 async fn tls_connect_alpn(live: &Live, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let pem = std::fs::read(live.path().join("tls/ca.pem")).expect("dev CA");
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots
             .add(cert.expect("CA PEM parses"))
             .expect("CA certificate accepted");

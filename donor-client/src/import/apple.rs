@@ -27,6 +27,7 @@ use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::sync::Arc;
 
 use quick_xml::events::{BytesStart, Event};
+use quick_xml::XmlVersion;
 
 use super::codes::{self, CodeCheck};
 use super::dates::{self, SourceDate};
@@ -301,6 +302,9 @@ fn read_xml<R: BufRead>(
         Cursor::new(head).chain(reader),
         meter.clone(),
     ));
+    // Since quick-xml 0.38 a `&` in text starts a reference (`Event::GeneralRef`) and a lone `&` is an
+    // error by default; text is never read here, so a stray `&` in it stays harmless, as it always was.
+    xml.config_mut().allow_dangling_amp = true;
     let mut buf = Vec::with_capacity(4 * 1024);
     let mut depth = 0usize;
     let mut root_seen = false;
@@ -387,15 +391,11 @@ fn read_xml<R: BufRead>(
                 }
             }
             Event::Text(ref text) if !root_seen && !text.iter().all(u8::is_ascii_whitespace) => {
-                return Err(ImportError::UnexpectedFormat {
-                    file: c.file().to_owned(),
-                    at: Some(RecordRef::XmlElement {
-                        line: meter.newlines() + 1,
-                        byte_offset: xml.buffer_position(),
-                    }),
-                    field: None,
-                    detail: "text before the root element: not an XML document".into(),
-                });
+                return Err(text_before_root(c, &meter, &xml));
+            }
+            // An entity or character reference in text (`&amp;`, `&#10;`) is an event of its own.
+            Event::GeneralRef(_) if !root_seen => {
+                return Err(text_before_root(c, &meter, &xml));
             }
             Event::Eof => {
                 let at = Some(RecordRef::XmlElement {
@@ -420,6 +420,23 @@ fn read_xml<R: BufRead>(
         }
     }
     Ok(())
+}
+
+/// Text (or a reference) before the root element: not an XML document.
+fn text_before_root<R>(
+    c: &Collector<'_, '_>,
+    meter: &Meter,
+    xml: &quick_xml::Reader<R>,
+) -> ImportError {
+    ImportError::UnexpectedFormat {
+        file: c.file().to_owned(),
+        at: Some(RecordRef::XmlElement {
+            line: meter.newlines() + 1,
+            byte_offset: xml.buffer_position(),
+        }),
+        field: None,
+        detail: "text before the root element: not an XML document".into(),
+    }
 }
 
 fn account(c: &mut Collector<'_, '_>, at: RecordRef, outcome: Result<(), Skip>) {
@@ -485,7 +502,7 @@ fn xml_error<R>(
     }
 }
 
-/// The values of the `wanted` attributes (unescaped), or why they could not be read.
+/// The values of the `wanted` attributes (unescaped and normalised), or why they could not be read.
 fn attributes<const N: usize>(
     e: &BytesStart<'_>,
     wanted: [&[u8]; N],
@@ -497,10 +514,14 @@ fn attributes<const N: usize>(
         let Some(i) = wanted.iter().position(|w| *w == attr.key.as_ref()) else {
             continue;
         };
-        let value = attr.unescape_value().map_err(|err| {
-            let field = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
-            Skip::new(SkipReason::MalformedRecord, field, err.to_string())
-        })?;
+        // Entities and character references expanded, and XML 1.0 attribute-value normalisation (a literal
+        // tab, CR or LF becomes a space). A value that is not UTF-8 skips only this record.
+        let value = attr
+            .normalized_value(XmlVersion::Implicit1_0)
+            .map_err(|err| {
+                let field = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
+                Skip::new(SkipReason::MalformedRecord, field, err.to_string())
+            })?;
         let value = value.trim();
         if !value.is_empty() {
             values[i] = Some(value.to_owned());
