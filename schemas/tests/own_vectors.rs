@@ -48,6 +48,7 @@ use serde_json::Value;
 use voprf::{
     BlindedElement, EvaluationElement, Group, Proof, Ristretto255, VoprfClient, VoprfServer,
 };
+use zeroize::Zeroizing;
 
 // The generator module is shared with the example; this test uses only `build`.
 #[allow(dead_code)]
@@ -62,7 +63,7 @@ const EXPECTED: [(&str, usize, usize); 11] = [
     ("withdrawal.json", 1, 9),
     ("envelope.json", 4, 51),
     ("pseudonym.json", 16, 25),
-    ("threshold-oprf.json", 2, 37),
+    ("threshold-oprf.json", 3, 37),
     ("ledger-entry.json", 9, 39),
     ("receipt.json", 2, 19),
     ("query.json", 4, 29),
@@ -773,6 +774,7 @@ fn check_valid(file: &Value, v: &Value) {
         "voprf" => check_voprf(file, v),
         "pseudonymiser_config" => check_config(file, v),
         "threshold_evaluation" => check_threshold(file, v),
+        "threshold_rfc9497_evaluation" => check_threshold_rfc9497(v),
         "entry" => {
             let b = s(v, "entry_text").as_bytes();
             let e = LedgerEntry::from_bytes(b).expect("entry parses");
@@ -1230,7 +1232,8 @@ fn seed_scalar_hex(label: &str) -> String {
     hex::encode(b)
 }
 
-/// The shares of threshold-oprf.json: `k_i = f(i)` of the stated polynomial, `K_i = k_i·G`.
+/// The shares of threshold-oprf.json (or of its vector threshold-rfc9497): `k_i = f(i)` of the
+/// stated polynomial, `K_i = k_i·G`.
 fn shares(file: &Value) -> Vec<(u16, [u8; 32], [u8; 32])> {
     let k = scalar_of(hx32(&file["group_key"], "private_key_hex"));
     let poly = &file["polynomial"];
@@ -1305,51 +1308,11 @@ fn check_threshold(file: &Value, v: &Value) {
     let req = EvaluateRequest::from_json(s(v, "request_json_text").as_bytes()).expect("request");
     assert_eq!(req.blinded, tb.blinded);
     let b = point_of(&tb.blinded);
-    // Every instance's answer: reproduced with its share and nonce, verified by the client.
-    let mut z = BTreeMap::new();
-    for (a, (i, ki, _)) in arr(v, "answers").iter().zip(&shares) {
-        assert_eq!(num(a, "index"), i64::from(*i));
-        let server = VoprfServer::<Ristretto255>::new_with_key(ki).expect("share");
-        let (evaluated, proof) = blind_evaluate(&server, &tb.blinded, a);
-        assert_eq!(hex::encode(&evaluated), s(a, "evaluated_element_hex"));
-        assert_eq!(hex::encode(&proof), s(a, "proof_hex"));
-        let zi = scalar_of(*ki) * b;
-        assert_eq!(
-            zi.compress().as_bytes().as_slice(),
-            evaluated,
-            "Z_i = k_i·B"
-        );
-        let ans = InstanceAnswer::from_json(s(a, "answer_json_text").as_bytes()).expect("answer");
-        assert_eq!(
-            (ans.index, ans.evaluated.to_vec(), ans.proof.clone()),
-            (*i, evaluated, proof)
-        );
-        assert_eq!(
-            serde_json::to_vec(&ans).expect("json"),
-            s(a, "answer_json_text").as_bytes()
-        );
-        assert_eq!(tb.verify_answer(&config, &ans).expect("verifies"), zi);
-        z.insert(*i, zi);
-    }
-    assert_eq!(z.len(), 3);
+    let z = check_answers(v, &shares, &tb, &config);
     // Every t-subset combines to k·B.
     let kb = (k * b).compress().to_bytes();
     assert_eq!(hex::encode(kb), s(v, "single_key_evaluated_element_hex"));
-    let combos = arr(v, "combinations");
-    assert_eq!(combos.len(), 3, "every 2-subset of 3");
-    for c in combos {
-        let set: Vec<u16> = serde_json::from_value(c["indexes"].clone()).expect("indexes");
-        let lambdas: Vec<String> = set
-            .iter()
-            .map(|&i| hex::encode(lagrange_at_zero(i, &set).to_bytes()))
-            .collect();
-        let want: Vec<String> = serde_json::from_value(c["lagrange_hex"].clone()).expect("hex");
-        assert_eq!(lambdas, want);
-        let pts: Vec<(u16, RistrettoPoint)> = set.iter().map(|i| (*i, z[i])).collect();
-        let combined = combine_points(&pts).compress().to_bytes();
-        assert_eq!(hex::encode(combined), s(c, "combined_element_hex"));
-        assert_eq!(combined, kb);
-    }
+    check_combinations(v, &z, kb);
     // The same evaluated element, output and pseudonyms as the single key of pseudonym.json.
     let single = load("pseudonym.json");
     let sv = arr(&single, "valid")
@@ -1380,6 +1343,153 @@ fn check_threshold(file: &Value, v: &Value) {
     }
     let y: [u8; 64] = hx(v, "output_hex").try_into().expect("64 bytes");
     check_pseudonyms(&OprfOutput::from_bytes(y), v);
+}
+
+/// RFC 9497 Appendix A.1.2: the ristretto255-SHA512 suite in mode 0x01, from the published
+/// file `testdata/vectors/oprf/rfc9497-allVectors.json`.
+fn rfc9497_voprf_suite() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/vectors/oprf/rfc9497-allVectors.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let all: Value = serde_json::from_str(&text).expect("RFC 9497 vectors are JSON");
+    all.as_array()
+        .expect("an array of suites")
+        .iter()
+        .find(|x| x["identifier"] == "ristretto255-SHA512" && x["mode"] == 1)
+        .expect("ristretto255-SHA512 in mode 1")
+        .clone()
+}
+
+/// threshold-rfc9497: the RFC 9497 vector key shared 2-of-3 reaches the RFC's first mode 0x01
+/// test vector.
+fn check_threshold_rfc9497(v: &Value) {
+    let suite = rfc9497_voprf_suite();
+    let tv = &suite["vectors"][0];
+    assert_eq!(num(tv, "Batch"), 1);
+    // The group key is the RFC's DeriveKeyPair(Seed, KeyInfo): skSm and pkSm.
+    let gk = &v["group_key"];
+    assert_eq!(s(gk, "seed_hex"), s(&suite, "seed"));
+    assert_eq!(hex::encode(s(gk, "info_text")), s(&suite, "keyInfo"));
+    assert_eq!(s(gk, "private_key_hex"), s(&suite, "skSm"));
+    assert_eq!(s(gk, "public_key_hex"), s(&suite, "pkSm"));
+    let key = oprf_key(gk);
+    let shares = shares(v);
+    // The configuration lists the shares.
+    let text_json = s(v, "config_json_text").as_bytes();
+    let config = PseudonymiserConfig::from_json(text_json).expect("config");
+    assert_eq!(
+        config.to_json(),
+        text_json,
+        "re-serialisation is the same bytes"
+    );
+    assert_eq!(
+        hex::encode(config.group_public_key),
+        s(gk, "public_key_hex")
+    );
+    assert_eq!(
+        i64::from(config.threshold),
+        num(&v["polynomial"], "threshold")
+    );
+    assert_eq!(config.instances.len(), shares.len());
+    for (inst, (i, _, pk)) in config.instances.iter().zip(&shares) {
+        assert_eq!((inst.index, inst.public_share), (*i, *pk));
+    }
+    // The RFC's input and blind give its BlindedElement.
+    assert_eq!(s(v, "input_hex"), s(tv, "Input"));
+    assert_eq!(s(v, "blind_hex"), s(tv, "Blind"));
+    let input = Zeroizing::new(hx(v, "input_hex"));
+    let blind = || blind_input_with_scalar(input.clone(), hx32(v, "blind_hex")).expect("blind");
+    let tb = blind();
+    assert_eq!(hex::encode(tb.blinded), s(v, "blinded_element_hex"));
+    assert_eq!(s(v, "blinded_element_hex"), s(tv, "BlindedElement"));
+    let req = EvaluateRequest::from_json(s(v, "request_json_text").as_bytes()).expect("request");
+    assert_eq!(req.blinded, tb.blinded);
+    // The answers, and every 2-subset combined to skSm·B, the RFC's EvaluationElement.
+    let z = check_answers(v, &shares, &tb, &config);
+    let k = scalar_of(hx32(gk, "private_key_hex"));
+    let kb = (k * point_of(&tb.blinded)).compress().to_bytes();
+    assert_eq!(hex::encode(kb), s(v, "evaluated_element_hex"));
+    assert_eq!(s(v, "evaluated_element_hex"), s(tv, "EvaluationElement"));
+    check_combinations(v, &z, kb);
+    // ThresholdBlind::combine of every 2-subset (and of all three) gives the RFC's Output.
+    assert_eq!(s(v, "output_hex"), s(tv, "Output"));
+    assert_eq!(
+        hex::encode(key.evaluate(&input).expect("evaluate")),
+        s(v, "output_hex")
+    );
+    let answers: Vec<InstanceAnswer> = arr(v, "answers")
+        .iter()
+        .map(|a| InstanceAnswer::from_json(s(a, "answer_json_text").as_bytes()).expect("answer"))
+        .collect();
+    for set in [vec![1u16, 2], vec![1, 3], vec![2, 3], vec![1, 2, 3]] {
+        let given: Vec<InstanceAnswer> = set
+            .iter()
+            .map(|&i| answers[usize::from(i) - 1].clone())
+            .collect();
+        let out = blind()
+            .combine(&config, &given, Vec::new())
+            .unwrap_or_else(|e| panic!("{set:?}: {e}"));
+        assert_eq!(hex::encode(out.output.as_bytes()), s(v, "output_hex"));
+        assert_eq!(out.used, set[..2].to_vec());
+        assert!(out.rejected.is_empty());
+    }
+}
+
+/// Every instance's answer of a threshold evaluation: reproduced with its share and nonce,
+/// verified by the client. Returns `Z_i` by index.
+fn check_answers(
+    v: &Value,
+    shares: &[(u16, [u8; 32], [u8; 32])],
+    tb: &ThresholdBlind,
+    config: &PseudonymiserConfig,
+) -> BTreeMap<u16, RistrettoPoint> {
+    let b = point_of(&tb.blinded);
+    let mut z = BTreeMap::new();
+    for (a, (i, ki, _)) in arr(v, "answers").iter().zip(shares) {
+        assert_eq!(num(a, "index"), i64::from(*i));
+        let server = VoprfServer::<Ristretto255>::new_with_key(ki).expect("share");
+        let (evaluated, proof) = blind_evaluate(&server, &tb.blinded, a);
+        assert_eq!(hex::encode(&evaluated), s(a, "evaluated_element_hex"));
+        assert_eq!(hex::encode(&proof), s(a, "proof_hex"));
+        let zi = scalar_of(*ki) * b;
+        assert_eq!(
+            zi.compress().as_bytes().as_slice(),
+            evaluated,
+            "Z_i = k_i·B"
+        );
+        let ans = InstanceAnswer::from_json(s(a, "answer_json_text").as_bytes()).expect("answer");
+        assert_eq!(
+            (ans.index, ans.evaluated.to_vec(), ans.proof.clone()),
+            (*i, evaluated, proof)
+        );
+        assert_eq!(
+            serde_json::to_vec(&ans).expect("json"),
+            s(a, "answer_json_text").as_bytes()
+        );
+        assert_eq!(tb.verify_answer(config, &ans).expect("verifies"), zi);
+        z.insert(*i, zi);
+    }
+    assert_eq!(z.len(), 3);
+    z
+}
+
+/// Every 2-subset of the answers combines, with the stated Lagrange coefficients, to `kb`.
+fn check_combinations(v: &Value, z: &BTreeMap<u16, RistrettoPoint>, kb: [u8; 32]) {
+    let combos = arr(v, "combinations");
+    assert_eq!(combos.len(), 3, "every 2-subset of 3");
+    for c in combos {
+        let set: Vec<u16> = serde_json::from_value(c["indexes"].clone()).expect("indexes");
+        let lambdas: Vec<String> = set
+            .iter()
+            .map(|&i| hex::encode(lagrange_at_zero(i, &set).to_bytes()))
+            .collect();
+        let want: Vec<String> = serde_json::from_value(c["lagrange_hex"].clone()).expect("hex");
+        assert_eq!(lambdas, want);
+        let pts: Vec<(u16, RistrettoPoint)> = set.iter().map(|i| (*i, z[i])).collect();
+        let combined = combine_points(&pts).compress().to_bytes();
+        assert_eq!(hex::encode(combined), s(c, "combined_element_hex"));
+        assert_eq!(combined, kb);
+    }
 }
 
 fn check_tree(file: &Value, v: &Value) {

@@ -3599,7 +3599,7 @@ fn threshold_file(fx: &Fixture) -> J {
     finish(
         file_head(
             "threshold-oprf",
-            "The RFC 9497 VOPRF (ristretto255-SHA512, mode 0x01) with pseudonym.json's key k Shamir-shared 2-of-3 among pseudonymiser instances: each instance i answers Z_i = k_i·B with a DLEQ proof against its public share K_i (RFC 9497 BlindEvaluate, random scalar given as proof_nonce_hex); the donor verifies every answer, combines t of them as Σ λ_i·Z_i = k·B and finalises to the same y as the single key. Decoders: InstanceAnswer::from_json then ThresholdBlind::verify_answer, with the configuration of config-2-of-3 and the blind of threshold-donor (threshold::blind_input_with_scalar); ThresholdBlind::combine(input as a JSON array of answers, no unavailable instances) with the same configuration and blind; PseudonymiserConfig::from_json; EvaluateRequest::from_json. AnswerError details are the instance index; NotEnoughAnswers details list the verified count, t and the refused answers in order.",
+            "The RFC 9497 VOPRF (ristretto255-SHA512, mode 0x01) with pseudonym.json's key k Shamir-shared 2-of-3 among pseudonymiser instances: each instance i answers Z_i = k_i·B with a DLEQ proof against its public share K_i (RFC 9497 BlindEvaluate, random scalar given as proof_nonce_hex); the donor verifies every answer, combines t of them as Σ λ_i·Z_i = k·B and finalises to the same y as the single key. The vector threshold-rfc9497 shares the RFC 9497 vector key skSm (Appendix A.1.2) the same way, with its own polynomial, shares, configuration and answers, and reaches the RFC's Test Vector 1: B is its BlindedElement, every 2-subset combines to its EvaluationElement, and y is its Output. Decoders: InstanceAnswer::from_json then ThresholdBlind::verify_answer, with the configuration of config-2-of-3 and the blind of threshold-donor (threshold::blind_input_with_scalar); ThresholdBlind::combine(input as a JSON array of answers, no unavailable instances) with the same configuration and blind; PseudonymiserConfig::from_json; EvaluateRequest::from_json. AnswerError details are the instance index; NotEnoughAnswers details list the verified count, t and the refused answers in order.",
             "Threshold pseudonymisation",
         ),
         vec![
@@ -3625,9 +3625,193 @@ fn threshold_file(fx: &Fixture) -> J {
             ),
             ("shares", J::Arr(shares)),
         ],
-        vec![config_vec, eval_vec],
+        vec![config_vec, eval_vec, threshold_rfc9497_vector()],
         malformed,
     )
+}
+
+/// RFC 9497 Appendix A.1.2 (ristretto255-SHA512, VOPRF mode 0x01): the key's derivation inputs
+/// and public key, and Test Vector 1, as published
+/// (`testdata/vectors/oprf/rfc9497-allVectors.json`).
+const RFC9497_SEED: [u8; 32] = [0xa3; 32];
+const RFC9497_KEY_INFO: &[u8] = b"test key";
+const RFC9497_PK: &str = "c803e2cc6b05fc15064549b5920659ca4a77b2cca6f04f6b357009335476ad4e";
+const RFC9497_INPUT: &[u8] = &[0x00];
+const RFC9497_BLIND: &str = "64d37aed22a27f5191de1c1d69fadb899d8862b58eb4220029e036ec4c1f6706";
+const RFC9497_BLINDED: &str = "863f330cc1a1259ed5a5998a23acfd37fb4351a793a5b3c090b642ddc439b945";
+const RFC9497_EVALUATED: &str = "aa8fa048764d5623868679402ff6108d2521884fa138cd7f9c7669a9a014267e";
+const RFC9497_OUTPUT: &str = "b58cfbe118e0cb94d79b5fd6a6dafb98764dff49c14e1770b566e42402da1a7da4d8527693914139caee5bd03903af43a491351d23b430948dd50cde10d32b3c";
+
+/// The RFC 9497 vector key `skSm` shared 2-of-3, and the RFC's first mode 0x01 test vector
+/// evaluated by the instances and combined: every 2-subset reaches the RFC's
+/// EvaluationElement and the donor's finalisation the RFC's Output.
+fn threshold_rfc9497_vector() -> J {
+    let g = RISTRETTO_BASEPOINT_POINT;
+    let key = VoprfServer::<Ristretto255>::new_from_seed(&RFC9497_SEED, RFC9497_KEY_INFO)
+        .expect("RFC 9497 key");
+    let sk = oprf_private_key(&key);
+    let group = oprf_public_key(&key);
+    assert_eq!(h(&group), RFC9497_PK, "pkSm of RFC 9497 A.1.2");
+    let k = scalar(sk);
+    let a_label = "threshold rfc9497 polynomial a1";
+    let a = scalar(seed_scalar(a_label));
+    let servers: Vec<(u16, VoprfServer<Ristretto255>)> = (1..=SHARE_N)
+        .map(|i| {
+            let ki = k + a * Scalar::from(u64::from(i));
+            let s = VoprfServer::new_with_key(&ki.to_bytes()).expect("share");
+            assert_eq!(oprf_public_key(&s), (ki * g).compress().to_bytes());
+            (i, s)
+        })
+        .collect();
+    let server = |i: u16| &servers[usize::from(i) - 1].1;
+    let config = PseudonymiserConfig {
+        format: datadonor_schemas::PROTOCOL_VERSION,
+        config_id: "rfc9497-pseudonymiser-test".into(),
+        version: 1,
+        suite: threshold::SUITE.into(),
+        mode: threshold::MODE.into(),
+        threshold: SHARE_T,
+        group_public_key: group,
+        instances: servers
+            .iter()
+            .map(|(i, s)| InstanceInfo {
+                index: *i,
+                url: format!("https://pseudonymiser-{i}.example"),
+                operator: format!("Test operator {i}"),
+                public_share: oprf_public_key(s),
+            })
+            .collect(),
+        credential_issuer: None,
+    };
+
+    let input = zeroize::Zeroizing::new(RFC9497_INPUT.to_vec());
+    let blind: [u8; 32] = hex::decode(RFC9497_BLIND)
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let blinded = threshold::blind_input_with_scalar(input.clone(), blind)
+        .expect("blind")
+        .blinded;
+    assert_eq!(
+        h(&blinded),
+        RFC9497_BLINDED,
+        "B is the RFC's BlindedElement"
+    );
+    let b = point(&blinded);
+    let proof_label = |i: u16| format!("threshold rfc9497 proof {i}");
+    let answers: Vec<InstanceAnswer> = (1..=SHARE_N)
+        .map(|i| {
+            let (evaluated, proof) = voprf_evaluate(server(i), &blinded, &proof_label(i));
+            InstanceAnswer {
+                index: i,
+                evaluated,
+                proof,
+            }
+        })
+        .collect();
+    let ans = |i: u16| answers[usize::from(i) - 1].clone();
+    let kb = (k * b).compress().to_bytes();
+    assert_eq!(
+        h(&kb),
+        RFC9497_EVALUATED,
+        "k·B is the RFC's EvaluationElement"
+    );
+    let answer_json: Vec<J> = answers
+        .iter()
+        .map(|x| {
+            let ki = scalar(oprf_private_key(server(x.index)));
+            assert_eq!(x.evaluated, (ki * b).compress().to_bytes(), "Z_i = k_i·B");
+            obj! {
+                "index" => x.index,
+                "proof_seed_label" => proof_label(x.index),
+                "proof_nonce_hex" => h(&proof_nonce(&proof_label(x.index))),
+                "evaluated_element_hex" => h(&x.evaluated),
+                "proof_hex" => h(&x.proof),
+                "answer_json_text" => utf8(&to_json_bytes(x)),
+            }
+        })
+        .collect();
+    let combinations: Vec<J> = [[1u16, 2], [1, 3], [2, 3]]
+        .iter()
+        .map(|set| {
+            let z = set
+                .iter()
+                .map(|&i| lagrange(i, set) * point(&ans(i).evaluated))
+                .fold(RistrettoPoint::default(), |acc, p| acc + p)
+                .compress()
+                .to_bytes();
+            assert_eq!(
+                h(&z),
+                RFC9497_EVALUATED,
+                "Σ λ_i·Z_i is the RFC's EvaluationElement"
+            );
+            let lambdas: Vec<String> = set
+                .iter()
+                .map(|&i| h(&lagrange(i, set).to_bytes()))
+                .collect();
+            obj! {
+                "indexes" => index_list(set),
+                "lagrange_hex" => strs(&lambdas),
+                "combined_element_hex" => h(&z),
+            }
+        })
+        .collect();
+    // RFC 9497 Finalize(input, r, Z) on the combined element (mode-independent), which is the
+    // key's unblinded Evaluate(skSm, input).
+    let fin =
+        voprf::OprfClient::<Ristretto255>::deterministic_blind_unchecked(&input, scalar(blind))
+            .expect("blind");
+    let y = fin
+        .state
+        .finalize(
+            &input,
+            &EvaluationElement::deserialize(&kb).expect("element"),
+        )
+        .expect("finalize");
+    assert_eq!(h(&y), RFC9497_OUTPUT, "y is the RFC's Output");
+    assert_eq!(
+        voprf_output(&key, &input).as_bytes().as_slice(),
+        y.as_slice()
+    );
+    let shares: Vec<J> = servers
+        .iter()
+        .map(|(i, s)| {
+            obj! {
+                "index" => *i,
+                "secret_share_hex" => h(&oprf_private_key(s)),
+                "public_share_hex" => h(&oprf_public_key(s)),
+            }
+        })
+        .collect();
+    obj! {
+        "name" => "threshold-rfc9497",
+        "kind" => "threshold_rfc9497_evaluation",
+        "note" => "RFC 9497 Appendix A.1.2 (ristretto255-SHA512, VOPRF mode 0x01): its key skSm shared 2-of-3 and its Test Vector 1 evaluated by the instances; B is the RFC's BlindedElement, every 2-subset combines to the RFC's EvaluationElement and the donor's Finalize gives the RFC's Output. The answers' proofs are against the shares K_i, so they are not the RFC's Proof.",
+        "group_key" => obj! {
+            "note" => "RFC 9497 DeriveKeyPair(Seed, KeyInfo) in mode 0x01: skSm and pkSm",
+            "seed_hex" => h(&RFC9497_SEED),
+            "info_text" => utf8(RFC9497_KEY_INFO),
+            "private_key_hex" => h(&sk),
+            "public_key_hex" => h(&group),
+        },
+        "polynomial" => obj! {
+            "threshold" => SHARE_T,
+            "instances" => SHARE_N,
+            "formula" => "f(x) = skSm + a1·x mod L; instance i holds k_i = f(i) and publishes K_i = k_i·G",
+            "a1_seed_label" => a_label,
+            "a1_hex" => h(&a.to_bytes()),
+        },
+        "shares" => J::Arr(shares),
+        "config_json_text" => utf8(&config.to_json()),
+        "input_hex" => h(RFC9497_INPUT),
+        "blind_hex" => h(&blind),
+        "blinded_element_hex" => h(&blinded),
+        "request_json_text" => utf8(&to_json_bytes(&EvaluateRequest { blinded })),
+        "answers" => answer_json,
+        "combinations" => combinations,
+        "evaluated_element_hex" => h(&kb),
+        "output_hex" => h(&y),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
