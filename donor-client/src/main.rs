@@ -96,7 +96,8 @@ struct TlsArgs {
 struct PreviewArgs {
     #[command(flatten)]
     export: ExportArgs,
-    /// Your CPR number (used only on this device, for the birth date if the export has none).
+    /// Your CPR number (used only on this device: for the birth date if the export has none, and
+    /// checked against a CPR number the export names).
     #[arg(long)]
     cpr: Option<String>,
     /// Print JSON instead of a table.
@@ -187,6 +188,7 @@ impl From<MinimiseError> for Failure {
     fn from(e: MinimiseError) -> Self {
         match e {
             MinimiseError::Import(i) => fail(3, i.to_string()),
+            e @ MinimiseError::CprMismatch { .. } => fail(4, e.to_string()),
             other => fail(3, other.to_string()),
         }
     }
@@ -493,9 +495,14 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         expires_in_days: args.expires_days,
     };
     // The donor's choices are checked against a local study file before any request is made.
-    if let StudySource::File { definition, .. } = &source {
-        datadonor_client::donation::check_choice(definition, &consent)?;
-    }
+    // So is the export (including its CPR number against --cpr), with the local definition.
+    let local_rows = match &source {
+        StudySource::File { definition, .. } => {
+            datadonor_client::donation::check_choice(definition, &consent)?;
+            Some(minimise(&args.export, definition, Some(&cpr))?)
+        }
+        _ => None,
+    };
     let mut intake = intake_for(&args.intake, &args.tls, None)?;
     if let Some(c) = &args.credential {
         let text = match c.strip_prefix('@') {
@@ -528,7 +535,11 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         StudySource::Url { id, .. } | StudySource::Id(id) => rt.block_on(intake.study(&id))?,
     };
     datadonor_client::donation::check_choice(&study.definition, &consent)?;
-    let rows = minimise(&args.export, &study.definition, Some(&cpr))?;
+    // A local file's definition is the one the intake publishes (checked above).
+    let rows = match local_rows {
+        Some(rows) => rows,
+        None => minimise(&args.export, &study.definition, Some(&cpr))?,
+    };
     if rows.rows.is_empty() {
         return Err(DonationError::NoRows.into());
     }

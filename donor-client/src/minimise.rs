@@ -194,12 +194,17 @@ pub struct MinimiseOptions {
     pub fallback_birth_date: Option<Date>,
     /// A donor-stated Danish postcode, overriding the export's.
     pub postcode: Option<String>,
+    /// The donor's stated CPR number, checked against a CPR number the export names. Used only on
+    /// the device.
+    pub cpr: Option<datadonor_schemas::pseudonym::Cpr>,
 }
 
 impl MinimiseOptions {
-    /// Options with the fallback birth date taken from a CPR number.
+    /// Options with the fallback birth date taken from a CPR number, which must also match a CPR
+    /// number the export names (see [`MinimiseError::CprMismatch`]).
     pub fn with_cpr(mut self, cpr: &datadonor_schemas::pseudonym::Cpr) -> Self {
         self.fallback_birth_date = cpr.birth_date();
+        self.cpr = Some(cpr.clone());
         self
     }
     /// Select the patient of a multi-patient export.
@@ -226,6 +231,17 @@ pub enum MinimiseError {
     SeveralPatients {
         /// The file in which the second patient appeared.
         file: String,
+    },
+    /// The donor's stated CPR number differs from the one the export names. Neither number is
+    /// shown in full: only the last two digits of each and the first differing position.
+    #[error("the CPR number given does not match the one in the export (…-{given_tail} vs …-{export_tail}, first differing at digit {position}); check for a typo")]
+    CprMismatch {
+        /// The last two digits of the stated CPR number.
+        given_tail: String,
+        /// The last two digits of the export's CPR number.
+        export_tail: String,
+        /// The first position (1-based) at which the two differ.
+        position: usize,
     },
     /// No row survived minimisation.
     #[error("nothing to donate: no observation matches the study's fields (see the drop report)")]
@@ -471,7 +487,7 @@ impl Minimiser {
             return Ok(());
         }
         match item {
-            SourceItem::Demographics(d) => self.demographics(d),
+            SourceItem::Demographics(d) => self.demographics(d)?,
             SourceItem::Observation(o) => {
                 let Some(sys) = system_name(&o.code.system) else {
                     self.report.add(
@@ -562,7 +578,10 @@ impl Minimiser {
         Ok(())
     }
 
-    fn demographics(&mut self, d: Demographics) {
+    fn demographics(&mut self, d: Demographics) -> Result<(), MinimiseError> {
+        if let (Some(given), Some(found)) = (&self.options.cpr, d.cpr.as_deref()) {
+            check_cpr(given, found)?;
+        }
         // Identifying strings are counted, never stored.
         self.report.add(DropReason::Name, d.names.len() as u64);
         self.report
@@ -583,6 +602,7 @@ impl Minimiser {
         if self.facts.postcode.is_none() {
             self.facts.postcode = d.postcode;
         }
+        Ok(())
     }
 
     fn add_value(&mut self, date: Date, field: usize, v: f64) {
@@ -699,6 +719,35 @@ impl Minimiser {
             report: self.report,
         }
     }
+}
+
+/// Compares the donor's stated CPR number with one found in the export, after the same
+/// normalisation (`DDMMYY-SSSS` or ten digits). A value the export names that is not a CPR number
+/// at all is not compared.
+fn check_cpr(given: &datadonor_schemas::pseudonym::Cpr, found: &str) -> Result<(), MinimiseError> {
+    let Ok(found) = datadonor_schemas::pseudonym::Cpr::parse(found) else {
+        return Ok(());
+    };
+    let (a, b) = (given.digits(), found.digits());
+    if a == b {
+        return Ok(());
+    }
+    let tail = |s: &str| {
+        s.get(s.len().saturating_sub(2)..)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let position = a
+        .chars()
+        .zip(b.chars())
+        .position(|(x, y)| x != y)
+        .unwrap_or(0)
+        + 1;
+    Err(MinimiseError::CprMismatch {
+        given_tail: tail(a),
+        export_tail: tail(b),
+        position,
+    })
 }
 
 /// Import every path (FHIR, Synthea CSV, Apple Health) and minimise the items for `study`.

@@ -281,3 +281,87 @@ fn preview_names_the_file_line_and_field_of_a_record_it_could_not_read() {
     );
     assert!(stdout.contains(&want), "{stdout}");
 }
+
+/// A one-patient FHIR bundle whose Patient names `cpr` under the identifier `system`.
+fn bundle_with_cpr(dir: &Path, system: &str, cpr: &str) -> PathBuf {
+    let text = format!(
+        r#"{{"resourceType":"Bundle","type":"collection","entry":[
+  {{"fullUrl":"urn:uuid:p1","resource":{{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1972-01-01",
+     "identifier":[{{"system":"{system}","value":"{cpr}"}},{{"value":"MRN-1"}}],
+     "address":[{{"postalCode":"8000"}}]}}}},
+  {{"resource":{{"resourceType":"Observation","subject":{{"reference":"urn:uuid:p1"}},"effectiveDateTime":"2021-03-04",
+     "code":{{"coding":[{{"system":"http://loinc.org","code":"39156-5"}}]}},
+     "valueQuantity":{{"value":27.5,"unit":"kg/m2","system":"http://unitsofmeasure.org","code":"kg/m2"}}}}}}]}}"#
+    );
+    let path = dir.join("export.json");
+    std::fs::write(&path, text).expect("write bundle");
+    path
+}
+
+#[test]
+fn a_cpr_differing_from_the_exports_is_refused_without_printing_either() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = example_study();
+    let mismatch = "datadonor: error: the CPR number given does not match the one in the export (…-99 vs …-34, first differing at digit 9); check for a typo\n";
+    for system in ["urn:oid:1.2.208.176.1.2", "http://cpr.dk"] {
+        let b = bundle_with_cpr(tmp.path(), system, "010172-1234");
+        let preview = |cpr: &str| {
+            run(
+                &[
+                    "preview",
+                    "--study",
+                    s(&study),
+                    "--input",
+                    s(&b),
+                    "--cpr",
+                    cpr,
+                ],
+                tmp.path(),
+            )
+        };
+        let out = preview("0101721299");
+        check(&out, 4, mismatch);
+        assert!(out.stdout.is_empty(), "{system}: nothing previewed");
+        // The same number in another notation is the same number.
+        let out = preview("0101721234");
+        check(&out, 0, "");
+        assert!(!out.stdout.is_empty(), "{system}: a preview");
+
+        let out = run(
+            &[
+                "donate",
+                "--study",
+                s(&study),
+                "--input",
+                s(&b),
+                "--cpr",
+                "010172-1299",
+                "--purpose",
+                "t2d-epidemiology",
+                "--expires-days",
+                "30",
+                "--intake",
+                "https://localhost:9",
+                "--dangerous-accept-invalid-certs",
+                "--yes",
+            ],
+            tmp.path(),
+        );
+        check(&out, 4, mismatch);
+    }
+    // An export that names no CPR number is not checked.
+    let b = bundle_with_cpr(tmp.path(), "http://example.org/mrn", "010172-1234");
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&b),
+            "--cpr",
+            "0101721299",
+        ],
+        tmp.path(),
+    );
+    check(&out, 0, "");
+}

@@ -609,6 +609,11 @@ fn batch_collection_and_searchset_bundles() {
             "Danish CPR recognised"
         );
         assert_eq!(
+            d.cpr.as_deref(),
+            Some("0101801234"),
+            "{kind}: the CPR itself"
+        );
+        assert_eq!(
             d.national_ids,
             vec!["0101801234".to_owned(), "MRN-77".to_owned()]
         );

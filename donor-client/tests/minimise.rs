@@ -92,6 +92,7 @@ fn demo(birth: Option<Date>, postcode: &str) -> SourceItem {
         sex: Some(Sex::Female),
         postcode: Some(postcode.into()),
         primary_national_id: Some("999-17-5017".into()),
+        cpr: None,
         national_ids: vec!["999-17-5017".into(), "MRN-1".into()],
         names: vec!["Anna".into(), "Hansen".into()],
         addresses: vec!["Vestergade 1".into()],

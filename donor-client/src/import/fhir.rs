@@ -55,12 +55,16 @@ const NATIONAL_ID_SYSTEMS: &[&str] = &[
     "http://hl7.org/fhir/sid/us-ssn",
     "urn:oid:2.16.840.1.113883.4.1", // US SSN
     "urn:oid:1.2.208.176.1.2",       // Danish CPR
+    "http://cpr.dk",                 // Danish CPR
     "http://fhir.nl/fhir/NamingSystem/bsn",
     "urn:oid:2.16.840.1.113883.2.4.6.3", // Dutch BSN
     "https://fhir.nhs.uk/Id/nhs-number",
     "urn:oid:1.2.752.129.2.1.3.1",   // Swedish personnummer
     "urn:oid:2.16.578.1.12.4.1.4.1", // Norwegian fødselsnummer
 ];
+
+/// Identifier systems of the Danish CPR number (see [`Demographics::cpr`]).
+const CPR_SYSTEMS: &[&str] = &["urn:oid:1.2.208.176.1.2", "http://cpr.dk"];
 
 /// Imports FHIR JSON, telling a Bundle from NDJSON by the first line: a first line that is a complete JSON
 /// object with a `resourceType` other than `Bundle` means NDJSON; anything else is read as a Bundle.
@@ -793,6 +797,13 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             }
             if d.primary_national_id.is_none() && is_national_identifier(identifier) {
                 d.primary_national_id = Some(value.to_owned());
+            }
+            let system = identifier
+                .get("system")
+                .and_then(Value::as_str)
+                .map(str::trim);
+            if d.cpr.is_none() && system.is_some_and(|s| CPR_SYSTEMS.contains(&s)) {
+                d.cpr = Some(value.to_owned());
             }
             push_unique(&mut d.national_ids, value);
         }

@@ -250,6 +250,10 @@ pub struct Demographics {
     /// The value of the identifier recognised as the national person number (US SSN, Danish CPR, Dutch BSN,
     /// UK NHS number, or an identifier typed `SS`/`NI`/`NN`), if any. Also listed in `national_ids`.
     pub primary_national_id: Option<String>,
+    /// The value of an identifier whose system is the Danish CPR system (`urn:oid:1.2.208.176.1.2` or
+    /// `http://cpr.dk`), if any, so the donor's stated CPR number can be checked against it on the device.
+    /// Also listed in `national_ids`.
+    pub cpr: Option<String>,
     /// Every identifier value found, in source order: SSN, CPR, MRN, driver's licence, passport, the Synthea
     /// patient id...
     pub national_ids: Vec<String>,
@@ -278,6 +282,7 @@ impl fmt::Debug for Demographics {
             .field("sex", &self.sex)
             .field("postcode", &redacted(&self.postcode))
             .field("primary_national_id", &redacted(&self.primary_national_id))
+            .field("cpr", &redacted(&self.cpr))
             .field(
                 "national_ids",
                 &format_args!("<{} redacted>", self.national_ids.len()),
