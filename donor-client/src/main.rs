@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use datadonor_client::client::{
-    AuditorToken, ClientError, DonorCredentialToken, Intake, IntakeConfig, PublishedStudy,
+    AuditorToken, ClientError, DonorCredentialToken, Intake, IntakeConfig, LedgerTrust,
+    PublishedStudy,
 };
 use datadonor_client::donation::{ConsentChoice, DonationError};
 use datadonor_client::keystore::{read_receipt, Keystore, KeystoreError, Passphrase};
@@ -143,8 +144,11 @@ struct VerifyArgs {
     receipt: PathBuf,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Auditor token for the ledger read endpoints (to check against the current checkpoint).
-    #[arg(long, value_name = "HEX")]
+    /// Auditor token for the ledger read endpoints, to check the receipt against the intake's
+    /// current checkpoint (online: needs --ca): the token, or `@FILE` to read it from a file.
+    /// Without it the receipt is checked offline against its own checkpoint and the pinned
+    /// ledger key.
+    #[arg(long, value_name = "HEX|@FILE")]
     auditor_token: Option<String>,
 }
 
@@ -612,11 +616,35 @@ fn cmd_receipts(ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A secret given on the command line: the value itself, or `@FILE` to read it (trimmed) from a file.
+fn secret_arg(value: &str) -> Result<String, Failure> {
+    match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| fail(3, format!("{path}: {e}"))),
+        None => Ok(value.to_string()),
+    }
+}
+
 fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
     let ks = keystore(ks_dir)?;
     let stored = read_receipt(&args.receipt).map_err(|e| fail(3, e.to_string()))?;
-    let intake = intake_for(&stored.intake, &args.tls, args.auditor_token.as_deref())?;
+    let auditor_token = args.auditor_token.as_deref().map(secret_arg).transpose()?;
     let pinned = ks.pinned_ledger_key(&stored.intake)?;
+    if auditor_token.is_none() {
+        if let Some(pin) = &pinned {
+            // Offline: the receipt against its own checkpoint and the ledger key pinned on first use.
+            let trust = LedgerTrust::from_info(pin)
+                .map_err(|e| fail(8, format!("the pinned ledger key: {e}")))?;
+            let receipt = trust.verify(&stored.bundle)?;
+            println!(
+                "receipt verified against its own checkpoint only (tree of {} entries); pass --auditor-token to check it against the intake's current checkpoint",
+                receipt.tree_size
+            );
+            return Ok(());
+        }
+    }
+    let intake = intake_for(&stored.intake, &args.tls, auditor_token.as_deref())?;
     let last = ks.last_checkpoint(&stored.intake)?;
     let rt = runtime()?;
     let outcome = rt.block_on(async {

@@ -185,17 +185,10 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         )
     );
 
-    // verify, against the receipt's own checkpoint
-    let args: Vec<String> = [
-        "--keystore",
-        &ks,
-        "verify",
-        &s(&donation_receipt),
-        "--ca",
-        &ca,
-    ]
-    .map(String::from)
-    .to_vec();
+    // verify, against the receipt's own checkpoint: offline, so no --ca
+    let args: Vec<String> = ["--keystore", &ks, "verify", &s(&donation_receipt)]
+        .map(String::from)
+        .to_vec();
     let out = datadonor(args, home.path().to_path_buf()).await;
     let stdout = ok("verify", &out);
     assert!(
@@ -218,6 +211,29 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
     .to_vec();
     let out = datadonor(args, home.path().to_path_buf()).await;
     let stdout = ok("verify --auditor-token", &out);
+    assert!(
+        stdout.starts_with(&format!(
+            "receipt verified: entry {donation_index} is in the intake's current tree of "
+        )),
+        "verify stdout: {stdout}"
+    );
+
+    // the auditor token from a file, as the analytics CLI takes it
+    let token_file = format!("@{}", s(&intake_dir.join("auditor.token")));
+    let args: Vec<String> = [
+        "--keystore",
+        &ks,
+        "verify",
+        &s(&donation_receipt),
+        "--ca",
+        &ca,
+        "--auditor-token",
+        &token_file,
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("verify --auditor-token @FILE", &out);
     assert!(
         stdout.starts_with(&format!(
             "receipt verified: entry {donation_index} is in the intake's current tree of "
