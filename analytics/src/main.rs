@@ -68,8 +68,9 @@ enum Cmd {
         /// The spec (TOML).
         #[arg(long)]
         spec: PathBuf,
-        /// Steward key.
-        #[arg(long)]
+        /// Steward key file: the Ed25519 seed as 64 hex digits, as `keygen` (or the intake's
+        /// `init`, for its demo steward) writes it.
+        #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// Researcher allowed to run it (must be the spec's).
         #[arg(long)]
@@ -104,8 +105,9 @@ enum Cmd {
         /// Vault key file.
         #[arg(long)]
         vault_key: PathBuf,
-        /// Trusted approver keys.
-        #[arg(long)]
+        /// Approvers file of the trusted approver keys: one base64 Ed25519 public key per line
+        /// (`#` comments; `cat steward.key.pub >> approvers` adds a steward).
+        #[arg(long, value_name = "FILE")]
         approvers: PathBuf,
         #[command(flatten)]
         ledger: LedgerArgs,
@@ -175,8 +177,9 @@ enum AuditCmd {
         /// Directory of signed approval files.
         #[arg(long)]
         approvals: Option<PathBuf>,
-        /// Only accept approvals signed by these trusted approver keys.
-        #[arg(long, requires = "approvals")]
+        /// Only accept approvals signed by these trusted approver keys: an approvers file, one
+        /// base64 Ed25519 public key per line.
+        #[arg(long, requires = "approvals", value_name = "FILE")]
         approvers: Option<PathBuf>,
         #[command(flatten)]
         ledger: LedgerArgs,
@@ -210,8 +213,8 @@ enum StudyCmd {
         /// Study TOML.
         #[arg(long)]
         study: PathBuf,
-        /// Steward key.
-        #[arg(long)]
+        /// Steward key file: the Ed25519 seed as 64 hex digits, as `keygen` writes it.
+        #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// Signed study to write.
         #[arg(long)]

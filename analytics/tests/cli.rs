@@ -376,6 +376,29 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn help_says_what_the_key_and_approvers_files_hold() {
+    let s = setup();
+    let help = |args: &[&str]| {
+        let (code, stdout, _) = run(&s, args);
+        assert_eq!(code, 0, "{args:?}");
+        // clap wraps long help; compare with whitespace collapsed.
+        stdout.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let approve = help(&["approve", "--help"]);
+    assert!(
+        approve.contains(
+            "--key <FILE> Steward key file: the Ed25519 seed as 64 hex digits, as `keygen`"
+        ),
+        "{approve}"
+    );
+    let query = help(&["query", "--help"]);
+    assert!(
+        query.contains("--approvers <FILE> Approvers file of the trusted approver keys: one base64 Ed25519 public key per line"),
+        "{query}"
+    );
+}
+
+#[test]
 fn compact_erases_withdrawn_donors_and_logs_each_erasure() {
     use datadonor_analytics::ledger::decode_records;
     use datadonor_analytics::testkit::withdraw;
