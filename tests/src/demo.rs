@@ -71,8 +71,9 @@ pub struct DemoSummary {
     pub rows_erased: u64,
     /// Checks that passed, one line each.
     pub checks: Vec<String>,
-    /// Working directory.
-    pub dir: PathBuf,
+    /// The working directory when it is kept (`--keep`); `None` when it was a temporary one,
+    /// removed when the demo ended.
+    pub dir: Option<PathBuf>,
 }
 
 impl fmt::Display for DemoSummary {
@@ -124,7 +125,10 @@ impl fmt::Display for DemoSummary {
         for c in &self.checks {
             writeln!(f, "    ok  {c}")?;
         }
-        write!(f, "  working directory           {}", self.dir.display())
+        match &self.dir {
+            Some(dir) => write!(f, "  working directory           {}", dir.display()),
+            None => write!(f, "  working directory           (temporary, removed)"),
+        }
     }
 }
 
@@ -160,7 +164,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     };
     let mut summary = DemoSummary {
         donors: opts.donors,
-        dir: work.clone(),
+        dir: opts.keep.clone(),
         ..Default::default()
     };
     let now = SystemClock.now();
@@ -438,6 +442,24 @@ fn progress_bar(show: bool, len: u64, msg: &'static str) -> indicatif::ProgressB
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_names_the_working_directory_only_when_it_was_kept() {
+        let removed = DemoSummary::default().to_string();
+        assert!(
+            removed.ends_with("  working directory           (temporary, removed)"),
+            "{removed}"
+        );
+        let kept = DemoSummary {
+            dir: Some(PathBuf::from("/var/tmp/demo-kept")),
+            ..DemoSummary::default()
+        }
+        .to_string();
+        assert!(
+            kept.ends_with("  working directory           /var/tmp/demo-kept"),
+            "{kept}"
+        );
+    }
 
     #[test]
     fn the_summary_counts_in_the_singular_and_the_plural() {
