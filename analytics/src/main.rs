@@ -81,9 +81,10 @@ enum Cmd {
         /// Runs allowed.
         #[arg(long)]
         max_runs: u32,
-        /// Signed study to validate the spec against.
-        #[arg(long)]
-        study: Option<PathBuf>,
+        /// Signed study to validate the spec against: FILE or ID, but it must be the signed
+        /// study file (JSON, as `study sign` writes it); an id alone is refused.
+        #[arg(long, value_name = "FILE or ID")]
+        study: Option<String>,
         /// Approval file to write.
         #[arg(long)]
         out: PathBuf,
@@ -96,9 +97,10 @@ enum Cmd {
         /// The signed approval.
         #[arg(long)]
         approval: PathBuf,
-        /// The signed study (JSON).
-        #[arg(long)]
-        study: PathBuf,
+        /// The signed study: FILE or ID, but it must be the signed study file (JSON, as
+        /// `study sign` writes it); an id alone is refused.
+        #[arg(long, value_name = "FILE or ID")]
+        study: String,
         /// The study's batch directory: the intake's `batches/<study>/`.
         #[arg(long)]
         batches: PathBuf,
@@ -126,9 +128,10 @@ enum Cmd {
         /// Vault key file.
         #[arg(long)]
         vault_key: PathBuf,
-        /// Only this study id (default: every study in the directory); `--study` as in `audit`.
-        #[arg(long, visible_alias = "study")]
-        study_id: Option<String>,
+        /// Only this study (default: every study in the directory): FILE or ID, a signed study
+        /// file (its id is read from it) or a study id.
+        #[arg(long, visible_alias = "study-id", value_name = "FILE or ID")]
+        study: Option<String>,
         /// Rows per rewritten batch.
         #[arg(long, default_value_t = 1_000_000)]
         target_rows: usize,
@@ -163,8 +166,8 @@ enum AuditCmd {
     },
     /// The consent timeline per pseudonym of a study, and totals.
     Consents {
-        /// Study id.
-        #[arg(long)]
+        /// The study: FILE or ID, a signed study file (its id is read from it) or a study id.
+        #[arg(long, visible_alias = "study-id", value_name = "FILE or ID")]
         study: String,
         #[command(flatten)]
         ledger: LedgerArgs,
@@ -195,8 +198,8 @@ enum AuditCmd {
         /// Vault key file.
         #[arg(long)]
         vault_key: PathBuf,
-        /// Study id.
-        #[arg(long)]
+        /// The study: FILE or ID, a signed study file (its id is read from it) or a study id.
+        #[arg(long, visible_alias = "study-id", value_name = "FILE or ID")]
         study: String,
         #[command(flatten)]
         ledger: LedgerArgs,
@@ -380,8 +383,57 @@ fn audit_source(
     ))
 }
 
+/// What `--study FILE or ID` names: an existing file is a signed study file; otherwise the
+/// value must be a study id.
+enum StudyArg {
+    File(PathBuf),
+    Id(StudyId),
+}
+
+fn study_arg(s: &str) -> anyhow::Result<StudyArg> {
+    let path = Path::new(s);
+    if path.is_file() {
+        return Ok(StudyArg::File(path.to_path_buf()));
+    }
+    match StudyId::new(s) {
+        Ok(id) => Ok(StudyArg::Id(id)),
+        Err(e) => Err(anyhow!(
+            "--study {s:?} is neither a signed study file (no such file) nor a study id ({e})"
+        )),
+    }
+}
+
+/// The study id of `--study FILE or ID`: a study id as given, or the id in a signed study file
+/// (its signature checked, but not whose it is: the commands taking an id trust no steward).
 fn study_id(s: &str) -> anyhow::Result<StudyId> {
-    StudyId::new(s).map_err(|e| anyhow!("--study: {e}"))
+    match study_arg(s)? {
+        StudyArg::Id(id) => Ok(id),
+        StudyArg::File(path) => {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let refused = |e: String| AnalyticsError::Refused(format!("{}: {e}", path.display()));
+            let obj = SignedObject::from_bytes(&bytes).map_err(|e| refused(e.to_string()))?;
+            let signed = obj
+                .open::<StudyDefinition>(Context::StudyDefinition, "study definition")
+                .map_err(|e| refused(e.to_string()))?;
+            Ok(signed.body.id)
+        }
+    }
+}
+
+/// The signed study file of `--study FILE or ID`, for the commands that need the whole
+/// definition.
+fn study_file(s: &str, command: &str) -> anyhow::Result<Vec<u8>> {
+    match study_arg(s)? {
+        StudyArg::File(path) => {
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        }
+        StudyArg::Id(id) => Err(anyhow!(
+            "{command} --study needs the signed study file (JSON, as `study sign` writes it): \
+             {:?} is a study id, and no such file exists",
+            id.as_str()
+        )),
+    }
 }
 
 fn html_out(path: Option<&PathBuf>, html: impl FnOnce() -> String) -> anyhow::Result<()> {
@@ -536,8 +588,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let key = load_steward_key(&key)?;
             if let Some(s) = study {
-                let bytes =
-                    std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
+                let bytes = study_file(&s, "approve")?;
                 let def = open_study(&bytes, &[key.public_key()])?;
                 file.validate(&def)?;
             }
@@ -584,8 +635,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", approval.display()))?;
             let approval_obj = SignedObject::from_bytes(&approval_bytes)
                 .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", approval.display())))?;
-            let study_bytes =
-                std::fs::read(&study).with_context(|| format!("reading {}", study.display()))?;
+            let study_bytes = study_file(&study, "query")?;
             let def = open_study(&study_bytes, &approvers_keys)?;
             file.validate(&def)?;
             let vault = VaultKey::load(&vault_key)?;
@@ -618,16 +668,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Compact {
             batches,
             vault_key,
-            study_id,
+            study,
             target_rows,
             ledger,
         } => {
+            let only = study.as_deref().map(study_id).transpose()?;
             let vault = VaultKey::load(&vault_key)?;
             let store = BatchStore::open(&batches)?;
             let (view, sink) = open_ledger(&ledger, true)?;
-            let studies = match study_id {
-                Some(s) => vec![datadonor_schemas::study::StudyId::new(&s)
-                    .map_err(|e| anyhow!("--study-id: {e}"))?],
+            let studies = match only {
+                Some(s) => vec![s],
                 None => store.studies()?,
             };
             for s in studies {

@@ -531,3 +531,77 @@ fn the_log_written_to_a_pipe_has_no_colour_codes() {
         "colour codes in a piped log: {stderr:?}"
     );
 }
+
+#[test]
+fn study_is_a_file_or_an_id_everywhere() {
+    let s = setup();
+    // Commands that need only the id read it from the signed study file.
+    let consents = |study: &str| {
+        run(
+            &s,
+            &[
+                "audit",
+                "consents",
+                "--study",
+                study,
+                "--ledger-file",
+                &s.s("ledger.log"),
+            ],
+        )
+    };
+    let by_file = consents(&s.s("t.json"));
+    let by_id = consents("t2d-dk");
+    assert_eq!(by_file.0, 0, "{}", by_file.2);
+    assert!(by_file.1.starts_with("study t2d-dk\n"), "{}", by_file.1);
+    assert_eq!(by_file, by_id);
+    // The old spelling still works.
+    let (code, stdout, _) = run(
+        &s,
+        &[
+            "audit",
+            "consents",
+            "--study-id",
+            "t2d-dk",
+            "--ledger-file",
+            &s.s("ledger.log"),
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(stdout, by_id.1);
+    // Neither a file nor an id.
+    let (code, _, stderr) = consents("studies/missing.json");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("is neither a signed study file (no such file) nor a study id"),
+        "{stderr}"
+    );
+    // Commands that need the whole definition say so when given an id.
+    let (code, stdout, stderr) = run(
+        &s,
+        &[
+            "approve",
+            "--spec",
+            &s.s("q.toml"),
+            "--key",
+            &s.s("steward.key"),
+            "--researcher",
+            "researcher@sdu.example",
+            "--valid-days",
+            "30",
+            "--max-runs",
+            "1",
+            "--study",
+            "t2d-dk",
+            "--out",
+            &s.s("q.approval"),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "datadonor-analytics: error: approve --study needs the signed study file (JSON, as \
+         `study sign` writes it): \"t2d-dk\" is a study id, and no such file exists\n"
+    );
+    assert!(!s.p("q.approval").exists());
+}
