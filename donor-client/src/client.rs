@@ -726,13 +726,13 @@ impl Intake {
         Ok((bundle, v))
     }
 
-    /// `GET /v1/ledger/checkpoint` (auditor token), verified with the ledger's note verifier.
+    /// `GET /v1/ledger/checkpoint` (public), verified with the ledger's note verifier.
     pub async fn checkpoint(
         &self,
         ledger: &LedgerTrust,
     ) -> Result<(String, checkpoint::SignedCheckpoint), ClientError> {
         let p = "/v1/ledger/checkpoint";
-        let b = self.get(p, true).await?;
+        let b = self.get(p, false).await?;
         let cp = checkpoint::open(&b, std::slice::from_ref(&ledger.verifier))
             .map_err(|e| self.bad(p, e))?;
         let text = String::from_utf8(b).map_err(|e| self.bad(p, e))?;
@@ -740,7 +740,7 @@ impl Intake {
     }
 
     async fn proof(&self, path: String) -> Result<Vec<[u8; 32]>, ClientError> {
-        let b = self.get(&path, true).await?;
+        let b = self.get(&path, false).await?;
         let r: ProofResponse = serde_json::from_slice(&b).map_err(|e| self.bad(&path, e))?;
         r.proof
             .iter()
@@ -753,7 +753,7 @@ impl Intake {
             .collect()
     }
 
-    /// `GET /v1/ledger/inclusion` (auditor token).
+    /// `GET /v1/ledger/inclusion` (public).
     pub async fn inclusion_proof(
         &self,
         index: u64,
@@ -763,7 +763,7 @@ impl Intake {
             .await
     }
 
-    /// `GET /v1/ledger/consistency` (auditor token).
+    /// `GET /v1/ledger/consistency` (public).
     pub async fn consistency_proof(
         &self,
         from: u64,

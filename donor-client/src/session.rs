@@ -282,9 +282,10 @@ impl IntakeSession {
         Ok((receipt, stored))
     }
 
-    /// Re-verify a stored receipt: against its own checkpoint always; with the auditor token also
-    /// against the intake's current checkpoint (inclusion proof), and the current checkpoint
-    /// against `last_verified` (or the receipt's checkpoint) by a consistency proof.
+    /// Re-verify a stored receipt: against its own checkpoint, against the intake's current
+    /// checkpoint (inclusion proof), and the current checkpoint against `last_verified` (or the
+    /// receipt's checkpoint) by a consistency proof. The checkpoint and proofs are public: no
+    /// token is needed.
     pub async fn verify(
         &self,
         stored: &StoredReceipt,
@@ -292,12 +293,6 @@ impl IntakeSession {
     ) -> Result<VerifyOutcome, SessionError> {
         let ledger = &self.inner.ledger;
         let receipt = ledger.verify(&stored.bundle)?;
-        if !self.inner.intake.has_auditor_token() {
-            return Ok(VerifyOutcome {
-                receipt,
-                current: None,
-            });
-        }
         let intake = &self.inner.intake;
         let (note, current) = intake.checkpoint(ledger).await?;
         let size = current.checkpoint.size;

@@ -196,6 +196,27 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         "verify stdout: {stdout}"
     );
 
+    // verify, against the intake's current checkpoint, without any token: the checkpoint and
+    // proofs are public
+    let args: Vec<String> = [
+        "--keystore",
+        &ks,
+        "verify",
+        &s(&donation_receipt),
+        "--ca",
+        &ca,
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = datadonor(args, home.path().to_path_buf()).await;
+    let stdout = ok("verify --ca", &out);
+    assert!(
+        stdout.starts_with(&format!(
+            "receipt verified: entry {donation_index} is in the intake's current tree of "
+        )),
+        "verify stdout: {stdout}"
+    );
+
     // verify, against the intake's current checkpoint (auditor token)
     let args: Vec<String> = [
         "--keystore",

@@ -16,7 +16,7 @@ use datadonor_schemas::checkpoint;
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::time::Clock;
-use http::{Request, StatusCode};
+use http::{header, Request, StatusCode};
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -511,14 +511,32 @@ async fn the_intake_evaluates_no_oprf() {
 }
 
 #[tokio::test]
-async fn auditor_endpoints_need_the_token() {
+async fn tree_heads_and_proofs_are_public_entries_need_the_token() {
     let env = Env::new();
-    for path in [
-        "/v1/ledger/checkpoint",
-        "/v1/ledger/inclusion?index=0&size=1",
-        "/v1/ledger/consistency?from=1&to=1",
-        "/v1/ledger/entries?start=0&end=1",
+    // A donor checks a receipt without any token: the checkpoint (revalidated on every use) and
+    // proofs between published sizes (immutable, cacheable) name no donor.
+    for (path, cache) in [
+        ("/v1/ledger/checkpoint", "no-cache"),
+        (
+            "/v1/ledger/inclusion?index=0&size=1",
+            "public, max-age=31536000, immutable",
+        ),
+        (
+            "/v1/ledger/consistency?from=1&to=1",
+            "public, max-age=31536000, immutable",
+        ),
     ] {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        let (s, h, _) = env.request(req).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!(
+            h.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()),
+            Some(cache),
+            "{path}"
+        );
+    }
+    // Entries carry pseudonyms: auditors only.
+    for path in ["/v1/ledger/entries?start=0&end=1"] {
         let (s, b) = env.get(path, None).await;
         assert_eq!(
             (s, slug(&b).as_str()),
