@@ -105,7 +105,7 @@ step "Donor: the stored receipts, and one checked against the intake's ledger"
 run datadonor receipts --keystore "$KS"
 RECEIPT=$(find "$KS/receipts" -name 'donation-*.json' | sort | head -n 1)
 [ -n "$RECEIPT" ] || { echo "no stored receipt under $KS/receipts" >&2; exit 1; }
-run datadonor verify --keystore "$KS" --ca "$I/tls/ca.pem" --auditor-token "@$I/auditor.token" "$RECEIPT"
+run datadonor verify --keystore "$KS" --ca "$I/tls/ca.pem" "$RECEIPT"
 
 step "Donor: withdraw"
 run datadonor withdraw --keystore "$KS" --study t2d-dk --intake "$INTAKE" --ca "$I/tls/ca.pem"
