@@ -10,15 +10,8 @@ use datadonor_schemas::ledger::LedgerEntry;
 
 const STUDY: &str = "t2d-dk";
 
-/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
-/// or directory fails the test with its path.
-fn testdata(rel: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel);
-    assert!(path.exists(), "test data missing: {}", path.display());
-    path
-}
+mod data;
+use data::testdata;
 
 fn bundle() -> PathBuf {
     testdata("data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json")

@@ -3,22 +3,15 @@
 //! localised member name built here, and truncated/garbage input.
 
 use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use datadonor_client::import::{
     self, apple, CodeSystem, ImportError, ImportOptions, ImportReport, RecordRef, Sex, SkipReason,
     SourceItem, SourceValue,
 };
 
-/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
-/// or directory fails the test with its path.
-fn testdata(rel: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel);
-    assert!(path.exists(), "test data missing: {}", path.display());
-    path
-}
+mod data;
+use data::testdata;
 
 fn export_xml() -> PathBuf {
     let path = testdata("data/apple_health/export.xml");

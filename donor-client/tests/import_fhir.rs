@@ -12,15 +12,8 @@ use datadonor_client::import::{
     Sex, SkipReason, SourceItem, SourceValue,
 };
 
-/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
-/// or directory fails the test with its path.
-fn testdata(rel: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel);
-    assert!(path.exists(), "test data missing: {}", path.display());
-    path
-}
+mod data;
+use data::testdata;
 
 fn fhir_file(prefix: &str) -> PathBuf {
     let dir = testdata("data/fhir");

@@ -11,15 +11,8 @@ use datadonor_client::import::{
     RecordRef, Sex, SkipReason, SourceItem, SourceValue, SyntheaTable,
 };
 
-/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
-/// or directory fails the test with its path.
-fn testdata(rel: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel);
-    assert!(path.exists(), "test data missing: {}", path.display());
-    path
-}
+mod data;
+use data::testdata;
 
 fn csv_dir() -> PathBuf {
     let dir = testdata("data/synthea_csv");

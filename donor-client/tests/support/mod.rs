@@ -36,15 +36,9 @@ use datadonor_schemas::study::{rows_from_ipc, StudyDefinition};
 use datadonor_schemas::time::{Clock, SystemClock};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// `rel` under the repository's `testdata/` (sources in `testdata/SOURCES.md`); a missing file
-/// or directory fails the test with its path.
-pub fn testdata(rel: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel);
-    assert!(path.exists(), "test data missing: {}", path.display());
-    path
-}
+#[path = "../data/mod.rs"]
+mod data;
+pub use data::testdata;
 
 /// The example study of the repository.
 pub fn example_study() -> StudyDefinition {
