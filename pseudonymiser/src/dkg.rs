@@ -26,7 +26,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use datadonor_schemas::envelope::{hpke_open, hpke_seal, HpkePrivateKey, HpkePublicKey};
 use datadonor_schemas::signing::{Context, PublicKey, SignedObject, SigningKey};
 use datadonor_schemas::threshold::{InstanceInfo, PseudonymiserConfig, MODE, SUITE};
@@ -99,12 +98,7 @@ impl Ceremony {
     }
 }
 
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-fn unb64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
-}
+use crate::b64::{decode as unb64, decode_32 as unb64_32, encode as b64};
 fn frost_err<E: std::fmt::Display>(e: E) -> DkgError {
     DkgError::Frost(e.to_string())
 }
@@ -294,8 +288,7 @@ fn parse_round1(ceremony: &Ceremony, bytes: &[u8]) -> Result<Round1Parsed, DkgEr
             "made for another ceremony (config_id, instances or threshold differ)".into(),
         ));
     }
-    let tpk = unb64(&b.transport_public_key)
-        .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+    let tpk = unb64_32(&b.transport_public_key)
         .ok_or_else(|| bad(b.from, "transport_public_key is not 32 bytes".into()))?;
     let package = unb64(&b.package)
         .and_then(|v| dkg::round1::Package::deserialize(&v).ok())
@@ -355,9 +348,7 @@ pub fn round2(
     let c = state.ceremony.clone();
     let (parsed, transcript) = parse_all_round1(&c, round1_messages)?;
     let seed = Zeroizing::new(
-        unb64(&state.identity_seed)
-            .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
-            .ok_or_else(|| DkgError::State("identity seed".into()))?,
+        unb64_32(&state.identity_seed).ok_or_else(|| DkgError::State("identity seed".into()))?,
     );
     let identity = SigningKey::from_seed(&seed).map_err(|e| DkgError::State(e.to_string()))?;
     let own = parsed.iter().find(|p| p.from == c.index).ok_or_else(|| {
@@ -475,9 +466,7 @@ pub fn finish(
                 "made over a different set of round-1 messages".into(),
             ));
         }
-        let enc = unb64(&b.enc)
-            .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
-            .ok_or_else(|| bad(b.from, "enc is not 32 bytes".into()))?;
+        let enc = unb64_32(&b.enc).ok_or_else(|| bad(b.from, "enc is not 32 bytes".into()))?;
         let ct = unb64(&b.ciphertext).ok_or_else(|| bad(b.from, "ciphertext".into()))?;
         let plain = hpke_open(
             &transport,
@@ -635,8 +624,7 @@ pub fn assemble_config(
     credential_issuer: Option<PublicKey>,
 ) -> Result<PseudonymiserConfig, DkgError> {
     let dec = |s: &str| {
-        unb64(s)
-            .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+        unb64_32(s)
             .ok_or_else(|| DkgError::Messages("a public key is not 32 bytes of base64".into()))
     };
     let mut instances = Vec::new();

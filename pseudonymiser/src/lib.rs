@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod b64;
 pub mod dkg;
 pub mod files;
 pub mod local;

@@ -11,7 +11,6 @@
 
 use std::path::Path;
 
-use base64::Engine as _;
 use datadonor_schemas::pseudonym::ELEMENT_LEN;
 use datadonor_schemas::threshold::InstanceAnswer;
 use rand_core::{CryptoRng, OsRng, RngCore};
@@ -88,16 +87,7 @@ impl std::fmt::Debug for KeyShare {
     }
 }
 
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-fn unb64_32(s: &str) -> Option<[u8; 32]> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .ok()
-        .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
-}
+use crate::b64::{decode_32 as unb64_32, encode as b64};
 
 impl KeyShare {
     /// A share from its parts; the secret is a 32-byte little-endian canonical non-zero scalar.
