@@ -3061,27 +3061,28 @@ fn index_list(set: &[u16]) -> J {
     J::Arr(set.iter().map(|&i| J::from(i)).collect())
 }
 
-fn threshold_file(fx: &Fixture) -> J {
+/// `k` shared 2-of-3: instance i holds `k_i = f(i) = k + a·i`, with `K_i = k_i·G`.
+fn share_servers(k: Scalar, a: Scalar) -> Vec<(u16, VoprfServer<Ristretto255>)> {
     let g = RISTRETTO_BASEPOINT_POINT;
-    let sk = oprf_private_key(&fx.oprf);
-    let k = scalar(sk);
-    let group = oprf_public_key(&fx.oprf);
-    let a_label = "threshold polynomial a1";
-    let a = scalar(seed_scalar(a_label));
-    // Instance i holds k_i = f(i) = k + a·i; K_i = k_i·G.
-    let servers: Vec<(u16, VoprfServer<Ristretto255>)> = (1..=SHARE_N)
+    (1..=SHARE_N)
         .map(|i| {
             let ki = k + a * Scalar::from(u64::from(i));
             let s = VoprfServer::new_with_key(&ki.to_bytes()).expect("share");
             assert_eq!(oprf_public_key(&s), (ki * g).compress().to_bytes());
             (i, s)
         })
-        .collect();
-    let server = |i: u16| &servers[usize::from(i) - 1].1;
+        .collect()
+}
 
-    let config = PseudonymiserConfig {
+/// The configuration naming the shares of [`share_servers`].
+fn share_config(
+    config_id: &str,
+    group: [u8; 32],
+    servers: &[(u16, VoprfServer<Ristretto255>)],
+) -> PseudonymiserConfig {
+    PseudonymiserConfig {
         format: datadonor_schemas::PROTOCOL_VERSION,
-        config_id: "dk-pseudonymiser-test".into(),
+        config_id: config_id.into(),
         version: 1,
         suite: threshold::SUITE.into(),
         mode: threshold::MODE.into(),
@@ -3097,7 +3098,68 @@ fn threshold_file(fx: &Fixture) -> J {
             })
             .collect(),
         credential_issuer: None,
-    };
+    }
+}
+
+/// Every instance's answer to `B` as the vector files list it (each checked: `Z_i = k_i·B`).
+fn share_answers_json(
+    servers: &[(u16, VoprfServer<Ristretto255>)],
+    answers: &[InstanceAnswer],
+    b: RistrettoPoint,
+    proof_label: &dyn Fn(u16) -> String,
+) -> Vec<J> {
+    answers
+        .iter()
+        .map(|x| {
+            let ki = scalar(oprf_private_key(&servers[usize::from(x.index) - 1].1));
+            assert_eq!(x.evaluated, (ki * b).compress().to_bytes(), "Z_i = k_i·B");
+            obj! {
+                "index" => x.index,
+                "proof_seed_label" => proof_label(x.index),
+                "proof_nonce_hex" => h(&proof_nonce(&proof_label(x.index))),
+                "evaluated_element_hex" => h(&x.evaluated),
+                "proof_hex" => h(&x.proof),
+                "answer_json_text" => utf8(&to_json_bytes(x)),
+            }
+        })
+        .collect()
+}
+
+/// The Lagrange combination of every pair of answers (each checked to be `k·B`).
+fn share_combinations(answers: &[InstanceAnswer], kb: [u8; 32]) -> Vec<J> {
+    [[1u16, 2], [1, 3], [2, 3]]
+        .iter()
+        .map(|set| {
+            let z = set
+                .iter()
+                .map(|&i| lagrange(i, set) * point(&answers[usize::from(i) - 1].evaluated))
+                .fold(RistrettoPoint::default(), |acc, p| acc + p)
+                .compress()
+                .to_bytes();
+            assert_eq!(z, kb, "Σ λ_i·Z_i = k·B");
+            let lambdas: Vec<String> = set
+                .iter()
+                .map(|&i| h(&lagrange(i, set).to_bytes()))
+                .collect();
+            obj! {
+                "indexes" => index_list(set),
+                "lagrange_hex" => strs(&lambdas),
+                "combined_element_hex" => h(&z),
+            }
+        })
+        .collect()
+}
+
+fn threshold_file(fx: &Fixture) -> J {
+    let g = RISTRETTO_BASEPOINT_POINT;
+    let sk = oprf_private_key(&fx.oprf);
+    let k = scalar(sk);
+    let group = oprf_public_key(&fx.oprf);
+    let a_label = "threshold polynomial a1";
+    let a = scalar(seed_scalar(a_label));
+    let servers = share_servers(k, a);
+    let server = |i: u16| &servers[usize::from(i) - 1].1;
+    let config = share_config("dk-pseudonymiser-test", group, &servers);
     let config_text = utf8(&config.to_json());
     let config_vec = obj! {
         "name" => "config-2-of-3",
@@ -3138,42 +3200,8 @@ fn threshold_file(fx: &Fixture) -> J {
         .collect();
     let ans = |i: u16| answers[usize::from(i) - 1].clone();
     let kb = (k * b).compress().to_bytes();
-    let answer_json: Vec<J> = answers
-        .iter()
-        .map(|x| {
-            let ki = scalar(oprf_private_key(server(x.index)));
-            assert_eq!(x.evaluated, (ki * b).compress().to_bytes(), "Z_i = k_i·B");
-            obj! {
-                "index" => x.index,
-                "proof_seed_label" => proof_label(x.index),
-                "proof_nonce_hex" => h(&proof_nonce(&proof_label(x.index))),
-                "evaluated_element_hex" => h(&x.evaluated),
-                "proof_hex" => h(&x.proof),
-                "answer_json_text" => utf8(&to_json_bytes(x)),
-            }
-        })
-        .collect();
-    let combinations: Vec<J> = [[1u16, 2], [1, 3], [2, 3]]
-        .iter()
-        .map(|set| {
-            let z = set
-                .iter()
-                .map(|&i| lagrange(i, set) * point(&ans(i).evaluated))
-                .fold(RistrettoPoint::default(), |acc, p| acc + p)
-                .compress()
-                .to_bytes();
-            assert_eq!(z, kb, "Σ λ_i·Z_i = k·B");
-            let lambdas: Vec<String> = set
-                .iter()
-                .map(|&i| h(&lagrange(i, set).to_bytes()))
-                .collect();
-            obj! {
-                "indexes" => index_list(set),
-                "lagrange_hex" => strs(&lambdas),
-                "combined_element_hex" => h(&z),
-            }
-        })
-        .collect();
+    let answer_json = share_answers_json(&servers, &answers, b, &proof_label);
+    let combinations = share_combinations(&answers, kb);
     let y = voprf_output(&fx.oprf, &input);
     let forged = |index: u16, from: &InstanceAnswer| InstanceAnswer {
         index,
@@ -3646,7 +3674,6 @@ const RFC9497_OUTPUT: &str = "b58cfbe118e0cb94d79b5fd6a6dafb98764dff49c14e1770b5
 /// evaluated by the instances and combined: every 2-subset reaches the RFC's
 /// EvaluationElement and the donor's finalisation the RFC's Output.
 fn threshold_rfc9497_vector() -> J {
-    let g = RISTRETTO_BASEPOINT_POINT;
     let key = VoprfServer::<Ristretto255>::new_from_seed(&RFC9497_SEED, RFC9497_KEY_INFO)
         .expect("RFC 9497 key");
     let sk = oprf_private_key(&key);
@@ -3655,34 +3682,8 @@ fn threshold_rfc9497_vector() -> J {
     let k = scalar(sk);
     let a_label = "threshold rfc9497 polynomial a1";
     let a = scalar(seed_scalar(a_label));
-    let servers: Vec<(u16, VoprfServer<Ristretto255>)> = (1..=SHARE_N)
-        .map(|i| {
-            let ki = k + a * Scalar::from(u64::from(i));
-            let s = VoprfServer::new_with_key(&ki.to_bytes()).expect("share");
-            assert_eq!(oprf_public_key(&s), (ki * g).compress().to_bytes());
-            (i, s)
-        })
-        .collect();
-    let server = |i: u16| &servers[usize::from(i) - 1].1;
-    let config = PseudonymiserConfig {
-        format: datadonor_schemas::PROTOCOL_VERSION,
-        config_id: "rfc9497-pseudonymiser-test".into(),
-        version: 1,
-        suite: threshold::SUITE.into(),
-        mode: threshold::MODE.into(),
-        threshold: SHARE_T,
-        group_public_key: group,
-        instances: servers
-            .iter()
-            .map(|(i, s)| InstanceInfo {
-                index: *i,
-                url: format!("https://pseudonymiser-{i}.example"),
-                operator: format!("Test operator {i}"),
-                public_share: oprf_public_key(s),
-            })
-            .collect(),
-        credential_issuer: None,
-    };
+    let servers = share_servers(k, a);
+    let config = share_config("rfc9497-pseudonymiser-test", group, &servers);
 
     let input = zeroize::Zeroizing::new(RFC9497_INPUT.to_vec());
     let blind: [u8; 32] = hex::decode(RFC9497_BLIND)
@@ -3701,7 +3702,8 @@ fn threshold_rfc9497_vector() -> J {
     let proof_label = |i: u16| format!("threshold rfc9497 proof {i}");
     let answers: Vec<InstanceAnswer> = (1..=SHARE_N)
         .map(|i| {
-            let (evaluated, proof) = voprf_evaluate(server(i), &blinded, &proof_label(i));
+            let (evaluated, proof) =
+                voprf_evaluate(&servers[usize::from(i) - 1].1, &blinded, &proof_label(i));
             InstanceAnswer {
                 index: i,
                 evaluated,
@@ -3709,53 +3711,15 @@ fn threshold_rfc9497_vector() -> J {
             }
         })
         .collect();
-    let ans = |i: u16| answers[usize::from(i) - 1].clone();
     let kb = (k * b).compress().to_bytes();
     assert_eq!(
         h(&kb),
         RFC9497_EVALUATED,
         "k·B is the RFC's EvaluationElement"
     );
-    let answer_json: Vec<J> = answers
-        .iter()
-        .map(|x| {
-            let ki = scalar(oprf_private_key(server(x.index)));
-            assert_eq!(x.evaluated, (ki * b).compress().to_bytes(), "Z_i = k_i·B");
-            obj! {
-                "index" => x.index,
-                "proof_seed_label" => proof_label(x.index),
-                "proof_nonce_hex" => h(&proof_nonce(&proof_label(x.index))),
-                "evaluated_element_hex" => h(&x.evaluated),
-                "proof_hex" => h(&x.proof),
-                "answer_json_text" => utf8(&to_json_bytes(x)),
-            }
-        })
-        .collect();
-    let combinations: Vec<J> = [[1u16, 2], [1, 3], [2, 3]]
-        .iter()
-        .map(|set| {
-            let z = set
-                .iter()
-                .map(|&i| lagrange(i, set) * point(&ans(i).evaluated))
-                .fold(RistrettoPoint::default(), |acc, p| acc + p)
-                .compress()
-                .to_bytes();
-            assert_eq!(
-                h(&z),
-                RFC9497_EVALUATED,
-                "Σ λ_i·Z_i is the RFC's EvaluationElement"
-            );
-            let lambdas: Vec<String> = set
-                .iter()
-                .map(|&i| h(&lagrange(i, set).to_bytes()))
-                .collect();
-            obj! {
-                "indexes" => index_list(set),
-                "lagrange_hex" => strs(&lambdas),
-                "combined_element_hex" => h(&z),
-            }
-        })
-        .collect();
+    let answer_json = share_answers_json(&servers, &answers, b, &proof_label);
+    // Every pair combines to k·B, which is the RFC's EvaluationElement (asserted above).
+    let combinations = share_combinations(&answers, kb);
     // RFC 9497 Finalize(input, r, Z) on the combined element (mode-independent), which is the
     // key's unblinded Evaluate(skSm, input).
     let fin =
