@@ -494,11 +494,11 @@ impl ThresholdBlind {
         self,
         config: &PseudonymiserConfig,
         answers: &[InstanceAnswer],
-        mut unavailable: Vec<AnswerError>,
+        unavailable: Vec<AnswerError>,
     ) -> Result<Combined, ThresholdError> {
         let t = usize::from(config.threshold);
         let mut good: Vec<(u16, RistrettoPoint)> = Vec::new();
-        let mut rejected = std::mem::take(&mut unavailable);
+        let mut rejected = unavailable;
         let mut seen: Vec<u16> = Vec::new();
         for a in answers {
             // Only a verified answer claims its index, so a forged answer labelled with an
@@ -540,11 +540,12 @@ impl ThresholdBlind {
     fn finalize_combined(&self, z: &RistrettoPoint) -> Result<OprfOutput, ThresholdError> {
         let ev = EvaluationElement::<Ristretto255>::deserialize(z.compress().as_bytes())
             .map_err(|_| ThresholdError::Oprf)?;
-        let fin =
-            OprfClient::<Ristretto255>::deterministic_blind_unchecked(&self.input, *self.blind)
-                .map_err(|_| ThresholdError::Oprf)?;
+        // An OprfClient is its blind alone (32 bytes): rebuilt from it, without blinding the
+        // input again.
+        let blind_bytes = Zeroizing::new(self.blind.to_bytes());
+        let fin = OprfClient::<Ristretto255>::deserialize(blind_bytes.as_ref())
+            .map_err(|_| ThresholdError::Oprf)?;
         let out = fin
-            .state
             .finalize(&self.input, &ev)
             .map_err(|_| ThresholdError::Oprf)?;
         let mut b = [0u8; 64];
