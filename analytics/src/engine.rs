@@ -530,60 +530,8 @@ impl QueryEngine {
             vec![(1u32 << d) - 1]
         };
         let nf = self.fields.len();
-        // (masked key) -> donor id -> per-donor accumulator
-        struct DonorAcc {
-            rows: u64,
-            n: Vec<u64>,
-            s: Vec<f64>,
-            ss: Vec<f64>,
-        }
-        let mut donor_ids: HashMap<String, u32> = HashMap::new();
-        let mut cube: BTreeMap<CellKey, HashMap<u32, DonorAcc>> = BTreeMap::new();
-        if let Some(df) = self.cells.finish(&ck)? {
-            let dims = dimension_columns(&df, &self.spec.group_by)?;
-            let donor = df.column(DONOR_COLUMN)?.str()?;
-            let rows = df.column(ROWS)?.u64()?;
-            let ns: Vec<&UInt64Chunked> = self
-                .fields
-                .iter()
-                .map(|f| df.column(&n_col(&f.name)).and_then(|c| c.u64()))
-                .collect::<PolarsResult<_>>()?;
-            let ss: Vec<&Float64Chunked> = self
-                .fields
-                .iter()
-                .map(|f| df.column(&s_col(&f.name)).and_then(|c| c.f64()))
-                .collect::<PolarsResult<_>>()?;
-            let sss: Vec<&Float64Chunked> = self
-                .fields
-                .iter()
-                .map(|f| df.column(&ss_col(&f.name)).and_then(|c| c.f64()))
-                .collect::<PolarsResult<_>>()?;
-            for i in 0..df.height() {
-                let Some(dn) = donor.get(i) else { continue };
-                let next = donor_ids.len() as u32;
-                let id = *donor_ids.entry(dn.to_string()).or_insert(next);
-                let full: Vec<Option<String>> =
-                    dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
-                for mask in &masks {
-                    let acc = cube
-                        .entry(masked_key(&full, *mask))
-                        .or_default()
-                        .entry(id)
-                        .or_insert_with(|| DonorAcc {
-                            rows: 0,
-                            n: vec![0; nf],
-                            s: vec![0.0; nf],
-                            ss: vec![0.0; nf],
-                        });
-                    acc.rows += rows.get(i).unwrap_or(0);
-                    for f in 0..nf {
-                        acc.n[f] += ns[f].get(i).unwrap_or(0);
-                        acc.s[f] += ss[f].get(i).unwrap_or(0.0);
-                        acc.ss[f] += sss[f].get(i).unwrap_or(0.0);
-                    }
-                }
-            }
-        }
+        let names: Vec<String> = self.fields.iter().map(|f| f.name.clone()).collect();
+        let cube = cube_of(self.cells.finish(&ck)?, &self.spec.group_by, &names, &masks)?;
         // Histograms of all-rows quantiles.
         let mut hist_cube: Vec<HashMap<CellKey, BTreeMap<i64, u64>>> = Vec::new();
         for p in self.hists {
@@ -705,6 +653,134 @@ impl QueryEngine {
             batches: self.batches,
         })
     }
+}
+
+/// One donor's partial aggregate in one cell: rows, and per measured field the count of values,
+/// their sum and their sum of squares (shifted by the middle of the field's range).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DonorCell {
+    /// Rows.
+    pub rows: u64,
+    /// Per field: values.
+    pub n: Vec<u64>,
+    /// Per field: sum of values.
+    pub s: Vec<f64>,
+    /// Per field: sum of squared (value − middle of the range).
+    pub ss: Vec<f64>,
+}
+
+/// A measured field and its declared range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldRange {
+    /// Field name.
+    pub name: String,
+    /// Declared minimum.
+    pub min: f64,
+    /// Declared maximum.
+    pub max: f64,
+}
+
+/// The exact cell–donor partials of a run, every margin included: what the differentially
+/// private release bounds and adds noise to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellDonorCube {
+    /// Dimension names.
+    pub dimensions: Vec<String>,
+    /// Measures, as in the spec.
+    pub measures: Vec<Measure>,
+    /// Fields measured, in first-use order.
+    pub fields: Vec<FieldRange>,
+    /// Cell key → engine-local donor id → the donor's partial in that cell.
+    pub cells: BTreeMap<CellKey, HashMap<u32, DonorCell>>,
+    /// Rows read from the batches, before any filter.
+    pub rows_scanned: u64,
+    /// Batches read.
+    pub batches: u64,
+}
+
+impl QueryEngine {
+    /// Merge the partials into the cell–donor cube (with every margin when the spec asks for
+    /// totals), without computing any statistic.
+    pub fn finish_cube(self) -> Result<CellDonorCube, AnalyticsError> {
+        let ck = self.cell_keys();
+        let d = self.spec.group_by.len();
+        let masks: Vec<u32> = if self.spec.totals {
+            (0..1u32 << d).rev().collect()
+        } else {
+            vec![(1u32 << d) - 1]
+        };
+        let names: Vec<String> = self.fields.iter().map(|f| f.name.clone()).collect();
+        let cells = cube_of(self.cells.finish(&ck)?, &self.spec.group_by, &names, &masks)?;
+        Ok(CellDonorCube {
+            dimensions: self.spec.group_by.clone(),
+            measures: self.spec.measures.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|f| FieldRange {
+                    name: f.name.clone(),
+                    min: f.min,
+                    max: f.max,
+                })
+                .collect(),
+            cells,
+            rows_scanned: self.rows_scanned,
+            batches: self.batches,
+        })
+    }
+}
+
+/// Fold the merged cell partial into (masked key) → donor id → [`DonorCell`].
+fn cube_of(
+    df: Option<DataFrame>,
+    group_by: &[String],
+    fields: &[String],
+    masks: &[u32],
+) -> Result<BTreeMap<CellKey, HashMap<u32, DonorCell>>, AnalyticsError> {
+    let nf = fields.len();
+    let mut donor_ids: HashMap<String, u32> = HashMap::new();
+    let mut cube: BTreeMap<CellKey, HashMap<u32, DonorCell>> = BTreeMap::new();
+    let Some(df) = df else { return Ok(cube) };
+    let dims = dimension_columns(&df, group_by)?;
+    let donor = df.column(DONOR_COLUMN)?.str()?;
+    let rows = df.column(ROWS)?.u64()?;
+    let ns: Vec<&UInt64Chunked> = fields
+        .iter()
+        .map(|f| df.column(&n_col(f)).and_then(|c| c.u64()))
+        .collect::<PolarsResult<_>>()?;
+    let ss: Vec<&Float64Chunked> = fields
+        .iter()
+        .map(|f| df.column(&s_col(f)).and_then(|c| c.f64()))
+        .collect::<PolarsResult<_>>()?;
+    let sss: Vec<&Float64Chunked> = fields
+        .iter()
+        .map(|f| df.column(&ss_col(f)).and_then(|c| c.f64()))
+        .collect::<PolarsResult<_>>()?;
+    for i in 0..df.height() {
+        let Some(dn) = donor.get(i) else { continue };
+        let next = donor_ids.len() as u32;
+        let id = *donor_ids.entry(dn.to_string()).or_insert(next);
+        let full: Vec<Option<String>> = dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
+        for mask in masks {
+            let acc = cube
+                .entry(masked_key(&full, *mask))
+                .or_default()
+                .entry(id)
+                .or_insert_with(|| DonorCell {
+                    rows: 0,
+                    n: vec![0; nf],
+                    s: vec![0.0; nf],
+                    ss: vec![0.0; nf],
+                });
+            acc.rows += rows.get(i).unwrap_or(0);
+            for f in 0..nf {
+                acc.n[f] += ns[f].get(i).unwrap_or(0);
+                acc.s[f] += ss[f].get(i).unwrap_or(0.0);
+                acc.ss[f] += sss[f].get(i).unwrap_or(0.0);
+            }
+        }
+    }
+    Ok(cube)
 }
 
 fn mean(xs: &[f64]) -> Option<f64> {

@@ -158,6 +158,36 @@ pub trait LedgerSink {
     fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError>;
 }
 
+/// The ledger as the query service uses it: a view verified against the source's signed
+/// checkpoint (consistent with the last verified one) on every read, and appends.
+pub trait ServiceLedger {
+    /// Read and verify the whole ledger.
+    fn verified_view(&self) -> Result<LedgerView, LedgerError>;
+    /// Append one entry.
+    fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError>;
+}
+
+/// A [`ServiceLedger`] over any source and sink, keeping the last verified checkpoint in a
+/// state directory.
+#[derive(Debug)]
+pub struct VerifiedLedger<S> {
+    /// Where entries come from and go to.
+    pub source: S,
+    /// The checkpoint verifiers.
+    pub verifiers: Vec<NoteVerifier>,
+    /// Where the last verified checkpoint is kept.
+    pub state_dir: std::path::PathBuf,
+}
+
+impl<S: LedgerSource + LedgerSink> ServiceLedger for VerifiedLedger<S> {
+    fn verified_view(&self) -> Result<LedgerView, LedgerError> {
+        verify_ledger(&self.source, &self.verifiers, Some(&self.state_dir))
+    }
+    fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
+        self.source.append(entry)
+    }
+}
+
 /// The time to log an entry with at the end of a run that started at `now` (taken at `since`):
 /// `now` advanced by the run's duration. A long compaction or query logs the time it finishes,
 /// which the intake checks against its own clock (`PROTOCOL.md`: within 5 minutes).

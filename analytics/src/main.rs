@@ -606,6 +606,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 not_before: now,
                 not_after: now + i64::from(valid_days) * 86_400,
                 max_runs,
+                privacy: None,
             };
             write_new(&out, &a.sign(&key).to_bytes())?;
             eprintln!(

@@ -18,7 +18,7 @@ use datadonor_schemas::study::StudyDefinition;
 use datadonor_schemas::time::UnixSeconds;
 
 use crate::disclosure::{self, CellKey, Suppression};
-use crate::engine::{AggregateTable, QueryEngine};
+use crate::engine::{AggregateTable, CellDonorCube, QueryEngine};
 use crate::ledger::{logged_at, Appended, LedgerSink, LedgerView};
 use crate::sealed::open_batch_file;
 use crate::store::BatchStore;
@@ -167,6 +167,30 @@ pub fn aggregate_store_in_groups(
     vault: &VaultKey,
     group_bytes: usize,
 ) -> Result<AggregateTable, AnalyticsError> {
+    feed_store(&mut engine, store, study, vault, group_bytes)?;
+    engine.finish()
+}
+
+/// Aggregate every batch of the study into the exact cell–donor partials, for the
+/// differentially private release (the query service).
+pub fn aggregate_store_cube(
+    mut engine: QueryEngine,
+    store: &BatchStore,
+    study: &StudyDefinition,
+    vault: &VaultKey,
+) -> Result<CellDonorCube, AnalyticsError> {
+    feed_store(&mut engine, store, study, vault, GROUP_BYTES)?;
+    engine.finish_cube()
+}
+
+/// Feed every batch of the study to the engine, in groups of about `group_bytes` of plaintext.
+fn feed_store(
+    engine: &mut QueryEngine,
+    store: &BatchStore,
+    study: &StudyDefinition,
+    vault: &VaultKey,
+    group_bytes: usize,
+) -> Result<(), AnalyticsError> {
     let files = store.list(&study.id)?;
     std::thread::scope(|s| {
         // A rendezvous channel: the opener holds at most one finished group while the engine works
@@ -200,7 +224,7 @@ pub fn aggregate_store_in_groups(
         for group in rx {
             engine.add_parquet_group(group?)?;
         }
-        engine.finish()
+        Ok(())
     })
 }
 
@@ -320,6 +344,7 @@ pub fn run_query(
         donors_considered: allowed.len() as u64,
         cells_published: table.cells_published(),
         cells_suppressed: table.cells_suppressed(),
+        privacy: None,
     };
     let appended = sink.append(&entry)?;
     Ok(QueryOutcome {

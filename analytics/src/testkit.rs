@@ -184,6 +184,7 @@ pub fn approval(study: &StudyDefinition, id: u8, max_runs: u32, now: UnixSeconds
         not_before: now - 100,
         not_after: now + 1000,
         max_runs,
+        privacy: None,
     }
 }
 
@@ -205,5 +206,6 @@ pub fn query_run(
         donors_considered: 40,
         cells_published: 6,
         cells_suppressed: 2,
+        privacy: None,
     }
 }

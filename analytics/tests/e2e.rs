@@ -108,6 +108,7 @@ fn approve(w: &World, s: &QuerySpec, max_runs: u32) -> SignedObject {
         not_before: NOW - 10,
         not_after: NOW + 86_400,
         max_runs,
+        privacy: None,
     }
     .sign(&w.steward)
 }

@@ -33,6 +33,7 @@ fn query_run(env: &Env, study: &str) -> LedgerEntry {
         donors_considered: 10,
         cells_published: 3,
         cells_suppressed: 1,
+        privacy: None,
     }
 }
 

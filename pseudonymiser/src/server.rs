@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,11 +28,8 @@ use axum::{Extension, Router};
 use datadonor_schemas::signing::PublicKey;
 use datadonor_schemas::threshold::{DonorCredential, EvaluateRequest};
 use datadonor_schemas::time::{Clock, SystemClock};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tower::ServiceExt as _;
+use datadonor_service::Peer;
 
 use crate::ratelimit::RateLimiter;
 use crate::share::KeyShare;
@@ -226,9 +223,6 @@ struct Shared {
     metrics: Metrics,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Peer(IpAddr);
-
 /// The router of one instance (for tests that drive it without TLS).
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -359,20 +353,18 @@ pub enum ServeError {
 /// A running instance.
 #[derive(Debug)]
 pub struct RunningInstance {
-    addr: SocketAddr,
+    running: datadonor_service::Running,
     index: u16,
-    shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningInstance {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.running.addr()
     }
     /// `https://127.0.0.1:port`.
     pub fn base_url(&self) -> String {
-        format!("https://{}", self.addr)
+        self.running.base_url()
     }
     /// The instance's Shamir index.
     pub fn index(&self) -> u16 {
@@ -380,28 +372,8 @@ impl RunningInstance {
     }
     /// Stop accepting, let connections finish, and wait.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        self.running.shutdown().await;
     }
-}
-
-fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServeError::Config(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServeError::Config(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ServeError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
 }
 
 /// Load `dir/instance.toml` (defaults when absent).
@@ -428,7 +400,8 @@ pub async fn start_with_clock(
 ) -> Result<RunningInstance, ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let share = KeyShare::read(&dir.join(&config.share))?;
-    let tls = tls_config(&dir.join(&config.tls_cert), &dir.join(&config.tls_key))?;
+    let tls = datadonor_service::tls_config(&dir.join(&config.tls_cert), &dir.join(&config.tls_key))
+        .map_err(ServeError::Config)?;
     let issuer = match &config.credential_issuer {
         Some(k) => Some(
             PublicKey::from_base64(k)
@@ -448,86 +421,15 @@ pub async fn start_with_clock(
         clock,
         metrics: Metrics::default(),
     });
-    let listener = TcpListener::bind(config.listen)
+    let limits = datadonor_service::ConnLimits {
+        max_connections: config.max_connections,
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        connection_lifetime: Duration::from_millis(config.connection_timeout_ms),
+    };
+    let running = datadonor_service::start(config.listen, tls, router(shared), limits)
         .await
         .map_err(|e| ServeError::Io(format!("binding {}", config.listen), e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServeError::Io("reading the bound address".into(), e))?;
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, tls, router(shared), config, rx));
+    let addr = running.addr();
     tracing::info!(%addr, index, "pseudonymiser listening");
-    Ok(RunningInstance {
-        addr,
-        index,
-        shutdown: tx,
-        task,
-    })
-}
-
-/// Resolves once shutdown was requested (the watch guard is dropped before returning, so the
-/// future stays `Send`).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
-async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    app: Router,
-    config: InstanceConfig,
-    mut stop: watch::Receiver<bool>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(config.max_connections));
-    let handshake = Duration::from_millis(config.handshake_timeout_ms);
-    let lifetime = Duration::from_millis(config.connection_timeout_ms);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stopped(&mut stop) => break,
-        };
-        let Ok((tcp, peer)) = accepted else {
-            continue;
-        };
-        let (acceptor, app, mut stop) = (acceptor.clone(), app.clone(), stop.clone());
-        conns.spawn(async move {
-            let _permit = permit;
-            let Ok(Ok(tls)) = tokio::time::timeout(handshake, acceptor.accept(tcp)).await else {
-                return;
-            };
-            let ip = peer.ip();
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let mut req = req.map(Body::new);
-                req.extensions_mut().insert(Peer(ip));
-                app.clone().oneshot(req)
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake);
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
-            tokio::pin!(conn);
-            // At the end of its lifetime, or at shutdown, a connection is closed politely
-            // (HTTP/2 GOAWAY, HTTP/1 close after the response in flight) and dropped if it
-            // has not finished a few seconds later.
-            tokio::select! {
-                _ = &mut conn => return,
-                _ = tokio::time::sleep(lifetime) => {}
-                _ = stopped(&mut stop) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        });
-        while conns.try_join_next().is_some() {}
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    Ok(RunningInstance { running, index })
 }

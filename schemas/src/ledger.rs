@@ -18,7 +18,7 @@ use crate::wire::{hex16, hex32, parse_json, WireError};
 pub const MAX_ENTRY_LEN: usize = 64 * 1024;
 
 /// One ledger entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum LedgerEntry {
@@ -119,6 +119,9 @@ pub enum LedgerEntry {
         cells_published: u64,
         /// Cells suppressed.
         cells_suppressed: u64,
+        /// The run's privacy loss and the budgets left after it (runs of the query service).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        privacy: Option<crate::privacy::RunPrivacy>,
     },
     /// A key was added or retired.
     KeyRotated {

@@ -34,6 +34,7 @@ pub mod envelope;
 pub mod geo;
 pub mod ledger;
 pub mod merkle;
+pub mod privacy;
 pub mod pseudonym;
 pub mod query;
 pub mod receipt;

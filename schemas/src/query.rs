@@ -477,7 +477,7 @@ fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
 }
 
 /// A steward's approval of one query.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryApproval {
     /// Format version.
@@ -500,6 +500,10 @@ pub struct QueryApproval {
     pub not_after: UnixSeconds,
     /// Runs allowed.
     pub max_runs: u32,
+    /// What one run may spend of the study's and the researcher's privacy budgets. The query
+    /// service refuses an approval without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::PrivacySpend>,
 }
 
 impl QueryApproval {

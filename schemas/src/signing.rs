@@ -41,11 +41,13 @@ pub enum Context {
     DonorCredential,
     /// A message of the pseudonymisers' key ceremony, signed by the sending instance.
     DkgMessage,
+    /// A researcher's request to the steward's query service, signed by the researcher.
+    QueryRequest,
 }
 
 impl Context {
     /// All contexts, for tests and documentation.
-    pub const ALL: [Context; 7] = [
+    pub const ALL: [Context; 8] = [
         Context::StudyDefinition,
         Context::ConsentManifest,
         Context::Withdrawal,
@@ -53,6 +55,7 @@ impl Context {
         Context::QueryApproval,
         Context::DonorCredential,
         Context::DkgMessage,
+        Context::QueryRequest,
     ];
 
     /// The label that goes into the signed bytes and the `context` field.
@@ -65,6 +68,7 @@ impl Context {
             Context::QueryApproval => "query-approval",
             Context::DonorCredential => "donor-credential",
             Context::DkgMessage => "dkg-message",
+            Context::QueryRequest => "query-request",
         }
     }
 }

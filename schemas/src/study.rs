@@ -444,6 +444,10 @@ pub struct StudyDefinition {
     /// client refuses to donate to a study without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pseudonymiser: Option<crate::threshold::PseudonymiserConfig>,
+    /// The differential-privacy policy: budgets and contribution bounds. The query service
+    /// refuses every query on a study without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::PrivacyPolicy>,
 }
 
 impl StudyDefinition {
@@ -485,6 +489,9 @@ impl StudyDefinition {
         }
         if self.purposes.is_empty() {
             return bad("at least one purpose is required".into());
+        }
+        if let Some(p) = &self.privacy {
+            p.validate().map_err(|e| StudyError::Invalid(e.to_string()))?;
         }
         for (i, p) in self.purposes.iter().enumerate() {
             if !is_code(&p.code) {

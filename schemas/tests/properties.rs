@@ -194,6 +194,7 @@ fn approval() -> impl Strategy<Value = QueryApproval> {
                 not_before,
                 not_after,
                 max_runs,
+                privacy: None,
             },
         )
 }
@@ -339,6 +340,7 @@ fn ledger_entry() -> impl Strategy<Value = LedgerEntry> {
                     donors_considered,
                     cells_published,
                     cells_suppressed,
+                    privacy: None,
                 }
             ),
         (t, text(), any::<u32>(), any::<[u8; 32]>()).prop_map(

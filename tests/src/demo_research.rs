@@ -94,6 +94,7 @@ fn research_blocking(
         not_before: now - 60,
         not_after: now + 30 * 86_400,
         max_runs: 3,
+        privacy: None,
     }
     .sign(&steward);
     summary

@@ -734,6 +734,7 @@ impl Fixture {
             not_before: NOW - DAY,
             not_after: NOW + 90 * DAY,
             max_runs: 3,
+            privacy: None,
         };
         let signed_approval = approval.sign(&approver);
 
@@ -766,6 +767,7 @@ impl Fixture {
                 donors_considered: 1,
                 cells_published: 0,
                 cells_suppressed: 12,
+                privacy: None,
             },
             LedgerEntry::ConsentWithdrawn {
                 time: withdrawal.withdrawn_at,

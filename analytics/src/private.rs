@@ -1,0 +1,446 @@
+//! The differentially private release of a run: contribution bounding, then OpenDP's mechanisms
+//! over the bounded cell–donor partials (`DISCLOSURE.md`, "Differential privacy").
+//!
+//! A run releases one *table* per combination of grouped and totalled dimensions (one table,
+//! or 2^d with margins). Its `(ε, δ)` is split evenly: `δ/T` and `ε/T` per table, and within a
+//! table `ε` evenly over its mechanisms: the donor counts with a noisy threshold on the cell keys
+//! (one mechanism, [`make_laplace_threshold`]), and per measure `rows` one, `sum` and `mean` two
+//! (a count and a centred sum, [`make_laplace`]), `quantile` one ([`make_private_quantile`] per
+//! cell). Composition is basic: the sum of every mechanism's privacy map, checked against the
+//! run's spend before anything is returned.
+//!
+//! Bounding, applied before any mechanism sees the data: in each table a donor counts in at most
+//! `C = max_cells_per_donor` cells (the first in key order); in a cell, at most
+//! `L = max_rows_per_cell` of their rows (`donor_mean`: their rows count once), each taking the
+//! donor's mean value clamped to the field's declared range. Quantiles are over the donors'
+//! clamped means in the cell (one value per donor). So one donor changes, per table, the donor
+//! counts by at most 1 in at most C cells, the row and value counts by at most `L·C` in total
+//! and a centred sum by at most `L·C·(max − min)/2`.
+//!
+//! The set of released cells depends on the data (a `period` seen, a category present), so
+//! cells are released only where the noisy donor count clears a threshold chosen for the
+//! table's δ; it is never below the effective k, which stays as a second line.
+
+use std::collections::{BTreeMap, HashMap};
+
+use datadonor_schemas::privacy::{
+    ContributionBounds, PrivacyPolicy, PrivacySpend, ReleasedColumn, ReleasedRow,
+};
+use datadonor_schemas::query::{Contribution, Measure, MeasureOp, QuerySpec};
+use opendp::accuracy::{discrete_laplacian_scale_to_accuracy, laplacian_scale_to_accuracy};
+use opendp::core::Measurement;
+use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
+use opendp::measurements::{make_laplace, make_laplace_threshold, make_private_quantile};
+use opendp::measures::{Approximate, MaxDivergence};
+use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance, SymmetricDistance};
+
+use crate::disclosure::CellKey;
+use crate::engine::{CellDonorCube, DonorCell};
+use crate::AnalyticsError;
+
+/// Candidates of a DP quantile: this many points evenly over the field's declared range.
+pub const QUANTILE_CANDIDATES: usize = 1024;
+/// The confidence of the released error bars.
+pub const CONFIDENCE: f64 = 0.95;
+
+fn dp(e: opendp::error::Error) -> AnalyticsError {
+    AnalyticsError::Engine(format!("differential privacy: {e}"))
+}
+
+/// The released columns and cells, and the privacy loss the mechanisms' own maps add up to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivateRelease {
+    /// Columns (a `donors` column first).
+    pub columns: Vec<ReleasedColumn>,
+    /// Released cells, values first and totals last within each position.
+    pub rows: Vec<ReleasedRow>,
+    /// Bounds applied.
+    pub bounds: ContributionBounds,
+    /// The sum of every mechanism's privacy map (basic composition); at most the run's spend.
+    pub spent: PrivacySpend,
+    /// Cells with data before the threshold.
+    pub cells_seen: u64,
+}
+
+/// How many mechanisms a measure uses in one table.
+fn mechanisms(m: &Measure) -> usize {
+    match m.op {
+        MeasureOp::Donors => 0,
+        MeasureOp::Rows | MeasureOp::Quantile => 1,
+        MeasureOp::Sum | MeasureOp::Mean => 2,
+        MeasureOp::Std | MeasureOp::Min | MeasureOp::Max => 0,
+    }
+}
+
+/// Refuse what the release does not offer.
+pub fn check_spec(spec: &QuerySpec) -> Result<(), AnalyticsError> {
+    for m in &spec.measures {
+        if matches!(m.op, MeasureOp::Std | MeasureOp::Min | MeasureOp::Max) {
+            return Err(AnalyticsError::Refused(format!(
+                "{} is not offered under differential privacy (use quantiles for spread)",
+                m.column_name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The smallest noise scale at least `sensitivity / epsilon` whose privacy map stays within
+/// `epsilon` (the maps round up).
+fn scale_for(epsilon: f64, sensitivity: f64, map: impl Fn(f64) -> Result<f64, AnalyticsError>) -> Result<f64, AnalyticsError> {
+    let mut scale = sensitivity / epsilon;
+    for _ in 0..64 {
+        if map(scale)? <= epsilon {
+            return Ok(scale);
+        }
+        scale *= 1.0 + 1e-9;
+    }
+    Err(AnalyticsError::Engine(
+        "differential privacy: no noise scale meets the budget".into(),
+    ))
+}
+
+fn key_string(key: &CellKey) -> String {
+    serde_json::to_string(key).unwrap_or_default()
+}
+
+/// A noisy vector of counts (discrete Laplace); the noise scale and its ε.
+fn noisy_counts(values: &[i64], l1: i64, epsilon: f64) -> Result<(Vec<i64>, f64, f64), AnalyticsError> {
+    let make = |scale: f64| -> Result<Measurement<VectorDomain<AtomDomain<i64>>, L1Distance<i64>, MaxDivergence, Vec<i64>>, AnalyticsError> {
+        make_laplace(VectorDomain::new(AtomDomain::<i64>::default()), L1Distance::<i64>::default(), scale, None).map_err(dp)
+    };
+    let scale = scale_for(epsilon, l1 as f64, |s| make(s)?.map(&l1).map_err(dp))?;
+    let m = make(scale)?;
+    let eps = m.map(&l1).map_err(dp)?;
+    Ok((m.invoke(&values.to_vec()).map_err(dp)?, scale, eps))
+}
+
+/// A noisy vector of sums (Laplace on the finest float grid); the noise scale and its ε.
+fn noisy_sums(values: &[f64], l1: f64, epsilon: f64) -> Result<(Vec<f64>, f64, f64), AnalyticsError> {
+    let make = |scale: f64| -> Result<Measurement<VectorDomain<AtomDomain<f64>>, L1Distance<f64>, MaxDivergence, Vec<f64>>, AnalyticsError> {
+        make_laplace(VectorDomain::new(AtomDomain::<f64>::new_non_nan()), L1Distance::<f64>::default(), scale, None).map_err(dp)
+    };
+    let scale = scale_for(epsilon, l1, |s| make(s)?.map(&l1).map_err(dp))?;
+    let m = make(scale)?;
+    let eps = m.map(&l1).map_err(dp)?;
+    Ok((m.invoke(&values.to_vec()).map_err(dp)?, scale, eps))
+}
+
+/// Donor counts released above a noisy threshold: the released keys with their noisy counts,
+/// the scale, the threshold, and `(ε, δ)`.
+#[allow(clippy::type_complexity)]
+fn threshold_counts(
+    counts: HashMap<String, i64>,
+    cells_per_donor: u32,
+    epsilon: f64,
+    delta: f64,
+    min_threshold: i64,
+) -> Result<(HashMap<String, i64>, f64, i64, (f64, f64)), AnalyticsError> {
+    type M = Measurement<
+        MapDomain<AtomDomain<String>, AtomDomain<i64>>,
+        L0PInfDistance<1, AbsoluteDistance<i64>>,
+        Approximate<MaxDivergence>,
+        HashMap<String, i64>,
+    >;
+    let c = i64::from(cells_per_donor);
+    let d_in = (cells_per_donor, c, 1i64);
+    let make = |scale: f64, threshold: i64| -> Result<M, AnalyticsError> {
+        make_laplace_threshold(
+            MapDomain::new(AtomDomain::<String>::default(), AtomDomain::<i64>::default()),
+            L0PInfDistance(AbsoluteDistance::<i64>::default()),
+            scale,
+            threshold,
+            None,
+        )
+        .map_err(dp)
+    };
+    let floor = min_threshold.max(2);
+    let scale = scale_for(epsilon, c as f64, |s| Ok(make(s, floor)?.map(&d_in).map_err(dp)?.0))?;
+    // The smallest threshold whose δ fits (δ falls as the threshold rises).
+    let delta_at = |t: i64| -> Result<f64, AnalyticsError> { Ok(make(scale, t)?.map(&d_in).map_err(dp)?.1) };
+    let mut hi = floor;
+    while delta_at(hi)? > delta {
+        hi = hi.checked_mul(2).ok_or_else(|| {
+            AnalyticsError::Refused("the run's delta is too small for any threshold".into())
+        })?;
+    }
+    let mut lo = floor;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if delta_at(mid)? <= delta {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let m = make(scale, hi)?;
+    let map = m.map(&d_in).map_err(dp)?;
+    Ok((m.invoke(&counts).map_err(dp)?, scale, hi, map))
+}
+
+/// A DP quantile of `values` over candidates evenly covering `[min, max]`; the value, the
+/// scale and ε.
+fn private_quantile(values: &[f64], q: f64, min: f64, max: f64, epsilon: f64) -> Result<(f64, f64, f64), AnalyticsError> {
+    let step = (max - min) / (QUANTILE_CANDIDATES - 1) as f64;
+    let candidates: Vec<f64> = (0..QUANTILE_CANDIDATES).map(|i| min + step * i as f64).collect();
+    let make = |scale: f64| {
+        make_private_quantile(
+            VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+            SymmetricDistance,
+            MaxDivergence,
+            candidates.clone(),
+            q,
+            scale,
+        )
+        .map_err(dp)
+    };
+    let sens = 2.0 * q.max(1.0 - q);
+    let scale = scale_for(epsilon, sens, |s| make(s)?.map(&1u32).map_err(dp))?;
+    let m = make(scale)?;
+    let eps = m.map(&1u32).map_err(dp)?;
+    Ok((m.invoke(&values.to_vec()).map_err(dp)?, scale, eps))
+}
+
+/// The dimensions a key totals over, as a bit mask (bit j set: dimension j kept).
+fn mask_of(key: &CellKey) -> u32 {
+    key.iter()
+        .enumerate()
+        .fold(0, |m, (j, v)| if v.is_some() { m | 1 << j } else { m })
+}
+
+/// Release the cube of a run under `policy`, spending at most `spend`, with `k` as the least
+/// threshold.
+pub fn release(
+    cube: &CellDonorCube,
+    spec: &QuerySpec,
+    policy: &PrivacyPolicy,
+    spend: PrivacySpend,
+    k: u32,
+) -> Result<PrivateRelease, AnalyticsError> {
+    check_spec(spec)?;
+    spend
+        .validate()
+        .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
+    if spend.delta <= 0.0 {
+        return Err(AnalyticsError::Refused(
+            "the approval's delta must be above 0: which cells exist depends on the data, and they are released above a noisy threshold".into(),
+        ));
+    }
+    let d = cube.dimensions.len();
+    let tables: Vec<u32> = if spec.totals {
+        (0..1u32 << d).rev().collect()
+    } else {
+        vec![(1u32 << d) - 1]
+    };
+    let t = tables.len() as f64;
+    let mut measures: Vec<Measure> = Vec::new();
+    if !spec.measures.iter().any(|m| m.op == MeasureOp::Donors) {
+        measures.push(Measure { op: MeasureOp::Donors, field: None, q: None });
+    }
+    measures.extend(spec.measures.iter().cloned());
+    let per_table_mechs = 1 + measures.iter().map(mechanisms).sum::<usize>();
+    let eps_mech = spend.epsilon / t / per_table_mechs as f64;
+    let delta_table = spend.delta / t;
+    let c = policy.max_cells_per_donor;
+    let donor_mean = spec.contribution == Contribution::DonorMean;
+    let l = if donor_mean { 1 } else { u64::from(policy.max_rows_per_cell) };
+    let field_index = |m: &Measure| m.field.as_ref().and_then(|n| cube.fields.iter().position(|f| &f.name == n));
+
+    let mut columns: Vec<ReleasedColumn> = measures
+        .iter()
+        .map(|m| ReleasedColumn {
+            name: m.column_name(),
+            op: m.op,
+            field: m.field.clone(),
+            q: m.q,
+            noise_scale: 0.0,
+            epsilon: 0.0,
+        })
+        .collect();
+    let mut rows: Vec<ReleasedRow> = Vec::new();
+    let mut spent = PrivacySpend::default();
+    let mut cells_seen = 0u64;
+
+    for mask in tables {
+        // Bounding: each donor in at most C cells of this table, the first in key order.
+        let mut used: HashMap<u32, u32> = HashMap::new();
+        let mut cells: Vec<(&CellKey, Vec<&DonorCell>)> = Vec::new();
+        for (key, donors) in cube.cells.iter().filter(|(k, _)| mask_of(k) == mask) {
+            let mut ids: Vec<&u32> = donors.keys().collect();
+            ids.sort_unstable();
+            let mut kept = Vec::new();
+            for id in ids {
+                let n = used.entry(*id).or_insert(0);
+                if *n < c {
+                    *n += 1;
+                    if let Some(dc) = donors.get(id) {
+                        kept.push(dc);
+                    }
+                }
+            }
+            if !kept.is_empty() {
+                cells.push((key, kept));
+            }
+        }
+        cells_seen += cells.len() as u64;
+        // Cell keys above a noisy threshold on the donor count.
+        let counts: HashMap<String, i64> = cells
+            .iter()
+            .map(|(key, ds)| (key_string(key), ds.len() as i64))
+            .collect();
+        let (released, scale, _threshold, (e, dl)) =
+            threshold_counts(counts, c, eps_mech, delta_table, i64::from(k))?;
+        spent = spent.plus(PrivacySpend { epsilon: e, delta: dl });
+        let kept: Vec<(&CellKey, &Vec<&DonorCell>, i64)> = cells
+            .iter()
+            .filter_map(|(key, ds)| released.get(&key_string(key)).map(|n| (*key, ds, *n)))
+            .collect();
+        let count_err = discrete_laplacian_scale_to_accuracy(scale, 1.0 - CONFIDENCE).map_err(dp)?;
+        let mut values: Vec<Vec<Option<f64>>> = kept.iter().map(|_| Vec::new()).collect();
+        let mut errors: Vec<Vec<Option<f64>>> = kept.iter().map(|_| Vec::new()).collect();
+        for (ci, m) in measures.iter().enumerate() {
+            let col = &mut columns[ci];
+            match (m.op, field_index(m)) {
+                (MeasureOp::Donors, _) => {
+                    col.noise_scale = scale;
+                    col.epsilon = e;
+                    for (i, (_, _, n)) in kept.iter().enumerate() {
+                        values[i].push(Some(*n as f64));
+                        errors[i].push(Some(count_err));
+                    }
+                }
+                (MeasureOp::Rows, _) => {
+                    let exact: Vec<i64> = kept
+                        .iter()
+                        .map(|(_, ds, _)| ds.iter().map(|d| d.rows.min(l) as i64).sum())
+                        .collect();
+                    let l1 = (l * u64::from(c)) as i64;
+                    let (noisy, s, eps) = noisy_counts(&exact, l1, eps_mech)?;
+                    spent = spent.plus(PrivacySpend { epsilon: eps, delta: 0.0 });
+                    col.noise_scale = s;
+                    col.epsilon = eps;
+                    let err = discrete_laplacian_scale_to_accuracy(s, 1.0 - CONFIDENCE).map_err(dp)?;
+                    for (i, v) in noisy.iter().enumerate() {
+                        values[i].push(Some((*v).max(0) as f64));
+                        errors[i].push(Some(err));
+                    }
+                }
+                (MeasureOp::Sum | MeasureOp::Mean, Some(f)) => {
+                    let fr = &cube.fields[f];
+                    let mid = (fr.min + fr.max) / 2.0;
+                    let half = (fr.max - fr.min) / 2.0;
+                    let mut n = Vec::with_capacity(kept.len());
+                    let mut s = Vec::with_capacity(kept.len());
+                    for (_, ds, _) in &kept {
+                        let (mut cn, mut cs) = (0i64, 0.0f64);
+                        for d in ds.iter().filter(|d| d.n[f] > 0) {
+                            let w = d.n[f].min(l);
+                            let x = (d.s[f] / d.n[f] as f64).clamp(fr.min, fr.max);
+                            cn += w as i64;
+                            cs += w as f64 * (x - mid);
+                        }
+                        n.push(cn);
+                        s.push(cs);
+                    }
+                    let l1n = (l * u64::from(c)) as i64;
+                    let l1s = (l * u64::from(c)) as f64 * half;
+                    let (nn, bn, en) = noisy_counts(&n, l1n, eps_mech)?;
+                    let (ns, bs, es) = noisy_sums(&s, l1s, eps_mech)?;
+                    spent = spent.plus(PrivacySpend { epsilon: en + es, delta: 0.0 });
+                    col.noise_scale = bs;
+                    col.epsilon = en + es;
+                    let z = 1.959_963_984_540_054;
+                    for i in 0..kept.len() {
+                        let cnt = nn[i].max(1) as f64;
+                        let (v, sd) = if m.op == MeasureOp::Mean {
+                            let r = ns[i] / cnt;
+                            let v = (mid + r).clamp(fr.min, fr.max);
+                            let var = 2.0 * (bs * bs + r * r * bn * bn) / (cnt * cnt);
+                            (v, var.sqrt())
+                        } else {
+                            let v = mid * nn[i].max(0) as f64 + ns[i];
+                            let var = 2.0 * (mid * mid * bn * bn + bs * bs);
+                            (v, var.sqrt())
+                        };
+                        values[i].push(Some(v));
+                        errors[i].push(Some(z * sd));
+                    }
+                }
+                (MeasureOp::Quantile, Some(f)) => {
+                    let fr = &cube.fields[f];
+                    let q = m.q.unwrap_or(0.5);
+                    // A donor's value is in up to C cells: each cell's quantile gets ε/C.
+                    let eps_cell = eps_mech / f64::from(c);
+                    let mut eps_max = 0.0f64;
+                    for (i, (_, ds, _)) in kept.iter().enumerate() {
+                        let xs: Vec<f64> = ds
+                            .iter()
+                            .filter(|d| d.n[f] > 0)
+                            .map(|d| (d.s[f] / d.n[f] as f64).clamp(fr.min, fr.max))
+                            .collect();
+                        let (v, s, eps) = private_quantile(&xs, q, fr.min, fr.max, eps_cell)?;
+                        col.noise_scale = s;
+                        eps_max = eps_max.max(eps);
+                        values[i].push(Some(v));
+                        errors[i].push(None);
+                    }
+                    let eps = eps_max * f64::from(c);
+                    spent = spent.plus(PrivacySpend { epsilon: eps, delta: 0.0 });
+                    col.epsilon = eps;
+                }
+                _ => {
+                    return Err(AnalyticsError::Refused(format!(
+                        "{}: no such numeric field",
+                        m.column_name()
+                    )))
+                }
+            }
+        }
+        for (i, (key, _, _)) in kept.iter().enumerate() {
+            rows.push(ReleasedRow {
+                key: (*key).clone(),
+                values: std::mem::take(&mut values[i]),
+                error95: std::mem::take(&mut errors[i]),
+                suppressed: None,
+            });
+        }
+    }
+    // Values first, totals last, within each position.
+    rows.sort_by(|a, b| {
+        let ka: Vec<(bool, &Option<String>)> = a.key.iter().map(|v| (v.is_none(), v)).collect();
+        let kb: Vec<(bool, &Option<String>)> = b.key.iter().map(|v| (v.is_none(), v)).collect();
+        ka.cmp(&kb)
+    });
+    let slack = 1.0 + 1e-9;
+    if spent.epsilon > spend.epsilon * slack || spent.delta > spend.delta * slack {
+        return Err(AnalyticsError::Engine(format!(
+            "differential privacy: the mechanisms' maps add up to ε = {}, δ = {}, over the run's ε = {}, δ = {}",
+            spent.epsilon, spent.delta, spend.epsilon, spend.delta
+        )));
+    }
+    Ok(PrivateRelease {
+        columns,
+        rows,
+        bounds: ContributionBounds {
+            max_rows_per_cell: policy.max_rows_per_cell,
+            max_cells_per_donor: c,
+            tables: t as u32,
+        },
+        spent,
+        cells_seen,
+    })
+}
+
+/// Exact (non-private) per-cell donor counts of a cube, for tests that compare a release with
+/// the truth.
+pub fn exact_donor_counts(cube: &CellDonorCube) -> BTreeMap<CellKey, u64> {
+    cube.cells
+        .iter()
+        .map(|(k, d)| (k.clone(), d.len() as u64))
+        .collect()
+}
+
+/// The half-width of a 95 % interval of continuous Laplace noise of scale `b`.
+pub fn laplace_error95(b: f64) -> f64 {
+    laplacian_scale_to_accuracy(b, 1.0 - CONFIDENCE).unwrap_or(f64::NAN)
+}
