@@ -1,0 +1,2 @@
+//! The researcher's client of the steward's query service.
+#![forbid(unsafe_code)]

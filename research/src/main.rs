@@ -1,0 +1,4 @@
+//! `datadonor-research`.
+#![forbid(unsafe_code)]
+
+fn main() {}
