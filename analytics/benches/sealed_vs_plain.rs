@@ -107,6 +107,7 @@ fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()
         not_before: NOW - 10,
         not_after: NOW + 86_400,
         max_runs: 1_000_000,
+        privacy: None,
     };
     std::fs::write(dir.join("q.approval"), approval.sign(&steward).to_bytes())?;
     Ok(())

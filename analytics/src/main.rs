@@ -18,8 +18,9 @@ use datadonor_analytics::ledger::{
     verify_ledger, LedgerError, LedgerSink, LedgerSource, LedgerView, LocalLedgerFile,
 };
 use datadonor_analytics::ledger_http::HttpLedger;
-use datadonor_analytics::output;
-use datadonor_analytics::query::{load_spec, open_study, run_query, QueryInputs};
+use datadonor_analytics::ledger::VerifiedLedger;
+use datadonor_analytics::query::{load_spec, open_study};
+use datadonor_analytics::service::{self, QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
@@ -85,18 +86,30 @@ enum Cmd {
         /// study file (JSON, as `study sign` writes it); an id alone is refused.
         #[arg(long, value_name = "FILE or ID")]
         study: Option<String>,
+        /// Privacy budget one run spends: ε (the study's [privacy] budgets are charged with it).
+        #[arg(long)]
+        epsilon: f64,
+        /// Privacy budget one run spends: δ (above 0: the set of released cells is chosen
+        /// above a noisy threshold).
+        #[arg(long, default_value_t = 1e-7)]
+        delta: f64,
         /// Approval file to write.
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run an approved query.
-    Query {
-        /// The spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
-        /// The signed approval.
-        #[arg(long)]
-        approval: PathBuf,
+    /// Serve researchers' approved queries over HTTPS (the steward's query service): the only
+    /// process that opens batches; every released value is differentially private and charged
+    /// to the study's and the researcher's budgets.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        listen: std::net::SocketAddr,
+        /// TLS certificate chain (PEM).
+        #[arg(long, value_name = "FILE")]
+        tls_cert: PathBuf,
+        /// TLS private key (PEM).
+        #[arg(long, value_name = "FILE")]
+        tls_key: PathBuf,
         /// The signed study: FILE or ID, but it must be the signed study file (JSON, as
         /// `study sign` writes it); an id alone is refused.
         #[arg(long, value_name = "FILE or ID")]
@@ -111,14 +124,29 @@ enum Cmd {
         /// (`#` comments; `cat steward.key.pub >> approvers` adds a steward).
         #[arg(long, value_name = "FILE")]
         approvers: PathBuf,
-        #[command(flatten)]
-        ledger: LedgerArgs,
-        /// Write the table (.csv, .json or .parquet); may be repeated.
+        /// Researchers file: one `name base64-public-key` line per registered researcher
+        /// (`datadonor-research keygen` prints the line).
+        #[arg(long, value_name = "FILE")]
+        researchers: PathBuf,
+        /// Intake base URL (https://...): the ledger is read from it and verified.
         #[arg(long)]
-        out: Vec<PathBuf>,
-        /// Draw a bar chart (SVG).
+        ledger: String,
+        /// Auditor bearer token (or @FILE).
         #[arg(long)]
-        plot: Option<PathBuf>,
+        auditor_token: String,
+        /// Analytics bearer token for POST /v1/ledger/events (or @FILE).
+        #[arg(long)]
+        analytics_token: String,
+        /// CA certificate(s) of the intake (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// File holding the ledger's signed-note verifier key (vkey); pinned on first use
+        /// in the state directory when absent.
+        #[arg(long)]
+        ledger_vkey: Option<PathBuf>,
+        /// Directory keeping the last verified checkpoint and the journal of reserved runs.
+        #[arg(long, default_value = ".datadonor-query-service")]
+        state_dir: PathBuf,
     },
     /// Rewrite sealed batches without withdrawn donors' rows and log the erasures.
     Compact {
@@ -575,8 +603,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             valid_days,
             max_runs,
             study,
+            epsilon,
+            delta,
             out,
         } => {
+            let privacy = datadonor_schemas::privacy::PrivacySpend { epsilon, delta };
+            privacy
+                .validate()
+                .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
             let file = load_spec(&spec)?;
             let q = &file.spec;
             if researcher != q.researcher {
@@ -606,7 +640,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 not_before: now,
                 not_after: now + i64::from(valid_days) * 86_400,
                 max_runs,
-                privacy: None,
+                privacy: Some(privacy),
             };
             write_new(&out, &a.sign(&key).to_bytes())?;
             eprintln!(
@@ -619,52 +653,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 audit::plural(u64::from(max_runs), "run", "runs")
             );
         }
-        Cmd::Query {
-            spec,
-            approval,
+        Cmd::Serve {
+            listen,
+            tls_cert,
+            tls_key,
             study,
             batches,
             vault_key,
             approvers,
+            researchers,
             ledger,
-            out,
-            plot,
+            auditor_token,
+            analytics_token,
+            ca,
+            ledger_vkey,
+            state_dir,
         } => {
             let approvers_keys = load_approvers(&approvers)?;
-            let file = load_spec(&spec)?;
-            let approval_bytes = std::fs::read(&approval)
-                .with_context(|| format!("reading {}", approval.display()))?;
-            let approval_obj = SignedObject::from_bytes(&approval_bytes)
-                .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", approval.display())))?;
-            let study_bytes = study_file(&study, "query")?;
+            let study_bytes = study_file(&study, "serve")?;
             let def = open_study(&study_bytes, &approvers_keys)?;
-            file.validate(&def)?;
-            let vault = VaultKey::load(&vault_key)?;
-            let store = BatchStore::open(&batches)?;
-            let (view, sink) = open_ledger(&ledger, true)?;
-            let inputs = QueryInputs {
-                spec: &file.spec,
-                approval: &approval_obj,
-                study: &def,
-                approvers: &approvers_keys,
-                now: now(&ledger),
+            let args = LedgerArgs {
+                ledger: Some(ledger),
+                auditor_token: Some(auditor_token),
+                analytics_token: Some(analytics_token),
+                ca: Some(ca),
+                ledger_file: None,
+                ledger_checkpoint: None,
+                ledger_vkey,
+                state_dir: state_dir.clone(),
+                now: None,
             };
-            let outcome = run_query(&inputs, &view, &store, &vault, sink.as_ref())?;
-            print!("{}", output::render_text(&outcome.table));
-            for o in &out {
-                output::write_by_extension(&outcome.table, o)?;
-                eprintln!("wrote {}", o.display());
-            }
-            if let Some(p) = plot {
-                output::plot_svg(&outcome.table, &p)?;
-                eprintln!("wrote {} (plot)", p.display());
-            }
-            eprintln!(
-                "logged query_run at ledger index {} ({} cells published, {} suppressed)",
-                outcome.appended.index,
-                outcome.table.cells_published(),
-                outcome.table.cells_suppressed()
-            );
+            let (mut http, verifier) = http_ledger(&args, true)?;
+            http.set_verifiers(vec![verifier.clone()]);
+            let parts = ServiceParts {
+                study: def,
+                approvers: approvers_keys,
+                researchers: Researchers::load(&researchers)?,
+                vault: VaultKey::load(&vault_key)?,
+                store: BatchStore::open(&batches)?,
+                ledger: Box::new(VerifiedLedger {
+                    source: http,
+                    verifiers: vec![verifier],
+                    state_dir: state_dir.clone(),
+                }),
+                state_dir,
+                clock: std::sync::Arc::new(datadonor_schemas::time::SystemClock),
+            };
+            let svc = std::sync::Arc::new(QueryService::new(parts)?);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let running = service::start(svc, listen, &tls_cert, &tls_key).await?;
+                eprintln!("query service listening on {}", running.base_url());
+                let _ = tokio::signal::ctrl_c().await;
+                running.shutdown().await;
+                Ok::<(), anyhow::Error>(())
+            })?;
         }
         Cmd::Compact {
             batches,

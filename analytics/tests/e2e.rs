@@ -369,6 +369,7 @@ fn approval_refusals() {
         not_before: NOW - 10,
         not_after: NOW + 10,
         max_runs: 5,
+        privacy: None,
     };
     let e = run(&w, &s, &foreign.sign(&other)).expect_err("unknown approver");
     assert!(e.to_string().contains("not a trusted steward key"), "{e}");

@@ -1141,6 +1141,7 @@ impl Research {
             not_before,
             not_after,
             max_runs: 10,
+            privacy: None,
         }
         .sign(&self.steward)
     }
