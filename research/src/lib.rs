@@ -5,10 +5,13 @@
 //! [`QueryRequest`] carrying both, sends it over TLS 1.3 to the query service, and renders the
 //! differentially private [`ReleasedTable`] the service answers with ([`output`]).
 //!
-//! **Invariant:** this crate links no code that opens a sealed batch and takes no vault key. It
-//! depends on the protocol crate and ordinary libraries only (no analytics engine, no HPKE, no
-//! AES-GCM), so nothing a researcher runs can read donors' records: all a researcher can obtain is
-//! what the service releases, with the privacy budget charged for it.
+//! **Invariant:** the client links no code that opens a sealed batch and takes no vault key.
+//! Its dependencies are the protocol crate and ordinary libraries: no analytics engine, no
+//! polars, no HPKE or AES-GCM crate of its own. (The protocol crate defines the envelope and
+//! batch formats, and with them the routines that open an envelope *given the vault's private
+//! key*; this crate never calls them and never reads such a key, so the linker leaves them out
+//! and all a researcher can obtain is what the service releases, with the budget charged for it.)
+//! The test `tests/invariant.rs` checks the dependency list and the sources.
 #![forbid(unsafe_code)]
 
 pub mod output;
