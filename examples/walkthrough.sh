@@ -40,15 +40,16 @@ wait_port() {
     return 1
 }
 
-# Three consecutive free ports for the pseudonymiser instances (init-local writes their addresses into the
-# configuration the study embeds, so they are fixed before the instances start).
+# Four consecutive free ports: three for the pseudonymiser instances (init-local writes their addresses
+# into the configuration the study embeds, so they are fixed before the instances start), one for the
+# steward's query service.
 BASE=$(python3 - <<'PY'
 import random, socket
 for _ in range(200):
     base = random.randrange(20000, 60000)
     socks = []
     try:
-        for port in range(base, base + 3):
+        for port in range(base, base + 4):
             s = socket.socket()
             s.bind(("127.0.0.1", port))
             socks.append(s)
@@ -60,7 +61,7 @@ for _ in range(200):
     print(base)
     break
 else:
-    raise SystemExit("no three consecutive free ports")
+    raise SystemExit("no four consecutive free ports")
 PY
 )
 
@@ -110,16 +111,31 @@ run datadonor verify --keystore "$KS" --ca "$I/tls/ca.pem" "$RECEIPT"
 step "Donor: withdraw"
 run datadonor withdraw --keystore "$KS" --study t2d-dk --intake "$INTAKE" --ca "$I/tls/ca.pem"
 
-step "Steward: approve the example query"
+step "Researcher: a signing key, registered with the steward"
+run datadonor-research keygen --name researcher@sdu.example --out "$WORK/researcher.key"
+echo "researcher@sdu.example $(cat "$WORK/researcher.key.pub")" > "$WORK/researchers"
+
+step "Steward: approve the example query (each run spends epsilon = 5 of the researcher's budget of 6)"
 LEDGER=(--ledger "$INTAKE" --auditor-token "@$I/auditor.token" --ca "$I/tls/ca.pem" --state-dir "$WORK/analytics-state")
 run datadonor-analytics approve --spec examples/t2d-query.toml --key "$I/steward/steward.key" \
-    --researcher researcher@sdu.example --valid-days 30 --max-runs 3 --study "$I/studies/t2d-dk.json" \
-    --out "$WORK/q.approval"
+    --researcher researcher@sdu.example --valid-days 30 --max-runs 3 --epsilon 5 --delta 5e-6 \
+    --study "$I/studies/t2d-dk.json" --out "$WORK/q.approval"
 
-step "Researcher: run it over the sealed batches"
-run datadonor-analytics query --spec examples/t2d-query.toml --approval "$WORK/q.approval" \
-    --study "$I/studies/t2d-dk.json" --approvers "$I/steward/steward.key.pub" --batches "$I/batches/t2d-dk" \
-    --vault-key "$I/vault-private/vault.key" "${LEDGER[@]}" --analytics-token "@$I/analytics.token" \
+QS_PORT=$((BASE + 3))
+step "Steward: start the query service on 127.0.0.1:$QS_PORT (the only process holding the vault key)"
+printf '+ %s &\n' "datadonor-analytics serve --listen 127.0.0.1:$QS_PORT ..."
+# The demo's TLS certificate (for localhost and 127.0.0.1) serves the query service too.
+datadonor-analytics serve --listen "127.0.0.1:$QS_PORT" --tls-cert "$I/tls/server.pem" --tls-key "$I/tls/server.key" \
+    --study "$I/studies/t2d-dk.json" --batches "$I/batches/t2d-dk" --vault-key "$I/vault-private/vault.key" \
+    --approvers "$I/steward/steward.key.pub" --researchers "$WORK/researchers" \
+    --ledger "$INTAKE" --auditor-token "@$I/auditor.token" --analytics-token "@$I/analytics.token" \
+    --ca "$I/tls/ca.pem" --state-dir "$WORK/query-service" 2>"$WORK/query-service.log" &
+PIDS+=($!)
+wait_port "$QS_PORT" "$!"
+
+step "Researcher: run it through the query service (a differentially private table comes back)"
+run datadonor-research query --service "https://127.0.0.1:$QS_PORT" --ca "$I/tls/ca.pem" \
+    --key "$WORK/researcher.key" --spec examples/t2d-query.toml --approval "$WORK/q.approval" \
     --out "$WORK/q.csv" --plot "$WORK/q.svg"
 
 step "Steward: compact (erase withdrawn donors' rows, merge small batches)"

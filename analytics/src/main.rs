@@ -14,11 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use datadonor_analytics::audit;
 use datadonor_analytics::compact::{compact, CompactOptions};
 use datadonor_analytics::keys::{generate_steward_key, load_approvers, load_steward_key};
+use datadonor_analytics::ledger::VerifiedLedger;
 use datadonor_analytics::ledger::{
     verify_ledger, LedgerError, LedgerSink, LedgerSource, LedgerView, LocalLedgerFile,
 };
 use datadonor_analytics::ledger_http::HttpLedger;
-use datadonor_analytics::ledger::VerifiedLedger;
 use datadonor_analytics::query::{load_spec, open_study};
 use datadonor_analytics::service::{self, QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;

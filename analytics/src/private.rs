@@ -87,7 +87,11 @@ pub fn check_spec(spec: &QuerySpec) -> Result<(), AnalyticsError> {
 
 /// The smallest noise scale at least `sensitivity / epsilon` whose privacy map stays within
 /// `epsilon` (the maps round up).
-fn scale_for(epsilon: f64, sensitivity: f64, map: impl Fn(f64) -> Result<f64, AnalyticsError>) -> Result<f64, AnalyticsError> {
+fn scale_for(
+    epsilon: f64,
+    sensitivity: f64,
+    map: impl Fn(f64) -> Result<f64, AnalyticsError>,
+) -> Result<f64, AnalyticsError> {
     let mut scale = sensitivity / epsilon;
     for _ in 0..64 {
         if map(scale)? <= epsilon {
@@ -105,9 +109,22 @@ fn key_string(key: &CellKey) -> String {
 }
 
 /// A noisy vector of counts (discrete Laplace); the noise scale and its ε.
-fn noisy_counts(values: &[i64], l1: i64, epsilon: f64) -> Result<(Vec<i64>, f64, f64), AnalyticsError> {
-    let make = |scale: f64| -> Result<Measurement<VectorDomain<AtomDomain<i64>>, L1Distance<i64>, MaxDivergence, Vec<i64>>, AnalyticsError> {
-        make_laplace(VectorDomain::new(AtomDomain::<i64>::default()), L1Distance::<i64>::default(), scale, None).map_err(dp)
+fn noisy_counts(
+    values: &[i64],
+    l1: i64,
+    epsilon: f64,
+) -> Result<(Vec<i64>, f64, f64), AnalyticsError> {
+    let make = |scale: f64| -> Result<
+        Measurement<VectorDomain<AtomDomain<i64>>, L1Distance<i64>, MaxDivergence, Vec<i64>>,
+        AnalyticsError,
+    > {
+        make_laplace(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L1Distance::<i64>::default(),
+            scale,
+            None,
+        )
+        .map_err(dp)
     };
     let scale = scale_for(epsilon, l1 as f64, |s| make(s)?.map(&l1).map_err(dp))?;
     let m = make(scale)?;
@@ -116,9 +133,22 @@ fn noisy_counts(values: &[i64], l1: i64, epsilon: f64) -> Result<(Vec<i64>, f64,
 }
 
 /// A noisy vector of sums (Laplace on the finest float grid); the noise scale and its ε.
-fn noisy_sums(values: &[f64], l1: f64, epsilon: f64) -> Result<(Vec<f64>, f64, f64), AnalyticsError> {
-    let make = |scale: f64| -> Result<Measurement<VectorDomain<AtomDomain<f64>>, L1Distance<f64>, MaxDivergence, Vec<f64>>, AnalyticsError> {
-        make_laplace(VectorDomain::new(AtomDomain::<f64>::new_non_nan()), L1Distance::<f64>::default(), scale, None).map_err(dp)
+fn noisy_sums(
+    values: &[f64],
+    l1: f64,
+    epsilon: f64,
+) -> Result<(Vec<f64>, f64, f64), AnalyticsError> {
+    let make = |scale: f64| -> Result<
+        Measurement<VectorDomain<AtomDomain<f64>>, L1Distance<f64>, MaxDivergence, Vec<f64>>,
+        AnalyticsError,
+    > {
+        make_laplace(
+            VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+            L1Distance::<f64>::default(),
+            scale,
+            None,
+        )
+        .map_err(dp)
     };
     let scale = scale_for(epsilon, l1, |s| make(s)?.map(&l1).map_err(dp))?;
     let m = make(scale)?;
@@ -146,7 +176,10 @@ fn threshold_counts(
     let d_in = (cells_per_donor, c, 1i64);
     let make = |scale: f64, threshold: i64| -> Result<M, AnalyticsError> {
         make_laplace_threshold(
-            MapDomain::new(AtomDomain::<String>::default(), AtomDomain::<i64>::default()),
+            MapDomain::new(
+                AtomDomain::<String>::default(),
+                AtomDomain::<i64>::default(),
+            ),
             L0PInfDistance(AbsoluteDistance::<i64>::default()),
             scale,
             threshold,
@@ -155,9 +188,12 @@ fn threshold_counts(
         .map_err(dp)
     };
     let floor = min_threshold.max(2);
-    let scale = scale_for(epsilon, c as f64, |s| Ok(make(s, floor)?.map(&d_in).map_err(dp)?.0))?;
+    let scale = scale_for(epsilon, c as f64, |s| {
+        Ok(make(s, floor)?.map(&d_in).map_err(dp)?.0)
+    })?;
     // The smallest threshold whose δ fits (δ falls as the threshold rises).
-    let delta_at = |t: i64| -> Result<f64, AnalyticsError> { Ok(make(scale, t)?.map(&d_in).map_err(dp)?.1) };
+    let delta_at =
+        |t: i64| -> Result<f64, AnalyticsError> { Ok(make(scale, t)?.map(&d_in).map_err(dp)?.1) };
     let mut hi = floor;
     while delta_at(hi)? > delta {
         hi = hi.checked_mul(2).ok_or_else(|| {
@@ -180,9 +216,17 @@ fn threshold_counts(
 
 /// A DP quantile of `values` over candidates evenly covering `[min, max]`; the value, the
 /// scale and ε.
-fn private_quantile(values: &[f64], q: f64, min: f64, max: f64, epsilon: f64) -> Result<(f64, f64, f64), AnalyticsError> {
+fn private_quantile(
+    values: &[f64],
+    q: f64,
+    min: f64,
+    max: f64,
+    epsilon: f64,
+) -> Result<(f64, f64, f64), AnalyticsError> {
     let step = (max - min) / (QUANTILE_CANDIDATES - 1) as f64;
-    let candidates: Vec<f64> = (0..QUANTILE_CANDIDATES).map(|i| min + step * i as f64).collect();
+    let candidates: Vec<f64> = (0..QUANTILE_CANDIDATES)
+        .map(|i| min + step * i as f64)
+        .collect();
     let make = |scale: f64| {
         make_private_quantile(
             VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
@@ -235,7 +279,11 @@ pub fn release(
     let t = tables.len() as f64;
     let mut measures: Vec<Measure> = Vec::new();
     if !spec.measures.iter().any(|m| m.op == MeasureOp::Donors) {
-        measures.push(Measure { op: MeasureOp::Donors, field: None, q: None });
+        measures.push(Measure {
+            op: MeasureOp::Donors,
+            field: None,
+            q: None,
+        });
     }
     measures.extend(spec.measures.iter().cloned());
     let per_table_mechs = 1 + measures.iter().map(mechanisms).sum::<usize>();
@@ -243,8 +291,16 @@ pub fn release(
     let delta_table = spend.delta / t;
     let c = policy.max_cells_per_donor;
     let donor_mean = spec.contribution == Contribution::DonorMean;
-    let l = if donor_mean { 1 } else { u64::from(policy.max_rows_per_cell) };
-    let field_index = |m: &Measure| m.field.as_ref().and_then(|n| cube.fields.iter().position(|f| &f.name == n));
+    let l = if donor_mean {
+        1
+    } else {
+        u64::from(policy.max_rows_per_cell)
+    };
+    let field_index = |m: &Measure| {
+        m.field
+            .as_ref()
+            .and_then(|n| cube.fields.iter().position(|f| &f.name == n))
+    };
 
     let mut columns: Vec<ReleasedColumn> = measures
         .iter()
@@ -290,12 +346,16 @@ pub fn release(
             .collect();
         let (released, scale, _threshold, (e, dl)) =
             threshold_counts(counts, c, eps_mech, delta_table, i64::from(k))?;
-        spent = spent.plus(PrivacySpend { epsilon: e, delta: dl });
+        spent = spent.plus(PrivacySpend {
+            epsilon: e,
+            delta: dl,
+        });
         let kept: Vec<(&CellKey, &Vec<&DonorCell>, i64)> = cells
             .iter()
             .filter_map(|(key, ds)| released.get(&key_string(key)).map(|n| (*key, ds, *n)))
             .collect();
-        let count_err = discrete_laplacian_scale_to_accuracy(scale, 1.0 - CONFIDENCE).map_err(dp)?;
+        let count_err =
+            discrete_laplacian_scale_to_accuracy(scale, 1.0 - CONFIDENCE).map_err(dp)?;
         let mut values: Vec<Vec<Option<f64>>> = kept.iter().map(|_| Vec::new()).collect();
         let mut errors: Vec<Vec<Option<f64>>> = kept.iter().map(|_| Vec::new()).collect();
         for (ci, m) in measures.iter().enumerate() {
@@ -316,10 +376,14 @@ pub fn release(
                         .collect();
                     let l1 = (l * u64::from(c)) as i64;
                     let (noisy, s, eps) = noisy_counts(&exact, l1, eps_mech)?;
-                    spent = spent.plus(PrivacySpend { epsilon: eps, delta: 0.0 });
+                    spent = spent.plus(PrivacySpend {
+                        epsilon: eps,
+                        delta: 0.0,
+                    });
                     col.noise_scale = s;
                     col.epsilon = eps;
-                    let err = discrete_laplacian_scale_to_accuracy(s, 1.0 - CONFIDENCE).map_err(dp)?;
+                    let err =
+                        discrete_laplacian_scale_to_accuracy(s, 1.0 - CONFIDENCE).map_err(dp)?;
                     for (i, v) in noisy.iter().enumerate() {
                         values[i].push(Some((*v).max(0) as f64));
                         errors[i].push(Some(err));
@@ -346,7 +410,10 @@ pub fn release(
                     let l1s = (l * u64::from(c)) as f64 * half;
                     let (nn, bn, en) = noisy_counts(&n, l1n, eps_mech)?;
                     let (ns, bs, es) = noisy_sums(&s, l1s, eps_mech)?;
-                    spent = spent.plus(PrivacySpend { epsilon: en + es, delta: 0.0 });
+                    spent = spent.plus(PrivacySpend {
+                        epsilon: en + es,
+                        delta: 0.0,
+                    });
                     col.noise_scale = bs;
                     col.epsilon = en + es;
                     let z = 1.959_963_984_540_054;
@@ -385,7 +452,10 @@ pub fn release(
                         errors[i].push(None);
                     }
                     let eps = eps_max * f64::from(c);
-                    spent = spent.plus(PrivacySpend { epsilon: eps, delta: 0.0 });
+                    spent = spent.plus(PrivacySpend {
+                        epsilon: eps,
+                        delta: 0.0,
+                    });
                     col.epsilon = eps;
                 }
                 _ => {

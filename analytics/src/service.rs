@@ -51,8 +51,8 @@ use datadonor_schemas::study::StudyDefinition;
 use datadonor_schemas::time::{Clock, UnixSeconds};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::ServiceLedger;
 use crate::engine::QueryEngine;
+use crate::ledger::ServiceLedger;
 use crate::private;
 use crate::query::aggregate_store_cube;
 use crate::store::BatchStore;
@@ -246,7 +246,11 @@ impl Journal {
 }
 
 /// What the ledger says was spent (runs logged there, from this or an earlier service).
-fn ledger_spent(entries: &[LedgerEntry], study: &StudyDefinition, researcher: Option<&str>) -> PrivacySpend {
+fn ledger_spent(
+    entries: &[LedgerEntry],
+    study: &StudyDefinition,
+    researcher: Option<&str>,
+) -> PrivacySpend {
     entries
         .iter()
         .filter_map(|e| match e {
@@ -370,7 +374,11 @@ impl QueryService {
         let mut seen = self.seen.lock().map_err(|_| internal("request ids"))?;
         seen.retain(|_, t| *t > now - 2 * REQUEST_SKEW_SECS);
         if seen.insert(req.request_id, req.time).is_some() {
-            return Err(Problem::new(409, "replayed-request", "this request id was seen before"));
+            return Err(Problem::new(
+                409,
+                "replayed-request",
+                "this request id was seen before",
+            ));
         }
         Ok((req, name))
     }
@@ -384,7 +392,10 @@ impl QueryService {
             return Err(Problem::new(
                 403,
                 "wrong-researcher",
-                format!("the spec names researcher {:?}; the request is signed by {name:?}", spec.researcher),
+                format!(
+                    "the spec names researcher {:?}; the request is signed by {name:?}",
+                    spec.researcher
+                ),
             ));
         }
         spec.validate(&self.study)
@@ -397,16 +408,25 @@ impl QueryService {
         let entries: Vec<LedgerEntry> = view.all().cloned().collect();
         let approval_digest = req.approval.payload_digest();
         let approval_hex = hex::encode(approval_digest);
-        let policy = self.study.privacy.ok_or_else(|| internal("no privacy policy"))?;
+        let policy = self
+            .study
+            .privacy
+            .ok_or_else(|| internal("no privacy policy"))?;
         // Reserve under the lock: approval runs and budgets are read and charged in one step.
         let (spend, run_privacy, now) = {
             let mut journal = self.journal.lock().map_err(|_| internal("journal"))?;
             let now = self.clock.now();
-            let runs = view.runs_of(&approval_digest).max(journal.runs_of(&approval_hex));
+            let runs = view
+                .runs_of(&approval_digest)
+                .max(journal.runs_of(&approval_hex));
             let approval = check_approval(&req.approval, &spec, &self.approvers, now, runs)
                 .map_err(|e| Problem::new(403, "not-approved", e.to_string()))?;
             if approval.body.study_id != self.study.id {
-                return Err(Problem::new(403, "not-approved", "the approval is for another study"));
+                return Err(Problem::new(
+                    403,
+                    "not-approved",
+                    "the approval is for another study",
+                ));
             }
             let spend = approval.body.privacy.ok_or_else(|| {
                 Problem::new(
@@ -415,7 +435,10 @@ impl QueryService {
                     "the approval states no privacy spend (epsilon, delta) for a run",
                 )
             })?;
-            let study_spent = max_spend(journal.spent(None), ledger_spent(&entries, &self.study, None));
+            let study_spent = max_spend(
+                journal.spent(None),
+                ledger_spent(&entries, &self.study, None),
+            );
             let researcher_spent = max_spend(
                 journal.spent(Some(&name)),
                 ledger_spent(&entries, &self.study, Some(&name)),
@@ -478,7 +501,10 @@ impl QueryService {
 
     /// The budgets and what is spent of them, for the study and (if given) one researcher.
     pub fn budget(&self, researcher: Option<&str>) -> Result<serde_json::Value, Problem> {
-        let policy = self.study.privacy.ok_or_else(|| internal("no privacy policy"))?;
+        let policy = self
+            .study
+            .privacy
+            .ok_or_else(|| internal("no privacy policy"))?;
         let journal = self.journal.lock().map_err(|_| internal("journal"))?;
         let study = journal.spent(None);
         let mut v = serde_json::json!({
@@ -513,8 +539,12 @@ fn engine_problem(e: AnalyticsError) -> Problem {
 
 async fn queries(State(svc): State<Arc<QueryService>>, body: Bytes) -> Response {
     if body.len() > MAX_REQUEST_LEN {
-        return Problem::new(413, "body-too-large", format!("the limit is {MAX_REQUEST_LEN} bytes"))
-            .into_response();
+        return Problem::new(
+            413,
+            "body-too-large",
+            format!("the limit is {MAX_REQUEST_LEN} bytes"),
+        )
+        .into_response();
     }
     let result = tokio::task::spawn_blocking(move || svc.run(&body)).await;
     match result {

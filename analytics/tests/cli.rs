@@ -94,6 +94,8 @@ fn approve(s: &Setup, spec: &str, key: &str, days: &str, runs: &str, out: &str) 
             days,
             "--max-runs",
             runs,
+            "--epsilon",
+            "1",
             "--study",
             &s.s("t.json"),
             "--out",
@@ -102,139 +104,9 @@ fn approve(s: &Setup, spec: &str, key: &str, days: &str, runs: &str, out: &str) 
     );
 }
 
-fn query(s: &Setup, spec: &str, approval: &str, extra: &[&str]) -> (i32, String, String) {
-    let mut args = vec![
-        "query".to_string(),
-        "--spec".into(),
-        spec.into(),
-        "--approval".into(),
-        s.s(approval),
-        "--study".into(),
-        s.s("t.json"),
-        "--batches".into(),
-        s.s("batches"),
-        "--vault-key".into(),
-        s.s("vault.key"),
-        "--approvers".into(),
-        s.s("approvers"),
-        "--ledger-file".into(),
-        s.s("ledger.log"),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(s, &refs)
-}
-
-const WARN: &str =
-    "datadonor-analytics: warning: <TMP>/ledger.log is not checked against a signed checkpoint\n";
-
-#[test]
-fn query_runs_writes_outputs_and_then_runs_out() {
-    let s = setup();
-    approve(&s, &s.s("q.toml"), "steward.key", "30", "1", "q.approval");
-    let (code, stdout, stderr) = query(
-        &s,
-        &s.s("q.toml"),
-        "q.approval",
-        &[
-            "--out",
-            &s.s("x.csv"),
-            "--out",
-            &s.s("x.json"),
-            "--out",
-            &s.s("x.parquet"),
-            "--plot",
-            &s.s("x.svg"),
-        ],
-    );
-    assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stdout.starts_with("HbA1c and BMI by region and type 2 diabetes\nregion"),
-        "{stdout}"
-    );
-    assert!(stderr.starts_with(WARN), "{stderr}");
-    assert!(
-        stderr.contains("logged query_run at ledger index 60"),
-        "{stderr}"
-    );
-    for f in ["x.csv", "x.json", "x.parquet", "x.svg"] {
-        assert!(
-            s.p(f).metadata().map(|m| m.len() > 0).unwrap_or(false),
-            "{f} written"
-        );
-    }
-    // It says what it wrote.
-    assert!(
-        stderr.contains(
-            "wrote <TMP>/x.csv\nwrote <TMP>/x.json\nwrote <TMP>/x.parquet\nwrote <TMP>/x.svg (plot)\n"
-        ),
-        "{stderr}"
-    );
-    // No float noise in the CSV: values are rounded to 6 significant digits (means of HbA1c
-    // and BMI: at most 4 decimals).
-    let csv = std::fs::read_to_string(s.p("x.csv")).expect("csv");
-    for field in csv.lines().skip(1).flat_map(|l| l.split(',')) {
-        if let (Ok(_), Some((_, decimals))) = (field.parse::<f64>(), field.split_once('.')) {
-            assert!(decimals.len() <= 4, "{field} in {csv}");
-        }
-    }
-    // max_runs = 1: the run logged in the ledger file uses it up.
-    let (code, _, stderr) = query(&s, &s.s("q.toml"), "q.approval", &[]);
-    assert_eq!(code, 3);
-    assert_eq!(
-        stderr,
-        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approval allows 1 run, already used\n")
-    );
-}
-
 #[test]
 fn refusals_have_one_line_reasons() {
     let s = setup();
-    approve(&s, &s.s("q.toml"), "steward.key", "30", "5", "q.approval");
-    // spec changed by one byte
-    std::fs::write(s.p("q2.toml"), QUERY.replace("k = 5", "k = 6")).expect("write");
-    let (code, _, stderr) = query(&s, &s.s("q2.toml"), "q.approval", &[]);
-    assert_eq!(code, 3);
-    assert_eq!(
-        stderr,
-        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: the spec differs from the one approved (query hash mismatch)\n")
-    );
-    // expired
-    approve(
-        &s,
-        &s.s("q.toml"),
-        "steward.key",
-        "0",
-        "5",
-        "expired.approval",
-    );
-    let (code, _, stderr) = query(&s, &s.s("q.toml"), "expired.approval", &[]);
-    assert_eq!(code, 3);
-    assert_eq!(stderr, format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approval has expired\n"));
-    // unknown approver (the study is signed by the trusted steward, the approval is not)
-    std::fs::copy(s.p("t.json"), s.p("t.json.bak")).expect("copy");
-    ok(
-        &s,
-        &[
-            "study",
-            "sign",
-            "--study",
-            &s.s("t.toml"),
-            "--key",
-            &s.s("other.key"),
-            "--out",
-            &s.s("t-other.json"),
-        ],
-    );
-    std::fs::rename(s.p("t-other.json"), s.p("t.json")).expect("swap");
-    approve(&s, &s.s("q.toml"), "other.key", "30", "5", "other.approval");
-    std::fs::rename(s.p("t.json.bak"), s.p("t.json")).expect("restore");
-    let (code, _, stderr) = query(&s, &s.s("q.toml"), "other.approval", &[]);
-    assert_eq!(code, 3);
-    assert_eq!(
-        stderr,
-        format!("{WARN}datadonor-analytics: refused: approval does not cover this run: approver key is not a trusted steward key\n")
-    );
     // min / max and grouping by pseudonym
     for (text, reason) in [
         (
@@ -286,6 +158,8 @@ fn refusals_have_one_line_reasons() {
                 "3",
                 "--max-runs",
                 "1",
+                "--epsilon",
+                "1",
                 "--study",
                 &s.s("t.json"),
                 "--out",
@@ -295,10 +169,6 @@ fn refusals_have_one_line_reasons() {
         assert_eq!(code, 3);
         // Errors name the file, the line and the key.
         let refusal = format!("datadonor-analytics: refused: <TMP>/bad.toml:{reason}\n");
-        assert_eq!(stderr, refusal);
-        // ... and so does query, whatever the approval, before it reads any batch or ledger.
-        let (code, _, stderr) = query(&s, &s.s("bad.toml"), "q.approval", &[]);
-        assert_eq!(code, 3);
         assert_eq!(stderr, refusal);
     }
     // purpose mismatch between the researcher flag and the spec is refused at approval time
@@ -316,6 +186,8 @@ fn refusals_have_one_line_reasons() {
             "3",
             "--max-runs",
             "1",
+            "--epsilon",
+            "1",
             "--out",
             &s.s("x.approval"),
         ],
@@ -327,7 +199,26 @@ fn refusals_have_one_line_reasons() {
     );
     // a spec that does not parse names the file, line and key
     std::fs::write(s.p("broken.toml"), QUERY.replace("k = 5", "k = \"five\"")).expect("write");
-    let (code, _, stderr) = query(&s, &s.s("broken.toml"), "q.approval", &[]);
+    let (code, _, stderr) = run(
+        &s,
+        &[
+            "approve",
+            "--spec",
+            &s.s("broken.toml"),
+            "--key",
+            &s.s("steward.key"),
+            "--researcher",
+            "researcher@sdu.example",
+            "--valid-days",
+            "3",
+            "--max-runs",
+            "1",
+            "--epsilon",
+            "1",
+            "--out",
+            &s.s("broken.approval"),
+        ],
+    );
     assert_eq!(code, 3);
     assert!(
         stderr.starts_with(
@@ -336,30 +227,6 @@ fn refusals_have_one_line_reasons() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    // no ledger given
-    let (code, _, stderr) = run(
-        &s,
-        &[
-            "query",
-            "--spec",
-            &s.s("q.toml"),
-            "--approval",
-            &s.s("q.approval"),
-            "--study",
-            &s.s("t.json"),
-            "--batches",
-            &s.s("batches"),
-            "--vault-key",
-            &s.s("vault.key"),
-            "--approvers",
-            &s.s("approvers"),
-        ],
-    );
-    assert_eq!(code, 1);
-    assert_eq!(
-        stderr,
-        "datadonor-analytics: error: one of --ledger URL or --ledger-file PATH is required\n"
-    );
     // nothing was logged by any refusal
     let _ = Path::new("");
 }
@@ -367,7 +234,7 @@ fn refusals_have_one_line_reasons() {
 #[test]
 fn usage_errors_exit_2() {
     let s = setup();
-    let (code, _, stderr) = run(&s, &["query", "--spec"]);
+    let (code, _, stderr) = run(&s, &["approve", "--spec"]);
     assert_eq!(code, 2);
     assert!(
         stderr.contains("error: a value is required for '--spec <SPEC>'"),
@@ -391,11 +258,14 @@ fn help_says_what_the_key_and_approvers_files_hold() {
         ),
         "{approve}"
     );
-    let query = help(&["query", "--help"]);
+    let serve = help(&["serve", "--help"]);
     assert!(
-        query.contains("--approvers <FILE> Approvers file of the trusted approver keys: one base64 Ed25519 public key per line"),
-        "{query}"
+        serve.contains("--approvers <FILE> Approvers file of the trusted approver keys: one base64 Ed25519 public key per line"),
+        "{serve}"
     );
+    // The researcher's run is not a command of the steward's tool.
+    let (code, _, _) = run(&s, &["query", "--help"]);
+    assert_eq!(code, 2);
 }
 
 #[test]
@@ -477,6 +347,8 @@ fn approve_and_keygen_say_what_they_wrote() {
             "--valid-days",
             "30",
             "--max-runs",
+            "1",
+            "--epsilon",
             "1",
             "--study",
             &s.s("t.json"),
@@ -589,6 +461,8 @@ fn study_is_a_file_or_an_id_everywhere() {
             "--valid-days",
             "30",
             "--max-runs",
+            "1",
+            "--epsilon",
             "1",
             "--study",
             "t2d-dk",

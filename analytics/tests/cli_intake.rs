@@ -1,4 +1,5 @@
-//! The steward's, researcher's and auditor's commands of README's "Running the parts by hand",
+//! The steward's and auditor's commands of README's "Running the parts by hand" (the researcher's
+//! run through the query service is in `examples/walkthrough.sh` and `tests/service.rs`),
 //! run as the `datadonor-analytics` binary against a real intake over HTTPS: the demo steward
 //! key and tokens `init` wrote (`@FILE`), the dev CA, the ledger read through the auditor
 //! endpoints and the runs and erasures appended through `POST /v1/ledger/events`.
@@ -104,6 +105,8 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
         "30",
         "--max-runs",
         "3",
+        "--epsilon",
+        "1",
         "--study",
         &s(&d.join("studies/t2d-dk.json")),
         "--out",
@@ -111,36 +114,6 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
     ]))
     .await;
     ok("approve", &out);
-
-    // Researcher: the run is logged to the intake's ledger over HTTPS.
-    let mut query = args(&[
-        "query",
-        "--spec",
-        QUERY,
-        "--approval",
-        &s(&w("q.approval")),
-        "--study",
-        &s(&d.join("studies/t2d-dk.json")),
-        "--approvers",
-        &s(&d.join("steward/steward.key.pub")),
-        "--batches",
-        &s(&d.join("batches/t2d-dk")),
-        "--vault-key",
-        &s(&d.join("vault-private/vault.key")),
-        "--analytics-token",
-        &analytics_token,
-        "--out",
-        &s(&w("q.csv")),
-    ]);
-    query.extend(ledger_flags(&w("researcher")));
-    let (stdout, stderr) = ok("query", &analytics(query).await);
-    assert!(stdout.contains("HbA1c and BMI by region"), "{stdout}");
-    // 1 key rotation, then a consent and a donation each: the run is entry 13.
-    assert!(
-        stderr.contains("logged query_run at ledger index 13 ("),
-        "{stderr}"
-    );
-    assert!(w("q.csv").is_file());
 
     // A donor withdraws; the steward compacts: one erasure, logged.
     let withdrawal = donations[0].withdrawal(SystemClock.now());
@@ -170,22 +143,22 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
         "{stdout}"
     );
 
-    // Auditor: the log verifies and grew by the run, the withdrawal and the erasure; a second
+    // Auditor: the log verifies and grew by the withdrawal and the erasure; a second
     // audit checks consistency with the head the first one kept.
     let auditor = w("auditor");
     let mut log = args(&["audit", "log"]);
     log.extend(ledger_flags(&auditor));
     let (stdout, _) = ok("audit log", &analytics(log.clone()).await);
-    assert!(stdout.contains("size: 16\n"), "{stdout}");
+    assert!(stdout.contains("size: 15\n"), "{stdout}");
     assert!(stdout.contains("no previously verified head"), "{stdout}");
     let (stdout, _) = ok("audit log again", &analytics(log).await);
-    assert!(stdout.contains("size: 16\n"), "{stdout}");
+    assert!(stdout.contains("size: 15\n"), "{stdout}");
     assert!(!stdout.contains("no previously verified head"), "{stdout}");
 
     let mut queries = args(&["audit", "queries"]);
     queries.extend(ledger_flags(&auditor));
     let (stdout, _) = ok("audit queries", &analytics(queries).await);
-    assert!(stdout.contains("totals: 1 run (not checked"), "{stdout}");
+    assert!(stdout.contains("totals: 0 runs (not checked"), "{stdout}");
 
     let mut batches = args(&[
         "audit",

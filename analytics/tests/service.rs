@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datadonor_analytics::ledger::{verify_ledger, Appended, LedgerError, LedgerView, MemoryLedger, ServiceLedger};
+use datadonor_analytics::ledger::{
+    verify_ledger, Appended, LedgerError, LedgerView, MemoryLedger, ServiceLedger,
+};
 use datadonor_analytics::service::{Problem, QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{donor, grant};
@@ -115,7 +117,8 @@ fn service(w: &World) -> QueryService {
 fn donate(w: &World, ids: std::ops::Range<u32>, value: f64, rows: usize, batch: i64) {
     let mut donors = Vec::new();
     for i in ids.clone() {
-        w.ledger.push(&grant(&w.study, donor(i), &[EPI], NOW + 86_400));
+        w.ledger
+            .push(&grant(&w.study, donor(i), &[EPI], NOW + 86_400));
         for _ in 0..rows {
             donors.push(donor(i).to_hex());
         }
@@ -176,7 +179,13 @@ fn approve(w: &World, spec: &str, max_runs: u32, epsilon: f64, id: u8) -> Signed
     .sign(&w.steward)
 }
 
-fn request_with(key: &SigningKey, spec: &str, approval: &SignedObject, id: [u8; 16], time: i64) -> Vec<u8> {
+fn request_with(
+    key: &SigningKey,
+    spec: &str,
+    approval: &SignedObject,
+    id: [u8; 16],
+    time: i64,
+) -> Vec<u8> {
     SignedObject::sign(
         Context::QueryRequest,
         &QueryRequest {
@@ -218,12 +227,22 @@ fn a_one_run_approval_run_twice_at_once_publishes_once() {
                 s.spawn(move || svc.run(&body))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let ok = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(ok, 1, "{results:?}");
-    let refused = results.iter().find_map(|r| r.as_ref().err()).expect("one refused");
-    assert_eq!((refused.status, refused.kind), (403, "not-approved"), "{refused}");
+    let refused = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .expect("one refused");
+    assert_eq!(
+        (refused.status, refused.kind),
+        (403, "not-approved"),
+        "{refused}"
+    );
     assert_eq!(runs_logged(&w).len(), 1);
     // A restarted service still counts the reserved run (the journal is durable).
     drop(svc);
@@ -248,12 +267,16 @@ max_cells_per_donor = 1
     let approval = approve(&w, SPEC, 100, 1.0, 2);
     let mut left = Vec::new();
     for n in 0..2 {
-        let t = svc.run(&request(&w, SPEC, &approval, n)).expect("within budget");
+        let t = svc
+            .run(&request(&w, SPEC, &approval, n))
+            .expect("within budget");
         assert_eq!(t.privacy.epsilon, 1.0);
         left.push(t.privacy.researcher_epsilon_left);
     }
     assert_eq!(left, vec![1.5, 0.5]);
-    let e = svc.run(&request(&w, SPEC, &approval, 2)).expect_err("over budget");
+    let e = svc
+        .run(&request(&w, SPEC, &approval, 2))
+        .expect_err("over budget");
     assert_eq!((e.status, e.kind), (403, "over-budget"), "{e}");
     // Each run's ledger entry carries its spend and what is left.
     let logged = runs_logged(&w);
@@ -290,10 +313,17 @@ fn differencing_two_runs_gives_noise_of_the_stated_scale() {
     donate(&w, 60..61, 19.0, 2, 2);
     let mut after = Vec::new();
     for n in 0..pairs {
-        after.push(svc.run(&request(&w, SPEC, &approval, 100 + n)).expect("run"));
+        after.push(
+            svc.run(&request(&w, SPEC, &approval, 100 + n))
+                .expect("run"),
+        );
     }
     let col = |t: &ReleasedTable, name: &str| {
-        let i = t.columns.iter().position(|c| c.name == name).expect("column");
+        let i = t
+            .columns
+            .iter()
+            .position(|c| c.name == name)
+            .expect("column");
         t.rows[0].values[i].expect("value")
     };
     let scale = before[0].columns[0].noise_scale;
@@ -313,17 +343,29 @@ fn differencing_two_runs_gives_noise_of_the_stated_scale() {
         "variance of the differences {var}, expected about {expected}"
     );
     let exact = diffs.iter().filter(|d| (**d - 1.0).abs() < 1e-9).count();
-    assert!(exact < pairs as usize / 2, "{exact} of {pairs} differences were the exact 1");
+    assert!(
+        exact < pairs as usize / 2,
+        "{exact} of {pairs} differences were the exact 1"
+    );
     // The sum's difference is not the donor's total (38) but noise around it.
     let sum_diffs: Vec<f64> = before
         .iter()
         .zip(&after)
         .map(|(b, a)| col(a, "sum_hba1c") - col(b, "sum_hba1c"))
         .collect();
-    let hits = sum_diffs.iter().filter(|d| (**d - 38.0).abs() < 0.5).count();
-    assert!(hits < pairs as usize / 4, "{hits} sums gave the donor's total: {sum_diffs:?}");
+    let hits = sum_diffs
+        .iter()
+        .filter(|d| (**d - 38.0).abs() < 0.5)
+        .count();
+    assert!(
+        hits < pairs as usize / 4,
+        "{hits} sums gave the donor's total: {sum_diffs:?}"
+    );
     // Every released value carries an error bar.
-    assert!(after[0].rows[0].error95.iter().all(|e| e.is_some_and(|e| e > 0.0)));
+    assert!(after[0].rows[0]
+        .error95
+        .iter()
+        .all(|e| e.is_some_and(|e| e > 0.0)));
 }
 
 #[test]
@@ -335,20 +377,46 @@ fn requests_that_are_not_a_registered_researchers_are_refused() {
     let stranger = SigningKey::generate().expect("key");
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"{not json".to_vec(), 400, "bad-request"),
-        (request_with(&stranger, SPEC, &approval, [1; 16], NOW), 401, "unknown-researcher"),
-        (request_with(&w.researcher, SPEC, &approval, [2; 16], NOW - 3600), 400, "stale-request"),
         (
-            request_with(&w.researcher, &SPEC.replace("r@sdu.example", "other@sdu.example"), &approval, [3; 16], NOW),
+            request_with(&stranger, SPEC, &approval, [1; 16], NOW),
+            401,
+            "unknown-researcher",
+        ),
+        (
+            request_with(&w.researcher, SPEC, &approval, [2; 16], NOW - 3600),
+            400,
+            "stale-request",
+        ),
+        (
+            request_with(
+                &w.researcher,
+                &SPEC.replace("r@sdu.example", "other@sdu.example"),
+                &approval,
+                [3; 16],
+                NOW,
+            ),
             403,
             "wrong-researcher",
         ),
         (
-            request_with(&w.researcher, &SPEC.replace("k = 5", "k = 6"), &approval, [4; 16], NOW),
+            request_with(
+                &w.researcher,
+                &SPEC.replace("k = 5", "k = 6"),
+                &approval,
+                [4; 16],
+                NOW,
+            ),
             403,
             "not-approved",
         ),
         (
-            request_with(&w.researcher, &SPEC.replace("op = \"sum\"", "op = \"std\""), &approval, [5; 16], NOW),
+            request_with(
+                &w.researcher,
+                &SPEC.replace("op = \"sum\"", "op = \"std\""),
+                &approval,
+                [5; 16],
+                NOW,
+            ),
             422,
             "invalid-spec",
         ),

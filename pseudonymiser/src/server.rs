@@ -28,8 +28,8 @@ use axum::{Extension, Router};
 use datadonor_schemas::signing::PublicKey;
 use datadonor_schemas::threshold::{DonorCredential, EvaluateRequest};
 use datadonor_schemas::time::{Clock, SystemClock};
-use serde::{Deserialize, Serialize};
 use datadonor_service::Peer;
+use serde::{Deserialize, Serialize};
 
 use crate::ratelimit::RateLimiter;
 use crate::share::KeyShare;
@@ -400,8 +400,9 @@ pub async fn start_with_clock(
 ) -> Result<RunningInstance, ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let share = KeyShare::read(&dir.join(&config.share))?;
-    let tls = datadonor_service::tls_config(&dir.join(&config.tls_cert), &dir.join(&config.tls_key))
-        .map_err(ServeError::Config)?;
+    let tls =
+        datadonor_service::tls_config(&dir.join(&config.tls_cert), &dir.join(&config.tls_key))
+            .map_err(ServeError::Config)?;
     let issuer = match &config.credential_issuer {
         Some(k) => Some(
             PublicKey::from_base64(k)

@@ -491,7 +491,8 @@ impl StudyDefinition {
             return bad("at least one purpose is required".into());
         }
         if let Some(p) = &self.privacy {
-            p.validate().map_err(|e| StudyError::Invalid(e.to_string()))?;
+            p.validate()
+                .map_err(|e| StudyError::Invalid(e.to_string()))?;
         }
         for (i, p) in self.purposes.iter().enumerate() {
             if !is_code(&p.code) {

@@ -57,7 +57,7 @@ mod vector_gen;
 
 /// Every vector file and its number of (valid, malformed) vectors.
 const EXPECTED: [(&str, usize, usize); 11] = [
-    ("signed-object.json", 8, 25),
+    ("signed-object.json", 9, 25),
     ("study-definition.json", 8, 64),
     ("consent-manifest.json", 3, 26),
     ("withdrawal.json", 1, 9),

@@ -1,6 +1,7 @@
-//! The steward's, researcher's and auditor's part of the demo: approve the example query, run
-//! it over the sealed batches with the vault key, compact away withdrawn donors, and audit the
-//! ledger and the batches.
+//! The steward's, researcher's and auditor's part of the demo: approve the example query with a
+//! privacy spend, start the steward's query service (the only holder of the vault key), run the
+//! query through it as the researcher (a signed request over TLS, a differentially private table
+//! back), compact away withdrawn donors, and audit the ledger and the batches.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use datadonor_analytics::compact::{compact, CompactOptions};
 use datadonor_analytics::ledger::verify_ledger;
+use datadonor_analytics::ledger::VerifiedLedger;
 use datadonor_analytics::ledger_http::HttpLedger;
-use datadonor_analytics::query::{open_study, run_query, QueryInputs};
+use datadonor_analytics::query::open_study;
 use datadonor_analytics::sealed::open_batch_file;
+use datadonor_analytics::service::{self, QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::vault::VaultKey;
 use datadonor_schemas::checkpoint::NoteVerifier;
@@ -22,6 +25,13 @@ use zeroize::Zeroizing;
 
 use crate::demo::DemoSummary;
 
+/// What the demo's approval lets one run spend (the example study's researcher budget is ε = 6).
+pub const DEMO_RUN_SPEND: datadonor_schemas::privacy::PrivacySpend =
+    datadonor_schemas::privacy::PrivacySpend {
+        epsilon: 5.0,
+        delta: 5e-6,
+    };
+
 /// The example query the researcher submits.
 pub const EXAMPLE_QUERY: &str = include_str!("../../examples/t2d-query.toml");
 
@@ -32,6 +42,7 @@ struct Paths {
     auditor_token: Zeroizing<String>,
     analytics_token: Zeroizing<String>,
     vault_key: PathBuf,
+    runtime: tokio::runtime::Handle,
 }
 
 pub(crate) async fn research_and_audit(
@@ -53,6 +64,7 @@ pub(crate) async fn research_and_audit(
             .vault_private_key
             .clone()
             .ok_or_else(|| anyhow!("init made no vault key"))?,
+        runtime: tokio::runtime::Handle::current(),
     };
     let withdrawn: HashSet<Pseudonym> = withdrawn.iter().copied().collect();
     let mut s = std::mem::take(summary);
@@ -94,7 +106,7 @@ fn research_blocking(
         not_before: now - 60,
         not_after: now + 30 * 86_400,
         max_runs: 3,
-        privacy: None,
+        privacy: Some(DEMO_RUN_SPEND),
     }
     .sign(&steward);
     summary
@@ -129,24 +141,68 @@ fn research_blocking(
         view.all().count()
     ));
 
-    let store = BatchStore::open(&p.intake.join("batches").join(study.id.as_str()))?;
-    let vault = VaultKey::load(&p.vault_key)?;
-    let inputs = QueryInputs {
-        spec: &spec,
-        approval: &approval,
-        study: &study,
-        approvers: &approvers,
-        now,
-    };
-    let outcome = run_query(&inputs, &view, &store, &vault, &ledger)?;
-    summary.table = datadonor_analytics::output::render_text(&outcome.table);
-    summary.cells = (
-        outcome.table.cells_published(),
-        outcome.table.cells_suppressed(),
+    // The steward's query service: the only process holding the vault key. It reads the
+    // ledger from the intake (verified against its signed checkpoints) and serves the
+    // researcher over TLS 1.3.
+    let researcher_key = datadonor_schemas::signing::SigningKey::generate()
+        .map_err(|e| anyhow!("researcher key: {e}"))?;
+    let service_dir = p.intake.join("../query-service");
+    let ca = datadonor_pseudonymiser::tls::DevCa::new()?;
+    ca.issue_into(&service_dir, 0)?;
+    let mut service_ledger = HttpLedger::with_ca_file(
+        &p.base_url,
+        p.auditor_token.clone(),
+        Some(p.analytics_token.clone()),
+        &p.ca,
+    )?;
+    service_ledger.set_verifiers(vec![verifier.clone()]);
+    let svc = QueryService::new(ServiceParts {
+        study: study.clone(),
+        approvers: approvers.clone(),
+        researchers: Researchers::parse(
+            &format!(
+                "{} {}\n",
+                spec.researcher,
+                researcher_key.public_key().to_base64()
+            ),
+            &service_dir.join("researchers"),
+        )?,
+        vault: VaultKey::load(&p.vault_key)?,
+        store: BatchStore::open(&p.intake.join("batches").join(study.id.as_str()))?,
+        ledger: Box::new(VerifiedLedger {
+            source: service_ledger,
+            verifiers: vec![verifier.clone()],
+            state_dir: service_dir.join("state"),
+        }),
+        state_dir: service_dir.join("state"),
+        clock: std::sync::Arc::new(SystemClock),
+    })?;
+    let running = p.runtime.block_on(service::start(
+        std::sync::Arc::new(svc),
+        "127.0.0.1:0".parse()?,
+        &service_dir.join("tls/server.pem"),
+        &service_dir.join("tls/server.key"),
+    ))?;
+    // The researcher: a signed request with the approval; a differentially private table back.
+    let released = datadonor_research::run_query_blocking(
+        &running.base_url(),
+        &service_dir.join("tls/ca.pem"),
+        &researcher_key,
+        EXAMPLE_QUERY,
+        &approval,
     );
-    if let LedgerEntry::QueryRun {
+    p.runtime.block_on(running.shutdown());
+    let released = released.map_err(|e| anyhow!("the query service: {e}"))?;
+    summary.table = datadonor_research::output::to_text(&released);
+    summary.cells = (released.cells_published(), released.cells_suppressed());
+    summary.checks.push(format!(
+        "query ran at the steward's query service: ε = {}, δ = {} spent, ε = {} left for the researcher",
+        released.privacy.epsilon, released.privacy.delta, released.privacy.researcher_epsilon_left
+    ));
+    let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;
+    if let Some(LedgerEntry::QueryRun {
         donors_considered, ..
-    } = &outcome.entry
+    }) = view.all().filter(|e| e.kind() == "query_run").last()
     {
         summary.donors_considered = *donors_considered;
     }
@@ -168,8 +224,10 @@ fn research_blocking(
         "query counted {} consenting donors: every donor but the {} who withdrew; run logged at ledger index {}",
         allowed.len(),
         withdrawn.len(),
-        outcome.appended.index
+        released.ledger_index
     ));
+    let store = BatchStore::open(&p.intake.join("batches").join(study.id.as_str()))?;
+    let vault = VaultKey::load(&p.vault_key)?;
 
     // Compaction: erase withdrawn donors' rows.
     let view = verify_ledger(&ledger, std::slice::from_ref(&verifier), Some(&state))?;

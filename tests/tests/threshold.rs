@@ -259,6 +259,25 @@ async fn intake_operator_holds_no_oprf_key_material() {
                 );
             }
         }
+        // Nothing a researcher runs can open a batch: the research client links neither the
+        // steward's crate (vault key, batch opening) nor its engines.
+        if name == "datadonor-research" {
+            for d in pkg["dependencies"].as_array().expect("deps") {
+                let dep = d["name"].as_str().unwrap_or_default();
+                assert!(
+                    ![
+                        "datadonor-analytics",
+                        "datadonor-intake",
+                        "polars",
+                        "opendp",
+                        "hpke",
+                        "aes-gcm"
+                    ]
+                    .contains(&dep),
+                    "{name} depends on {dep}"
+                );
+            }
+        }
     }
     env.service.shutdown().await;
 }

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BINARIES: [&str; 4] = [
+const BINARIES: [&str; 5] = [
     "datadonor",
     "datadonor-intake",
     "datadonor-pseudonymiser",
     "datadonor-analytics",
+    "datadonor-research",
 ];
 const TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -77,7 +78,8 @@ fn the_readme_walkthrough_runs() {
         "Donated 11 rows to t2d-dk at ledger index 2; receipt verified and stored in",
         "receipt verified: entry 2 is in the intake's current tree",
         "Consent withdrawn for study t2d-dk at ledger index 3",
-        "region  t2d  donors  mean_hba1c  q0.5_bmi  mean_systolic",
+        "differentially private",
+        "logged query_run at ledger index",
         "t2d-dk: 1 donor erased",
         "consistent with the previously verified head",
         "receipt valid: donation_accepted entry",

@@ -1098,7 +1098,7 @@ fn noncanonical_b64(b: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // study-definition.json
 
-const STUDY_FIELDS: [(&str, &str); 12] = [
+const STUDY_FIELDS: [(&str, &str); 13] = [
     ("format", "format version, must be 1"),
     ("id", "study id: 3-64 of [a-z0-9-], starting with a letter"),
     (
@@ -1134,6 +1134,10 @@ const STUDY_FIELDS: [(&str, &str); 12] = [
     (
         "fields",
         "fields collected, in column order (after donor and period)",
+    ),
+    (
+        "privacy",
+        "differential privacy: {epsilon, delta} for the study, {researcher_epsilon, researcher_delta} per researcher, max_rows_per_cell (L), max_cells_per_donor (C); optional, the query service refuses a study without it",
     ),
 ];
 
