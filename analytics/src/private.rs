@@ -43,6 +43,10 @@ pub const QUANTILE_CANDIDATES: usize = 1024;
 /// The confidence of the released error bars.
 pub const CONFIDENCE: f64 = 0.95;
 
+/// Laplace noise on a vector of values with L1 sensitivity.
+type VectorLaplace<T> =
+    Measurement<VectorDomain<AtomDomain<T>>, L1Distance<T>, MaxDivergence, Vec<T>>;
+
 fn dp(e: opendp::error::Error) -> AnalyticsError {
     AnalyticsError::Engine(format!("differential privacy: {e}"))
 }
@@ -114,10 +118,7 @@ fn noisy_counts(
     l1: i64,
     epsilon: f64,
 ) -> Result<(Vec<i64>, f64, f64), AnalyticsError> {
-    let make = |scale: f64| -> Result<
-        Measurement<VectorDomain<AtomDomain<i64>>, L1Distance<i64>, MaxDivergence, Vec<i64>>,
-        AnalyticsError,
-    > {
+    let make = |scale: f64| -> Result<VectorLaplace<i64>, AnalyticsError> {
         make_laplace(
             VectorDomain::new(AtomDomain::<i64>::default()),
             L1Distance::<i64>::default(),
@@ -138,10 +139,7 @@ fn noisy_sums(
     l1: f64,
     epsilon: f64,
 ) -> Result<(Vec<f64>, f64, f64), AnalyticsError> {
-    let make = |scale: f64| -> Result<
-        Measurement<VectorDomain<AtomDomain<f64>>, L1Distance<f64>, MaxDivergence, Vec<f64>>,
-        AnalyticsError,
-    > {
+    let make = |scale: f64| -> Result<VectorLaplace<f64>, AnalyticsError> {
         make_laplace(
             VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
             L1Distance::<f64>::default(),

@@ -79,31 +79,6 @@ fn setup() -> Setup {
     s
 }
 
-fn approve(s: &Setup, spec: &str, key: &str, days: &str, runs: &str, out: &str) {
-    ok(
-        s,
-        &[
-            "approve",
-            "--spec",
-            spec,
-            "--key",
-            &s.s(key),
-            "--researcher",
-            "researcher@sdu.example",
-            "--valid-days",
-            days,
-            "--max-runs",
-            runs,
-            "--epsilon",
-            "1",
-            "--study",
-            &s.s("t.json"),
-            "--out",
-            &s.s(out),
-        ],
-    );
-}
-
 #[test]
 fn refusals_have_one_line_reasons() {
     let s = setup();
