@@ -140,7 +140,7 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
             (out.table.rows.len(), out.table.cells_suppressed())
         }
         "plain" => {
-            let allowed = view.allowed_donors(&study.id, &spec.purpose, NOW);
+            let allowed = view.allowed_records(&study.id, &spec.purpose, NOW);
             let mut engine = QueryEngine::new(&spec, &study, &allowed)?;
             let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("plain"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))

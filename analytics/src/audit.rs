@@ -7,7 +7,7 @@
 //! | [`audit_receipt`] | a donor's receipt: its signatures and proof, and the inclusion of its entry in the current verified log |
 //! | [`audit_consents`] | the consent timeline per pseudonym of one study |
 //! | [`audit_queries`] | every `query_run` entry, optionally against the signed approvals |
-//! | [`audit_batches`] | that every row of every sealed batch belongs to a donor who had consented when the batch was created and has not been erased |
+//! | [`audit_batches`] | that every row of every sealed batch was donated under a consent record the ledger knows, of the row's donor, granted when the batch was created and not withdrawn |
 //!
 //! Consent grants are taken only from the part of the log covered by a verified signed
 //! checkpoint; withdrawals and erasures are taken from the whole log (the conservative
@@ -25,7 +25,7 @@ use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::QueryApproval;
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, VerifiedReceipt};
 use datadonor_schemas::signing::{Context, PublicKey, Signed, SignedObject};
-use datadonor_schemas::study::{StudyId, DONOR_COLUMN};
+use datadonor_schemas::study::{StudyId, CONSENT_COLUMN, DONOR_COLUMN};
 use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 
@@ -808,16 +808,27 @@ impl QueryAudit {
 // ---------------------------------------------------------------------------------------------
 // audit batches
 
-/// What is wrong with a donor's rows in a batch.
+/// What is wrong with rows of one donor and consent record in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchViolationKind {
-    /// No `consent_granted` entry at or before the batch's creation.
+    /// The consent record's `consent_granted` entry is later than the batch's creation.
     NoConsent,
-    /// The donor has an `erasure_done` entry (and no later re-consent) yet rows remain.
+    /// The consent record was withdrawn and its erasure is logged (an `erasure_done` entry
+    /// naming the record, or an older one of the donor without a record), yet rows remain.
     Erased {
         /// Time of the erasure entry.
         at: UnixSeconds,
     },
+    /// The consent record was withdrawn; its rows remain, awaiting compaction.
+    Withdrawn {
+        /// Time of the withdrawal.
+        at: UnixSeconds,
+    },
+    /// The consent column names no consent record the (verified) ledger knows for the study,
+    /// or is not 32 lowercase hex digits.
+    UnknownRecord,
+    /// The consent record belongs to another pseudonym than the rows' donor.
+    OtherDonor(Pseudonym),
     /// The donor column holds something that is not a pseudonym.
     BadPseudonym(String),
 }
@@ -831,7 +842,9 @@ pub struct BatchViolation {
     pub created_at: UnixSeconds,
     /// The donor, when the cell parsed.
     pub pseudonym: Option<Pseudonym>,
-    /// Rows of this donor in the batch.
+    /// The consent column's value of these rows (a record id as 32 hex digits when well formed).
+    pub consent_record: String,
+    /// Rows of this donor and consent record in the batch.
     pub rows: u64,
     /// What is wrong.
     pub kind: BatchViolationKind,
@@ -859,6 +872,29 @@ impl std::fmt::Display for BatchViolation {
                 if self.rows == 1 { "remains" } else { "remain" },
                 fmt_time(*at)
             ),
+            BatchViolationKind::Withdrawn { at } => write!(
+                f,
+                "batch {}: {} of {who} under consent record {} withdrawn at {}",
+                self.batch_id,
+                plural(self.rows, "row", "rows"),
+                short_record(&self.consent_record),
+                fmt_time(*at)
+            ),
+            BatchViolationKind::UnknownRecord => write!(
+                f,
+                "batch {}: {} of {who} under consent record {:?} the ledger does not know",
+                self.batch_id,
+                plural(self.rows, "row", "rows"),
+                short_record(&self.consent_record)
+            ),
+            BatchViolationKind::OtherDonor(owner) => write!(
+                f,
+                "batch {}: {} of {who} under consent record {} of {}",
+                self.batch_id,
+                plural(self.rows, "row", "rows"),
+                short_record(&self.consent_record),
+                short_pseudonym(owner)
+            ),
             BatchViolationKind::BadPseudonym(v) => write!(
                 f,
                 "batch {}: {} with a malformed donor value {v:?}",
@@ -867,6 +903,11 @@ impl std::fmt::Display for BatchViolation {
             ),
         }
     }
+}
+
+/// The first [`PSEUDONYM_PREFIX_LEN`] characters of a consent column value.
+fn short_record(v: &str) -> &str {
+    v.get(..PSEUDONYM_PREFIX_LEN).unwrap_or(v)
 }
 
 /// The result of [`audit_batches`].
@@ -884,60 +925,115 @@ pub struct BatchAudit {
     pub violations: Vec<BatchViolation>,
 }
 
-fn donor_counts(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, u64>, AnalyticsError> {
+/// Rows per (donor value, consent value) of a batch; a missing consent column is an error
+/// naming the file.
+fn donor_counts(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<BTreeMap<(String, String), u64>, AnalyticsError> {
     let content = |e: PolarsError| -> AnalyticsError {
         BatchError::new(path, BatchErrorKind::Content(e.to_string())).into()
     };
     let df = ParquetReader::new(std::io::Cursor::new(bytes))
-        .with_columns(Some(vec![DONOR_COLUMN.to_string()]))
+        .with_columns(Some(vec![
+            DONOR_COLUMN.to_string(),
+            CONSENT_COLUMN.to_string(),
+        ]))
         .finish()
         .map_err(content)?;
-    let col = df.column(DONOR_COLUMN).map_err(content)?;
-    let ca = col.str().map_err(content)?;
+    let donors = df
+        .column(DONOR_COLUMN)
+        .map_err(content)?
+        .str()
+        .map_err(content)?;
+    let records = df
+        .column(CONSENT_COLUMN)
+        .map_err(content)?
+        .str()
+        .map_err(content)?;
     let mut out = BTreeMap::new();
-    for v in ca.iter() {
-        *out.entry(v.unwrap_or_default().to_string()).or_insert(0u64) += 1;
+    for (d, r) in donors.iter().zip(records.iter()) {
+        let key = (
+            d.unwrap_or_default().to_string(),
+            r.unwrap_or_default().to_string(),
+        );
+        *out.entry(key).or_insert(0u64) += 1;
     }
     Ok(out)
 }
 
-/// Check every row of every sealed batch of `study` in `store`: its donor must have a
-/// `consent_granted` entry (in the verified prefix) at or before the batch's `created_at`, and
-/// must have no `erasure_done` entry (unless consent was granted again after the erasure and
-/// before the batch). Batches are opened in memory with `vault`.
+/// A consent column value as a record id: exactly 32 lowercase hex digits.
+fn parse_record(v: &str) -> Option<[u8; 16]> {
+    if v.len() != 32 || v.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(v, &mut out).ok()?;
+    Some(out)
+}
+
+/// Check every row of every sealed batch of `study` in `store` against the consent record it
+/// was donated under (its `consent` column): the record must have a `consent_granted` entry
+/// (in the verified prefix) at or before the batch's `created_at`, for the row's donor, and must
+/// not be withdrawn (a withdrawal or erasure anywhere in the log counts). Rows of a withdrawn
+/// record are a violation whether or not the donor has consented again since under another
+/// record; once compaction has erased them the batches are clean again. Batches are opened in
+/// memory with `vault`.
 pub fn audit_batches(
     view: &LedgerView,
     store: &BatchStore,
     vault: &VaultKey,
     study: &StudyId,
 ) -> Result<BatchAudit, AnalyticsError> {
-    let mut grants: HashMap<Pseudonym, Vec<UnixSeconds>> = HashMap::new();
+    let records = view.record_states(study);
+    let mut grants: HashMap<[u8; 16], UnixSeconds> = HashMap::new();
     for e in &view.verified {
         if let LedgerEntry::ConsentGranted {
             study_id,
-            pseudonym,
+            consent_record_id,
             time,
             ..
         } = e
         {
             if study_id == study {
-                grants.entry(*pseudonym).or_default().push(*time);
+                grants.insert(*consent_record_id, *time);
             }
         }
     }
-    let mut erasures: HashMap<Pseudonym, UnixSeconds> = HashMap::new();
+    // The last erasure logged per record: entries naming it, and older entries without a
+    // record, which erased every record of their donor withdrawn before them.
+    let mut withdrawn_by: HashMap<Pseudonym, Vec<[u8; 16]>> = HashMap::new();
+    let mut erasures: HashMap<[u8; 16], UnixSeconds> = HashMap::new();
     for e in view.all() {
-        if let LedgerEntry::ErasureDone {
-            study_id,
-            pseudonym,
-            time,
-            ..
-        } = e
-        {
-            if study_id == study {
-                let t = erasures.entry(*pseudonym).or_insert(*time);
-                *t = (*t).max(*time);
+        match e {
+            LedgerEntry::ConsentWithdrawn {
+                study_id,
+                pseudonym,
+                consent_record_id,
+                ..
+            } if study_id == study => {
+                withdrawn_by
+                    .entry(*pseudonym)
+                    .or_default()
+                    .push(*consent_record_id);
             }
+            LedgerEntry::ErasureDone {
+                study_id,
+                pseudonym,
+                consent_record_id,
+                time,
+                ..
+            } if study_id == study => {
+                let erased = match consent_record_id {
+                    Some(r) => vec![*r],
+                    None => withdrawn_by.get(pseudonym).cloned().unwrap_or_default(),
+                };
+                for r in erased {
+                    let t = erasures.entry(r).or_insert(*time);
+                    *t = (*t).max(*time);
+                }
+            }
+            _ => {}
         }
     }
     let mut audit = BatchAudit {
@@ -955,40 +1051,50 @@ pub fn audit_batches(
         let counts = donor_counts(&bf.path, &opened.plaintext)?;
         drop(opened);
         audit.batches += 1;
-        for (value, rows) in counts {
+        for ((value, consent), rows) in counts {
             audit.rows += rows;
             seen.insert(value.clone());
+            let violation = |pseudonym, kind| BatchViolation {
+                batch_id: batch_id.clone(),
+                created_at: created,
+                pseudonym,
+                consent_record: consent.clone(),
+                rows,
+                kind,
+            };
             let Some(p) = Pseudonym::from_hex(&value) else {
-                audit.violations.push(BatchViolation {
-                    batch_id: batch_id.clone(),
-                    created_at: created,
-                    pseudonym: None,
-                    rows,
-                    kind: BatchViolationKind::BadPseudonym(value),
-                });
+                audit
+                    .violations
+                    .push(violation(None, BatchViolationKind::BadPseudonym(value)));
                 continue;
             };
-            let g = grants.get(&p).map(Vec::as_slice).unwrap_or_default();
-            if !g.iter().any(|t| *t <= created) {
-                audit.violations.push(BatchViolation {
-                    batch_id: batch_id.clone(),
-                    created_at: created,
-                    pseudonym: Some(p),
-                    rows,
-                    kind: BatchViolationKind::NoConsent,
-                });
+            let Some((record, state)) =
+                parse_record(&consent).and_then(|r| records.get(&r).map(|s| (r, s)))
+            else {
+                audit
+                    .violations
+                    .push(violation(Some(p), BatchViolationKind::UnknownRecord));
+                continue;
+            };
+            if state.pseudonym != p {
+                audit.violations.push(violation(
+                    Some(p),
+                    BatchViolationKind::OtherDonor(state.pseudonym),
+                ));
             }
-            if let Some(at) = erasures.get(&p) {
-                let reconsented = g.iter().any(|t| t > at && *t <= created);
-                if !reconsented {
-                    audit.violations.push(BatchViolation {
-                        batch_id: batch_id.clone(),
-                        created_at: created,
-                        pseudonym: Some(p),
-                        rows,
-                        kind: BatchViolationKind::Erased { at: *at },
-                    });
-                }
+            if grants.get(&record).is_none_or(|t| *t > created) {
+                audit
+                    .violations
+                    .push(violation(Some(p), BatchViolationKind::NoConsent));
+            }
+            if let Some(at) = erasures.get(&record) {
+                audit
+                    .violations
+                    .push(violation(Some(p), BatchViolationKind::Erased { at: *at }));
+            } else if let Some(at) = state.withdrawn_at {
+                audit
+                    .violations
+                    .push(violation(Some(p), BatchViolationKind::Withdrawn { at }));
             }
         }
     }

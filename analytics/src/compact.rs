@@ -1,7 +1,11 @@
-//! Compaction: rewrite a study's sealed batches without the rows of donors who withdrew, merge
-//! small batches, and log one `erasure_done` entry per erased donor.
+//! Compaction: rewrite a study's sealed batches without the rows of withdrawn consent records,
+//! merge small batches, and log one `erasure_done` entry per erased (donor, consent record).
 //!
-//! Every batch holding a withdrawn donor's row, and every batch smaller than a quarter of the
+//! Rows are matched to consent by record (the batch's `consent` column): the rows donated
+//! under a withdrawn record are erased even when the donor has consented again since under
+//! another record, whose rows are kept.
+//!
+//! Every batch holding a row of a withdrawn record, and every batch smaller than a quarter of the
 //! target size when there are at least two of them, is opened in memory, filtered, and its
 //! remaining rows are re-sealed into new batches of at most `target_rows` rows under fresh data
 //! keys ([`crate::sealed::seal_batch`]). The old files are replaced through the store's journal
@@ -11,8 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use datadonor_schemas::ledger::LedgerEntry;
-use datadonor_schemas::pseudonym::Pseudonym;
-use datadonor_schemas::study::{StudyId, DONOR_COLUMN};
+use datadonor_schemas::study::{StudyId, CONSENT_COLUMN, DONOR_COLUMN};
 use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 use zeroize::Zeroizing;
@@ -41,8 +44,9 @@ impl Default for CompactOptions {
 /// What a compaction did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompactionReport {
-    /// Per erased donor (hex pseudonym): rows removed and the old batches they were in.
-    pub erased: BTreeMap<String, (u64, Vec<String>)>,
+    /// Per erased (hex pseudonym, hex consent record): rows removed and the old batches they
+    /// were in.
+    pub erased: BTreeMap<(String, String), (u64, Vec<String>)>,
     /// Old batch files removed.
     pub removed: Vec<PathBuf>,
     /// New batch files written.
@@ -70,41 +74,45 @@ pub fn compact(
     opts: CompactOptions,
 ) -> Result<CompactionReport, AnalyticsError> {
     let started = std::time::Instant::now();
-    let withdrawn: HashSet<Pseudonym> = ledger
-        .consent_states(study)
+    let pending = ledger.pending_erasures(study);
+    let withdrawn: HashSet<[u8; 16]> = ledger
+        .record_states(study)
         .into_iter()
         .filter(|(_, s)| s.withdrawn_at.is_some())
-        .map(|(p, _)| p)
-        .chain(ledger.pending_erasures(study))
+        .map(|(r, _)| r)
+        .chain(pending.iter().map(|(_, r)| *r))
         .collect();
-    let pending = ledger.pending_erasures(study);
-    let mut erase_hex: Vec<String> = withdrawn.iter().map(Pseudonym::to_hex).collect();
+    let mut erase_hex: Vec<String> = withdrawn.iter().map(hex::encode).collect();
     erase_hex.sort_unstable();
     let erase_series = Series::new("erase".into(), erase_hex);
     let files = store.list(study)?;
     let small = opts.target_rows / 4;
     let mut report = CompactionReport::default();
-    // First pass: which batches hold withdrawn rows, and which are small.
+    // First pass: which batches hold rows of withdrawn records, and which are small.
     let mut plan: Vec<(PathBuf, String, bool, usize)> = Vec::new();
     for f in &files {
         let opened = open_batch_file(&f.path, vault)?;
         let df = read(
             &f.path,
             &opened.plaintext,
-            Some(vec![DONOR_COLUMN.to_string()]),
+            Some(vec![DONOR_COLUMN.to_string(), CONSENT_COLUMN.to_string()]),
         )?;
         let hits = df
             .lazy()
-            .filter(col(DONOR_COLUMN).is_in(lit(erase_series.clone()).implode(false), false))
-            .group_by([col(DONOR_COLUMN)])
+            .filter(col(CONSENT_COLUMN).is_in(lit(erase_series.clone()).implode(false), false))
+            .group_by([col(DONOR_COLUMN), col(CONSENT_COLUMN)])
             .agg([len().cast(DataType::UInt64).alias("n")])
             .collect()?;
         let donors = hits.column(DONOR_COLUMN)?.str()?;
+        let records = hits.column(CONSENT_COLUMN)?.str()?;
         let counts = hits.column("n")?.u64()?;
         let id = f.header.batch_id_hex();
         for i in 0..hits.height() {
-            if let (Some(d), Some(n)) = (donors.get(i), counts.get(i)) {
-                let e = report.erased.entry(d.to_string()).or_default();
+            if let (Some(d), Some(r), Some(n)) = (donors.get(i), records.get(i), counts.get(i)) {
+                let e = report
+                    .erased
+                    .entry((d.to_string(), r.to_string()))
+                    .or_default();
                 e.0 += n;
                 e.1.push(id.clone());
             }
@@ -126,7 +134,7 @@ pub fn compact(
             let kept = df
                 .lazy()
                 .filter(
-                    col(DONOR_COLUMN)
+                    col(CONSENT_COLUMN)
                         .is_in(lit(erase_series.clone()).implode(false), false)
                         .not(),
                 )
@@ -156,12 +164,25 @@ pub fn compact(
         report.written = store.replace(&remove, &new_batches)?;
         report.removed = remove;
     }
-    for p in pending {
-        let (rows, batches) = report.erased.get(&p.to_hex()).cloned().unwrap_or_default();
+    for (p, record) in pending {
+        let record_hex = hex::encode(record);
+        let mut rows = 0u64;
+        let mut batches: Vec<String> = Vec::new();
+        for ((_, r), (n, ids)) in &report.erased {
+            if *r == record_hex {
+                rows += n;
+                for id in ids {
+                    if !batches.contains(id) {
+                        batches.push(id.clone());
+                    }
+                }
+            }
+        }
         sink.append(&LedgerEntry::ErasureDone {
             time: logged_at(now, started),
             study_id: study.clone(),
             pseudonym: p,
+            consent_record_id: Some(record),
             rows_erased: rows,
             batches_rewritten: batches,
         })?;

@@ -28,8 +28,12 @@
 //! front), which is what the groups avoid; a plan per batch would pay polars' per-plan work and
 //! a partial per batch, which is what the groups amortise.
 //!
-//! Rows without a donor pseudonym match no consent and are never counted; a dimension value
-//! that is null in a counted row is an error naming the batch.
+//! Rows are matched to consent by record: a row counts only when the consent record in its
+//! `consent` column (the record it was donated under, added by the intake when it sealed) is
+//! among the allowed records of the run; a row of a withdrawn record is left out even when its
+//! donor has consented again since. Rows without a consent record match none and are never
+//! counted; a batch without the `consent` column is an error naming the batch, as is a
+//! dimension value that is null in a counted row.
 //!
 //! Quantiles use linear interpolation between closest ranks (Hyndman–Fan type 7, polars'
 //! `QuantileMethod::Linear`).
@@ -38,11 +42,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::{
     CmpOp, Contribution, Filter, Literal, Measure, MeasureOp, QuerySpec,
 };
-use datadonor_schemas::study::{FieldType, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN};
+use datadonor_schemas::study::{
+    FieldType, StudyDefinition, CONSENT_COLUMN, DONOR_COLUMN, PERIOD_COLUMN,
+};
 use polars::prelude::*;
 use polars_buffer::Buffer;
 use zeroize::Zeroizing;
@@ -187,7 +192,7 @@ impl std::fmt::Debug for QueryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "QueryEngine(study {}, {} batches, {} allowed donors)",
+            "QueryEngine(study {}, {} batches, {} allowed consent records)",
             self.spec.study,
             self.batches,
             self.allowed.len()
@@ -196,7 +201,7 @@ impl std::fmt::Debug for QueryEngine {
 }
 
 fn dtype_of(study: &StudyDefinition, name: &str) -> Option<DataType> {
-    if name == DONOR_COLUMN || name == PERIOD_COLUMN {
+    if name == DONOR_COLUMN || name == PERIOD_COLUMN || name == CONSENT_COLUMN {
         return Some(DataType::String);
     }
     study.field(name).map(|f| match f.field_type() {
@@ -256,11 +261,12 @@ pub fn filter_expr(f: &Filter) -> Expr {
 }
 
 impl QueryEngine {
-    /// An engine for a validated spec, counting only rows of `allowed` donors.
+    /// An engine for a validated spec, counting only rows donated under the `allowed`
+    /// consent records (record ids).
     pub fn new(
         spec: &QuerySpec,
         study: &StudyDefinition,
-        allowed: &HashSet<Pseudonym>,
+        allowed: &HashSet<[u8; 16]>,
     ) -> Result<Self, AnalyticsError> {
         spec.validate(study)
             .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
@@ -295,7 +301,7 @@ impl QueryEngine {
                 quantile_fields.push(idx);
             }
         }
-        let mut names: Vec<String> = vec![DONOR_COLUMN.to_string()];
+        let mut names: Vec<String> = vec![DONOR_COLUMN.to_string(), CONSENT_COLUMN.to_string()];
         names.extend(spec.group_by.iter().cloned());
         if let Some(f) = &spec.filter {
             filter_fields(f, &mut names);
@@ -310,15 +316,15 @@ impl QueryEngine {
                 .ok_or_else(|| AnalyticsError::Refused(format!("no field {n:?} in the study")))?;
             needed.push((n, dt));
         }
-        let mut donors: Vec<String> = allowed.iter().map(Pseudonym::to_hex).collect();
-        donors.sort_unstable();
+        let mut records: Vec<String> = allowed.iter().map(hex::encode).collect();
+        records.sort_unstable();
         let hists = quantile_fields.iter().map(|_| Partial::default()).collect();
         Ok(Self {
             spec: spec.clone(),
             fields,
             quantile_fields,
             needed,
-            allowed: Series::new("allowed".into(), donors),
+            allowed: Series::new("allowed".into(), records),
             filter: spec.filter.as_ref().map(filter_expr),
             cells: Partial::default(),
             hists,
@@ -441,7 +447,7 @@ impl QueryEngine {
     /// case nothing was added.
     fn add_frame(&mut self, lf: LazyFrame) -> Result<Option<String>, AnalyticsError> {
         let mut lf =
-            lf.filter(col(DONOR_COLUMN).is_in(lit(self.allowed.clone()).implode(false), false));
+            lf.filter(col(CONSENT_COLUMN).is_in(lit(self.allowed.clone()).implode(false), false));
         if let Some(f) = &self.filter {
             lf = lf.filter(f.clone());
         }

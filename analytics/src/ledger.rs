@@ -16,7 +16,7 @@
 //! but are not covered by a signature; [`LedgerView`] uses them only in the conservative
 //! direction (withdrawals and query runs count, new consents do not).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -255,17 +255,84 @@ impl LedgerView {
         states
     }
 
-    /// Pseudonyms whose consent covers `purpose` at `now`.
+    /// The state of every consent record of a study, by record id: grants from the verified
+    /// prefix; withdrawals (of the record they name) from anywhere.
+    pub fn record_states(&self, study: &StudyId) -> HashMap<[u8; 16], RecordState> {
+        let mut states: HashMap<[u8; 16], RecordState> = HashMap::new();
+        for e in &self.verified {
+            if let LedgerEntry::ConsentGranted {
+                study_id,
+                pseudonym,
+                consent_record_id,
+                purposes,
+                expires_at,
+                ..
+            } = e
+            {
+                if study_id == study {
+                    states.insert(
+                        *consent_record_id,
+                        RecordState {
+                            pseudonym: *pseudonym,
+                            purposes: purposes.clone(),
+                            expires_at: *expires_at,
+                            withdrawn_at: None,
+                        },
+                    );
+                }
+            }
+        }
+        for (record, _, time) in self.withdrawals(study) {
+            if let Some(s) = states.get_mut(&record) {
+                s.withdrawn_at.get_or_insert(time);
+            }
+        }
+        states
+    }
+
+    /// Withdrawals of a study's consent records, anywhere in the log, in order:
+    /// (record id, pseudonym, time).
+    fn withdrawals(&self, study: &StudyId) -> Vec<([u8; 16], Pseudonym, UnixSeconds)> {
+        self.all()
+            .filter_map(|e| match e {
+                LedgerEntry::ConsentWithdrawn {
+                    study_id,
+                    pseudonym,
+                    consent_record_id,
+                    time,
+                    ..
+                } if study_id == study => Some((*consent_record_id, *pseudonym, *time)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Consent records whose rows count for `purpose` at `now`: granted (in the verified
+    /// prefix), not withdrawn, not expired, and consenting to the purpose.
+    pub fn allowed_records(
+        &self,
+        study: &StudyId,
+        purpose: &str,
+        now: UnixSeconds,
+    ) -> HashSet<[u8; 16]> {
+        self.record_states(study)
+            .into_iter()
+            .filter(|(_, s)| s.covers(purpose, now))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// Pseudonyms with at least one consent record that covers `purpose` at `now`.
     pub fn allowed_donors(
         &self,
         study: &StudyId,
         purpose: &str,
         now: UnixSeconds,
     ) -> HashSet<Pseudonym> {
-        self.consent_states(study)
-            .into_iter()
-            .filter(|(_, s)| s.covers(purpose, now))
-            .map(|(p, _)| p)
+        self.record_states(study)
+            .into_values()
+            .filter(|s| s.covers(purpose, now))
+            .map(|s| s.pseudonym)
             .collect()
     }
 
@@ -278,40 +345,72 @@ impl LedgerView {
             .count() as u64
     }
 
-    /// Withdrawn donors of a study with no `erasure_done` entry yet.
-    pub fn pending_erasures(&self, study: &StudyId) -> Vec<Pseudonym> {
-        let erased: HashSet<Pseudonym> = self
-            .all()
-            .filter_map(|e| match e {
+    /// Withdrawn consent records of a study with no `erasure_done` entry yet, as (pseudonym,
+    /// record id), sorted. A withdrawal counts wherever it is in the log (also when the
+    /// record's grant is in the unverified tail). An `erasure_done` entry names the record it
+    /// erased; one without a record (written before rows were matched to consent by record)
+    /// covers every record of its pseudonym withdrawn before it.
+    pub fn pending_erasures(&self, study: &StudyId) -> Vec<(Pseudonym, [u8; 16])> {
+        let mut pending: BTreeSet<(Pseudonym, [u8; 16])> = BTreeSet::new();
+        for e in self.all() {
+            match e {
+                LedgerEntry::ConsentWithdrawn {
+                    study_id,
+                    pseudonym,
+                    consent_record_id,
+                    ..
+                } if study_id == study => {
+                    pending.insert((*pseudonym, *consent_record_id));
+                }
                 LedgerEntry::ErasureDone {
                     study_id,
                     pseudonym,
+                    consent_record_id: Some(record),
                     ..
-                } if study_id == study => Some(*pseudonym),
-                _ => None,
-            })
-            .collect();
-        let mut out: Vec<Pseudonym> = self
-            .consent_states(study)
-            .into_iter()
-            .filter(|(p, s)| s.withdrawn_at.is_some() && !erased.contains(p))
-            .map(|(p, _)| p)
-            .collect();
-        // Withdrawals in the tail of donors whose grant is also in the tail are still honoured.
-        for e in &self.tail {
-            if let LedgerEntry::ConsentWithdrawn {
-                study_id,
-                pseudonym,
-                ..
-            } = e
-            {
-                if study_id == study && !erased.contains(pseudonym) && !out.contains(pseudonym) {
-                    out.push(*pseudonym);
+                } if study_id == study => {
+                    pending.remove(&(*pseudonym, *record));
                 }
+                LedgerEntry::ErasureDone {
+                    study_id,
+                    pseudonym,
+                    consent_record_id: None,
+                    ..
+                } if study_id == study => {
+                    let records: Vec<(Pseudonym, [u8; 16])> = pending
+                        .range((*pseudonym, [0; 16])..=(*pseudonym, [0xff; 16]))
+                        .copied()
+                        .collect();
+                    for k in records {
+                        pending.remove(&k);
+                    }
+                }
+                _ => {}
             }
         }
-        out.sort();
-        out
+        pending.into_iter().collect()
+    }
+}
+
+/// The state of one consent record, folded from its `consent_granted` entry and any
+/// `consent_withdrawn` entry naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordState {
+    /// The donor who consented.
+    pub pseudonym: Pseudonym,
+    /// Purposes consented to.
+    pub purposes: Vec<String>,
+    /// Expiry.
+    pub expires_at: UnixSeconds,
+    /// When withdrawn, if withdrawn.
+    pub withdrawn_at: Option<UnixSeconds>,
+}
+
+impl RecordState {
+    /// Whether rows donated under this record count for `purpose` at time `t`.
+    pub fn covers(&self, purpose: &str, t: UnixSeconds) -> bool {
+        self.withdrawn_at.is_none()
+            && t < self.expires_at
+            && self.purposes.iter().any(|p| p == purpose)
     }
 }
 
@@ -821,6 +920,74 @@ mod tests {
         };
         let allowed = view.allowed_donors(&study, "a", 50);
         assert_eq!(allowed, HashSet::from([Pseudonym([1; 32])]));
-        assert_eq!(view.pending_erasures(&study), vec![Pseudonym([2; 32])]);
+        assert_eq!(
+            view.allowed_records(&study, "a", 50),
+            HashSet::from([[1; 16]])
+        );
+        assert_eq!(
+            view.pending_erasures(&study),
+            vec![(Pseudonym([2; 32]), [2; 16])]
+        );
+    }
+
+    #[test]
+    fn consent_is_per_record_and_erasures_name_their_record() {
+        let study = StudyId::new("study-a").expect("id");
+        let p = Pseudonym([1; 32]);
+        let granted = |record: u8, t: i64| LedgerEntry::ConsentGranted {
+            time: t,
+            study_id: study.clone(),
+            study_version: 1,
+            pseudonym: p,
+            consent_record_id: [record; 16],
+            purposes: vec!["a".into()],
+            given_at: t,
+            expires_at: 1000,
+            manifest_sha256: [0; 32],
+            donor_public_key: PublicKey([1; 32]),
+        };
+        let withdrawn = |record: u8, t: i64| LedgerEntry::ConsentWithdrawn {
+            time: t,
+            study_id: study.clone(),
+            pseudonym: p,
+            consent_record_id: [record; 16],
+            withdrawal_sha256: [0; 32],
+        };
+        let erased = |record: Option<u8>, t: i64| LedgerEntry::ErasureDone {
+            time: t,
+            study_id: study.clone(),
+            pseudonym: p,
+            consent_record_id: record.map(|r| [r; 16]),
+            rows_erased: 1,
+            batches_rewritten: Vec::new(),
+        };
+        // Record A withdrawn, the donor consents again under B.
+        let mut view =
+            LedgerView::unverified(vec![granted(0xa, 10), withdrawn(0xa, 20), granted(0xb, 30)]);
+        let states = view.record_states(&study);
+        assert_eq!(states[&[0xa; 16]].withdrawn_at, Some(20));
+        assert_eq!(states[&[0xb; 16]].withdrawn_at, None);
+        assert_eq!(
+            view.allowed_records(&study, "a", 40),
+            HashSet::from([[0xb; 16]])
+        );
+        assert_eq!(view.allowed_donors(&study, "a", 40), HashSet::from([p]));
+        assert_eq!(view.allowed_records(&study, "b", 40), HashSet::new());
+        assert_eq!(view.allowed_records(&study, "a", 1000), HashSet::new());
+        // A's rows still await erasure although the donor is active again.
+        assert_eq!(view.pending_erasures(&study), vec![(p, [0xa; 16])]);
+        view.verified.push(erased(Some(0xb), 50));
+        assert_eq!(view.pending_erasures(&study), vec![(p, [0xa; 16])]);
+        view.verified.push(erased(Some(0xa), 60));
+        assert!(view.pending_erasures(&study).is_empty());
+        // An older entry without a record erased every record withdrawn before it.
+        let view = LedgerView::unverified(vec![
+            granted(0xa, 10),
+            withdrawn(0xa, 20),
+            erased(None, 25),
+            granted(0xb, 30),
+            withdrawn(0xb, 35),
+        ]);
+        assert_eq!(view.pending_erasures(&study), vec![(p, [0xb; 16])]);
     }
 }

@@ -18,7 +18,7 @@
 //! | [`disclosure`] | k-anonymity: primary and secondary suppression |
 //! | [`query`] | one approved run: approval, consent, engine, disclosure, ledger entry |
 //! | [`output`] | the result table as text, CSV, JSON, Parquet and an SVG bar chart |
-//! | [`compact`] | rewriting batches without withdrawn donors' rows |
+//! | [`compact`] | rewriting batches without the rows of withdrawn consent records |
 //! | [`audit`] | the auditor's checks of the ledger, receipts, consents, query runs and batches |
 //! | [`testkit`] | synthetic rows and ledger entries for tests and the benchmark |
 //!

@@ -148,7 +148,7 @@ enum Cmd {
         #[arg(long, default_value = ".datadonor-query-service")]
         state_dir: PathBuf,
     },
-    /// Rewrite sealed batches without withdrawn donors' rows and log the erasures.
+    /// Rewrite sealed batches without the rows of withdrawn consent records and log the erasures.
     Compact {
         /// The study's batch directory: the intake's `batches/<study>/`.
         #[arg(long)]
@@ -218,7 +218,7 @@ enum AuditCmd {
         #[arg(long)]
         html: Option<PathBuf>,
     },
-    /// Check that every row of every sealed batch belongs to a consenting, non-erased donor.
+    /// Check every row of every sealed batch against the consent record it was donated under.
     Batches {
         /// The study's batch directory: the intake's `batches/<study>/`.
         #[arg(long)]
@@ -739,7 +739,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 println!(
                     "{s}: {} erased, {} removed, {} written, {} kept, {}",
-                    audit::plural(r.erased.len() as u64, "donor", "donors"),
+                    audit::plural(
+                        r.erased
+                            .keys()
+                            .map(|(p, _)| p)
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .len() as u64,
+                        "donor",
+                        "donors"
+                    ),
                     audit::plural(r.removed.len() as u64, "batch", "batches"),
                     r.written.len(),
                     audit::plural(r.rows_kept, "row", "rows"),

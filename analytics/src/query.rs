@@ -313,9 +313,15 @@ pub fn apply_disclosure(
     })
 }
 
-/// The donors whose consent covers the spec's purpose now.
+/// The donors with a consent record that covers the spec's purpose now.
 pub fn allowed_donors(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> HashSet<Pseudonym> {
     ledger.allowed_donors(&inputs.study.id, &inputs.spec.purpose, inputs.now)
+}
+
+/// The consent records that cover the spec's purpose now: the rows donated under them are the
+/// ones a run counts.
+pub fn allowed_records(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> HashSet<[u8; 16]> {
+    ledger.allowed_records(&inputs.study.id, &inputs.spec.purpose, inputs.now)
 }
 
 /// Run an approved query over the store and log it. Nothing is returned unless the run was
@@ -330,7 +336,8 @@ pub fn run_query(
     let started = std::time::Instant::now();
     authorize(inputs, ledger)?;
     let allowed = allowed_donors(inputs, ledger);
-    let engine = QueryEngine::new(inputs.spec, inputs.study, &allowed)?;
+    let records = allowed_records(inputs, ledger);
+    let engine = QueryEngine::new(inputs.spec, inputs.study, &records)?;
     let agg = aggregate_store(engine, store, inputs.study, vault)?;
     let k = inputs.spec.effective_k(inputs.study);
     let table = apply_disclosure(&agg, inputs.spec, k)?;

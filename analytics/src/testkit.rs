@@ -8,7 +8,7 @@ use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::QueryApproval;
 use datadonor_schemas::signing::PublicKey;
 use datadonor_schemas::study::{
-    FieldType, Granularity, StudyDefinition, DONOR_COLUMN, PERIOD_COLUMN,
+    FieldType, Granularity, StudyDefinition, CONSENT_COLUMN, DONOR_COLUMN, PERIOD_COLUMN,
 };
 use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
@@ -54,6 +54,36 @@ pub fn donor(i: u32) -> Pseudonym {
     Pseudonym(b)
 }
 
+/// The consent record id of the synthetic donor with pseudonym `p` ([`grant`], [`withdraw`]
+/// and the `consent` column of [`synthetic_frame`]): the pseudonym's first 16 bytes.
+pub fn record_id(p: Pseudonym) -> [u8; 16] {
+    let mut r = [0u8; 16];
+    r.copy_from_slice(&p.0[..16]);
+    r
+}
+
+/// [`record_id`] as the `consent` column holds it (32 lowercase hex digits).
+pub fn record_hex(p: Pseudonym) -> String {
+    hex::encode(record_id(p))
+}
+
+/// The consent column value of rows of the donor with hex pseudonym `donor`: its
+/// [`record_hex`], or 32 zeros when `donor` is not a pseudonym.
+fn record_of_donor_hex(donor: &str) -> String {
+    Pseudonym::from_hex(donor).map_or_else(|| "0".repeat(32), record_hex)
+}
+
+/// Set every row's `consent` column to `record` (rows donated under another consent record).
+pub fn set_consent(df: &mut DataFrame, record: [u8; 16]) -> Result<(), AnalyticsError> {
+    let hex = hex::encode(record);
+    let c = StringChunked::from_iter_values(
+        CONSENT_COLUMN.into(),
+        std::iter::repeat_n(hex.as_str(), df.height()),
+    );
+    df.with_column(c.into_series().into())?;
+    Ok(())
+}
+
 /// A valid period label of the study's granularity, `i` steps from January 2024.
 pub fn period(g: Granularity, i: usize) -> String {
     match g {
@@ -63,7 +93,8 @@ pub fn period(g: Granularity, i: usize) -> String {
     }
 }
 
-/// `rows` synthetic rows of donors chosen uniformly from `donors` (hex pseudonyms).
+/// `rows` synthetic rows of donors chosen uniformly from `donors` (hex pseudonyms), in the
+/// study's batch schema: each row's `consent` column is its donor's [`record_hex`].
 pub fn synthetic_frame(
     study: &StudyDefinition,
     donors: &[String],
@@ -115,6 +146,15 @@ pub fn synthetic_frame(
         };
         cols.push(c);
     }
+    let records: Vec<String> = donors.iter().map(|d| record_of_donor_hex(d)).collect();
+    cols.push(
+        StringChunked::from_iter_values(
+            CONSENT_COLUMN.into(),
+            picks.iter().map(|i| records[*i].as_str()),
+        )
+        .into_series()
+        .into(),
+    );
     Ok(DataFrame::new(rows, cols)?)
 }
 
@@ -150,7 +190,7 @@ pub fn grant(
         study_id: study.id.clone(),
         study_version: study.version,
         pseudonym: p,
-        consent_record_id: [p.0[3]; 16],
+        consent_record_id: record_id(p),
         purposes: purposes.iter().map(|s| s.to_string()).collect(),
         given_at: 1_700_000_000,
         expires_at,
@@ -165,7 +205,7 @@ pub fn withdraw(study: &StudyDefinition, p: Pseudonym, time: UnixSeconds) -> Led
         time,
         study_id: study.id.clone(),
         pseudonym: p,
-        consent_record_id: [p.0[3]; 16],
+        consent_record_id: record_id(p),
         withdrawal_sha256: [1; 32],
     }
 }

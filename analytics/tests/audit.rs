@@ -10,7 +10,7 @@ use datadonor_analytics::ledger::{
 };
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{
-    approval, donor, grant, query_run, store_frame, synthetic_frame, withdraw, Rng,
+    approval, donor, grant, query_run, record_id, store_frame, synthetic_frame, withdraw, Rng,
 };
 use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
@@ -34,6 +34,7 @@ fn erased(s: &StudyDefinition, i: u32, time: i64) -> LedgerEntry {
         time,
         study_id: s.id.clone(),
         pseudonym: donor(i),
+        consent_record_id: Some(record_id(donor(i))),
         rows_erased: 3,
         batches_rewritten: vec!["00".repeat(16)],
     }
@@ -183,7 +184,8 @@ fn batch_with_withdrawn_and_erased_donor_is_reported() {
     assert_eq!(clean.rows, 305);
     assert_eq!(clean.donors, 7);
     assert_eq!(clean.violations.len(), 1);
-    assert_eq!(clean.violations[0].kind, BatchViolationKind::NoConsent);
+    // Their rows name a consent record the ledger does not know.
+    assert_eq!(clean.violations[0].kind, BatchViolationKind::UnknownRecord);
     assert_eq!(clean.violations[0].pseudonym, Some(donor(42)));
 
     // Donor 3 withdraws and is logged as erased, but the batch still holds their rows.
@@ -262,7 +264,7 @@ fn receipt_is_verified_and_found_in_the_current_log() {
         kind: ReceiptKind::Withdrawal,
         study_id: s.id.clone(),
         pseudonym: donor(2),
-        consent_record_id: [donor(2).0[3]; 16],
+        consent_record_id: record_id(donor(2)),
         request_sha256: [1; 32],
         ledger_index: index,
         entry_sha256: merkle::leaf_hash(&entries[4]).0,

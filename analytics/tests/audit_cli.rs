@@ -12,7 +12,7 @@ use datadonor_analytics::audit::short_pseudonym;
 use datadonor_analytics::ledger::{encode_record, STATE_FILE};
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{
-    approval, donor, grant, query_run, store_frame, synthetic_frame, withdraw, Rng,
+    approval, donor, grant, query_run, record_id, store_frame, synthetic_frame, withdraw, Rng,
 };
 use datadonor_analytics::vault::VaultKey;
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
@@ -127,6 +127,7 @@ fn world() -> World {
         time: NOW + 200,
         study_id: w.study.id.clone(),
         pseudonym: donor(VICTIM),
+        consent_record_id: Some(record_id(donor(VICTIM))),
         rows_erased: 3,
         batches_rewritten: vec!["00".repeat(16)],
     };
@@ -252,7 +253,7 @@ fn audit_receipt_is_found_in_the_current_log_and_refused_after_a_rewrite() {
         kind: ReceiptKind::Withdrawal,
         study_id: w.study.id.clone(),
         pseudonym: donor(VICTIM),
-        consent_record_id: [donor(VICTIM).0[3]; 16],
+        consent_record_id: record_id(donor(VICTIM)),
         request_sha256: [1; 32],
         ledger_index: index,
         entry_sha256: merkle::leaf_hash(&entry).0,
@@ -591,7 +592,8 @@ fn audit_batches_reports_rows_of_an_erased_donor() {
     assert!(html.contains(&format!("<td>{prefix}</td>")), "{html}");
     assert!(!html.contains(&format!("<td class=\"num\">{prefix}</td>")));
 
-    // Without the erasure entry (withdrawn, erasure pending) the batch is in order.
+    // Without the erasure entry (withdrawn, erasure pending) the rows of the withdrawn consent
+    // record are still reported, as awaiting compaction.
     let mut w2 = world();
     w2.entries.pop();
     std::fs::create_dir(w2.p("batches")).expect("dir");
@@ -604,10 +606,16 @@ fn audit_batches_reports_rows_of_an_erased_donor() {
     );
     a.extend(w2.verified("state"));
     let (code, stdout, stderr) = w2.run(&a);
-    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(code, 4, "{stderr}");
     assert_eq!(
         stdout,
-        "study t2d-dk: 1 batch, 300 rows, 6 donors, 0 violations\n"
+        format!(
+            "violation: batch {batch_id}: {victim_rows} rows of {} under consent record {} \
+             withdrawn at {WITHDRAWN}\n\
+             study t2d-dk: 1 batch, 300 rows, 6 donors, 1 violation\n",
+            short_pseudonym(&donor(VICTIM)),
+            &hex::encode(record_id(donor(VICTIM)))[..12]
+        )
     );
 
     // A damaged batch stops the audit with an error naming the file.

@@ -11,7 +11,7 @@ use datadonor_analytics::output;
 use datadonor_analytics::query::{run_query, QueryInputs, ResultTable};
 use datadonor_analytics::sealed::open_batch_file;
 use datadonor_analytics::store::BatchStore;
-use datadonor_analytics::testkit::{donor, grant, withdraw, Rng};
+use datadonor_analytics::testkit::{donor, grant, record_hex, withdraw, Rng};
 use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
 use datadonor_schemas::ledger::LedgerEntry;
@@ -85,6 +85,11 @@ fn rows(w: &World, spec: &[(u32, &str, bool, f64, usize)]) -> DataFrame {
             .collect();
         cols.push(Column::new(f.into(), v));
     }
+    let consent: Vec<String> = spec
+        .iter()
+        .flat_map(|(i, _, _, _, n)| std::iter::repeat_n(record_hex(donor(*i)), *n))
+        .collect();
+    cols.push(Column::new("consent".into(), consent));
     let _ = &w.study;
     DataFrame::new(n, cols).expect("frame")
 }
@@ -457,7 +462,7 @@ fn compaction_erases_a_withdrawn_donor_everywhere_and_logs_it() {
     .expect("compacts");
     let (rows_erased, batches) = report
         .erased
-        .get(&victim.to_hex())
+        .get(&(victim.to_hex(), record_hex(victim)))
         .cloned()
         .expect("victim erased");
     assert!(rows_erased > 0);
@@ -642,7 +647,7 @@ fn grouping_batches_into_plans_does_not_change_the_result() {
             .expect("rows");
         store(&w, &mut df, b);
     }
-    let allowed = view(&w).allowed_donors(&w.study.id, EPI, NOW);
+    let allowed = view(&w).allowed_records(&w.study.id, EPI, NOW);
     for contribution in ["all_rows", "donor_mean"] {
         let s = spec(&format!(
             r#"

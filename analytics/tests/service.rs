@@ -116,11 +116,13 @@ fn service(w: &World) -> QueryService {
 /// Donors `ids`, each consenting and with `rows` rows of HbA1c `value` in Syddanmark.
 fn donate(w: &World, ids: std::ops::Range<u32>, value: f64, rows: usize, batch: i64) {
     let mut donors = Vec::new();
+    let mut consent = Vec::new();
     for i in ids.clone() {
         w.ledger
             .push(&grant(&w.study, donor(i), &[EPI], NOW + 86_400));
         for _ in 0..rows {
             donors.push(donor(i).to_hex());
+            consent.push(datadonor_analytics::testkit::record_hex(donor(i)));
         }
     }
     let n = donors.len();
@@ -141,6 +143,7 @@ fn donate(w: &World, ids: std::ops::Range<u32>, value: f64, rows: usize, batch: 
         };
         cols.push(Column::new(f.into(), vec![Some(v); n]));
     }
+    cols.push(Column::new("consent".into(), consent));
     let mut df = DataFrame::new(n, cols).expect("frame");
     let store = BatchStore::open(&w.batches).expect("store");
     datadonor_analytics::testkit::store_frame(&store, &w.study, &w.vault, &mut df, batch)

@@ -16,7 +16,9 @@
 //! 3. Under the ledger lock it decides every job against the ledger state (idempotency, consent
 //!    record reuse, withdrawal state), appending the new entries to the in-memory Merkle log
 //!    (invisible to readers: they only see up to the last *published* checkpoint).
-//! 4. For each study with accepted rows: rows → one Parquet file in memory (ZSTD) → sealed batch
+//! 4. For each study with accepted rows: rows (each donation's rows with the `consent` column,
+//!    its consent record id, appended: the study's batch schema) → one Parquet file in memory
+//!    (ZSTD) → sealed batch
 //!    (fresh AES-256 data key wrapped to the vault public key, then zeroized; STREAM chunks) →
 //!    [`crate::store::BatchStore::put`] (temp file, fsync, rename, fsync dir).
 //! 5. The group's ledger entries (`ConsentGranted` for a consent record not seen before,
@@ -415,6 +417,14 @@ fn decide_donation(
     let m = &d.manifest.body;
     let study = &d.study.definition.id;
     let manifest_sha = d.manifest.digest();
+    let batch_schema = d.study.definition.batch_schema();
+    let sealed_rows = match with_consent_column(&batch_schema, &d.rows, &m.record_id) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("rows of a validated donation do not fit the batch schema: {e}");
+            return Outcome::Fail(Problem::Internal);
+        }
+    };
     match st.consent_record(study, &m.record_id) {
         Some(h) if h != manifest_sha => return Outcome::Fail(Problem::ManifestMismatch),
         Some(_) => {
@@ -439,10 +449,10 @@ fn decide_donation(
                 batch_id: id,
             },
             Vec::new(),
-            d.study.definition.arrow_schema(),
+            batch_schema,
         )
     });
-    slot.1.push(d.rows.clone());
+    slot.1.push(sealed_rows);
     let accepted = LedgerEntry::DonationAccepted {
         time: now,
         study_id: study.clone(),
@@ -454,6 +464,23 @@ fn decide_donation(
         batch_id: slot.0.id_hex(),
     };
     Outcome::New(push(st, &accepted, new_entries))
+}
+
+/// The donation's rows with the consent-record column appended (every row: `record_id` as 32
+/// lowercase hex digits), in the study's batch schema.
+fn with_consent_column(
+    schema: &arrow::datatypes::SchemaRef,
+    rows: &RecordBatch,
+    record_id: &[u8; 16],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let hex = hex::encode(record_id);
+    let consent = arrow::array::StringArray::from_iter_values(std::iter::repeat_n(
+        hex.as_str(),
+        rows.num_rows(),
+    ));
+    let mut columns = rows.columns().to_vec();
+    columns.push(Arc::new(consent));
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 fn decide_withdrawal(

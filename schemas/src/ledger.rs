@@ -12,7 +12,7 @@ use crate::pseudonym::Pseudonym;
 use crate::signing::PublicKey;
 use crate::study::StudyId;
 use crate::time::UnixSeconds;
-use crate::wire::{hex16, hex32, parse_json, WireError};
+use crate::wire::{hex16, hex32, opt_hex16, parse_json, WireError};
 
 /// Largest entry accepted.
 pub const MAX_ENTRY_LEN: usize = 64 * 1024;
@@ -84,7 +84,7 @@ pub enum LedgerEntry {
         #[serde(with = "hex32")]
         withdrawal_sha256: [u8; 32],
     },
-    /// A withdrawn donor's rows were erased from the sealed batches.
+    /// A withdrawn consent record's rows were erased from the sealed batches.
     ErasureDone {
         /// When.
         time: UnixSeconds,
@@ -92,6 +92,11 @@ pub enum LedgerEntry {
         study_id: StudyId,
         /// Donor pseudonym.
         pseudonym: Pseudonym,
+        /// The withdrawn consent record whose rows were erased. Entries without it (written
+        /// before rows were matched to consent by record) erased every withdrawn record of the
+        /// pseudonym up to that entry.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex16")]
+        consent_record_id: Option<[u8; 16]>,
         /// Rows removed.
         rows_erased: u64,
         /// Batches rewritten (hex ids of the old batches).
@@ -400,6 +405,47 @@ mod record_tests {
         );
         let other = StudyId::new("other-study").unwrap();
         assert!(consent_states(&other, &log).is_empty());
+    }
+
+    #[test]
+    fn erasure_done_names_its_record_and_older_entries_still_parse() {
+        let old = br#"{"type":"erasure_done","time":5,"study_id":"t2d-dk","pseudonym":"0707070707070707070707070707070707070707070707070707070707070707","rows_erased":3,"batches_rewritten":[]}"#;
+        let e = LedgerEntry::from_bytes(old).unwrap();
+        assert!(matches!(
+            e,
+            LedgerEntry::ErasureDone {
+                consent_record_id: None,
+                ..
+            }
+        ));
+        assert_eq!(e.to_bytes(), old.to_vec(), "absent stays absent");
+        let LedgerEntry::ErasureDone {
+            time,
+            study_id,
+            pseudonym,
+            rows_erased,
+            batches_rewritten,
+            ..
+        } = e
+        else {
+            unreachable!()
+        };
+        let new = LedgerEntry::ErasureDone {
+            time,
+            study_id,
+            pseudonym,
+            consent_record_id: Some([0xab; 16]),
+            rows_erased,
+            batches_rewritten,
+        };
+        let bytes = new.to_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""consent_record_id":"abababababababababababababababab""#));
+        assert_eq!(LedgerEntry::from_bytes(&bytes).unwrap(), new);
+        let upper = text.replace("abababab", "ABABABAB");
+        assert!(LedgerEntry::from_bytes(upper.as_bytes()).is_err());
+        let null = text.replace(r#""abababababababababababababababab""#, "null");
+        assert!(LedgerEntry::from_bytes(null.as_bytes()).is_err());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub const MAX_STUDY_LEN: usize = 64 * 1024;
 pub const DONOR_COLUMN: &str = "donor";
 /// Name of the generalised-date column.
 pub const PERIOD_COLUMN: &str = "period";
+/// Name of the consent-record column of sealed batches (Utf8, the consent record id as 32
+/// lowercase hex digits). The intake adds it when it seals; donated rows do not carry it.
+pub const CONSENT_COLUMN: &str = "consent";
 
 /// Errors in a study definition or in rows checked against one.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -614,6 +617,19 @@ impl StudyDefinition {
         Arc::new(Schema::new(fields))
     }
 
+    /// The Arrow schema of a sealed batch's rows: [`Self::arrow_schema`] and, last, the
+    /// [`CONSENT_COLUMN`] naming the consent record each row was donated under.
+    pub fn batch_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(CONSENT_COLUMN, DataType::Utf8, false));
+        Arc::new(Schema::new(fields))
+    }
+
     /// Check a batch of rows against the study: exact schema, every value in its range or
     /// enumeration, periods well formed, at least one measure per row, and (when given) every
     /// row's `donor` equal to `pseudonym`.
@@ -754,6 +770,7 @@ fn is_field_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && s != DONOR_COLUMN
         && s != PERIOD_COLUMN
+        && s != CONSENT_COLUMN
 }
 
 /// Encode rows as an Arrow IPC stream (the envelope's row encoding).

@@ -186,6 +186,24 @@ pub(crate) mod hex16 {
     }
 }
 
+/// Serde helpers for optional 16-byte identifiers carried as lowercase hex in JSON (use with
+/// `default` and `skip_serializing_if = "Option::is_none"`: absent is `None`).
+pub(crate) mod opt_hex16 {
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => super::hex16::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<[u8; 16]>, D::Error> {
+        super::hex16::deserialize(d).map(Some)
+    }
+}
+
 /// SHA-256 of a byte string.
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);

@@ -308,15 +308,17 @@ fn ledger_entry() -> impl Strategy<Value = LedgerEntry> {
             t,
             study_id(),
             pseudonym(),
+            proptest::option::of(any::<[u8; 16]>()),
             any::<u64>(),
             vec("[0-9a-f]{32}", 0..3)
         )
             .prop_map(
-                |(time, study_id, pseudonym, rows_erased, batches_rewritten)| {
+                |(time, study_id, pseudonym, consent_record_id, rows_erased, batches_rewritten)| {
                     LedgerEntry::ErasureDone {
                         time,
                         study_id,
                         pseudonym,
+                        consent_record_id,
                         rows_erased,
                         batches_rewritten,
                     }

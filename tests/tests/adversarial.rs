@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use datadonor_analytics::audit::{audit_batches, audit_log};
+use datadonor_analytics::audit::{audit_batches, audit_log, BatchViolationKind};
 use datadonor_analytics::ledger::{
     decode_records, encode_record, verify_ledger, LedgerError, LedgerView, STATE_FILE,
 };
@@ -1262,9 +1262,12 @@ async fn withdrawn_donor_is_not_counted_by_a_later_query() {
     assert_eq!(after.appended.index, before.appended.index + 2);
 
     // The batches still hold the withdrawn donor's rows: the query left them out by consent.
+    // The intake sealed every row with the consent record it was donated under, so the batch
+    // audit finds exactly the withdrawn record's rows (awaiting compaction) and nothing else.
     let access = LedgerAccess::of(&live);
     let gone_pseudonym: Pseudonym = gone.manifest.pseudonym;
-    let (allowed, batch_donors, batch_rows) = tokio::task::spawn_blocking(move || {
+    let gone_record = hex::encode(gone.manifest.record_id);
+    let (allowed, batch_donors, batch_rows, violations) = tokio::task::spawn_blocking(move || {
         let ledger = access.client();
         let view = verify_ledger(&ledger, std::slice::from_ref(&access.verifier), None)
             .expect("ledger verifies");
@@ -1272,11 +1275,25 @@ async fn withdrawn_donor_is_not_counted_by_a_later_query() {
         let audit =
             audit_batches(&view, &store, &research.vault, &research.study.id).expect("audit");
         let allowed = view.allowed_donors(&research.study.id, EPI, SystemClock.now());
-        (allowed, audit.donors, audit.rows)
+        (allowed, audit.donors, audit.rows, audit.violations)
     })
     .await
     .expect("audit task");
     assert_eq!((batch_donors, batch_rows), (6, 18));
+    match violations.as_slice() {
+        [v] => {
+            assert!(
+                matches!(v.kind, BatchViolationKind::Withdrawn { .. }),
+                "{v}"
+            );
+            assert_eq!(v.pseudonym, Some(gone_pseudonym));
+            assert_eq!(
+                (v.consent_record.as_str(), v.rows),
+                (gone_record.as_str(), 3)
+            );
+        }
+        other => panic!("expected the withdrawn record's rows only, got {other:?}"),
+    }
     assert_eq!(allowed.len(), 5);
     assert!(!allowed.contains(&gone_pseudonym));
 }

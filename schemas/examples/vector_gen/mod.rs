@@ -780,6 +780,7 @@ impl Fixture {
                 time: withdrawal.withdrawn_at + DAY,
                 study_id: study.id.clone(),
                 pseudonym,
+                consent_record_id: Some(manifest.record_id),
                 rows_erased: 3,
                 batches_rewritten: vec![h(&batch_id)],
             },
@@ -3834,6 +3835,10 @@ fn entry_meanings(kind: &str) -> Vec<(&'static str, &'static str)> {
         "erasure_done" => &[
             ("study_id", "the study"),
             ("pseudonym", "the withdrawn donor's pseudonym"),
+            (
+                "consent_record_id",
+                "the withdrawn consent record whose rows were erased (hex16; absent in entries written before rows were matched to consent by record)",
+            ),
             ("rows_erased", "rows removed (u64)"),
             ("batches_rewritten", "hex ids of the batches rewritten"),
         ],
