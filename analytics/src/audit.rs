@@ -353,7 +353,9 @@ impl ConsentTimeline {
             _ => false,
         }
     }
-    /// Withdrawn and not erased since the last withdrawal.
+    /// Withdrawn and not erased since the last withdrawal, by pseudonym (the totals of
+    /// [`audit_consents`] count pending erasures by consent record, see
+    /// [`LedgerView::pending_erasures`]).
     pub fn is_pending_erasure(&self) -> bool {
         match (self.withdrawn.last(), self.erased.last()) {
             (Some(w), Some(e)) => e < w,
@@ -376,7 +378,7 @@ pub struct ConsentTotals {
     pub erased: u64,
     /// Donors whose consent is in force.
     pub active: u64,
-    /// Withdrawn donors awaiting erasure.
+    /// Donors with a withdrawn consent record whose erasure is not logged yet.
     pub pending_erasure: u64,
 }
 
@@ -445,7 +447,14 @@ pub fn audit_consents(view: &LedgerView, study: &StudyId) -> ConsentAudit {
     timelines.sort_by_key(|t| first.get(&t.pseudonym).copied().unwrap_or(usize::MAX));
     totals.donors = timelines.len() as u64;
     totals.active = timelines.iter().filter(|t| t.is_active()).count() as u64;
-    totals.pending_erasure = timelines.iter().filter(|t| t.is_pending_erasure()).count() as u64;
+    // By consent record: a donor who withdrew one record and consented again under another is
+    // still pending until the withdrawn record's rows are erased.
+    totals.pending_erasure = view
+        .pending_erasures(study)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect::<HashSet<Pseudonym>>()
+        .len() as u64;
     ConsentAudit {
         study: study.clone(),
         timelines,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use datadonor_analytics::audit::{audit_batches, BatchViolationKind};
+use datadonor_analytics::audit::{audit_batches, audit_consents, BatchViolationKind};
 use datadonor_analytics::compact::{compact, CompactOptions};
 use datadonor_analytics::ledger::{verify_ledger, LedgerView, MemoryLedger};
 use datadonor_analytics::query::{run_query, QueryInputs, ResultTable};
@@ -201,6 +201,8 @@ fn a_withdrawn_record_stays_out_after_the_donor_consents_again() {
         view(&w).pending_erasures(&w.study.id),
         vec![(donor(RETURNING), record_id(donor(RETURNING)))]
     );
+    let consents = audit_consents(&view(&w), &w.study.id).totals;
+    assert_eq!((consents.active, consents.pending_erasure), (10, 1));
 
     // Compaction erases exactly A's rows and keeps B's, though the donor is active again.
     let report = compact(
@@ -246,6 +248,12 @@ fn a_withdrawn_record_stays_out_after_the_donor_consents_again() {
     assert!(clean.violations.is_empty(), "{}", clean.render_text());
     assert_eq!((clean.rows, clean.donors), (29, 10));
     assert!(view(&w).pending_erasures(&w.study.id).is_empty());
+    assert_eq!(
+        audit_consents(&view(&w), &w.study.id)
+            .totals
+            .pending_erasure,
+        0
+    );
     let t = run(&w, 2).expect("runs");
     for (got, want) in t.rows[0].values.iter().zip(&expected) {
         assert!((got.expect("published") - want.expect("value")).abs() < 1e-9);
