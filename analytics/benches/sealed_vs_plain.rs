@@ -1,6 +1,12 @@
-//! Benchmark: the approved example query over sealed batches (through the real engine:
-//! unseal in memory, consent filter, partial aggregates, disclosure control, ledger entry)
-//! against the same polars query with `scan_parquet` over the same rows as plaintext Parquet.
+//! Benchmark: the approved example query over sealed batches against the same polars query with
+//! `scan_parquet` over the same rows as plaintext Parquet, in the same run:
+//!
+//! * (a) the exact run (unseal in memory, consent filter, partial aggregates, k-anonymity,
+//!   ledger entry), as the steward's own reference runs use it;
+//! * (c) the run through the steward's query service (`QueryService::run` on a signed researcher
+//!   request: request checks, approval and budget reserved in the journal, unseal, aggregate,
+//!   the differentially private release with OpenDP, ledger entry), in process, without TLS;
+//! * (b) the plaintext baseline.
 //!
 //! ```text
 //! cargo bench -p datadonor-analytics --bench sealed_vs_plain -- --rows 1000000
@@ -18,15 +24,21 @@ use std::process::Command;
 use std::time::Instant;
 
 use datadonor_analytics::engine::QueryEngine;
-use datadonor_analytics::ledger::{encode_record, LocalLedgerFile};
+use datadonor_analytics::ledger::{
+    encode_record, Appended, LedgerError, LedgerSink, LedgerView, LocalLedgerFile, ServiceLedger,
+};
 use datadonor_analytics::query::{apply_disclosure, run_query, QueryInputs};
 use datadonor_analytics::sealed::seal_batch;
+use datadonor_analytics::service::{QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{donor, grant, parquet_bytes, synthetic_frame, Rng};
 use datadonor_analytics::vault::VaultKey;
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::privacy::QueryRequest;
 use datadonor_schemas::query::{QueryApproval, QuerySpec};
-use datadonor_schemas::signing::{SignedObject, SigningKey};
+use datadonor_schemas::signing::{Context, SignedObject, SigningKey};
 use datadonor_schemas::study::StudyDefinition;
+use datadonor_schemas::time::Clock;
 use polars::prelude::*;
 
 const STUDY: &str = include_str!("../../examples/t2d-study.toml");
@@ -107,7 +119,10 @@ fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()
         not_before: NOW - 10,
         not_after: NOW + 86_400,
         max_runs: 1_000_000,
-        privacy: None,
+        privacy: Some(datadonor_schemas::privacy::PrivacySpend {
+            epsilon: 1.0,
+            delta: 1e-6,
+        }),
     };
     std::fs::write(dir.join("q.approval"), approval.sign(&steward).to_bytes())?;
     Ok(())
@@ -157,6 +172,46 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
             let t = apply_disclosure(&agg, &spec, spec.effective_k(&study))?;
             (t.rows.len(), t.cells_suppressed())
         }
+        "service" => {
+            let researcher = SigningKey::generate()?;
+            let state = tempfile::tempdir()?;
+            let svc = QueryService::new(ServiceParts {
+                study: study.clone(),
+                approvers: approvers.to_vec(),
+                researchers: Researchers::parse(
+                    &format!(
+                        "{} {}\n",
+                        spec.researcher,
+                        researcher.public_key().to_base64()
+                    ),
+                    &dir.join("researchers"),
+                )?,
+                vault: VaultKey::load(&dir.join("vault.key"))?,
+                store: BatchStore::open(&dir.join("sealed"))?,
+                ledger: Box::new(FileLedger(LocalLedgerFile::new(
+                    &dir.join("ledger.log"),
+                    None,
+                ))),
+                state_dir: state.path().to_path_buf(),
+                clock: std::sync::Arc::new(Fixed(NOW)),
+            })?;
+            let mut request_id = [0u8; 16];
+            request_id[..8].copy_from_slice(&start.elapsed().as_nanos().to_le_bytes()[..8]);
+            let body = SignedObject::sign(
+                Context::QueryRequest,
+                &QueryRequest {
+                    format: 1,
+                    request_id,
+                    time: NOW,
+                    spec_toml: QUERY.to_string(),
+                    approval: approval.clone(),
+                },
+                &researcher,
+            )
+            .to_bytes();
+            let t = svc.run(&body).map_err(|p| p.to_string())?;
+            (t.rows.len(), t.cells_suppressed())
+        }
         other => return Err(format!("unknown variant {other}").into()),
     };
     let secs = start.elapsed().as_secs_f64();
@@ -165,6 +220,25 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
         vm_hwm_kib()
     );
     Ok(())
+}
+
+/// The bench's ledger file as the service reads it (the file carries no signed checkpoint).
+struct FileLedger(LocalLedgerFile);
+impl ServiceLedger for FileLedger {
+    fn verified_view(&self) -> Result<LedgerView, LedgerError> {
+        self.0.unverified_view()
+    }
+    fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
+        LedgerSink::append(&self.0, entry)
+    }
+}
+
+#[derive(Debug)]
+struct Fixed(i64);
+impl Clock for Fixed {
+    fn now(&self) -> i64 {
+        self.0
+    }
 }
 
 fn run_child(dir: &Path, variant: &str) -> Res<(f64, u64, String)> {
@@ -221,16 +295,17 @@ fn main() -> Res<()> {
     let mut best = [
         (f64::MAX, 0u64, String::new()),
         (f64::MAX, 0u64, String::new()),
+        (f64::MAX, 0u64, String::new()),
     ];
     for _ in 0..repeat {
-        for (slot, v) in ["plain", "sealed"].into_iter().enumerate() {
+        for (slot, v) in ["plain", "sealed", "service"].into_iter().enumerate() {
             let r = run_child(tmp.path(), v)?;
             if r.0 < best[slot].0 {
                 best[slot] = r;
             }
         }
     }
-    let [(tp, hp, lp), (ts, hs, ls)] = best;
+    let [(tp, hp, lp), (ts, hs, ls), (tq, hq, lq)] = best;
     println!(
         "(b) plaintext scan_parquet: {tp:.3}s, peak RSS {} MiB   [{lp}]",
         hp >> 10
@@ -239,6 +314,11 @@ fn main() -> Res<()> {
         "(a) sealed, real engine:   {ts:.3}s, peak RSS {} MiB   [{ls}]",
         hs >> 10
     );
+    println!(
+        "(c) query service, DP:     {tq:.3}s, peak RSS {} MiB   [{lq}]",
+        hq >> 10
+    );
     println!("ratio sealed/plain = {:.3} (target <= 1.10)", ts / tp);
+    println!("ratio service/plain = {:.3} (target <= 1.15)", tq / tp);
     Ok(())
 }

@@ -555,6 +555,11 @@ pub enum QueryFlag {
     },
     /// The run names another study, purpose, researcher or query than its approval.
     Mismatch(&'static str),
+    /// The budget left that the run records does not follow from the previous run's and this
+    /// run's spend (basic composition).
+    BudgetInconsistent(&'static str),
+    /// The run spent more than its approval states.
+    OverSpent,
 }
 
 impl std::fmt::Display for QueryFlag {
@@ -574,12 +579,19 @@ impl std::fmt::Display for QueryFlag {
                 write!(f, "run {run} beyond the approval's max runs {max_runs}")
             }
             QueryFlag::Mismatch(what) => write!(f, "{what} differs from the approval"),
+            QueryFlag::BudgetInconsistent(whose) => {
+                write!(
+                    f,
+                    "{whose} budget left does not follow from the previous run"
+                )
+            }
+            QueryFlag::OverSpent => write!(f, "spent more than the approval states"),
         }
     }
 }
 
 /// One `query_run` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueryRunRecord {
     /// Ledger index.
     pub index: u64,
@@ -597,15 +609,39 @@ pub struct QueryRunRecord {
     pub cells_suppressed: u64,
     /// SHA-256 of the signed approval payload.
     pub approval_sha256: [u8; 32],
+    /// The run's privacy spend and the budgets left after it (runs of the query service).
+    pub privacy: Option<datadonor_schemas::privacy::RunPrivacy>,
     /// Problems found (empty without approvals to check against, or when the run is in order).
     pub flags: Vec<QueryFlag>,
 }
 
+/// Privacy budget use of one researcher in one study, summed over their runs (basic
+/// composition).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetUse {
+    /// Study.
+    pub study: StudyId,
+    /// Researcher.
+    pub researcher: String,
+    /// Runs with a recorded spend.
+    pub runs: u64,
+    /// ε spent.
+    pub epsilon: f64,
+    /// δ spent.
+    pub delta: f64,
+    /// ε left for the researcher after their last run, as recorded.
+    pub epsilon_left: f64,
+    /// δ left for the researcher after their last run, as recorded.
+    pub delta_left: f64,
+}
+
 /// The result of [`audit_queries`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueryAudit {
     /// Every run, in log order.
     pub runs: Vec<QueryRunRecord>,
+    /// Budget use per study and researcher, in order of first run.
+    pub budgets: Vec<BudgetUse>,
     /// Whether the runs were checked against approvals.
     pub checked: bool,
     /// Approvals checked against.
@@ -663,6 +699,9 @@ pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval
         .collect();
     let mut counts: HashMap<[u8; 32], u64> = HashMap::new();
     let mut runs = Vec::new();
+    let mut budgets: Vec<BudgetUse> = Vec::new();
+    // The last recorded study budget left, per study.
+    let mut study_left: HashMap<StudyId, (f64, f64)> = HashMap::new();
     for (i, e) in view.all().enumerate() {
         let LedgerEntry::QueryRun {
             time,
@@ -673,12 +712,52 @@ pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval
             purpose,
             cells_published,
             cells_suppressed,
+            privacy,
             ..
         } = e
         else {
             continue;
         };
         let mut flags = Vec::new();
+        if let Some(p) = privacy {
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+            let close_delta =
+                |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12);
+            match budgets
+                .iter_mut()
+                .find(|b| &b.study == study_id && &b.researcher == researcher)
+            {
+                Some(b) => {
+                    if !close(b.epsilon_left - p.epsilon, p.researcher_epsilon_left)
+                        || !close_delta(b.delta_left - p.delta, p.researcher_delta_left)
+                    {
+                        flags.push(QueryFlag::BudgetInconsistent("researcher's"));
+                    }
+                    b.runs += 1;
+                    b.epsilon += p.epsilon;
+                    b.delta += p.delta;
+                    b.epsilon_left = p.researcher_epsilon_left;
+                    b.delta_left = p.researcher_delta_left;
+                }
+                None => budgets.push(BudgetUse {
+                    study: study_id.clone(),
+                    researcher: researcher.clone(),
+                    runs: 1,
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                    epsilon_left: p.researcher_epsilon_left,
+                    delta_left: p.researcher_delta_left,
+                }),
+            }
+            if let Some((e_left, d_left)) = study_left.get(study_id) {
+                if !close(e_left - p.epsilon, p.study_epsilon_left)
+                    || !close_delta(d_left - p.delta, p.study_delta_left)
+                {
+                    flags.push(QueryFlag::BudgetInconsistent("study's"));
+                }
+            }
+            study_left.insert(study_id.clone(), (p.study_epsilon_left, p.study_delta_left));
+        }
         if approvals.is_some() {
             match by_digest.get(approval_sha256) {
                 None => flags.push(QueryFlag::NoApproval),
@@ -709,6 +788,13 @@ pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval
                     if &a.query_sha256 != query_sha256 {
                         flags.push(QueryFlag::Mismatch("query hash"));
                     }
+                    if let (Some(p), Some(spend)) = (privacy, a.privacy) {
+                        if p.epsilon > spend.epsilon * (1.0 + 1e-9)
+                            || p.delta > spend.delta * (1.0 + 1e-9)
+                        {
+                            flags.push(QueryFlag::OverSpent);
+                        }
+                    }
                 }
             }
         }
@@ -721,11 +807,13 @@ pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval
             cells_published: *cells_published,
             cells_suppressed: *cells_suppressed,
             approval_sha256: *approval_sha256,
+            privacy: *privacy,
             flags,
         });
     }
     QueryAudit {
         runs,
+        budgets,
         checked: approvals.is_some(),
         approvals: by_digest.len() as u64,
     }
@@ -744,6 +832,8 @@ impl QueryAudit {
                     r.purpose.clone(),
                     r.cells_published.to_string(),
                     r.cells_suppressed.to_string(),
+                    r.privacy
+                        .map_or_else(|| "-".into(), |p| format!("{}", p.epsilon)),
                     hex::encode(r.approval_sha256),
                     if r.flags.is_empty() {
                         if self.checked {
@@ -763,7 +853,7 @@ impl QueryAudit {
             .collect()
     }
 
-    const HEADERS: [&'static str; 9] = [
+    const HEADERS: [&'static str; 10] = [
         "index",
         "time",
         "study",
@@ -771,9 +861,37 @@ impl QueryAudit {
         "purpose",
         "published",
         "suppressed",
+        "epsilon",
         "approval sha256",
         "flags",
     ];
+
+    const BUDGET_HEADERS: [&'static str; 7] = [
+        "study",
+        "researcher",
+        "runs",
+        "epsilon spent",
+        "delta spent",
+        "epsilon left",
+        "delta left",
+    ];
+
+    fn budget_rows(&self) -> Vec<Vec<String>> {
+        self.budgets
+            .iter()
+            .map(|b| {
+                vec![
+                    b.study.to_string(),
+                    b.researcher.clone(),
+                    b.runs.to_string(),
+                    round_budget(b.epsilon),
+                    round_budget(b.delta),
+                    round_budget(b.epsilon_left),
+                    round_budget(b.delta_left),
+                ]
+            })
+            .collect()
+    }
 
     fn summary_line(&self) -> String {
         if self.checked {
@@ -794,8 +912,16 @@ impl QueryAudit {
     /// Plain-text report: a header row, then one row per run, columns aligned (left-aligned
     /// text, right-aligned counts; the last column, the flags, is not padded).
     pub fn render_text(&self) -> String {
-        let mut s = aligned_text(&Self::HEADERS, &self.rows(), &[0, 5, 6]);
+        let mut s = aligned_text(&Self::HEADERS, &self.rows(), &[0, 5, 6, 7]);
         let _ = writeln!(s, "{}", self.summary_line());
+        if !self.budgets.is_empty() {
+            let _ = writeln!(s, "\nprivacy budget per researcher (basic composition):");
+            s.push_str(&aligned_text(
+                &Self::BUDGET_HEADERS,
+                &self.budget_rows(),
+                &[2, 3, 4, 5, 6],
+            ));
+        }
         s
     }
 
@@ -810,8 +936,23 @@ impl QueryAudit {
             r.summary("Approvals", "not checked");
         }
         r.table("Query runs", &Self::HEADERS, self.rows());
+        if !self.budgets.is_empty() {
+            r.table(
+                "Privacy budget per researcher (basic composition)",
+                &Self::BUDGET_HEADERS,
+                self.budget_rows(),
+            );
+        }
         r.render()
     }
+}
+
+/// A budget amount with 9 significant digits (sums of floating-point spends).
+fn round_budget(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    format!("{}", format!("{v:.8e}").parse::<f64>().unwrap_or(v))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -512,3 +512,215 @@ pub fn exact_donor_counts(cube: &CellDonorCube) -> BTreeMap<CellKey, u64> {
 pub fn laplace_error95(b: f64) -> f64 {
     laplacian_scale_to_accuracy(b, 1.0 - CONFIDENCE).unwrap_or(f64::NAN)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Statistical checks of the mechanisms as this module composes them. OpenDP samples from
+    //! OpenSSL's CSPRNG, which takes no seed: the bounds are set so that a correct mechanism fails
+    //! them with probability below about 1e-6, and a noise scale off by a factor of 1.5 fails them.
+
+    use super::*;
+    use crate::engine::FieldRange;
+
+    fn policy(l: u32, c: u32) -> PrivacyPolicy {
+        PrivacyPolicy {
+            epsilon: 100.0,
+            delta: 1e-3,
+            researcher_epsilon: 100.0,
+            researcher_delta: 1e-3,
+            max_rows_per_cell: l,
+            max_cells_per_donor: c,
+        }
+    }
+
+    fn spec(measures: &str) -> QuerySpec {
+        QuerySpec::from_toml(&format!(
+            "study = \"t2d-dk\"\npurpose = \"p\"\nresearcher = \"r\"\n{measures}"
+        ))
+        .expect("spec")
+    }
+
+    /// One cell (no grouping) with the given donors.
+    fn cube(donors: Vec<DonorCell>) -> CellDonorCube {
+        let cells = donors
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| (i as u32, d))
+            .collect();
+        CellDonorCube {
+            dimensions: vec![],
+            measures: vec![],
+            fields: vec![FieldRange {
+                name: "hba1c".into(),
+                min: 3.0,
+                max: 20.0,
+            }],
+            cells: BTreeMap::from([(vec![], cells)]),
+            rows_scanned: 0,
+            batches: 0,
+        }
+    }
+
+    fn donor(rows: u64, value: f64) -> DonorCell {
+        DonorCell {
+            rows,
+            n: vec![rows],
+            s: vec![value * rows as f64],
+            ss: vec![0.0],
+        }
+    }
+
+    fn mean_var(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let m = xs.iter().sum::<f64>() / n;
+        (
+            m,
+            xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0),
+        )
+    }
+
+    #[test]
+    fn noise_on_a_count_has_the_stated_scale() {
+        let c = cube((0..2000).map(|_| donor(1, 7.0)).collect());
+        let s = spec("[[measures]]\nop = \"rows\"\n");
+        let spend = PrivacySpend {
+            epsilon: 1.0,
+            delta: 1e-6,
+        };
+        let mut donors = Vec::new();
+        let mut rows = Vec::new();
+        let mut scale = (0.0, 0.0);
+        for _ in 0..1000 {
+            let r = release(&c, &s, &policy(1, 1), spend, 5).expect("release");
+            assert!(r.spent.epsilon <= 1.0 + 1e-9 && r.spent.delta <= 1e-6 * (1.0 + 1e-9));
+            scale = (r.columns[0].noise_scale, r.columns[1].noise_scale);
+            donors.push(r.rows[0].values[0].expect("donors"));
+            rows.push(r.rows[0].values[1].expect("rows"));
+        }
+        // Two mechanisms share ε = 1: each gets 0.5, and one donor moves each count by 1.
+        assert!((scale.0 - 2.0).abs() < 1e-6, "{scale:?}");
+        assert!((scale.1 - 2.0).abs() < 1e-6, "{scale:?}");
+        for (xs, b) in [(&donors, scale.0), (&rows, scale.1)] {
+            // Discrete Laplace of scale b: variance 2e^{-1/b}/(1-e^{-1/b})^2 (about 2b²).
+            let q = (-1.0 / b).exp();
+            let var = 2.0 * q / ((1.0 - q) * (1.0 - q));
+            let (m, v) = mean_var(xs);
+            assert!(
+                (m - 2000.0).abs() < 6.0 * (var / xs.len() as f64).sqrt(),
+                "mean {m}"
+            );
+            assert!(
+                v > 0.7 * var && v < 1.4 * var,
+                "variance {v}, expected {var}"
+            );
+        }
+    }
+
+    #[test]
+    fn clamping_and_the_row_bound_hold() {
+        // 999 donors with one row of 7.0; one donor with a million rows of an impossible value.
+        let mut ds: Vec<DonorCell> = (0..999).map(|_| donor(1, 7.0)).collect();
+        ds.push(donor(1_000_000, 1.0e6));
+        let c = cube(ds);
+        let s = spec(
+            "[[measures]]\nop = \"rows\"\n[[measures]]\nop = \"mean\"\nfield = \"hba1c\"\n[[measures]]\nop = \"sum\"\nfield = \"hba1c\"\n",
+        );
+        let spend = PrivacySpend {
+            epsilon: 50.0,
+            delta: 1e-4,
+        };
+        let l = 4;
+        for _ in 0..50 {
+            let r = release(&c, &s, &policy(l, 1), spend, 5).expect("release");
+            let v = |i: usize| r.rows[0].values[i].expect("value");
+            let e = |i: usize| r.rows[0].error95[i].expect("error");
+            // Rows: the heavy donor counts L rows, not a million.
+            let exact_rows = 999.0 + f64::from(l);
+            assert!((v(1) - exact_rows).abs() < 3.0 * e(1), "rows {}", v(1));
+            // Mean: the heavy donor's value is clamped to 20 and weighs L rows.
+            let exact_mean = (999.0 * 7.0 + f64::from(l) * 20.0) / exact_rows;
+            assert!((3.0..=20.0).contains(&v(2)), "mean {}", v(2));
+            assert!(
+                (v(2) - exact_mean).abs() < 3.0 * e(2),
+                "mean {} vs {exact_mean}",
+                v(2)
+            );
+            let exact_sum = 999.0 * 7.0 + f64::from(l) * 20.0;
+            assert!(
+                (v(3) - exact_sum).abs() < 3.0 * e(3),
+                "sum {} vs {exact_sum}",
+                v(3)
+            );
+        }
+    }
+
+    #[test]
+    fn a_donor_counts_in_at_most_c_cells_of_a_table() {
+        // One donor in five cells, with nobody else: with C = 2 only two cells could hold them,
+        // and a threshold of at least k = 2 releases none of these one-donor cells.
+        let mut cells = BTreeMap::new();
+        for k in ["a", "b", "c", "d", "e"] {
+            cells.insert(
+                vec![Some(k.to_string())],
+                HashMap::from([(0u32, donor(1, 7.0))]),
+            );
+        }
+        let c = CellDonorCube {
+            dimensions: vec!["region".into()],
+            measures: vec![],
+            fields: vec![],
+            cells,
+            rows_scanned: 0,
+            batches: 0,
+        };
+        let s = QuerySpec::from_toml(
+            "study = \"t2d-dk\"\npurpose = \"p\"\nresearcher = \"r\"\ngroup_by = [\"region\"]\n[[measures]]\nop = \"donors\"\n",
+        )
+        .expect("spec");
+        let r = release(
+            &c,
+            &s,
+            &policy(1, 2),
+            PrivacySpend {
+                epsilon: 1.0,
+                delta: 1e-6,
+            },
+            2,
+        )
+        .expect("release");
+        assert_eq!(
+            r.cells_seen, 2,
+            "the donor was kept in {} cells",
+            r.cells_seen
+        );
+        assert!(r.rows.len() <= 2);
+    }
+
+    #[test]
+    fn extreme_quantiles_are_not_the_extreme_donor() {
+        // k = 5 donors; q = 0.01 without noise is the smallest value, 3.17231.
+        let mut ds: Vec<DonorCell> = vec![donor(1, 3.172_31)];
+        ds.extend((0..4).map(|i| donor(1, 10.0 + f64::from(i))));
+        let c = cube(ds);
+        let s = spec("[[measures]]\nop = \"quantile\"\nfield = \"hba1c\"\nq = 0.01\n");
+        let spend = PrivacySpend {
+            epsilon: 1.0,
+            delta: 1e-3,
+        };
+        let mut hits = 0;
+        let mut released = 0;
+        for _ in 0..200 {
+            let r = release(&c, &s, &policy(1, 1), spend, 2).expect("release");
+            if let Some(row) = r.rows.first() {
+                released += 1;
+                if row.values[1].is_some_and(|v| (v - 3.172_31).abs() < 1e-9) {
+                    hits += 1;
+                }
+            }
+        }
+        assert_eq!(
+            hits, 0,
+            "{hits} of {released} releases gave the donor's value"
+        );
+    }
+}

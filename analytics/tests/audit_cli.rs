@@ -429,12 +429,12 @@ fn audit_queries_flags_runs_beyond_their_approval() {
     let d = hex::encode(digest);
     // A header row, then the runs, columns aligned: counts right, text left, flags last.
     let header = format!(
-        "index  time                  study   researcher     purpose           published  suppressed  approval sha256{}  flags",
+        "index  time                  study   researcher     purpose           published  suppressed  epsilon  approval sha256{}  flags",
         " ".repeat(64 - "approval sha256".len())
     );
     let row = |index: u64, t: i64, hash: &str, flags: &str| {
         format!(
-            "{index:>5}  {}  t2d-dk  r@sdu.example  {EPI}          6           2  {hash}  {flags}",
+            "{index:>5}  {}  t2d-dk  r@sdu.example  {EPI}          6           2        -  {hash}  {flags}",
             time(t)
         )
     };

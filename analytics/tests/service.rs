@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datadonor_analytics::audit::audit_queries;
 use datadonor_analytics::ledger::{
     verify_ledger, Appended, LedgerError, LedgerView, MemoryLedger, ServiceLedger,
 };
@@ -293,6 +294,42 @@ max_cells_per_donor = 1
         }
         other => panic!("{other:?}"),
     }
+    // The auditor sums the spends per researcher and finds them consistent.
+    let view =
+        verify_ledger(&*w.ledger, &[w.ledger.verifier().expect("vkey")], None).expect("view");
+    let audit = audit_queries(&view, None);
+    assert_eq!(audit.budgets.len(), 1);
+    let b = &audit.budgets[0];
+    assert_eq!((b.researcher.as_str(), b.runs), (RESEARCHER, 2));
+    assert_eq!((b.epsilon, b.epsilon_left), (2.0, 0.5));
+    assert_eq!(audit.flagged(), 0);
+    assert!(audit
+        .render_text()
+        .contains("privacy budget per researcher"));
+    // A logged run whose recorded budget does not follow from the previous one is flagged.
+    let forged = match &logged[1] {
+        LedgerEntry::QueryRun {
+            privacy: Some(p), ..
+        } => {
+            let mut e = logged[1].clone();
+            if let LedgerEntry::QueryRun { privacy, .. } = &mut e {
+                *privacy = Some(datadonor_schemas::privacy::RunPrivacy {
+                    researcher_epsilon_left: p.researcher_epsilon_left + 1.0,
+                    ..*p
+                });
+            }
+            e
+        }
+        other => panic!("{other:?}"),
+    };
+    w.ledger.push(&forged);
+    let view =
+        verify_ledger(&*w.ledger, &[w.ledger.verifier().expect("vkey")], None).expect("view");
+    let audit = audit_queries(&view, None);
+    assert_eq!(audit.flagged(), 1, "{}", audit.render_text());
+    assert!(audit
+        .render_text()
+        .contains("researcher's budget left does not follow"));
 }
 
 /// The differencing attack: one run before and one after a single donor's donation. Without

@@ -6,7 +6,8 @@
 //! * `keys/`: HPKE transport key id 1, ledger Ed25519 seed, SHA-256 of the auditor token (see
 //!   [`crate::keys`]) — and no OPRF key material: pseudonyms come from the threshold
 //!   pseudonymisation service, whose configuration the example study embeds when one is given;
-//! * `auditor.token`: the auditor token itself, once, for the operator to hand over and delete;
+//! * `auditor.token`: the auditor token itself (0600), which the auditor's commands read as
+//!   `--auditor-token @FILE`; where the auditor is someone else, the operator hands it over and deletes it;
 //! * `tls/ca.pem`, `tls/server.pem`, `tls/server.key`: a throw-away CA and a server certificate
 //!   for `localhost` and `127.0.0.1` (the CA key is not kept);
 //! * `steward/steward.key`, `steward/steward.key.pub`: a demo steward key, in the key-file

@@ -119,7 +119,10 @@ fn run() -> anyhow::Result<()> {
             };
             let r = datadonor_intake::init::init_with(&dir, options, SystemClock.now())?;
             println!("initialised {}", r.dir.display());
-            println!("auditor token (also in auditor.token; hand it over, then delete that file):");
+            println!(
+                "auditor token (also in auditor.token, which the auditor's commands read as \
+                 --auditor-token @FILE; where the auditor is someone else, hand it over and delete the file):"
+            );
             println!("{}", r.auditor_token.as_str());
             println!("demo steward key: {}", r.steward_public_key);
             if let Some(p) = r.vault_private_key {

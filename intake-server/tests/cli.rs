@@ -40,7 +40,7 @@ fn init_prints_what_the_operator_hands_over_and_refuses_to_run_twice() {
         stdout,
         format!(
             "initialised d\n\
-             auditor token (also in auditor.token; hand it over, then delete that file):\n\
+             auditor token (also in auditor.token, which the auditor's commands read as --auditor-token @FILE; where the auditor is someone else, hand it over and delete the file):\n\
              {token}\
              demo steward key: {steward}\
              demo vault private key: d/vault-private/vault.key -- move it off this machine; serve never reads it\n"
