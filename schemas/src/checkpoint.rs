@@ -302,7 +302,7 @@ fn validate_extension(ext: &str) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-fn parse_decimal(s: &str) -> Result<u64, CheckpointError> {
+pub(crate) fn parse_decimal(s: &str) -> Result<u64, CheckpointError> {
     let canonical = match s.as_bytes() {
         [] => false,
         [b'0'] => true,
@@ -542,7 +542,10 @@ pub fn sign_text(
 }
 
 /// Parses a signed note's signature line (without its newline).
-fn parse_signature_line(line: &str, line_no: usize) -> Result<NoteSignature, CheckpointError> {
+pub(crate) fn parse_signature_line(
+    line: &str,
+    line_no: usize,
+) -> Result<NoteSignature, CheckpointError> {
     let malformed = CheckpointError::MalformedSignatureLine { line: line_no };
     let rest = line.strip_prefix(SIG_PREFIX).ok_or(malformed.clone())?;
     let (name, b64) = rest.split_once(' ').ok_or(malformed.clone())?;

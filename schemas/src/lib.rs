@@ -21,6 +21,7 @@
 //! | [`ledger`] | typed ledger entries |
 //! | [`merkle`] | RFC 9162 Merkle trees, inclusion and consistency proofs |
 //! | [`checkpoint`] | signed tree heads as C2SP tlog-checkpoint signed notes |
+//! | [`cosignature`] | witness cosignatures (C2SP tlog-cosignature) and the tlog-witness `add-checkpoint` bodies |
 //! | [`query`] | researchers' query specs, canonical hashes, stewards' approvals |
 //! | [`batch`] | the sealed batch file header and its STREAM nonce layout |
 //! | [`time`] | the `Clock` trait and Unix-second timestamps |
@@ -30,6 +31,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod consent;
+pub mod cosignature;
 pub mod envelope;
 pub mod geo;
 pub mod ledger;

@@ -23,6 +23,10 @@ use curve25519_dalek::scalar::Scalar;
 use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WRAP_INFO};
 use datadonor_schemas::checkpoint::{self, key_hash, CheckpointError, NoteVerifier};
 use datadonor_schemas::consent::{check_manifest, open_manifest, open_withdrawal, ConsentError};
+use datadonor_schemas::cosignature::{
+    self as cosig, AddCheckpointError, AddCheckpointRequest, Cosignature, CosignatureError,
+    WitnessKey,
+};
 use datadonor_schemas::envelope::{
     hpke_open, hpke_seal_with_rng, DonationPayload, Envelope, EnvelopeError, HpkeConfigList,
     HpkePrivateKey,
@@ -56,7 +60,7 @@ use zeroize::Zeroizing;
 mod vector_gen;
 
 /// Every vector file and its number of (valid, malformed) vectors.
-const EXPECTED: [(&str, usize, usize); 11] = [
+const EXPECTED: [(&str, usize, usize); 12] = [
     ("signed-object.json", 9, 25),
     ("study-definition.json", 8, 64),
     ("consent-manifest.json", 3, 26),
@@ -68,6 +72,7 @@ const EXPECTED: [(&str, usize, usize); 11] = [
     ("receipt.json", 2, 19),
     ("query.json", 4, 29),
     ("batch-header.json", 5, 33),
+    ("cosignature.json", 3, 18),
 ];
 
 /// Rows limit when a rows vector names none.
@@ -429,6 +434,97 @@ fn cp_err(e: &CheckpointError) -> Named {
     plain("CheckpointError", e)
 }
 
+fn cosig_err(e: &CosignatureError) -> Named {
+    match e {
+        CosignatureError::Checkpoint(c) => wrap("CosignatureError", "Checkpoint", cp_err(c)),
+        _ => plain("CosignatureError", e),
+    }
+}
+
+fn witness_keys(file: &Value) -> Vec<WitnessKey> {
+    arr(file, "witnesses")
+        .iter()
+        .map(|w| WitnessKey::parse_vkey(w.as_str().expect("vkey")).expect("witness vkey"))
+        .collect()
+}
+
+fn quorum_of(file: &Value, note: &[u8]) -> Result<(Vec<usize>, u64), CosignatureError> {
+    let (cp, found) = cosig::verify_quorum(
+        note,
+        &ledger_verifier(file),
+        &witness_keys(file),
+        num(file, "quorum") as usize,
+        num(file, "max_time") as u64,
+    )?;
+    Ok((found.iter().map(|f| f.witness).collect(), cp.size))
+}
+
+fn check_cosigned(file: &Value, v: &Value) {
+    let note = s(v, "note_text");
+    let (witnesses, size) = quorum_of(file, note.as_bytes()).expect("quorum verifies");
+    let want: Vec<usize> = arr(v, "expect_witnesses")
+        .iter()
+        .map(|w| w.as_u64().expect("index") as usize)
+        .collect();
+    assert_eq!(witnesses, want);
+    assert!(note.starts_with(s(v, "body_text")));
+    assert_eq!(
+        size.to_string(),
+        s(v, "body_text").split('\n').nth(1).expect("size")
+    );
+    let keys = witness_keys(file);
+    for c in arr(v, "cosignatures") {
+        let i = num(c, "witness") as usize;
+        let key = &keys[i];
+        let label = format!("witness-{}", i + 1);
+        let signer = ed_key(file, &label);
+        assert_eq!(key.public_key(), &signer.public_key().0);
+        assert_eq!(key.to_vkey(), s(c, "vkey"));
+        assert_eq!(key.name(), s(c, "name"));
+        assert_eq!(sha256(&hx(c, "key_hash_input_hex"))[..4], key.key_hash());
+        let line = s(c, "signature_line");
+        assert!(note.contains(line));
+        let parsed = Cosignature::parse_line(line).expect("line");
+        assert_eq!(parsed.timestamp as i64, num(c, "timestamp"));
+        let field = line.trim_end().rsplit(' ').next().expect("field");
+        let raw = STANDARD.decode(field).expect("base64");
+        check_layout(&c["signature_field_layout"], &raw);
+        let msg = s(c, "signed_message_text");
+        assert_eq!(
+            msg,
+            format!(
+                "cosignature/v1\ntime {}\n{}",
+                parsed.timestamp,
+                s(v, "body_text")
+            )
+        );
+        signer
+            .public_key()
+            .verify_raw(msg.as_bytes(), &raw[12..])
+            .expect("Ed25519 over the signed message");
+        let resigned = cosig::WitnessSigner::new(key.name(), signer)
+            .expect("signer")
+            .cosign(s(v, "body_text"), parsed.timestamp)
+            .expect("cosign");
+        assert_eq!(resigned.to_line(), line, "cosigning is deterministic");
+    }
+}
+
+fn check_add_checkpoint(v: &Value) {
+    let req = AddCheckpointRequest::parse(s(v, "request_text").as_bytes()).expect("request");
+    assert_eq!(req.old_size as i64, num(v, "old_size"));
+    let want: Vec<String> = arr(v, "proof")
+        .iter()
+        .map(|p| p.as_str().expect("hex").to_string())
+        .collect();
+    assert_eq!(
+        req.proof.iter().map(|h| h.to_hex()).collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(req.note, s(v, "note_text").as_bytes());
+    assert_eq!(req.to_bytes(), s(v, "request_text").as_bytes());
+}
+
 fn merkle_err(e: &MerkleError) -> Named {
     plain("MerkleError", e)
 }
@@ -600,6 +696,12 @@ fn decode_malformed(file: &Value, v: &Value) -> Named {
             cp_err,
         ),
         "NoteVerifier::parse_vkey" => must_fail(NoteVerifier::parse_vkey(text(&input(v))), cp_err),
+        "cosignature::verify_quorum" => must_fail(quorum_of(file, &input(v)), cosig_err),
+        "WitnessKey::parse_vkey" => must_fail(WitnessKey::parse_vkey(text(&input(v))), cosig_err),
+        "AddCheckpointRequest::parse" => must_fail(
+            AddCheckpointRequest::parse(&input(v)),
+            |e: &AddCheckpointError| plain("AddCheckpointError", e),
+        ),
         "merkle::verify_inclusion" => must_fail(
             merkle::verify_inclusion(
                 num(v, "leaf_index") as u64,
@@ -791,6 +893,8 @@ fn check_valid(file: &Value, v: &Value) {
         }
         "tree" => check_tree(file, v),
         "checkpoint" => check_checkpoint(file, v),
+        "cosigned-checkpoint" => check_cosigned(file, v),
+        "add-checkpoint-request" => check_add_checkpoint(v),
         "ledger_file" => {
             let bytes = hx(v, "file_hex");
             check_layout(&v["layout"], &bytes);

@@ -22,6 +22,9 @@ use curve25519_dalek::scalar::Scalar;
 use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN};
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::consent::{ConsentManifest, Withdrawal, LEGAL_BASIS};
+use datadonor_schemas::cosignature::{
+    self as cosig, AddCheckpointRequest, Cosignature, WitnessSigner,
+};
 use datadonor_schemas::envelope::{
     DonationPayload, HpkeConfig, HpkeConfigList, HpkePrivateKey, HpkePublicKey, ENVELOPE_INFO,
 };
@@ -45,7 +48,7 @@ use voprf::{
 };
 
 /// The vector files, in the order they are written.
-pub const FILE_NAMES: [&str; 11] = [
+pub const FILE_NAMES: [&str; 12] = [
     "signed-object.json",
     "study-definition.json",
     "consent-manifest.json",
@@ -57,6 +60,7 @@ pub const FILE_NAMES: [&str; 11] = [
     "receipt.json",
     "query.json",
     "batch-header.json",
+    "cosignature.json",
 ];
 
 /// The command that writes the files.
@@ -86,6 +90,7 @@ pub fn build() -> Vec<VectorFile> {
         ("receipt.json", receipt_file(&fx)),
         ("query.json", query_file(&fx)),
         ("batch-header.json", batch_file(&fx)),
+        ("cosignature.json", cosignature_file(&fx)),
     ];
     files
         .into_iter()
@@ -5216,6 +5221,313 @@ fn batch_file(fx: &Fixture) -> J {
                     "replace_header" => "replace the header bytes with those of the named valid vector",
                 },
             ),
+        ],
+        valid,
+        malformed,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// cosignature.json
+
+/// Unix time of the witnesses' cosignatures in `cosignature.json`.
+const COSIGN_TIME: u64 = 1_767_225_600;
+
+fn witness_signer(label: &str, name: &str) -> WitnessSigner {
+    WitnessSigner::new(name, signing_key(label)).expect("witness name is valid")
+}
+
+fn cosignature_layout(c: &Cosignature) -> J {
+    Layout::new()
+        .add(
+            &c.key_hash,
+            "key_id",
+            "SHA-256(name || 0x0A || 0x04 || public key)[0..4]",
+        )
+        .add(
+            &c.timestamp.to_be_bytes(),
+            "timestamp",
+            "u64 big-endian, Unix seconds",
+        )
+        .add(
+            &c.signature,
+            "signature",
+            "Ed25519 over \"cosignature/v1\\ntime <timestamp>\\n\" || body",
+        )
+        .done()
+}
+
+/// A cosignature line with its decoded field re-encoded after `edit`.
+fn edit_line(c: &Cosignature, edit: impl Fn(&mut Vec<u8>)) -> String {
+    let mut raw = [&c.key_hash[..], &c.timestamp.to_be_bytes(), &c.signature].concat();
+    edit(&mut raw);
+    format!("\u{2014} {} {}\n", c.name, b64(&raw))
+}
+
+fn cosignature_file(fx: &Fixture) -> J {
+    let labels = ["witness-1", "witness-2", "witness-3"];
+    let names = [
+        "w1.witness.example",
+        "w2.witness.example",
+        "w3.witness.example",
+    ];
+    let ws: Vec<WitnessSigner> = labels
+        .iter()
+        .zip(names)
+        .map(|(l, n)| witness_signer(l, n))
+        .collect();
+    let outsider = witness_signer("witness-outsider", "outsider.witness.example");
+    let n = fx.leaves.len();
+    let note = fx.checkpoint(n);
+    let body = Checkpoint::new(ORIGIN, n as u64, merkle::root(&fx.leaves))
+        .expect("cp")
+        .to_body();
+    let cs: Vec<Cosignature> = ws
+        .iter()
+        .enumerate()
+        .map(|(i, w)| w.cosign(&body, COSIGN_TIME + i as u64).expect("cosign"))
+        .collect();
+    let witness_json = |i: usize| {
+        let w = &ws[i];
+        let c = &cs[i];
+        obj! {
+            "witness" => i,
+            "name" => w.public().name(),
+            "vkey" => w.public().to_vkey(),
+            "key_hash_input_hex" => h(&[w.public().name().as_bytes(), b"\n", &[0x04], w.public().public_key()].concat()),
+            "timestamp" => J::Int(i128::from(c.timestamp)),
+            "signed_message_text" => utf8(&cosig::signed_message(&body, c.timestamp)),
+            "signature_line" => c.to_line(),
+            "signature_field_layout" => cosignature_layout(c),
+        }
+    };
+    let two = cosig::append_cosignatures(&note, &cs[..2]);
+    let outsider_line = outsider.cosign(&body, COSIGN_TIME).expect("cosign");
+    let all = cosig::append_cosignatures(
+        &note,
+        &[cs[2].clone(), outsider_line, cs[0].clone(), cs[1].clone()],
+    );
+    let mut valid = vec![
+        obj! {
+            "name" => "cosigned-by-two-of-three",
+            "kind" => "cosigned-checkpoint",
+            "note_text" => two.clone(),
+            "body_text" => body.clone(),
+            "expect_witnesses" => J::Arr(vec![J::Int(0), J::Int(1)]),
+            "cosignatures" => J::Arr(vec![witness_json(0), witness_json(1)]),
+        },
+        obj! {
+            "name" => "cosigned-by-three-and-an-unknown-witness",
+            "kind" => "cosigned-checkpoint",
+            "note_text" => all,
+            "body_text" => body.clone(),
+            "expect_witnesses" => J::Arr(vec![J::Int(2), J::Int(0), J::Int(1)]),
+            "cosignatures" => J::Arr(vec![witness_json(2), witness_json(0), witness_json(1)]),
+        },
+    ];
+    let proof = merkle::consistency_proof(&fx.leaves, 2).expect("proof");
+    let request = AddCheckpointRequest {
+        old_size: 2,
+        proof: proof.clone(),
+        note: note.clone().into_bytes(),
+    };
+    valid.push(obj! {
+        "name" => "add-checkpoint-from-size-2",
+        "kind" => "add-checkpoint-request",
+        "request_text" => utf8(&request.to_bytes()),
+        "old_size" => 2u64,
+        "proof" => proof_hex(&proof),
+        "note_text" => note.clone(),
+    });
+
+    let dq = "cosignature::verify_quorum";
+    let ce = |v: &str| format!("CosignatureError::{v}");
+    let line = |c: &Cosignature| c.to_line();
+    let with_lines = |lines: &[String]| format!("{note}{}", lines.concat());
+    let l0 = line(&cs[0]);
+    let l1 = line(&cs[1]);
+    let mut other_body_cs = ws[1]
+        .cosign(
+            &fx.checkpoint(5)
+                .split("\n\n")
+                .next()
+                .map(|b| format!("{b}\n"))
+                .expect("body"),
+            COSIGN_TIME,
+        )
+        .expect("cosign");
+    other_body_cs.timestamp = COSIGN_TIME;
+    let key_zero = signing_key("witness-2");
+    let zero_sig = key_zero.sign_raw(&cosig::signed_message(&body, 0));
+    let zero = Cosignature {
+        signature: zero_sig,
+        timestamp: 0,
+        ..cs[1].clone()
+    };
+    let future = ws[1].cosign(&body, COSIGN_TIME + 3600).expect("cosign");
+    let mut malformed = vec![
+        mal(
+            "bad-key-hash",
+            dq,
+            Input::Text(with_lines(&[l0.clone(), edit_line(&cs[1], |r| r[0] ^= 1)])),
+            &ce("QuorumNotMet"),
+        ),
+        mal(
+            "truncated-cosignature",
+            dq,
+            Input::Text(with_lines(&[
+                l0.clone(),
+                edit_line(&cs[1], |r| r.truncate(75)),
+            ])),
+            &ce("WrongLength"),
+        ),
+        mal(
+            "note-signature-not-cosignature",
+            dq,
+            Input::Text(with_lines(&[
+                l0.clone(),
+                edit_line(&cs[1], |r| r.drain(4..12).for_each(drop)),
+            ])),
+            &ce("WrongLength"),
+        ),
+        mal(
+            "timestamp-changed",
+            dq,
+            Input::Text(with_lines(&[l0.clone(), edit_line(&cs[1], |r| r[11] ^= 1)])),
+            &ce("InvalidCosignature"),
+        ),
+        mal(
+            "signature-over-another-body",
+            dq,
+            Input::Text(with_lines(&[l0.clone(), line(&other_body_cs)])),
+            &ce("InvalidCosignature"),
+        ),
+        mal(
+            "duplicated-witness",
+            dq,
+            Input::Text(with_lines(&[
+                l0.clone(),
+                l1.clone(),
+                line(&ws[0].cosign(&body, COSIGN_TIME - 60).expect("cosign")),
+            ])),
+            &ce("DuplicateCosignature"),
+        ),
+        mal(
+            "same-line-twice",
+            dq,
+            Input::Text(with_lines(&[l0.clone(), l1.clone(), l0.clone()])),
+            &ce("DuplicateCosignature"),
+        ),
+        mal(
+            "non-base64",
+            dq,
+            Input::Text(with_lines(&[l0.clone(), {
+                let mut t = l1.clone();
+                let i = t.rfind(' ').expect("space") + 1;
+                t.replace_range(i..i + 1, "!");
+                t
+            }])),
+            "CosignatureError::Checkpoint(CheckpointError::MalformedSignatureLine)",
+        ),
+        mal(
+            "timestamp-zero",
+            dq,
+            Input::Text(with_lines(&[l0.clone(), line(&zero)])),
+            &ce("TimestampOutOfRange"),
+        ),
+        mal(
+            "timestamp-after-max-time",
+            dq,
+            Input::Text(with_lines(&[l0.clone(), line(&future)])),
+            &ce("FutureTimestamp"),
+        ),
+        mal(
+            "one-of-two",
+            dq,
+            Input::Text(with_lines(std::slice::from_ref(&l0))),
+            &ce("QuorumNotMet"),
+        ),
+        mal(
+            "no-log-signature",
+            dq,
+            Input::Text(format!("{body}\n{l0}{l1}")),
+            "CosignatureError::Checkpoint(CheckpointError::UnverifiedNote)",
+        ),
+    ];
+    let dv = "WitnessKey::parse_vkey";
+    let w0 = ws[0].public();
+    let note_vkey = NoteVerifier::new(w0.name(), *w0.public_key())
+        .expect("vkey")
+        .to_vkey();
+    let wrong_id = note_vkey.replacen(
+        &b64(&[&[0x01][..], w0.public_key()].concat()),
+        &b64(&[&[0x04][..], w0.public_key()].concat()),
+        1,
+    );
+    malformed.extend([
+        mal(
+            "vkey-type-0x01",
+            dv,
+            Input::Text(note_vkey),
+            &ce("UnsupportedKeyType"),
+        ),
+        mal(
+            "vkey-key-id-of-type-0x01",
+            dv,
+            Input::Text(wrong_id),
+            &ce("KeyHashMismatch"),
+        ),
+    ]);
+    let dr = "AddCheckpointRequest::parse";
+    let ae = |v: &str| format!("AddCheckpointError::{v}");
+    let req_text = utf8(&request.to_bytes());
+    let first_proof = b64(&proof[0].0);
+    malformed.extend([
+        mal(
+            "old-size-leading-zero",
+            dr,
+            Input::Text(req_text.replacen("old 2\n", "old 02\n", 1)),
+            &ae("MalformedOldSize"),
+        ),
+        mal(
+            "proof-line-unpadded",
+            dr,
+            Input::Text(req_text.replacen(&first_proof, first_proof.trim_end_matches('='), 1)),
+            &ae("MalformedProofLine"),
+        ),
+        mal(
+            "sixty-four-proof-lines",
+            dr,
+            Input::Text(format!(
+                "old 2\n{}\n{note}",
+                format!("{first_proof}\n").repeat(64)
+            )),
+            &ae("TooManyProofLines"),
+        ),
+        mal(
+            "no-blank-line",
+            dr,
+            Input::Text(format!("old 2\n{first_proof}\n")),
+            &ae("MissingBlankLine"),
+        ),
+    ]);
+    finish(
+        file_head(
+            "cosignature",
+            "Witness cosignatures of a ledger checkpoint (C2SP tlog-cosignature, Ed25519 cosignature/v1) and tlog-witness add-checkpoint request bodies. Decoder: cosignature::verify_quorum(input, verifier of vkey, witnesses, quorum, max_time).",
+            "Witness cosignatures",
+        ),
+        vec![
+            ("keys", obj! {
+                "ledger" => ed_key_json("ledger", &fx.ledger),
+                "witness-1" => ed_key_json("witness-1", &signing_key("witness-1")),
+                "witness-2" => ed_key_json("witness-2", &signing_key("witness-2")),
+                "witness-3" => ed_key_json("witness-3", &signing_key("witness-3")),
+            }),
+            ("vkey", J::Str(fx.vkey())),
+            ("witnesses", J::Arr(ws.iter().map(|w| J::Str(w.public().to_vkey())).collect())),
+            ("quorum", J::Int(2)),
+            ("max_time", J::Int(i128::from(COSIGN_TIME + 60))),
         ],
         valid,
         malformed,
