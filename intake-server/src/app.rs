@@ -62,6 +62,8 @@ pub struct Shared {
     pub state: Arc<RwLock<LedgerState>>,
     /// Clock.
     pub clock: Arc<dyn Clock>,
+    /// Witness cosignatures gathered for the published checkpoint.
+    pub cosigned: Arc<RwLock<crate::witnessing::Cosigned>>,
 }
 
 /// Handler state.
@@ -325,7 +327,16 @@ fn read_state(s: &AppState) -> Result<std::sync::RwLockReadGuard<'_, LedgerState
 /// Public: the signed tree head names no donor. Revalidated on every use (it changes with
 /// every commit).
 async fn checkpoint(State(s): State<AppState>) -> Result<Response, Problem> {
-    let note = read_state(&s)?.published_note().to_string();
+    let (size, note) = {
+        let state = read_state(&s)?;
+        (state.published_size(), state.published_note().to_string())
+    };
+    // The witnesses' cosignatures of this very checkpoint, if gathered yet.
+    let note =
+        s.0.cosigned
+            .read()
+            .map_err(|_| Problem::Internal)?
+            .note_with(&note, size);
     Ok((
         StatusCode::OK,
         [

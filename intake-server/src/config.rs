@@ -92,6 +92,21 @@ pub struct Config {
     /// Studies.
     #[serde(default)]
     pub studies: StudiesConfig,
+    /// Witnesses asked to cosign each published checkpoint (C2SP tlog-witness); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// A witness the intake asks to cosign its checkpoints (`[[witnesses]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The witness's submission prefix, `https://…`; `/add-checkpoint` is appended.
+    pub url: String,
+    /// Its verifier key, `<name>+<hex key ID>+<base64(0x04 || public key)>`.
+    pub vkey: String,
+    /// PEM file of the CA its TLS certificate chains to (relative to the data directory).
+    pub ca_cert: PathBuf,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -267,6 +282,7 @@ impl Config {
             ledger: LedgerConfig::default(),
             keys: KeysConfig::default(),
             studies: StudiesConfig { trusted_signers },
+            witnesses: Vec::new(),
         }
     }
 
@@ -301,6 +317,14 @@ impl Config {
             || !datadonor_schemas::checkpoint::is_valid_key_name(&self.ledger.origin)
         {
             return bad("ledger.origin must be a valid checkpoint origin and note key name");
+        }
+        for w in &self.witnesses {
+            if !w.url.starts_with("https://") || w.url.chars().any(char::is_control) {
+                return bad("witnesses.url must be an https:// URL");
+            }
+            if datadonor_schemas::cosignature::WitnessKey::parse_vkey(&w.vkey).is_err() {
+                return bad("witnesses.vkey must be a witness verifier key (type 0x04)");
+            }
         }
         Ok(())
     }

@@ -18,6 +18,7 @@
 //! | [`server`] | `start`: TLS 1.3 accept loop, limits, graceful shutdown; `rotate_transport_key` |
 //! | [`problem`] | RFC 7807 problem documents and their slugs |
 //! | [`metrics`] | Prometheus text metrics |
+//! | [`witnessing`] | asking the configured witnesses to cosign each published checkpoint (C2SP tlog-witness) |
 //! | [`testkit`] | helpers for tests of this and other crates: build valid donations |
 //!
 //! **Architecture invariants:** the intake never holds a key that opens a stored batch (only
@@ -41,6 +42,7 @@ pub mod store;
 pub mod studies;
 pub mod testkit;
 pub mod validate;
+pub mod witnessing;
 
 pub use app::{app, AppState};
 pub use config::Config;

@@ -147,6 +147,7 @@ impl Intake {
             commit: commit.clone(),
             state,
             clock,
+            cosigned: Arc::default(),
         };
         Ok(Self {
             state: AppState(Arc::new(shared)),
@@ -277,6 +278,7 @@ pub async fn start_with_clock(
         .map_err(Error::io("reading the bound address"))?;
     let (tx, rx) = watch::channel(false);
     let state = intake.state();
+    crate::witnessing::spawn(state.clone(), rx.clone())?;
     let task = tokio::spawn(serve(listener, tls, intake, rx));
     tracing::info!(%addr, "intake listening");
     Ok(RunningIntake {
