@@ -163,6 +163,10 @@ enum Cmd {
         /// Rows per rewritten batch.
         #[arg(long, default_value_t = 1_000_000)]
         target_rows: usize,
+        /// Analytics bearer token for POST /v1/ledger/events (or @FILE): the erasures are
+        /// logged with it.
+        #[arg(long, requires = "ledger")]
+        analytics_token: Option<String>,
         #[command(flatten)]
         ledger: LedgerArgs,
     },
@@ -261,8 +265,9 @@ struct LedgerArgs {
     /// Auditor bearer token (or @FILE).
     #[arg(long, requires = "ledger")]
     auditor_token: Option<String>,
-    /// Analytics bearer token for POST /v1/ledger/events (or @FILE).
-    #[arg(long, requires = "ledger")]
+    /// Analytics bearer token for POST /v1/ledger/events: set from the commands that append
+    /// (`compact`'s own `--analytics-token`), not offered by the read-only ones.
+    #[arg(skip)]
     analytics_token: Option<String>,
     /// CA certificate(s) of the intake (PEM).
     #[arg(long, requires = "ledger")]
@@ -714,8 +719,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             vault_key,
             study,
             target_rows,
-            ledger,
+            analytics_token,
+            mut ledger,
         } => {
+            ledger.analytics_token = analytics_token;
             let only = study.as_deref().map(study_id).transpose()?;
             let vault = VaultKey::load(&vault_key)?;
             let store = BatchStore::open(&batches)?;

@@ -309,6 +309,10 @@ pub fn release(
             q: m.q,
             noise_scale: 0.0,
             epsilon: 0.0,
+            decimals: match m.op {
+                MeasureOp::Donors | MeasureOp::Rows => Some(0),
+                _ => None,
+            },
         })
         .collect();
     let mut rows: Vec<ReleasedRow> = Vec::new();

@@ -464,7 +464,13 @@ impl QueryService {
         let cube = aggregate_store_cube(engine, &self.store, &self.study, &self.vault)
             .map_err(engine_problem)?;
         let k = spec.effective_k(&self.study);
-        let release = private::release(&cube, &spec, &policy, spend, k).map_err(engine_problem)?;
+        let mut release =
+            private::release(&cube, &spec, &policy, spend, k).map_err(engine_problem)?;
+        for c in &mut release.columns {
+            if let Some(f) = c.field.as_deref().and_then(|f| self.study.field(f)) {
+                c.decimals = f.decimals();
+            }
+        }
         let published = release.rows.len() as u64;
         let entry = LedgerEntry::QueryRun {
             time: crate::ledger::logged_at(now, started),

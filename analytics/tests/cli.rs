@@ -238,6 +238,17 @@ fn help_says_what_the_key_and_approvers_files_hold() {
         serve.contains("--approvers <FILE> Approvers file of the trusted approver keys: one base64 Ed25519 public key per line"),
         "{serve}"
     );
+    // Read-only commands do not offer the token that appends to the ledger; compact does.
+    for cmd in [
+        &["audit", "log", "--help"][..],
+        &["audit", "queries", "--help"],
+        &["audit", "batches", "--help"],
+        &["audit", "consents", "--help"],
+        &["audit", "receipt", "--help"],
+    ] {
+        assert!(!help(cmd).contains("--analytics-token"), "{cmd:?}");
+    }
+    assert!(help(&["compact", "--help"]).contains("--analytics-token"));
     // The researcher's run is not a command of the steward's tool.
     let (code, _, _) = run(&s, &["query", "--help"]);
     assert_eq!(code, 2);

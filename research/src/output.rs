@@ -117,6 +117,41 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// A value rounded to the column's declared decimal places (JSON and Parquet carry it so).
+pub fn round_column(v: f64, decimals: Option<u8>) -> f64 {
+    match decimals {
+        Some(d) if v.is_finite() => {
+            let scale = 10f64.powi(i32::from(d));
+            let r = (v * scale).round() / scale;
+            if r == 0.0 {
+                0.0
+            } else {
+                r
+            }
+        }
+        _ => v,
+    }
+}
+
+/// A value for CSV and the text table: with the column's declared decimal places when it has them (the
+/// study's precision for its field; 0 for counts), else [`format_significant`].
+pub fn format_column(v: f64, decimals: Option<u8>) -> String {
+    match decimals {
+        Some(d) if v.is_finite() => {
+            let s = format!("{v:.prec$}", prec = usize::from(d));
+            if s.trim_start_matches('-')
+                .chars()
+                .all(|c| c == '0' || c == '.')
+            {
+                s.trim_start_matches('-').to_string()
+            } else {
+                s
+            }
+        }
+        _ => format_significant(v),
+    }
+}
+
 /// A value for CSV: integers exact, others rounded to six significant digits.
 pub fn format_significant(v: f64) -> String {
     if is_integral(v) {
@@ -149,9 +184,13 @@ fn cell_text(t: &ReleasedTable, row: &ReleasedRow, c: usize) -> String {
         return "-".to_string();
     };
     let quantile = t.columns.get(c).map(|c| c.op) == Some(MeasureOp::Quantile);
+    let fmt = |x: f64| match t.columns.get(c).and_then(|c| c.decimals) {
+        Some(d) => format_column(x, Some(d)),
+        None => format_value(x),
+    };
     match row.error95.get(c).copied().flatten() {
-        Some(e) if !quantile => format!("{} ± {}", format_value(v), format_value(e)),
-        _ => format_value(v),
+        Some(e) if !quantile => format!("{} ± {}", fmt(v), fmt(e)),
+        _ => fmt(v),
     }
 }
 
@@ -260,8 +299,11 @@ pub fn to_csv(t: &ReleasedTable) -> Result<String, OutputError> {
                 _ => TOTAL.to_string(),
             })
             .collect();
-        for c in 0..t.columns.len() {
-            let f = |v: Option<f64>| v.map(format_significant).unwrap_or_default();
+        for (c, col) in t.columns.iter().enumerate() {
+            let f = |v: Option<f64>| {
+                v.map(|v| format_column(v, col.decimals))
+                    .unwrap_or_default()
+            };
             rec.push(f(row.values.get(c).copied().flatten()));
             rec.push(f(row.error95.get(c).copied().flatten()));
         }
@@ -285,7 +327,8 @@ pub fn to_json_value(t: &ReleasedTable) -> serde_json::Value {
             }
             for (c, col) in t.columns.iter().enumerate() {
                 let num = |v: Option<f64>| {
-                    v.and_then(serde_json::Number::from_f64)
+                    v.map(|v| round_column(v, col.decimals))
+                        .and_then(serde_json::Number::from_f64)
                         .map(Value::Number)
                         .unwrap_or(Value::Null)
                 };
@@ -344,7 +387,13 @@ pub fn to_record_batch(t: &ReleasedTable) -> Result<RecordBatch, OutputError> {
         fields.push(Field::new(&col.name, DataType::Float64, true));
         let v: Float64Array = rows
             .iter()
-            .map(|r| r.values.get(c).copied().flatten())
+            .map(|r| {
+                r.values
+                    .get(c)
+                    .copied()
+                    .flatten()
+                    .map(|v| round_column(v, col.decimals))
+            })
             .collect();
         arrays.push(Arc::new(v));
         fields.push(Field::new(
@@ -354,7 +403,13 @@ pub fn to_record_batch(t: &ReleasedTable) -> Result<RecordBatch, OutputError> {
         ));
         let e: Float64Array = rows
             .iter()
-            .map(|r| r.error95.get(c).copied().flatten())
+            .map(|r| {
+                r.error95
+                    .get(c)
+                    .copied()
+                    .flatten()
+                    .map(|v| round_column(v, col.decimals))
+            })
             .collect();
         arrays.push(Arc::new(e));
     }

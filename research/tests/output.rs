@@ -19,6 +19,7 @@ fn column(name: &str, op: MeasureOp, q: Option<f64>) -> ReleasedColumn {
         q,
         noise_scale: 2.0,
         epsilon: 0.1,
+        decimals: None,
     }
 }
 
@@ -127,6 +128,29 @@ fn csv_header_and_rows() {
     assert_eq!(lines[2], "south,95,5.99,51.5,0.123457,50.25,");
     assert_eq!(lines[3], "(total),215,5.99,49.75,0.123457,48.5,");
     assert_eq!(lines.len(), 4, "the suppressed cell is not listed: {csv}");
+}
+
+#[test]
+fn csv_json_and_parquet_use_the_declared_decimals() {
+    let mut t = table();
+    t.columns[0].decimals = Some(0);
+    t.columns[1].decimals = Some(1);
+    let csv = output::to_csv(&t).expect("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    // 48.1234567 with one decimal, its error 0.123456789 too; the quantile keeps 6 digits.
+    assert_eq!(lines[1], "north,120,6,48.1,0.1,47,");
+    let v: serde_json::Value =
+        serde_json::from_str(&output::to_json(&t).expect("json")).expect("json");
+    assert_eq!(v["rows"][0]["mean_hba1c"], 48.1);
+    assert_eq!(v["rows"][0]["donors_error95"], 6.0);
+    assert!(
+        output::to_text(&t).contains("48.1 ± 0.1"),
+        "{}",
+        output::to_text(&t)
+    );
+    assert_eq!(output::format_column(-0.04, Some(1)), "0.0");
+    assert_eq!(output::format_column(2.25, Some(0)), "2");
+    assert_eq!(output::round_column(7.2849, Some(2)), 7.28);
 }
 
 #[test]

@@ -145,6 +145,7 @@ fn table() -> ReleasedTable {
         q: None,
         noise_scale: 1.0,
         epsilon: 0.25,
+        decimals: None,
     };
     ReleasedTable {
         format: 1,

@@ -255,6 +255,10 @@ pub struct ReleasedColumn {
     pub noise_scale: f64,
     /// The ε of this column's mechanism in one table.
     pub epsilon: f64,
+    /// Decimal places to write the column's values with (counts: 0; a field's statistics: as
+    /// the study declares for the field; absent: six significant digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decimals: Option<u8>,
 }
 
 /// One released cell.

@@ -277,6 +277,10 @@ pub enum FieldSource {
         /// Accepted source units other than `unit`.
         #[serde(default)]
         convert: Vec<UnitConversion>,
+        /// Decimal places the field's published statistics are written with (0–6); absent:
+        /// six significant digits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decimals: Option<u8>,
     },
     /// Whether the donor had one of these diagnoses on or before the period's observation date.
     Condition {
@@ -332,6 +336,14 @@ pub enum FieldType {
 }
 
 impl FieldSpec {
+    /// Decimal places the field's published statistics are written with, if the study says.
+    pub fn decimals(&self) -> Option<u8> {
+        match &self.source {
+            FieldSource::Observation { decimals, .. } => *decimals,
+            _ => None,
+        }
+    }
+
     /// The column's type.
     pub fn field_type(&self) -> FieldType {
         match &self.source {
@@ -539,9 +551,13 @@ impl StudyDefinition {
                     max,
                     unit,
                     convert,
+                    decimals,
                 } => {
                     if codes.is_empty() {
                         return bad(format!("field {}: no source codes", f.name));
+                    }
+                    if decimals.is_some_and(|d| d > 6) {
+                        return bad(format!("field {}: decimals must be 0 to 6", f.name));
                     }
                     if !(min.is_finite() && max.is_finite() && min < max) {
                         return bad(format!(
