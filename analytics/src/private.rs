@@ -76,9 +76,22 @@ fn mechanisms(m: &Measure) -> usize {
     }
 }
 
+/// The quantile levels the release offers: deciles and quartiles. Levels near 0 or 1 would ask
+/// for the extremes under another name.
+pub const QUANTILE_LEVELS: [f64; 11] = [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9];
+
 /// Refuse what the release does not offer.
 pub fn check_spec(spec: &QuerySpec) -> Result<(), AnalyticsError> {
     for m in &spec.measures {
+        if m.op == MeasureOp::Quantile {
+            let q = m.q.unwrap_or(0.5);
+            if !QUANTILE_LEVELS.iter().any(|l| (l - q).abs() < 1e-12) {
+                return Err(AnalyticsError::Refused(format!(
+                    "{}: differentially private quantiles are offered at q = 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8 and 0.9",
+                    m.column_name()
+                )));
+            }
+        }
         if matches!(m.op, MeasureOp::Std | MeasureOp::Min | MeasureOp::Max) {
             return Err(AnalyticsError::Refused(format!(
                 "{} is not offered under differential privacy (use quantiles for spread)",
@@ -701,12 +714,33 @@ mod tests {
     }
 
     #[test]
-    fn extreme_quantiles_are_not_the_extreme_donor() {
-        // k = 5 donors; q = 0.01 without noise is the smallest value, 3.17231.
+    fn quantiles_near_the_extremes_are_refused() {
+        for q in ["0.01", "0.99", "0.05", "0.15"] {
+            let s = spec(&format!(
+                "[[measures]]\nop = \"quantile\"\nfield = \"hba1c\"\nq = {q}\n"
+            ));
+            let e = release(
+                &cube(vec![donor(1, 7.0)]),
+                &s,
+                &policy(1, 1),
+                PrivacySpend {
+                    epsilon: 1.0,
+                    delta: 1e-6,
+                },
+                2,
+            )
+            .expect_err("refused");
+            assert!(e.to_string().contains("offered at q = 0.1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_low_quantile_of_k_donors_is_not_the_lowest_donors_value() {
+        // k = 5 donors; q = 0.1 without noise is close to the smallest value, 3.17231.
         let mut ds: Vec<DonorCell> = vec![donor(1, 3.172_31)];
         ds.extend((0..4).map(|i| donor(1, 10.0 + f64::from(i))));
         let c = cube(ds);
-        let s = spec("[[measures]]\nop = \"quantile\"\nfield = \"hba1c\"\nq = 0.01\n");
+        let s = spec("[[measures]]\nop = \"quantile\"\nfield = \"hba1c\"\nq = 0.1\n");
         let spend = PrivacySpend {
             epsilon: 1.0,
             delta: 1e-3,
