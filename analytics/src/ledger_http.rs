@@ -27,8 +27,19 @@ pub struct HttpLedger {
     auditor_token: Zeroizing<String>,
     analytics_token: Option<Zeroizing<String>>,
     client: reqwest::Client,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken by `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
     verifiers: Vec<NoteVerifier>,
+}
+
+impl Drop for HttpLedger {
+    /// The private runtime is shut down without waiting, so the ledger may be dropped anywhere,
+    /// also on an async task (the query service drops it when it stops).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpLedger {
@@ -126,7 +137,7 @@ impl HttpLedger {
             auditor_token,
             analytics_token,
             client,
-            rt,
+            rt: Some(rt),
             verifiers: Vec::new(),
         })
     }
@@ -150,9 +161,16 @@ impl HttpLedger {
         self.verifiers = verifiers;
     }
 
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, LedgerError> {
+        self.rt.as_ref().ok_or_else(|| LedgerError::Http {
+            url: self.base.clone(),
+            detail: "the ledger client is shut down".into(),
+        })
+    }
+
     fn get(&self, path: &str, token: Option<&str>) -> Result<Vec<u8>, LedgerError> {
         let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
+        self.runtime()?.block_on(async {
             let send = || {
                 let mut req = self.client.get(&url);
                 if let Some(t) = token {
@@ -241,7 +259,7 @@ impl LedgerSink for HttpLedger {
             .as_ref()
             .ok_or_else(|| http_err(&url, "no analytics token configured"))?;
         let bytes = entry.to_bytes();
-        let body = self.rt.block_on(async {
+        let body = self.runtime()?.block_on(async {
             let resp = self
                 .client
                 .post(&url)

@@ -518,3 +518,21 @@ fn a_study_without_a_privacy_policy_is_not_served() {
     .expect_err("refused");
     assert!(e.to_string().contains("privacy"), "{e}");
 }
+
+/// The service owns the intake's ledger client, whose private runtime used to panic when the
+/// service was dropped on an async task (at shutdown of the HTTPS server): dropping it there is
+/// fine now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_client_can_be_dropped_on_an_async_task() {
+    let dir = tempfile::tempdir().expect("dir");
+    datadonor_intake::testkit::init_test_dir(dir.path()).expect("init");
+    let ledger = datadonor_analytics::ledger_http::HttpLedger::with_ca_file(
+        "https://127.0.0.1:9",
+        zeroize::Zeroizing::new("token".to_string()),
+        None,
+        &dir.path().join("tls/ca.pem"),
+    )
+    .expect("client");
+    let task = tokio::spawn(async move { drop(ledger) });
+    task.await.expect("dropped without a panic");
+}
