@@ -431,64 +431,24 @@ pub fn to_parquet(t: &ReleasedTable) -> Result<Vec<u8>, OutputError> {
     Ok(buf)
 }
 
-/// The column [`to_svg`] plots: the first column that is not a donor count, or the donors.
-pub fn plotted_column(t: &ReleasedTable) -> Option<usize> {
-    if t.columns.is_empty() {
-        return None;
-    }
-    Some(
-        t.columns
-            .iter()
-            .position(|c| c.op != MeasureOp::Donors)
-            .unwrap_or(0),
-    )
-}
-
-/// An SVG bar chart of [`plotted_column`] per cell (totals excluded), with error bars of
-/// ±error95 where the table gives one.
+/// An SVG of small multiples: one bar chart per released column (counts and every measure),
+/// a bar per cell (totals excluded), with error bars of ±error95 where the table gives one, the
+/// title above and a legend below. Cells the release left out are not drawn (the legend says
+/// so).
 pub fn to_svg(t: &ReleasedTable) -> Result<String, OutputError> {
-    let col = plotted_column(t);
-    let bars: Vec<(String, f64, Option<f64>)> = match col {
-        None => Vec::new(),
-        Some(c) => published(t)
-            .filter(|r| r.key.iter().all(|k| k.is_some()))
-            .filter_map(|r| {
-                let v = r.values.get(c).copied().flatten()?;
-                let e = r.error95.get(c).copied().flatten();
-                let label = if r.key.is_empty() {
-                    "all".to_string()
-                } else {
-                    r.key.iter().map(key_label).collect::<Vec<_>>().join(" / ")
-                };
-                Some((label, v, e))
-            })
-            .collect(),
-    };
-    let col_name = col
-        .and_then(|c| t.columns.get(c))
-        .map(|c| sanitize(&c.name))
-        .unwrap_or_default();
-    let n = bars.len().max(1);
-    let width = (80 * n as u32 + 160).max(480);
-    let height = 400u32;
-    let hi = bars
+    let rows: Vec<&ReleasedRow> = published(t)
+        .filter(|r| r.key.iter().all(|k| k.is_some()))
+        .collect();
+    let labels: Vec<String> = rows
         .iter()
-        .map(|(_, v, e)| v + e.unwrap_or(0.0))
-        .fold(0.0f64, f64::max);
-    let lo = bars
-        .iter()
-        .map(|(_, v, e)| v - e.unwrap_or(0.0))
-        .fold(0.0f64, f64::min);
-    let span = (hi - lo).max(1e-9);
-    let (y0, y1) = (
-        if lo < 0.0 { lo - span * 0.1 } else { 0.0 },
-        if hi > 0.0 { hi + span * 0.1 } else { 1.0 },
-    );
-    let title = if t.title.is_empty() {
-        col_name.clone()
-    } else {
-        sanitize(&t.title)
-    };
+        .map(|r| {
+            if r.key.is_empty() {
+                "all".to_string()
+            } else {
+                r.key.iter().map(key_label).collect::<Vec<_>>().join(" / ")
+            }
+        })
+        .collect();
     let xdesc = if t.dimensions.is_empty() {
         "cell".to_string()
     } else {
@@ -498,51 +458,105 @@ pub fn to_svg(t: &ReleasedTable) -> Result<String, OutputError> {
             .collect::<Vec<_>>()
             .join(" / ")
     };
+    let panels = t.columns.len().max(1);
+    let cols = panels.min(3);
+    let grid_rows = panels.div_ceil(cols);
+    let n = labels.len().max(1);
+    let panel_w = (80 * n as u32 + 140).max(360);
+    let panel_h = 320u32;
+    let (title_h, legend_h) = (40u32, 36u32);
+    let width = (panel_w * cols as u32).max(720);
+    let height = title_h + panel_h * grid_rows as u32 + legend_h;
+    let title = if t.title.is_empty() {
+        "Query result".to_string()
+    } else {
+        sanitize(&t.title)
+    };
     let mut svg = String::new();
     {
         let draw = |svg: &mut String| -> Result<(), Box<dyn std::error::Error>> {
             let root = SVGBackend::with_string(svg, (width, height)).into_drawing_area();
             root.fill(&WHITE)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title.clone(), ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(50)
-                .y_label_area_size(70)
-                .build_cartesian_2d(0f64..n as f64, y0..y1)?;
-            let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n * 2 + 1)
-                .x_label_formatter(&|x| {
-                    let i = (*x - 0.5).round();
-                    if (*x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
-                        labels.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .x_desc(xdesc.clone())
-                .y_desc(format!("{col_name} (noisy)"))
-                .draw()?;
-            chart.draw_series(bars.iter().enumerate().map(|(i, (_, v, _))| {
-                Rectangle::new(
-                    [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
-                    BLUE.mix(0.6).filled(),
-                )
-            }))?;
-            chart.draw_series(bars.iter().enumerate().filter_map(|(i, (_, v, e))| {
-                e.map(|e| {
-                    ErrorBar::new_vertical(
-                        i as f64 + 0.5,
-                        v - e,
-                        *v,
-                        v + e,
-                        BLACK.stroke_width(2),
-                        12,
+            let (head, rest) = root.split_vertically(title_h);
+            let (body, legend) = rest.split_vertically(panel_h * grid_rows as u32);
+            head.draw(&Text::new(title.clone(), (12, 10), ("sans-serif", 18)))?;
+            for (c, area) in body
+                .split_evenly((grid_rows, cols))
+                .iter()
+                .enumerate()
+                .take(t.columns.len())
+            {
+                let col = &t.columns[c];
+                let name = sanitize(&col.name);
+                let bars: Vec<(usize, f64, Option<f64>)> = rows
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        let v = r.values.get(c).copied().flatten()?;
+                        Some((i, v, r.error95.get(c).copied().flatten()))
+                    })
+                    .collect();
+                let hi = bars
+                    .iter()
+                    .map(|(_, v, e)| v + e.unwrap_or(0.0))
+                    .fold(0.0f64, f64::max);
+                let lo = bars
+                    .iter()
+                    .map(|(_, v, e)| v - e.unwrap_or(0.0))
+                    .fold(0.0f64, f64::min);
+                let span = (hi - lo).max(1e-9);
+                let (y0, y1) = (
+                    if lo < 0.0 { lo - span * 0.1 } else { 0.0 },
+                    if hi > 0.0 { hi + span * 0.1 } else { 1.0 },
+                );
+                let mut chart = ChartBuilder::on(area)
+                    .caption(name.clone(), ("sans-serif", 15))
+                    .margin(10)
+                    .x_label_area_size(50)
+                    .y_label_area_size(60)
+                    .build_cartesian_2d(0f64..n as f64, y0..y1)?;
+                chart
+                    .configure_mesh()
+                    .disable_x_mesh()
+                    .x_labels(n * 2 + 1)
+                    .x_label_formatter(&|x| {
+                        let i = (*x - 0.5).round();
+                        if (*x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+                            labels.get(i as usize).cloned().unwrap_or_default()
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .x_desc(xdesc.clone())
+                    .y_desc(format!("{name} (noisy)"))
+                    .draw()?;
+                chart.draw_series(bars.iter().map(|(i, v, _)| {
+                    Rectangle::new(
+                        [(*i as f64 + 0.15, 0.0), (*i as f64 + 0.85, *v)],
+                        BLUE.mix(0.6).filled(),
                     )
-                })
-            }))?;
+                }))?;
+                chart.draw_series(bars.iter().filter_map(|(i, v, e)| {
+                    e.map(|e| {
+                        ErrorBar::new_vertical(
+                            *i as f64 + 0.5,
+                            v - e,
+                            *v,
+                            v + e,
+                            BLACK.stroke_width(2),
+                            12,
+                        )
+                    })
+                }))?;
+            }
+            legend.draw(&Text::new(
+                format!(
+                    "Bars: differentially private values (ε = {} this run); whiskers: 95 % interval of the noise; cells below the noisy threshold (k = {}) are not drawn.",
+                    t.privacy.epsilon, t.k
+                ),
+                (12, 10),
+                ("sans-serif", 13),
+            ))?;
             root.present()?;
             Ok(())
         };

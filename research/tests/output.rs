@@ -268,37 +268,33 @@ fn count(hay: &str, needle: &str) -> usize {
 }
 
 #[test]
-fn svg_plots_the_first_measure_with_error_bars() {
+fn svg_draws_every_column_with_error_bars() {
     let t = table();
-    assert_eq!(output::plotted_column(&t), Some(1));
     let svg = output::to_svg(&t).expect("svg");
     assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
     let text = |s: &str| svg.contains(&format!("\n{s}\n</text>"));
     assert!(text("Mean HbA1c by region"), "title");
-    assert!(text("mean_hba1c (noisy)"), "y axis label");
+    // One panel per column, each with its caption and axis label.
+    for name in ["donors", "mean_hba1c", "q0.5_hba1c"] {
+        assert!(text(name), "panel {name}");
+        assert!(text(&format!("{name} (noisy)")), "y axis of {name}");
+    }
     assert!(text("region"), "x axis label");
     assert!(text("north") && text("south"), "bar labels");
     assert!(!svg.contains("(total)"), "totals are not plotted");
-    // Each error bar is three lines (whiskers and stem): two bars with error, none without.
+    assert!(
+        svg.contains("whiskers: 95 % interval of the noise"),
+        "legend"
+    );
+    // Each error bar is three lines (whiskers and stem) drawn 2 px wide, which nothing else is:
+    // two cells with an error in each of the two columns that have one (the quantile has none).
+    let wide = r#"stroke-width="2" x1="#;
+    assert_eq!(count(&svg, wide), 12, "{svg}");
     let mut bare = t.clone();
     for r in &mut bare.rows {
         r.error95 = vec![None; 3];
     }
-    let without = output::to_svg(&bare).expect("svg");
-    assert_eq!(count(&svg, "<line") - count(&without, "<line"), 6);
-}
-
-#[test]
-fn svg_falls_back_to_donors() {
-    let mut t = table();
-    t.columns.truncate(1);
-    for r in &mut t.rows {
-        r.values.truncate(1);
-        r.error95.truncate(1);
-    }
-    assert_eq!(output::plotted_column(&t), Some(0));
-    let svg = output::to_svg(&t).expect("svg");
-    assert!(svg.contains("\ndonors (noisy)\n</text>"));
+    assert_eq!(count(&output::to_svg(&bare).expect("svg"), wide), 0);
 }
 
 #[test]
