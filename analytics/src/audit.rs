@@ -3,7 +3,7 @@
 //!
 //! | function | what it checks |
 //! |---|---|
-//! | [`audit_log`] | the signed tree head: signature, consistency with the last verified head kept in a state directory, the root recomputed from the entries |
+//! | [`audit_log`] | the signed tree head: signature, consistency with the last verified head kept in a state directory, the root recomputed from the entries; with [`audit_log_witnessed`] also a quorum of witness cosignatures |
 //! | [`audit_receipt`] | a donor's receipt: its signatures and proof, and the inclusion of its entry in the current verified log |
 //! | [`audit_consents`] | the consent timeline per pseudonym of one study |
 //! | [`audit_queries`] | every `query_run` entry, optionally against the signed approvals |
@@ -17,8 +17,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use datadonor_schemas::checkpoint::{self, NoteVerifier};
+use datadonor_schemas::cosignature::{verify_quorum, CosignatureError, WitnessKey};
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::merkle::{self, Hash, MerkleLog};
 use datadonor_schemas::pseudonym::Pseudonym;
@@ -77,6 +80,86 @@ pub struct LogAudit {
     pub tail: u64,
     /// Entries by type (`type` field), over the verified prefix.
     pub counts: BTreeMap<String, u64>,
+    /// With required witnesses: the ones that cosigned the head, in note order, and the quorum.
+    pub witnessed: Option<(Vec<String>, usize)>,
+}
+
+/// How often the checkpoint is fetched again while it lacks the witness quorum.
+pub const WITNESS_POLL: Duration = Duration::from_millis(250);
+
+/// The witnesses an auditor requires on the checkpoint, and how many of them.
+#[derive(Debug, Clone)]
+pub struct WitnessRequirement {
+    /// The required witnesses' keys.
+    pub witnesses: Vec<WitnessKey>,
+    /// How many of them must have cosigned (`1 ..= witnesses`).
+    pub quorum: usize,
+    /// Latest cosignature timestamp accepted (the auditor's clock plus the allowed skew).
+    pub max_time: u64,
+    /// How long to fetch the checkpoint again while it lacks the quorum (the intake gathers
+    /// cosignatures after publishing).
+    pub max_wait: Duration,
+}
+
+/// A source whose checkpoint is returned only once it carries the witness quorum.
+struct Witnessed<'a> {
+    source: &'a dyn LedgerSource,
+    verifiers: &'a [NoteVerifier],
+    required: &'a WitnessRequirement,
+    cosigned_by: Mutex<Vec<String>>,
+}
+
+impl Witnessed<'_> {
+    fn check(&self, note: &[u8]) -> Result<Vec<String>, CosignatureError> {
+        let r = self.required;
+        let mut last = CosignatureError::Checkpoint(checkpoint::CheckpointError::UnverifiedNote);
+        for v in self.verifiers {
+            match verify_quorum(note, v, &r.witnesses, r.quorum, r.max_time) {
+                Ok((_, found)) => {
+                    return Ok(found
+                        .iter()
+                        .filter_map(|f| r.witnesses.get(f.witness))
+                        .map(|w| w.name().to_string())
+                        .collect())
+                }
+                // Signed by another of the verifiers, maybe.
+                Err(e @ CosignatureError::Checkpoint(_)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+}
+
+impl LedgerSource for Witnessed<'_> {
+    fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
+        let deadline = Instant::now() + self.required.max_wait;
+        loop {
+            let note = self.source.checkpoint()?;
+            match self.check(&note) {
+                Ok(names) => {
+                    if let Ok(mut c) = self.cosigned_by.lock() {
+                        *c = names;
+                    }
+                    return Ok(note);
+                }
+                Err(CosignatureError::QuorumNotMet { .. })
+                    if Instant::now() + WITNESS_POLL <= deadline =>
+                {
+                    std::thread::sleep(WITNESS_POLL);
+                }
+                // The log's own signature is checked (and reported) by `verify_ledger`.
+                Err(CosignatureError::Checkpoint(_)) => return Ok(note),
+                Err(e) => return Err(LedgerError::Witnesses(e)),
+            }
+        }
+    }
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        self.source.entries(start, end)
+    }
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.source.consistency_proof(from, to)
+    }
 }
 
 fn read_state(
@@ -112,8 +195,44 @@ pub fn audit_log(
     verifiers: &[NoteVerifier],
     state_dir: &Path,
 ) -> Result<(LogAudit, LedgerView), AnalyticsError> {
+    audit_log_witnessed(source, verifiers, state_dir, None)
+}
+
+/// [`audit_log`], and with `witnesses` the head must also carry cosignatures by a quorum of
+/// them (`verify_quorum`): the checkpoint is fetched again every [`WITNESS_POLL`] for up to
+/// `max_wait` while too few have cosigned it, then the audit fails with
+/// [`LedgerError::Witnesses`] (as it does at once for an invalid cosignature by a required
+/// witness), leaving the state directory unchanged.
+pub fn audit_log_witnessed(
+    source: &dyn LedgerSource,
+    verifiers: &[NoteVerifier],
+    state_dir: &Path,
+    witnesses: Option<&WitnessRequirement>,
+) -> Result<(LogAudit, LedgerView), AnalyticsError> {
     let previous = read_state(state_dir, verifiers)?;
-    let view = verify_ledger(source, verifiers, Some(state_dir))?;
+    let witnessed = witnesses.map(|required| Witnessed {
+        source,
+        verifiers,
+        required,
+        cosigned_by: Mutex::new(Vec::new()),
+    });
+    let view = match &witnessed {
+        Some(w) => verify_ledger(w, verifiers, Some(state_dir))?,
+        None => verify_ledger(source, verifiers, Some(state_dir))?,
+    };
+    let witnessed = witnessed.map(|w| {
+        let names = w.cosigned_by.lock().map(|c| c.to_vec()).unwrap_or_default();
+        (names, w.required.quorum)
+    });
+    if let Some((names, quorum)) = &witnessed {
+        if names.len() < *quorum {
+            return Err(LedgerError::Witnesses(CosignatureError::QuorumNotMet {
+                valid: names.len(),
+                quorum: *quorum,
+            })
+            .into());
+        }
+    }
     // The head just verified and stored.
     let head = read_state(state_dir, verifiers)?.ok_or(LedgerError::NoCheckpoint)?;
     let mut counts = BTreeMap::new();
@@ -128,6 +247,7 @@ pub fn audit_log(
             previous_size: previous.map(|c| c.size),
             tail: view.tail.len() as u64,
             counts,
+            witnessed,
         },
         view,
     ))
@@ -151,6 +271,14 @@ impl LogAudit {
                 let _ = writeln!(s, "no previously verified head (first audit)");
             }
         }
+        if let Some((names, quorum)) = &self.witnessed {
+            let _ = writeln!(
+                s,
+                "cosigned by {} of the required witnesses (quorum {quorum}): {}",
+                names.len(),
+                names.join(", ")
+            );
+        }
         if self.tail > 0 {
             let _ = writeln!(s, "unsigned entries after the head: {}", self.tail);
         }
@@ -171,6 +299,12 @@ impl LogAudit {
             self.previous_size
                 .map_or_else(|| "none (first audit)".to_string(), |p| p.to_string()),
         );
+        if let Some((names, quorum)) = &self.witnessed {
+            r.summary(
+                "Witness cosignatures",
+                format!("{} (quorum {quorum}): {}", names.len(), names.join(", ")),
+            );
+        }
         r.summary("Unsigned tail entries", self.tail);
         r.table(
             "Entries by type",

@@ -132,6 +132,10 @@ pub enum LedgerError {
     /// The sink refused an entry.
     #[error("ledger append refused: {0}")]
     Append(String),
+    /// The checkpoint does not carry the witness quorum required (too few valid cosignatures by
+    /// the required witnesses, or an invalid one).
+    #[error("checkpoint witnesses: {0}")]
+    Witnesses(datadonor_schemas::cosignature::CosignatureError),
 }
 
 /// Where ledger entries come from.

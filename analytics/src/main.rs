@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 success, 1 error, 2 usage error, 3 refused (the spec, approval or study does
 //! not allow the run, or a receipt does not check out), 4 an audit found violations (including a
-//! ledger that is not append-only or does not match its signed checkpoint). Errors are
+//! ledger that is not append-only or does not match its signed checkpoint, or a checkpoint
+//! without the witness quorum `audit log --witness` requires). Errors are
 //! one line on stderr.
 #![forbid(unsafe_code)]
 
@@ -25,10 +26,12 @@ use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
 use datadonor_schemas::checkpoint::NoteVerifier;
+use datadonor_schemas::cosignature::WitnessKey;
 use datadonor_schemas::query::QueryApproval;
 use datadonor_schemas::signing::{Context, PublicKey, SignedObject};
 use datadonor_schemas::study::StudyDefinition;
 use datadonor_schemas::study::StudyId;
+use datadonor_schemas::time::{Clock, SystemClock};
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -187,6 +190,15 @@ enum AuditCmd {
         /// Also write a self-contained HTML report.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// A witness whose cosignature the checkpoint must carry, as its verifier key
+        /// `<name>+<key ID>+<base64>` (repeatable). The checkpoint is fetched again for up to
+        /// 10 seconds while it lacks the quorum; then the audit fails (exit 4). Without it, the
+        /// ledger's signature alone is checked.
+        #[arg(long = "witness", value_name = "VKEY")]
+        witnesses: Vec<String>,
+        /// How many of the --witness keys must have cosigned the checkpoint (default: all).
+        #[arg(long, value_name = "N", requires = "witnesses")]
+        witness_quorum: Option<usize>,
     },
     /// Verify a receipt (bundle JSON or the donor client's stored receipt) and that its entry
     /// is in the current log.
@@ -477,11 +489,58 @@ fn html_out(path: Option<&PathBuf>, html: impl FnOnce() -> String) -> anyhow::Re
     Ok(())
 }
 
+/// The witnesses `audit log` requires: `quorum` (default: all) of the `vkeys`; none without them.
+fn witness_requirement(
+    vkeys: &[String],
+    quorum: Option<usize>,
+    now: Option<i64>,
+) -> anyhow::Result<Option<audit::WitnessRequirement>> {
+    if vkeys.is_empty() {
+        return Ok(None);
+    }
+    let witnesses = vkeys
+        .iter()
+        .map(|v| WitnessKey::parse_vkey(v.trim()).map_err(|e| anyhow!("--witness {v:?}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let quorum = quorum.unwrap_or(witnesses.len());
+    if quorum == 0 || quorum > witnesses.len() {
+        return Err(anyhow!(
+            "--witness-quorum {quorum} cannot be met by {} witnesses",
+            witnesses.len()
+        ));
+    }
+    let now = now.unwrap_or_else(|| SystemClock.now());
+    Ok(Some(audit::WitnessRequirement {
+        witnesses,
+        quorum,
+        max_time: u64::try_from(now)
+            .unwrap_or(0)
+            .saturating_add(WITNESS_MAX_SKEW_SECS),
+        max_wait: WITNESS_WAIT,
+    }))
+}
+
+/// Latest cosignature timestamp `audit log` accepts, after the auditor's clock (seconds).
+const WITNESS_MAX_SKEW_SECS: u64 = 300;
+/// How long `audit log` waits for the checkpoint to carry the witness quorum.
+const WITNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
-        AuditCmd::Log { ledger, html } => {
+        AuditCmd::Log {
+            ledger,
+            html,
+            witnesses,
+            witness_quorum,
+        } => {
+            let required = witness_requirement(&witnesses, witness_quorum, ledger.now)?;
             let (source, verifier, _) = audit_source(&ledger)?;
-            let (report, _) = audit::audit_log(source.as_ref(), &[verifier], &ledger.state_dir)?;
+            let (report, _) = audit::audit_log_witnessed(
+                source.as_ref(),
+                &[verifier],
+                &ledger.state_dir,
+                required.as_ref(),
+            )?;
             print!("{}", report.render_text());
             html_out(html.as_ref(), || report.to_html())?;
         }
@@ -796,6 +855,7 @@ fn main() -> ExitCode {
                         | LedgerError::RootMismatch { .. }
                         | LedgerError::LeafHashMismatch { .. }
                         | LedgerError::MissingEntries { .. }
+                        | LedgerError::Witnesses(_)
                 ))
             );
             let msg = format!("{e:#}").replace('\n', " ");

@@ -9,11 +9,17 @@
 //!   never makes a second donation.
 //! * Receipts are verified with [`verify_receipt`] against a [`LedgerTrust`] (ledger key and
 //!   note verifier), which callers pin on first use (see [`crate::keystore`]).
+//! * With a [`WitnessPolicy`] (witness keys and a quorum, pinned per intake), a checkpoint is
+//!   accepted only with cosignatures by a quorum of those witnesses
+//!   ([`Intake::witnessed_checkpoint`]). The intake has its checkpoints cosigned in the
+//!   background, so the client re-fetches the checkpoint every [`WITNESS_POLL`] until it carries
+//!   the quorum, for at most [`WitnessPolicy::max_wait`] ([`WITNESS_WAIT`] by default).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use datadonor_schemas::checkpoint::{self, NoteVerifier};
+use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
+use datadonor_schemas::cosignature::{verify_quorum, CosignatureError, WitnessKey};
 use datadonor_schemas::envelope::HpkeConfigList;
 use datadonor_schemas::pseudonym::{Cpr, Pseudonym};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, VerifiedReceipt};
@@ -22,6 +28,7 @@ use datadonor_schemas::study::{StudyDefinition, StudyId};
 use datadonor_schemas::threshold::{
     self, AnswerError, EvaluateRequest, InstanceAnswer, ThresholdError, MAX_ANSWER_LEN,
 };
+use datadonor_schemas::time::Clock;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -32,6 +39,13 @@ use crate::tls::{client_config, TlsError, TrustAnchors};
 pub const ENVELOPE_MEDIA_TYPE: &str = "application/vnd.datadonor.envelope.v1";
 /// Largest response body read.
 const MAX_RESPONSE: usize = 2 * 1024 * 1024;
+/// How long the client waits, by default, for the intake's checkpoint to carry the witness
+/// quorum.
+pub const WITNESS_WAIT: Duration = Duration::from_secs(10);
+/// How often the checkpoint is re-fetched while waiting for the witness quorum.
+pub const WITNESS_POLL: Duration = Duration::from_millis(250);
+/// Latest cosignature timestamp accepted, relative to the client's clock (seconds).
+pub const WITNESS_MAX_SKEW_SECS: u64 = 300;
 
 /// Errors talking to the intake.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +113,27 @@ pub enum ClientError {
     /// Too few pseudonymiser instances gave a valid answer.
     #[error("pseudonymisation: {0}")]
     Pseudonymiser(ThresholdError),
+    /// The intake's checkpoint did not carry the witness quorum within the wait.
+    #[error("the intake's checkpoint carries {valid} valid cosignatures by the required witnesses, the quorum is {quorum}")]
+    WitnessQuorum {
+        /// Distinct required witnesses whose cosignature verified (on the last checkpoint
+        /// fetched).
+        valid: usize,
+        /// The quorum.
+        quorum: usize,
+    },
+    /// Within the wait, no checkpoint carrying the witness quorum covered the tree needed.
+    #[error("no checkpoint cosigned by the witness quorum covers {needed} entries (the last one covers {size})")]
+    WitnessedTooSmall {
+        /// Entries the checkpoint had to cover.
+        needed: u64,
+        /// Size of the last cosigned checkpoint fetched.
+        size: u64,
+    },
+    /// A cosignature line by a required witness is invalid (forged, for another checkpoint,
+    /// dated in the future, repeated), or the checkpoint does not open.
+    #[error("witness cosignature: {0}")]
+    Cosignature(CosignatureError),
 }
 
 /// A donor's pseudonym and how the instances answered.
@@ -308,6 +343,115 @@ impl LedgerTrust {
         verify_receipt(bundle, &self.key, &self.verifier)
             .map_err(|e| ClientError::Receipt(e.to_string()))
     }
+}
+
+/// The witnesses a donor requires on every checkpoint of one intake, and how many of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessPolicy {
+    witnesses: Vec<WitnessKey>,
+    quorum: usize,
+    /// How long to wait for the intake's checkpoint to carry the quorum.
+    pub max_wait: Duration,
+}
+
+impl WitnessPolicy {
+    /// `quorum` of `witnesses` (`1 <= quorum <= witnesses`, no key twice), waiting up to
+    /// [`WITNESS_WAIT`].
+    pub fn new(witnesses: Vec<WitnessKey>, quorum: usize) -> Result<Self, ClientError> {
+        if quorum == 0 || quorum > witnesses.len() {
+            return Err(ClientError::Config(format!(
+                "witness quorum {quorum} cannot be met by {} witnesses (it must be between 1 and the number of witnesses)",
+                witnesses.len()
+            )));
+        }
+        for (i, w) in witnesses.iter().enumerate() {
+            if witnesses
+                .iter()
+                .skip(i + 1)
+                .any(|o| o.names(w.name(), w.key_hash()))
+            {
+                return Err(ClientError::Config(format!(
+                    "witness {} is given twice",
+                    w.name()
+                )));
+            }
+        }
+        Ok(Self {
+            witnesses,
+            quorum,
+            max_wait: WITNESS_WAIT,
+        })
+    }
+
+    /// [`WitnessPolicy::new`] from verifier keys (`<name>+<key ID>+<base64(0x04 || key)>`).
+    pub fn from_vkeys(vkeys: &[String], quorum: usize) -> Result<Self, ClientError> {
+        let keys = vkeys
+            .iter()
+            .map(|v| {
+                WitnessKey::parse_vkey(v.trim())
+                    .map_err(|e| ClientError::Config(format!("witness key {v:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(keys, quorum)
+    }
+
+    /// The same policy with another wait.
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The required witnesses.
+    pub fn witnesses(&self) -> &[WitnessKey] {
+        &self.witnesses
+    }
+
+    /// Their verifier keys, in order.
+    pub fn vkeys(&self) -> Vec<String> {
+        self.witnesses.iter().map(WitnessKey::to_vkey).collect()
+    }
+
+    /// The quorum.
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// Checks a cosigned checkpoint note: the ledger's signature, every line by a required
+    /// witness valid and dated no later than `max_time`, and at least the quorum of them
+    /// ([`verify_quorum`]). Returns the checkpoint and the names of the witnesses that
+    /// cosigned it.
+    pub fn check(
+        &self,
+        note: &[u8],
+        ledger: &NoteVerifier,
+        max_time: u64,
+    ) -> Result<(Checkpoint, Vec<String>), ClientError> {
+        match verify_quorum(note, ledger, &self.witnesses, self.quorum, max_time) {
+            Ok((cp, found)) => {
+                let names = found
+                    .iter()
+                    .filter_map(|f| self.witnesses.get(f.witness))
+                    .map(|w| w.name().to_string())
+                    .collect();
+                Ok((cp, names))
+            }
+            Err(CosignatureError::QuorumNotMet { valid, quorum }) => {
+                Err(ClientError::WitnessQuorum { valid, quorum })
+            }
+            Err(e) => Err(ClientError::Cosignature(e)),
+        }
+    }
+}
+
+/// A checkpoint that carried the witness quorum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessedCheckpoint {
+    /// The cosigned note as served.
+    pub note: String,
+    /// Its checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The required witnesses that cosigned it, in note order.
+    pub cosigned_by: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -737,6 +881,50 @@ impl Intake {
             .map_err(|e| self.bad(p, e))?;
         let text = String::from_utf8(b).map_err(|e| self.bad(p, e))?;
         Ok((text, cp))
+    }
+
+    /// `GET /v1/ledger/checkpoint`, accepted only when it carries `policy`'s witness quorum
+    /// ([`WitnessPolicy::check`], cosignatures dated up to [`WITNESS_MAX_SKEW_SECS`] after
+    /// `clock`) and covers at least `min_size` entries. While it does not, it is fetched again
+    /// every [`WITNESS_POLL`] for up to `policy.max_wait`; then [`ClientError::WitnessQuorum`]
+    /// (naming how many valid cosignatures the last one carried) or
+    /// [`ClientError::WitnessedTooSmall`]. An invalid cosignature by a required witness fails at
+    /// once ([`ClientError::Cosignature`]).
+    pub async fn witnessed_checkpoint(
+        &self,
+        ledger: &LedgerTrust,
+        policy: &WitnessPolicy,
+        min_size: u64,
+        clock: &dyn Clock,
+    ) -> Result<WitnessedCheckpoint, ClientError> {
+        let p = "/v1/ledger/checkpoint";
+        let deadline = tokio::time::Instant::now() + policy.max_wait;
+        loop {
+            let b = self.get(p, false).await?;
+            let max_time = u64::try_from(clock.now())
+                .unwrap_or(0)
+                .saturating_add(WITNESS_MAX_SKEW_SECS);
+            let pending = match policy.check(&b, &ledger.verifier, max_time) {
+                Ok((checkpoint, cosigned_by)) if checkpoint.size >= min_size => {
+                    let note = String::from_utf8(b).map_err(|e| self.bad(p, e))?;
+                    return Ok(WitnessedCheckpoint {
+                        note,
+                        checkpoint,
+                        cosigned_by,
+                    });
+                }
+                Ok((checkpoint, _)) => ClientError::WitnessedTooSmall {
+                    needed: min_size,
+                    size: checkpoint.size,
+                },
+                Err(e @ ClientError::WitnessQuorum { .. }) => e,
+                Err(e) => return Err(e),
+            };
+            if tokio::time::Instant::now() + WITNESS_POLL > deadline {
+                return Err(pending);
+            }
+            tokio::time::sleep(WITNESS_POLL).await;
+        }
     }
 
     async fn proof(&self, path: String) -> Result<Vec<[u8; 32]>, ClientError> {

@@ -1,5 +1,6 @@
 //! The donor's local key store: the Ed25519 donor key, the receipts the intake gave, and per
-//! intake the pinned ledger key and the last checkpoint the client verified.
+//! intake the pinned ledger key, the witnesses required on its checkpoints and the last
+//! checkpoint the client verified.
 //!
 //! Layout of the directory (created `0700` on first use; every file written `0600`, atomically
 //! through a temporary file and a rename):
@@ -7,6 +8,7 @@
 //! ```text
 //! donor-key.json                              the donor key (seed plain or encrypted)
 //! intakes/<intake>/ledger-key.json            the ledger key pinned on first use
+//! intakes/<intake>/witnesses.json             witness vkeys and quorum required (absent: none)
 //! intakes/<intake>/checkpoint                 last verified signed checkpoint (signed-note text)
 //! receipts/<intake>/<study>/<kind>-<index>.json   stored receipts
 //! ```
@@ -124,6 +126,16 @@ pub struct LedgerKeyInfo {
     pub vkey: String,
     /// Checkpoint origin.
     pub origin: String,
+}
+
+/// The witnesses a donor requires on an intake's checkpoints, as pinned in the key store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessPin {
+    /// Witness verifier keys (`<name>+<key ID>+<base64(0x04 || key)>`).
+    pub witnesses: Vec<String>,
+    /// How many of them must have cosigned every checkpoint accepted.
+    pub quorum: usize,
 }
 
 /// A receipt as stored on the device, with what the donor needs to check or withdraw later.
@@ -345,6 +357,19 @@ impl Keystore {
     pub fn pin_ledger_key(&self, intake: &str, info: &LedgerKeyInfo) -> Result<(), KeystoreError> {
         let path = self.intake_dir(intake)?.join("ledger-key.json");
         write_private(&path, &serde_json::to_vec_pretty(info).unwrap_or_default())
+    }
+
+    /// The witnesses pinned for an intake, if any (none: checkpoints need only the ledger's
+    /// signature).
+    pub fn pinned_witnesses(&self, intake: &str) -> Result<Option<WitnessPin>, KeystoreError> {
+        let path = self.intake_dir(intake)?.join("witnesses.json");
+        read_json_opt(&path)
+    }
+
+    /// Pin the witnesses required on an intake's checkpoints (replacing any pinned before).
+    pub fn pin_witnesses(&self, intake: &str, pin: &WitnessPin) -> Result<(), KeystoreError> {
+        let path = self.intake_dir(intake)?.join("witnesses.json");
+        write_private(&path, &serde_json::to_vec_pretty(pin).unwrap_or_default())
     }
 
     /// The last checkpoint verified for an intake (signed-note text).

@@ -11,7 +11,7 @@
 //! | 4 | the donor's own input is invalid (CPR number, purpose, expiry, passphrase) |
 //! | 5 | network or TLS failure (after retries) |
 //! | 6 | the intake refused the request (its problem slug is printed) |
-//! | 7 | verification failed (study signature, receipt, ledger key or consistency) |
+//! | 7 | verification failed (study signature, receipt, ledger key, consistency, or the witness quorum) |
 //! | 8 | the local key store failed |
 //! | 9 | nothing donated: no rows to donate, or the donor did not confirm |
 //!
@@ -25,10 +25,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use datadonor_client::client::{
     AuditorToken, ClientError, DonorCredentialToken, Intake, IntakeConfig, LedgerTrust,
-    PublishedStudy,
+    PublishedStudy, WitnessPolicy,
 };
 use datadonor_client::donation::{ConsentChoice, DonationError};
-use datadonor_client::keystore::{read_receipt, Keystore, KeystoreError, Passphrase};
+use datadonor_client::keystore::{read_receipt, Keystore, KeystoreError, Passphrase, WitnessPin};
 use datadonor_client::minimise::{minimise_paths, MinimiseError, MinimiseOptions};
 use datadonor_client::preview::Preview;
 use datadonor_client::session::{IntakeSession, SessionError};
@@ -94,6 +94,19 @@ struct TlsArgs {
 }
 
 #[derive(Args)]
+struct WitnessArgs {
+    /// A witness whose cosignature every checkpoint of this intake must carry, as its verifier
+    /// key `<name>+<key ID>+<base64>` (repeatable). Given, these witnesses are pinned for the
+    /// intake in the key store (replacing any pinned before); not given, the pinned ones apply.
+    /// None pinned (the default): checkpoints need only the ledger's signature.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// How many of the --witness keys must have cosigned each checkpoint (default: all).
+    #[arg(long, value_name = "N", requires = "witnesses")]
+    witness_quorum: Option<usize>,
+}
+
+#[derive(Args)]
 struct PreviewArgs {
     #[command(flatten)]
     export: ExportArgs,
@@ -136,6 +149,8 @@ struct DonateArgs {
     /// instances that require one.
     #[arg(long, value_name = "@FILE")]
     credential: Option<String>,
+    #[command(flatten)]
+    witness: WitnessArgs,
 }
 
 #[derive(Args)]
@@ -150,6 +165,8 @@ struct VerifyArgs {
     /// ledger key.
     #[arg(long, value_name = "HEX|@FILE")]
     auditor_token: Option<String>,
+    #[command(flatten)]
+    witness: WitnessArgs,
 }
 
 #[derive(Args)]
@@ -165,6 +182,8 @@ struct WithdrawArgs {
     /// File holding the key store passphrase (or set DATADONOR_PASSPHRASE).
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    witness: WitnessArgs,
 }
 
 /// A CLI failure: exit code and one line.
@@ -243,6 +262,7 @@ impl From<SessionError> for Failure {
             SessionError::Inconsistent(_) | SessionError::StoredReceipt(_) => {
                 fail(7, e.to_string())
             }
+            SessionError::NotWitnessed { .. } => fail(7, e.to_string()),
             other => fail(1, other.to_string()),
         }
     }
@@ -446,6 +466,34 @@ fn keystore(cli_dir: Option<&PathBuf>) -> Result<Keystore, Failure> {
     )?)
 }
 
+/// The witness policy for `intake`: the --witness keys (pinned in the key store for the next
+/// commands), else the ones pinned before, else none.
+fn witness_policy(
+    ks: &Keystore,
+    intake: &str,
+    args: &WitnessArgs,
+) -> Result<Option<WitnessPolicy>, Failure> {
+    if !args.witnesses.is_empty() {
+        let quorum = args.witness_quorum.unwrap_or(args.witnesses.len());
+        let policy = WitnessPolicy::from_vkeys(&args.witnesses, quorum)
+            .map_err(|e| fail(4, format!("--witness: {e}")))?;
+        ks.pin_witnesses(
+            intake,
+            &WitnessPin {
+                witnesses: policy.vkeys(),
+                quorum,
+            },
+        )?;
+        return Ok(Some(policy));
+    }
+    match ks.pinned_witnesses(intake)? {
+        Some(pin) => WitnessPolicy::from_vkeys(&pin.witnesses, pin.quorum)
+            .map(Some)
+            .map_err(|e| fail(8, format!("the pinned witnesses: {e}"))),
+        None => Ok(None),
+    }
+}
+
 fn cmd_preview(args: &PreviewArgs) -> Result<(), Failure> {
     let cpr = args.cpr.as_deref().map(parse_cpr).transpose()?;
     check_inputs(&args.export.inputs)?;
@@ -560,8 +608,11 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
     let ks = keystore(ks_dir)?;
     let key = ks.donor_key(passphrase(args.passphrase_file.as_ref())?.as_ref())?;
     let pinned = ks.pinned_ledger_key(intake.base_url())?;
+    let witnesses = witness_policy(&ks, intake.base_url(), &args.witness)?;
     let outcome = rt.block_on(async {
-        let session = IntakeSession::connect(intake.clone(), pinned.as_ref()).await?;
+        let session = IntakeSession::connect(intake.clone(), pinned.as_ref())
+            .await?
+            .with_witnesses(witnesses);
         if pinned.is_none() {
             ks.pin_ledger_key(intake.base_url(), &session.ledger().info)
                 .map_err(|e| SessionError::StoredReceipt(e.to_string()))?;
@@ -572,8 +623,12 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         let r = session.donate(&study, &rows, &cpr, &key, &consent).await;
         pb.finish_and_clear();
         r
-    })?;
+    });
+    let outcome = outcome.map_err(|e| keep_unwitnessed(&ks, e))?;
     let path = ks.store_receipt(&outcome.stored)?;
+    if let Some(w) = &outcome.witnessed {
+        ks.store_checkpoint(intake.base_url(), &w.note)?;
+    }
     println!(
         "Pseudonym computed on this device from {} of {} pseudonymiser instances (instances {:?}); no instance saw your CPR number",
         outcome.pseudonymisers_used.len(),
@@ -594,7 +649,41 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         outcome.receipt.receipt.ledger_index,
         path.display()
     );
+    if let Some(w) = &outcome.witnessed {
+        println!("{}", cosigned_line(w.checkpoint.size, &w.cosigned_by));
+    }
     Ok(())
+}
+
+/// A receipt the intake gave but no cosigned checkpoint could be tied to is stored all the
+/// same, so that `datadonor verify` can check it later; the command still fails.
+fn keep_unwitnessed(ks: &Keystore, e: SessionError) -> Failure {
+    match e {
+        SessionError::NotWitnessed { stored, reason } => match ks.store_receipt(&stored) {
+            Ok(path) => fail(
+                7,
+                format!(
+                    "receipt at ledger index {} not accepted: {reason}; it is stored in {}, check it later with `datadonor verify`",
+                    stored.ledger_index,
+                    path.display()
+                ),
+            ),
+            Err(k) => fail(
+                8,
+                format!("receipt not accepted: {reason}; storing it failed: {k}"),
+            ),
+        },
+        other => other.into(),
+    }
+}
+
+/// The line saying which witnesses cosigned the checkpoint of `size` entries.
+fn cosigned_line(size: u64, names: &[String]) -> String {
+    format!(
+        "Checkpoint of {size} entries cosigned by {} required witnesses ({})",
+        names.len(),
+        names.join(", ")
+    )
 }
 
 fn cmd_receipts(ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
@@ -631,8 +720,11 @@ fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
     let stored = read_receipt(&args.receipt).map_err(|e| fail(3, e.to_string()))?;
     let auditor_token = args.auditor_token.as_deref().map(secret_arg).transpose()?;
     let pinned = ks.pinned_ledger_key(&stored.intake)?;
+    let witnesses = witness_policy(&ks, &stored.intake, &args.witness)?;
     let online = !args.tls.ca.is_empty() || args.tls.dangerous_accept_invalid_certs;
-    if !online {
+    // With witnesses required, the receipt is checked against a cosigned current checkpoint:
+    // there is no offline verification.
+    if !online && witnesses.is_none() {
         if let Some(pin) = &pinned {
             // Offline: the receipt against its own checkpoint and the ledger key pinned on first use.
             let trust = LedgerTrust::from_info(pin)
@@ -649,7 +741,9 @@ fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
     let last = ks.last_checkpoint(&stored.intake)?;
     let rt = runtime()?;
     let outcome = rt.block_on(async {
-        let session = IntakeSession::connect(intake, pinned.as_ref()).await?;
+        let session = IntakeSession::connect(intake, pinned.as_ref())
+            .await?
+            .with_witnesses(witnesses);
         session.verify(&stored, last.as_deref()).await
     })?;
     match outcome.current {
@@ -659,6 +753,9 @@ fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
                 "receipt verified: entry {} is in the intake's current tree of {} entries, which is consistent with every checkpoint verified before",
                 outcome.receipt.receipt.ledger_index, size
             );
+            if !outcome.cosigned_by.is_empty() {
+                println!("{}", cosigned_line(size, &outcome.cosigned_by));
+            }
         }
         None => println!(
             "receipt verified against its own checkpoint only (tree of {} entries)",
@@ -674,11 +771,16 @@ fn cmd_withdraw(args: &WithdrawArgs, ks_dir: Option<&PathBuf>) -> Result<(), Fai
     let key = ks.donor_key(passphrase(args.passphrase_file.as_ref())?.as_ref())?;
     let intake = intake_for(&donation.intake, &args.tls, None)?;
     let pinned = ks.pinned_ledger_key(&donation.intake)?;
+    let witnesses = witness_policy(&ks, &donation.intake, &args.witness)?;
     let rt = runtime()?;
-    let (receipt, stored) = rt.block_on(async {
-        let session = IntakeSession::connect(intake, pinned.as_ref()).await?;
-        session.withdraw(&donation, &key).await
-    })?;
+    let (receipt, stored) = rt
+        .block_on(async {
+            let session = IntakeSession::connect(intake, pinned.as_ref())
+                .await?
+                .with_witnesses(witnesses);
+            session.withdraw(&donation, &key).await
+        })
+        .map_err(|e| keep_unwitnessed(&ks, e))?;
     let path = ks.store_receipt(&stored)?;
     println!(
         "Consent withdrawn for study {} at ledger index {}; receipt verified and stored in {}",

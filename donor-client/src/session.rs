@@ -13,6 +13,13 @@
 //! `Clone` (an `Arc` inside) and every method takes `&self`, so thousands of donations can run
 //! concurrently over one connection pool. Import and minimisation are CPU work and run on the
 //! blocking pool ([`minimise_blocking`]).
+//!
+//! With a [`WitnessPolicy`] ([`IntakeSession::with_witnesses`]) every checkpoint the session
+//! accepts carries cosignatures by a quorum of the donor's witnesses: a receipt is accepted only
+//! once a cosigned checkpoint covering it is found and proved consistent with the receipt's
+//! own checkpoint ([`DonationOutcome::witnessed`]), and [`IntakeSession::verify`] checks the
+//! receipt against a cosigned current checkpoint. Both wait a bounded time for the intake to
+//! gather the cosignatures ([`Intake::witnessed_checkpoint`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +32,9 @@ use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::study::{StudyDefinition, StudyId};
 use datadonor_schemas::time::{Clock, SystemClock};
 
-use crate::client::{ClientError, Intake, LedgerTrust, PublishedStudy};
+use crate::client::{
+    ClientError, Intake, LedgerTrust, PublishedStudy, WitnessPolicy, WitnessedCheckpoint,
+};
 use crate::donation::{
     seal_donation, sign_withdrawal, ConsentChoice, DonationError, SealedDonation,
 };
@@ -54,6 +63,17 @@ pub enum SessionError {
     /// The blocking task failed.
     #[error("background task failed: {0}")]
     Task(String),
+    /// The intake acknowledged and the receipt verified against its own checkpoint, but no
+    /// checkpoint cosigned by the witness quorum could be tied to it: the receipt is not
+    /// accepted yet. Keep `stored` and verify it again later.
+    #[error("receipt at ledger index {} not accepted: {reason}", .stored.ledger_index)]
+    NotWitnessed {
+        /// The receipt, to keep and verify later.
+        stored: Box<StoredReceipt>,
+        /// Why no cosigned checkpoint was accepted.
+        #[source]
+        reason: Box<SessionError>,
+    },
 }
 
 struct Inner {
@@ -61,6 +81,7 @@ struct Inner {
     hpke: HpkeConfigList,
     ledger: LedgerTrust,
     clock: Arc<dyn Clock>,
+    witnesses: Option<WitnessPolicy>,
 }
 
 /// An intake with its keys fetched and the ledger key checked against the pin. Cheap to clone.
@@ -89,6 +110,9 @@ pub struct DonationOutcome {
     pub pseudonymisers_used: Vec<u16>,
     /// Instances that were down or answered wrongly during this donation.
     pub pseudonymisers_rejected: Vec<datadonor_schemas::threshold::AnswerError>,
+    /// With a witness policy: the cosigned checkpoint the receipt was anchored to (it covers
+    /// the entry, and is consistent with the receipt's checkpoint). `None` without one.
+    pub witnessed: Option<WitnessedCheckpoint>,
 }
 
 /// How far a stored receipt was verified.
@@ -100,6 +124,8 @@ pub struct VerifyOutcome {
     /// previously verified checkpoint): `(tree size, signed note)`. `None` without the auditor
     /// token: only the receipt's own checkpoint was checked.
     pub current: Option<(u64, String)>,
+    /// With a witness policy: the required witnesses that cosigned the current checkpoint.
+    pub cosigned_by: Vec<String>,
 }
 
 /// Import and minimise on the blocking thread pool.
@@ -135,6 +161,7 @@ impl IntakeSession {
                 hpke,
                 ledger,
                 clock: Arc::new(SystemClock),
+                witnesses: None,
             }),
         })
     }
@@ -147,8 +174,28 @@ impl IntakeSession {
                 hpke: self.inner.hpke.clone(),
                 ledger: self.inner.ledger.clone(),
                 clock,
+                witnesses: self.inner.witnesses.clone(),
             }),
         }
+    }
+
+    /// The same session requiring `policy`'s witness quorum on every checkpoint it accepts
+    /// (`None`: the ledger's signature alone, as without witnesses).
+    pub fn with_witnesses(self, policy: Option<WitnessPolicy>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                intake: self.inner.intake.clone(),
+                hpke: self.inner.hpke.clone(),
+                ledger: self.inner.ledger.clone(),
+                clock: self.inner.clock.clone(),
+                witnesses: policy,
+            }),
+        }
+    }
+
+    /// The witness policy in use, if any.
+    pub fn witnesses(&self) -> Option<&WitnessPolicy> {
+        self.inner.witnesses.as_ref()
     }
 
     /// The same session sending `credential` to the pseudonymiser instances (one donor's
@@ -160,6 +207,7 @@ impl IntakeSession {
                 hpke: self.inner.hpke.clone(),
                 ledger: self.inner.ledger.clone(),
                 clock: self.inner.clock.clone(),
+                witnesses: self.inner.witnesses.clone(),
             }),
         }
     }
@@ -225,13 +273,82 @@ impl IntakeSession {
             return Err(ClientError::Receipt("receipt names another consent record".into()).into());
         }
         let stored = self.stored(ReceiptKind::Donation, &receipt, bundle);
+        let witnessed = self.anchor(&receipt, &stored).await?;
         Ok(DonationOutcome {
             pseudonym: sealed.manifest.pseudonym,
             receipt,
             stored,
             pseudonymisers_used: Vec::new(),
             pseudonymisers_rejected: Vec::new(),
+            witnessed,
         })
+    }
+
+    /// With a witness policy: a checkpoint cosigned by the quorum that covers the receipt's tree,
+    /// proved consistent with the receipt's checkpoint (waiting a bounded time for the
+    /// cosignatures). Without one: `None`.
+    /// A failure is [`SessionError::NotWitnessed`], carrying `stored`.
+    async fn anchor(
+        &self,
+        receipt: &VerifiedReceipt,
+        stored: &StoredReceipt,
+    ) -> Result<Option<WitnessedCheckpoint>, SessionError> {
+        self.try_anchor(receipt)
+            .await
+            .map_err(|e| SessionError::NotWitnessed {
+                stored: Box::new(stored.clone()),
+                reason: Box::new(e),
+            })
+    }
+
+    async fn try_anchor(
+        &self,
+        receipt: &VerifiedReceipt,
+    ) -> Result<Option<WitnessedCheckpoint>, SessionError> {
+        let Some(policy) = &self.inner.witnesses else {
+            return Ok(None);
+        };
+        let witnessed = self
+            .inner
+            .intake
+            .witnessed_checkpoint(
+                &self.inner.ledger,
+                policy,
+                receipt.tree_size,
+                self.inner.clock.as_ref(),
+            )
+            .await?;
+        self.check_consistency(
+            (receipt.tree_size, receipt.root),
+            witnessed.checkpoint.size,
+            &witnessed.checkpoint.root.0,
+        )
+        .await?;
+        Ok(Some(witnessed))
+    }
+
+    /// RFC 9162 consistency of the tree `(m, root_m)` with the tree of `size` and `root`.
+    async fn check_consistency(
+        &self,
+        (m, root_m): (u64, [u8; 32]),
+        size: u64,
+        root: &[u8; 32],
+    ) -> Result<(), SessionError> {
+        if m == 0 {
+            return Ok(());
+        }
+        if m > size {
+            return Err(SessionError::Inconsistent(format!(
+                "the current tree ({size}) is smaller than one verified before ({m})"
+            )));
+        }
+        let proof = if m == size {
+            Vec::new()
+        } else {
+            self.inner.intake.consistency_proof(m, size).await?
+        };
+        verify_consistency(m, size, &proof, &root_m, root)
+            .map_err(|e| SessionError::Inconsistent(e.to_string()))
     }
 
     fn stored(
@@ -279,13 +396,15 @@ impl IntakeSession {
             return Err(ClientError::Receipt("receipt names another consent record".into()).into());
         }
         let stored = self.stored(ReceiptKind::Withdrawal, &receipt, bundle);
+        self.anchor(&receipt, &stored).await?;
         Ok((receipt, stored))
     }
 
     /// Re-verify a stored receipt: against its own checkpoint, against the intake's current
     /// checkpoint (inclusion proof), and the current checkpoint against `last_verified` (or the
     /// receipt's checkpoint) by a consistency proof. The checkpoint and proofs are public: no
-    /// token is needed.
+    /// token is needed. With a witness policy the current checkpoint must carry the quorum
+    /// (fetched again for up to the policy's wait while it does not).
     pub async fn verify(
         &self,
         stored: &StoredReceipt,
@@ -294,9 +413,20 @@ impl IntakeSession {
         let ledger = &self.inner.ledger;
         let receipt = ledger.verify(&stored.bundle)?;
         let intake = &self.inner.intake;
-        let (note, current) = intake.checkpoint(ledger).await?;
-        let size = current.checkpoint.size;
-        let root = current.checkpoint.root.0;
+        let (note, current, cosigned_by) = match &self.inner.witnesses {
+            Some(policy) => {
+                let w = intake
+                    .witnessed_checkpoint(ledger, policy, 0, self.inner.clock.as_ref())
+                    .await?;
+                (w.note, w.checkpoint, w.cosigned_by)
+            }
+            None => {
+                let (note, signed) = intake.checkpoint(ledger).await?;
+                (note, signed.checkpoint, Vec::new())
+            }
+        };
+        let size = current.size;
+        let root = current.root.0;
         let index = receipt.receipt.ledger_index;
         let leaf = leaf_hash(&stored.bundle.entry);
         let proof = intake.inclusion_proof(index, size).await?;
@@ -312,26 +442,13 @@ impl IntakeSession {
             .map_err(|e| SessionError::StoredReceipt(format!("stored checkpoint: {e}")))?;
             earlier.push((cp.checkpoint.size, cp.checkpoint.root.0));
         }
-        for (m, root_m) in earlier {
-            if m == 0 {
-                continue;
-            }
-            if m > size {
-                return Err(SessionError::Inconsistent(format!(
-                    "the current tree ({size}) is smaller than one verified before ({m})"
-                )));
-            }
-            let proof = if m == size {
-                Vec::new()
-            } else {
-                intake.consistency_proof(m, size).await?
-            };
-            verify_consistency(m, size, &proof, &root_m, &root)
-                .map_err(|e| SessionError::Inconsistent(e.to_string()))?;
+        for earlier in earlier {
+            self.check_consistency(earlier, size, &root).await?;
         }
         Ok(VerifyOutcome {
             receipt,
             current: Some((size, note)),
+            cosigned_by,
         })
     }
 }

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use datadonor_analytics::audit::plural;
+use datadonor_client::client::WitnessPolicy;
 use datadonor_client::keystore::StoredReceipt;
 use datadonor_client::session::minimise_blocking;
 use datadonor_client::{
     ConsentChoice, Intake, IntakeConfig, IntakeSession, MinimiseOptions, TrustAnchors,
 };
+use datadonor_schemas::cosignature::WitnessSigner;
 use datadonor_schemas::pseudonym::Cpr;
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::study::StudyId;
@@ -214,6 +216,55 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     let mut config =
         datadonor_intake::Config::load_dir(&intake_dir).context("loading the intake config")?;
     config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // Two witnesses of the ledger, in this process, served with the intake's development
+    // certificate: each cosigns a checkpoint only if it is consistent with those it cosigned.
+    let ledger_vkey = {
+        let opened = datadonor_intake::Intake::open(config.clone(), Arc::new(SystemClock))
+            .context("opening the intake's ledger")?;
+        let v = opened.state().0.signer.verifier().clone();
+        opened.shutdown();
+        v
+    };
+    let witness_tls = datadonor_service::tls_config(
+        &intake_dir.join("tls/server.pem"),
+        &intake_dir.join("tls/server.key"),
+    )
+    .map_err(|e| anyhow!("the witnesses' TLS configuration: {e}"))?;
+    let mut witnesses = Vec::new();
+    let mut witness_keys = Vec::new();
+    for n in 1..=2 {
+        let signer =
+            WitnessSigner::new(&format!("witness.localhost/w{n}"), SigningKey::generate()?)?;
+        let key = signer.public().clone();
+        let witness = datadonor_witness::Witness::new(
+            signer,
+            vec![(config.ledger.origin.clone(), ledger_vkey.clone())],
+            datadonor_witness::state::StateDir::open(&work.join(format!("witness-{n}")))?,
+            Arc::new(SystemClock),
+        );
+        let served = datadonor_witness::server::start(
+            witness,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            witness_tls.clone(),
+        )
+        .await
+        .context("starting a witness")?;
+        config
+            .witnesses
+            .push(datadonor_intake::config::WitnessConfig {
+                url: format!("https://localhost:{}", served.addr().port()),
+                vkey: key.to_vkey(),
+                ca_cert: "tls/ca.pem".into(),
+            });
+        witness_keys.push(key);
+        witnesses.push(served);
+    }
+    summary.checks.push(format!(
+        "{} witnesses serving TLS 1.3, asked by the intake to cosign every checkpoint",
+        witnesses.len()
+    ));
+
     let running = datadonor_intake::start(config)
         .await
         .context("starting the intake")?;
@@ -316,14 +367,30 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         summary.withdrawn
     ));
 
-    // 5. A donor re-checks a receipt against the intake's current tree head.
+    // 5. A donor who requires both witnesses fetches the current tree head (waiting a bounded
+    // time for the cosignatures) and re-checks a receipt against it.
+    let policy = WitnessPolicy::new(witness_keys.clone(), witness_keys.len())?;
+    let witnessed = session
+        .intake()
+        .witnessed_checkpoint(session.ledger(), &policy, 0, &SystemClock)
+        .await
+        .context("fetching the cosigned checkpoint")?;
+    summary.checks.push(format!(
+        "checkpoint of {} entries cosigned by {} of {} witnesses ({})",
+        witnessed.checkpoint.size,
+        witnessed.cosigned_by.len(),
+        witness_keys.len(),
+        witnessed.cosigned_by.join(", ")
+    ));
     if let Some((_, _, first)) = donated.first() {
         let mut cfg = IntakeConfig::new(running.base_url(), TrustAnchors::CaPem(ca.clone()));
         cfg.auditor_token = Some(datadonor_client::client::AuditorToken::new(
             &init.auditor_token,
         ));
         let auditor = Intake::new(cfg)?;
-        let s = IntakeSession::connect(auditor, None).await?;
+        let s = IntakeSession::connect(auditor, None)
+            .await?
+            .with_witnesses(Some(policy));
         let v = s
             .verify(first, None)
             .await
@@ -347,6 +414,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     .await?;
 
     running.shutdown().await.context("stopping the intake")?;
+    for w in witnesses {
+        w.shutdown().await;
+    }
     pseudonymisers.shutdown().await;
     summary
         .checks

@@ -44,6 +44,7 @@ async fn pipeline_end_to_end() {
         "receipts: ledger signature",
         "withdrawal receipts verified",
         "included in the current tree",
+        "cosigned by 2 of 2 witnesses",
         "refuses a query that differs",
         "matches its signed tree head",
         "append-only",

@@ -112,6 +112,24 @@ pub fn refusal_response(r: &Refusal) -> Response {
     }
 }
 
+/// Connection limits of a witness served in process by [`start`].
+pub const IN_PROCESS_LIMITS: datadonor_service::ConnLimits = datadonor_service::ConnLimits {
+    max_connections: 64,
+    handshake_timeout: std::time::Duration::from_secs(10),
+    connection_lifetime: std::time::Duration::from_secs(60),
+};
+
+/// Serves `witness` over TLS on `listen`, on a task of the current runtime: a witness in the
+/// same process as its caller (the embedded demo, tests). Stop it with
+/// [`datadonor_service::Running::shutdown`].
+pub async fn start(
+    witness: Witness,
+    listen: std::net::SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<datadonor_service::Running> {
+    datadonor_service::start(listen, tls, router(Arc::new(witness)), IN_PROCESS_LIMITS).await
+}
+
 /// The witness's router (for tests that drive it without TLS, and for [`datadonor_service::start`]).
 pub fn router(witness: Arc<Witness>) -> Router {
     Router::new()
