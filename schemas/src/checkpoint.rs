@@ -148,6 +148,69 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+/// Why a vkey's text does not split into its parts (each caller maps it to its own error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VkeyError {
+    /// Not `<name>+<8 lowercase hex>+<base64>`, or the key is not 32 bytes after its type.
+    Malformed,
+    /// The name is not a valid key name.
+    InvalidKeyName,
+    /// The key's type byte is not the one expected (or the key has the wrong length for it).
+    UnsupportedKeyType(u8),
+}
+
+/// The parts of a signed-note verifier key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VkeyParts<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) key_hash: [u8; 4],
+    pub(crate) public_key: [u8; 32],
+}
+
+/// Split a vkey `<name>+<8 lowercase hex key ID>+<base64(alg || 32-byte key)>` whose type byte
+/// must be `alg` (the key ID is returned, not checked: it depends on the key type's hash rule).
+pub(crate) fn split_vkey(vkey: &str, alg: u8) -> Result<VkeyParts<'_>, VkeyError> {
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(hash_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VkeyError::Malformed);
+    };
+    if !is_valid_key_name(name) {
+        return Err(VkeyError::InvalidKeyName);
+    }
+    let lower_hex = hash_hex.len() == 8
+        && hash_hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !lower_hex {
+        return Err(VkeyError::Malformed);
+    }
+    let mut key_hash = [0u8; 4];
+    hex::decode_to_slice(hash_hex, &mut key_hash).map_err(|_| VkeyError::Malformed)?;
+    let key = STANDARD.decode(key_b64).map_err(|_| VkeyError::Malformed)?;
+    let Some((&found, public_key)) = key.split_first() else {
+        return Err(VkeyError::Malformed);
+    };
+    if found != alg {
+        return Err(VkeyError::UnsupportedKeyType(found));
+    }
+    let public_key =
+        <[u8; 32]>::try_from(public_key).map_err(|_| VkeyError::UnsupportedKeyType(found))?;
+    Ok(VkeyParts {
+        name,
+        key_hash,
+        public_key,
+    })
+}
+
+/// The vkey text `<name>+<hex key ID>+<base64(alg || key)>`, inverse of [`split_vkey`].
+pub(crate) fn format_vkey(name: &str, key_hash: [u8; 4], alg: u8, public_key: &[u8; 32]) -> String {
+    let mut key = Vec::with_capacity(33);
+    key.push(alg);
+    key.extend_from_slice(public_key);
+    format!("{name}+{}+{}", hex::encode(key_hash), STANDARD.encode(key))
+}
+
 /// Whether `name` is a valid key name: non-empty, no Unicode whitespace, no
 /// `+` and no control character.
 pub fn is_valid_key_name(name: &str) -> bool {
@@ -416,39 +479,13 @@ impl NoteVerifier {
     /// Parses a vkey `<name>+<8 lowercase hex key ID>+<base64(0x01 || key)>`,
     /// checking that the key ID matches the name and key.
     pub fn parse_vkey(vkey: &str) -> Result<Self, CheckpointError> {
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(hash_hex), Some(key_b64)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(CheckpointError::MalformedVerifierKey);
-        };
-        if !is_valid_key_name(name) {
-            return Err(CheckpointError::InvalidKeyName);
-        }
-        let lower_hex = hash_hex.len() == 8
-            && hash_hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !lower_hex {
-            return Err(CheckpointError::MalformedVerifierKey);
-        }
-        let mut hash = [0u8; 4];
-        hex::decode_to_slice(hash_hex, &mut hash)
-            .map_err(|_| CheckpointError::MalformedVerifierKey)?;
-        let key = STANDARD
-            .decode(key_b64)
-            .map_err(|_| CheckpointError::MalformedVerifierKey)?;
-        let (alg, public_key) = match key.split_first() {
-            Some((alg, rest)) => (*alg, rest),
-            None => return Err(CheckpointError::MalformedVerifierKey),
-        };
-        if alg != SIG_TYPE_ED25519 {
-            return Err(CheckpointError::UnsupportedKeyType(alg));
-        }
-        let public_key = <[u8; 32]>::try_from(public_key)
-            .map_err(|_| CheckpointError::UnsupportedKeyType(alg))?;
-        let verifier = Self::new(name, public_key)?;
-        if verifier.key_hash != hash {
+        let parts = split_vkey(vkey, SIG_TYPE_ED25519).map_err(|e| match e {
+            VkeyError::Malformed => CheckpointError::MalformedVerifierKey,
+            VkeyError::InvalidKeyName => CheckpointError::InvalidKeyName,
+            VkeyError::UnsupportedKeyType(t) => CheckpointError::UnsupportedKeyType(t),
+        })?;
+        let verifier = Self::new(parts.name, parts.public_key)?;
+        if verifier.key_hash != parts.key_hash {
             return Err(CheckpointError::KeyHashMismatch);
         }
         Ok(verifier)
@@ -456,14 +493,11 @@ impl NoteVerifier {
 
     /// The vkey text encoding, inverse of [`NoteVerifier::parse_vkey`].
     pub fn to_vkey(&self) -> String {
-        let mut key = Vec::with_capacity(33);
-        key.push(SIG_TYPE_ED25519);
-        key.extend_from_slice(&self.public_key);
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(self.key_hash),
-            STANDARD.encode(key)
+        format_vkey(
+            &self.name,
+            self.key_hash,
+            SIG_TYPE_ED25519,
+            &self.public_key,
         )
     }
 

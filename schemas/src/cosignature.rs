@@ -220,38 +220,13 @@ impl WitnessKey {
 
     /// Parses a vkey `<name>+<8 lowercase hex key ID>+<base64(0x04 || key)>`, checking the key ID.
     pub fn parse_vkey(vkey: &str) -> Result<Self, CosignatureError> {
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(hash_hex), Some(key_b64)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(CosignatureError::MalformedVerifierKey);
-        };
-        if !is_valid_key_name(name) {
-            return Err(CosignatureError::InvalidKeyName);
-        }
-        let lower_hex = hash_hex.len() == 8
-            && hash_hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !lower_hex {
-            return Err(CosignatureError::MalformedVerifierKey);
-        }
-        let mut hash = [0u8; 4];
-        hex::decode_to_slice(hash_hex, &mut hash)
-            .map_err(|_| CosignatureError::MalformedVerifierKey)?;
-        let key = STANDARD
-            .decode(key_b64)
-            .map_err(|_| CosignatureError::MalformedVerifierKey)?;
-        let Some((&alg, public_key)) = key.split_first() else {
-            return Err(CosignatureError::MalformedVerifierKey);
-        };
-        if alg != SIG_TYPE_COSIGNATURE_V1 {
-            return Err(CosignatureError::UnsupportedKeyType(alg));
-        }
-        let public_key = <[u8; 32]>::try_from(public_key)
-            .map_err(|_| CosignatureError::UnsupportedKeyType(alg))?;
-        let key = Self::new(name, public_key)?;
-        if key.key_hash != hash {
+        let parts = checkpoint::split_vkey(vkey, SIG_TYPE_COSIGNATURE_V1).map_err(|e| match e {
+            checkpoint::VkeyError::Malformed => CosignatureError::MalformedVerifierKey,
+            checkpoint::VkeyError::InvalidKeyName => CosignatureError::InvalidKeyName,
+            checkpoint::VkeyError::UnsupportedKeyType(t) => CosignatureError::UnsupportedKeyType(t),
+        })?;
+        let key = Self::new(parts.name, parts.public_key)?;
+        if key.key_hash != parts.key_hash {
             return Err(CosignatureError::KeyHashMismatch);
         }
         Ok(key)
@@ -259,14 +234,11 @@ impl WitnessKey {
 
     /// The vkey text, inverse of [`WitnessKey::parse_vkey`].
     pub fn to_vkey(&self) -> String {
-        let mut key = Vec::with_capacity(33);
-        key.push(SIG_TYPE_COSIGNATURE_V1);
-        key.extend_from_slice(&self.public_key);
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(self.key_hash),
-            STANDARD.encode(key)
+        checkpoint::format_vkey(
+            &self.name,
+            self.key_hash,
+            SIG_TYPE_COSIGNATURE_V1,
+            &self.public_key,
         )
     }
 
