@@ -1,7 +1,8 @@
 //! HTTPS serving shared by Datadonor's services (the pseudonymiser instances and the steward's
 //! query service): a TLS 1.3 server configuration from PEM files, and the accept loop with its
 //! connection limits, timeouts and graceful shutdown. The intake has its own loop (with an idle
-//! cut-off per connection) in `datadonor-intake::server`.
+//! cut-off per connection) in `datadonor-intake::server`. Also the crash-safe file write the
+//! services keep their state with ([`write_atomic`]).
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -158,4 +159,49 @@ async fn serve(
         while conns.join_next().await.is_some() {}
     })
     .await;
+}
+
+/// A file write that failed: the path it failed on and why.
+#[derive(Debug)]
+pub struct FileError {
+    /// The file or directory.
+    pub path: std::path::PathBuf,
+    /// The error.
+    pub source: std::io::Error,
+}
+
+/// Writes `bytes` to `path` with `mode`, crash-safely: temporary file, fsync, rename, fsync of
+/// the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| FileError {
+            path: path.clone(),
+            source,
+        }
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }

@@ -7,8 +7,6 @@
 //! either the old or the new state, never a mix. `state_dir/evidence/` keeps the requests the
 //! witness refused although the log had signed them (a fork or an inconsistent head).
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use datadonor_schemas::merkle::Hash;
@@ -59,30 +57,13 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` with `mode`: temporary file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `path` with `mode`: temporary file, fsync, rename, fsync of the directory
+/// (`datadonor_service::write_atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    datadonor_service::write_atomic(path, bytes, mode).map_err(|e| StateError::Io {
+        path: e.path.display().to_string(),
+        source: e.source,
+    })
 }
 
 /// Lowercase hex of SHA-256 of the origin: the state file's name and the monitoring path.
