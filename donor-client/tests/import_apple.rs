@@ -621,3 +621,160 @@ fn many_attributes_and_deep_namespaces_finish() {
         "{err}"
     );
 }
+
+/// A blood-pressure reading as an Apple `<Correlation>` from `source` at `start`.
+fn bp_correlation(source: &str, start: &str, systolic: u32, diastolic: u32) -> String {
+    format!(
+        r#" <Correlation type="HKCorrelationTypeIdentifierBloodPressure" sourceName="{source}" startDate="{start}" endDate="{start}">
+  <MetadataEntry key="HKWasUserEntered" value="1"/>
+  <Record type="HKQuantityTypeIdentifierBloodPressureSystolic" sourceName="{source}" unit="mmHg" startDate="{start}" endDate="{start}" value="{systolic}"/>
+  <Record type="HKQuantityTypeIdentifierBloodPressureDiastolic" sourceName="{source}" unit="mmHg" startDate="{start}" endDate="{start}" value="{diastolic}"/>
+ </Correlation>
+"#
+    )
+}
+
+/// A top-level blood-pressure `Record`.
+fn bp_record(kind: &str, source: &str, start: &str, value: u32) -> String {
+    format!(
+        " <Record type=\"HKQuantityTypeIdentifierBloodPressure{kind}\" sourceName=\"{source}\" unit=\"mmHg\" startDate=\"{start}\" endDate=\"{start}\" value=\"{value}\"/>\n"
+    )
+}
+
+fn health_data(body: &str) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<HealthData locale=\"da_DK\">\n{body}</HealthData>\n")
+}
+
+/// Blood-pressure values emitted, in order.
+fn bp_values(items: &[SourceItem]) -> Vec<(String, f64)> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            SourceItem::Observation(o) => match &o.value {
+                SourceValue::Quantity { value, .. } => Some((
+                    o.code
+                        .code
+                        .trim_start_matches("HKQuantityTypeIdentifierBloodPressure")
+                        .to_string(),
+                    *value,
+                )),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+const T1: &str = "2023-03-01 08:00:00 +0100";
+const T2: &str = "2023-03-02 08:00:00 +0100";
+
+#[test]
+fn correlation_members_without_top_level_copies_are_imported() {
+    let xml = health_data(
+        &(bp_correlation("Omron", T1, 131, 84) + &bp_correlation("Omron", T2, 128, 82)),
+    );
+    let (items, report) =
+        import_xml_bytes(xml.as_bytes(), "export.xml", &ImportOptions::default()).expect("import");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.resource_count("Correlation/Record"), 4);
+    assert_eq!(
+        report.skipped_count(SkipReason::CorrelationMember),
+        0,
+        "{report}"
+    );
+    assert_eq!(report.emitted.observations, 4);
+    assert_eq!(
+        bp_values(&items),
+        vec![
+            ("Systolic".into(), 131.0),
+            ("Diastolic".into(), 84.0),
+            ("Systolic".into(), 128.0),
+            ("Diastolic".into(), 82.0),
+        ]
+    );
+    let SourceItem::Observation(first) = &items[0] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(
+        first.location.record,
+        RecordRef::XmlElement {
+            line: 5,
+            byte_offset: xml.find("<Record").expect("record") as u64
+        },
+        "located at the member itself"
+    );
+}
+
+#[test]
+fn correlation_members_with_top_level_copies_are_dropped_as_duplicates_before_or_after() {
+    // Copies before the correlation (Apple's order) and after it (held until the end).
+    for copies_first in [true, false] {
+        let copies =
+            bp_record("Systolic", "Omron", T1, 131) + &bp_record("Diastolic", "Omron", T1, 84);
+        let correlation = bp_correlation("Omron", T1, 131, 84);
+        let body = if copies_first {
+            copies + &correlation
+        } else {
+            correlation + &copies
+        };
+        let (items, report) = import_xml_bytes(
+            health_data(&body).as_bytes(),
+            "export.xml",
+            &ImportOptions::default(),
+        )
+        .expect("import");
+        assert!(report.is_balanced(), "{report}");
+        assert_eq!(
+            report.skipped_count(SkipReason::CorrelationMember),
+            2,
+            "{report}"
+        );
+        assert_eq!(
+            bp_values(&items),
+            vec![("Systolic".into(), 131.0), ("Diastolic".into(), 84.0)],
+            "each reading once (copies first: {copies_first})"
+        );
+    }
+}
+
+#[test]
+fn a_correlation_member_is_a_duplicate_only_of_the_same_type_start_and_source() {
+    let body = bp_record("Systolic", "Omron", T1, 131)
+        // Another source at the same time, and the same source at another time.
+        + &bp_record("Diastolic", "Withings", T1, 84)
+        + &bp_record("Diastolic", "Omron", T2, 70)
+        + &bp_correlation("Omron", T1, 131, 84);
+    let (items, report) = import_xml_bytes(
+        health_data(&body).as_bytes(),
+        "export.xml",
+        &ImportOptions::default(),
+    )
+    .expect("import");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(
+        report.skipped_count(SkipReason::CorrelationMember),
+        1,
+        "{report}"
+    );
+    assert_eq!(
+        bp_values(&items),
+        vec![
+            ("Systolic".into(), 131.0),
+            ("Diastolic".into(), 84.0),
+            ("Diastolic".into(), 70.0),
+            ("Diastolic".into(), 84.0),
+        ],
+        "the Omron diastolic reading at T1 exists only in the correlation"
+    );
+}
+
+#[test]
+fn correlation_members_past_the_held_limit_are_presumed_duplicates() {
+    let mut options = ImportOptions::default();
+    options.limits.max_reference_table = 1;
+    let xml = health_data(&bp_correlation("Omron", T1, 131, 84));
+    let (items, report) = import_xml_bytes(xml.as_bytes(), "export.xml", &options).expect("import");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(bp_values(&items), vec![("Systolic".into(), 131.0)]);
+    assert_eq!(report.skipped_count(SkipReason::CorrelationMember), 1);
+}

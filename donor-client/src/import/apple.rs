@@ -7,10 +7,18 @@
 //!   the HealthKit type as code, `startDate` as the effective time. `HKQuantityType…` records need a numeric
 //!   `value` and a `unit`; other records (categories such as sleep, with values like
 //!   `HKCategoryValueSleepAnalysisAsleepCore`) become [`SourceValue::Text`], or [`SourceValue::None`] without
-//!   a value. `sourceName`, `device` and metadata are never read.
+//!   a value. `device` and metadata are never read; `sourceName` only to recognise duplicates (below), and
+//!   it is never emitted.
 //! - `<Correlation>` (blood pressure, food) is counted as a container; its member `Record`s are counted as
-//!   `Correlation/Record` and, by default, not emitted because Apple exports them again as top-level records
-//!   (see [`ImportOptions::emit_apple_correlation_members`]).
+//!   `Correlation/Record`. Apple's exports usually repeat each member as a top-level `Record`, but not
+//!   always (exports written by other apps, older iOS versions). So a member is emitted unless a
+//!   top-level `Record` with the same `type`, `startDate` and `sourceName` exists anywhere in the file,
+//!   in which case it is skipped as [`SkipReason::CorrelationMember`]. Members are compared with the
+//!   top-level records read before them at once and held back (at most [`Limits::max_reference_table`])
+//!   until the end of the document for those that come later; top-level blood-pressure and dietary
+//!   records are remembered as 16-byte digests, at most [`Limits::max_correlation_keys`]. Past either
+//!   cap a member is skipped as a presumed duplicate, as Apple's DTD states. With
+//!   [`ImportOptions::emit_apple_correlation_members`] every member is emitted unchecked.
 //! - `<Workout>`, `<ActivitySummary>`, `<ExportDate>`, `<ClinicalRecord>`, `<Audiogram>`, ... are counted by
 //!   element name and skipped.
 //!
@@ -23,6 +31,7 @@
 //! optional whitespace and `>`) and overwritten in place with spaces, keeping its newlines so that line
 //! numbers and byte offsets still match the file.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::sync::Arc;
 
@@ -32,7 +41,7 @@ use quick_xml::XmlVersion;
 use super::codes::{self, CodeCheck};
 use super::dates::{self, SourceDate};
 use super::metered::{Meter, Metered};
-use super::report::{quoted, Collector, Skip};
+use super::report::{escape_controls, quoted, Collector, Skip};
 use super::{
     Code, CodeSystem, Demographics, ImportError, ImportOptions, ImportReport, ItemSink, Limits,
     Note, RecordRef, Sex, SkipReason, SourceItem, SourceObservation, SourceValue,
@@ -309,6 +318,7 @@ fn read_xml<R: BufRead>(
     let mut depth = 0usize;
     let mut root_seen = false;
     let mut in_correlation = false;
+    let mut members = Members::new(&limits);
     loop {
         buf.clear();
         meter.mark();
@@ -330,7 +340,7 @@ fn read_xml<R: BufRead>(
                             field: None,
                             detail: format!(
                                 "the root element is <{}>, not <HealthData>: not an Apple Health export",
-                                String::from_utf8_lossy(name)
+                                escape_controls(&String::from_utf8_lossy(name))
                             ),
                         });
                     }
@@ -342,7 +352,16 @@ fn read_xml<R: BufRead>(
                     match name {
                         b"Record" => {
                             c.seen("Record");
-                            let outcome = record(c, at, e)?;
+                            let outcome = match record_attributes(e) {
+                                Err(skip) => Err(skip),
+                                Ok(attrs) => {
+                                    members.top_level(c, &attrs);
+                                    match observation(c, at, attrs) {
+                                        Ok(o) => c.emit(SourceItem::Observation(o)).map(Ok)?,
+                                        Err(skip) => Err(skip),
+                                    }
+                                }
+                            };
                             account(c, at, outcome);
                         }
                         b"Me" => {
@@ -365,16 +384,16 @@ fn read_xml<R: BufRead>(
                     }
                 } else if depth == 2 && in_correlation && name == b"Record" {
                     c.seen("Correlation/Record");
-                    if options.emit_apple_correlation_members {
-                        let outcome = record(c, at, e)?;
-                        account(c, at, outcome);
-                    } else {
-                        let skip = Skip::new(
-                            SkipReason::CorrelationMember,
-                            "Record",
-                            "also exported as a top-level Record",
-                        );
-                        c.skip(at, skip);
+                    match record_attributes(e) {
+                        Err(skip) => c.skip(at, skip),
+                        Ok(attrs) if options.emit_apple_correlation_members => {
+                            let outcome = match observation(c, at, attrs) {
+                                Ok(o) => c.emit(SourceItem::Observation(o)).map(Ok)?,
+                                Err(skip) => Err(skip),
+                            };
+                            account(c, at, outcome);
+                        }
+                        Ok(attrs) => members.member(c, at, attrs),
                     }
                 }
                 if !is_empty {
@@ -387,6 +406,7 @@ fn read_xml<R: BufRead>(
                     in_correlation = false;
                 }
                 if depth == 0 {
+                    members.finish(c)?;
                     break;
                 }
             }
@@ -530,22 +550,59 @@ fn attributes<const N: usize>(
     Ok(values)
 }
 
-fn record(
+/// The attributes of a `<Record>` the importer reads.
+struct RecordAttributes {
+    kind: Option<String>,
+    unit: Option<String>,
+    value: Option<String>,
+    start: Option<String>,
+    /// Only to recognise a correlation member's top-level copy; never emitted.
+    source: Option<String>,
+}
+
+fn record_attributes(e: &BytesStart<'_>) -> Result<RecordAttributes, Skip> {
+    let [kind, unit, value, start] = attributes(e, [b"type", b"unit", b"value", b"startDate"])?;
+    Ok(RecordAttributes {
+        kind,
+        unit,
+        value,
+        start,
+        source: source_name(e),
+    })
+}
+
+/// `sourceName`, read leniently: it only tells duplicates apart, so a value that is not UTF-8 (or an
+/// attribute that is malformed) does not skip the record.
+fn source_name(e: &BytesStart<'_>) -> Option<String> {
+    let attr = e
+        .html_attributes()
+        .flatten()
+        .find(|a| a.key.as_ref() == b"sourceName")?;
+    let value = match attr.normalized_value(XmlVersion::Implicit1_0) {
+        Ok(v) => v.into_owned(),
+        Err(_) => String::from_utf8_lossy(&attr.value).into_owned(),
+    };
+    Some(value.trim().to_owned())
+}
+
+fn observation(
     c: &mut Collector<'_, '_>,
     at: RecordRef,
-    e: &BytesStart<'_>,
-) -> Result<Result<(), Skip>, ImportError> {
-    let [kind, unit, value, start] = match attributes(e, [b"type", b"unit", b"value", b"startDate"])
-    {
-        Ok(values) => values,
-        Err(skip) => return Ok(Err(skip)),
-    };
+    attrs: RecordAttributes,
+) -> Result<SourceObservation, Skip> {
+    let RecordAttributes {
+        kind,
+        unit,
+        value,
+        start,
+        ..
+    } = attrs;
     let Some(kind) = kind else {
-        return Ok(Err(Skip::new(SkipReason::MissingCode, "type", "no type")));
+        return Err(Skip::new(SkipReason::MissingCode, "type", "no type"));
     };
     if codes::check(&CodeSystem::AppleHealthKit, &kind) == CodeCheck::Invalid {
         let detail = format!("{} is not a HealthKit type identifier", quoted(&kind));
-        return Ok(Err(Skip::new(SkipReason::InvalidCode, "type", detail)));
+        return Err(Skip::new(SkipReason::InvalidCode, "type", detail));
     }
     let effective = match start.as_deref().map(|s| (s, dates::parse(s))) {
         None => None,
@@ -561,11 +618,11 @@ fn record(
             date.date_time()
         }
         Some((text, None)) => {
-            return Ok(Err(Skip::new(
+            return Err(Skip::new(
                 SkipReason::UnparsableDate,
                 "startDate",
                 format!("not a date {}", quoted(text)),
-            )));
+            ));
         }
     };
     let is_quantity = kind.starts_with("HKQuantityTypeIdentifier");
@@ -575,26 +632,22 @@ fn record(
         .filter(|v| v.is_finite());
     let value = match (value, number, unit) {
         (None, _, _) if is_quantity => {
-            return Ok(Err(Skip::new(
-                SkipReason::MissingValue,
-                "value",
-                "no value",
-            )))
+            return Err(Skip::new(SkipReason::MissingValue, "value", "no value"))
         }
         (None, _, _) => SourceValue::None,
         (Some(raw), None, _) if is_quantity => {
-            return Ok(Err(Skip::new(
+            return Err(Skip::new(
                 SkipReason::UnparsableValue,
                 "value",
                 format!("not a number {}", quoted(&raw)),
-            )));
+            ));
         }
         (Some(_), Some(number), None) if is_quantity => {
-            return Ok(Err(Skip::new(
+            return Err(Skip::new(
                 SkipReason::MissingUnit,
                 "unit",
                 format!("{number} without unit"),
-            )));
+            ));
         }
         (Some(_), Some(number), Some(unit)) => SourceValue::Quantity {
             value: number,
@@ -602,19 +655,156 @@ fn record(
         },
         (Some(raw), _, _) => SourceValue::Text(raw),
     };
-    let code = Code {
-        system: CodeSystem::AppleHealthKit,
-        code: kind,
-    };
-    let location = c.location(at);
-    c.emit(SourceItem::Observation(SourceObservation {
+    Ok(SourceObservation {
         patient: None,
-        code,
+        code: Code {
+            system: CodeSystem::AppleHealthKit,
+            code: kind,
+        },
         value,
         effective,
-        location,
-    }))?;
-    Ok(Ok(()))
+        location: c.location(at),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Correlation members
+
+/// Most distinct record types remembered as correlation member types.
+const MAX_MEMBER_TYPES: usize = 256;
+
+/// Whether a HealthKit type is one Apple nests in a `<Correlation>` (blood pressure, food).
+fn is_member_type(kind: &str) -> bool {
+    matches!(
+        kind,
+        "HKQuantityTypeIdentifierBloodPressureSystolic"
+            | "HKQuantityTypeIdentifierBloodPressureDiastolic"
+    ) || kind.starts_with("HKQuantityTypeIdentifierDietary")
+}
+
+/// A digest of a record's type, start and source: what makes a correlation member a copy of a
+/// top-level record.
+fn member_key(attrs: &RecordAttributes) -> [u8; 16] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [&attrs.kind, &attrs.start, &attrs.source] {
+        match part {
+            Some(text) => {
+                ctx.update(&(text.len() as u64).to_be_bytes());
+                ctx.update(text.as_bytes());
+            }
+            None => ctx.update(&u64::MAX.to_be_bytes()),
+        }
+    }
+    let digest = ctx.finish();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_ref()[..16]);
+    key
+}
+
+/// A correlation member waiting for the end of the document: emitted unless a top-level copy turns up.
+struct Held {
+    at: RecordRef,
+    observation: SourceObservation,
+}
+
+/// Correlation members and the top-level records they may duplicate (see the module docs).
+struct Members {
+    /// Digests of top-level records of member types.
+    top_level: HashSet<[u8; 16]>,
+    /// Members without a top-level copy so far, by digest.
+    held: HashMap<[u8; 16], Vec<Held>>,
+    held_count: usize,
+    /// Types met inside a correlation besides those of [`is_member_type`].
+    types: HashSet<String>,
+    max_keys: usize,
+    max_held: usize,
+}
+
+impl Members {
+    fn new(limits: &Limits) -> Self {
+        Members {
+            top_level: HashSet::new(),
+            held: HashMap::new(),
+            held_count: 0,
+            types: HashSet::new(),
+            max_keys: limits.max_correlation_keys,
+            max_held: limits.max_reference_table,
+        }
+    }
+
+    /// A top-level record: remembered if of a member type; held members it duplicates are skipped.
+    fn top_level(&mut self, c: &mut Collector<'_, '_>, attrs: &RecordAttributes) {
+        let Some(kind) = attrs.kind.as_deref() else {
+            return;
+        };
+        if !is_member_type(kind) && !self.types.contains(kind) {
+            return;
+        }
+        let key = member_key(attrs);
+        if let Some(copies) = self.held.remove(&key) {
+            self.held_count -= copies.len();
+            for held in copies {
+                c.skip(held.at, duplicate());
+            }
+        }
+        if self.top_level.len() < self.max_keys {
+            self.top_level.insert(key);
+        }
+    }
+
+    /// A member of a correlation: skipped if a top-level copy was read, else held.
+    fn member(&mut self, c: &mut Collector<'_, '_>, at: RecordRef, attrs: RecordAttributes) {
+        if let Some(kind) = attrs.kind.as_deref() {
+            if !is_member_type(kind) && self.types.len() < MAX_MEMBER_TYPES {
+                self.types.insert(kind.to_owned());
+            }
+        }
+        let key = member_key(&attrs);
+        if self.top_level.contains(&key) {
+            c.skip(at, duplicate());
+            return;
+        }
+        let full = self.held_count >= self.max_held || self.top_level.len() >= self.max_keys;
+        match observation(c, at, attrs) {
+            Err(skip) => c.skip(at, skip),
+            Ok(_) if full => c.skip(
+                at,
+                Skip::new(
+                    SkipReason::CorrelationMember,
+                    "Record",
+                    "presumed a duplicate: too many records to compare",
+                ),
+            ),
+            Ok(observation) => {
+                self.held_count += 1;
+                self.held
+                    .entry(key)
+                    .or_default()
+                    .push(Held { at, observation });
+            }
+        }
+    }
+
+    /// The end of the document: every member still held has no top-level copy and is emitted, in
+    /// document order.
+    fn finish(&mut self, c: &mut Collector<'_, '_>) -> Result<(), ImportError> {
+        let mut held: Vec<Held> = self.held.drain().flat_map(|(_, v)| v).collect();
+        self.held_count = 0;
+        held.sort_by_key(|h| h.at);
+        for h in held {
+            c.emit(SourceItem::Observation(h.observation))?;
+            c.record_emitted();
+        }
+        Ok(())
+    }
+}
+
+fn duplicate() -> Skip {
+    Skip::new(
+        SkipReason::CorrelationMember,
+        "Record",
+        "a top-level Record with the same type, startDate and sourceName exists",
+    )
 }
 
 fn me(

@@ -3,15 +3,17 @@
 
 use std::fmt;
 
+use super::report::Esc;
 use super::RecordRef;
 
-/// A fatal import error. Its `Display` names the file, the record (line, bundle entry or XML position) and,
+/// A fatal import error. Its `Display` escapes the control characters of any source text it quotes
+/// (see [`escape_controls`](super::escape_controls)) and names the file, the record (line, bundle entry or XML position) and,
 /// where there is one, the field: `observations.csv: line 1: field CODE: required column is missing`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ImportError {
     /// Reading the source failed (including a corrupt compressed zip member).
-    #[error("{file}{}: I/O error: {source}", At(at))]
+    #[error("{}{}: I/O error: {}", Esc(file), At(at), Esc(&source.to_string()))]
     Io {
         /// The file.
         file: String,
@@ -23,7 +25,7 @@ pub enum ImportError {
     },
     /// The source is not the expected format at all: not JSON, not a FHIR Bundle, a CSV without the required
     /// columns, an XML document whose root is not `<HealthData>`, a zip without an Apple export.
-    #[error("{file}{}{}: {detail}", At(at), Field(field))]
+    #[error("{}{}{}: {}", Esc(file), At(at), Field(field), Esc(detail))]
     UnexpectedFormat {
         /// The file.
         file: String,
@@ -36,7 +38,7 @@ pub enum ImportError {
     },
     /// A syntax error that makes the rest of the stream unreadable (invalid JSON inside a Bundle, ill-formed
     /// XML).
-    #[error("{file}{}{}: {detail}", At(at), Field(field))]
+    #[error("{}{}{}: {}", Esc(file), At(at), Field(field), Esc(detail))]
     Malformed {
         /// The file.
         file: String,
@@ -48,7 +50,7 @@ pub enum ImportError {
         detail: String,
     },
     /// The source ends in the middle of a record or before its closing element.
-    #[error("{file}{}: file is truncated: {detail}", At(at))]
+    #[error("{}{}: file is truncated: {}", Esc(file), At(at), Esc(detail))]
     Truncated {
         /// The file.
         file: String,
@@ -58,7 +60,7 @@ pub enum ImportError {
         detail: String,
     },
     /// A size limit from [`Limits`](super::Limits) was exceeded.
-    #[error("{file}{}: {what} exceeds the limit of {limit} bytes", At(at))]
+    #[error("{}{}: {what} exceeds the limit of {limit} bytes", Esc(file), At(at))]
     LimitExceeded {
         /// The file.
         file: String,
@@ -70,7 +72,7 @@ pub enum ImportError {
         limit: u64,
     },
     /// The sink refused an item and stopped the import.
-    #[error("import stopped by the consumer: {reason}")]
+    #[error("import stopped by the consumer: {}", Esc(reason))]
     Rejected {
         /// Why.
         reason: String,
@@ -121,7 +123,7 @@ struct Field<'a>(&'a Option<String>);
 impl fmt::Display for Field<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(field) => write!(f, ": field {field}"),
+            Some(field) => write!(f, ": field {}", Esc(field)),
             None => Ok(()),
         }
     }

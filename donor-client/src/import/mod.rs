@@ -78,7 +78,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::ImportError;
-pub use report::{ImportReport, ItemCounts, Note, Problem, ProblemKind, SkipReason};
+pub use report::{
+    escape_controls, ImportReport, ItemCounts, Note, Problem, ProblemKind, SkipReason,
+};
 pub use synthea::SyntheaTable;
 
 /// A terminology a [`Code`] comes from, derived from a FHIR `system` URI (or implied by the source format).
@@ -142,7 +144,7 @@ impl fmt::Display for CodeSystem {
             CodeSystem::Snomed => f.write_str("SNOMED CT"),
             CodeSystem::RxNorm => f.write_str("RxNorm"),
             CodeSystem::AppleHealthKit => f.write_str("HealthKit"),
-            CodeSystem::Other(uri) => write!(f, "<{uri}>"),
+            CodeSystem::Other(uri) => write!(f, "<{}>", report::Esc(uri)),
         }
     }
 }
@@ -158,7 +160,7 @@ pub struct Code {
 
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.system, self.code)
+        write!(f, "{} {}", self.system, report::Esc(&self.code))
     }
 }
 
@@ -374,7 +376,7 @@ pub struct RecordLocation {
 
 impl fmt::Display for RecordLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file, self.record)
+        write!(f, "{}: {}", report::Esc(&self.file), self.record)
     }
 }
 
@@ -412,6 +414,9 @@ pub struct Limits {
     pub max_zip_sniff_bytes: u64,
     /// Most sample problems kept in the report. Default 64.
     pub max_samples: usize,
+    /// Most top-level Apple blood-pressure and dietary records remembered (as 16-byte digests) to
+    /// tell whether a `<Correlation>`'s member duplicates one. Default 1 000 000.
+    pub max_correlation_keys: usize,
     /// Most sample problems kept per reason. Default 5.
     pub max_samples_per_kind: usize,
 }
@@ -425,6 +430,7 @@ impl Default for Limits {
             max_xml_prolog_bytes: 4 * 1024 * 1024,
             max_zip_sniff_bytes: 1024 * 1024,
             max_samples: 64,
+            max_correlation_keys: 1_000_000,
             max_samples_per_kind: 5,
         }
     }
@@ -436,10 +442,11 @@ impl Default for Limits {
 pub struct ImportOptions {
     /// Size limits.
     pub limits: Limits,
-    /// Emit the `Record`s nested in an Apple Health `<Correlation>` (blood pressure, food). Off by default:
-    /// Apple's own DTD states that "any Records that appear as children of a correlation also appear as
-    /// top-level records in this document", so emitting them would count each reading twice. When off they
-    /// are counted as [`SkipReason::CorrelationMember`].
+    /// Emit every `Record` nested in an Apple Health `<Correlation>` (blood pressure, food), without
+    /// checking for a top-level copy. Off by default: Apple's DTD states that "any Records that appear as
+    /// children of a correlation also appear as top-level records in this document", which is true of
+    /// most exports but not all; so when off, a member is emitted unless a top-level `Record` with the
+    /// same type, start and source exists, and otherwise counted as [`SkipReason::CorrelationMember`].
     pub emit_apple_correlation_members: bool,
 }
 

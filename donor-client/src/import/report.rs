@@ -21,7 +21,8 @@ pub enum SkipReason {
     ReferenceOnly,
     /// An Apple `<Correlation>`: a container; its member records are counted on their own.
     Container,
-    /// A `Record` inside an Apple `<Correlation>`, which duplicates a top-level record (see
+    /// A `Record` inside an Apple `<Correlation>` that duplicates a top-level record with the same type,
+    /// start and source (see
     /// [`ImportOptions::emit_apple_correlation_members`](super::ImportOptions::emit_apple_correlation_members)).
     CorrelationMember,
     /// No code at all (no coding, empty `CODE`, no `type`).
@@ -190,7 +191,10 @@ impl fmt::Display for Problem {
         write!(
             f,
             "{}: field {}: {} ({})",
-            self.location, self.field, self.detail, self.kind
+            self.location,
+            Esc(&self.field),
+            Esc(&self.detail),
+            self.kind
         )
     }
 }
@@ -285,13 +289,13 @@ impl ImportReport {
 
 impl fmt::Display for ImportReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "files: {}", self.files.join(", "))?;
+        writeln!(f, "files: {}", Esc(&self.files.join(", ")))?;
         if !self.ignored_files.is_empty() {
-            writeln!(f, "ignored files: {}", self.ignored_files.join(", "))?;
+            writeln!(f, "ignored files: {}", Esc(&self.ignored_files.join(", ")))?;
         }
         writeln!(f, "records read: {}", self.records_total())?;
         for (kind, n) in &self.resources {
-            writeln!(f, "  {kind}: {n}")?;
+            writeln!(f, "  {}: {n}", Esc(kind))?;
         }
         let e = &self.emitted;
         writeln!(
@@ -342,22 +346,80 @@ impl Skip {
         field: impl Into<Cow<'static, str>>,
         detail: impl Into<String>,
     ) -> Self {
+        let field = field.into();
+        let field = match escape_controls(&field) {
+            Cow::Borrowed(_) => field,
+            Cow::Owned(escaped) => Cow::Owned(escaped),
+        };
+        let detail: String = detail.into();
         Skip {
             reason,
-            field: field.into(),
-            detail: detail.into(),
+            field,
+            detail: escape_controls(&detail).into_owned(),
         }
     }
 }
 
-/// Quotes source text for a problem detail, truncated to a few dozen characters.
+/// Whether a character of source text must not reach a terminal as it is: control characters
+/// (C0, DEL, C1: `ESC` starts the escape sequences that recolour, move the cursor or retitle the
+/// window) and the bidirectional formatting characters that reorder what is shown.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' | '\r' | '\t' => out.extend(c.escape_debug()),
+        _ => out.extend(c.escape_unicode()),
+    }
+}
+
+/// The one escaping function for text taken from a source file (ids, codes, units, element names,
+/// values, member names) before it is put into an error, a report or any other message: control
+/// and bidirectional formatting characters become `\u{1b}`, `\n`, `\u{202e}`, ...; everything
+/// else, printable Unicode included, is kept. Escaped text contains no such characters, so
+/// escaping it again changes nothing.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Displays a string through [`escape_controls`].
+pub(crate) struct Esc<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Esc<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape_controls(self.0))
+    }
+}
+
+/// Quotes source text for a problem detail, truncated to a few dozen characters; quotes,
+/// backslashes and everything [`escape_controls`] escapes are escaped.
 pub(crate) fn quoted(text: &str) -> String {
     const MAX_CHARS: usize = 48;
     let mut out = String::with_capacity(text.len().min(MAX_CHARS) + 4);
     out.push('"');
     let mut chars = text.chars();
     for c in chars.by_ref().take(MAX_CHARS) {
-        out.extend(c.escape_debug());
+        if needs_escape(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.extend(c.escape_debug());
+        }
     }
     if chars.next().is_some() {
         out.push('…');
@@ -413,6 +475,8 @@ impl<'s, 'a> Collector<'s, 'a> {
 
     /// Counts a record of `kind`. Must be followed by exactly one `record_emitted` or `skip`.
     pub(crate) fn seen(&mut self, kind: &str) {
+        let kind = escape_controls(kind);
+        let kind = kind.as_ref();
         if let Some(n) = self.report.resources.get_mut(kind) {
             *n += 1;
         } else {
@@ -497,9 +561,9 @@ impl<'s, 'a> Collector<'s, 'a> {
         let location = self.location(at);
         self.report.samples.push(Problem {
             location,
-            field: field.into_owned(),
+            field: escape_controls(&field).into_owned(),
             kind,
-            detail,
+            detail: escape_controls(&detail).into_owned(),
         });
     }
 
