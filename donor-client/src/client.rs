@@ -18,9 +18,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use datadonor_schemas::bundle::{check_notice, OpenedBundle, StudyBundle};
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::cosignature::{verify_quorum, CosignatureError, WitnessKey};
 use datadonor_schemas::envelope::HpkeConfigList;
+use datadonor_schemas::merkle::ProofAnswer;
 use datadonor_schemas::pseudonym::{Cpr, Pseudonym};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, VerifiedReceipt};
 use datadonor_schemas::signing::{Context, PublicKey, SignedObject};
@@ -464,12 +466,6 @@ struct Problem {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ProofResponse {
-    proof: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StudyList {
     studies: Vec<String>,
 }
@@ -676,6 +672,41 @@ impl Intake {
             return Err(self.bad(&p, "the intake served another study"));
         }
         Ok(s)
+    }
+
+    /// `GET /v1/studies/{id}/bundle`: the steward-signed bundle of `study`, verified against the
+    /// study (same id, version, signed payload and signer) and the session's ledger key.
+    pub async fn study_bundle(
+        &self,
+        study: &PublishedStudy,
+        ledger: &LedgerTrust,
+    ) -> Result<OpenedBundle, ClientError> {
+        let p = format!("/v1/studies/{}/bundle", study.definition.id);
+        let b = self.get(&p, false).await?;
+        let signed = SignedObject::from_bytes(&b).map_err(|e| self.bad(&p, e))?;
+        let opened = StudyBundle::open(&signed, Some(&study.steward)).map_err(|e| {
+            ClientError::StudySignature {
+                study: study.definition.id.to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+        opened
+            .check_study(&study.definition, &study.sha256, &study.steward)
+            .and_then(|()| opened.check_ledger(&ledger.key))
+            .map_err(|e| ClientError::StudySignature {
+                study: study.definition.id.to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(opened)
+    }
+
+    /// `GET /v1/notices/{sha256}`: a consent notice text, checked against its hash.
+    pub async fn notice(&self, sha256: &[u8; 32]) -> Result<String, ClientError> {
+        let p = format!("/v1/notices/{}", hex::encode(sha256));
+        let b = self.get(&p, false).await?;
+        check_notice(&b, sha256)
+            .map(str::to_string)
+            .map_err(|e| self.bad(&p, e))
     }
 
     /// `GET /v1/hpke-config`.
@@ -929,16 +960,8 @@ impl Intake {
 
     async fn proof(&self, path: String) -> Result<Vec<[u8; 32]>, ClientError> {
         let b = self.get(&path, false).await?;
-        let r: ProofResponse = serde_json::from_slice(&b).map_err(|e| self.bad(&path, e))?;
-        r.proof
-            .iter()
-            .map(|h| {
-                let mut out = [0u8; 32];
-                hex::decode_to_slice(h, &mut out)
-                    .map(|_| out)
-                    .map_err(|e| self.bad(&path, e))
-            })
-            .collect()
+        let r = ProofAnswer::from_json(&b).map_err(|e| self.bad(&path, e))?;
+        Ok(r.proof.into_iter().map(|h| h.0).collect())
     }
 
     /// `GET /v1/ledger/inclusion` (public).

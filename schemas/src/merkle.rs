@@ -491,6 +491,92 @@ pub fn verify_consistency<P: AsRef<[u8]>>(
     Ok(())
 }
 
+/// Largest proof answer accepted by [`ProofAnswer::from_json`], in bytes.
+pub const MAX_PROOF_ANSWER_LEN: usize = 65536;
+
+/// The JSON answer of the intake's public proof endpoints, `GET /v1/ledger/inclusion` and
+/// `GET /v1/ledger/consistency`: `{"proof":["<64 lowercase hex digits>",...]}`, the proof's
+/// hashes in order.
+///
+/// Parsing checks only the form; whether the number of hashes fits the sizes asked for, and
+/// whether they lead to the expected roots, is [`verify_inclusion`]'s and
+/// [`verify_consistency`]'s business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofAnswer {
+    /// The proof's hashes, in the order of the answer.
+    pub proof: Vec<Hash>,
+}
+
+/// Why a proof answer does not parse.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofAnswerError {
+    /// Not one strict JSON object with the single member `proof`, an array of strings, or
+    /// longer than [`MAX_PROOF_ANSWER_LEN`].
+    #[error(transparent)]
+    Malformed(#[from] crate::WireError),
+    /// Element `index` (from 0) holds a character other than `0-9a-f` (uppercase included).
+    #[error("proof element {index} is not lowercase hex")]
+    BadHex {
+        /// Position of the element in `proof`.
+        index: usize,
+    },
+    /// Element `index` (from 0) is lowercase hex of other than 32 bytes (64 digits).
+    #[error("proof element {index} has {digits} hex digits, expected 64")]
+    WrongLength {
+        /// Position of the element in `proof`.
+        index: usize,
+        /// Its number of characters.
+        digits: usize,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofAnswerWire {
+    proof: Vec<String>,
+}
+
+impl ProofAnswer {
+    /// Parses an answer strictly (see "Conventions" in `PROTOCOL.md`): at most
+    /// [`MAX_PROOF_ANSWER_LEN`] bytes, one JSON object, nothing after it; then every element,
+    /// in order, must be 64 lowercase hex digits (the first failing element is reported).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ProofAnswerError> {
+        let wire: ProofAnswerWire =
+            crate::wire::parse_json(bytes, "proof answer", MAX_PROOF_ANSWER_LEN)?;
+        let proof = wire
+            .proof
+            .iter()
+            .enumerate()
+            .map(|(index, h)| {
+                if !h
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return Err(ProofAnswerError::BadHex { index });
+                }
+                let mut out = [0u8; HASH_LEN];
+                match hex::decode_to_slice(h, &mut out) {
+                    Ok(()) => Ok(Hash(out)),
+                    Err(_) => Err(ProofAnswerError::WrongLength {
+                        index,
+                        digits: h.len(),
+                    }),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { proof })
+    }
+
+    /// The answer as the intake writes it: compact JSON, hashes in lowercase hex.
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = ProofAnswerWire {
+            proof: self.proof.iter().map(Hash::to_hex).collect(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+}
+
 /// An append-only, in-memory Merkle log that grows one leaf at a time.
 ///
 /// Besides the leaf hashes it stores the hash of every complete (perfect,

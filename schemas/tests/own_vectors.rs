@@ -33,7 +33,7 @@ use datadonor_schemas::envelope::{
 };
 use datadonor_schemas::geo::municipality_of_postcode;
 use datadonor_schemas::ledger::LedgerEntry;
-use datadonor_schemas::merkle::{self, Hash, MerkleError};
+use datadonor_schemas::merkle::{self, Hash, MerkleError, ProofAnswer, ProofAnswerError};
 use datadonor_schemas::pseudonym::{Cpr, OprfOutput, Pseudonym, PseudonymError};
 use datadonor_schemas::query::{check_approval, QueryError, QuerySpec, QUERY_HASH_PREFIX};
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle, ReceiptError};
@@ -60,9 +60,9 @@ use zeroize::Zeroizing;
 mod vector_gen;
 
 /// Every vector file and its number of (valid, malformed) vectors.
-const EXPECTED: [(&str, usize, usize); 12] = [
+const EXPECTED: [(&str, usize, usize); 13] = [
     ("signed-object.json", 9, 25),
-    ("study-definition.json", 8, 64),
+    ("study-definition.json", 8, 66),
     ("consent-manifest.json", 3, 26),
     ("withdrawal.json", 1, 9),
     ("envelope.json", 4, 51),
@@ -73,6 +73,7 @@ const EXPECTED: [(&str, usize, usize); 12] = [
     ("query.json", 4, 29),
     ("batch-header.json", 5, 33),
     ("cosignature.json", 3, 18),
+    ("proof-answer.json", 6, 25),
 ];
 
 /// Rows limit when a rows vector names none.
@@ -385,6 +386,7 @@ fn consent(e: &ConsentError) -> Named {
 fn study_err(e: &StudyError) -> Named {
     match e {
         StudyError::Malformed(w) => wrap("StudyError", "Malformed", wire(w)),
+        StudyError::Ipc(m) => ("StudyError::Ipc".into(), Some(m.clone())),
         StudyError::BadValue { row, field, .. } => (
             "StudyError::BadValue".into(),
             Some(format!("row {row}, field {field}")),
@@ -523,6 +525,88 @@ fn check_add_checkpoint(v: &Value) {
     );
     assert_eq!(req.note, s(v, "note_text").as_bytes());
     assert_eq!(req.to_bytes(), s(v, "request_text").as_bytes());
+}
+
+/// The leaf hashes and the roots of sizes 1.. of a proof-answer file's tree, the roots checked
+/// against the leaves.
+fn answer_tree(file: &Value) -> (Vec<Hash>, Vec<Hash>) {
+    let t = &file["tree"];
+    let leaves: Vec<Hash> = arr(t, "leaf_hashes")
+        .iter()
+        .map(|l| {
+            Hash::from_slice(&hex::decode(l.as_str().expect("hex")).expect("hex")).expect("32")
+        })
+        .collect();
+    let roots: Vec<Hash> = arr(t, "roots")
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            assert_eq!(num(r, "size") as usize, i + 1);
+            let root = merkle::root(&leaves[..=i]);
+            assert_eq!(root.to_hex(), s(r, "root_hex"));
+            root
+        })
+        .collect();
+    (leaves, roots)
+}
+
+fn check_proof_answer(file: &Value, v: &Value) {
+    let (leaves, roots) = answer_tree(file);
+    let text = s(v, "answer_text");
+    let a = ProofAnswer::from_json(text.as_bytes()).expect("answer parses");
+    let want: Vec<String> = arr(v, "proof")
+        .iter()
+        .map(|p| p.as_str().expect("hex").to_string())
+        .collect();
+    assert_eq!(a.proof.iter().map(Hash::to_hex).collect::<Vec<_>>(), want);
+    if !text.contains(' ') {
+        assert_eq!(a.to_json(), text.as_bytes(), "the intake's compact form");
+    }
+    if s(v, "kind") == "inclusion-answer" {
+        let (i, size) = (num(v, "leaf_index") as usize, num(v, "tree_size") as usize);
+        assert_eq!(leaves[i].to_hex(), s(v, "leaf_hash_hex"));
+        assert_eq!(roots[size - 1].to_hex(), s(v, "root_hex"));
+        assert_eq!(
+            a.proof,
+            merkle::inclusion_proof(&leaves[..size], i as u64).expect("proof")
+        );
+        merkle::verify_inclusion(
+            i as u64,
+            size as u64,
+            &leaves[i].0,
+            &a.proof,
+            &roots[size - 1].0,
+        )
+        .expect("inclusion verifies");
+    } else {
+        let (a1, a2) = (num(v, "size1") as usize, num(v, "size2") as usize);
+        assert_eq!(roots[a1 - 1].to_hex(), s(v, "root1_hex"));
+        assert_eq!(roots[a2 - 1].to_hex(), s(v, "root2_hex"));
+        assert_eq!(
+            a.proof,
+            merkle::consistency_proof(&leaves[..a2], a1 as u64).expect("proof")
+        );
+        merkle::verify_consistency(
+            a1 as u64,
+            a2 as u64,
+            &a.proof,
+            &roots[a1 - 1].0,
+            &roots[a2 - 1].0,
+        )
+        .expect("consistency verifies");
+    }
+}
+
+/// `ProofAnswerError::Variant`, the element's index as the detail.
+fn proof_answer_err(e: &ProofAnswerError) -> Named {
+    match e {
+        ProofAnswerError::Malformed(w) => wrap("ProofAnswerError", "Malformed", wire(w)),
+        ProofAnswerError::BadHex { index } | ProofAnswerError::WrongLength { index, .. } => (
+            format!("ProofAnswerError::{}", variant(e)),
+            Some(index.to_string()),
+        ),
+        _ => plain("ProofAnswerError", e),
+    }
 }
 
 fn merkle_err(e: &MerkleError) -> Named {
@@ -722,6 +806,40 @@ fn decode_malformed(file: &Value, v: &Value) -> Named {
             ),
             merkle_err,
         ),
+        "ProofAnswer::from_json+merkle::verify_inclusion" => {
+            let (leaves, roots) = answer_tree(file);
+            let (i, size) = (num(v, "leaf_index") as usize, num(v, "tree_size") as usize);
+            match ProofAnswer::from_json(&input(v)) {
+                Err(e) => proof_answer_err(&e),
+                Ok(a) => must_fail(
+                    merkle::verify_inclusion(
+                        i as u64,
+                        size as u64,
+                        &leaves[i].0,
+                        &a.proof,
+                        &roots[size - 1].0,
+                    ),
+                    merkle_err,
+                ),
+            }
+        }
+        "ProofAnswer::from_json+merkle::verify_consistency" => {
+            let (_, roots) = answer_tree(file);
+            let (a1, a2) = (num(v, "size1") as usize, num(v, "size2") as usize);
+            match ProofAnswer::from_json(&input(v)) {
+                Err(e) => proof_answer_err(&e),
+                Ok(a) => must_fail(
+                    merkle::verify_consistency(
+                        a1 as u64,
+                        a2 as u64,
+                        &a.proof,
+                        &roots[a1 - 1].0,
+                        &roots[a2 - 1].0,
+                    ),
+                    merkle_err,
+                ),
+            }
+        }
         "ReceiptBundle::from_json+verify_receipt" => {
             let ledger = ed_key(file, "ledger").public_key();
             let verifier = ledger_verifier(file);
@@ -892,6 +1010,7 @@ fn check_valid(file: &Value, v: &Value) {
             assert_eq!(v["fields"][0]["value"].as_str(), Some(e.kind()));
         }
         "tree" => check_tree(file, v),
+        "inclusion-answer" | "consistency-answer" => check_proof_answer(file, v),
         "checkpoint" => check_checkpoint(file, v),
         "cosigned-checkpoint" => check_cosigned(file, v),
         "add-checkpoint-request" => check_add_checkpoint(v),

@@ -29,7 +29,7 @@ use datadonor_schemas::envelope::{
     DonationPayload, HpkeConfig, HpkeConfigList, HpkePrivateKey, HpkePublicKey, ENVELOPE_INFO,
 };
 use datadonor_schemas::ledger::LedgerEntry;
-use datadonor_schemas::merkle::{self, Hash};
+use datadonor_schemas::merkle::{self, Hash, ProofAnswer};
 use datadonor_schemas::pseudonym::{Cpr, OprfOutput, Pseudonym, OPRF_INPUT_PREFIX};
 use datadonor_schemas::query::{QueryApproval, QuerySpec};
 use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
@@ -48,7 +48,7 @@ use voprf::{
 };
 
 /// The vector files, in the order they are written.
-pub const FILE_NAMES: [&str; 12] = [
+pub const FILE_NAMES: [&str; 13] = [
     "signed-object.json",
     "study-definition.json",
     "consent-manifest.json",
@@ -61,6 +61,7 @@ pub const FILE_NAMES: [&str; 12] = [
     "query.json",
     "batch-header.json",
     "cosignature.json",
+    "proof-answer.json",
 ];
 
 /// The command that writes the files.
@@ -91,6 +92,7 @@ pub fn build() -> Vec<VectorFile> {
         ("query.json", query_file(&fx)),
         ("batch-header.json", batch_file(&fx)),
         ("cosignature.json", cosignature_file(&fx)),
+        ("proof-answer.json", proof_answer_file(&fx)),
     ];
     files
         .into_iter()
@@ -1634,6 +1636,35 @@ fn study_file(fx: &Fixture) -> J {
             Input::Hex([&[0xfe][..], &fx.ipc[1..]].concat()),
             ipc_err,
         ),
+        with(
+            with(
+                ipcm(
+                    "ipc-compressed-lz4-frame",
+                    Input::Hex(declare_compression(
+                        &fx.ipc,
+                        arrow::ipc::CompressionType::LZ4_FRAME,
+                    )),
+                    ipc_err,
+                ),
+                "expect_detail",
+                "compressed batches are not accepted",
+            ),
+            "note",
+            "the rows of rows-three-months with the record batch declaring LZ4_FRAME body compression (method BUFFER), every buffer stored behind the uncompressed-length prefix -1 (int64 LE): a valid compressed Arrow stream, refused because the batch declares compression",
+        ),
+        with(
+            with(
+                ipcm(
+                    "ipc-compressed-zstd",
+                    Input::Hex(declare_compression(&fx.ipc, arrow::ipc::CompressionType::ZSTD)),
+                    ipc_err,
+                ),
+                "expect_detail",
+                "compressed batches are not accepted",
+            ),
+            "note",
+            "as ipc-compressed-lz4-frame with the codec ZSTD",
+        ),
         ipcm(
             "column-missing",
             custom(base_fields[..10].to_vec(), base_cols[..10].to_vec()),
@@ -1905,6 +1936,86 @@ fn ipc_messages(ipc: &[u8]) -> J {
     }
     assert_eq!(off, ipc.len(), "IPC framing covers the stream");
     J::Arr(out)
+}
+
+/// The stream `ipc` with every record batch message re-framed to declare body compression
+/// (`BodyCompression { codec, method: BUFFER }`), each non-empty buffer stored as the Arrow
+/// format allows when compressing would not shrink it: the int64 LE uncompressed length `-1`,
+/// then the buffer's bytes as they were (each buffer padded to 8 bytes). A reader with that
+/// codec decodes the same rows; Datadonor refuses the stream because it declares compression.
+fn declare_compression(ipc: &[u8], codec: arrow::ipc::CompressionType) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off + 8 <= ipc.len() {
+        let meta_len =
+            u32::from_le_bytes(ipc[off + 4..off + 8].try_into().expect("4 bytes")) as usize;
+        if meta_len == 0 {
+            out.extend_from_slice(&ipc[off..off + 8]);
+            off += 8;
+            continue;
+        }
+        let meta = &ipc[off + 8..off + 8 + meta_len];
+        let msg = arrow::ipc::root_as_message(meta).expect("flatbuffer message");
+        let body_len = usize::try_from(msg.bodyLength()).expect("non-negative");
+        let body = &ipc[off + 8 + meta_len..off + 8 + meta_len + body_len];
+        let Some(rb) = msg.header_as_record_batch() else {
+            out.extend_from_slice(&ipc[off..off + 8 + meta_len + body_len]);
+            off += 8 + meta_len + body_len;
+            continue;
+        };
+        let mut new_body = Vec::new();
+        let mut buffers = Vec::new();
+        for b in rb.buffers().expect("buffers").iter() {
+            let start = usize::try_from(b.offset()).expect("offset");
+            let raw = &body[start..start + usize::try_from(b.length()).expect("length")];
+            let at = new_body.len();
+            if !raw.is_empty() {
+                new_body.extend_from_slice(&(-1i64).to_le_bytes());
+                new_body.extend_from_slice(raw);
+            }
+            let len = new_body.len() - at;
+            new_body.resize(new_body.len().div_ceil(8) * 8, 0);
+            buffers.push(arrow::ipc::Buffer::new(at as i64, len as i64));
+        }
+        let nodes: Vec<arrow::ipc::FieldNode> =
+            rb.nodes().expect("nodes").iter().copied().collect();
+        let mut fbb = arrow::ipc::convert::IpcSchemaEncoder::new().schema_to_fb(&Schema::empty());
+        fbb.reset();
+        let nodes = fbb.create_vector(&nodes);
+        let buffers = fbb.create_vector(&buffers);
+        let compression = {
+            let mut c = arrow::ipc::BodyCompressionBuilder::new(&mut fbb);
+            c.add_codec(codec);
+            c.add_method(arrow::ipc::BodyCompressionMethod::BUFFER);
+            c.finish()
+        };
+        let batch = {
+            let mut b = arrow::ipc::RecordBatchBuilder::new(&mut fbb);
+            b.add_length(rb.length());
+            b.add_nodes(nodes);
+            b.add_buffers(buffers);
+            b.add_compression(compression);
+            b.finish().as_union_value()
+        };
+        let root = {
+            let mut m = arrow::ipc::MessageBuilder::new(&mut fbb);
+            m.add_version(msg.version());
+            m.add_header_type(arrow::ipc::MessageHeader::RecordBatch);
+            m.add_bodyLength(new_body.len() as i64);
+            m.add_header(batch);
+            m.finish()
+        };
+        fbb.finish(root, None);
+        let mut new_meta = fbb.finished_data().to_vec();
+        new_meta.resize(new_meta.len().div_ceil(8) * 8, 0);
+        out.extend_from_slice(&[0xff; 4]);
+        out.extend_from_slice(&(new_meta.len() as u32).to_le_bytes());
+        out.extend_from_slice(&new_meta);
+        out.extend_from_slice(&new_body);
+        off += 8 + meta_len + body_len;
+    }
+    assert_eq!(off, ipc.len(), "IPC framing covers the stream");
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -5528,6 +5639,329 @@ fn cosignature_file(fx: &Fixture) -> J {
             ("witnesses", J::Arr(ws.iter().map(|w| J::Str(w.public().to_vkey())).collect())),
             ("quorum", J::Int(2)),
             ("max_time", J::Int(i128::from(COSIGN_TIME + 60))),
+        ],
+        valid,
+        malformed,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// proof-answer.json
+
+/// A proof answer's JSON as the intake writes it.
+fn proof_answer_text(p: &[Hash]) -> String {
+    utf8(&ProofAnswer { proof: p.to_vec() }.to_json())
+}
+
+fn proof_answer_file(fx: &Fixture) -> J {
+    let leaves = &fx.leaves;
+    let n = leaves.len();
+    let incl =
+        |i: usize, size: usize| merkle::inclusion_proof(&leaves[..size], i as u64).expect("proof");
+    let cons =
+        |a: usize, b: usize| merkle::consistency_proof(&leaves[..b], a as u64).expect("proof");
+    let inclusion_vec = |name: &str, i: usize, size: usize, text: String, note: &str| {
+        obj! {
+            "name" => name,
+            "kind" => "inclusion-answer",
+            "note" => note,
+            "request" => format!("GET /v1/ledger/inclusion?index={i}&size={size}"),
+            "leaf_index" => i,
+            "tree_size" => size,
+            "leaf_hash_hex" => leaves[i].to_hex(),
+            "root_hex" => merkle::root(&leaves[..size]).to_hex(),
+            "answer_text" => text,
+            "proof" => proof_hex(&incl(i, size)),
+        }
+    };
+    let consistency_vec = |name: &str, a: usize, b: usize, text: String, note: &str| {
+        obj! {
+            "name" => name,
+            "kind" => "consistency-answer",
+            "note" => note,
+            "request" => format!("GET /v1/ledger/consistency?from={a}&to={b}"),
+            "size1" => a,
+            "size2" => b,
+            "root1_hex" => merkle::root(&leaves[..a]).to_hex(),
+            "root2_hex" => merkle::root(&leaves[..b]).to_hex(),
+            "answer_text" => text,
+            "proof" => proof_hex(&cons(a, b)),
+        }
+    };
+    let spaced = {
+        let p = incl(5, n);
+        let items: Vec<String> = p.iter().map(|h| format!("\"{}\"", h.to_hex())).collect();
+        format!("{{ \"proof\" :\n  [ {} ] }}", items.join(" ,\n    "))
+    };
+    let valid = vec![
+        inclusion_vec(
+            "inclusion-index-2-size-6",
+            2,
+            n,
+            proof_answer_text(&incl(2, n)),
+            "three hashes: leaf 3, the subtree of leaves 0-1, the subtree of leaves 4-5",
+        ),
+        inclusion_vec(
+            "inclusion-index-5-size-6-spaced",
+            5,
+            n,
+            spaced,
+            "whitespace between tokens is allowed; the intake writes compact JSON",
+        ),
+        inclusion_vec(
+            "inclusion-index-0-size-1",
+            0,
+            1,
+            proof_answer_text(&incl(0, 1)),
+            "a one-leaf tree: the empty proof, the root is the leaf hash",
+        ),
+        consistency_vec(
+            "consistency-3-to-6",
+            3,
+            n,
+            proof_answer_text(&cons(3, n)),
+            "size1 not a power of two: the proof starts with the hash of leaf 2",
+        ),
+        consistency_vec(
+            "consistency-4-to-6",
+            4,
+            n,
+            proof_answer_text(&cons(4, n)),
+            "size1 a power of two: root1 itself starts the verification and is not sent",
+        ),
+        consistency_vec(
+            "consistency-6-to-6",
+            n,
+            n,
+            proof_answer_text(&cons(n, n)),
+            "equal sizes: the empty proof, the roots must be equal",
+        ),
+    ];
+
+    let di = "ProofAnswer::from_json+merkle::verify_inclusion";
+    let dc = "ProofAnswer::from_json+merkle::verify_consistency";
+    let at = |name: &str, decoder: &str, text: String, expect: &str| {
+        let v = mal(name, decoder, Input::Text(text), expect);
+        if decoder == di {
+            with(with(v, "leaf_index", 2usize), "tree_size", n)
+        } else {
+            with(with(v, "size1", 3usize), "size2", n)
+        }
+    };
+    let detail = |v: J, d: &str| with(v, "expect_detail", d);
+    let p2 = incl(2, n);
+    let good: Vec<String> = p2.iter().map(|h| h.to_hex()).collect();
+    let edit = |i: usize, f: &dyn Fn(&str) -> String| -> String {
+        let items: Vec<String> = good
+            .iter()
+            .enumerate()
+            .map(|(j, h)| format!("\"{}\"", if i == j { f(h) } else { h.clone() }))
+            .collect();
+        format!("{{\"proof\":[{}]}}", items.join(","))
+    };
+    let ans = |p: &[Hash]| proof_answer_text(p);
+    let bad_json = "ProofAnswerError::Malformed(WireError::Json)";
+    let malformed = vec![
+        detail(
+            at(
+                "hash-uppercase-hex",
+                di,
+                edit(1, &|h: &str| h.to_uppercase()),
+                "ProofAnswerError::BadHex",
+            ),
+            "1",
+        ),
+        detail(
+            at(
+                "hash-non-hex-character",
+                di,
+                edit(0, &|h: &str| format!("g{}", &h[1..])),
+                "ProofAnswerError::BadHex",
+            ),
+            "0",
+        ),
+        detail(
+            at(
+                "hash-0x-prefix",
+                di,
+                edit(2, &|h: &str| format!("0x{}", &h[2..])),
+                "ProofAnswerError::BadHex",
+            ),
+            "2",
+        ),
+        detail(
+            at(
+                "hash-63-digits",
+                di,
+                edit(2, &|h: &str| h[..63].to_string()),
+                "ProofAnswerError::WrongLength",
+            ),
+            "2",
+        ),
+        detail(
+            at(
+                "hash-62-digits",
+                di,
+                edit(0, &|h: &str| h[..62].to_string()),
+                "ProofAnswerError::WrongLength",
+            ),
+            "0",
+        ),
+        detail(
+            at(
+                "hash-66-digits",
+                di,
+                edit(1, &|h: &str| format!("{h}00")),
+                "ProofAnswerError::WrongLength",
+            ),
+            "1",
+        ),
+        detail(
+            at(
+                "hash-empty-string",
+                di,
+                edit(0, &|_: &str| String::new()),
+                "ProofAnswerError::WrongLength",
+            ),
+            "0",
+        ),
+        at("hash-a-number", di, "{\"proof\":[1]}".into(), bad_json),
+        at(
+            "proof-a-string",
+            di,
+            format!("{{\"proof\":\"{}\"}}", good[0]),
+            bad_json,
+        ),
+        at("proof-member-missing", di, "{}".into(), bad_json),
+        at("proof-null", di, "{\"proof\":null}".into(), bad_json),
+        at(
+            "unknown-member",
+            di,
+            format!("{{\"proof\":[],\"size\":{n}}}"),
+            bad_json,
+        ),
+        at(
+            "duplicate-member",
+            di,
+            "{\"proof\":[],\"proof\":[]}".into(),
+            bad_json,
+        ),
+        at(
+            "top-level-array",
+            di,
+            format!("[\"{}\"]", good[0]),
+            bad_json,
+        ),
+        at(
+            "trailing-newline",
+            di,
+            format!("{}\n", ans(&p2)),
+            "ProofAnswerError::Malformed(WireError::TrailingBytes)",
+        ),
+        detail(
+            with(
+                with(
+                    mal(
+                        "over-65536-bytes",
+                        di,
+                        Input::Repeat(" ", 65537),
+                        "ProofAnswerError::Malformed(WireError::TooLarge)",
+                    ),
+                    "leaf_index",
+                    2usize,
+                ),
+                "tree_size",
+                n,
+            ),
+            "proof answer",
+        ),
+        at(
+            "inclusion-one-hash-too-few",
+            di,
+            ans(&p2[..2]),
+            "MerkleError::ProofLength",
+        ),
+        at(
+            "inclusion-one-hash-too-many",
+            di,
+            ans(&[p2.clone(), vec![leaves[0]]].concat()),
+            "MerkleError::ProofLength",
+        ),
+        at(
+            "inclusion-empty-proof",
+            di,
+            ans(&[]),
+            "MerkleError::ProofLength",
+        ),
+        at(
+            "inclusion-proof-of-index-3",
+            di,
+            ans(&incl(3, n)),
+            "MerkleError::RootMismatch",
+        ),
+        at(
+            "inclusion-hashes-reordered",
+            di,
+            ans(&[p2[1], p2[0], p2[2]]),
+            "MerkleError::RootMismatch",
+        ),
+        at(
+            "consistency-one-hash-too-few",
+            dc,
+            ans(&cons(3, n)[1..]),
+            "MerkleError::ProofLength",
+        ),
+        at(
+            "consistency-proof-of-2-to-6",
+            dc,
+            ans(&cons(2, n)),
+            "MerkleError::ProofLength",
+        ),
+        at(
+            "consistency-last-hash-altered",
+            dc,
+            {
+                let mut p = cons(3, n);
+                let last = p.len() - 1;
+                p[last].0[31] ^= 1;
+                ans(&p)
+            },
+            "MerkleError::RootMismatch",
+        ),
+        at(
+            "consistency-first-hash-altered",
+            dc,
+            {
+                let mut p = cons(3, n);
+                p[0].0[0] ^= 1;
+                ans(&p)
+            },
+            "MerkleError::Root1Mismatch",
+        ),
+    ];
+
+    finish(
+        file_head(
+            "proof-answer",
+            "The JSON answers of the intake's public proof endpoints, GET /v1/ledger/inclusion and GET /v1/ledger/consistency: {\"proof\":[\"<64 lowercase hex digits>\",...]}, checked against the tree of the six ledger-entry.json entries.",
+            "Proof answers",
+        ),
+        vec![
+            (
+                "tree",
+                obj! {
+                    "note" => "the leaf hashes of ledger-entry.json's six entries and the roots of the trees of their first 1..6 leaves",
+                    "leaf_hashes" => J::Arr(leaves.iter().map(|l| J::Str(l.to_hex())).collect()),
+                    "roots" => J::Arr((1..=n).map(|s| obj! { "size" => s, "root_hex" => merkle::root(&leaves[..s]).to_hex() }).collect()),
+                },
+            ),
+            (
+                "decoders",
+                obj! {
+                    di => "ProofAnswer::from_json(input), then merkle::verify_inclusion(leaf_index, tree_size, leaf hash leaf_index of the tree, proof, root of tree_size)",
+                    dc => "ProofAnswer::from_json(input), then merkle::verify_consistency(size1, size2, proof, root of size1, root of size2)",
+                },
+            ),
         ],
         valid,
         malformed,
