@@ -711,14 +711,10 @@ fn garbage_and_non_bundles_are_errors() {
     let err = import_bytes(b"", "empty.json").expect_err("empty");
     assert!(err.to_string().contains("empty.json"), "{err}");
 
-    let err = import_bytes(
-        b"{\n\"resourceType\": \"Patient\", \"id\": \"x\"\n}",
-        "patient.json",
-    )
-    .expect_err("not a bundle");
+    let err = import_bytes(b"{\n\"id\": \"x\"\n}", "no-type.json").expect_err("no type");
     assert_eq!(
         err.to_string(),
-        r#"patient.json: field resourceType: a FHIR "Patient" resource, not a Bundle"#
+        "no-type.json: field resourceType: no resourceType: not a FHIR resource or Bundle"
     );
 
     let broken = b"{\n\"resourceType\": \"Bundle\", \"entry\": [\n{\"resource\": {\"resourceType\": \"Encounter\"}},\n{\"resource\": {\"resourceType\": }}\n]}";
@@ -783,6 +779,181 @@ fn format_detection_of_published_files() {
         assert_eq!(
             import::detect_format(&fhir_file(prefix)).expect("detect"),
             import::SourceFormat::FhirJson
+        );
+    }
+}
+
+/// One Observation, pretty-printed over several lines (so not NDJSON).
+const SINGLE_OBSERVATION: &str = r#"{
+  "resourceType": "Observation",
+  "id": "hba1c-1",
+  "status": "final",
+  "subject": {"reference": "Patient/p1"},
+  "effectiveDateTime": "2021-03-04T10:00:00+01:00",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+  "valueQuantity": {"value": 6.1, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+}"#;
+
+#[test]
+fn a_file_holding_one_resource_is_imported() {
+    let (items, report) =
+        import_bytes(SINGLE_OBSERVATION.as_bytes(), "observation.json").expect("one Observation");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.resource_count("Observation"), 1);
+    assert_eq!(report.records_total(), 1);
+    assert_eq!(report.emitted.observations, 1);
+    let SourceItem::Observation(o) = &items[0] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(
+        (o.code.code.as_str(), o.patient.as_deref()),
+        ("4548-4", Some("p1"))
+    );
+    assert_eq!(
+        o.value,
+        SourceValue::Quantity {
+            value: 6.1,
+            unit: "%".into()
+        }
+    );
+    assert_eq!(o.location.record, RecordRef::Resource);
+    assert_eq!(o.location.to_string(), "observation.json: resource");
+
+    // resourceType last, as some writers put it, and a Patient.
+    let patient = b"{\n\"id\": \"p1\", \"gender\": \"female\", \"birthDate\": \"1972-01-01\",\n\"address\": [{\"postalCode\": \"8000\"}],\n\"resourceType\": \"Patient\"\n}";
+    let (items, report) = import_bytes(patient, "patient.json").expect("one Patient");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.emitted.demographics, 1);
+    let SourceItem::Demographics(d) = &items[0] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(d.patient.as_deref(), Some("p1"));
+    assert_eq!(d.postcode.as_deref(), Some("8000"));
+    assert_eq!(d.sex, Some(Sex::Female));
+
+    // A resource the importer does not read is counted and skipped, not an error.
+    let (items, report) = import_bytes(
+        b"{\n\"resourceType\": \"Encounter\", \"id\": \"e\"\n}",
+        "encounter.json",
+    )
+    .expect("one Encounter");
+    assert!(items.is_empty());
+    assert_eq!(report.skipped_count(SkipReason::UnsupportedResourceType), 1);
+    assert!(report.is_balanced(), "{report}");
+
+    // Through import_path, as the CLI reads it.
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("observation.json");
+    std::fs::write(&path, SINGLE_OBSERVATION).expect("write");
+    let (items, _) = import_file(&path);
+    assert_eq!(items.len(), 1);
+}
+
+/// A List holding a Patient and two Observations as contained resources, referred to by its entries,
+/// and one entry referring to a resource outside the file.
+const LIST_WITH_CONTAINED: &str = r##"{
+  "resourceType": "List",
+  "id": "my-results",
+  "status": "current",
+  "mode": "snapshot",
+  "contained": [
+    {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1960-05-05"},
+    {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "#p1"},
+     "effectiveDateTime": "2022-01-10", "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+     "valueQuantity": {"value": 7.2, "unit": "%"}},
+    {"resourceType": "Observation", "id": "o2", "status": "final", "subject": {"reference": "Patient/p1"},
+     "effectiveDateTime": "2022-04-10", "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+     "valueQuantity": {"value": "abc", "unit": "%"}}
+  ],
+  "entry": [
+    {"item": {"reference": "#o1"}},
+    {"item": {"reference": "#o2"}},
+    {"item": {"reference": "Observation/elsewhere"}}
+  ]
+}"##;
+
+#[test]
+fn a_list_with_contained_resources_is_imported() {
+    let (items, report) =
+        import_bytes(LIST_WITH_CONTAINED.as_bytes(), "list.json").expect("a List");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.resource_count("List"), 1);
+    assert_eq!(report.resource_count("Patient"), 1);
+    assert_eq!(report.resource_count("Observation"), 2);
+    assert_eq!(report.resource_count("(reference)"), 1);
+    assert_eq!(report.emitted.demographics, 1);
+    assert_eq!(report.emitted.observations, 1);
+    assert_eq!(report.skipped_count(SkipReason::Container), 1);
+    assert_eq!(report.skipped_count(SkipReason::UnparsableValue), 1);
+    assert_eq!(report.skipped_count(SkipReason::ReferenceOutsideFile), 1);
+    let shown: Vec<String> = report.samples.iter().map(ToString::to_string).collect();
+    assert!(
+        shown.contains(
+            &r#"list.json: entry[2]: field item.reference: "Observation/elsewhere" is not in the file (skipped: reference to a resource outside the file)"#
+                .to_string()
+        ),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(
+            &r#"list.json: contained[2]: field valueQuantity.value: not a number "abc" (skipped: unparsable value)"#
+                .to_string()
+        ),
+        "{shown:?}"
+    );
+    let SourceItem::Observation(o) = &items[1] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(o.location.record, RecordRef::Contained(1));
+    assert_eq!(o.code.code, "4548-4");
+
+    // The same List on one line is read as NDJSON: its resources are records all the same.
+    let line: String = LIST_WITH_CONTAINED
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (items, report) = import_bytes(line.as_bytes(), "list.ndjson").expect("a List line");
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.emitted.observations, 1);
+    assert_eq!(report.emitted.demographics, 1);
+    assert!(items
+        .iter()
+        .all(|i| i.location().map(|l| l.record) == Some(RecordRef::Line(1))));
+}
+
+#[test]
+fn lists_and_bundles_inside_a_bundle_are_read() {
+    let observation: serde_json::Value = serde_json::from_str(SINGLE_OBSERVATION).expect("json");
+    let list: serde_json::Value = serde_json::from_str(LIST_WITH_CONTAINED).expect("json");
+    for kind in ["searchset", "collection"] {
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": kind,
+            "entry": [
+                {"fullUrl": "urn:uuid:l", "resource": list, "search": {"mode": "match"}},
+                {"resource": {"resourceType": "Bundle", "type": "collection",
+                    "entry": [{"resource": observation}]}},
+                {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}
+            ]
+        });
+        let text = serde_json::to_string_pretty(&bundle).expect("json");
+        let (items, report) = import_bytes(text.as_bytes(), "nested.json").expect(kind);
+        assert!(report.is_balanced(), "{kind}: {report}");
+        assert_eq!(report.skipped_count(SkipReason::Container), 2, "{kind}");
+        assert_eq!(
+            report.emitted.observations, 2,
+            "{kind}: one from each container"
+        );
+        assert_eq!(report.emitted.demographics, 1, "{kind}");
+        assert_eq!(
+            report.skipped_count(SkipReason::ReferenceOutsideFile),
+            0,
+            "{kind}: a nested List's references are not records"
+        );
+        assert_eq!(
+            items[2].location().map(|l| l.record),
+            Some(RecordRef::BundleEntry(1)),
+            "{kind}"
         );
     }
 }

@@ -1,5 +1,14 @@
 //! FHIR R4 JSON importer: Bundles of any type (transaction, batch, collection, searchset, ...), streamed one
-//! entry at a time, and FHIR Bulk Data NDJSON, one resource per line. A UTF-8 BOM is skipped.
+//! entry at a time, a single resource (one `Observation`, one `Patient`, ...), a `List` (its `contained`
+//! resources, and entries that carry a `resource`), and FHIR Bulk Data NDJSON, one resource per line. A
+//! UTF-8 BOM is skipped.
+//!
+//! A `Bundle` or `List` found as a resource (inside a Bundle entry, on an NDJSON line, or a `List` file)
+//! is counted as a [`SkipReason::Container`] and the resources it holds are read as records of their own,
+//! located at the container's record (a top-level `List`'s contained resources at `contained[i]`). A
+//! `List` entry that only refers to a resource (`item.reference`) is not a record: a reference to a
+//! contained resource (`#id`) is read there, and in a `List` file any other reference is counted as
+//! [`SkipReason::ReferenceOutsideFile`].
 //!
 //! Resources read: `Patient` → [`Demographics`]; `Observation` → one [`SourceObservation`] for its own value
 //! and one per `component` (blood-pressure panels `85354-9`/`55284-4` give a systolic `8480-6` and a
@@ -18,7 +27,9 @@
 //! top-level object and, inside `entry`, deserialises one entry at a time into a map of only the fields read
 //! below (everything else, narratives and attachments included, is skipped by the parser unstored), hands its
 //! items to the sink, and drops it before reading the next. `resourceType` may come after `entry` (it does in
-//! the Synthea files), so "this is not a Bundle" can only be reported at the end.
+//! the Synthea files), so what the file is can only be decided at the end: the top-level object keeps the same
+//! fields as a Bundle entry's resource, and when it is not a `Bundle` it is read as one resource
+//! ([`RecordRef::Resource`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,6 +60,12 @@ const UNKNOWN_TYPE: &str = "(unknown)";
 
 /// Type under which Bundle entries without a `resource` (e.g. a transaction's DELETE) are counted.
 const NO_RESOURCE: &str = "(no resource)";
+
+/// Type under which a List's references to resources outside the file are counted.
+const REFERENCE: &str = "(reference)";
+
+/// How deeply Bundles and Lists inside resources are followed.
+const MAX_NESTING: usize = 8;
 
 /// Identifier systems of national person numbers (see [`Demographics::primary_national_id`]).
 const NATIONAL_ID_SYSTEMS: &[&str] = &[
@@ -192,22 +209,22 @@ fn read_bundle<R: Read>(reader: R, collector: &mut Collector<'_, '_>) -> Result<
         return Err(state.error_from(err));
     }
     let file = state.importer.c.file().to_owned();
-    match top.resource_type.as_ref().and_then(Value::as_str) {
+    match top.fields.get("resourceType").and_then(Value::as_str) {
         Some("Bundle") => {}
-        Some(other) => {
-            return Err(ImportError::UnexpectedFormat {
-                file,
-                at: None,
-                field: Some("resourceType".into()),
-                detail: format!("a FHIR {} resource, not a Bundle", quoted(other)),
-            })
+        Some(_) => {
+            // One resource (or a List): read as the file's single record.
+            state.importer.resource(
+                RecordRef::Resource,
+                None,
+                Some(RawResource::Object(top.fields)),
+            )?;
         }
         None => {
             return Err(ImportError::UnexpectedFormat {
                 file,
                 at: None,
                 field: Some("resourceType".into()),
-                detail: "no resourceType: not a FHIR Bundle".into(),
+                detail: "no resourceType: not a FHIR resource or Bundle".into(),
             })
         }
     }
@@ -260,14 +277,15 @@ impl BundleState<'_, '_, '_> {
                 file,
                 at,
                 field: None,
-                detail: format!("not a FHIR Bundle: {err}"),
+                detail: format!("not a FHIR resource or Bundle: {err}"),
             },
         }
     }
 }
 
+/// The top-level object without its streamed `entry`: the fields a resource keeps (see [`READ_FIELDS`]).
 struct TopLevel {
-    resource_type: Option<Value>,
+    fields: Map<String, Value>,
 }
 
 struct BundleSeed<'x, 'c, 's, 'a> {
@@ -290,20 +308,24 @@ impl<'de> Visitor<'de> for BundleSeed<'_, '_, '_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
-        let mut resource_type = None;
+        let mut fields = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             self.state.meter.mark();
-            match key.as_str() {
-                "resourceType" => resource_type = Some(map.next_value::<Value>()?),
-                "entry" => map.next_value_seed(EntriesSeed {
+            if key == "entry" {
+                map.next_value_seed(EntriesSeed {
                     state: &mut *self.state,
-                })?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
+                })?;
+            } else if READ_FIELDS.contains(&key.as_str()) || READ_VALUES.contains(&key.as_str()) {
+                let value = map.next_value::<Value>()?;
+                fields.insert(key, value);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+                if is_value_key(&key) {
+                    fields.insert(key, Value::Null);
                 }
             }
         }
-        Ok(TopLevel { resource_type })
+        Ok(TopLevel { fields })
     }
 }
 
@@ -349,11 +371,12 @@ impl<'de> Visitor<'de> for EntriesSeed<'_, '_, '_, '_> {
     }
 }
 
-/// One Bundle entry: only `fullUrl` and `resource` are kept.
+/// One Bundle (or List) entry: only `fullUrl`, `resource` and a List entry's `item.reference` are kept.
 enum RawEntry {
     Entry {
         full_url: Option<String>,
         resource: Option<RawResource>,
+        item: Option<String>,
     },
     NotAnObject,
 }
@@ -376,6 +399,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEntry, A::Error> {
         let mut full_url = None;
         let mut resource = None;
+        let mut item = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "fullUrl" => {
@@ -384,12 +408,25 @@ impl<'de> Visitor<'de> for EntryVisitor {
                     }
                 }
                 "resource" => resource = Some(map.next_value::<RawResource>()?),
+                "item" => {
+                    item = Some(
+                        map.next_value::<Value>()?
+                            .get("reference")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(RawEntry::Entry { full_url, resource })
+        Ok(RawEntry::Entry {
+            full_url,
+            resource,
+            item,
+        })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawEntry, A::Error> {
@@ -425,6 +462,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
 /// The fields of a resource that the importer reads; all others are skipped by the parser unstored.
 const READ_FIELDS: &[&str] = &[
     "resourceType",
+    "entry",
     "id",
     "status",
     "code",
@@ -639,6 +677,8 @@ struct FhirImporter<'c, 's, 'a> {
     c: &'c mut Collector<'s, 'a>,
     medications: HashMap<String, Result<Code, Skip>>,
     pending: Vec<PendingMedication>,
+    /// Bundles and Lists being read inside resources.
+    nesting: usize,
 }
 
 impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
@@ -647,15 +687,40 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             c,
             medications: HashMap::new(),
             pending: Vec::new(),
+            nesting: 0,
         }
     }
 
     fn entry(&mut self, index: u64, entry: RawEntry) -> Result<(), ImportError> {
         let at = RecordRef::BundleEntry(index);
         match entry {
-            RawEntry::Entry { full_url, resource } => {
-                self.resource(at, full_url.as_deref(), resource)
+            // A top-level List's entry that refers to one of its contained resources: that resource is
+            // the record, read with the List.
+            RawEntry::Entry {
+                resource: None,
+                item: Some(reference),
+                ..
+            } if reference.starts_with('#') => Ok(()),
+            RawEntry::Entry {
+                resource: None,
+                item: Some(reference),
+                ..
+            } => {
+                self.c.seen(REFERENCE);
+                let detail = if reference.is_empty() {
+                    "List entry without item.reference".to_owned()
+                } else {
+                    format!("{} is not in the file", quoted(&reference))
+                };
+                self.c.skip(
+                    at,
+                    Skip::new(SkipReason::ReferenceOutsideFile, "item.reference", detail),
+                );
+                Ok(())
             }
+            RawEntry::Entry {
+                full_url, resource, ..
+            } => self.resource(at, full_url.as_deref(), resource),
             RawEntry::NotAnObject => {
                 self.c.seen(UNKNOWN_TYPE);
                 self.c.skip(
@@ -730,6 +795,7 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
                     "Medication",
                 ))
             }
+            "Bundle" | "List" => self.container(at, resource_type, &r)?,
             other => Outcome::Skipped(Skip::new(
                 SkipReason::UnsupportedResourceType,
                 "resourceType",
@@ -740,6 +806,60 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
             Outcome::Emitted => self.c.record_emitted(),
             Outcome::Skipped(skip) => self.c.skip(at, skip),
             Outcome::Deferred => {}
+        }
+        Ok(())
+    }
+
+    // --- Bundle and List inside a resource ---------------------------------------------------------------
+
+    /// A Bundle or List read as a resource: the resources it holds (a Bundle's entries, a List's
+    /// contained resources and entries with a `resource`) are records of their own.
+    fn container(
+        &mut self,
+        at: RecordRef,
+        kind: &str,
+        r: &Map<String, Value>,
+    ) -> Result<Outcome, ImportError> {
+        if self.nesting >= MAX_NESTING {
+            return Ok(Outcome::Skipped(Skip::new(
+                SkipReason::MalformedRecord,
+                "resourceType",
+                format!("{kind} nested more than {MAX_NESTING} deep"),
+            )));
+        }
+        self.nesting += 1;
+        let result = self.container_members(at, kind, r);
+        self.nesting -= 1;
+        result?;
+        Ok(Outcome::Skipped(Skip::new(
+            SkipReason::Container,
+            "resourceType",
+            kind,
+        )))
+    }
+
+    fn container_members(
+        &mut self,
+        at: RecordRef,
+        kind: &str,
+        r: &Map<String, Value>,
+    ) -> Result<(), ImportError> {
+        if kind == "List" {
+            for (i, contained) in array_field(r, "contained").iter().enumerate() {
+                let inner = match at {
+                    RecordRef::Resource => RecordRef::Contained(i as u64),
+                    other => other,
+                };
+                self.resource(inner, None, Some(raw_resource(contained)))?;
+            }
+        }
+        for entry in array_field(r, "entry") {
+            // A List entry's item.reference points at a record held elsewhere; only entries that
+            // carry their resource are read here.
+            if let Some(resource) = entry.get("resource") {
+                let full_url = entry.get("fullUrl").and_then(Value::as_str);
+                self.resource(at, full_url, Some(raw_resource(resource)))?;
+            }
         }
         Ok(())
     }
@@ -1339,6 +1459,14 @@ impl<'c, 's, 'a> FhirImporter<'c, 's, 'a> {
 
 // ---------------------------------------------------------------------------------------------------------
 // Field helpers
+
+/// A resource held inside another (a contained resource, a nested entry's), as the importer reads it.
+fn raw_resource(value: &Value) -> RawResource {
+    match value {
+        Value::Object(map) => RawResource::Object(map.clone()),
+        _ => RawResource::NotAnObject,
+    }
+}
 
 fn str_field<'v>(r: &'v Map<String, Value>, key: &str) -> Option<&'v str> {
     r.get(key)

@@ -341,6 +341,11 @@ pub enum RecordRef {
     Line(u64),
     /// A 0-based index into a FHIR Bundle's `entry` array, displayed FHIRPath-style as `entry[12]`.
     BundleEntry(u64),
+    /// The file's one top-level FHIR resource (a file holding a single resource, or a `List`).
+    Resource,
+    /// A 0-based index into the `contained` array of a file's top-level FHIR `List`, displayed as
+    /// `contained[3]`.
+    Contained(u64),
     /// An XML element: the 1-based line and the 0-based byte offset of its `<`.
     XmlElement {
         /// 1-based line.
@@ -355,6 +360,8 @@ impl fmt::Display for RecordRef {
         match self {
             RecordRef::Line(line) => write!(f, "line {line}"),
             RecordRef::BundleEntry(index) => write!(f, "entry[{index}]"),
+            RecordRef::Resource => f.write_str("resource"),
+            RecordRef::Contained(index) => write!(f, "contained[{index}]"),
             RecordRef::XmlElement { line, byte_offset } => {
                 write!(f, "line {line} (byte {byte_offset})")
             }

@@ -19,7 +19,8 @@ pub enum SkipReason {
     /// A FHIR `Medication` resource: not an item itself; its code is used by the `MedicationRequest`s that
     /// reference it.
     ReferenceOnly,
-    /// An Apple `<Correlation>`: a container; its member records are counted on their own.
+    /// An Apple `<Correlation>`, or a FHIR `Bundle` or `List` inside a file: a container; its member
+    /// records are counted on their own.
     Container,
     /// A `Record` inside an Apple `<Correlation>` that duplicates a top-level record with the same type,
     /// start and source (see
@@ -53,6 +54,8 @@ pub enum SkipReason {
     UnparsableDate,
     /// A `MedicationRequest.medicationReference` that does not resolve inside the file.
     UnresolvedMedicationReference,
+    /// A FHIR `List` entry that refers to a resource the file does not hold.
+    ReferenceOutsideFile,
     /// A record that is not structurally what the format requires (an entry that is not an object, a CSV
     /// row with the wrong number of fields, invalid UTF-8, an NDJSON line that is not JSON, ...).
     MalformedRecord,
@@ -95,6 +98,7 @@ impl SkipReason {
             SkipReason::MissingUnit => "missing unit",
             SkipReason::UnparsableDate => "unparsable date",
             SkipReason::UnresolvedMedicationReference => "unresolved medication reference",
+            SkipReason::ReferenceOutsideFile => "reference to a resource outside the file",
             SkipReason::MalformedRecord => "malformed record",
         }
     }
