@@ -64,6 +64,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// Witness cosignatures gathered for the published checkpoint.
     pub cosigned: Arc<RwLock<crate::witnessing::Cosigned>>,
+    /// Public reads per client address.
+    pub public_reads: datadonor_service::ratelimit::RateLimiter<std::net::IpAddr>,
 }
 
 /// Handler state.
@@ -75,6 +77,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/studies", get(list_studies))
         .route("/v1/studies/{id}", get(get_study))
+        .route("/v1/studies/{id}/bundle", get(get_bundle))
+        .route("/v1/notices/{sha256}", get(get_notice))
         .route("/v1/hpke-config", get(hpke_config))
         .route("/v1/ledger-key", get(ledger_key))
         .route("/v1/donations", post(donate))
@@ -87,13 +91,44 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { Problem::NotFound })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_public_reads,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-const ROUTES: [&str; 12] = [
+/// The public reads a client address is limited in: the tree head, proofs, notices and
+/// bundles (anyone may read them, so each address gets a token bucket).
+const PUBLIC_READS: [&str; 5] = [
+    "/v1/ledger/checkpoint",
+    "/v1/ledger/inclusion",
+    "/v1/ledger/consistency",
+    "/v1/notices/{sha256}",
+    "/v1/studies/{id}/bundle",
+];
+
+async fn limit_public_reads(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let public = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|m| PUBLIC_READS.contains(&m.as_str()));
+    if public {
+        if let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>() {
+            if !s.0.public_reads.check(addr.ip()) {
+                return Problem::RateLimited.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+const ROUTES: [&str; 14] = [
     "/v1/studies",
     "/v1/studies/{id}",
+    "/v1/studies/{id}/bundle",
+    "/v1/notices/{sha256}",
     "/v1/hpke-config",
     "/v1/ledger-key",
     "/v1/donations",
@@ -161,6 +196,48 @@ async fn get_study(State(s): State<AppState>, Path(id): Path<String>) -> Respons
         Some(st) => (
             [(header::CONTENT_TYPE, "application/json")],
             st.signed_bytes.clone(),
+        )
+            .into_response(),
+        None => Problem::NotFound.into_response(),
+    }
+}
+
+/// Public: the steward-signed bundle a donor pins (ledger and witness keys). Revalidated on use:
+/// a steward may sign a new one.
+async fn get_bundle(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = datadonor_schemas::study::StudyId::new(&id) else {
+        return Problem::NotFound.into_response();
+    };
+    match s.0.studies.bundle(&id) {
+        Some(b) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            b.to_vec(),
+        )
+            .into_response(),
+        None => Problem::NotFound.into_response(),
+    }
+}
+
+/// Public: a consent notice text by its SHA-256 (64 lowercase hex digits). A text never changes
+/// under its hash: cacheable for good.
+async fn get_notice(State(s): State<AppState>, Path(hash): Path<String>) -> Response {
+    let mut h = [0u8; 32];
+    if hash.len() != 64
+        || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        || hex::decode_to_slice(&hash, &mut h).is_err()
+    {
+        return Problem::NotFound.into_response();
+    }
+    match s.0.studies.notice(&h) {
+        Some(text) => (
+            [
+                (header::CONTENT_TYPE, "text/markdown; charset=utf-8"),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            text.to_string(),
         )
             .into_response(),
         None => Problem::NotFound.into_response(),

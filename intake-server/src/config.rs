@@ -160,13 +160,25 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Largest number of rows per donation (`422 too-many-rows` beyond).
     pub max_rows_per_donation: usize,
+    /// Public reads (checkpoint, proofs, notices, bundles) a client address may burst.
+    pub public_read_burst: u32,
+    /// Public reads per second a client address is refilled with (`429 rate-limited`, with
+    /// `Retry-After`, beyond).
+    pub public_reads_per_second: f64,
 }
+
+/// Default burst of public reads per client address.
+pub const DEFAULT_PUBLIC_READ_BURST: u32 = 600;
+/// Default refill of public reads per client address and second.
+pub const DEFAULT_PUBLIC_READS_PER_SECOND: f64 = 100.0;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_rows_per_donation: DEFAULT_MAX_ROWS_PER_DONATION,
+            public_read_burst: DEFAULT_PUBLIC_READ_BURST,
+            public_reads_per_second: DEFAULT_PUBLIC_READS_PER_SECOND,
         }
     }
 }
@@ -304,6 +316,12 @@ impl Config {
         }
         if self.limits.max_rows_per_donation == 0 {
             return bad("limits.max_rows_per_donation must be at least 1");
+        }
+        if self.limits.public_read_burst == 0
+            || !(self.limits.public_reads_per_second.is_finite()
+                && self.limits.public_reads_per_second > 0.0)
+        {
+            return bad("limits.public_read_burst and public_reads_per_second must be positive");
         }
         if self.commit.group_max_donations == 0 || self.commit.queue_capacity == 0 {
             return bad("commit.group_max_donations and commit.queue_capacity must be >= 1");

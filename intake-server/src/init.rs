@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use datadonor_schemas::bundle::StudyBundle;
 use datadonor_schemas::envelope::{HpkePrivateKey, HpkePublicKey};
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::signing::{Context, SignedObject, SigningKey};
@@ -41,6 +42,9 @@ use crate::Error;
 pub const EXAMPLE_STUDY_TOML: &str = include_str!("../../examples/t2d-study.toml");
 /// Its consent notice.
 pub const EXAMPLE_NOTICE: &str = include_str!("../../examples/t2d-notice.md");
+
+/// The example study's notice texts, by file name, in every language the study gives.
+pub const EXAMPLE_NOTICES: [(&str, &str); 1] = [("t2d-notice.md", EXAMPLE_NOTICE)];
 
 /// What `init` produced that the operator must see once.
 #[derive(Debug)]
@@ -226,6 +230,32 @@ pub fn init_with(
     write_atomic(
         &dir.join(format!("studies/{}.json", study.id)),
         &signed.to_bytes(),
+        0o644,
+    )?;
+    // Its notice texts, served by SHA-256, and the bundle a donor pins: the ledger's key and
+    // (none yet) witnesses, signed by the steward.
+    std::fs::create_dir_all(dir.join("studies/notices"))
+        .map_err(Error::io("creating studies/notices/"))?;
+    for (name, text) in EXAMPLE_NOTICES {
+        write_atomic(
+            &dir.join("studies/notices").join(name),
+            text.as_bytes(),
+            0o644,
+        )?;
+    }
+    let vkey = crate::ledger::LedgerSigner::new(
+        SigningKey::from_seed(ledger.seed()).map_err(|_| Error::Init("ledger key".into()))?,
+        crate::config::DEFAULT_ORIGIN,
+    )
+    .map_err(|e| Error::Init(format!("ledger key: {e}")))?
+    .verifier()
+    .to_vkey();
+    let bundle = StudyBundle::new(&study, signed.payload_digest(), &vkey, Vec::new(), 0);
+    std::fs::create_dir_all(dir.join("studies/bundles"))
+        .map_err(Error::io("creating studies/bundles/"))?;
+    write_atomic(
+        &dir.join(format!("studies/bundles/{}.json", study.id)),
+        &bundle.sign(&steward).to_bytes(),
         0o644,
     )?;
 

@@ -237,6 +237,10 @@ impl IntoResponse for Problem {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self == Problem::RateLimited {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp.extensions_mut().insert(self);
         resp
     }

@@ -107,7 +107,15 @@ impl Intake {
         let auditor = AuditorTokenHash::load(&dir)?;
         let analytics = AuditorTokenHash::load_from(&keys::analytics_hash_path(&dir))?;
         let (vault_file, vault_pk) = VaultPublicKey::load(&dir)?;
-        let studies = StudyRegistry::load(&dir.join("studies"), &config.studies.trusted_signers)?;
+        let mut studies =
+            StudyRegistry::load(&dir.join("studies"), &config.studies.trusted_signers)?;
+        let witness_vkeys: Vec<String> = config.witnesses.iter().map(|w| w.vkey.clone()).collect();
+        studies.load_bundles(
+            &dir.join("studies"),
+            &config.studies.trusted_signers,
+            &signer.public_key(),
+            &witness_vkeys,
+        )?;
         let (ledger_state, recovery) = commit::recover(&*ledger, &*batches, &signer)?;
         if recovery.orphan_batches_deleted > 0 || recovery.temporaries_deleted > 0 {
             tracing::warn!(
@@ -136,7 +144,12 @@ impl Intake {
         };
         let commit = commit::spawn(ctx, config.commit.queue_capacity)
             .map_err(Error::io("starting the committer"))?;
+        let public_reads = datadonor_service::ratelimit::RateLimiter::new(
+            config.limits.public_read_burst,
+            config.limits.public_reads_per_second,
+        );
         let shared = Shared {
+            public_reads,
             config,
             studies,
             transport,

@@ -53,6 +53,9 @@ pub fn init_test_dir_with(
     c.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     c.commit.group_window_ms = 2;
     c.server.drain_timeout_ms = 5_000;
+    // Every test client reads from 127.0.0.1: one address, many donors.
+    c.limits.public_read_burst = 1_000_000;
+    c.limits.public_reads_per_second = 1_000_000.0;
     Ok(c)
 }
 

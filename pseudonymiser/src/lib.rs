@@ -21,7 +21,8 @@ mod b64;
 pub mod dkg;
 pub mod files;
 pub mod local;
-pub mod ratelimit;
+/// Token buckets, shared with the intake.
+pub use datadonor_service::ratelimit;
 pub mod server;
 pub mod share;
 pub mod tls;

@@ -141,7 +141,7 @@ pub fn check_manifest(
     if m.controller != study.controller {
         return Err(ConsentError::FieldMismatch("controller"));
     }
-    if m.notice_sha256 != study.notice_sha256 {
+    if !study.notice_hashes().any(|h| h == m.notice_sha256) {
         return Err(ConsentError::FieldMismatch("notice_sha256"));
     }
     if m.legal_basis != LEGAL_BASIS {

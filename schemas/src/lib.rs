@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod bundle;
 pub mod checkpoint;
 pub mod consent;
 pub mod cosignature;

@@ -43,11 +43,13 @@ pub enum Context {
     DkgMessage,
     /// A researcher's request to the steward's query service, signed by the researcher.
     QueryRequest,
+    /// A study bundle (ledger and witness keys a donor pins), signed by a steward.
+    StudyBundle,
 }
 
 impl Context {
     /// All contexts, for tests and documentation.
-    pub const ALL: [Context; 8] = [
+    pub const ALL: [Context; 9] = [
         Context::StudyDefinition,
         Context::ConsentManifest,
         Context::Withdrawal,
@@ -56,6 +58,7 @@ impl Context {
         Context::DonorCredential,
         Context::DkgMessage,
         Context::QueryRequest,
+        Context::StudyBundle,
     ];
 
     /// The label that goes into the signed bytes and the `context` field.
@@ -69,6 +72,7 @@ impl Context {
             Context::DonorCredential => "donor-credential",
             Context::DkgMessage => "dkg-message",
             Context::QueryRequest => "query-request",
+            Context::StudyBundle => "study-bundle",
         }
     }
 }

@@ -463,6 +463,49 @@ pub struct StudyDefinition {
     /// refuses every query on a study without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::privacy::PrivacyPolicy>,
+    /// The language of `title`, the purposes' texts and the notice `notice_sha256` names: a
+    /// lowercase ISO 639-1 code. Absent means `en`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// The same title, purposes and notice in other languages, at most one per language.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub translations: Vec<Translation>,
+}
+
+/// The study's donor-facing texts in another language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Translation {
+    /// Lowercase ISO 639-1 code, different from the study's own language and every other
+    /// translation's.
+    pub language: String,
+    /// The title in this language.
+    pub title: String,
+    /// Every purpose's text in this language, by purpose code (exactly the study's codes).
+    pub purposes: std::collections::BTreeMap<String, String>,
+    /// SHA-256 of the consent notice text in this language (lowercase hex).
+    #[serde(with = "hex32")]
+    pub notice_sha256: [u8; 32],
+}
+
+/// The donor-facing texts of a study in one language: what a donor is shown before consenting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalizedTexts<'a> {
+    /// The language code.
+    pub language: &'a str,
+    /// The title.
+    pub title: &'a str,
+    /// `(code, text)` of every purpose, in the study's order.
+    pub purposes: Vec<(&'a str, &'a str)>,
+    /// SHA-256 of the notice text in this language.
+    pub notice_sha256: [u8; 32],
+}
+
+/// The language of a study that names none.
+pub const DEFAULT_LANGUAGE: &str = "en";
+
+fn is_language(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_lowercase())
 }
 
 impl StudyDefinition {
@@ -509,6 +552,7 @@ impl StudyDefinition {
             p.validate()
                 .map_err(|e| StudyError::Invalid(e.to_string()))?;
         }
+        self.validate_texts()?;
         for (i, p) in self.purposes.iter().enumerate() {
             if !is_code(&p.code) {
                 return bad(format!(
@@ -611,6 +655,126 @@ impl StudyDefinition {
             return bad("a study needs at least one measure".into());
         }
         Ok(())
+    }
+
+    fn validate_texts(&self) -> Result<(), StudyError> {
+        let bad = |m: String| Err(StudyError::Invalid(m));
+        let own = self.language();
+        if !is_language(own) {
+            return bad(format!(
+                "language {own:?} must be a lowercase ISO 639-1 code"
+            ));
+        }
+        if self.translations.len() > 16 {
+            return bad("at most 16 translations".into());
+        }
+        for (i, t) in self.translations.iter().enumerate() {
+            if !is_language(&t.language) {
+                return bad(format!(
+                    "translation {i}: language {:?} must be a lowercase ISO 639-1 code",
+                    t.language
+                ));
+            }
+            if t.language == own
+                || self.translations[..i]
+                    .iter()
+                    .any(|u| u.language == t.language)
+            {
+                return bad(format!(
+                    "translation {i}: language {} appears twice",
+                    t.language
+                ));
+            }
+            if t.title.trim().is_empty() || t.title.len() > 500 {
+                return bad(format!(
+                    "translation {}: title must be 1 to 500 bytes",
+                    t.language
+                ));
+            }
+            let codes: Vec<&str> = t.purposes.keys().map(String::as_str).collect();
+            let mut expected: Vec<&str> = self.purpose_codes().collect();
+            expected.sort_unstable();
+            if codes != expected {
+                return bad(format!(
+                    "translation {}: purposes must be exactly the study's purpose codes",
+                    t.language
+                ));
+            }
+            if t.purposes
+                .values()
+                .any(|p| p.trim().is_empty() || p.len() > 2000)
+            {
+                return bad(format!(
+                    "translation {}: purpose texts must be 1 to 2000 bytes",
+                    t.language
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The language of the study's own title, purposes and notice.
+    pub fn language(&self) -> &str {
+        self.language.as_deref().unwrap_or(DEFAULT_LANGUAGE)
+    }
+
+    /// Every language the study's texts are given in: its own first, then the translations'.
+    pub fn languages(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.language())
+            .chain(self.translations.iter().map(|t| t.language.as_str()))
+    }
+
+    /// The texts in `language`, if the study has them.
+    pub fn texts(&self, language: &str) -> Option<LocalizedTexts<'_>> {
+        if language == self.language() {
+            return Some(LocalizedTexts {
+                language: self.language(),
+                title: &self.title,
+                purposes: self
+                    .purposes
+                    .iter()
+                    .map(|p| (p.code.as_str(), p.text.as_str()))
+                    .collect(),
+                notice_sha256: self.notice_sha256,
+            });
+        }
+        let t = self.translations.iter().find(|t| t.language == language)?;
+        Some(LocalizedTexts {
+            language: &t.language,
+            title: &t.title,
+            purposes: self
+                .purposes
+                .iter()
+                .map(|p| {
+                    let text = t
+                        .purposes
+                        .get(&p.code)
+                        .map_or(p.text.as_str(), String::as_str);
+                    (p.code.as_str(), text)
+                })
+                .collect(),
+            notice_sha256: t.notice_sha256,
+        })
+    }
+
+    /// The texts in the first of `preferred` the study has, else in its own language.
+    pub fn texts_for(&self, preferred: &[&str]) -> LocalizedTexts<'_> {
+        preferred
+            .iter()
+            .find_map(|l| self.texts(l))
+            .or_else(|| self.texts(self.language()))
+            .unwrap_or_else(|| LocalizedTexts {
+                language: DEFAULT_LANGUAGE,
+                title: &self.title,
+                purposes: Vec::new(),
+                notice_sha256: self.notice_sha256,
+            })
+    }
+
+    /// The SHA-256 of every notice text the study gives (its own language first): a consent
+    /// manifest must name one of them.
+    pub fn notice_hashes(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        std::iter::once(self.notice_sha256).chain(self.translations.iter().map(|t| t.notice_sha256))
     }
 
     /// Purpose codes.

@@ -2,8 +2,11 @@
 //! query service): a TLS 1.3 server configuration from PEM files, and the accept loop with its
 //! connection limits, timeouts and graceful shutdown. The intake has its own loop (with an idle
 //! cut-off per connection) in `datadonor-intake::server`. Also the crash-safe file write the
-//! services keep their state with ([`write_atomic`]).
+//! services keep their state with ([`write_atomic`]), and the per-key token buckets their rate
+//! limits use ([`ratelimit`]).
 #![forbid(unsafe_code)]
+
+pub mod ratelimit;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -1,5 +1,6 @@
-//! Token-bucket rate limiting per key: per client address, and per donor credential, so that
-//! nobody can evaluate the pseudonymisation function over the CPR space.
+//! Token-bucket rate limiting per key: the pseudonymisers limit per client address and per
+//! donor credential (so that nobody can evaluate the pseudonymisation function over the CPR
+//! space); the intake limits its public ledger reads per client address.
 //!
 //! Each key has a bucket of `burst` tokens refilled at `per_second`; a request takes one.
 //! The table is bounded: when it exceeds [`MAX_TRACKED`] keys, buckets that have refilled
