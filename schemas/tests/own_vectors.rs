@@ -61,7 +61,7 @@ mod vector_gen;
 
 /// Every vector file and its number of (valid, malformed) vectors.
 const EXPECTED: [(&str, usize, usize); 13] = [
-    ("signed-object.json", 9, 25),
+    ("signed-object.json", 10, 25),
     ("study-definition.json", 8, 66),
     ("consent-manifest.json", 3, 26),
     ("withdrawal.json", 1, 9),
