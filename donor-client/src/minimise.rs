@@ -36,14 +36,17 @@
 //!   taken before `min_age` leaves.
 //! * **Sex**: the export's administrative sex; `unknown` when the export has none.
 //! * **Residence**: the region or municipality of the postcode (the donor-stated postcode in
-//!   [`MinimiseOptions::postcode`] wins over the export's); a postcode that is not Danish or not
-//!   assigned drops every row ([`DropReason::RowUnknownPostcode`]).
+//!   [`MinimiseOptions::postcode`] wins over the export's); without a postcode (Apple Health
+//!   exports have none), or with one that is not Danish or not assigned, every row is dropped
+//!   ([`DropReason::RowUnknownPostcode`]).
 //! * **Several patients**: an export with several patients (a Synthea CSV directory) needs
 //!   [`MinimiseOptions::patient`]; items of other patients are counted
 //!   ([`DropReason::OtherPatient`]) and never looked at. Items without a patient key (Apple Health)
-//!   belong to the donor.
+//!   belong to the donor. [`Minimiser::finish_checked`] (and so [`minimise_paths`]) fails when
+//!   the export holds several patients and none was chosen, or the chosen one is not in it, naming
+//!   the patient keys it found (escaped, at most [`PATIENTS_LISTED`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -57,8 +60,8 @@ use jiff::civil::Date;
 use serde::Serialize;
 
 use crate::import::{
-    self, CodeSystem, Demographics, ImportError, ImportReport, ProblemKind, Sex, SourceItem,
-    SourceValue,
+    self, quoted, CodeSystem, Demographics, ImportError, ImportReport, ProblemKind, Sex,
+    SourceItem, SourceValue,
 };
 
 /// Why something from the export does not leave the device. Every item the minimiser receives
@@ -227,10 +230,24 @@ pub enum MinimiseError {
     #[error(transparent)]
     Import(#[from] ImportError),
     /// The export holds several patients and none was selected.
-    #[error("{file}: the export holds records of more than one patient; choose the donor's own with --patient")]
+    #[error("{file}: the export holds records of more than one patient ({}); choose the donor's own with --patient ID", PatientList(.patients, *.more))]
     SeveralPatients {
-        /// The file in which the second patient appeared.
+        /// The file in which the second patient appeared (escaped).
         file: String,
+        /// The patient keys found, in the order met, quoted and escaped (at most [`PATIENTS_LISTED`]).
+        patients: Vec<String>,
+        /// How many more patients the export holds.
+        more: u64,
+    },
+    /// The patient selected with [`MinimiseOptions::patient`] has no record in the export.
+    #[error("--patient {patient}: no record of this patient in the export ({})", PatientList(.found, *.more))]
+    PatientNotFound {
+        /// The key asked for, quoted and escaped.
+        patient: String,
+        /// The patient keys found, in the order met, quoted and escaped (at most [`PATIENTS_LISTED`]).
+        found: Vec<String>,
+        /// How many more patients the export holds.
+        more: u64,
     },
     /// The donor's stated CPR number differs from the one the export names. Neither number is
     /// shown in full: only the last two digits of each and the first differing position.
@@ -249,6 +266,63 @@ pub enum MinimiseError {
     /// Building the Arrow batch failed (an internal inconsistency).
     #[error("building the rows failed: {0}")]
     Arrow(String),
+}
+
+/// Most patient keys an error lists; the rest are counted.
+pub const PATIENTS_LISTED: usize = 20;
+
+/// Most distinct patient keys remembered to count them.
+const PATIENTS_COUNTED: usize = 1_000_000;
+
+/// Formats the patient keys an error lists: `patients found: "a", "b" and 3 more`.
+struct PatientList<'a>(&'a [String], u64);
+
+impl std::fmt::Display for PatientList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("it names no patient");
+        }
+        write!(f, "patients found: {}", self.0.join(", "))?;
+        if self.1 > 0 {
+            write!(f, " and {} more", self.1)?;
+        }
+        Ok(())
+    }
+}
+
+/// The patient keys met in an export: the first few for messages, all (up to a cap) to count them.
+#[derive(Default)]
+struct PatientsMet {
+    listed: Vec<String>,
+    distinct: HashSet<String>,
+    /// Keys past [`PATIENTS_COUNTED`], counted without being remembered (may count one twice).
+    uncounted: u64,
+}
+
+impl PatientsMet {
+    fn met(&mut self, key: &str) {
+        if self.distinct.contains(key) {
+            return;
+        }
+        if self.distinct.len() >= PATIENTS_COUNTED {
+            self.uncounted += 1;
+            return;
+        }
+        self.distinct.insert(key.to_owned());
+        if self.listed.len() < PATIENTS_LISTED {
+            self.listed.push(quoted(key));
+        }
+    }
+
+    fn more(&self) -> u64 {
+        (self.distinct.len() - self.listed.len()) as u64 + self.uncounted
+    }
+}
+
+impl std::fmt::Debug for PatientsMet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PatientsMet(<{} redacted>)", self.distinct.len())
+    }
 }
 
 /// One cell value of a minimised row.
@@ -389,6 +463,12 @@ pub struct Minimiser {
     /// The first patient key seen when none was selected: compared with later items' keys, never
     /// output.
     patient: Option<String>,
+    /// Every patient key met, for the errors of [`Minimiser::finish_checked`].
+    patients: PatientsMet,
+    /// The selected patient was met.
+    selected_found: bool,
+    /// The file in which a second patient appeared when none was selected.
+    second_patient_in: Option<String>,
     facts: DonorFacts,
     /// Earliest onset per condition field.
     onsets: Vec<Option<Date>>,
@@ -446,6 +526,9 @@ impl Minimiser {
         }
         Self {
             patient: None,
+            patients: PatientsMet::default(),
+            selected_found: false,
+            second_patient_in: None,
             study: study.clone(),
             options,
             observation_codes,
@@ -457,32 +540,68 @@ impl Minimiser {
         }
     }
 
-    /// Whether the item belongs to the donor; errors on a second patient when none was chosen.
-    fn is_donor(&mut self, item: &SourceItem) -> Result<bool, MinimiseError> {
+    /// Whether the item belongs to the donor. Once a second patient appears without a selection,
+    /// no item does: [`Minimiser::finish_checked`] then fails, listing the patients.
+    fn is_donor(&mut self, item: &SourceItem) -> bool {
         let Some(key) = item.patient() else {
-            return Ok(true);
+            return self.second_patient_in.is_none();
         };
+        self.patients.met(key);
         if let Some(selected) = &self.options.patient {
-            return Ok(selected == key);
+            let is_selected = selected == key;
+            self.selected_found |= is_selected;
+            return is_selected;
         }
         match &self.patient {
             None => {
                 self.patient = Some(key.to_string());
-                Ok(true)
+                true
             }
-            Some(p) if p == key => Ok(true),
-            Some(_) => Err(MinimiseError::SeveralPatients {
-                file: item
-                    .location()
-                    .map(|l| l.file.to_string())
-                    .unwrap_or_default(),
-            }),
+            Some(p) if p == key && self.second_patient_in.is_none() => true,
+            Some(p) if p == key => false,
+            Some(_) => {
+                if self.second_patient_in.is_none() {
+                    self.second_patient_in = Some(
+                        item.location()
+                            .map(|l| import::escape_controls(&l.file).into_owned())
+                            .unwrap_or_default(),
+                    );
+                }
+                false
+            }
         }
     }
 
-    /// Take one item from the importer.
+    /// The patient selection's error, if any: several patients and none chosen, or the chosen one
+    /// absent from the export.
+    pub fn check_patients(&self) -> Result<(), MinimiseError> {
+        if let Some(file) = &self.second_patient_in {
+            return Err(MinimiseError::SeveralPatients {
+                file: file.clone(),
+                patients: self.patients.listed.clone(),
+                more: self.patients.more(),
+            });
+        }
+        match &self.options.patient {
+            Some(selected) if !self.selected_found => Err(MinimiseError::PatientNotFound {
+                patient: quoted(selected),
+                found: self.patients.listed.clone(),
+                more: self.patients.more(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Minimiser::check_patients`], then [`Minimiser::finish`].
+    pub fn finish_checked(self) -> Result<MinimisedRows, MinimiseError> {
+        self.check_patients()?;
+        Ok(self.finish())
+    }
+
+    /// Take one item from the importer. An item of another patient is counted, and so is every
+    /// item once a second patient appeared without a selection (see [`Minimiser::finish_checked`]).
     pub fn push(&mut self, item: SourceItem) -> Result<(), MinimiseError> {
-        if !self.is_donor(&item)? {
+        if !self.is_donor(&item) {
             self.report.add(DropReason::OtherPatient, 1);
             return Ok(());
         }
@@ -781,7 +900,7 @@ pub fn minimise_paths(
         }
     }
     on_progress(seen);
-    let mut out = m.finish();
+    let mut out = m.finish_checked()?;
     for r in &reports {
         out.report.add_import_report(r);
     }

@@ -377,10 +377,44 @@ fn a_second_patient_without_a_selection_is_an_error() {
     if let SourceItem::Observation(o) = &mut second {
         o.patient = Some("p2".into());
     }
-    assert!(matches!(
-        m.push(second),
-        Err(MinimiseError::SeveralPatients { .. })
-    ));
+    m.push(second).expect("counted, then refused at the end");
+    let mut third = obs("4548-4", 6.0, "%", date(2020, 1, 1));
+    if let SourceItem::Observation(o) = &mut third {
+        o.patient = Some("p\u{1b}[31m3".into());
+    }
+    m.push(third).expect("third");
+    let err = m.finish_checked().expect_err("several patients");
+    let MinimiseError::SeveralPatients { patients, more, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(patients.len(), 3, "{patients:?}");
+    assert_eq!(*more, 0);
+    let shown = err.to_string();
+    assert!(shown.contains(r#""p\u{1b}[31m3""#), "{shown}");
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+}
+
+#[test]
+fn a_selected_patient_missing_from_the_export_is_an_error_listing_those_found() {
+    let mut m = Minimiser::new(&study(), MinimiseOptions::default().with_patient("nobody"));
+    for i in 0..25 {
+        let mut item = obs("4548-4", 6.0, "%", date(2020, 1, 1));
+        if let SourceItem::Observation(o) = &mut item {
+            o.patient = Some(format!("p{i}"));
+        }
+        m.push(item).expect("push");
+    }
+    let err = m.finish_checked().expect_err("not found");
+    assert!(
+        matches!(err, MinimiseError::PatientNotFound { more: 5, .. }),
+        "{err:?}"
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(r#"--patient "nobody": no record of this patient in the export (patients found: "p0", "p1", "#),
+        "{shown}"
+    );
+    assert!(shown.ends_with(r#""p19" and 5 more)"#), "{shown}");
 }
 
 #[test]

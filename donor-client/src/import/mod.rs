@@ -78,6 +78,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::ImportError;
+pub(crate) use report::quoted;
 pub use report::{
     escape_controls, ImportReport, ItemCounts, Note, Problem, ProblemKind, SkipReason,
 };
