@@ -69,6 +69,10 @@ P=$WORK/p
 I=$WORK/intake
 EXPORT=testdata/data/fhir/dab4861f-04d5-4a05-8bfc-7e188353feac.transaction.json
 KS=$WORK/ks
+# The donor's CPR number, in a file rather than on the command line (where other users and the shell
+# history would see it); without --cpr-file the CLI asks for it in a terminal.
+CPR=$WORK/cpr
+printf '010172-1234\n' >"$CPR"
 
 step "Pseudonymisers: three instances, any two needed, on 127.0.0.1:$BASE..$((BASE + 2))"
 run datadonor-pseudonymiser init-local --dir "$P" --instances 3 --threshold 2 --listen "127.0.0.1:$BASE"
@@ -96,11 +100,11 @@ done
 echo "INTAKE=$INTAKE"
 
 step "Donor: preview what would leave the device"
-run datadonor preview --keystore "$KS" --study examples/t2d-study.toml --input "$EXPORT" --cpr 010172-1234 --postcode 5000
+run datadonor preview --keystore "$KS" --study examples/t2d-study.toml --input "$EXPORT" --cpr-file "$CPR" --postcode 5000
 
 step "Donor: donate"
 run datadonor donate --keystore "$KS" --study t2d-dk --intake "$INTAKE" --ca "$I/tls/ca.pem" --ca "$P/ca.pem" \
-    --input "$EXPORT" --cpr 010172-1234 --postcode 5000 --purpose t2d-epidemiology --expires-days 365 --yes
+    --input "$EXPORT" --cpr-file "$CPR" --postcode 5000 --purpose t2d-epidemiology --expires-days 365 --yes
 
 step "Donor: the stored receipts, and one checked against the intake's ledger"
 run datadonor receipts --keystore "$KS"

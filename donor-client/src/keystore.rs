@@ -91,6 +91,20 @@ impl Passphrase {
     pub fn new(s: String) -> Self {
         Self(Zeroizing::new(s))
     }
+
+    /// Whether it is the empty string.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// How a stored donor key is protected (see [`Keystore::key_protection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProtection {
+    /// The seed is stored as it is, protected only by the file's mode.
+    None,
+    /// The seed is encrypted under a passphrase.
+    Passphrase,
 }
 
 impl std::fmt::Debug for Passphrase {
@@ -226,6 +240,27 @@ impl Keystore {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The file holding the donor key.
+    pub fn donor_key_path(&self) -> PathBuf {
+        self.dir.join(KEY_FILE)
+    }
+
+    /// How the donor key is protected; `None` before it is created.
+    pub fn key_protection(&self) -> Result<Option<KeyProtection>, KeystoreError> {
+        let path = self.donor_key_path();
+        let Some(file) = read_json_opt::<KeyFile>(&path)? else {
+            return Ok(None);
+        };
+        match file.protection.as_str() {
+            "none" => Ok(Some(KeyProtection::None)),
+            "pbkdf2-hmac-sha256+aes-256-gcm" => Ok(Some(KeyProtection::Passphrase)),
+            _ => Err(KeystoreError::Malformed {
+                path: path.display().to_string(),
+                detail: "unknown protection".into(),
+            }),
+        }
     }
 
     /// Load the donor key, creating it on first use (encrypted when a passphrase is given).

@@ -14,6 +14,7 @@
 //! | [`client`] | the intake's HTTP API over rustls (TLS 1.3), retries, receipt checks |
 //! | [`tls`] | the rustls client configuration and its one dangerous switch |
 //! | [`keystore`] | the donor key at rest, stored receipts, pinned ledger key, last checkpoint |
+//! | [`pins`] | the steward key and study bundle pinned on first use of a study |
 //! | [`session`] | the end-to-end flow for apps and many-donor simulations |
 //!
 //! **Architecture invariant**: identifying strings from the export (names, addresses,
@@ -29,6 +30,7 @@ pub mod donation;
 pub mod import;
 pub mod keystore;
 pub mod minimise;
+pub mod pins;
 pub mod preview;
 pub mod session;
 pub mod tls;

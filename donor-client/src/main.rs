@@ -28,15 +28,20 @@ use datadonor_client::client::{
     PublishedStudy, WitnessPolicy,
 };
 use datadonor_client::donation::{ConsentChoice, DonationError};
-use datadonor_client::keystore::{read_receipt, Keystore, KeystoreError, Passphrase, WitnessPin};
-use datadonor_client::minimise::{minimise_paths, MinimiseError, MinimiseOptions};
+use datadonor_client::import::escape_controls;
+use datadonor_client::keystore::{
+    read_receipt, KeyProtection, Keystore, KeystoreError, Passphrase, WitnessPin,
+};
+use datadonor_client::minimise::{minimise_paths, DropReason, MinimiseError, MinimiseOptions};
 use datadonor_client::preview::Preview;
 use datadonor_client::session::{IntakeSession, SessionError};
 use datadonor_client::TrustAnchors;
+use datadonor_schemas::geo::municipality_of_postcode;
 use datadonor_schemas::pseudonym::Cpr;
-use datadonor_schemas::signing::{PublicKey, SignedObject};
+use datadonor_schemas::signing::{PublicKey, SignedObject, SigningKey};
 use datadonor_schemas::study::{StudyDefinition, StudyError, StudyId};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use zeroize::Zeroizing;
 
 /// Donate your own health data to research: nothing identifying leaves this device.
 #[derive(Parser)]
@@ -71,12 +76,40 @@ struct ExportArgs {
     /// The export: FHIR JSON/NDJSON, a Synthea CSV directory or table, Apple Health XML/zip.
     #[arg(long = "input", value_name = "PATH", required = true)]
     inputs: Vec<PathBuf>,
-    /// In an export with several patients, the local id of your own record.
+    /// In an export with several patients, the local id of your own record (an id the export
+    /// does not hold is refused, listing those it holds).
     #[arg(long, value_name = "ID")]
     patient: Option<String>,
-    /// Your Danish postcode, if the export's is missing or not Danish.
+    /// Your Danish postcode (four digits), if the export's is missing or not Danish: Apple Health
+    /// exports have none, and without a postcode no row can leave.
     #[arg(long, value_name = "NNNN")]
     postcode: Option<String>,
+}
+
+/// Where the CPR number comes from. Not given, it is asked for (without echo) in a terminal.
+#[derive(Args)]
+struct CprArgs {
+    /// Your CPR number, or `-` to read it from stdin. A value given here is visible to other
+    /// users of this computer and kept in your shell history: prefer --cpr-file, `--cpr -` or
+    /// the prompt.
+    #[arg(long, value_name = "DDMMYY-SSSS|-", conflicts_with = "cpr_file")]
+    cpr: Option<String>,
+    /// A file holding your CPR number.
+    #[arg(long, value_name = "PATH")]
+    cpr_file: Option<PathBuf>,
+}
+
+/// How the key store's donor key is protected. Without an option, the passphrase is asked for
+/// (twice when the key is created) in a terminal.
+#[derive(Args)]
+struct PassphraseArgs {
+    /// File holding the key store passphrase (or set DATADONOR_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Create or use a key store whose donor key has no passphrase, protected only by the file's
+    /// permissions.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    no_passphrase: bool,
 }
 
 #[derive(Args)]
@@ -112,8 +145,8 @@ struct PreviewArgs {
     export: ExportArgs,
     /// Your CPR number (used only on this device: for the birth date if the export has none, and
     /// checked against a CPR number the export names).
-    #[arg(long)]
-    cpr: Option<String>,
+    #[command(flatten)]
+    cpr: CprArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -126,8 +159,8 @@ struct DonateArgs {
     #[command(flatten)]
     export: ExportArgs,
     /// Your CPR number: it never leaves this device (only a blinded OPRF element does).
-    #[arg(long)]
-    cpr: String,
+    #[command(flatten)]
+    cpr: CprArgs,
     /// A purpose you consent to (repeatable); one of the study's purpose codes.
     #[arg(long = "purpose", value_name = "CODE", required = true)]
     purposes: Vec<String>,
@@ -139,9 +172,8 @@ struct DonateArgs {
     intake: String,
     #[command(flatten)]
     tls: TlsArgs,
-    /// File holding the key store passphrase (or set DATADONOR_PASSPHRASE).
-    #[arg(long, value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
@@ -179,9 +211,8 @@ struct WithdrawArgs {
     intake: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
-    /// File holding the key store passphrase (or set DATADONOR_PASSPHRASE).
-    #[arg(long, value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
     #[command(flatten)]
     witness: WitnessArgs,
 }
@@ -211,7 +242,9 @@ impl From<MinimiseError> for Failure {
     fn from(e: MinimiseError) -> Self {
         match e {
             MinimiseError::Import(i) => fail(3, i.to_string()),
-            e @ MinimiseError::CprMismatch { .. } => fail(4, e.to_string()),
+            e @ (MinimiseError::CprMismatch { .. } | MinimiseError::PatientNotFound { .. }) => {
+                fail(4, e.to_string())
+            }
             other => fail(3, other.to_string()),
         }
     }
@@ -436,8 +469,199 @@ fn minimise(
     Ok(r?)
 }
 
-fn parse_cpr(s: &str) -> Result<Cpr, Failure> {
-    Cpr::parse(s).map_err(|e| fail(4, format!("--cpr: {e}")))
+/// A warning on stderr.
+fn warn(message: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "datadonor: warning: {}",
+        escape_controls(message)
+    );
+}
+
+/// Whether the donor can be asked: stdin and stderr are a terminal.
+fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks for a secret on the terminal without echoing it.
+fn ask_secret(prompt: &str) -> Result<Zeroizing<String>, Failure> {
+    let term = console::Term::stderr();
+    term.write_str(prompt)
+        .map_err(|e| fail(1, format!("the terminal: {e}")))?;
+    term.read_secure_line()
+        .map(Zeroizing::new)
+        .map_err(|e| fail(1, format!("the terminal: {e}")))
+}
+
+/// Printed when the CPR number is given as a command-line value.
+const CPR_VALUE_WARNING: &str = "--cpr with a value is visible to other users of this computer (in the process list) and kept in your shell history; use --cpr-file PATH or --cpr - (stdin), or leave it out to be asked";
+
+/// The donor's CPR number: from --cpr-file, stdin (`--cpr -`), --cpr VALUE (with a warning), or
+/// asked for without echo in a terminal. `None` when none is given and it is not `required`.
+/// The number itself is never printed.
+fn read_cpr(args: &CprArgs, required: bool) -> Result<Option<Cpr>, Failure> {
+    let (text, source) = if let Some(path) = &args.cpr_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(3, format!("--cpr-file {}: {e}", path.display())))?;
+        (
+            Zeroizing::new(text),
+            format!("--cpr-file {}", path.display()),
+        )
+    } else {
+        match args.cpr.as_deref() {
+            Some("-") if std::io::stdin().is_terminal() => (
+                ask_secret("Your CPR number (not shown): ")?,
+                "--cpr -".to_string(),
+            ),
+            Some("-") => {
+                let mut line = Zeroizing::new(String::new());
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .map_err(|e| fail(1, format!("--cpr -: stdin: {e}")))?;
+                (line, "--cpr - (stdin)".to_string())
+            }
+            Some(value) => {
+                warn(CPR_VALUE_WARNING);
+                (Zeroizing::new(value.to_string()), "--cpr".to_string())
+            }
+            None if interactive() => {
+                let prompt = if required {
+                    "Your CPR number (not shown; it never leaves this device): "
+                } else {
+                    "Your CPR number (not shown; used only on this device; Enter to skip): "
+                };
+                let text = ask_secret(prompt)?;
+                if !required && text.trim().is_empty() {
+                    return Ok(None);
+                }
+                (text, "the CPR number entered".to_string())
+            }
+            None if required => {
+                return Err(fail(
+                    4,
+                    "no CPR number: give --cpr-file PATH or --cpr - (read from stdin), or run in a terminal to be asked",
+                ))
+            }
+            None => return Ok(None),
+        }
+    };
+    Cpr::parse(text.trim())
+        .map(Some)
+        .map_err(|e| fail(4, format!("{}: {e}", escape_controls(&source))))
+}
+
+/// Checks --postcode: four digits and a Danish postcode.
+fn check_postcode(export: &ExportArgs) -> Result<(), Failure> {
+    let Some(p) = export.postcode.as_deref() else {
+        return Ok(());
+    };
+    let shown = escape_controls(p);
+    if !(p.len() == 4 && p.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(fail(
+            4,
+            format!("--postcode {shown}: a Danish postcode is four digits, e.g. 5000"),
+        ));
+    }
+    if municipality_of_postcode(p).is_none() {
+        return Err(fail(
+            4,
+            format!("--postcode {shown}: not a Danish postcode"),
+        ));
+    }
+    Ok(())
+}
+
+/// Why periods were dropped for want of a Danish postcode, and what to do, if any were.
+fn postcode_hint(rows: &datadonor_client::MinimisedRows) -> Option<String> {
+    let n = rows.report.count(DropReason::RowUnknownPostcode);
+    (n > 0).then(|| {
+        format!(
+            "{n} period(s) dropped because the postcode is missing from the export or not Danish (Apple Health exports have none): give your Danish postcode with --postcode NNNN"
+        )
+    })
+}
+
+/// The error for an export that gives no row, with the postcode hint when that is why.
+fn no_rows(rows: &datadonor_client::MinimisedRows) -> Failure {
+    match postcode_hint(rows) {
+        Some(hint) => fail(9, format!("nothing to donate: {hint}")),
+        None => DonationError::NoRows.into(),
+    }
+}
+
+/// How the donor key is to be opened or created.
+enum KeyAccess {
+    /// With this passphrase (--passphrase-file or DATADONOR_PASSPHRASE).
+    Passphrase(Passphrase),
+    /// Without a passphrase (--no-passphrase).
+    Unprotected,
+    /// Ask for the passphrase on the terminal.
+    Ask,
+}
+
+/// Decided before anything else is done, so that a run that cannot open the key store fails
+/// first.
+fn key_access(args: &PassphraseArgs) -> Result<KeyAccess, Failure> {
+    if args.no_passphrase {
+        return Ok(KeyAccess::Unprotected);
+    }
+    match passphrase(args.passphrase_file.as_ref())? {
+        Some(p) => Ok(KeyAccess::Passphrase(p)),
+        None if interactive() => Ok(KeyAccess::Ask),
+        None => Err(fail(
+            4,
+            "no passphrase for the key store: give --passphrase-file FILE or set DATADONOR_PASSPHRASE, or pass --no-passphrase for a donor key protected only by file permissions",
+        )),
+    }
+}
+
+/// Opens the donor key, or creates it: an unprotected key only with --no-passphrase (and a
+/// warning), a new passphrase asked for twice.
+fn donor_key(ks: &Keystore, access: KeyAccess) -> Result<SigningKey, Failure> {
+    let path = ks.donor_key_path();
+    let shown = path.display();
+    match (access, ks.key_protection()?) {
+        (KeyAccess::Unprotected, Some(KeyProtection::Passphrase)) => Err(fail(
+            4,
+            format!("{shown}: the donor key is protected by a passphrase; give it with --passphrase-file or DATADONOR_PASSPHRASE instead of --no-passphrase"),
+        )),
+        (KeyAccess::Unprotected, _) => {
+            warn(&format!(
+                "the donor key in {shown} is not protected by a passphrase (--no-passphrase): anyone who can read that file can sign donations and withdrawals as you"
+            ));
+            Ok(ks.donor_key(None)?)
+        }
+        (_, Some(KeyProtection::None)) => Err(fail(
+            4,
+            format!("{shown}: the donor key is stored without a passphrase; pass --no-passphrase to use it"),
+        )),
+        (KeyAccess::Passphrase(p), existing) => {
+            if existing.is_none() && p.is_empty() {
+                return Err(fail(4, "the key store passphrase is empty"));
+            }
+            Ok(ks.donor_key(Some(&p))?)
+        }
+        (KeyAccess::Ask, Some(KeyProtection::Passphrase)) => {
+            let mut p = ask_secret("Key store passphrase: ")?;
+            Ok(ks.donor_key(Some(&Passphrase::new(std::mem::take(&mut *p))))?)
+        }
+        (KeyAccess::Ask, None) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "A new donor key is created in {shown}, protected by a passphrase you choose."
+            );
+            let mut first = ask_secret("New key store passphrase: ")?;
+            if first.is_empty() {
+                return Err(fail(4, "the key store passphrase is empty; nothing was created"));
+            }
+            let again = ask_secret("The same passphrase again: ")?;
+            if *first != *again {
+                return Err(fail(4, "the two passphrases differ; nothing was created"));
+            }
+            Ok(ks.donor_key(Some(&Passphrase::new(std::mem::take(&mut *first))))?)
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -495,7 +719,8 @@ fn witness_policy(
 }
 
 fn cmd_preview(args: &PreviewArgs) -> Result<(), Failure> {
-    let cpr = args.cpr.as_deref().map(parse_cpr).transpose()?;
+    check_postcode(&args.export)?;
+    let cpr = read_cpr(&args.cpr, false)?;
     check_inputs(&args.export.inputs)?;
     let definition = match study_source(&args.export.study, &args.tls)? {
         StudySource::File { definition, .. } => *definition,
@@ -512,10 +737,18 @@ fn cmd_preview(args: &PreviewArgs) -> Result<(), Failure> {
     };
     let rows = minimise(&args.export, &definition, cpr.as_ref())?;
     let preview = Preview::new(&rows, None);
+    let hint = postcode_hint(&rows);
     let out = if args.json {
+        if let Some(h) = &hint {
+            warn(h);
+        }
         preview.to_json()
     } else {
-        preview.to_table()
+        let mut table = preview.to_table();
+        if let Some(h) = &hint {
+            table.push_str(&format!("\nNote: {h}\n"));
+        }
+        table
     };
     std::io::stdout()
         .write_all(out.as_bytes())
@@ -539,7 +772,9 @@ fn confirm(question: &str) -> Result<bool, Failure> {
 }
 
 fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
-    let cpr = parse_cpr(&args.cpr)?;
+    check_postcode(&args.export)?;
+    let key_access = key_access(&args.passphrase)?;
+    let cpr = read_cpr(&args.cpr, true)?.ok_or_else(|| fail(4, "no CPR number given"))?;
     check_inputs(&args.export.inputs)?;
     let source = study_source(&args.export.study, &args.tls)?;
     let consent = ConsentChoice {
@@ -555,6 +790,10 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         }
         _ => None,
     };
+    // Nothing to donate is known before any request when the study is a local file.
+    if let Some(rows) = local_rows.as_ref().filter(|r| r.rows.is_empty()) {
+        return Err(no_rows(rows));
+    }
     let mut intake = intake_for(&args.intake, &args.tls, None)?;
     if let Some(c) = &args.credential {
         let text = match c.strip_prefix('@') {
@@ -593,10 +832,13 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         None => minimise(&args.export, &study.definition, Some(&cpr))?,
     };
     if rows.rows.is_empty() {
-        return Err(DonationError::NoRows.into());
+        return Err(no_rows(&rows));
     }
     let preview = Preview::new(&rows, None);
     print!("{}", preview.to_table());
+    if let Some(h) = postcode_hint(&rows) {
+        println!("\nNote: {h}");
+    }
     println!(
         "Study signed by steward key {}; study SHA-256 {}",
         study.steward.to_base64(),
@@ -606,7 +848,7 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         return Err(fail(9, "not confirmed: nothing was sent"));
     }
     let ks = keystore(ks_dir)?;
-    let key = ks.donor_key(passphrase(args.passphrase_file.as_ref())?.as_ref())?;
+    let key = donor_key(&ks, key_access)?;
     let pinned = ks.pinned_ledger_key(intake.base_url())?;
     let witnesses = witness_policy(&ks, intake.base_url(), &args.witness)?;
     let outcome = rt.block_on(async {
@@ -766,9 +1008,10 @@ fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
 }
 
 fn cmd_withdraw(args: &WithdrawArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
+    let key_access = key_access(&args.passphrase)?;
     let ks = keystore(ks_dir)?;
     let donation = ks.latest_donation(&args.study, args.intake.as_deref())?;
-    let key = ks.donor_key(passphrase(args.passphrase_file.as_ref())?.as_ref())?;
+    let key = donor_key(&ks, key_access)?;
     let intake = intake_for(&donation.intake, &args.tls, None)?;
     let pinned = ks.pinned_ledger_key(&donation.intake)?;
     let witnesses = witness_policy(&ks, &donation.intake, &args.witness)?;
@@ -804,10 +1047,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(f) => {
+            // Messages may quote the export, the study or a server: no control character reaches
+            // the terminal.
             let _ = writeln!(
                 std::io::stderr(),
                 "datadonor: error: {}",
-                one_line(&f.message)
+                escape_controls(&one_line(&f.message))
             );
             std::process::ExitCode::from(f.code)
         }

@@ -29,6 +29,30 @@ fn run(args: &[&str], keystore: &Path) -> Output {
         .expect("run datadonor")
 }
 
+/// What `--cpr VALUE` prints before anything else.
+const CPR_WARNING: &str = "datadonor: warning: --cpr with a value is visible to other users of this computer (in the process list) and kept in your shell history; use --cpr-file PATH or --cpr - (stdin), or leave it out to be asked\n";
+
+/// Runs the CLI with `stdin` piped in.
+fn run_with_stdin(args: &[&str], keystore: &Path, stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datadonor"))
+        .args(args)
+        .env("DATADONOR_HOME", keystore)
+        .env_remove("DATADONOR_PASSPHRASE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run datadonor");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
 fn check(out: &Output, code: i32, stderr: &str) {
     let got = String::from_utf8_lossy(&out.stderr);
     assert_eq!(got, stderr, "stderr");
@@ -103,7 +127,7 @@ fn bad_cpr() {
     check(
         &out,
         4,
-        "datadonor: error: --cpr: the CPR number's date part is not a valid date\n",
+        &format!("{CPR_WARNING}datadonor: error: --cpr: the CPR number's date part is not a valid date\n"),
     );
     let out = run(
         &[
@@ -120,7 +144,7 @@ fn bad_cpr() {
     check(
         &out,
         4,
-        "datadonor: error: --cpr: a CPR number is ten digits, DDMMYY-SSSS\n",
+        &format!("{CPR_WARNING}datadonor: error: --cpr: a CPR number is ten digits, DDMMYY-SSSS\n"),
     );
 }
 
@@ -145,13 +169,14 @@ fn unknown_purpose_is_refused_before_anything_is_sent() {
             "https://localhost:9",
             "--dangerous-accept-invalid-certs",
             "--yes",
+            "--no-passphrase",
         ],
         tmp.path(),
     );
     check(
         &out,
         4,
-        "datadonor: error: purpose \"marketing\" is not one of the study's purposes (t2d-epidemiology, t2d-care-quality)\n",
+        &format!("{CPR_WARNING}datadonor: error: purpose \"marketing\" is not one of the study's purposes (t2d-epidemiology, t2d-care-quality)\n"),
     );
 }
 
@@ -174,14 +199,17 @@ fn missing_ca_is_refused() {
             "30",
             "--intake",
             "https://localhost:9",
+            "--postcode",
+            "5000",
             "--yes",
+            "--no-passphrase",
         ],
         tmp.path(),
     );
     check(
         &out,
         4,
-        "datadonor: error: the intake's CA is required: pass --ca <PEM> (there is no platform trust store)\n",
+        &format!("{CPR_WARNING}datadonor: error: the intake's CA is required: pass --ca <PEM> (there is no platform trust store)\n"),
     );
 }
 
@@ -269,7 +297,7 @@ fn preview_names_the_file_line_and_field_of_a_record_it_could_not_read() {
         ],
         tmp.path(),
     );
-    check(&out, 0, "");
+    check(&out, 0, CPR_WARNING);
     let stdout = String::from_utf8(out.stdout).expect("utf-8");
     assert!(
         stdout.contains("records skipped by the importer: unparsable date"),
@@ -302,7 +330,7 @@ fn bundle_with_cpr(dir: &Path, system: &str, cpr: &str) -> PathBuf {
 fn a_cpr_differing_from_the_exports_is_refused_without_printing_either() {
     let tmp = tempfile::tempdir().expect("tmp");
     let study = example_study();
-    let mismatch = "datadonor: error: the CPR number given does not match the one in the export (…-99 vs …-34, first differing at digit 9); check for a typo\n";
+    let mismatch = format!("{CPR_WARNING}datadonor: error: the CPR number given does not match the one in the export (…-99 vs …-34, first differing at digit 9); check for a typo\n");
     for system in ["urn:oid:1.2.208.176.1.2", "http://cpr.dk"] {
         let b = bundle_with_cpr(tmp.path(), system, "010172-1234");
         let preview = |cpr: &str| {
@@ -320,11 +348,11 @@ fn a_cpr_differing_from_the_exports_is_refused_without_printing_either() {
             )
         };
         let out = preview("0101721299");
-        check(&out, 4, mismatch);
+        check(&out, 4, &mismatch);
         assert!(out.stdout.is_empty(), "{system}: nothing previewed");
         // The same number in another notation is the same number.
         let out = preview("0101721234");
-        check(&out, 0, "");
+        check(&out, 0, CPR_WARNING);
         assert!(!out.stdout.is_empty(), "{system}: a preview");
 
         let out = run(
@@ -344,10 +372,11 @@ fn a_cpr_differing_from_the_exports_is_refused_without_printing_either() {
                 "https://localhost:9",
                 "--dangerous-accept-invalid-certs",
                 "--yes",
+                "--no-passphrase",
             ],
             tmp.path(),
         );
-        check(&out, 4, mismatch);
+        check(&out, 4, &mismatch);
     }
     // An export that names no CPR number is not checked.
     let b = bundle_with_cpr(tmp.path(), "http://example.org/mrn", "010172-1234");
@@ -363,5 +392,352 @@ fn a_cpr_differing_from_the_exports_is_refused_without_printing_either() {
         ],
         tmp.path(),
     );
+    check(&out, 0, CPR_WARNING);
+}
+
+#[test]
+fn the_cpr_number_from_a_file_or_stdin_is_used_without_a_warning_and_never_printed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = example_study();
+    let b = bundle_with_cpr(tmp.path(), "urn:oid:1.2.208.176.1.2", "010172-1234");
+    let cpr_file = tmp.path().join("cpr");
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["preview", "--study", s(&study), "--input", s(&b)]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+
+    std::fs::write(&cpr_file, "010172-1234\n").expect("write");
+    let out = run(&refs(&args(&["--cpr-file", s(&cpr_file)])), tmp.path());
     check(&out, 0, "");
+    assert!(!out.stdout.is_empty());
+    let out = run_with_stdin(&refs(&args(&["--cpr", "-"])), tmp.path(), b"0101721234\n");
+    check(&out, 0, "");
+
+    // Checked like --cpr, and the number is not echoed in the error.
+    std::fs::write(&cpr_file, "0101721299").expect("write");
+    let out = run(&refs(&args(&["--cpr-file", s(&cpr_file)])), tmp.path());
+    check(
+        &out,
+        4,
+        "datadonor: error: the CPR number given does not match the one in the export (…-99 vs …-34, first differing at digit 9); check for a typo\n",
+    );
+    std::fs::write(&cpr_file, "3102901234").expect("write");
+    let out = run(&refs(&args(&["--cpr-file", s(&cpr_file)])), tmp.path());
+    check(
+        &out,
+        4,
+        &format!(
+            "datadonor: error: --cpr-file {}: the CPR number's date part is not a valid date\n",
+            cpr_file.display()
+        ),
+    );
+    let out = run_with_stdin(&refs(&args(&["--cpr", "-"])), tmp.path(), b"12345\n");
+    check(
+        &out,
+        4,
+        "datadonor: error: --cpr - (stdin): a CPR number is ten digits, DDMMYY-SSSS\n",
+    );
+    let missing = tmp.path().join("no-such-file");
+    let out = run(&refs(&args(&["--cpr-file", s(&missing)])), tmp.path());
+    assert_eq!(out.status.code(), Some(3));
+    let out = run(
+        &refs(&args(&["--cpr-file", s(&cpr_file), "--cpr", "0101721234"])),
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "--cpr and --cpr-file conflict");
+}
+
+/// The arguments of a donate that stops before any request (the intake is not there).
+fn donate_args<'a>(study: &'a Path, export: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "donate",
+        "--study",
+        s(study),
+        "--input",
+        s(export),
+        "--purpose",
+        "t2d-epidemiology",
+        "--expires-days",
+        "30",
+        "--intake",
+        "https://localhost:9",
+        "--dangerous-accept-invalid-certs",
+        "--yes",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn donate_without_a_cpr_number_or_a_passphrase_source_fails_when_it_cannot_ask() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (study, b) = (example_study(), bundle());
+    let cpr_file = tmp.path().join("cpr");
+    std::fs::write(&cpr_file, "0101721234").expect("write");
+    // Not a terminal: nothing can be asked.
+    let out = run(
+        &donate_args(&study, &b, &["--cpr-file", s(&cpr_file)]),
+        tmp.path(),
+    );
+    check(
+        &out,
+        4,
+        "datadonor: error: no passphrase for the key store: give --passphrase-file FILE or set DATADONOR_PASSPHRASE, or pass --no-passphrase for a donor key protected only by file permissions\n",
+    );
+    let out = run(&donate_args(&study, &b, &["--no-passphrase"]), tmp.path());
+    check(
+        &out,
+        4,
+        "datadonor: error: no CPR number: give --cpr-file PATH or --cpr - (read from stdin), or run in a terminal to be asked\n",
+    );
+    let out = run(
+        &[
+            "withdraw",
+            "--study",
+            "t2d-dk",
+            "--intake",
+            "https://localhost:9",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no passphrase for the key store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !tmp.path().join("donor-key.json").exists(),
+        "no key was created"
+    );
+}
+
+#[test]
+fn postcodes_are_checked_and_missing_ones_explained() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = example_study();
+    let b = bundle();
+    for (postcode, why) in [
+        ("99999", "a Danish postcode is four digits, e.g. 5000"),
+        ("50a0", "a Danish postcode is four digits, e.g. 5000"),
+        ("0999", "not a Danish postcode"),
+        ("\u{1b}[2J", "a Danish postcode is four digits, e.g. 5000"),
+    ] {
+        let out = run(
+            &[
+                "preview",
+                "--study",
+                s(&study),
+                "--input",
+                s(&b),
+                "--postcode",
+                postcode,
+            ],
+            tmp.path(),
+        );
+        let shown = postcode.replace('\u{1b}', "\\u{1b}");
+        check(
+            &out,
+            4,
+            &format!("datadonor: error: --postcode {shown}: {why}\n"),
+        );
+    }
+    // An export without a Danish postcode: no row, and the preview says why and what to do.
+    let out = run(
+        &["preview", "--study", s(&study), "--input", s(&b)],
+        tmp.path(),
+    );
+    check(&out, 0, "");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        stdout.contains("0 row(s) would leave this device"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("period(s) dropped because the postcode is missing from the export or not Danish (Apple Health exports have none): give your Danish postcode with --postcode NNNN"),
+        "{stdout}"
+    );
+    let out = run(
+        &["preview", "--study", s(&study), "--input", s(&b), "--json"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("datadonor: warning: ") && stderr.contains("--postcode NNNN"),
+        "{stderr}"
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stdout stays JSON");
+    // donate refuses with the same reason.
+    let cpr_file = tmp.path().join("cpr");
+    std::fs::write(&cpr_file, "0101721234").expect("write");
+    let out = run(
+        &donate_args(&study, &b, &["--cpr-file", s(&cpr_file), "--no-passphrase"]),
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(9));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("datadonor: error: nothing to donate: ")
+            && stderr.contains("--postcode NNNN"),
+        "{stderr}"
+    );
+}
+
+/// A Synthea CSV export with two patients: patients.csv and observations.csv.
+fn two_patient_export(dir: &Path, second_id: &str) -> PathBuf {
+    let export = dir.join("two-patients");
+    std::fs::create_dir_all(&export).expect("mkdir");
+    std::fs::write(
+        export.join("patients.csv"),
+        format!(
+            "Id,BIRTHDATE,GENDER,ZIP\np-one,1970-01-01,F,5000\n{second_id},1980-01-01,M,8000\n"
+        ),
+    )
+    .expect("patients");
+    export
+}
+
+#[test]
+fn patient_selection_names_the_patients_found_escaped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = example_study();
+    let export = two_patient_export(tmp.path(), "p-\u{1b}]0;owned\u{7}two");
+    let out = run(
+        &["preview", "--study", s(&study), "--input", s(&export)],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains(r#"the export holds records of more than one patient (patients found: "p-one", "p-\u{1b}]0;owned\u{7}two"); choose the donor's own with --patient ID"#),
+        "{stderr}"
+    );
+    assert_no_control_bytes(&out.stderr);
+
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&export),
+            "--patient",
+            "p-\u{9b}3",
+        ],
+        tmp.path(),
+    );
+    check(
+        &out,
+        4,
+        "datadonor: error: --patient \"p-\\u{9b}3\": no record of this patient in the export (patients found: \"p-one\", \"p-\\u{1b}]0;owned\\u{7}two\")\n",
+    );
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&export),
+            "--patient",
+            "p-one",
+            "--postcode",
+            "5000",
+        ],
+        tmp.path(),
+    );
+    check(&out, 0, "");
+}
+
+/// Stderr holds no control character but the line ends.
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn assert_no_control_bytes(stderr: &[u8]) {
+    let text = String::from_utf8_lossy(stderr);
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn source_text_in_messages_reaches_the_terminal_escaped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = example_study();
+    // A fatal error quoting the file: the root element's name.
+    let xml = tmp.path().join("export.xml");
+    std::fs::write(&xml, "<Health\u{1b}[31mData>\n</Health\u{1b}[31mData>\n").expect("write");
+    let out = run(
+        &["preview", "--study", s(&study), "--input", s(&xml)],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_no_control_bytes(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r"the root element is <Health\u{1b}[31mData>"),
+        "{stderr}"
+    );
+
+    // Problems with records, quoted in the preview: codes, ids, values, units.
+    let fhir = tmp.path().join("bundle.json");
+    std::fs::write(
+        &fhir,
+        r#"{"resourceType":"Bundle","type":"collection","entry":[
+ {"resource":{"resourceType":"Patient","id":"p\u001b[31m1","gender":"female","birthDate":"1972-01-01"}},
+ {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p\u001b[31m1"},"effectiveDateTime":"2021-03-04",
+   "code":{"coding":[{"system":"http://loinc.org","code":"4548\u001b[2J"}]},"valueQuantity":{"value":6,"unit":"%"}}},
+ {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p\u001b[31m1"},"effectiveDateTime":"2021\u0007",
+   "code":{"coding":[{"system":"http://loinc.org","code":"4548-4"}]},"valueQuantity":{"value":6,"unit":"%"}}},
+ {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p\u001b[31m1"},"effectiveDateTime":"2021-03-04",
+   "code":{"coding":[{"system":"http://loinc.org","code":"4548-4"}]},"valueQuantity":{"value":"6\u009b1m","unit":"%"}}},
+ {"resource":{"resourceType":"Enc\u001b]0;title\u0007ounter"}}
+]}"#,
+    )
+    .expect("write");
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&fhir),
+            "--postcode",
+            "5000",
+        ],
+        tmp.path(),
+    );
+    check(&out, 0, "");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        !stdout.chars().any(|c| c.is_control() && c != '\n'),
+        "{stdout:?}"
+    );
+    for quoted in [r#""4548\u{1b}[2J""#, r#""2021\u{7}""#, r#""6\u{9b}1m""#] {
+        assert!(stdout.contains(quoted), "{quoted} in {stdout}");
+    }
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&fhir),
+            "--patient",
+            "p\u{1b}[31m2",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(4));
+    assert_no_control_bytes(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"patients found: "p\u{1b}[31m1""#),
+        "{stderr}"
+    );
 }

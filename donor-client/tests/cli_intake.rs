@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use datadonor_client::keystore::{KeyProtection, Keystore, Passphrase};
 use datadonor_schemas::ledger::LedgerEntry;
 
 const STUDY: &str = "t2d-dk";
@@ -107,7 +108,9 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         .trim()
         .to_string();
 
-    // donate
+    // donate: the CPR number from a file, a key store without a passphrase
+    let cpr_file = data.path().join("cpr");
+    std::fs::write(&cpr_file, "010172-1234\n").expect("cpr file");
     let args: Vec<String> = [
         "--keystore",
         &ks,
@@ -116,8 +119,8 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         STUDY,
         "--input",
         &s(&input),
-        "--cpr",
-        "0101721234",
+        "--cpr-file",
+        &s(&cpr_file),
         "--postcode",
         "5000",
         "--purpose",
@@ -131,11 +134,26 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         "--ca",
         &pseudonymiser_ca,
         "--yes",
+        "--no-passphrase",
     ]
     .map(String::from)
     .to_vec();
     let out = datadonor(args, home.path().to_path_buf()).await;
     let stdout = ok("donate", &out);
+    let key_file = home.path().join("donor-key.json");
+    let warning = format!("datadonor: warning: the donor key in {} is not protected by a passphrase (--no-passphrase): anyone who can read that file can sign donations and withdrawals as you\n", key_file.display());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&warning),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        Keystore::open(home.path())
+            .expect("key store")
+            .key_protection()
+            .expect("key file"),
+        Some(KeyProtection::None)
+    );
     assert!(
         stdout.contains("Study signed by steward key "),
         "donate stdout: {stdout}"
@@ -211,6 +229,81 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         assert!(stdout.starts_with(&current), "{what} stdout: {stdout}");
     }
 
+    // withdraw: the unprotected key store is used only with --no-passphrase ...
+    let passphrase_file = data.path().join("passphrase");
+    std::fs::write(&passphrase_file, "correct horse battery staple\n").expect("passphrase file");
+    let withdraw = |extra: &[&str]| -> Vec<String> {
+        [
+            "--keystore",
+            &ks,
+            "withdraw",
+            "--study",
+            STUDY,
+            "--intake",
+            &url,
+            "--ca",
+            &ca,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let refused = |out: &Output, what: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(4), "{what}: {stderr}");
+        stderr
+    };
+    let out = datadonor(
+        withdraw(&["--passphrase-file", &s(&passphrase_file)]),
+        home.path().to_path_buf(),
+    )
+    .await;
+    assert_eq!(
+        refused(&out, "a passphrase for an unprotected key"),
+        format!("datadonor: error: {}: the donor key is stored without a passphrase; pass --no-passphrase to use it\n", key_file.display())
+    );
+    let out = datadonor(withdraw(&[]), home.path().to_path_buf()).await;
+    assert!(refused(&out, "no passphrase source").contains("no passphrase for the key store"));
+    // ... and a key store protected by a passphrase (the same receipt, another key) only with it.
+    let protected = tempfile::tempdir().expect("second keystore dir");
+    Keystore::open(protected.path())
+        .expect("key store")
+        .donor_key(Some(&Passphrase::new(
+            "correct horse battery staple".into(),
+        )))
+        .expect("protected key");
+    let receipt_copy = protected.path().join(
+        donation_receipt
+            .strip_prefix(home.path())
+            .expect("in the key store"),
+    );
+    std::fs::create_dir_all(receipt_copy.parent().expect("dir")).expect("mkdir");
+    std::fs::copy(&donation_receipt, &receipt_copy).expect("copy receipt");
+    let in_protected = |extra: &[&str]| -> Vec<String> {
+        let mut args = withdraw(extra);
+        args[1] = s(protected.path());
+        args
+    };
+    let out = datadonor(
+        in_protected(&["--no-passphrase"]),
+        protected.path().to_path_buf(),
+    )
+    .await;
+    assert!(
+        refused(&out, "--no-passphrase for a protected key").contains(
+            "the donor key is protected by a passphrase; give it with --passphrase-file or DATADONOR_PASSPHRASE instead of --no-passphrase"
+        )
+    );
+    std::fs::write(data.path().join("wrong"), "wrong").expect("wrong passphrase file");
+    let wrong = s(&data.path().join("wrong"));
+    let out = datadonor(
+        in_protected(&["--passphrase-file", &wrong]),
+        protected.path().to_path_buf(),
+    )
+    .await;
+    assert!(refused(&out, "a wrong passphrase").contains("wrong passphrase"));
+
     // withdraw
     let args: Vec<String> = [
         "--keystore",
@@ -222,6 +315,7 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         &url,
         "--ca",
         &ca,
+        "--no-passphrase",
     ]
     .map(String::from)
     .to_vec();
