@@ -267,6 +267,29 @@ enum StudyCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sign the study bundle donors pin: the signed study's digest, the ledger's verifier key
+    /// and the witnesses (with their quorum) a donor must require. Written into the intake's
+    /// `studies/bundles/`.
+    Bundle {
+        /// The signed study (JSON, as `study sign` writes it).
+        #[arg(long)]
+        study: PathBuf,
+        /// The ledger's signed-note verifier key (`GET /v1/ledger-key`, `vkey`).
+        #[arg(long, value_name = "VKEY")]
+        ledger_vkey: String,
+        /// A witness's verifier key (repeatable).
+        #[arg(long = "witness", value_name = "VKEY")]
+        witnesses: Vec<String>,
+        /// How many of the witnesses must cosign (default: all of them).
+        #[arg(long)]
+        witness_quorum: Option<u32>,
+        /// Steward key file: the key that signed the study.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Signed bundle to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -659,6 +682,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let signed = SignedObject::sign(Context::StudyDefinition, &def, &key);
             write_new(&out, &signed.to_bytes())?;
             eprintln!("wrote {} (signed study {})", out.display(), def.id);
+        }
+        Cmd::Study {
+            cmd:
+                StudyCmd::Bundle {
+                    study,
+                    ledger_vkey,
+                    witnesses,
+                    witness_quorum,
+                    key,
+                    out,
+                },
+        } => {
+            let key = load_steward_key(&key)?;
+            let bytes = study_file(&study.display().to_string(), "study bundle")?;
+            let def = open_study(&bytes, &[key.public_key()])?;
+            let digest = SignedObject::from_bytes(&bytes)
+                .map_err(|e| AnalyticsError::Refused(format!("{}: {e}", study.display())))?
+                .payload_digest();
+            let quorum = witness_quorum.unwrap_or(witnesses.len() as u32);
+            let bundle = datadonor_schemas::bundle::StudyBundle::new(
+                &def,
+                digest,
+                &ledger_vkey,
+                witnesses,
+                quorum,
+            );
+            bundle
+                .parsed_keys()
+                .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
+            write_new(&out, &bundle.sign(&key).to_bytes())?;
+            eprintln!(
+                "wrote {} (bundle of study {} v{}, {} witnesses, quorum {quorum})",
+                out.display(),
+                def.id,
+                def.version,
+                bundle.witnesses.len()
+            );
         }
         Cmd::Approve {
             spec,

@@ -186,6 +186,7 @@ fn child(path: &Path) {
     let consent = ConsentChoice {
         purposes: vec!["t2d-epidemiology".into()],
         expires_in_days: 365,
+        language: None,
     };
     let sealed = seal_donation(
         &published,

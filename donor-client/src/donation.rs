@@ -33,7 +33,15 @@ pub enum DonationError {
         /// The study's purpose codes, comma separated.
         offered: String,
     },
-    /// No purpose chosen, or one twice.
+    /// The study gives no notice in the language chosen.
+    #[error("the study gives no notice in language {given:?} (it gives {offered})")]
+    UnknownLanguage {
+        /// The language asked for.
+        given: String,
+        /// The study's languages.
+        offered: String,
+    },
+    /// No purpose, or one purpose twice.
     #[error("choose at least one purpose, each once")]
     BadPurposes,
     /// Expiry outside 1..=max_consent_days.
@@ -68,6 +76,23 @@ pub struct ConsentChoice {
     pub purposes: Vec<String>,
     /// Days until the consent lapses, at most the study's `max_consent_days`.
     pub expires_in_days: u32,
+    /// The language of the notice the donor was shown, one of the study's
+    /// ([`StudyDefinition::languages`]); its hash is what the manifest signs. `None`: the
+    /// study's own language.
+    pub language: Option<String>,
+}
+
+impl ConsentChoice {
+    /// The hash of the notice shown in the chosen language.
+    pub fn notice_sha256(&self, def: &StudyDefinition) -> Result<[u8; 32], DonationError> {
+        let lang = self.language.as_deref().unwrap_or(def.language());
+        def.texts(lang)
+            .map(|t| t.notice_sha256)
+            .ok_or_else(|| DonationError::UnknownLanguage {
+                given: lang.to_string(),
+                offered: def.languages().collect::<Vec<_>>().join(", "),
+            })
+    }
 }
 
 /// A donation ready to send: the envelope bytes are final.
@@ -121,6 +146,7 @@ pub fn check_choice(def: &StudyDefinition, consent: &ConsentChoice) -> Result<()
             return Err(DonationError::BadPurposes);
         }
     }
+    consent.notice_sha256(def)?;
     if consent.expires_in_days == 0 || consent.expires_in_days > def.max_consent_days {
         return Err(DonationError::BadExpiry {
             days: consent.expires_in_days,
@@ -167,7 +193,7 @@ pub fn seal_donation(
         given_at: now,
         expires_at: now.saturating_add(i64::from(consent.expires_in_days) * 86_400),
         withdrawal_method: WITHDRAWAL_METHOD.to_string(),
-        notice_sha256: def.notice_sha256,
+        notice_sha256: consent.notice_sha256(def)?,
         donor_public_key: donor_key.public_key(),
         pseudonym: *pseudonym,
     };

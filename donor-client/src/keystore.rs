@@ -376,7 +376,7 @@ impl Keystore {
         write_private(path, &bytes)
     }
 
-    fn intake_dir(&self, intake: &str) -> Result<PathBuf, KeystoreError> {
+    pub(crate) fn intake_dir(&self, intake: &str) -> Result<PathBuf, KeystoreError> {
         let d = self.dir.join("intakes").join(intake_dir_name(intake));
         create_private_dir(&d)?;
         Ok(d)
@@ -493,7 +493,9 @@ pub fn read_receipt(path: &Path) -> Result<StoredReceipt, KeystoreError> {
     })
 }
 
-fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, KeystoreError> {
+pub(crate) fn read_json_opt<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, KeystoreError> {
     match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -518,7 +520,7 @@ fn create_private_dir(dir: &Path) -> Result<(), KeystoreError> {
 }
 
 /// Write a file with mode `0600` atomically (temporary file, fsync, rename).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
     let tmp = path.with_extension("tmp");
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

@@ -183,6 +183,10 @@ struct DonateArgs {
     credential: Option<String>,
     #[command(flatten)]
     witness: WitnessArgs,
+    /// The language of the consent notice to show and sign (one the study gives, e.g. `da`,
+    /// `en`; default: from $LANG when the study gives it, else the study's own).
+    #[arg(long, value_name = "CODE")]
+    language: Option<String>,
 }
 
 #[derive(Args)]
@@ -267,6 +271,7 @@ impl From<DonationError> for Failure {
     fn from(e: DonationError) -> Self {
         let code = match &e {
             DonationError::UnknownPurpose { .. }
+            | DonationError::UnknownLanguage { .. }
             | DonationError::BadPurposes
             | DonationError::BadExpiry { .. } => 4,
             DonationError::NoRows => 9,
@@ -295,7 +300,7 @@ impl From<SessionError> for Failure {
             SessionError::Inconsistent(_) | SessionError::StoredReceipt(_) => {
                 fail(7, e.to_string())
             }
-            SessionError::NotWitnessed { .. } => fail(7, e.to_string()),
+            SessionError::NotWitnessed { .. } | SessionError::Fork(_) => fail(7, e.to_string()),
             other => fail(1, other.to_string()),
         }
     }
@@ -777,9 +782,10 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
     let cpr = read_cpr(&args.cpr, true)?.ok_or_else(|| fail(4, "no CPR number given"))?;
     check_inputs(&args.export.inputs)?;
     let source = study_source(&args.export.study, &args.tls)?;
-    let consent = ConsentChoice {
+    let mut consent = ConsentChoice {
         purposes: args.purposes.clone(),
         expires_in_days: args.expires_days,
+        language: args.language.clone(),
     };
     // The donor's choices are checked against a local study file before any request is made.
     // So is the export (including its CPR number against --cpr), with the local definition.
@@ -825,6 +831,9 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         }
         StudySource::Url { id, .. } | StudySource::Id(id) => rt.block_on(intake.study(&id))?,
     };
+    if consent.language.is_none() {
+        consent.language = Some(notice_language(&study.definition).to_string());
+    }
     datadonor_client::donation::check_choice(&study.definition, &consent)?;
     // A local file's definition is the one the intake publishes (checked above).
     let rows = match local_rows {
@@ -844,17 +853,32 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         study.steward.to_base64(),
         hex::encode(study.sha256)
     );
+    // The study and its bundle against what this device pinned on first use, before anything
+    // is shown as the study's.
+    let ks = keystore(ks_dir)?;
+    let pinned = ks.pinned_ledger_key(intake.base_url())?;
+    let session = rt.block_on(IntakeSession::connect(intake.clone(), pinned.as_ref()))?;
+    let bundle = pin_bundle(&rt, &ks, &session, &study)?;
+    // The consent notice itself, fetched by the hash the manifest will sign.
+    let lang = consent.language.as_deref().unwrap_or("en");
+    let texts = study.definition.texts_for(&[lang]);
+    let notice = rt.block_on(intake.notice(&texts.notice_sha256))?;
+    print!(
+        "{}",
+        consent_text(&study.definition, &texts, &notice, &consent)
+    );
     if !args.yes && !confirm(&format!("Donate these {} rows?", rows.rows.len()))? {
         return Err(fail(9, "not confirmed: nothing was sent"));
     }
-    let ks = keystore(ks_dir)?;
     let key = donor_key(&ks, key_access)?;
-    let pinned = ks.pinned_ledger_key(intake.base_url())?;
-    let witnesses = witness_policy(&ks, intake.base_url(), &args.witness)?;
+    let mut witnesses = witness_policy(&ks, intake.base_url(), &args.witness)?;
+    if witnesses.is_none() {
+        if let Some(b) = &bundle {
+            witnesses = datadonor_client::pins::bundle_witness_policy(b)?;
+        }
+    }
     let outcome = rt.block_on(async {
-        let session = IntakeSession::connect(intake.clone(), pinned.as_ref())
-            .await?
-            .with_witnesses(witnesses);
+        let session = session.with_witnesses(witnesses);
         if pinned.is_none() {
             ks.pin_ledger_key(intake.base_url(), &session.ledger().info)
                 .map_err(|e| SessionError::StoredReceipt(e.to_string()))?;
@@ -866,7 +890,7 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         pb.finish_and_clear();
         r
     });
-    let outcome = outcome.map_err(|e| keep_unwitnessed(&ks, e))?;
+    let outcome = outcome.map_err(|e| keep_fork(&ks, e))?;
     let path = ks.store_receipt(&outcome.stored)?;
     if let Some(w) = &outcome.witnessed {
         ks.store_checkpoint(intake.base_url(), &w.note)?;
@@ -895,6 +919,180 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         println!("{}", cosigned_line(w.checkpoint.size, &w.cosigned_by));
     }
     Ok(())
+}
+
+/// The notice language: `$LANG`'s (e.g. `da_DK.UTF-8` → `da`) when the study gives it, else the
+/// study's own.
+fn notice_language(def: &StudyDefinition) -> &str {
+    let env = std::env::var("LANG").unwrap_or_default();
+    let code = env.get(..2).unwrap_or("");
+    def.languages()
+        .find(|l| *l == code)
+        .unwrap_or(def.language())
+}
+
+/// Text from elsewhere, printable: control characters other than newlines and tabs escaped.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// What the donor consents to: the notice itself, the controller, each purpose's text (those
+/// chosen marked), retention, expiry and how to withdraw.
+fn consent_text(
+    def: &StudyDefinition,
+    texts: &datadonor_schemas::study::LocalizedTexts<'_>,
+    notice: &str,
+    consent: &ConsentChoice,
+) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\n===== Consent notice ({}, SHA-256 {}) =====\n",
+        texts.language,
+        hex::encode(texts.notice_sha256)
+    ));
+    out.push_str(&printable(notice));
+    if !notice.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("===== end of notice =====\n");
+    out.push_str(&format!("Study: {}\n", printable(texts.title)));
+    out.push_str(&format!(
+        "Data controller: {} ({})\n",
+        printable(&def.controller.name),
+        printable(&def.controller.contact)
+    ));
+    out.push_str("Purposes (you consent to those marked [x]):\n");
+    for (code, text) in &texts.purposes {
+        let mark = if consent.purposes.iter().any(|p| p == code) {
+            "x"
+        } else {
+            " "
+        };
+        out.push_str(&format!("  [{mark}] {code}: {}\n", printable(text)));
+    }
+    out.push_str(&format!(
+        "Your data is kept for {} days from donation; your consent lapses after {} days.\n",
+        def.retention_days, consent.expires_in_days
+    ));
+    out.push_str(
+        "You can withdraw at any time with `datadonor withdraw --study <id>`; rows already donated are then erased at the next compaction.\n",
+    );
+    out
+}
+
+/// Fetch the study's bundle and check it against the pin of this study (trust on first use of
+/// the steward key); `None` when the intake serves no bundle for the study.
+fn pin_bundle(
+    rt: &tokio::runtime::Runtime,
+    ks: &Keystore,
+    session: &IntakeSession,
+    study: &PublishedStudy,
+) -> Result<Option<datadonor_schemas::bundle::OpenedBundle>, Failure> {
+    use datadonor_client::pins::{pin_study, PinError, PinOutcome};
+    use datadonor_schemas::time::Clock as _;
+    let bundle = match rt.block_on(session.intake().study_bundle(study, session.ledger())) {
+        Ok(b) => b,
+        Err(ClientError::Problem { status: 404, .. }) => {
+            eprintln!(
+                "warning: the intake publishes no signed bundle for study {}: the ledger key and witnesses are trusted as first seen",
+                study.definition.id
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let now = datadonor_schemas::time::SystemClock.now();
+    match pin_study(ks, session.intake().base_url(), study, &bundle, now) {
+        Ok(PinOutcome::First) => eprintln!(
+            "Pinned study {} on first use: steward key {}",
+            study.definition.id,
+            study.steward.to_base64()
+        ),
+        Ok(PinOutcome::Updated) => eprintln!(
+            "Study {}: a new bundle signed by the pinned steward key replaces the pinned one",
+            study.definition.id
+        ),
+        Ok(PinOutcome::Unchanged) => {}
+        Err(e @ PinError::StewardChanged { .. }) => return Err(fail(7, e.to_string())),
+        Err(PinError::Keystore(k)) => return Err(k.into()),
+        Err(e) => return Err(fail(1, e.to_string())),
+    }
+    Ok(Some(bundle))
+}
+
+/// The witnesses of the bundle pinned for a study at an intake (none pinned, or none named:
+/// `None`).
+fn pinned_bundle_policy(
+    ks: &Keystore,
+    intake: &str,
+    study: &str,
+) -> Result<Option<WitnessPolicy>, Failure> {
+    let Ok(id) = StudyId::new(study) else {
+        return Ok(None);
+    };
+    let Some(pin) = datadonor_client::pins::pinned_study(ks, intake, &id)? else {
+        return Ok(None);
+    };
+    let bundle = datadonor_schemas::bundle::StudyBundle::open(&pin.bundle, Some(&pin.steward_key))
+        .map_err(|e| fail(8, format!("the pinned bundle of study {id}: {e}")))?;
+    Ok(datadonor_client::pins::bundle_witness_policy(&bundle)?)
+}
+
+/// A fork is kept as evidence in the key store (`forks/<time>.json`): both signed checkpoints
+/// and the proof served; the command fails.
+fn keep_fork(ks: &Keystore, e: SessionError) -> Failure {
+    use datadonor_schemas::time::Clock as _;
+    match e {
+        SessionError::Fork(evidence) => {
+            let now = datadonor_schemas::time::SystemClock.now();
+            let dir = ks.dir().join("forks");
+            let mut path = dir.join(format!("{now}.json"));
+            let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                let mut n = 0;
+                while path.exists() {
+                    n += 1;
+                    path = dir.join(format!("{now}-{n}.json"));
+                }
+                std::fs::write(
+                    &path,
+                    serde_json::to_vec_pretty(&*evidence).unwrap_or_default(),
+                )
+            });
+            match written {
+                Ok(()) => fail(
+                    7,
+                    format!(
+                        "the intake's ledger forked: {}; both signed checkpoints are kept as evidence in {}",
+                        evidence.reason,
+                        path.display()
+                    ),
+                ),
+                Err(k) => fail(
+                    8,
+                    format!(
+                        "the intake's ledger forked: {}; storing the evidence failed: {k}",
+                        evidence.reason
+                    ),
+                ),
+            }
+        }
+        SessionError::NotWitnessed { stored, reason }
+            if matches!(*reason, SessionError::Fork(_)) =>
+        {
+            // The receipt is kept too: it is part of what the intake showed.
+            let _ = ks.store_receipt(&stored);
+            keep_fork(ks, *reason)
+        }
+        other => keep_unwitnessed(ks, other),
+    }
 }
 
 /// A receipt the intake gave but no cosigned checkpoint could be tied to is stored all the
@@ -962,7 +1160,10 @@ fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
     let stored = read_receipt(&args.receipt).map_err(|e| fail(3, e.to_string()))?;
     let auditor_token = args.auditor_token.as_deref().map(secret_arg).transpose()?;
     let pinned = ks.pinned_ledger_key(&stored.intake)?;
-    let witnesses = witness_policy(&ks, &stored.intake, &args.witness)?;
+    let witnesses = match witness_policy(&ks, &stored.intake, &args.witness)? {
+        Some(w) => Some(w),
+        None => pinned_bundle_policy(&ks, &stored.intake, &stored.study_id)?,
+    };
     let online = !args.tls.ca.is_empty() || args.tls.dangerous_accept_invalid_certs;
     // With witnesses required, the receipt is checked against a cosigned current checkpoint:
     // there is no offline verification.
@@ -982,12 +1183,14 @@ fn cmd_verify(args: &VerifyArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
     let intake = intake_for(&stored.intake, &args.tls, auditor_token.as_deref())?;
     let last = ks.last_checkpoint(&stored.intake)?;
     let rt = runtime()?;
-    let outcome = rt.block_on(async {
-        let session = IntakeSession::connect(intake, pinned.as_ref())
-            .await?
-            .with_witnesses(witnesses);
-        session.verify(&stored, last.as_deref()).await
-    })?;
+    let outcome = rt
+        .block_on(async {
+            let session = IntakeSession::connect(intake, pinned.as_ref())
+                .await?
+                .with_witnesses(witnesses);
+            session.verify(&stored, last.as_deref()).await
+        })
+        .map_err(|e| keep_fork(&ks, e))?;
     match outcome.current {
         Some((size, note)) => {
             ks.store_checkpoint(&stored.intake, &note)?;
@@ -1014,7 +1217,10 @@ fn cmd_withdraw(args: &WithdrawArgs, ks_dir: Option<&PathBuf>) -> Result<(), Fai
     let key = donor_key(&ks, key_access)?;
     let intake = intake_for(&donation.intake, &args.tls, None)?;
     let pinned = ks.pinned_ledger_key(&donation.intake)?;
-    let witnesses = witness_policy(&ks, &donation.intake, &args.witness)?;
+    let witnesses = match witness_policy(&ks, &donation.intake, &args.witness)? {
+        Some(w) => Some(w),
+        None => pinned_bundle_policy(&ks, &donation.intake, &donation.study_id)?,
+    };
     let rt = runtime()?;
     let (receipt, stored) = rt
         .block_on(async {

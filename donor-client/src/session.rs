@@ -60,6 +60,10 @@ pub enum SessionError {
     /// The ledger was not append-only between two checkpoints.
     #[error("the ledger is inconsistent with the checkpoint verified earlier: {0}")]
     Inconsistent(String),
+    /// Two checkpoints signed by the ledger's key that cannot both belong to one append-only
+    /// log: the intake showed this device a fork (or a rollback). Both are kept as evidence.
+    #[error("the intake's ledger forked: {}", .0.reason)]
+    Fork(Box<ForkEvidence>),
     /// The blocking task failed.
     #[error("background task failed: {0}")]
     Task(String),
@@ -74,6 +78,23 @@ pub enum SessionError {
         #[source]
         reason: Box<SessionError>,
     },
+}
+
+/// The evidence of a fork: two checkpoints signed by the ledger's key (signed-note texts) and
+/// the consistency proof the intake served between them (none when they have the same size or
+/// the later one is smaller). Anyone with the ledger's key can check that the two cannot be
+/// heads of one append-only log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkEvidence {
+    /// The checkpoint verified or pinned first.
+    pub earlier: String,
+    /// The checkpoint the intake answered with later.
+    pub later: String,
+    /// The consistency proof served from the earlier tree to the later one (hex hashes).
+    pub consistency_proof: Vec<String>,
+    /// Why they are inconsistent.
+    pub reason: String,
 }
 
 struct Inner {
@@ -319,36 +340,58 @@ impl IntakeSession {
             )
             .await?;
         self.check_consistency(
-            (receipt.tree_size, receipt.root),
-            witnessed.checkpoint.size,
-            &witnessed.checkpoint.root.0,
+            (&receipt.receipt.checkpoint, receipt.tree_size, receipt.root),
+            (
+                &witnessed.note,
+                witnessed.checkpoint.size,
+                &witnessed.checkpoint.root.0,
+            ),
         )
         .await?;
         Ok(Some(witnessed))
     }
 
-    /// RFC 9162 consistency of the tree `(m, root_m)` with the tree of `size` and `root`.
+    /// RFC 9162 consistency of the earlier tree `(note, m, root_m)` with the later
+    /// `(note, size, root)`; a failure is a [`SessionError::Fork`] carrying both notes.
     async fn check_consistency(
         &self,
-        (m, root_m): (u64, [u8; 32]),
-        size: u64,
-        root: &[u8; 32],
+        (earlier, m, root_m): (&str, u64, [u8; 32]),
+        (later, size, root): (&str, u64, &[u8; 32]),
     ) -> Result<(), SessionError> {
+        let fork = |proof: &[[u8; 32]], reason: String| {
+            SessionError::Fork(Box::new(ForkEvidence {
+                earlier: earlier.to_string(),
+                later: later.to_string(),
+                consistency_proof: proof.iter().map(hex::encode).collect(),
+                reason,
+            }))
+        };
         if m == 0 {
             return Ok(());
         }
         if m > size {
-            return Err(SessionError::Inconsistent(format!(
-                "the current tree ({size}) is smaller than one verified before ({m})"
-            )));
+            return Err(fork(
+                &[],
+                format!(
+                    "the later tree ({size} entries) is smaller than one verified before ({m})"
+                ),
+            ));
         }
         let proof = if m == size {
             Vec::new()
         } else {
             self.inner.intake.consistency_proof(m, size).await?
         };
-        verify_consistency(m, size, &proof, &root_m, root)
-            .map_err(|e| SessionError::Inconsistent(e.to_string()))
+        verify_consistency(m, size, &proof, &root_m, root).map_err(|e| {
+            fork(
+                &proof,
+                if m == size {
+                    format!("two different trees of {size} entries")
+                } else {
+                    format!("the tree of {size} entries does not extend the tree of {m}: {e}")
+                },
+            )
+        })
     }
 
     fn stored(
@@ -427,24 +470,32 @@ impl IntakeSession {
         };
         let size = current.size;
         let root = current.root.0;
-        let index = receipt.receipt.ledger_index;
-        let leaf = leaf_hash(&stored.bundle.entry);
-        let proof = intake.inclusion_proof(index, size).await?;
-        verify_inclusion(index, size, &leaf.0, &proof, &root)
-            .map_err(|e| ClientError::Receipt(format!("inclusion in the current tree: {e}")))?;
         // Consistency: from the receipt's tree, and from the last checkpoint verified, to now.
-        let mut earlier = vec![(receipt.tree_size, receipt.root)];
+        let mut earlier = vec![(
+            receipt.receipt.checkpoint.clone(),
+            receipt.tree_size,
+            receipt.root,
+        )];
         if let Some(note) = last_verified {
             let cp = datadonor_schemas::checkpoint::open(
                 note.as_bytes(),
                 std::slice::from_ref(&ledger.verifier),
             )
             .map_err(|e| SessionError::StoredReceipt(format!("stored checkpoint: {e}")))?;
-            earlier.push((cp.checkpoint.size, cp.checkpoint.root.0));
+            earlier.push((note.to_string(), cp.checkpoint.size, cp.checkpoint.root.0));
         }
-        for earlier in earlier {
-            self.check_consistency(earlier, size, &root).await?;
+        for (note_m, m, root_m) in earlier {
+            self.check_consistency((&note_m, m, root_m), (&note, size, &root))
+                .await?;
         }
+        // Consistent with the receipt's tree, the current tree contains the entry; checked
+        // directly all the same.
+        let index = receipt.receipt.ledger_index;
+        let leaf = leaf_hash(&stored.bundle.entry);
+        let proof = intake.inclusion_proof(index, size).await?;
+        verify_inclusion(index, size, &leaf.0, &proof, &root)
+            .map_err(|e| ClientError::Receipt(format!("inclusion in the current tree: {e}")))?;
+
         Ok(VerifyOutcome {
             receipt,
             current: Some((size, note)),

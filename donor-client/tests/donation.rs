@@ -58,6 +58,7 @@ fn consent() -> ConsentChoice {
     ConsentChoice {
         purposes: vec!["t2d-epidemiology".into()],
         expires_in_days: 365,
+        language: None,
     }
 }
 

@@ -778,3 +778,72 @@ fn correlation_members_past_the_held_limit_are_presumed_duplicates() {
     assert_eq!(bp_values(&items), vec![("Systolic".into(), 131.0)]);
     assert_eq!(report.skipped_count(SkipReason::CorrelationMember), 1);
 }
+
+/// No control character of the source reaches an error's or a report's text.
+fn assert_printable(text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn terminal_escapes_in_the_source_are_escaped_in_errors_and_reports() {
+    let err = import_xml_bytes(
+        b"<Health\x1b[31mData/>",
+        "export.xml",
+        &ImportOptions::default(),
+    )
+    .expect_err("not HealthData");
+    let shown = err.to_string();
+    assert_printable(&shown);
+    assert!(shown.contains(r"<Health\u{1b}[31mData>"), "{shown}");
+
+    let xml = "<HealthData>\n\
+        <Record type=\"HKQuantityTypeIdentifier\u{1b}]0;x\u{7}HeartRate\" unit=\"count/min\" value=\"70\" startDate=\"2024-01-01 08:00:00 +0100\"/>\n\
+        <Record type=\"HKQuantityTypeIdentifierHeartRate\" unit=\"count/min\" value=\"7\u{9b}0\" startDate=\"2024-01-01 08:00:00 +0100\"/>\n\
+        <Record type=\"HKQuantityTypeIdentifierHeartRate\" unit=\"count/min\" value=\"70\" startDate=\"2024\u{202e}-01-01\"/>\n\
+        <Work\u{1b}[2Jout/>\n\
+        </HealthData>\n";
+    let (items, report) = import_xml_bytes(
+        xml.as_bytes(),
+        "ex\u{1b}[1mport.xml",
+        &ImportOptions::default(),
+    )
+    .expect("import");
+    assert!(items.is_empty());
+    assert_eq!(report.samples.len(), 3, "{report}");
+    let shown = report.to_string();
+    assert_printable(&shown);
+    for escaped in [
+        r"ex\u{1b}[1mport.xml",
+        r#""HKQuantityTypeIdentifier\u{1b}]0;x\u{7}HeartRate""#,
+        r#""7\u{9b}0""#,
+        r#""2024\u{202e}-01-01""#,
+        r"Work\u{1b}[2Jout: 1",
+    ] {
+        assert!(shown.contains(escaped), "{escaped} in {shown}");
+    }
+    for problem in &report.samples {
+        assert_printable(&problem.to_string());
+    }
+
+    // A zip member's name is text from the file too.
+    let zip = build_zip(&[(
+        "apple_health_export/e\u{1b}[31mxport.xml",
+        b"<HealthData>\n<Record/>",
+    )]);
+    let err = apple::import_zip(
+        Cursor::new(zip),
+        "export.zip",
+        &ImportOptions::default(),
+        &mut |_| Ok(()),
+    )
+    .expect_err("truncated");
+    let shown = err.to_string();
+    assert_printable(&shown);
+    assert!(
+        shown.starts_with(r"export.zip!/apple_health_export/e\u{1b}[31mxport.xml: "),
+        "{shown}"
+    );
+}

@@ -957,3 +957,49 @@ fn lists_and_bundles_inside_a_bundle_are_read() {
         );
     }
 }
+
+#[test]
+fn terminal_escapes_in_the_source_are_escaped_in_errors_and_reports() {
+    let printable = |text: &str| !text.chars().any(|c| c.is_control() && c != '\n');
+    let bundle = r#"{"resourceType":"Bundle","entry":[
+ {"resource":{"resourceType":"Enc\u001b[31mounter"}},
+ {"resource":{"resourceType":"Observation","status":"final","effectiveDateTime":"2021-03-04",
+   "code":{"coding":[{"system":"http://loinc.org","code":"4548\u001b[2J"}]},"valueQuantity":{"value":6,"unit":"%"}}},
+ {"resource":{"resourceType":"Observation","status":"final","effectiveDateTime":"2021-03-04",
+   "code":{"coding":[{"system":"http://loinc.org","code":"4548-4"}]},"valueQuantity":{"value":6,"comparator":"<\u0007"}}},
+ {"resource":{"resourceType":"Condition","onsetDateTime":"20\u009b21",
+   "code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006"}]}}}
+]}"#;
+    let (_, report) = import_bytes(bundle.as_bytes(), "b\u{1b}[0mundle.json").expect("import");
+    let shown = report.to_string();
+    assert!(printable(&shown), "{shown:?}");
+    for escaped in [
+        r"b\u{1b}[0mundle.json",
+        r"Enc\u{1b}[31mounter: 1",
+        r#""4548\u{1b}[2J""#,
+        r#""<\u{7}""#,
+        r#""20\u{9b}21""#,
+    ] {
+        assert!(shown.contains(escaped), "{escaped} in {shown}");
+    }
+
+    // Fatal errors: the parser's message quotes the file.
+    for (text, quoted) in [
+        (
+            r#"{"resourceType":"Bundle","entry":"e\u001b[31m"}"#,
+            Some(r"e\u{1b}[31m"),
+        ),
+        (
+            "{\"resourceType\":\"Bundle\",\"entry\":[{\"resource\":{\"resourceType\":\"\u{1b}\"}}]}",
+            None,
+        ),
+    ] {
+        let err = import_bytes(text.as_bytes(), "x\u{7}.json").expect_err(text);
+        let shown = err.to_string();
+        assert!(printable(&shown), "{shown:?}");
+        assert!(shown.starts_with(r"x\u{7}.json: "), "{shown}");
+        if let Some(q) = quoted {
+            assert!(shown.contains(q), "{q} in {shown}");
+        }
+    }
+}

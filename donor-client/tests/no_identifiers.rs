@@ -260,6 +260,7 @@ async fn donate_and_withdraw(server: &TestIntake, session: &IntakeSession, d: Do
     let consent = ConsentChoice {
         purposes: vec!["t2d-epidemiology".into(), "t2d-care-quality".into()],
         expires_in_days: 30,
+        language: None,
     };
     let out = session
         .donate(&study, &rows, &cpr, &key, &consent)

@@ -122,6 +122,7 @@ async fn checkpoints_need_the_quorum_of_the_donors_witnesses() {
     let consent = ConsentChoice {
         purposes: vec!["t2d-epidemiology".into()],
         expires_in_days: 365,
+        language: None,
     };
     let sealed = seal_donation(
         &study,

@@ -13,14 +13,16 @@ use std::sync::OnceLock;
 use datadonor_client::import::{self, ImportOptions, SourceItem, SyntheaTable};
 use datadonor_client::minimise::{MinimiseOptions, Minimiser};
 use datadonor_schemas::batch::BatchHeader;
+use datadonor_schemas::bundle::StudyBundle;
 use datadonor_schemas::checkpoint::{self, NoteVerifier};
 use datadonor_schemas::consent::{check_manifest, open_manifest, open_withdrawal};
+use datadonor_schemas::cosignature::{verify_quorum, AddCheckpointRequest, WitnessKey};
 use datadonor_schemas::envelope::{DonationPayload, Envelope, HpkePrivateKey};
 use datadonor_schemas::ledger::{decode_ledger_records, LedgerEntry};
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::QuerySpec;
 use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle};
-use datadonor_schemas::signing::PublicKey;
+use datadonor_schemas::signing::{PublicKey, SignedObject};
 use datadonor_schemas::study::{rows_from_ipc, StudyDefinition};
 use datadonor_schemas::threshold::{
     blind_input_with_scalar, DonorCredential, EvaluateRequest, InstanceAnswer, PseudonymiserConfig,
@@ -42,6 +44,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ledger", ledger),
     ("receipt", receipt),
     ("threshold", threshold),
+    ("cosignature", cosignature),
+    ("bundle", bundle),
     ("fhir", fhir),
     ("synthea_csv", synthea_csv),
     ("apple_xml", apple_xml),
@@ -51,6 +55,7 @@ const ENVELOPE_VECTORS: &str = include_str!("../../schemas/vectors/envelope.json
 const MANIFEST_VECTORS: &str = include_str!("../../schemas/vectors/consent-manifest.json");
 const RECEIPT_VECTORS: &str = include_str!("../../schemas/vectors/receipt.json");
 const THRESHOLD_VECTORS: &str = include_str!("../../schemas/vectors/threshold-oprf.json");
+const COSIGNATURE_VECTORS: &str = include_str!("../../schemas/vectors/cosignature.json");
 /// Rows per donation accepted by the rows decoder here (the intake's default limit).
 const MAX_ROWS: usize = 10_000;
 
@@ -360,4 +365,51 @@ pub fn apple_xml(data: &[u8]) -> bool {
         )
         .is_ok()
     })
+}
+
+struct CosignatureFixture {
+    log: NoteVerifier,
+    witnesses: Vec<WitnessKey>,
+    quorum: usize,
+    max_time: u64,
+}
+
+fn cosignature_fixture() -> Option<&'static CosignatureFixture> {
+    static F: OnceLock<Option<CosignatureFixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        let d = json(COSIGNATURE_VECTORS);
+        let log = NoteVerifier::parse_vkey(d["vkey"].as_str()?).ok()?;
+        let witnesses = d["witnesses"]
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().and_then(|s| WitnessKey::parse_vkey(s).ok()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(CosignatureFixture {
+            log,
+            witnesses,
+            quorum: usize::try_from(d["quorum"].as_u64()?).ok()?,
+            max_time: d["max_time"].as_u64()?,
+        })
+    })
+    .as_ref()
+}
+
+/// What donors, auditors and witnesses parse of witness cosigning: a cosigned checkpoint
+/// (verified against the vectors' log key, witnesses and quorum), a tlog-witness
+/// `add-checkpoint` request body (its note then opened with the log key), a witness vkey.
+pub fn cosignature(data: &[u8]) -> bool {
+    let Some(f) = cosignature_fixture() else {
+        return false;
+    };
+    let cosigned = verify_quorum(data, &f.log, &f.witnesses, f.quorum, f.max_time).is_ok();
+    let request = AddCheckpointRequest::parse(data)
+        .is_ok_and(|r| checkpoint::open(&r.note, std::slice::from_ref(&f.log)).is_ok());
+    let vkey = std::str::from_utf8(data).is_ok_and(|s| WitnessKey::parse_vkey(s).is_ok());
+    cosigned || request || vkey
+}
+
+/// A signed study bundle as a donor's device receives it: signed-object parse, context and
+/// signature, the payload, every key in it and the quorum.
+pub fn bundle(data: &[u8]) -> bool {
+    SignedObject::from_bytes(data).is_ok_and(|o| StudyBundle::open(&o, None).is_ok())
 }

@@ -87,3 +87,37 @@ async fn serves_tls13_http1_and_http2() {
     let config = datadonor_intake::Config::load_dir(dir.path()).unwrap();
     datadonor_intake::rotate_transport_key(&config, 0).unwrap();
 }
+
+/// A request refused before its body was needed (wrong Content-Type, bad token) still has its
+/// body read, within the size limit and the body timeout, before the answer: over HTTP/2 the
+/// stream then ends cleanly instead of being reset after the answer, which clients such as
+/// curl report as an error.
+#[tokio::test]
+async fn early_refusals_end_http2_streams_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = testkit::init_test_dir(dir.path()).unwrap();
+    let intake = datadonor_intake::start(config).await.unwrap();
+    let url = intake.base_url();
+    let h2 = client(dir.path(), intake.addr()).build().unwrap();
+    let body = vec![b'x'; 256 * 1024];
+    for (path, ct, auth) in [
+        ("/v1/donations", "text/plain", None),
+        ("/v1/ledger/events", "application/json", Some("Bearer 00")),
+    ] {
+        for _ in 0..3 {
+            let mut req = h2
+                .post(format!("{url}{path}"))
+                .header("content-type", ct)
+                .body(body.clone());
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
+            assert_eq!(r.version(), http::Version::HTTP_2);
+            assert!(r.status().is_client_error(), "{path}: {}", r.status());
+            let text = r.text().await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
+            assert!(text.contains("urn:datadonor:problem:"), "{text}");
+        }
+    }
+    intake.shutdown().await.unwrap();
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use datadonor_intake::config::WitnessConfig;
 use datadonor_intake::{testkit, Intake};
-use datadonor_schemas::checkpoint::NoteVerifier;
+use datadonor_schemas::checkpoint::{self, NoteVerifier};
 use datadonor_schemas::cosignature::{self, WitnessSigner};
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::time::{Clock, SystemClock};
@@ -161,4 +161,86 @@ fn witness_entries_are_checked() {
         entry("https://w.example", &vkey)
     ))
     .is_err());
+}
+
+/// A witness that is down delays the cosigned checkpoint but nothing else: donations are
+/// acknowledged (durable, with a receipt under the ledger's own checkpoint) while it is down,
+/// and once it is up the intake has it cosign a checkpoint covering every one of them.
+#[tokio::test]
+async fn a_witness_that_is_down_delays_cosigning_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = testkit::init_test_dir(dir.path()).unwrap();
+    let log = {
+        let intake = Intake::open(config.clone(), Arc::new(SystemClock)).unwrap();
+        let v = intake.state().0.signer.verifier().clone();
+        intake.shutdown();
+        v
+    };
+    let signer = WitnessSigner::new(
+        "witness.example/late",
+        SigningKey::from_seed(&[43; 32]).unwrap(),
+    )
+    .unwrap();
+    // A port with nothing behind it yet.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    config.witnesses = vec![WitnessConfig {
+        url: format!("https://localhost:{port}"),
+        vkey: signer.public().to_vkey(),
+        ca_cert: "tls/ca.pem".into(),
+    }];
+    let http = client(dir.path());
+    let intake = datadonor_intake::start(config).await.unwrap();
+    let url = intake.base_url();
+    for _ in 0..3 {
+        donate(dir.path(), &http, &url).await;
+    }
+    // Published, signed by the ledger, without a cosignature.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let note = http
+        .get(format!("{url}/v1/ledger/checkpoint"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let size = checkpoint::open(note.as_bytes(), std::slice::from_ref(&log))
+        .unwrap()
+        .checkpoint
+        .size;
+    assert!(size >= 4, "{note}");
+    assert!(!note.contains("witness.example/late"), "{note}");
+
+    // The witness comes up on that port: the next interval has it cosign the whole tree.
+    let w = Witness::new(
+        WitnessSigner::new(
+            "witness.example/late",
+            SigningKey::from_seed(&[43; 32]).unwrap(),
+        )
+        .unwrap(),
+        vec![(
+            datadonor_intake::config::DEFAULT_ORIGIN.to_string(),
+            log.clone(),
+        )],
+        StateDir::open(&dir.path().join("late-witness")).unwrap(),
+        Arc::new(SystemClock),
+    );
+    let tls = datadonor_service::tls_config(
+        &dir.path().join("tls/server.pem"),
+        &dir.path().join("tls/server.key"),
+    )
+    .unwrap();
+    let running = server::start(w, format!("127.0.0.1:{port}").parse().unwrap(), tls)
+        .await
+        .unwrap();
+    let cosigned = cosigned_size(&http, &url, &log, &signer, size - 1).await;
+    assert_eq!(
+        cosigned, size,
+        "the cosigned tree holds every donation made while it was down"
+    );
+    intake.shutdown().await.unwrap();
+    running.shutdown().await;
 }

@@ -83,6 +83,53 @@ fn from_vectors(root: &Path, c: &mut Corpus) -> Res<()> {
             c.add("threshold", &format!("bad-{}", name(v)), b);
         }
     }
+    let cos = vectors(root, "cosignature.json")?;
+    for v in items(&cos, "valid") {
+        for k in ["note_text", "request_text"] {
+            if let Some(b) = text(v, k) {
+                c.add("cosignature", &format!("valid-{}-{k}", name(v)), b);
+            }
+        }
+    }
+    for w in cos["witnesses"].as_array().into_iter().flatten() {
+        if let Some(s) = w.as_str() {
+            c.add("cosignature", "valid-witness-vkey", s.as_bytes().to_vec());
+        }
+    }
+    for v in items(&cos, "malformed") {
+        if let Some(b) = text(v, "input_text") {
+            c.add("cosignature", &format!("bad-{}", name(v)), b);
+        }
+    }
+    // A study bundle naming the cosignature vectors' log and witnesses, signed with a fixed key,
+    // and the same bundle with its quorum out of range.
+    {
+        use datadonor_schemas::bundle::StudyBundle;
+        use datadonor_schemas::signing::SigningKey;
+        let witnesses: Vec<String> = cos["witnesses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.as_str().map(String::from))
+            .collect();
+        let mut bundle = StudyBundle {
+            format: 1,
+            study_id: datadonor_schemas::study::StudyId::new("t2d-dk")?,
+            study_version: 1,
+            study_sha256: [0x5d; 32],
+            ledger_vkey: cos["vkey"].as_str().ok_or("vkey")?.to_string(),
+            witnesses,
+            witness_quorum: 2,
+        };
+        let key = SigningKey::from_seed(&[0x42; 32])?;
+        c.add("bundle", "valid-two-of-three", bundle.sign(&key).to_bytes());
+        bundle.witness_quorum = 4;
+        c.add(
+            "bundle",
+            "bad-quorum-four-of-three",
+            bundle.sign(&key).to_bytes(),
+        );
+    }
     let env = vectors(root, "envelope.json")?;
     for v in items(&env, "valid") {
         if let Some(b) = hex_of(v, "envelope_hex") {

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use datadonor_analytics::audit::plural;
-use datadonor_client::client::WitnessPolicy;
 use datadonor_client::keystore::StoredReceipt;
 use datadonor_client::session::minimise_blocking;
 use datadonor_client::{
@@ -216,6 +215,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     let mut config =
         datadonor_intake::Config::load_dir(&intake_dir).context("loading the intake config")?;
     config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // Every simulated donor reads the public tree heads and proofs from 127.0.0.1.
+    config.limits.public_read_burst = 1_000_000;
+    config.limits.public_reads_per_second = 1_000_000.0;
 
     // Two witnesses of the ledger, in this process, served with the intake's development
     // certificate: each cosigns a checkpoint only if it is consistent with those it cosigned.
@@ -264,6 +266,31 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         "{} witnesses serving TLS 1.3, asked by the intake to cosign every checkpoint",
         witnesses.len()
     ));
+    // The steward signs the bundle donors pin: the study, the ledger's key and both witnesses,
+    // all required.
+    {
+        let steward = SigningKey::from_key_file(
+            &std::fs::read_to_string(intake_dir.join("steward/steward.key"))
+                .context("reading the steward key")?,
+        )?;
+        let signed = datadonor_schemas::signing::SignedObject::from_bytes(
+            &std::fs::read(intake_dir.join("studies/t2d-dk.json"))
+                .context("reading the signed study")?,
+        )?;
+        let definition = datadonor_schemas::study::StudyDefinition::from_json(&signed.payload)?;
+        let bundle = datadonor_schemas::bundle::StudyBundle::new(
+            &definition,
+            signed.payload_digest(),
+            &ledger_vkey.to_vkey(),
+            witness_keys.iter().map(|k| k.to_vkey()).collect(),
+            witness_keys.len() as u32,
+        );
+        std::fs::write(
+            intake_dir.join("studies/bundles/t2d-dk.json"),
+            bundle.sign(&steward).to_bytes(),
+        )
+        .context("writing the study bundle")?;
+    }
 
     let running = datadonor_intake::start(config)
         .await
@@ -367,9 +394,21 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         summary.withdrawn
     ));
 
-    // 5. A donor who requires both witnesses fetches the current tree head (waiting a bounded
+    // 5. A donor takes the witnesses from the study's bundle (signed by the steward, checked
+    // against the study and the ledger key), fetches the current tree head (waiting a bounded
     // time for the cosignatures) and re-checks a receipt against it.
-    let policy = WitnessPolicy::new(witness_keys.clone(), witness_keys.len())?;
+    let bundle = session
+        .intake()
+        .study_bundle(&study, session.ledger())
+        .await
+        .context("fetching the study bundle")?;
+    let policy = datadonor_client::pins::bundle_witness_policy(&bundle)?
+        .ok_or_else(|| anyhow!("the study bundle names no witnesses"))?;
+    summary.checks.push(format!(
+        "study bundle signed by the steward verified: ledger key and {} witnesses, quorum {}",
+        bundle.witnesses.len(),
+        bundle.signed.body.witness_quorum
+    ));
     let witnessed = session
         .intake()
         .witnessed_checkpoint(session.ledger(), &policy, 0, &SystemClock)
@@ -481,6 +520,7 @@ async fn donate_one(
     let consent = ConsentChoice {
         purposes,
         expires_in_days: 365,
+        language: None,
     };
     let out = session
         .donate(study, &rows, &cpr, &key, &consent)

@@ -192,6 +192,7 @@ async fn intake_operator_holds_no_oprf_key_material() {
             &ConsentChoice {
                 purposes: vec!["t2d-epidemiology".into()],
                 expires_in_days: 30,
+                language: None,
             },
         )
         .await
