@@ -741,3 +741,54 @@ fn source_text_in_messages_reaches_the_terminal_escaped() {
         "{stderr}"
     );
 }
+
+/// Runs the CLI in a pseudo-terminal (util-linux `script`), typing `input` once the prompt is up;
+/// everything the terminal showed.
+fn run_in_terminal(args: &[&str], keystore: &Path, input: &str) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let command = std::iter::once(env!("CARGO_BIN_EXE_datadonor"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("DATADONOR_HOME", keystore)
+        .env_remove("DATADONOR_PASSPHRASE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux script, to run the CLI in a terminal");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stdin.write_all(input.as_bytes()).expect("type");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn in_a_terminal_the_cpr_number_is_asked_for_and_not_echoed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = example_study();
+    let b = bundle_with_cpr(tmp.path(), "urn:oid:1.2.208.176.1.2", "010172-1234");
+    let (code, shown) = run_in_terminal(
+        &["preview", "--study", s(&study), "--input", s(&b)],
+        tmp.path(),
+        "0101721299\n",
+    );
+    assert!(
+        shown.starts_with("Your CPR number (not shown; used only on this device; Enter to skip): "),
+        "{shown:?}"
+    );
+    assert!(!shown.contains("0101721299"), "echoed: {shown:?}");
+    // The number typed was used: it is checked against the export's.
+    assert_eq!(code, Some(4), "{shown:?}");
+    assert!(
+        shown.contains("the CPR number given does not match"),
+        "{shown:?}"
+    );
+}

@@ -36,6 +36,39 @@ async fn datadonor(args: Vec<String>, home: PathBuf) -> Output {
     .expect("join the CLI thread")
 }
 
+/// Runs the CLI in a pseudo-terminal (util-linux `script`), typing `input` line by line once the
+/// prompts are up; the exit status and everything the terminal showed.
+async fn in_terminal(args: Vec<String>, input: &'static str) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let command = std::iter::once(env!("CARGO_BIN_EXE_datadonor").to_string())
+            .chain(args)
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .env_remove("DATADONOR_PASSPHRASE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("util-linux script, to run the CLI in a terminal");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for line in input.split_inclusive('\n') {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            stdin.write_all(line.as_bytes()).expect("type");
+        }
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    })
+    .await
+    .expect("join the terminal thread")
+}
+
 /// Assert exit status 0 and return stdout.
 fn ok(what: &str, out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -303,6 +336,33 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
     )
     .await;
     assert!(refused(&out, "a wrong passphrase").contains("wrong passphrase"));
+    // In a terminal the passphrase is asked for: once for the existing key ...
+    let (code, shown) = in_terminal(in_protected(&[]), "not the passphrase\n").await;
+    assert_eq!(code, Some(4), "{shown:?}");
+    assert!(shown.starts_with("Key store passphrase: "), "{shown:?}");
+    assert!(shown.contains("wrong passphrase"), "{shown:?}");
+    assert!(!shown.contains("not the passphrase"), "echoed: {shown:?}");
+    // ... and twice for a new one, which is not created when the two differ.
+    let fresh = tempfile::tempdir().expect("third keystore dir");
+    let receipt_copy = fresh.path().join(
+        donation_receipt
+            .strip_prefix(home.path())
+            .expect("in the key store"),
+    );
+    std::fs::create_dir_all(receipt_copy.parent().expect("dir")).expect("mkdir");
+    std::fs::copy(&donation_receipt, &receipt_copy).expect("copy receipt");
+    let mut args = withdraw(&[]);
+    args[1] = s(fresh.path());
+    let (code, shown) = in_terminal(args, "first secret\nsecond secret\n").await;
+    assert_eq!(code, Some(4), "{shown:?}");
+    assert!(shown.contains("New key store passphrase: "), "{shown:?}");
+    assert!(shown.contains("The same passphrase again: "), "{shown:?}");
+    assert!(
+        shown.contains("the two passphrases differ; nothing was created"),
+        "{shown:?}"
+    );
+    assert!(!shown.contains("secret"), "echoed: {shown:?}");
+    assert!(!fresh.path().join("donor-key.json").exists());
 
     // withdraw
     let args: Vec<String> = [
