@@ -203,6 +203,35 @@ async fn notice_pin_more_donations_and_forks() {
     assert!(pin_file.is_file(), "{}", pin_file.display());
     let receipt = stored_path(&stdout, "Donated ");
 
+    // In Danish: the Danish notice is shown and its hash signed (the intake accepts it).
+    let mut danish = donate_args(&setup, &url, &ca);
+    danish.extend(["--language".to_string(), "da".to_string()]);
+    let (code, stdout, stderr) = cli(home, &danish).await;
+    assert_eq!(code, Some(0), "donate --language da\n{stdout}\n{stderr}");
+    let da = definition
+        .texts("da")
+        .expect("the study gives Danish texts");
+    assert!(
+        stdout.contains(&format!(
+            "===== Consent notice (da, SHA-256 {}) =====",
+            hex::encode(da.notice_sha256)
+        )),
+        "{stdout}"
+    );
+    let danish_line = datadonor_intake::init::EXAMPLE_NOTICE_DA
+        .lines()
+        .find(|l| l.len() > 40)
+        .expect("a line of the Danish notice");
+    assert!(stdout.contains(danish_line), "{stdout}");
+    assert!(stdout.contains(&format!("Study: {}", da.title)), "{stdout}");
+    let (code, _, stderr) = {
+        let mut other = donate_args(&setup, &url, &ca);
+        other.extend(["--language".to_string(), "sv".to_string()]);
+        cli(home, &other).await
+    };
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("no notice in language \"sv\""), "{stderr}");
+
     // 2. More donations by others, then verify without any token: the receipt is in the grown
     // tree, which is consistent with the receipt's.
     let study = datadonor_intake::testkit::load_study(&setup.intake_dir, "t2d-dk").expect("study");
@@ -237,7 +266,7 @@ async fn notice_pin_more_donations_and_forks() {
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no tree size in {stdout}"));
-    assert!(size >= 5, "{stdout}");
+    assert!(size >= 6, "{stdout}");
 
     // 3. A split view: this device was shown another tree of the same size (signed with the
     // ledger's key). The next verification reports a fork and keeps both checkpoints.

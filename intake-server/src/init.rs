@@ -43,8 +43,14 @@ pub const EXAMPLE_STUDY_TOML: &str = include_str!("../../examples/t2d-study.toml
 /// Its consent notice.
 pub const EXAMPLE_NOTICE: &str = include_str!("../../examples/t2d-notice.md");
 
+/// Its consent notice in Danish.
+pub const EXAMPLE_NOTICE_DA: &str = include_str!("../../examples/t2d-notice.da.md");
+
 /// The example study's notice texts, by file name, in every language the study gives.
-pub const EXAMPLE_NOTICES: [(&str, &str); 1] = [("t2d-notice.md", EXAMPLE_NOTICE)];
+pub const EXAMPLE_NOTICES: [(&str, &str); 2] = [
+    ("t2d-notice.md", EXAMPLE_NOTICE),
+    ("t2d-notice.da.md", EXAMPLE_NOTICE_DA),
+];
 
 /// What `init` produced that the operator must see once.
 #[derive(Debug)]

@@ -43,6 +43,16 @@ async fn notices_are_served_by_their_hash() {
         .to_str()
         .unwrap()
         .contains("immutable"));
+    // The Danish text, by the hash the study's Danish translation names.
+    let da = env.study.definition.texts("da").unwrap().notice_sha256;
+    let (s, body) = env
+        .get(&format!("/v1/notices/{}", hex::encode(da)), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body.as_ref(),
+        datadonor_intake::init::EXAMPLE_NOTICE_DA.as_bytes()
+    );
     // Any other spelling of the hash, a hash of nothing served, or not a hash: 404.
     for path in [
         format!("/v1/notices/{}", hash.to_uppercase()),

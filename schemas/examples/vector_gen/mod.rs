@@ -1106,7 +1106,7 @@ fn noncanonical_b64(b: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // study-definition.json
 
-const STUDY_FIELDS: [(&str, &str); 13] = [
+const STUDY_FIELDS: [(&str, &str); 14] = [
     ("format", "format version, must be 1"),
     ("id", "study id: 3-64 of [a-z0-9-], starting with a letter"),
     (
@@ -1146,6 +1146,10 @@ const STUDY_FIELDS: [(&str, &str); 13] = [
     (
         "privacy",
         "differential privacy: {epsilon, delta} for the study, {researcher_epsilon, researcher_delta} per researcher, max_rows_per_cell (L), max_cells_per_donor (C); optional, the query service refuses a study without it",
+    ),
+    (
+        "translations",
+        "the donor-facing texts in other languages: [{language, title, purposes: {code: text}, notice_sha256}] (here Danish, notice examples/t2d-notice.da.md); optional, omitted when empty",
     ),
 ];
 
