@@ -491,6 +491,9 @@ fn interactive() -> bool {
 /// Asks for a secret on the terminal without echoing it.
 fn ask_secret(prompt: &str) -> Result<Zeroizing<String>, Failure> {
     let term = console::Term::stderr();
+    if !term.is_term() {
+        return Err(fail(4, "cannot ask without echo: stderr is not a terminal"));
+    }
     term.write_str(prompt)
         .map_err(|e| fail(1, format!("the terminal: {e}")))?;
     term.read_secure_line()
@@ -514,7 +517,7 @@ fn read_cpr(args: &CprArgs, required: bool) -> Result<Option<Cpr>, Failure> {
         )
     } else {
         match args.cpr.as_deref() {
-            Some("-") if std::io::stdin().is_terminal() => (
+            Some("-") if interactive() => (
                 ask_secret("Your CPR number (not shown): ")?,
                 "--cpr -".to_string(),
             ),
@@ -575,6 +578,17 @@ fn check_postcode(export: &ExportArgs) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// Text shown to the donor with every control character escaped, line by line (the preview
+/// quotes the export and the study).
+fn escaped_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(l) => format!("{}\n", escape_controls(l)),
+            None => escape_controls(line).into_owned(),
+        })
+        .collect()
 }
 
 /// Why periods were dropped for want of a Danish postcode, and what to do, if any were.
@@ -749,7 +763,7 @@ fn cmd_preview(args: &PreviewArgs) -> Result<(), Failure> {
         }
         preview.to_json()
     } else {
-        let mut table = preview.to_table();
+        let mut table = escaped_lines(&preview.to_table());
         if let Some(h) = &hint {
             table.push_str(&format!("\nNote: {h}\n"));
         }
@@ -844,7 +858,7 @@ fn cmd_donate(args: &DonateArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure
         return Err(no_rows(&rows));
     }
     let preview = Preview::new(&rows, None);
-    print!("{}", preview.to_table());
+    print!("{}", escaped_lines(&preview.to_table()));
     if let Some(h) = postcode_hint(&rows) {
         println!("\nNote: {h}");
     }

@@ -792,3 +792,40 @@ fn in_a_terminal_the_cpr_number_is_asked_for_and_not_echoed() {
         "{shown:?}"
     );
 }
+
+#[test]
+fn the_preview_table_shows_control_characters_escaped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let text = std::fs::read_to_string(example_study()).expect("study");
+    let hostile = text.replacen(
+        "title = \"Type 2 diabetes in Denmark",
+        "title = \"\\u001b]0;owned\\u0007Type 2 diabetes in Denmark",
+        1,
+    );
+    assert_ne!(hostile, text);
+    let study = tmp.path().join("study.toml");
+    std::fs::write(&study, hostile).expect("write");
+    let b = bundle();
+    let out = run(
+        &[
+            "preview",
+            "--study",
+            s(&study),
+            "--input",
+            s(&b),
+            "--postcode",
+            "5000",
+        ],
+        tmp.path(),
+    );
+    check(&out, 0, "");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        !stdout.chars().any(|c| c.is_control() && c != '\n'),
+        "{stdout:?}"
+    );
+    assert!(
+        stdout.contains(r"\u{1b}]0;owned\u{7}Type 2 diabetes in Denmark"),
+        "{stdout}"
+    );
+}
