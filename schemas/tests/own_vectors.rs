@@ -21,6 +21,7 @@ use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 use datadonor_schemas::batch::{chunk_nonce, BatchHeader, CHUNK_SIZE, TAG_LEN, WRAP_INFO};
+use datadonor_schemas::bundle::{BundleError, StudyBundle};
 use datadonor_schemas::checkpoint::{self, key_hash, CheckpointError, NoteVerifier};
 use datadonor_schemas::consent::{check_manifest, open_manifest, open_withdrawal, ConsentError};
 use datadonor_schemas::cosignature::{
@@ -60,7 +61,7 @@ use zeroize::Zeroizing;
 mod vector_gen;
 
 /// Every vector file and its number of (valid, malformed) vectors.
-const EXPECTED: [(&str, usize, usize); 13] = [
+const EXPECTED: [(&str, usize, usize); 14] = [
     ("signed-object.json", 10, 25),
     ("study-definition.json", 8, 66),
     ("consent-manifest.json", 3, 26),
@@ -74,6 +75,7 @@ const EXPECTED: [(&str, usize, usize); 13] = [
     ("batch-header.json", 5, 33),
     ("cosignature.json", 3, 18),
     ("proof-answer.json", 6, 25),
+    ("study-bundle.json", 2, 18),
 ];
 
 /// Rows limit when a rows vector names none.
@@ -425,6 +427,20 @@ fn receipt_err(e: &ReceiptError) -> Named {
     }
 }
 
+fn bundle_err(e: &BundleError) -> Named {
+    match e {
+        BundleError::Signature(inner) => wrap("BundleError", "Signature", sig(inner)),
+        _ => plain("BundleError", e),
+    }
+}
+
+/// The study of study-bundle.json (signed by the file's steward key) and its payload digest.
+fn bundle_study(file: &Value) -> (StudyDefinition, [u8; 32]) {
+    let payload = s(file, "study_payload_text").as_bytes();
+    let study = StudyDefinition::from_json(payload).expect("study");
+    (study, sha256(payload))
+}
+
 fn must_fail<T, E>(r: Result<T, E>, name: impl Fn(&E) -> Named) -> Named {
     match r {
         Ok(_) => ("<accepted>".into(), None),
@@ -728,6 +744,27 @@ fn decode_malformed(file: &Value, v: &Value) -> Named {
             )
         }
         "open_withdrawal" => must_fail(open_withdrawal(&input(v)), consent),
+        "StudyBundle::open" => must_fail(
+            SignedObject::from_bytes(&input(v))
+                .map_err(BundleError::from)
+                .and_then(|o| StudyBundle::open(&o, None)),
+            bundle_err,
+        ),
+        "StudyBundle::open+check_study+check_ledger" => {
+            let (study, sha) = bundle_study(file);
+            let steward = ed_key(file, "steward").public_key();
+            let ledger = ed_key(file, "ledger").public_key();
+            must_fail(
+                SignedObject::from_bytes(&input(v))
+                    .map_err(BundleError::from)
+                    .and_then(|o| StudyBundle::open(&o, None))
+                    .and_then(|b| {
+                        b.check_study(&study, &sha, &steward)?;
+                        b.check_ledger(&ledger)
+                    }),
+                bundle_err,
+            )
+        }
         "Envelope::parse+open" => {
             let bytes = input(v);
             let r = Envelope::parse(&bytes).and_then(|env| {
@@ -975,6 +1012,21 @@ fn check_valid(file: &Value, v: &Value) {
             check_fields(&v["fields"], &w.object.payload);
         }
         "envelope" => check_envelope(file, v),
+        "study-bundle" => {
+            let steward = ed_key(file, "steward").public_key();
+            let ledger = ed_key(file, "ledger").public_key();
+            let (study, sha) = bundle_study(file);
+            let obj = SignedObject::from_bytes(s(v, "signed_text").as_bytes()).expect("parses");
+            let b = StudyBundle::open(&obj, Some(&steward)).expect("opens");
+            b.check_study(&study, &sha, &steward)
+                .expect("for the study");
+            b.check_ledger(&ledger).expect("names the ledger key");
+            assert_eq!(b.ledger.to_vkey(), s(file, "ledger_vkey"));
+            assert_eq!(b.witnesses.len() as i64, num(v, "witness_count"));
+            assert_eq!(b.signed.object.payload, s(v, "payload_text").as_bytes());
+            assert_eq!(hex::encode(b.signed.digest()), s(v, "payload_sha256_hex"));
+            check_fields(&v["fields"], &b.signed.object.payload);
+        }
         "hpke_config_list" => {
             let l = HpkeConfigList::from_json(s(v, "json_text").as_bytes()).expect("parses");
             let (id, pk) = l.current().expect("current");

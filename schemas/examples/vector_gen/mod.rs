@@ -48,7 +48,7 @@ use voprf::{
 };
 
 /// The vector files, in the order they are written.
-pub const FILE_NAMES: [&str; 13] = [
+pub const FILE_NAMES: [&str; 14] = [
     "signed-object.json",
     "study-definition.json",
     "consent-manifest.json",
@@ -62,6 +62,7 @@ pub const FILE_NAMES: [&str; 13] = [
     "batch-header.json",
     "cosignature.json",
     "proof-answer.json",
+    "study-bundle.json",
 ];
 
 /// The command that writes the files.
@@ -93,6 +94,7 @@ pub fn build() -> Vec<VectorFile> {
         ("batch-header.json", batch_file(&fx)),
         ("cosignature.json", cosignature_file(&fx)),
         ("proof-answer.json", proof_answer_file(&fx)),
+        ("study-bundle.json", bundle_file(&fx)),
     ];
     files
         .into_iter()
@@ -5966,6 +5968,235 @@ fn proof_answer_file(fx: &Fixture) -> J {
                     dc => "ProofAnswer::from_json(input), then merkle::verify_consistency(size1, size2, proof, root of size1, root of size2)",
                 },
             ),
+        ],
+        valid,
+        malformed,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// study-bundle.json
+
+const BUNDLE_FIELDS: [(&str, &str); 7] = [
+    ("format", "format version, must be 1"),
+    ("study_id", "the study's id"),
+    ("study_version", "the study's version"),
+    (
+        "study_sha256",
+        "SHA-256 of the signed study's payload (as consent manifests name it), lowercase hex",
+    ),
+    (
+        "ledger_vkey",
+        "the ledger's signed-note verifier key (type 0x01): name+key ID+base64(0x01 || key)",
+    ),
+    (
+        "witnesses",
+        "the witnesses' verifier keys (type 0x04), at most 16, distinct names",
+    ),
+    (
+        "witness_quorum",
+        "how many witnesses must cosign a checkpoint a donor accepts: 0 without witnesses, else 1 to their number",
+    ),
+];
+
+fn bundle_file(fx: &Fixture) -> J {
+    use datadonor_schemas::bundle::StudyBundle;
+    let ledger_vkey = NoteVerifier::new(ORIGIN, fx.ledger.public_key().0)
+        .expect("verifier")
+        .to_vkey();
+    let ws: Vec<WitnessSigner> = [
+        ("witness-1", "w1.witness.example"),
+        ("witness-2", "w2.witness.example"),
+    ]
+    .iter()
+    .map(|(l, n)| witness_signer(l, n))
+    .collect();
+    let wv: Vec<String> = ws.iter().map(|w| w.public().to_vkey()).collect();
+    let plain = StudyBundle::new(&fx.study, fx.study_sha, &ledger_vkey, Vec::new(), 0);
+    let witnessed = StudyBundle::new(&fx.study, fx.study_sha, &ledger_vkey, wv.clone(), 2);
+    let vector = |name: &str, b: &StudyBundle| {
+        let o = b.sign(&fx.steward);
+        obj! {
+            "name" => name,
+            "kind" => "study-bundle",
+            "signed_by" => "steward",
+            "payload_text" => utf8(&o.payload),
+            "payload_sha256_hex" => h(&o.payload_digest()),
+            "signed_text" => utf8(&o.to_bytes()),
+            "witness_count" => b.witnesses.len(),
+            "fields" => annotate(b, &BUNDLE_FIELDS),
+        }
+    };
+    let valid = vec![
+        vector("no-witnesses", &plain),
+        vector("two-witnesses-both-required", &witnessed),
+    ];
+    let d = "StudyBundle::open";
+    let dc = "StudyBundle::open+check_study+check_ledger";
+    let bv = |f: &dyn Fn(&mut StudyBundle)| {
+        let mut b = witnessed.clone();
+        f(&mut b);
+        Input::Text(utf8(&b.sign(&fx.steward).to_bytes()))
+    };
+    let payload_text = utf8(&witnessed.sign(&fx.steward).payload);
+    let raw = |p: String| {
+        Input::Text(utf8(
+            &sign_payload(Context::StudyBundle, p.into_bytes(), &fx.steward).to_bytes(),
+        ))
+    };
+    let mut flipped = witnessed.sign(&fx.steward);
+    flipped.payload[5] ^= 0x20;
+    let json = "BundleError::Signature(SignatureError::Malformed(WireError::Json))";
+    let other_ledger = NoteVerifier::new(ORIGIN, fx.mallory.public_key().0)
+        .expect("verifier")
+        .to_vkey();
+    let malformed = vec![
+        mal(
+            "signed-as-study-definition",
+            d,
+            Input::Text(utf8(
+                &sign_payload(
+                    Context::StudyDefinition,
+                    witnessed.sign(&fx.steward).payload,
+                    &fx.steward,
+                )
+                .to_bytes(),
+            )),
+            "BundleError::Signature(SignatureError::WrongContext)",
+        ),
+        mal(
+            "payload-bit-flipped",
+            d,
+            Input::Text(utf8(&flipped.to_bytes())),
+            "BundleError::Signature(SignatureError::BadSignature)",
+        ),
+        mal("format-2", d, bv(&|b| b.format = 2), "BundleError::Format"),
+        mal(
+            "ledger-vkey-is-a-witness-key",
+            d,
+            bv(&|b| b.ledger_vkey = wv[0].clone()),
+            "BundleError::LedgerKey",
+        ),
+        mal(
+            "witness-vkey-is-a-note-key",
+            d,
+            bv(&|b| b.witnesses[1] = ledger_vkey.clone()),
+            "BundleError::Witness",
+        ),
+        mal(
+            "witness-twice",
+            d,
+            bv(&|b| b.witnesses[1] = b.witnesses[0].clone()),
+            "BundleError::Witness",
+        ),
+        mal(
+            "quorum-zero-with-witnesses",
+            d,
+            bv(&|b| b.witness_quorum = 0),
+            "BundleError::Quorum",
+        ),
+        mal(
+            "quorum-three-of-two",
+            d,
+            bv(&|b| b.witness_quorum = 3),
+            "BundleError::Quorum",
+        ),
+        mal(
+            "quorum-one-without-witnesses",
+            d,
+            bv(&|b| {
+                b.witnesses.clear();
+                b.witness_quorum = 1;
+            }),
+            "BundleError::Quorum",
+        ),
+        mal(
+            "seventeen-witnesses",
+            d,
+            bv(&|b| {
+                b.witnesses = (0..17)
+                    .map(|i| {
+                        witness_signer(
+                            &format!("witness-many-{i}"),
+                            &format!("m{i}.witness.example"),
+                        )
+                        .public()
+                        .to_vkey()
+                    })
+                    .collect();
+                b.witness_quorum = 1;
+            }),
+            "BundleError::Quorum",
+        ),
+        mal(
+            "payload-unknown-member",
+            d,
+            raw(payload_text.replacen('{', "{\"notices\":[],", 1)),
+            json,
+        ),
+        mal(
+            "payload-study-sha256-uppercase",
+            d,
+            raw(payload_text.replacen(&h(&fx.study_sha), &h(&fx.study_sha).to_uppercase(), 1)),
+            json,
+        ),
+        mal(
+            "payload-quorum-negative",
+            d,
+            raw(payload_text.replacen("\"witness_quorum\":2", "\"witness_quorum\":-2", 1)),
+            json,
+        ),
+        mal(
+            "wire-trailing-newline",
+            d,
+            Input::Text(format!(
+                "{}\n",
+                utf8(&witnessed.sign(&fx.steward).to_bytes())
+            )),
+            "BundleError::Signature(SignatureError::Malformed(WireError::TrailingBytes))",
+        ),
+        mal(
+            "for-another-study-digest",
+            dc,
+            bv(&|b| b.study_sha256[0] ^= 1),
+            "BundleError::StudyMismatch",
+        ),
+        mal(
+            "for-another-study-version",
+            dc,
+            bv(&|b| b.study_version += 1),
+            "BundleError::StudyMismatch",
+        ),
+        mal(
+            "signed-by-another-key-than-the-study",
+            dc,
+            Input::Text(utf8(&witnessed.sign(&fx.mallory).to_bytes())),
+            "BundleError::SignerMismatch",
+        ),
+        mal(
+            "another-ledger-key",
+            dc,
+            bv(&|b| b.ledger_vkey = other_ledger.clone()),
+            "BundleError::LedgerMismatch",
+        ),
+    ];
+    finish(
+        file_head(
+            "study-bundle",
+            "Study bundles signed by the steward: the ledger key and the witnesses a donor pins with the study. Decoders: StudyBundle::open(input) (signature, format, keys, quorum); StudyBundle::open+check_study+check_ledger also checks the bundle against the study of study-definition.json (signed by the steward) and the ledger key below.",
+            "Study bundles and notices",
+        ),
+        vec![
+            (
+                "keys",
+                obj! {
+                    "steward" => ed_key_json("steward", &fx.steward),
+                    "mallory" => ed_key_json("mallory", &fx.mallory),
+                    "ledger" => ed_key_json("ledger", &fx.ledger),
+                },
+            ),
+            ("study_payload_text", J::from(utf8(&fx.signed_study.payload))),
+            ("ledger_vkey", J::from(ledger_vkey.clone())),
         ],
         valid,
         malformed,
