@@ -271,9 +271,14 @@ async fn evaluate(
             return Err(refuse(Problem::RateLimited));
         }
     }
-    match headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()) {
-        Some(b"application/json") => {}
-        _ => return Err(refuse(Problem::BadRequest)),
+    // The media type, case-insensitively, with any parameters (`; charset=utf-8`).
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(refuse(Problem::BadRequest));
     }
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use datadonor_client::client::DonorCredentialToken;
 use datadonor_client::{ConsentChoice, Intake, IntakeConfig, IntakeSession, TrustAnchors};
 use datadonor_pseudonymiser::local::{instance_dir, start_local, LocalService};
@@ -494,6 +495,27 @@ async fn replayed_and_malformed_answers_are_refused() {
         .await
         .expect("send");
     assert_eq!(r.status().as_u16(), 413);
+    // The media type decides, not its spelling: parameters and case are accepted, another
+    // type is not.
+    let body = format!(
+        r#"{{"blinded":"{}"}}"#,
+        base64::engine::general_purpose::STANDARD.encode(blind(&cpr).expect("blind").blinded)
+    );
+    for (ct, status) in [
+        ("application/json; charset=utf-8", 200),
+        ("Application/JSON", 200),
+        ("text/plain", 400),
+        ("application/jsonx", 400),
+    ] {
+        let r = client
+            .post(format!("{}/v1/evaluate", url(1)))
+            .header("content-type", ct)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), status, "{ct}");
+    }
     env.service.shutdown().await;
 }
 
