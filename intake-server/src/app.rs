@@ -35,6 +35,9 @@ pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.datadonor.envelope.v1";
 /// Most entries returned by one `GET /v1/ledger/entries`.
 pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
 
+/// Largest body of `POST /v1/ledger/events` (one ledger entry), in bytes.
+pub const MAX_EVENT_BYTES: usize = datadonor_schemas::ledger::MAX_ENTRY_LEN;
+
 /// The client's address, inserted into each request by the accept loop (tests may insert it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
@@ -518,9 +521,13 @@ const EVENT_CLOCK_SKEW_SECS: i64 = 300;
 async fn ledger_event(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Json<crate::commit::EventAck>, Problem> {
+    // Read first (bounded: one ledger entry), so that a refusal of the token still ends an
+    // HTTP/2 stream cleanly and an oversized body is a problem document.
+    let body = read_body(&s, &headers, body, MAX_EVENT_BYTES).await;
     authorize_with(&s.0.analytics, &headers)?;
+    let body = body?;
     let entry = LedgerEntry::from_bytes(&body).map_err(|_| Problem::BadRequest)?;
     let study = match &entry {
         LedgerEntry::QueryRun { study_id, .. } | LedgerEntry::ErasureDone { study_id, .. } => {

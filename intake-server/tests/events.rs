@@ -77,6 +77,12 @@ async fn analytics_appends_query_runs_with_its_token_only() {
         (s, slug(&b).as_str()),
         (StatusCode::BAD_REQUEST, "bad-request")
     );
+    // A body larger than one ledger entry: a problem document, not the framework's text.
+    let (s, b) = post_event(&env, Some(token), vec![b' '; 100 * 1024]).await;
+    assert_eq!(
+        (s, slug(&b).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
+    );
     for skew in [-301, 301, -3600] {
         let mut skewed = query_run(&env, "t2d-dk");
         if let LedgerEntry::QueryRun { time, .. } = &mut skewed {
