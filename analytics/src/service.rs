@@ -544,15 +544,22 @@ fn engine_problem(e: AnalyticsError) -> Problem {
     }
 }
 
-async fn queries(State(svc): State<Arc<QueryService>>, body: Bytes) -> Response {
-    if body.len() > MAX_REQUEST_LEN {
-        return Problem::new(
-            413,
-            "body-too-large",
-            format!("the limit is {MAX_REQUEST_LEN} bytes"),
-        )
-        .into_response();
-    }
+async fn queries(State(svc): State<Arc<QueryService>>, body: axum::body::Body) -> Response {
+    // Any body over the limit, declared or streamed, is a problem document.
+    let body: Bytes = match axum::body::to_bytes(body, MAX_REQUEST_LEN).await {
+        Ok(b) => b,
+        Err(e) if e.to_string().contains("length limit") => {
+            return Problem::new(
+                413,
+                "body-too-large",
+                format!("the limit is {MAX_REQUEST_LEN} bytes"),
+            )
+            .into_response()
+        }
+        Err(_) => {
+            return Problem::new(400, "bad-request", "the body could not be read").into_response()
+        }
+    };
     let result = tokio::task::spawn_blocking(move || svc.run(&body)).await;
     match result {
         Ok(Ok(table)) => (
@@ -600,7 +607,6 @@ pub fn router(svc: Arc<QueryService>) -> Router {
         .route("/v1/budget/{researcher}", get(researcher_budget))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { Problem::new(404, "not-found", "no such endpoint").into_response() })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_LEN + 1))
         .with_state(svc)
 }
 

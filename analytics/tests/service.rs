@@ -536,3 +536,43 @@ async fn the_ledger_client_can_be_dropped_on_an_async_task() {
     let task = tokio::spawn(async move { drop(ledger) });
     task.await.expect("dropped without a panic");
 }
+
+/// Over HTTPS, a request body over the limit is a `413 body-too-large` problem document (not the
+/// framework's plain text), and nothing is run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_a_problem_document() {
+    let w = world(GENEROUS);
+    let tls = tempfile::tempdir().expect("dir");
+    datadonor_intake::testkit::init_test_dir(tls.path()).expect("development certificates");
+    let running = datadonor_analytics::service::start(
+        Arc::new(service(&w)),
+        "127.0.0.1:0".parse().expect("addr"),
+        &tls.path().join("tls/server.pem"),
+        &tls.path().join("tls/server.key"),
+    )
+    .await
+    .expect("service");
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(tls.path().join("tls/ca.pem")).expect("ca"))
+            .expect("pem");
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let url = format!("https://localhost:{}/v1/queries", running.addr().port());
+    let big = vec![b'{'; datadonor_schemas::privacy::MAX_REQUEST_LEN + 1];
+    for body in [big.clone(), [big.as_slice(), b"}}}}"].concat()] {
+        let r = http.post(&url).body(body).send().await.expect("send");
+        assert_eq!(r.status().as_u16(), 413);
+        assert_eq!(
+            r.headers()["content-type"].to_str().expect("ascii"),
+            "application/problem+json"
+        );
+        let p: serde_json::Value = r.json().await.expect("problem document");
+        assert_eq!(p["type"], "https://datadonor.example/problems/body-too-large");
+    }
+    assert!(runs_logged(&w).is_empty(), "nothing was run");
+    running.shutdown().await;
+}
