@@ -16,6 +16,7 @@
 //! | [`keystore`] | the donor key at rest, stored receipts, pinned ledger key, last checkpoint |
 //! | [`pins`] | the steward key and study bundle pinned on first use of a study |
 //! | [`session`] | the end-to-end flow for apps and many-donor simulations |
+//! | [`app`] | `datadonor app`: the citizen's app as a local web application over this library |
 //!
 //! **Architecture invariant**: identifying strings from the export (names, addresses,
 //! identifier values, the source's patient key, free text, source and device names) are read by
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod client;
 pub mod donation;
 pub mod import;

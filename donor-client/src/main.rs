@@ -66,6 +66,46 @@ enum Command {
     Verify(VerifyArgs),
     /// Withdraw the consent of your latest donation to a study.
     Withdraw(WithdrawArgs),
+    /// The donor's app: serve it on this device (127.0.0.1) and open it in the browser.
+    App(AppArgs),
+}
+
+#[derive(Args)]
+struct AppArgs {
+    /// The intake, https://host[:port].
+    #[arg(long, value_name = "URL")]
+    intake: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// File holding the key store passphrase (or set DATADONOR_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// The donor credential the study's enrolment issued (`@FILE`), for pseudonymiser
+    /// instances that require one.
+    #[arg(long, value_name = "@FILE")]
+    credential: Option<String>,
+    #[command(flatten)]
+    witness: WitnessArgs,
+    /// The largest export the app accepts, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    max_upload_mib: u64,
+    /// Only print the address; do not open the browser.
+    #[arg(long)]
+    no_browser: bool,
+}
+
+fn cmd_app(args: &AppArgs, ks_dir: Option<&PathBuf>) -> Result<(), Failure> {
+    let mut intake = intake_for(&args.intake, &args.tls, None)?;
+    if let Some(c) = &args.credential {
+        intake = intake.with_credential(DonorCredentialToken::new(&secret_arg(c)?));
+    }
+    let ks = keystore(ks_dir)?;
+    let witnesses = witness_policy(&ks, intake.base_url(), &args.witness)?;
+    let config = datadonor_client::app::AppConfig::new(intake, ks)
+        .with_passphrase(passphrase(args.passphrase_file.as_ref())?)
+        .with_witnesses(witnesses)
+        .with_max_upload_bytes(args.max_upload_mib.saturating_mul(1024 * 1024));
+    datadonor_client::app::run(config, !args.no_browser).map_err(|e| fail(1, e.to_string()))
 }
 
 #[derive(Args)]
@@ -1263,6 +1303,7 @@ fn main() -> std::process::ExitCode {
         Command::Receipts => cmd_receipts(ks),
         Command::Verify(a) => cmd_verify(a, ks),
         Command::Withdraw(a) => cmd_withdraw(a, ks),
+        Command::App(a) => cmd_app(a, ks),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
