@@ -95,6 +95,133 @@ pub struct Config {
     /// Witnesses asked to cosign each published checkpoint (C2SP tlog-witness); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub witnesses: Vec<WitnessConfig>,
+    /// Where the ledger and the sealed batches are kept.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// Where the ledger and the sealed batches are kept (`[storage]`); the data directory by default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `file` (`ledger/ledger.log` in the data directory) or `postgres` (`[storage.postgres]`).
+    pub ledger: LedgerBackend,
+    /// `local` (`batches/` in the data directory) or `s3` (`[storage.s3]`).
+    pub batches: BatchBackend,
+    /// The PostgreSQL ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresConfig>,
+    /// The S3 bucket of sealed batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
+}
+
+/// The ledger backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerBackend {
+    /// One append-only file in the data directory.
+    #[default]
+    File,
+    /// A PostgreSQL table.
+    Postgres,
+}
+
+/// The batch backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchBackend {
+    /// Files in the data directory.
+    #[default]
+    Local,
+    /// An S3-compatible bucket.
+    S3,
+}
+
+/// Environment variable read for the PostgreSQL connection string when `url` is not set (so
+/// the password need not be in the file).
+pub const POSTGRES_URL_ENV: &str = "DATADONOR_POSTGRES_URL";
+/// Default ledger table.
+pub const DEFAULT_POSTGRES_TABLE: &str = "datadonor_ledger";
+/// Default key prefix of batches in the bucket.
+pub const DEFAULT_S3_PREFIX: &str = "batches";
+
+/// `[storage.postgres]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection string (`postgres://user:password@host:port/db?sslmode=require`); from
+    /// `DATADONOR_POSTGRES_URL` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The ledger table (created if missing).
+    #[serde(default = "default_pg_table")]
+    pub table: String,
+    /// PEM CA file (relative to the data directory) for TLS to the server; `sslmode` in the URL
+    /// then decides whether TLS is required. Without it the connection is plain (loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+fn default_pg_table() -> String {
+    DEFAULT_POSTGRES_TABLE.to_string()
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_deref().map(crate::store_pg::redact_url))
+            .field("table", &self.table)
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
+}
+
+/// `[storage.s3]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket.
+    pub bucket: String,
+    /// Endpoint of an S3-compatible store; AWS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region; `us-east-1` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Key prefix of the batches.
+    #[serde(default = "default_s3_prefix")]
+    pub prefix: String,
+    /// Allow `http://` endpoints (a loopback test server only).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Access key id; `AWS_ACCESS_KEY_ID` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Secret access key; `AWS_SECRET_ACCESS_KEY` when absent (prefer the environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+}
+
+fn default_s3_prefix() -> String {
+    DEFAULT_S3_PREFIX.to_string()
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .finish()
+    }
 }
 
 /// A witness the intake asks to cosign its checkpoints (`[[witnesses]]`).
@@ -295,6 +422,7 @@ impl Config {
             keys: KeysConfig::default(),
             studies: StudiesConfig { trusted_signers },
             witnesses: Vec::new(),
+            storage: StorageConfig::default(),
         }
     }
 
@@ -335,6 +463,23 @@ impl Config {
             || !datadonor_schemas::checkpoint::is_valid_key_name(&self.ledger.origin)
         {
             return bad("ledger.origin must be a valid checkpoint origin and note key name");
+        }
+        if self.storage.ledger == LedgerBackend::Postgres && self.storage.postgres.is_none() {
+            return bad("storage.ledger = \"postgres\" needs a [storage.postgres] section");
+        }
+        if self.storage.batches == BatchBackend::S3 {
+            let Some(s3) = &self.storage.s3 else {
+                return bad("storage.batches = \"s3\" needs a [storage.s3] section");
+            };
+            if s3.bucket.is_empty() {
+                return bad("storage.s3.bucket must be set");
+            }
+            if let Some(e) = &s3.endpoint {
+                let http = e.starts_with("http://");
+                if !(e.starts_with("https://") || http) || (http && !s3.allow_http) {
+                    return bad("storage.s3.endpoint must be https:// (http:// needs allow_http)");
+                }
+            }
         }
         for w in &self.witnesses {
             if !w.url.starts_with("https://") || w.url.chars().any(char::is_control) {

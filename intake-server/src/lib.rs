@@ -13,6 +13,8 @@
 //! | [`commit`] | the committer: group commit = sealing + ledger fsync, and crash recovery |
 //! | [`seal`] | rows → Parquet → sealed batch (no code here opens one) |
 //! | [`store`] | `BatchStore` / `LedgerStore` traits, local and in-memory backends, conformance suite |
+//! | [`store_pg`] | the ledger in PostgreSQL: one transaction per append, synchronous commit, a unique index |
+//! | [`store_s3`] | sealed batches in S3-compatible object storage, conditional puts |
 //! | [`ledger`] | Merkle log, indexes, checkpoints, receipts |
 //! | [`app`] | the axum router and handlers |
 //! | [`server`] | `start`: TLS 1.3 accept loop, limits, graceful shutdown; `rotate_transport_key` |
@@ -39,6 +41,8 @@ pub mod problem;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod store_pg;
+pub mod store_s3;
 pub mod studies;
 pub mod testkit;
 pub mod validate;

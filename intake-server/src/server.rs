@@ -68,6 +68,75 @@ impl DirLock {
     }
 }
 
+/// An opened ledger backend and batch backend.
+pub type Stores = (Arc<dyn LedgerStore>, Arc<dyn BatchStore>);
+
+/// The ledger and batch backends `[storage]` names: the data directory's by default, PostgreSQL
+/// and S3 beyond one machine.
+///
+/// A PostgreSQL ledger that is still empty is seeded with the records of the local ledger file
+/// (what `init` wrote: the first transport key), in one append, so the ledger starts where `init`
+/// left it.
+pub fn open_stores(config: &Config) -> Result<Stores, Error> {
+    use crate::config::{BatchBackend, LedgerBackend};
+    let dir = &config.data_dir;
+    let ledger: Arc<dyn LedgerStore> = match config.storage.ledger {
+        LedgerBackend::File => Arc::new(LocalLedgerStore::open(&ledger_path(dir))?),
+        LedgerBackend::Postgres => {
+            let pc = config.storage.postgres.as_ref().ok_or_else(|| {
+                crate::config::ConfigError::Invalid("[storage.postgres] is missing".into())
+            })?;
+            let url = match &pc.url {
+                Some(u) => u.clone(),
+                None => std::env::var(crate::config::POSTGRES_URL_ENV).map_err(|_| {
+                    crate::config::ConfigError::Invalid(format!(
+                        "storage.postgres.url is not set and neither is {}",
+                        crate::config::POSTGRES_URL_ENV
+                    ))
+                })?,
+            };
+            let store = crate::store_pg::PgLedgerStore::open(&crate::store_pg::PgOptions {
+                url,
+                table: pc.table.clone(),
+                ca_cert: pc.ca_cert.as_ref().map(|p| dir.join(p)),
+                lock_wait: crate::store_pg::DEFAULT_LOCK_WAIT,
+            })?;
+            let local = ledger_path(dir);
+            if store.recover()?.is_empty() && local.exists() {
+                let seed = LocalLedgerStore::open(&local)?.recover()?;
+                if !seed.is_empty() {
+                    tracing::info!(
+                        records = seed.len(),
+                        "postgres ledger is empty: seeding it with the local ledger file"
+                    );
+                    store.append(&seed)?;
+                }
+            }
+            Arc::new(store)
+        }
+    };
+    let batches: Arc<dyn BatchStore> = match config.storage.batches {
+        BatchBackend::Local => Arc::new(LocalBatchStore::open(&batches_path(dir))?),
+        BatchBackend::S3 => {
+            let sc = config.storage.s3.as_ref().ok_or_else(|| {
+                crate::config::ConfigError::Invalid("[storage.s3] is missing".into())
+            })?;
+            Arc::new(crate::store_s3::S3BatchStore::open(
+                &crate::store_s3::S3Options {
+                    bucket: sc.bucket.clone(),
+                    endpoint: sc.endpoint.clone(),
+                    region: sc.region.clone(),
+                    prefix: sc.prefix.clone(),
+                    allow_http: sc.allow_http,
+                    access_key_id: sc.access_key_id.clone(),
+                    secret_access_key: sc.secret_access_key.clone(),
+                },
+            )?)
+        }
+    };
+    Ok((ledger, batches))
+}
+
 /// An opened data directory: state ready to serve, committer running.
 #[derive(Debug)]
 pub struct Intake {
@@ -78,12 +147,11 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Open with the local-directory backends (taking the directory lock).
+    /// Open with the backends `[storage]` names (taking the directory lock).
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
         config.validate()?;
         let lock = DirLock::acquire(&config.data_dir)?;
-        let ledger = Arc::new(LocalLedgerStore::open(&ledger_path(&config.data_dir))?);
-        let batches = Arc::new(LocalBatchStore::open(&batches_path(&config.data_dir))?);
+        let (ledger, batches) = open_stores(&config)?;
         let mut intake = Self::open_with_stores(config, clock, ledger, batches)?;
         intake._lock = Some(lock);
         Ok(intake)
@@ -480,7 +548,7 @@ async fn serve(
 /// data directory lock, so it refuses to run while the intake serves; restart the intake after.
 pub fn rotate_transport_key(config: &Config, now: i64) -> Result<u32, Error> {
     let _lock = DirLock::acquire(&config.data_dir)?;
-    let store = LocalLedgerStore::open(&ledger_path(&config.data_dir))?;
+    let (store, _) = open_stores(config)?;
     let records = store.recover()?;
     let signer = LedgerSigner::new(
         keys::load_ledger_key(&config.data_dir)?,

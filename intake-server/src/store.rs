@@ -1,8 +1,9 @@
 //! Storage backends: where sealed batches and ledger records live.
 //!
-//! Both sit behind traits so that the embedded default (a local directory) and a future scale-out
-//! backend (S3-compatible object storage for batches, PostgreSQL for the ledger) are
-//! interchangeable, and both run the one conformance suite in [`conformance`].
+//! Both sit behind traits so that the embedded default (a local directory) and the remote
+//! backends (PostgreSQL for the ledger, [`crate::store_pg`]; S3-compatible object storage for
+//! batches, [`crate::store_s3`]) are interchangeable, and all run the one conformance suite in
+//! [`conformance`].
 //!
 //! Contracts every backend keeps:
 //!
@@ -41,6 +42,72 @@ pub enum StoreError {
     /// The named batch does not exist.
     #[error("no such batch")]
     NotFound,
+    /// A write would replace what another writer stored (a ledger index or a batch name that
+    /// exists): two writers never both succeed.
+    #[error("{0}: already written by another writer")]
+    Conflict(String),
+    /// Another process holds the storage.
+    #[error("{0} is in use by another intake")]
+    Locked(String),
+    /// A remote backend (database, object store) failed; the message names no secret.
+    #[error("{backend}: {message}")]
+    Remote {
+        /// `postgres` or `s3`.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// Stored data that does not have the shape this backend writes.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// A small private tokio runtime on which a remote backend runs its client. The traits are
+/// synchronous (the committer is a thread of its own); each call is spawned here and waited for
+/// on a channel, so it works from any thread, inside another runtime's worker too (recovery at
+/// startup).
+#[derive(Debug)]
+pub(crate) struct BackendRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl BackendRuntime {
+    pub(crate) fn new(name: &str) -> Result<Self, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("datadonor-{name}"))
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Remote {
+                backend: "runtime",
+                message: e.to_string(),
+            })?;
+        Ok(Self { rt: Some(rt) })
+    }
+
+    /// Run `f` on the backend's runtime and wait for its result.
+    pub(crate) fn run<F>(&self, f: F) -> Result<F::Output, StoreError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let rt = self.rt.as_ref().ok_or(StoreError::Poisoned)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+impl Drop for BackendRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; from inside another runtime that panics. Nothing is left
+        // running that matters: every call was awaited by `run`.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {

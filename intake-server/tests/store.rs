@@ -1,5 +1,7 @@
-//! The storage backends: one conformance suite run against the local and in-memory backends,
-//! torn-tail recovery of the ledger file, and startup recovery deleting unacknowledged batches.
+//! The storage backends: one conformance suite run against the local and in-memory backends
+//! and, with real servers (`scripts/storage-servers.sh`, run by `.ci/run`), against the
+//! PostgreSQL ledger and the S3 batch store; torn-tail recovery of the ledger file; startup
+//! recovery deleting unacknowledged batches.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -146,4 +148,170 @@ fn secrets_are_mode_0600() {
         std::fs::read(d2.path().join("vault.pub")).unwrap(),
         std::fs::read(&pubfile).unwrap()
     );
+}
+
+// --- PostgreSQL and S3 (real servers) ---------------------------------------------------------
+
+use datadonor_intake::store::StoreError;
+use datadonor_intake::store_pg::{PgLedgerStore, PgOptions};
+use datadonor_intake::store_s3::{S3BatchStore, S3Options};
+
+const NEEDS_SERVERS: &str = "run scripts/storage-servers.sh start (as .ci/run does) and export \
+                             the variables it prints";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: {NEEDS_SERVERS}"))
+}
+
+/// A name no other test run uses (a table, a key prefix).
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::random::<u64>())
+}
+
+fn pg_options(table: &str) -> PgOptions {
+    PgOptions {
+        url: env("DATADONOR_TEST_POSTGRES"),
+        table: table.to_string(),
+        ca_cert: None,
+        lock_wait: std::time::Duration::from_secs(10),
+    }
+}
+
+fn s3_options(prefix: &str) -> S3Options {
+    S3Options {
+        bucket: "datadonor".into(),
+        endpoint: Some(env("DATADONOR_TEST_S3")),
+        region: Some("us-east-1".into()),
+        prefix: prefix.to_string(),
+        allow_http: true,
+        access_key_id: Some(env("DATADONOR_TEST_S3_ACCESS_KEY")),
+        secret_access_key: Some(env("DATADONOR_TEST_S3_SECRET_KEY")),
+    }
+}
+
+struct Remote {
+    table: String,
+    prefix: String,
+}
+impl conformance::Backend for Remote {
+    fn open(&self) -> (Box<dyn LedgerStore>, Box<dyn BatchStore>) {
+        (
+            Box::new(PgLedgerStore::open(&pg_options(&self.table)).unwrap()),
+            Box::new(S3BatchStore::open(&s3_options(&self.prefix)).unwrap()),
+        )
+    }
+}
+
+/// Another client of the same database, as a second writer would be.
+fn raw_pg(sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) =
+            tokio_postgres::connect(&env("DATADONOR_TEST_POSTGRES"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        client.execute(sql, params).await.unwrap()
+    })
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+fn conformance_postgres_and_s3_backends() {
+    let remote = Remote {
+        table: unique("ledger"),
+        prefix: unique("batches"),
+    };
+    let t = std::time::Instant::now();
+    conformance::run(&remote).unwrap();
+    eprintln!("conformance against PostgreSQL and S3: {:?}", t.elapsed());
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+fn postgres_refuses_a_second_intake_and_a_forking_append() {
+    let table = unique("ledger");
+    let a = PgLedgerStore::open(&pg_options(&table)).unwrap();
+    assert!(a.recover().unwrap().is_empty());
+    a.append(&[b"zero".to_vec(), b"one".to_vec()]).unwrap();
+    // A second intake on the same table is refused while the first holds it.
+    let mut quick = pg_options(&table);
+    quick.lock_wait = std::time::Duration::from_millis(200);
+    let err = PgLedgerStore::open(&quick).unwrap_err();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    // A writer that bypasses the lock and takes index 3: `a`'s append of 2, 3, 4 fails whole.
+    let n = raw_pg(
+        &format!("INSERT INTO {table} (idx, record) VALUES (3, $1)"),
+        &[&b"other writer".to_vec()],
+    );
+    assert_eq!(n, 1);
+    let err = a
+        .append(&[b"two".to_vec(), b"three".to_vec(), b"four".to_vec()])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // Nothing of the refused append was written; the gap left by the other writer is reported.
+    let err = a.recover().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    raw_pg(&format!("DELETE FROM {table} WHERE idx = 3"), &[]);
+    assert_eq!(
+        a.recover().unwrap(),
+        vec![b"zero".to_vec(), b"one".to_vec()]
+    );
+    // A writer that took the next index first: the append after it conflicts, nothing forks.
+    raw_pg(
+        &format!("INSERT INTO {table} (idx, record) VALUES (2, $1)"),
+        &[&b"other writer".to_vec()],
+    );
+    let err = a.append(&[b"two".to_vec()]).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(a.recover().unwrap()[2], b"other writer".to_vec());
+    drop(a);
+    // The lock is released with the connection: a new intake opens.
+    let b = PgLedgerStore::open(&pg_options(&table)).unwrap();
+    assert_eq!(b.recover().unwrap().len(), 3);
+    // Appends are timed (printed, not asserted): one transaction with synchronous commit each.
+    let n = 200;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        b.append(&[format!("record {i}").into_bytes()]).unwrap();
+    }
+    let pg_rate = f64::from(n) / t.elapsed().as_secs_f64();
+    let d = tempfile::tempdir().unwrap();
+    let local = LocalLedgerStore::open(&d.path().join("ledger.log")).unwrap();
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        local.append(&[format!("record {i}").into_bytes()]).unwrap();
+    }
+    let file_rate = f64::from(n) / t.elapsed().as_secs_f64();
+    eprintln!(
+        "single-record appends: PostgreSQL (synchronous_commit = on) {pg_rate:.0}/s, local file (fsync) {file_rate:.0}/s"
+    );
+    assert_eq!(b.recover().unwrap().len(), 3 + n as usize);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+fn s3_never_overwrites_a_batch() {
+    let prefix = unique("batches");
+    let a = S3BatchStore::open(&s3_options(&prefix)).unwrap();
+    let b = S3BatchStore::open(&s3_options(&prefix)).unwrap();
+    let r = datadonor_intake::store::BatchRef {
+        study: "t2d-dk".into(),
+        batch_id: [7; 16],
+    };
+    a.put(&r, b"first writer").unwrap();
+    let err = b.put(&r, b"second writer").unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(a.get(&r).unwrap(), b"first writer");
+    // Objects of another shape under the prefix are not batches.
+    let other = datadonor_intake::store::BatchRef {
+        study: "t2d-dk".into(),
+        batch_id: [8; 16],
+    };
+    b.put(&other, b"x").unwrap();
+    assert_eq!(a.list().unwrap(), vec![r.clone(), other.clone()]);
+    assert_eq!(a.clean_temporaries().unwrap(), 0);
 }
