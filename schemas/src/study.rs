@@ -1005,7 +1005,11 @@ fn check_ipc_layout(bytes: &[u8]) -> Result<(), StudyError> {
             pos += 4;
         }
         if len == 0 {
-            return Ok(()); // end of stream
+            // End of stream: nothing may follow the marker.
+            if pos != bytes.len() {
+                return Err(bad("bytes after the end-of-stream marker"));
+            }
+            return Ok(());
         }
         let meta_end = pos
             .checked_add(len as usize)

@@ -63,7 +63,7 @@ mod vector_gen;
 /// Every vector file and its number of (valid, malformed) vectors.
 const EXPECTED: [(&str, usize, usize); 14] = [
     ("signed-object.json", 10, 25),
-    ("study-definition.json", 8, 66),
+    ("study-definition.json", 8, 67),
     ("consent-manifest.json", 3, 26),
     ("withdrawal.json", 1, 9),
     ("envelope.json", 4, 51),

@@ -1671,6 +1671,19 @@ fn study_file(fx: &Fixture) -> J {
             "note",
             "as ipc-compressed-lz4-frame with the codec ZSTD",
         ),
+        with(
+            with(
+                ipcm(
+                    "ipc-bytes-after-end-of-stream",
+                    Input::Hex([fx.ipc.as_slice(), &[0u8; 8]].concat()),
+                    ipc_err,
+                ),
+                "expect_detail",
+                "bytes after the end-of-stream marker",
+            ),
+            "note",
+            "the valid stream followed by eight zero bytes after its end-of-stream marker",
+        ),
         ipcm(
             "column-missing",
             custom(base_fields[..10].to_vec(), base_cols[..10].to_vec()),
