@@ -715,3 +715,77 @@ async fn the_app_donates_to_a_real_intake_and_withdraws() {
     ));
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_serves_the_app_on_loopback_and_prints_the_address() {
+    use std::io::{BufRead, BufReader};
+    let server = TestIntake::start().await;
+    let home = tempfile::tempdir().expect("keystore dir");
+    let ca = home.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).expect("write the CA");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_datadonor"))
+        .arg("--keystore")
+        .arg(home.path().join("ks"))
+        .args(["app", "--no-browser", "--intake", &server.url, "--ca"])
+        .arg(&ca)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start datadonor app");
+    let stdout = child.stdout.take().expect("stdout");
+    let url = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("http://")
+                    .map(|rest| format!("http://{rest}"))
+            })
+    })
+    .await
+    .expect("read stdout");
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("http");
+    let result = async {
+        let url = url.ok_or("no address printed")?;
+        if !url.starts_with("http://127.0.0.1:") || !url.contains("/?token=") {
+            return Err(format!("unexpected address {url}"));
+        }
+        let base = url.split("/?").next().unwrap_or_default().to_string();
+        let r = http
+            .get(format!("{base}/"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status() != StatusCode::FORBIDDEN {
+            return Err(format!("without the token: {}", r.status()));
+        }
+        let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+        if r.status() != StatusCode::SEE_OTHER {
+            return Err(format!("with the token: {}", r.status()));
+        }
+        let cookie = session_cookie(r.headers());
+        let page = http
+            .get(format!("{base}/"))
+            .header(header::COOKIE, cookie)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !page.contains("t2d-dk") {
+            return Err("the study list does not name the study".to_string());
+        }
+        Ok(())
+    }
+    .await;
+    // Stop the app this test started.
+    let _ = child.kill();
+    let _ = child.wait();
+    result.expect("datadonor app");
+}

@@ -255,7 +255,8 @@ pub fn run(config: AppConfig, open_browser: bool) -> Result<(), AppError> {
             }
         }
         let _ = tokio::signal::ctrl_c().await;
-        app.shutdown().await;
+        // A browser may hold a connection open; the app stops all the same.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), app.shutdown()).await;
         Ok(())
     })
 }
