@@ -1,0 +1,320 @@
+//! Crash test on the remote backends: the real binary, configured with the ledger in PostgreSQL
+//! and the batches in S3 (`[storage]`), is SIGKILLed at random moments while N clients donate
+//! concurrently (as `tests/crash.rs` does with the data directory). After the last, graceful,
+//! stop: every donation whose receipt reached a client is in the PostgreSQL ledger exactly once
+//! with its batch object in the bucket, no object in the bucket is unnamed by the ledger, and
+//! every checkpoint a client saw is a prefix of the final log.
+//!
+//! Needs the servers of `scripts/storage-servers.sh` (run by `.ci/run`); without its variables
+//! the test fails.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datadonor_intake::config::{
+    BatchBackend, LedgerBackend, PostgresConfig, S3Config, StorageConfig,
+};
+use datadonor_intake::store::{BatchStore, LedgerStore};
+use datadonor_intake::store_pg::{PgLedgerStore, PgOptions, DEFAULT_LOCK_WAIT};
+use datadonor_intake::store_s3::{S3BatchStore, S3Options};
+use datadonor_intake::studies::LoadedStudy;
+use datadonor_intake::{testkit, Config};
+use datadonor_schemas::checkpoint::NoteVerifier;
+use datadonor_schemas::envelope::HpkePublicKey;
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::merkle::{leaf_hash, MerkleLog};
+use datadonor_schemas::receipt::{verify_receipt, ReceiptBundle};
+use datadonor_schemas::signing::PublicKey;
+use rand::Rng;
+
+const ROUNDS: usize = 4;
+const CLIENTS: usize = 6;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run scripts/storage-servers.sh start (as .ci/run does)")
+    })
+}
+
+fn spawn_intake(dir: &Path) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datadonor-intake"))
+        .args(["serve", "--dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+struct Sent {
+    envelope: Vec<u8>,
+    receipt: Option<ReceiptBundle>,
+}
+
+async fn client_loop(
+    client: reqwest::Client,
+    url: String,
+    study: Arc<LoadedStudy>,
+    hpke: (u32, HpkePublicKey),
+    sent: Arc<Mutex<HashMap<[u8; 16], Sent>>>,
+    retry: Vec<([u8; 16], Vec<u8>)>,
+) {
+    let mut queue = retry;
+    loop {
+        let (key, envelope) = match queue.pop() {
+            Some(x) => x,
+            None => {
+                let d = testkit::DonationBuilder::new(&study, hpke).build().unwrap();
+                sent.lock().unwrap().insert(
+                    d.idempotency_key,
+                    Sent {
+                        envelope: d.envelope.clone(),
+                        receipt: None,
+                    },
+                );
+                (d.idempotency_key, d.envelope)
+            }
+        };
+        let r = client
+            .post(format!("{url}/v1/donations"))
+            .header("content-type", "application/vnd.datadonor.envelope.v1")
+            .body(envelope)
+            .send()
+            .await;
+        let Ok(r) = r else { return };
+        if r.status() != 200 {
+            return;
+        }
+        let Ok(body) = r.bytes().await else { return };
+        let bundle = ReceiptBundle::from_json(&body).unwrap();
+        sent.lock().unwrap().get_mut(&key).unwrap().receipt = Some(bundle);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+async fn sigkill_never_loses_an_acknowledged_donation_on_postgres_and_s3() {
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    let table = format!("crash_{suffix}");
+    let prefix = format!("crash-{suffix}");
+    let s3 = S3Options {
+        bucket: "datadonor".into(),
+        endpoint: Some(env("DATADONOR_TEST_S3")),
+        region: Some("us-east-1".into()),
+        prefix: prefix.clone(),
+        allow_http: true,
+        access_key_id: Some(env("DATADONOR_TEST_S3_ACCESS_KEY")),
+        secret_access_key: Some(env("DATADONOR_TEST_S3_SECRET_KEY")),
+    };
+    let pg_url = env("DATADONOR_TEST_POSTGRES");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = testkit::init_test_dir(dir.path()).unwrap();
+    config.data_dir = ".".into();
+    config.storage = StorageConfig {
+        ledger: LedgerBackend::Postgres,
+        batches: BatchBackend::S3,
+        postgres: Some(PostgresConfig {
+            url: Some(pg_url.clone()),
+            table: table.clone(),
+            ca_cert: None,
+        }),
+        s3: Some(S3Config {
+            bucket: s3.bucket.clone(),
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            prefix: prefix.clone(),
+            allow_http: true,
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+        }),
+    };
+    std::fs::write(dir.path().join("config.toml"), config.to_toml()).unwrap();
+    let config = Config::load_dir(dir.path()).unwrap();
+    let study = testkit::load_study(dir.path(), "t2d-dk").unwrap();
+    let hpke = testkit::current_hpke_key(dir.path()).unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("tls/ca.pem")).unwrap())
+        .unwrap();
+    let sent: Arc<Mutex<HashMap<[u8; 16], Sent>>> = Arc::default();
+    let mut rng = rand::thread_rng();
+
+    for round in 0..=ROUNDS {
+        let (mut child, addr) = spawn_intake(dir.path());
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca.clone())
+            .resolve("localhost", addr)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}", addr.port());
+        let unanswered: Vec<([u8; 16], Vec<u8>)> = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| s.receipt.is_none())
+            .map(|(k, s)| (*k, s.envelope.clone()))
+            .collect();
+        let mut tasks = Vec::new();
+        for i in 0..CLIENTS {
+            let retry = unanswered
+                .iter()
+                .skip(i)
+                .step_by(CLIENTS)
+                .cloned()
+                .collect();
+            tasks.push(tokio::spawn(client_loop(
+                client.clone(),
+                url.clone(),
+                study.clone(),
+                hpke,
+                sent.clone(),
+                retry,
+            )));
+        }
+        if round < ROUNDS {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(300..900))).await;
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let code = child.wait().unwrap();
+            assert!(code.success(), "graceful exit: {code:?}");
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    // The ledger as PostgreSQL holds it, the batches as the bucket lists them.
+    let (records, batches) = tokio::task::spawn_blocking(move || {
+        let ledger = PgLedgerStore::open(&PgOptions {
+            url: pg_url,
+            table,
+            ca_cert: None,
+            lock_wait: DEFAULT_LOCK_WAIT,
+        })
+        .unwrap();
+        let store = S3BatchStore::open(&s3).unwrap();
+        (ledger.recover().unwrap(), store.list().unwrap())
+    })
+    .await
+    .unwrap();
+
+    let sent = sent.lock().unwrap();
+    let acked: Vec<(&[u8; 16], &ReceiptBundle)> = sent
+        .iter()
+        .filter_map(|(k, s)| s.receipt.as_ref().map(|r| (k, r)))
+        .collect();
+    eprintln!(
+        "PostgreSQL + S3: {} donations sent, {} acknowledged over {} kills; {} ledger records, {} batch objects",
+        sent.len(),
+        acked.len(),
+        ROUNDS,
+        records.len(),
+        batches.len()
+    );
+    assert!(
+        acked.len() > 20,
+        "only {} donations acknowledged",
+        acked.len()
+    );
+    let log: MerkleLog = records.iter().map(|r| leaf_hash(r)).collect();
+    let entries: Vec<LedgerEntry> = records
+        .iter()
+        .map(|r| LedgerEntry::from_bytes(r).unwrap())
+        .collect();
+    assert!(
+        matches!(entries.first(), Some(LedgerEntry::KeyRotated { .. })),
+        "the PostgreSQL ledger starts with the transport key init recorded"
+    );
+    let mut by_key: HashMap<[u8; 16], Vec<(String, String)>> = HashMap::new();
+    for e in &entries {
+        if let LedgerEntry::DonationAccepted {
+            idempotency_key,
+            batch_id,
+            study_id,
+            ..
+        } = e
+        {
+            by_key
+                .entry(*idempotency_key)
+                .or_default()
+                .push((study_id.to_string(), batch_id.clone()));
+        }
+    }
+    let stored: HashSet<(String, String)> = batches
+        .iter()
+        .map(|b| (b.study.clone(), b.id_hex()))
+        .collect();
+    let seed: [u8; 32] = std::fs::read(dir.path().join("keys/ledger.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let ledger_key = datadonor_schemas::signing::SigningKey::from_seed(&seed).unwrap();
+    let pk: PublicKey = ledger_key.public_key();
+    let vk = NoteVerifier::new(&config.ledger.origin, pk.0).unwrap();
+    for (key, bundle) in &acked {
+        let v = verify_receipt(bundle, &pk, &vk).unwrap();
+        let hits = by_key.get(*key).map_or(0, Vec::len);
+        assert_eq!(hits, 1, "acknowledged donation in the ledger {hits} times");
+        assert!(
+            stored.contains(&by_key[*key][0]),
+            "the batch of an acknowledged donation is in the bucket"
+        );
+        assert_eq!(log.root_at(v.tree_size).unwrap().0, v.root);
+        assert_eq!(records[v.receipt.ledger_index as usize], bundle.entry);
+        if v.tree_size > 0 && v.tree_size < log.size() {
+            let proof = log.consistency_proof(v.tree_size, log.size()).unwrap();
+            let proof: Vec<Vec<u8>> = proof.iter().map(|h| h.0.to_vec()).collect();
+            datadonor_schemas::merkle::verify_consistency(
+                v.tree_size,
+                log.size(),
+                &proof,
+                &v.root,
+                &log.root().0,
+            )
+            .unwrap();
+        }
+    }
+    assert!(by_key.values().all(|v| v.len() == 1));
+    // No orphan objects: every batch in the bucket is named by a DonationAccepted entry.
+    let named: HashSet<(String, String)> = by_key.values().flatten().cloned().collect();
+    for b in &stored {
+        assert!(named.contains(b), "orphan batch object {b:?}");
+    }
+    // Nothing of the intake's was written to the data directory's ledger or batch directory
+    // beyond what init wrote.
+    assert!(!dir.path().join("batches").exists() || batch_dir_is_empty(dir.path()));
+}
+
+fn batch_dir_is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("batches"))
+        .unwrap()
+        .flatten()
+        .all(|s| std::fs::read_dir(s.path()).map_or(true, |mut d| d.next().is_none()))
+}
