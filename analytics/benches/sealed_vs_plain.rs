@@ -8,8 +8,9 @@
 //!   the differentially private release with OpenDP, ledger entry), in process, without TLS;
 //! * (b) the engine over the same rows as plaintext Parquet;
 //! * (d) the example query written plainly as a polars lazy query over the plaintext files
-//!   (per-donor means per cell and margin, no disclosure control, no noise): the baseline a
-//!   researcher compares with.
+//!   ([`datadonor_analytics::plain::example_query`]: per-donor means per cell and margin, no
+//!   disclosure control, no noise): the baseline a researcher compares with, and the one
+//!   `tests/plain_query.rs` checks the engine's published values against.
 //!
 //! ```text
 //! cargo bench -p datadonor-analytics --bench sealed_vs_plain -- --rows 1000000
@@ -30,6 +31,7 @@ use datadonor_analytics::engine::QueryEngine;
 use datadonor_analytics::ledger::{
     encode_record, Appended, LedgerError, LedgerSink, LedgerView, LocalLedgerFile, ServiceLedger,
 };
+use datadonor_analytics::plain::example_query;
 use datadonor_analytics::query::{apply_disclosure, run_query, QueryInputs};
 use datadonor_analytics::sealed::seal_batch;
 use datadonor_analytics::service::{QueryService, Researchers, ServiceParts};
@@ -176,15 +178,9 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
             (t.rows.len(), t.cells_suppressed())
         }
         "query" => {
-            // The example query as a researcher would write it in polars over plaintext files:
-            // consenting records, adults 40+, per-donor means per cell, then donors, mean HbA1c,
-            // median BMI and mean systolic per cell, for the cell and every margin. No disclosure
-            // control, no noise.
-            let allowed: Vec<String> = view
-                .allowed_records(&study.id, &spec.purpose, NOW)
-                .iter()
-                .map(hex::encode)
-                .collect();
+            // The example query as a researcher would write it in polars over plaintext files
+            // (`datadonor_analytics::plain`): no disclosure control, no noise.
+            let allowed = view.allowed_records(&study.id, &spec.purpose, NOW);
             let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("plain"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
@@ -196,51 +192,8 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
             let lf = LazyFrame::scan_parquet_files(
                 paths.into_iter().collect(),
                 ScanArgsParquet::default(),
-            )?
-            .filter(
-                col("consent")
-                    .is_in(lit(Series::new("a".into(), allowed)).implode(false), false)
-                    .and(
-                        col("age_band")
-                            .is_in(
-                                lit(Series::new("b".into(), ["18-19", "20-29", "30-39"]))
-                                    .implode(false),
-                                false,
-                            )
-                            .not(),
-                    ),
-            );
-            let mut plans = Vec::new();
-            for dims in [vec!["region", "t2d"], vec!["region"], vec!["t2d"], vec![]] {
-                let mut by_donor: Vec<Expr> = dims.iter().map(|d| col(*d)).collect();
-                by_donor.push(col("donor"));
-                let per_donor = lf.clone().group_by(by_donor).agg([
-                    col("hba1c").mean(),
-                    col("bmi").mean(),
-                    col("systolic").mean(),
-                ]);
-                let cells = [
-                    len().alias("donors"),
-                    col("hba1c").mean().alias("mean_hba1c"),
-                    col("bmi")
-                        .quantile(lit(0.5), QuantileMethod::Linear)
-                        .alias("q0.5_bmi"),
-                    col("systolic").mean().alias("mean_systolic"),
-                ];
-                let plan = if dims.is_empty() {
-                    per_donor.select(cells)
-                } else {
-                    per_donor
-                        .group_by(dims.iter().map(|d| col(*d)).collect::<Vec<_>>())
-                        .agg(cells)
-                };
-                plans.push(plan.logical_plan);
-            }
-            let frames = LazyFrame::collect_all_with_engine(
-                plans,
-                Engine::Auto,
-                lf.get_current_optimizations(),
             )?;
+            let frames = example_query(lf, &allowed)?;
             (frames.iter().map(DataFrame::height).sum(), 0)
         }
         "service" => {

@@ -36,6 +36,7 @@ pub mod keys;
 pub mod ledger;
 pub mod ledger_http;
 pub mod output;
+pub mod plain;
 pub mod private;
 pub mod query;
 pub mod sealed;
