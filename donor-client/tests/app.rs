@@ -363,12 +363,21 @@ async fn the_cpr_number_is_validated_and_never_shown_back() {
     let s = setup().await;
     let b = Browser::open(&s).await;
     assert_redirect(&b.post_form("/", &[("study", "t2d-dk")]).await, "/export");
-    let export = std::fs::read(bundle()).expect("bundle");
-    assert_redirect(&b.upload("bundle.json", &export).await, "/identity");
+    // An export naming the donor's CPR number (010172-1234).
+    let export = br#"{"resourceType":"Bundle","type":"collection","entry":[
+  {"fullUrl":"urn:uuid:p1","resource":{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1972-01-01",
+     "identifier":[{"system":"urn:oid:1.2.208.176.1.2","value":"010172-1234"}],
+     "address":[{"postalCode":"8000"}]}},
+  {"resource":{"resourceType":"Observation","subject":{"reference":"urn:uuid:p1"},"effectiveDateTime":"2021-03-04",
+     "code":{"coding":[{"system":"http://loinc.org","code":"39156-5"}]},
+     "valueQuantity":{"value":27.5,"unit":"kg/m2","system":"http://unitsofmeasure.org","code":"kg/m2"}}}]}"#;
+    assert_redirect(&b.upload("export.json", export).await, "/identity");
     for (cpr, postcode, says) in [
         ("7654321", "", "A CPR number is 10 digits"),
         ("320172-9876", "", "not a valid date"),
-        ("010172-9876", "50x0", "A Danish postcode is 4 digits"),
+        ("010172-1234", "50x0", "A Danish postcode is 4 digits"),
+        // Not the CPR number the export names: said without showing either number.
+        ("010172-9876", "", "does not match the one in the export"),
     ] {
         let r = b
             .post_form("/identity", &[("cpr", cpr), ("postcode", postcode)])
@@ -383,7 +392,17 @@ async fn the_cpr_number_is_validated_and_never_shown_back() {
                 && !page.contains(digits.get(..6).unwrap_or(&digits)),
             "{cpr} shown back"
         );
+        assert!(!page.contains("\u{2026}-"), "no digits of either number");
     }
+    // The right number: on to the preview, which shows no digit of it either.
+    assert_redirect(
+        &b.post_form("/identity", &[("cpr", "010172-1234"), ("postcode", "")])
+            .await,
+        "/preview",
+    );
+    let preview = b.get_text("/preview").await;
+    assert_eq!(periods(&preview), ["2021-03"]);
+    assert!(!preview.contains("010172") && !preview.contains("1234"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
