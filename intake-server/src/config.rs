@@ -502,3 +502,58 @@ impl Config {
         Duration::from_millis(v)
     }
 }
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    /// The sample's commented-out `[storage.*]` keys, uncommented, load; secrets stay out of
+    /// `Debug`; an `http://` endpoint needs `allow_http`.
+    #[test]
+    fn the_sample_storage_keys_load_and_secrets_are_redacted() {
+        let sample = include_str!("../config.sample.toml");
+        let start = sample.find("[storage]").unwrap_or(0);
+        let text: String = sample[start..]
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ").filter(|r| {
+                    r.starts_with('[')
+                        || r.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        })
+                })
+            })
+            .map(|l| l.unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("ledger = \"file\"", "ledger = \"postgres\"")
+            .replace("batches = \"local\"", "batches = \"s3\"")
+            .replace(
+                "url = \"postgres://datadonor@",
+                "url = \"postgres://datadonor:pw-secret@",
+            )
+            .replace(
+                "secret_access_key = \"...\"",
+                "secret_access_key = \"key-secret\"",
+            );
+        let text = format!("[storage]\nledger = \"postgres\"\nbatches = \"s3\"\n{}", {
+            let i = text.find("[storage.postgres]").unwrap_or(0);
+            &text[i..]
+        });
+        let c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.storage.ledger, LedgerBackend::Postgres);
+        assert_eq!(c.storage.batches, BatchBackend::S3);
+        let s3 = c.storage.s3.as_ref().map(|s| s.bucket.as_str());
+        assert_eq!(s3, Some("datadonor-batches"));
+        let d = format!("{c:?}");
+        assert!(!d.contains("pw-secret") && !d.contains("key-secret"), "{d}");
+        let bad = text.replace("https://s3.eu-north-1", "http://s3.eu-north-1");
+        assert!(
+            Config::from_toml(&bad).is_err(),
+            "http endpoint without allow_http"
+        );
+        assert!(Config::from_toml("[storage]\nledger = \"postgres\"\n").is_err());
+        assert!(Config::from_toml("[storage]\nbatches = \"s3\"\n").is_err());
+        assert!(Config::from_toml("[storage]\nledger = \"sqlite\"\n").is_err());
+    }
+}
