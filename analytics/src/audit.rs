@@ -131,6 +131,48 @@ impl Witnessed<'_> {
     }
 }
 
+/// A ledger source whose checkpoint is accepted only with the witness quorum, owning what it
+/// reads from: every audit command given `--witness` reads the ledger through one.
+pub struct WitnessedSource {
+    inner: Box<dyn LedgerSource>,
+    verifiers: Vec<NoteVerifier>,
+    required: WitnessRequirement,
+}
+
+impl WitnessedSource {
+    /// `inner`, its checkpoints required to carry `required`'s quorum (the log's signature is
+    /// checked against `verifiers`).
+    pub fn new(
+        inner: Box<dyn LedgerSource>,
+        verifiers: Vec<NoteVerifier>,
+        required: WitnessRequirement,
+    ) -> Self {
+        Self {
+            inner,
+            verifiers,
+            required,
+        }
+    }
+}
+
+impl LedgerSource for WitnessedSource {
+    fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
+        let w = Witnessed {
+            source: self.inner.as_ref(),
+            verifiers: &self.verifiers,
+            required: &self.required,
+            cosigned_by: Mutex::new(Vec::new()),
+        };
+        w.checkpoint()
+    }
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        self.inner.entries(start, end)
+    }
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.inner.consistency_proof(from, to)
+    }
+}
+
 impl LedgerSource for Witnessed<'_> {
     fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
         let deadline = Instant::now() + self.required.max_wait;
@@ -196,6 +238,23 @@ pub fn audit_log(
     state_dir: &Path,
 ) -> Result<(LogAudit, LedgerView), AnalyticsError> {
     audit_log_witnessed(source, verifiers, state_dir, None)
+}
+
+/// [`verify_ledger`] of `source` whose checkpoint must carry `required`'s quorum of witness
+/// cosignatures (fetched again for up to its wait while it does not).
+pub fn verify_witnessed(
+    source: &dyn LedgerSource,
+    verifiers: &[NoteVerifier],
+    state_dir: Option<&Path>,
+    required: &WitnessRequirement,
+) -> Result<LedgerView, LedgerError> {
+    let w = Witnessed {
+        source,
+        verifiers,
+        required,
+        cosigned_by: Mutex::new(Vec::new()),
+    };
+    verify_ledger(&w, verifiers, state_dir)
 }
 
 /// [`audit_log`], and with `witnesses` the head must also carry cosignatures by a quorum of

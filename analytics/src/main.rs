@@ -190,15 +190,6 @@ enum AuditCmd {
         /// Also write a self-contained HTML report.
         #[arg(long)]
         html: Option<PathBuf>,
-        /// A witness whose cosignature the checkpoint must carry, as its verifier key
-        /// `<name>+<key ID>+<base64>` (repeatable). The checkpoint is fetched again for up to
-        /// 10 seconds while it lacks the quorum; then the audit fails (exit 4). Without it, the
-        /// ledger's signature alone is checked.
-        #[arg(long = "witness", value_name = "VKEY")]
-        witnesses: Vec<String>,
-        /// How many of the --witness keys must have cosigned the checkpoint (default: all).
-        #[arg(long, value_name = "N", requires = "witnesses")]
-        witness_quorum: Option<usize>,
     },
     /// Verify a receipt (bundle JSON or the donor client's stored receipt) and that its entry
     /// is in the current log.
@@ -319,6 +310,15 @@ struct LedgerArgs {
     /// Directory keeping the last verified checkpoint.
     #[arg(long, default_value = ".datadonor-analytics")]
     state_dir: PathBuf,
+    /// A witness whose cosignature every checkpoint accepted must carry, as its verifier key
+    /// `<name>+<key ID>+<base64>` (repeatable). The checkpoint is fetched again for up to 10
+    /// seconds while it lacks the quorum; then the command fails (exit 4). Without it, the
+    /// ledger's signature alone is checked.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// How many of the --witness keys must have cosigned the checkpoint (default: all).
+    #[arg(long, value_name = "N", requires = "witnesses")]
+    witness_quorum: Option<usize>,
     /// Override the clock (Unix seconds; for tests).
     #[arg(long, hide = true)]
     now: Option<i64>,
@@ -397,7 +397,12 @@ fn open_ledger(
     if args.ledger.is_some() {
         let (mut http, verifier) = http_ledger(args, need_sink)?;
         http.set_verifiers(vec![verifier.clone()]);
-        let view = verify_ledger(&http, &[verifier], Some(&args.state_dir))?;
+        // A log that is not what it signed, or lacks the witness quorum, is an audit finding.
+        let view = match required_witnesses(args)? {
+            Some(req) => audit::verify_witnessed(&http, &[verifier], Some(&args.state_dir), &req),
+            None => verify_ledger(&http, &[verifier], Some(&args.state_dir)),
+        }
+        .map_err(AnalyticsError::from)?;
         return Ok((view, Box::new(http)));
     }
     let path = args
@@ -406,7 +411,18 @@ fn open_ledger(
         .ok_or_else(|| anyhow!("one of --ledger URL or --ledger-file PATH is required"))?;
     let file = LocalLedgerFile::new(path, args.ledger_checkpoint.as_deref());
     let view = match (&args.ledger_checkpoint, &args.ledger_vkey) {
-        (Some(_), Some(vk)) => verify_ledger(&file, &[read_vkey(vk)?], Some(&args.state_dir))?,
+        (Some(_), Some(vk)) => match required_witnesses(args)? {
+            Some(req) => {
+                audit::verify_witnessed(&file, &[read_vkey(vk)?], Some(&args.state_dir), &req)
+            }
+            None => verify_ledger(&file, &[read_vkey(vk)?], Some(&args.state_dir)),
+        }
+        .map_err(AnalyticsError::from)?,
+        (None, _) if !args.witnesses.is_empty() => {
+            return Err(anyhow!(
+                "--witness needs a signed checkpoint: --ledger-checkpoint and --ledger-vkey"
+            ))
+        }
         (Some(_), None) => return Err(anyhow!("--ledger-checkpoint needs --ledger-vkey")),
         _ => {
             eprintln!(
@@ -431,7 +447,7 @@ fn audit_source(
             None => PublicKey::from_base64(&http.ledger_key()?.public_key)
                 .map_err(|e| anyhow!("ledger key: {e}"))?,
         };
-        return Ok((Box::new(http), verifier, key));
+        return Ok((witnessed(Box::new(http), &verifier, args)?, verifier, key));
     }
     let path = args
         .ledger_file
@@ -445,10 +461,35 @@ fn audit_source(
     let verifier = read_vkey(vk)?;
     let key = PublicKey(*verifier.public_key());
     Ok((
-        Box::new(LocalLedgerFile::new(path, Some(cp))),
+        witnessed(
+            Box::new(LocalLedgerFile::new(path, Some(cp))),
+            &verifier,
+            args,
+        )?,
         verifier,
         key,
     ))
+}
+
+/// The witnesses --witness and --witness-quorum require on every checkpoint; none without them.
+fn required_witnesses(args: &LedgerArgs) -> anyhow::Result<Option<audit::WitnessRequirement>> {
+    witness_requirement(&args.witnesses, args.witness_quorum, args.now)
+}
+
+/// `source`, its checkpoints required to carry the witness quorum when --witness is given.
+fn witnessed(
+    source: Box<dyn LedgerSource>,
+    verifier: &NoteVerifier,
+    args: &LedgerArgs,
+) -> anyhow::Result<Box<dyn LedgerSource>> {
+    Ok(match required_witnesses(args)? {
+        Some(req) => Box::new(audit::WitnessedSource::new(
+            source,
+            vec![verifier.clone()],
+            req,
+        )),
+        None => source,
+    })
 }
 
 /// What `--study FILE or ID` names: an existing file is a signed study file; otherwise the
@@ -550,13 +591,8 @@ const WITNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
-        AuditCmd::Log {
-            ledger,
-            html,
-            witnesses,
-            witness_quorum,
-        } => {
-            let required = witness_requirement(&witnesses, witness_quorum, ledger.now)?;
+        AuditCmd::Log { ledger, html } => {
+            let required = required_witnesses(&ledger)?;
             let (source, verifier, _) = audit_source(&ledger)?;
             let (report, _) = audit::audit_log_witnessed(
                 source.as_ref(),
@@ -806,6 +842,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ledger_vkey,
                 state_dir: state_dir.clone(),
                 now: None,
+                witnesses: Vec::new(),
+                witness_quorum: None,
             };
             let (mut http, verifier) = http_ledger(&args, true)?;
             http.set_verifiers(vec![verifier.clone()]);

@@ -1,7 +1,7 @@
 //! `datadonor-analytics audit log --witness ... --witness-quorum N` against a real intake whose
 //! checkpoints two real `datadonor-witness` servers (in process, over TLS) cosign: the audit
 //! passes with 2 of 2 and with 2 of 3, and fails with exit status 4 when a witness that never
-//! cosigned is required too.
+//! cosigned is required too; `audit consents` (any command reading the ledger) likewise.
 
 use std::path::Path;
 use std::process::Output;
@@ -45,7 +45,7 @@ async fn analytics(args: Vec<String>) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_log_requires_the_witness_quorum() {
+async fn audits_require_the_witness_quorum() {
     let data = tempfile::tempdir().expect("intake dir");
     let d = data.path();
     let mut config = testkit::init_test_dir(d).expect("init");
@@ -149,6 +149,24 @@ async fn audit_log_requires_the_witness_quorum() {
 
     // 3 of 3: the checkpoint carries 2 valid cosignatures; the audit fails as a violation.
     let out = analytics(audit(&[w(1), w(2), w(3)].concat())).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("2 valid witness cosignatures, the quorum is 3"),
+        "{stderr}"
+    );
+
+    // Every audit command that reads the ledger requires the quorum in the same way.
+    let consents = |extra: &[String]| {
+        let mut a = audit(extra);
+        a[1] = "consents".to_string();
+        a.extend(["--study".to_string(), "t2d-dk".to_string()]);
+        a
+    };
+    let out = analytics(consents(&[w(1), w(2)].concat())).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let out = analytics(consents(&[w(1), w(2), w(3)].concat())).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
