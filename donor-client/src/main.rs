@@ -340,7 +340,9 @@ impl From<SessionError> for Failure {
             SessionError::Inconsistent(_) | SessionError::StoredReceipt(_) => {
                 fail(7, e.to_string())
             }
-            SessionError::NotWitnessed { .. } | SessionError::Fork(_) => fail(7, e.to_string()),
+            SessionError::NotWitnessed { .. } | SessionError::Fork(_) | SessionError::Pin(_) => {
+                fail(7, e.to_string())
+            }
             other => fail(1, other.to_string()),
         }
     }

@@ -60,6 +60,9 @@ pub enum SessionError {
     /// The ledger was not append-only between two checkpoints.
     #[error("the ledger is inconsistent with the checkpoint verified earlier: {0}")]
     Inconsistent(String),
+    /// The study or its bundle is not what this device pinned on first use.
+    #[error(transparent)]
+    Pin(#[from] crate::pins::PinError),
     /// Two checkpoints signed by the ledger's key that cannot both belong to one append-only
     /// log: the intake showed this device a fork (or a rollback). Both are kept as evidence.
     #[error("the intake's ledger forked: {}", .0.reason)]

@@ -690,6 +690,20 @@ async fn the_app_donates_to_a_real_intake_and_withdraws() {
         )
         .await;
     assert_redirect(&r, "/receipt");
+    // The study's steward key and bundle were pinned on first use, as the CLI does.
+    let pin = datadonor_client::pins::pinned_study(
+        &Keystore::open(home.path()).expect("keystore"),
+        &intake.base_url(),
+        &datadonor_schemas::study::StudyId::new("t2d-dk").expect("id"),
+    )
+    .expect("key store")
+    .expect("the study is pinned after the donation");
+    assert_eq!(
+        pin.steward_key.to_base64(),
+        std::fs::read_to_string(intake_dir.join("steward/steward.key.pub"))
+            .expect("steward key")
+            .trim()
+    );
     let receipt = b.get_text("/receipt").await;
     let index: u64 = receipt
         .split_once("data-ledger-index=\"")

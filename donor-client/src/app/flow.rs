@@ -598,6 +598,32 @@ async fn session(s: &Shared) -> Result<IntakeSession, SessionError> {
     Ok(session)
 }
 
+/// [`session`] for donating to `study`: the study's bundle checked against (or pinned in) the
+/// key store, trust on first use of the steward key as the CLI does, and the bundle's witnesses
+/// required when the donor named none. An intake that publishes no bundle is used as before.
+async fn session_for(s: &Shared, study: &PublishedStudy) -> Result<IntakeSession, SessionError> {
+    use datadonor_schemas::time::Clock as _;
+    let session = session(s).await?;
+    let bundle = match session.intake().study_bundle(study, session.ledger()).await {
+        Ok(b) => b,
+        Err(ClientError::Problem { status: 404, .. }) => return Ok(session),
+        Err(e) => return Err(e.into()),
+    };
+    crate::pins::pin_study(
+        &s.config.keystore,
+        s.config.intake.base_url(),
+        study,
+        &bundle,
+        datadonor_schemas::time::SystemClock.now(),
+    )?;
+    if s.config.witnesses.is_none() {
+        if let Some(policy) = crate::pins::bundle_witness_policy(&bundle)? {
+            return Ok(session.with_witnesses(Some(policy)));
+        }
+    }
+    Ok(session)
+}
+
 async fn donor_key(s: &Shared) -> Result<datadonor_schemas::signing::SigningKey, String> {
     let ks = s.config.keystore.clone();
     let pass = s.config.passphrase.clone();
@@ -675,7 +701,7 @@ async fn consent(State(s): S, headers: HeaderMap, Form(fields): Fields) -> Respo
         }
     };
     let ks = &s.config.keystore;
-    let outcome = match session(&s).await {
+    let outcome = match session_for(&s, &study).await {
         Ok(session) => session.donate(&study, &kept, &cpr, &key, &choice).await,
         Err(e) => Err(e),
     };
