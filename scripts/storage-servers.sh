@@ -9,6 +9,8 @@
 # the tools directory ($DATADONOR_TOOLS, default /var/tmp/datadonor-tools), never into the repository.
 # The variables printed:
 #   DATADONOR_TEST_POSTGRES      postgres://datadonor:<password>@127.0.0.1:<port>/datadonor
+#   DATADONOR_TEST_POSTGRES_TLS  the same server as role `tlsonly` (TLS only), sslmode=require
+#   DATADONOR_TEST_POSTGRES_CA   the PEM CA of the server's certificate
 #   DATADONOR_TEST_S3            http://127.0.0.1:<port> (bucket `datadonor`, exists)
 #   DATADONOR_TEST_S3_ACCESS_KEY, DATADONOR_TEST_S3_SECRET_KEY
 #   DATADONOR_STORAGE_DIR        the temporary directory (data, logs, pids), removed by `stop`
@@ -74,10 +76,34 @@ start() {
   as_pg "$bindir/initdb" -D "$dir/pg/data" -U datadonor --pwfile="$dir/pg.pass" \
     --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$dir/pg/initdb.log" 2>&1 ||
     { cat "$dir/pg/initdb.log" >&2; exit 1; }
+  # TLS with a throwaway CA (server certificate for 127.0.0.1 and localhost). The role `tlsonly` may
+  # connect over TLS only, so a test logged in as it has proved the connection was encrypted.
+  local tls="$dir/pg/tls"
+  mkdir -p "$tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=datadonor test CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$tls/server.key" \
+    -out "$tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    >"$tls/ext.cnf"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 2 -extfile "$tls/ext.cnf" -out "$tls/server.pem" 2>/dev/null
+  chmod 0600 "$tls/server.key" "$tls/ca.key"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$tls"; fi
+  {
+    echo "hostnossl all tlsonly 127.0.0.1/32 reject"
+    cat "$dir/pg/data/pg_hba.conf"
+  } >"$dir/pg/hba.new"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$dir/pg/hba.new"; fi
+  as_pg cp "$dir/pg/hba.new" "$dir/pg/data/pg_hba.conf"
   as_pg "$bindir/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $dir/pg -c fsync=on -c synchronous_commit=on" \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $dir/pg -c fsync=on -c synchronous_commit=on -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key" \
     start >&2 || { cat "$dir/pg/server.log" >&2; exit 1; }
   PGPASSWORD="$pg_pass" "$bindir/createdb" -h 127.0.0.1 -p "$pg_port" -U datadonor datadonor
+  PGPASSWORD="$pg_pass" "$bindir/psql" -q -h 127.0.0.1 -p "$pg_port" -U datadonor datadonor \
+    -c "CREATE ROLE tlsonly LOGIN PASSWORD '$pg_pass'; GRANT ALL ON SCHEMA public TO tlsonly;" >&2
+  cp "$tls/ca.pem" "$dir/pg-ca.pem"
   echo "$bindir" >"$dir/pg.bindir"
 
   # S3: s3s-fs over a directory; a bucket is a directory.
@@ -97,6 +123,8 @@ start() {
   log "PostgreSQL on 127.0.0.1:$pg_port, S3 (s3s-fs) on 127.0.0.1:$s3_port, state in $dir"
   echo "export DATADONOR_STORAGE_DIR=$dir"
   echo "export DATADONOR_TEST_POSTGRES=postgres://datadonor:$pg_pass@127.0.0.1:$pg_port/datadonor"
+  echo "export DATADONOR_TEST_POSTGRES_TLS=postgres://tlsonly:$pg_pass@127.0.0.1:$pg_port/datadonor?sslmode=require"
+  echo "export DATADONOR_TEST_POSTGRES_CA=$dir/pg-ca.pem"
   echo "export DATADONOR_TEST_S3=http://127.0.0.1:$s3_port"
   echo "export DATADONOR_TEST_S3_ACCESS_KEY=$ak"
   echo "export DATADONOR_TEST_S3_SECRET_KEY=$sk"

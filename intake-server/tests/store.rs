@@ -315,3 +315,41 @@ fn s3_never_overwrites_a_batch() {
     assert_eq!(a.list().unwrap(), vec![r.clone(), other.clone()]);
     assert_eq!(a.clean_temporaries().unwrap(), 0);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+fn postgres_over_tls() {
+    // The role of DATADONOR_TEST_POSTGRES_TLS may connect over TLS only (pg_hba `hostnossl …
+    // reject`), so appending and recovering as it proves the connection was encrypted and the
+    // server's certificate verified against the configured CA.
+    let table = unique("ledger_tls");
+    let opts = PgOptions {
+        url: env("DATADONOR_TEST_POSTGRES_TLS"),
+        table: table.clone(),
+        ca_cert: Some(PathBuf::from(env("DATADONOR_TEST_POSTGRES_CA"))),
+        lock_wait: std::time::Duration::from_secs(10),
+    };
+    let store = PgLedgerStore::open(&opts).unwrap();
+    assert!(store.recover().unwrap().is_empty());
+    store.append(&[b"over tls".to_vec()]).unwrap();
+    assert_eq!(store.recover().unwrap(), vec![b"over tls".to_vec()]);
+    drop(store);
+    // Without the CA (no TLS), the same role is refused.
+    let plain = PgOptions {
+        ca_cert: None,
+        url: env("DATADONOR_TEST_POSTGRES_TLS").replace("sslmode=require", "sslmode=disable"),
+        ..opts.clone()
+    };
+    assert!(PgLedgerStore::open(&plain).is_err());
+    // A CA that did not sign the server's certificate: the handshake fails.
+    let d = tempfile::tempdir().unwrap();
+    let other_ca = d.path().join("other-ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&other_ca, cert.cert.pem()).unwrap();
+    let wrong = PgOptions {
+        ca_cert: Some(other_ca),
+        ..opts
+    };
+    let err = PgLedgerStore::open(&wrong).unwrap_err();
+    assert!(matches!(err, StoreError::Remote { .. }), "{err}");
+}
