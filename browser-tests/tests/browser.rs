@@ -5,6 +5,7 @@
 //! `critical` violation), the keyboard reaches the skip link with a visible focus outline, and
 //! a screenshot of each step is written to `docs/screenshots/`.
 //!
+//! The donated rows are checked in the sealed batch itself, opened with the demo vault key.
 //! Needs `chromium` and `chromedriver` (`$CHROMIUM`, `$CHROMEDRIVER`, default `/usr/bin/...`)
 //! and axe-core's `axe.min.js` at `$DATADONOR_AXE_JS`; `.ci/run` installs all three and runs
 //! `cargo test --workspace --test browser -- --ignored`. Run with `--ignored` without them, the
@@ -284,7 +285,7 @@ async fn keyboard_reaches_the_skip_link(c: &Client) {
 }
 
 struct Live {
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
     _pseudonymisers: datadonor_pseudonymiser::local::LocalService,
     intake: datadonor_intake::RunningIntake,
     pem: Vec<u8>,
@@ -311,7 +312,7 @@ async fn live_intake() -> Live {
     pem.push(b'\n');
     pem.extend(std::fs::read(data.path().join("pseudonymisers/ca.pem")).expect("pseudonymiser CA"));
     Live {
-        _data: data,
+        data,
         _pseudonymisers: pseudonymisers,
         intake,
         pem,
@@ -319,6 +320,44 @@ async fn live_intake() -> Live {
 }
 
 impl Live {
+    /// The periods of the rows donated under `record`, read from the sealed batch opened with
+    /// the demo vault key (`init` writes it to `vault-private/vault.key`; the intake never reads
+    /// it).
+    fn donated_periods(&self, study: &str, batch_id: &str, record: &[u8; 16]) -> Vec<String> {
+        use datadonor_schemas::study::{CONSENT_COLUMN, PERIOD_COLUMN};
+        let dir = self.data.path().join("intake");
+        let vault =
+            datadonor_analytics::vault::VaultKey::load(&dir.join("vault-private/vault.key"))
+                .expect("the demo vault key");
+        let path = dir.join(format!("batches/{study}/{batch_id}.ddb"));
+        let opened = datadonor_analytics::sealed::open_batch_file(&path, &vault).expect("opens");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(opened.plaintext.to_vec()),
+        )
+        .expect("parquet")
+        .build()
+        .expect("reader");
+        let want = hex::encode(record);
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                    .unwrap_or_else(|| panic!("column {name}"))
+                    .clone()
+            };
+            let (periods, records) = (col(PERIOD_COLUMN), col(CONSENT_COLUMN));
+            for i in 0..batch.num_rows() {
+                if records.value(i) == want {
+                    out.push(periods.value(i).to_string());
+                }
+            }
+        }
+        out
+    }
+
     fn entry(&self, i: u64) -> LedgerEntry {
         let state = self.intake.state().0.state.read().expect("ledger lock");
         let entries = state.entries(i, i + 1).expect("a published entry");
@@ -410,6 +449,16 @@ async fn walk(live: &Live, driver: &Driver, lang: Lang, axe_js: &str, shots: &Pa
         .await
         .expect("row checkboxes");
     assert!(boxes.len() >= 2, "the export gives several rows");
+    let mut periods = Vec::new();
+    for i in 0..boxes.len() {
+        let cell = c
+            .find(Locator::XPath(&format!(
+                "//input[@id='keep-{i}']/ancestor::tr/th"
+            )))
+            .await
+            .expect("the row's period");
+        periods.push(cell.text().await.expect("text").trim().to_string());
+    }
     boxes[0].click().await.expect("untick the first row");
     assert!(!boxes[0].is_selected().await.expect("state"));
     page(&c, axe_js, shots, &name(4, "preview")).await;
@@ -438,8 +487,28 @@ async fn walk(live: &Live, driver: &Driver, lang: Lang, axe_js: &str, shots: &Pa
         .and_then(|v| v.parse().ok())
         .expect("ledger index");
     match live.entry(index) {
-        LedgerEntry::DonationAccepted { rows, .. } => {
-            assert_eq!(rows as usize, boxes.len() - 1, "the unticked row stayed")
+        LedgerEntry::DonationAccepted {
+            rows,
+            study_id,
+            batch_id,
+            consent_record_id,
+            ..
+        } => {
+            assert_eq!(rows as usize, boxes.len() - 1, "the unticked row stayed");
+            // What the steward's vault key opens: every kept row, and not the unticked one.
+            let donated = live.donated_periods(study_id.as_str(), &batch_id, &consent_record_id);
+            assert_eq!(donated.len(), boxes.len() - 1, "{donated:?}");
+            assert!(
+                !donated.contains(&periods[0]),
+                "the unticked row {} is not in the batch: {donated:?}",
+                periods[0]
+            );
+            for p in &periods[1..] {
+                assert!(
+                    donated.contains(p),
+                    "the kept row {p} is in the batch: {donated:?}"
+                );
+            }
         }
         other => panic!("entry {index}: {other:?}"),
     }
