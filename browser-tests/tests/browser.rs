@@ -11,6 +11,9 @@
 //! `cargo test --workspace --test browser -- --ignored`. Run with `--ignored` without them, the
 //! test fails and says what is missing.
 
+#[path = "../../donor-client/tests/support/live.rs"]
+mod live;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -285,38 +288,16 @@ async fn keyboard_reaches_the_skip_link(c: &Client) {
 }
 
 struct Live {
-    data: tempfile::TempDir,
-    _pseudonymisers: datadonor_pseudonymiser::local::LocalService,
+    setup: live::Live,
     intake: datadonor_intake::RunningIntake,
     pem: Vec<u8>,
 }
 
 async fn live_intake() -> Live {
-    let data = tempfile::tempdir().expect("intake dir");
-    let pseudonymisers = datadonor_pseudonymiser::local::start_local(
-        &data.path().join("pseudonymisers"),
-        "dk-pseudonymiser",
-        3,
-        2,
-        None,
-        |_| {},
-    )
-    .await
-    .expect("pseudonymisers");
-    let intake_dir = data.path().join("intake");
-    let config =
-        datadonor_intake::testkit::init_test_dir_with(&intake_dir, Some(&pseudonymisers.config))
-            .expect("init intake");
+    let (setup, config) = live::prepare().await;
     let intake = datadonor_intake::start(config).await.expect("start intake");
-    let mut pem = std::fs::read(intake.ca_pem_path()).expect("intake CA");
-    pem.push(b'\n');
-    pem.extend(std::fs::read(data.path().join("pseudonymisers/ca.pem")).expect("pseudonymiser CA"));
-    Live {
-        data,
-        _pseudonymisers: pseudonymisers,
-        intake,
-        pem,
-    }
+    let pem = setup.trust_pem(&intake.ca_pem_path());
+    Live { setup, intake, pem }
 }
 
 impl Live {
@@ -325,7 +306,7 @@ impl Live {
     /// it).
     fn donated_periods(&self, study: &str, batch_id: &str, record: &[u8; 16]) -> Vec<String> {
         use datadonor_schemas::study::{CONSENT_COLUMN, PERIOD_COLUMN};
-        let dir = self.data.path().join("intake");
+        let dir = &self.setup.intake_dir;
         let vault =
             datadonor_analytics::vault::VaultKey::load(&dir.join("vault-private/vault.key"))
                 .expect("the demo vault key");

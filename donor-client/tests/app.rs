@@ -6,6 +6,8 @@
 //! the token, the cookie, the Host and Origin checks, the headers, the loopback listener, the
 //! upload limit, and the two languages.
 
+#[path = "support/live.rs"]
+mod live;
 mod support;
 
 use std::path::PathBuf;
@@ -636,26 +638,11 @@ async fn pages_speak_danish_or_english() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_app_donates_to_a_real_intake_and_withdraws() {
-    let data = tempfile::tempdir().expect("intake dir");
+    let (live, config) = live::prepare().await;
+    let intake_dir = live.intake_dir.clone();
     let home = tempfile::tempdir().expect("keystore dir");
-    let pseudonymisers = datadonor_pseudonymiser::local::start_local(
-        &data.path().join("pseudonymisers"),
-        "dk-pseudonymiser",
-        3,
-        2,
-        None,
-        |_| {},
-    )
-    .await
-    .expect("pseudonymisers");
-    let intake_dir = data.path().join("intake");
-    let config =
-        datadonor_intake::testkit::init_test_dir_with(&intake_dir, Some(&pseudonymisers.config))
-            .expect("init intake");
     let intake = datadonor_intake::start(config).await.expect("start intake");
-    let mut pem = std::fs::read(intake.ca_pem_path()).expect("intake CA");
-    pem.push(b'\n');
-    pem.extend(std::fs::read(data.path().join("pseudonymisers/ca.pem")).expect("pseudonymiser CA"));
+    let pem = live.trust_pem(&intake.ca_pem_path());
     let client = Intake::new(IntakeConfig::new(
         intake.base_url(),
         TrustAnchors::CaPem(pem),

@@ -12,6 +12,8 @@ use datadonor_schemas::ledger::LedgerEntry;
 const STUDY: &str = "t2d-dk";
 
 mod data;
+#[path = "support/live.rs"]
+mod live;
 use data::testdata;
 
 fn bundle() -> PathBuf {
@@ -115,26 +117,13 @@ fn ledger_index(l: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn donate_receipts_verify_withdraw_against_a_real_intake() {
     let input = bundle();
-    let data = tempfile::tempdir().expect("intake dir");
+    let (live, config) = live::prepare().await;
+    let intake_dir = live.intake_dir.clone();
     let home = tempfile::tempdir().expect("keystore dir");
-    let pseudonymisers = datadonor_pseudonymiser::local::start_local(
-        &data.path().join("pseudonymisers"),
-        "dk-pseudonymiser",
-        3,
-        2,
-        None,
-        |_| {},
-    )
-    .await
-    .expect("pseudonymisers");
-    let intake_dir = data.path().join("intake");
-    let config =
-        datadonor_intake::testkit::init_test_dir_with(&intake_dir, Some(&pseudonymisers.config))
-            .expect("init intake");
     let intake = datadonor_intake::start(config).await.expect("start intake");
     let url = intake.base_url();
     let ca = s(&intake.ca_pem_path());
-    let pseudonymiser_ca = s(&data.path().join("pseudonymisers/ca.pem"));
+    let pseudonymiser_ca = s(&live.pseudonymiser_ca());
     let ks = s(home.path());
     let auditor_token = std::fs::read_to_string(intake_dir.join("auditor.token"))
         .expect("auditor.token")
@@ -142,7 +131,7 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         .to_string();
 
     // donate: the CPR number from a file, a key store without a passphrase
-    let cpr_file = data.path().join("cpr");
+    let cpr_file = live.data.path().join("cpr");
     std::fs::write(&cpr_file, "010172-1234\n").expect("cpr file");
     let args: Vec<String> = [
         "--keystore",
@@ -263,7 +252,7 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
     }
 
     // withdraw: the unprotected key store is used only with --no-passphrase ...
-    let passphrase_file = data.path().join("passphrase");
+    let passphrase_file = live.data.path().join("passphrase");
     std::fs::write(&passphrase_file, "correct horse battery staple\n").expect("passphrase file");
     let withdraw = |extra: &[&str]| -> Vec<String> {
         [
@@ -328,8 +317,8 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
             "the donor key is protected by a passphrase; give it with --passphrase-file or DATADONOR_PASSPHRASE instead of --no-passphrase"
         )
     );
-    std::fs::write(data.path().join("wrong"), "wrong").expect("wrong passphrase file");
-    let wrong = s(&data.path().join("wrong"));
+    std::fs::write(live.data.path().join("wrong"), "wrong").expect("wrong passphrase file");
+    let wrong = s(&live.data.path().join("wrong"));
     let out = datadonor(
         in_protected(&["--passphrase-file", &wrong]),
         protected.path().to_path_buf(),

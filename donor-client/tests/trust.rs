@@ -30,6 +30,8 @@ use datadonor_witness::{server, Witness};
 
 mod data;
 use data::testdata;
+#[path = "support/live.rs"]
+mod live;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -57,42 +59,27 @@ async fn cli(home: &Path, args: &[String]) -> (Option<i32>, String, String) {
 }
 
 struct Setup {
-    _data: tempfile::TempDir,
+    _live: live::Live,
     home: tempfile::TempDir,
     intake_dir: PathBuf,
-    _pseudonymisers: datadonor_pseudonymiser::local::LocalService,
     pseudonymiser_ca: String,
 }
 
 async fn setup() -> (Setup, datadonor_intake::config::Config) {
-    let data = tempfile::tempdir().expect("intake dir");
+    let (live, config) = live::prepare().await;
     let home = tempfile::tempdir().expect("keystore dir");
-    let pseudonymisers = datadonor_pseudonymiser::local::start_local(
-        &data.path().join("pseudonymisers"),
-        "dk-pseudonymiser",
-        3,
-        2,
-        None,
-        |_| {},
-    )
-    .await
-    .expect("pseudonymisers");
-    let intake_dir = data.path().join("intake");
-    let config =
-        datadonor_intake::testkit::init_test_dir_with(&intake_dir, Some(&pseudonymisers.config))
-            .expect("init intake");
     std::fs::write(
         home.path().join("passphrase"),
         "correct horse battery staple\n",
     )
     .expect("passphrase file");
-    let pseudonymiser_ca = s(&data.path().join("pseudonymisers/ca.pem"));
+    let pseudonymiser_ca = s(&live.pseudonymiser_ca());
+    let intake_dir = live.intake_dir.clone();
     (
         Setup {
-            _data: data,
+            _live: live,
             home,
             intake_dir,
-            _pseudonymisers: pseudonymisers,
             pseudonymiser_ca,
         },
         config,
