@@ -16,8 +16,6 @@
 //! steward to move away; nothing in this crate outside `init` (and its tests) touches that
 //! directory, and the steward's study-signing key in `steward/` likewise is never read by `serve`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use datadonor_schemas::envelope::{HpkePrivateKey, HpkePublicKey};
@@ -53,40 +51,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     }
 }
 
-/// Write a file atomically (temporary file, fsync, rename, fsync of the directory) with `mode`.
+/// Write a file atomically (temporary file, fsync, rename, fsync of the directory) with `mode`:
+/// [`datadonor_service::write_atomic`], the one crash-safe write the services share.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    fsync_dir(dir)
+    datadonor_service::write_atomic(path, bytes, mode).map_err(|e| KeyError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Write a secret (mode 0600).
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     write_atomic(path, bytes, 0o600)
-}
-
-/// fsync a directory so that a rename in it is durable.
-pub fn fsync_dir(dir: &Path) -> Result<(), KeyError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
 }
 
 fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
