@@ -13,8 +13,7 @@ use datadonor_intake::testkit;
 use datadonor_schemas::cosignature::WitnessSigner;
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::time::SystemClock;
-use datadonor_witness::state::StateDir;
-use datadonor_witness::{server, Witness};
+use datadonor_witness::server;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -60,15 +59,16 @@ async fn audits_require_the_witness_quorum() {
         .expect("tls");
     let mut witnesses = Vec::new();
     for n in 1..=2 {
-        let w = Witness::new(
+        let running = server::start_for_log(
             signer(n),
-            vec![(config.ledger.origin.clone(), log.clone())],
-            StateDir::open(&d.join(format!("witness-{n}"))).expect("state"),
-            Arc::new(SystemClock),
-        );
-        let running = server::start(w, "127.0.0.1:0".parse().expect("addr"), tls.clone())
-            .await
-            .expect("witness");
+            &config.ledger.origin,
+            log.clone(),
+            &d.join(format!("witness-{n}")),
+            "127.0.0.1:0".parse().expect("addr"),
+            tls.clone(),
+        )
+        .await
+        .expect("witness");
         config.witnesses.push(WitnessConfig {
             url: format!("https://localhost:{}", running.addr().port()),
             vkey: vkey(n),

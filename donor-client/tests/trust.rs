@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use datadonor_client::client::PublishedStudy;
 use datadonor_client::keystore::{intake_dir_name, Keystore};
@@ -25,8 +24,7 @@ use datadonor_schemas::merkle::Hash;
 use datadonor_schemas::signing::{Context, SignedObject, SigningKey};
 use datadonor_schemas::study::StudyDefinition;
 use datadonor_schemas::time::{Clock, SystemClock};
-use datadonor_witness::state::StateDir;
-use datadonor_witness::{server, Witness};
+use datadonor_witness::server;
 
 mod data;
 use data::testdata;
@@ -349,15 +347,16 @@ async fn the_bundles_witnesses_are_required_without_any_flag() {
         .expect("tls");
     let mut witnesses = Vec::new();
     for n in 1..=2 {
-        let w = Witness::new(
+        let running = server::start_for_log(
             witness_signer(n),
-            vec![(config.ledger.origin.clone(), log.clone())],
-            StateDir::open(&d.join(format!("witness-{n}"))).expect("state"),
-            Arc::new(SystemClock),
-        );
-        let running = server::start(w, "127.0.0.1:0".parse().expect("addr"), tls.clone())
-            .await
-            .expect("witness");
+            &config.ledger.origin,
+            log.clone(),
+            &d.join(format!("witness-{n}")),
+            "127.0.0.1:0".parse().expect("addr"),
+            tls.clone(),
+        )
+        .await
+        .expect("witness");
         config.witnesses.push(WitnessConfig {
             url: format!("https://localhost:{}", running.addr().port()),
             vkey: witness_signer(n).public().to_vkey(),

@@ -215,27 +215,25 @@ async fn a_witness_that_is_down_delays_cosigning_and_loses_nothing() {
     assert!(!note.contains("witness.example/late"), "{note}");
 
     // The witness comes up on that port: the next interval has it cosign the whole tree.
-    let w = Witness::new(
-        WitnessSigner::new(
-            "witness.example/late",
-            SigningKey::from_seed(&[43; 32]).unwrap(),
-        )
-        .unwrap(),
-        vec![(
-            datadonor_intake::config::DEFAULT_ORIGIN.to_string(),
-            log.clone(),
-        )],
-        StateDir::open(&dir.path().join("late-witness")).unwrap(),
-        Arc::new(SystemClock),
-    );
     let tls = datadonor_service::tls_config(
         &dir.path().join("tls/server.pem"),
         &dir.path().join("tls/server.key"),
     )
     .unwrap();
-    let running = server::start(w, format!("127.0.0.1:{port}").parse().unwrap(), tls)
-        .await
-        .unwrap();
+    let running = server::start_for_log(
+        WitnessSigner::new(
+            "witness.example/late",
+            SigningKey::from_seed(&[43; 32]).unwrap(),
+        )
+        .unwrap(),
+        datadonor_intake::config::DEFAULT_ORIGIN,
+        log.clone(),
+        &dir.path().join("late-witness"),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        tls,
+    )
+    .await
+    .unwrap();
     let cosigned = cosigned_size(&http, &url, &log, &signer, size - 1).await;
     assert_eq!(
         cosigned, size,

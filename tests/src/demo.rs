@@ -239,14 +239,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
         let signer =
             WitnessSigner::new(&format!("witness.localhost/w{n}"), SigningKey::generate()?)?;
         let key = signer.public().clone();
-        let witness = datadonor_witness::Witness::new(
+        let served = datadonor_witness::server::start_for_log(
             signer,
-            vec![(config.ledger.origin.clone(), ledger_vkey.clone())],
-            datadonor_witness::state::StateDir::open(&work.join(format!("witness-{n}")))?,
-            Arc::new(SystemClock),
-        );
-        let served = datadonor_witness::server::start(
-            witness,
+            &config.ledger.origin,
+            ledger_vkey.clone(),
+            &work.join(format!("witness-{n}")),
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             witness_tls.clone(),
         )

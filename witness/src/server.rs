@@ -130,6 +130,27 @@ pub async fn start(
     datadonor_service::start(listen, tls, router(Arc::new(witness)), IN_PROCESS_LIMITS).await
 }
 
+/// A witness of the one log `origin` (verified with `log`), keeping its state in `state_dir`
+/// and the system clock, served in process by [`start`]: the embedded demo's and the tests'
+/// witnesses.
+pub async fn start_for_log(
+    signer: datadonor_schemas::cosignature::WitnessSigner,
+    origin: &str,
+    log: datadonor_schemas::checkpoint::NoteVerifier,
+    state_dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<datadonor_service::Running> {
+    let state = crate::state::StateDir::open(state_dir).map_err(std::io::Error::other)?;
+    let witness = Witness::new(
+        signer,
+        vec![(origin.to_string(), log)],
+        state,
+        Arc::new(datadonor_schemas::time::SystemClock),
+    );
+    start(witness, listen, tls).await
+}
+
 /// The witness's router (for tests that drive it without TLS, and for [`datadonor_service::start`]).
 pub fn router(witness: Arc<Witness>) -> Router {
     Router::new()
