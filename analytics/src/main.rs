@@ -436,7 +436,9 @@ fn open_ledger(
 }
 
 /// The ledger as a source to audit, its checkpoint verifier, and the key that signs receipts.
-/// A local ledger file needs --ledger-checkpoint and --ledger-vkey.
+/// A local ledger file needs --ledger-checkpoint and --ledger-vkey. The witness quorum is not
+/// applied here: `audit log` checks it itself (and reports who cosigned), the other commands
+/// wrap the source with [`witnessed`].
 fn audit_source(
     args: &LedgerArgs,
 ) -> anyhow::Result<(Box<dyn LedgerSource>, NoteVerifier, PublicKey)> {
@@ -447,7 +449,7 @@ fn audit_source(
             None => PublicKey::from_base64(&http.ledger_key()?.public_key)
                 .map_err(|e| anyhow!("ledger key: {e}"))?,
         };
-        return Ok((witnessed(Box::new(http), &verifier, args)?, verifier, key));
+        return Ok((Box::new(http), verifier, key));
     }
     let path = args
         .ledger_file
@@ -461,11 +463,7 @@ fn audit_source(
     let verifier = read_vkey(vk)?;
     let key = PublicKey(*verifier.public_key());
     Ok((
-        witnessed(
-            Box::new(LocalLedgerFile::new(path, Some(cp))),
-            &verifier,
-            args,
-        )?,
+        Box::new(LocalLedgerFile::new(path, Some(cp))),
         verifier,
         key,
     ))
@@ -608,6 +606,7 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let bundle = audit::parse_receipt_file(&bytes, &file)?;
             let (source, verifier, key) = audit_source(&ledger)?;
+            let source = witnessed(source, &verifier, &ledger)?;
             let report = audit::audit_receipt(
                 &bundle,
                 &key,
