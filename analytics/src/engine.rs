@@ -38,10 +38,11 @@
 //! Quantiles use linear interpolation between closest ranks (Hyndman–Fan type 7, polars'
 //! `QuantileMethod::Linear`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::{
     CmpOp, Contribution, Filter, Literal, Measure, MeasureOp, QuerySpec,
 };
@@ -62,6 +63,9 @@ pub const QUANTILE_BINS: f64 = 65536.0;
 pub const MERGE_MIN_ROWS: usize = 256 * 1024;
 
 const ROWS: &str = "__rows";
+/// The engine-local donor id (`u32`) of a row: the dense id of the pseudonym its consent record
+/// was granted to.
+const DONOR_ID: &str = "__donor";
 const BIN: &str = "__bin";
 const COUNT: &str = "__count";
 
@@ -180,7 +184,8 @@ pub struct QueryEngine {
     fields: Vec<FieldInfo>,
     quantile_fields: Vec<usize>,
     needed: Vec<(String, DataType)>,
-    allowed: Series,
+    /// The allowed consent records (`consent`, 32 hex digits) with their donor's dense id.
+    allowed: DataFrame,
     filter: Option<Expr>,
     cells: Partial,
     hists: Vec<Partial>,
@@ -195,7 +200,7 @@ impl std::fmt::Debug for QueryEngine {
             "QueryEngine(study {}, {} batches, {} allowed consent records)",
             self.spec.study,
             self.batches,
-            self.allowed.len()
+            self.allowed.height()
         )
     }
 }
@@ -262,11 +267,13 @@ pub fn filter_expr(f: &Filter) -> Expr {
 
 impl QueryEngine {
     /// An engine for a validated spec, counting only rows donated under the `allowed`
-    /// consent records (record ids).
+    /// consent records (record id → the pseudonym the record was granted to, as the ledger
+    /// says). A row counts under the donor of its consent record: donors are numbered densely
+    /// (in pseudonym order) once per query, and the batches' 64-hex `donor` column is not read.
     pub fn new(
         spec: &QuerySpec,
         study: &StudyDefinition,
-        allowed: &HashSet<[u8; 16]>,
+        allowed: &HashMap<[u8; 16], Pseudonym>,
     ) -> Result<Self, AnalyticsError> {
         spec.validate(study)
             .map_err(|e| AnalyticsError::Refused(e.to_string()))?;
@@ -301,7 +308,7 @@ impl QueryEngine {
                 quantile_fields.push(idx);
             }
         }
-        let mut names: Vec<String> = vec![DONOR_COLUMN.to_string(), CONSENT_COLUMN.to_string()];
+        let mut names: Vec<String> = vec![CONSENT_COLUMN.to_string()];
         names.extend(spec.group_by.iter().cloned());
         if let Some(f) = &spec.filter {
             filter_fields(f, &mut names);
@@ -316,15 +323,14 @@ impl QueryEngine {
                 .ok_or_else(|| AnalyticsError::Refused(format!("no field {n:?} in the study")))?;
             needed.push((n, dt));
         }
-        let mut records: Vec<String> = allowed.iter().map(hex::encode).collect();
-        records.sort_unstable();
+        let allowed = allowed_frame(allowed)?;
         let hists = quantile_fields.iter().map(|_| Partial::default()).collect();
         Ok(Self {
             spec: spec.clone(),
             fields,
             quantile_fields,
             needed,
-            allowed: Series::new("allowed".into(), records),
+            allowed,
             filter: spec.filter.as_ref().map(filter_expr),
             cells: Partial::default(),
             hists,
@@ -340,7 +346,7 @@ impl QueryEngine {
 
     fn cell_keys(&self) -> Vec<String> {
         let mut k = self.spec.group_by.clone();
-        k.push(DONOR_COLUMN.to_string());
+        k.push(DONOR_ID.to_string());
         k
     }
 
@@ -446,11 +452,18 @@ impl QueryEngine {
     /// histogram share the scan). `Some(column)` if a dimension column held a null, in which
     /// case nothing was added.
     fn add_frame(&mut self, lf: LazyFrame) -> Result<Option<String>, AnalyticsError> {
-        let mut lf =
-            lf.filter(col(CONSENT_COLUMN).is_in(lit(self.allowed.clone()).implode(false), false));
+        let mut lf = lf;
         if let Some(f) = &self.filter {
             lf = lf.filter(f.clone());
         }
+        // The consent filter and the donor's dense id in one step: an inner join on the
+        // allowed records (a row of any other record, or of none, has no match).
+        let mut lf = lf.join(
+            self.allowed.clone().lazy(),
+            [col(CONSENT_COLUMN)],
+            [col(CONSENT_COLUMN)],
+            JoinArgs::new(JoinType::Inner),
+        );
         let casts: Vec<Expr> = self
             .spec
             .group_by
@@ -527,60 +540,45 @@ impl QueryEngine {
     /// Merge the partials into the aggregated table (with every margin when the spec asks for
     /// totals).
     pub fn finish(self) -> Result<AggregateTable, AnalyticsError> {
-        let ck = self.cell_keys();
         let hk = self.hist_keys();
-        let d = self.spec.group_by.len();
-        let masks: Vec<u32> = if self.spec.totals {
-            (0..1u32 << d).rev().collect()
-        } else {
-            vec![(1u32 << d) - 1]
-        };
+        let masks = self.masks();
         let nf = self.fields.len();
         let names: Vec<String> = self.fields.iter().map(|f| f.name.clone()).collect();
-        let cube = cube_of(self.cells.finish(&ck)?, &self.spec.group_by, &names, &masks)?;
-        // Histograms of all-rows quantiles.
-        let mut hist_cube: Vec<HashMap<CellKey, BTreeMap<i64, u64>>> = Vec::new();
-        for p in self.hists {
-            let mut m: HashMap<CellKey, BTreeMap<i64, u64>> = HashMap::new();
-            if let Some(df) = p.finish(&hk)? {
-                let dims = dimension_columns(&df, &self.spec.group_by)?;
-                let bins = df.column(BIN)?.i64()?;
-                let counts = df.column(COUNT)?.u64()?;
-                for i in 0..df.height() {
-                    let (Some(b), Some(n)) = (bins.get(i), counts.get(i)) else {
-                        continue;
-                    };
-                    let full: Vec<Option<String>> =
-                        dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
-                    for mask in &masks {
-                        *m.entry(masked_key(&full, *mask))
-                            .or_default()
-                            .entry(b)
-                            .or_insert(0) += n;
-                    }
-                }
-            }
-            hist_cube.push(m);
-        }
-        let mut cells = Vec::with_capacity(cube.len());
-        for (key, donors) in cube {
-            let mut ids: Vec<u32> = donors.keys().copied().collect();
-            ids.sort_unstable();
-            let rows: u64 = donors.values().map(|a| a.rows).sum();
+        let group_by = self.spec.group_by.clone();
+        let ck = self.cell_keys();
+        let merged = self.cells.finish(&ck)?;
+        let partials = cell_partials(merged, &group_by, &names, &masks)?;
+        // Histograms of all-rows quantiles, per cell and margin.
+        let hist_cube = self
+            .hists
+            .into_iter()
+            .map(|p| hist_cells(p.finish(&hk)?, &group_by, &masks))
+            .collect::<Result<Vec<_>, AnalyticsError>>()?;
+        let mut cells = Vec::with_capacity(partials.len());
+        for cell in partials {
+            let CellPartial {
+                key,
+                donors: ids,
+                rows: donor_rows,
+                n,
+                s,
+                ss,
+            } = cell;
+            let rows: u64 = donor_rows.iter().sum();
             let mut field_donors = vec![Vec::new(); nf];
             let mut means: Vec<Vec<f64>> = vec![Vec::new(); nf];
             let mut tot_n = vec![0u64; nf];
             let mut tot_s = vec![0.0f64; nf];
             let mut tot_ss = vec![0.0f64; nf];
-            for id in &ids {
-                let Some(a) = donors.get(id) else { continue };
+            for (i, id) in ids.iter().enumerate() {
                 for f in 0..nf {
-                    if a.n[f] > 0 {
+                    let c = n[f][i];
+                    if c > 0 {
                         field_donors[f].push(*id);
-                        means[f].push(a.s[f] / a.n[f] as f64);
-                        tot_n[f] += a.n[f];
-                        tot_s[f] += a.s[f];
-                        tot_ss[f] += a.ss[f];
+                        means[f].push(s[f][i] / c as f64);
+                        tot_n[f] += c;
+                        tot_s[f] += s[f][i];
+                        tot_ss[f] += ss[f][i];
                     }
                 }
             }
@@ -596,14 +594,14 @@ impl QueryEngine {
                     (_, None) => None,
                     (op, Some(f)) => match self.spec.contribution {
                         Contribution::DonorMean => {
-                            let mut xs = means[f].clone();
+                            let xs = &mut means[f];
                             match op {
                                 MeasureOp::Sum => (!xs.is_empty()).then(|| xs.iter().sum()),
-                                MeasureOp::Mean => mean(&xs),
-                                MeasureOp::Std => std_dev(&xs),
+                                MeasureOp::Mean => mean(xs),
+                                MeasureOp::Std => std_dev(xs),
                                 MeasureOp::Quantile => {
                                     xs.sort_by(f64::total_cmp);
-                                    quantile_sorted(&xs, m.q.unwrap_or(0.5))
+                                    quantile_sorted(xs, m.q.unwrap_or(0.5))
                                 }
                                 _ => None,
                             }
@@ -659,6 +657,17 @@ impl QueryEngine {
             batches: self.batches,
         })
     }
+
+    /// The cells asked for: bit `j` of a mask keeps dimension `j`; every combination when the
+    /// spec asks for totals, the full grouping only otherwise.
+    fn masks(&self) -> Vec<u32> {
+        let d = self.spec.group_by.len();
+        if self.spec.totals {
+            (0..1u32 << d).rev().collect()
+        } else {
+            vec![(1u32 << d) - 1]
+        }
+    }
 }
 
 /// One donor's partial aggregate in one cell: rows, and per measured field the count of values,
@@ -696,8 +705,8 @@ pub struct CellDonorCube {
     pub measures: Vec<Measure>,
     /// Fields measured, in first-use order.
     pub fields: Vec<FieldRange>,
-    /// Cell key → engine-local donor id → the donor's partial in that cell.
-    pub cells: BTreeMap<CellKey, HashMap<u32, DonorCell>>,
+    /// Cell key → (engine-local donor id, the donor's partial in that cell), ascending by id.
+    pub cells: BTreeMap<CellKey, Vec<(u32, DonorCell)>>,
     /// Rows read from the batches, before any filter.
     pub rows_scanned: u64,
     /// Batches read.
@@ -708,15 +717,29 @@ impl QueryEngine {
     /// Merge the partials into the cell–donor cube (with every margin when the spec asks for
     /// totals), without computing any statistic.
     pub fn finish_cube(self) -> Result<CellDonorCube, AnalyticsError> {
-        let ck = self.cell_keys();
-        let d = self.spec.group_by.len();
-        let masks: Vec<u32> = if self.spec.totals {
-            (0..1u32 << d).rev().collect()
-        } else {
-            vec![(1u32 << d) - 1]
-        };
+        let masks = self.masks();
         let names: Vec<String> = self.fields.iter().map(|f| f.name.clone()).collect();
-        let cells = cube_of(self.cells.finish(&ck)?, &self.spec.group_by, &names, &masks)?;
+        let ck = self.cell_keys();
+        let merged = self.cells.finish(&ck)?;
+        let nf = names.len();
+        let mut cells: BTreeMap<CellKey, Vec<(u32, DonorCell)>> = BTreeMap::new();
+        for cell in cell_partials(merged, &self.spec.group_by, &names, &masks)? {
+            let donors = cell
+                .donors
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let dc = DonorCell {
+                        rows: cell.rows[i],
+                        n: (0..nf).map(|f| cell.n[f][i]).collect(),
+                        s: (0..nf).map(|f| cell.s[f][i]).collect(),
+                        ss: (0..nf).map(|f| cell.ss[f][i]).collect(),
+                    };
+                    (*id, dc)
+                })
+                .collect();
+            cells.insert(cell.key, donors);
+        }
         Ok(CellDonorCube {
             dimensions: self.spec.group_by.clone(),
             measures: self.spec.measures.clone(),
@@ -736,57 +759,251 @@ impl QueryEngine {
     }
 }
 
-/// Fold the merged cell partial into (masked key) → donor id → [`DonorCell`].
-fn cube_of(
-    df: Option<DataFrame>,
+/// The allowed consent records as a frame to join on: `consent` (the record id in 32 hex
+/// digits, as batches hold it) and [`DONOR_ID`], the dense id of the record's pseudonym.
+fn allowed_frame(allowed: &HashMap<[u8; 16], Pseudonym>) -> Result<DataFrame, AnalyticsError> {
+    let ids: BTreeMap<Pseudonym, u32> = {
+        let mut ps: Vec<Pseudonym> = allowed.values().copied().collect();
+        ps.sort_unstable();
+        ps.dedup();
+        ps.into_iter().zip(0u32..).collect()
+    };
+    let mut rows: Vec<(String, u32)> = allowed
+        .iter()
+        .filter_map(|(r, p)| ids.get(p).map(|id| (hex::encode(r), *id)))
+        .collect();
+    rows.sort_unstable();
+    let (records, donors): (Vec<String>, Vec<u32>) = rows.into_iter().unzip();
+    Ok(DataFrame::new(
+        records.len(),
+        vec![
+            Column::new(CONSENT_COLUMN.into(), records),
+            Column::new(DONOR_ID.into(), donors),
+        ],
+    )?)
+}
+
+/// The dimension values of a partial frame's rows, coded per dimension (code → value in
+/// `values`), so that margins are computed on integers.
+struct CellCodes {
+    values: Vec<Vec<String>>,
+    codes: Vec<[u32; MAX_DIMENSIONS]>,
+}
+
+/// Group-by dimensions a spec may have (its validation refuses more).
+const MAX_DIMENSIONS: usize = 4;
+
+impl CellCodes {
+    fn of(df: &DataFrame, group_by: &[String]) -> Result<Self, AnalyticsError> {
+        if group_by.len() > MAX_DIMENSIONS {
+            return Err(AnalyticsError::Refused(format!(
+                "at most {MAX_DIMENSIONS} dimensions"
+            )));
+        }
+        let mut codes = vec![[0u32; MAX_DIMENSIONS]; df.height()];
+        let mut values = Vec::with_capacity(group_by.len());
+        for (j, g) in group_by.iter().enumerate() {
+            let ca = df.column(g)?.str()?;
+            let mut seen: HashMap<&str, u32> = HashMap::new();
+            let mut vals: Vec<String> = Vec::new();
+            for (i, v) in ca.iter().enumerate() {
+                let v = v.ok_or_else(|| {
+                    AnalyticsError::Engine(format!("column `{g}` has null values"))
+                })?;
+                let code = *seen.entry(v).or_insert_with(|| {
+                    vals.push(v.to_string());
+                    (vals.len() - 1) as u32
+                });
+                if let Some(c) = codes.get_mut(i) {
+                    c[j] = code;
+                }
+            }
+            values.push(vals);
+        }
+        Ok(Self { values, codes })
+    }
+
+    /// The cells of `mask` (bit `j` keeps dimension `j`, the others are totals): their keys,
+    /// and each row's cell (an index into the keys).
+    fn cells(&self, mask: u32) -> (Vec<CellKey>, Vec<u32>) {
+        let d = self.values.len();
+        let mut ids: HashMap<[u32; MAX_DIMENSIONS], u32> = HashMap::new();
+        let mut keys: Vec<CellKey> = Vec::new();
+        let mut cell_of = Vec::with_capacity(self.codes.len());
+        for code in &self.codes {
+            let mut k = [u32::MAX; MAX_DIMENSIONS];
+            for (j, slot) in k.iter_mut().enumerate().take(d) {
+                if mask >> j & 1 == 1 {
+                    *slot = code[j];
+                }
+            }
+            let id = *ids.entry(k).or_insert_with(|| {
+                keys.push(
+                    (0..d)
+                        .map(|j| {
+                            let c = k[j] as usize;
+                            (k[j] != u32::MAX)
+                                .then(|| self.values[j].get(c).cloned())
+                                .flatten()
+                        })
+                        .collect(),
+                );
+                (keys.len() - 1) as u32
+            });
+            cell_of.push(id);
+        }
+        (keys, cell_of)
+    }
+}
+
+/// The values of a column without nulls.
+fn column_values<T: PolarsNumericType>(
+    df: &DataFrame,
+    name: &str,
+) -> Result<Vec<T::Native>, AnalyticsError> {
+    let c = df.column(name)?.as_materialized_series().rechunk();
+    let ca: &ChunkedArray<T> = c.as_ref().as_ref();
+    if ca.null_count() > 0 {
+        return Err(AnalyticsError::Engine(format!(
+            "partial column `{name}` has null values"
+        )));
+    }
+    Ok(ca.into_no_null_iter().collect())
+}
+
+/// One cell of a cell–donor partial, every donor's sums merged: donors ascending, and per
+/// donor its rows and, per measured field, the count, sum and shifted sum of squares.
+struct CellPartial {
+    key: CellKey,
+    donors: Vec<u32>,
+    rows: Vec<u64>,
+    n: Vec<Vec<u64>>,
+    s: Vec<Vec<f64>>,
+    ss: Vec<Vec<f64>>,
+}
+
+/// The merged cell–donor partial folded into the cells of every mask (the cells asked for and
+/// their margins). A margin's donor partial is the sum of the donor's partials in the cells it
+/// covers: rows are ordered by (cell, donor) once per mask and each run summed.
+fn cell_partials(
+    merged: Option<DataFrame>,
     group_by: &[String],
     fields: &[String],
     masks: &[u32],
-) -> Result<BTreeMap<CellKey, HashMap<u32, DonorCell>>, AnalyticsError> {
+) -> Result<Vec<CellPartial>, AnalyticsError> {
+    let Some(df) = merged else {
+        return Ok(Vec::new());
+    };
     let nf = fields.len();
-    let mut donor_ids: HashMap<String, u32> = HashMap::new();
-    let mut cube: BTreeMap<CellKey, HashMap<u32, DonorCell>> = BTreeMap::new();
-    let Some(df) = df else { return Ok(cube) };
-    let dims = dimension_columns(&df, group_by)?;
-    let donor = df.column(DONOR_COLUMN)?.str()?;
-    let rows = df.column(ROWS)?.u64()?;
-    let ns: Vec<&UInt64Chunked> = fields
-        .iter()
-        .map(|f| df.column(&n_col(f)).and_then(|c| c.u64()))
-        .collect::<PolarsResult<_>>()?;
-    let ss: Vec<&Float64Chunked> = fields
-        .iter()
-        .map(|f| df.column(&s_col(f)).and_then(|c| c.f64()))
-        .collect::<PolarsResult<_>>()?;
-    let sss: Vec<&Float64Chunked> = fields
-        .iter()
-        .map(|f| df.column(&ss_col(f)).and_then(|c| c.f64()))
-        .collect::<PolarsResult<_>>()?;
-    for i in 0..df.height() {
-        let Some(dn) = donor.get(i) else { continue };
-        let next = donor_ids.len() as u32;
-        let id = *donor_ids.entry(dn.to_string()).or_insert(next);
-        let full: Vec<Option<String>> = dims.iter().map(|c| c.get(i).map(str::to_string)).collect();
-        for mask in masks {
-            let acc = cube
-                .entry(masked_key(&full, *mask))
-                .or_default()
-                .entry(id)
-                .or_insert_with(|| DonorCell {
-                    rows: 0,
-                    n: vec![0; nf],
-                    s: vec![0.0; nf],
-                    ss: vec![0.0; nf],
-                });
-            acc.rows += rows.get(i).unwrap_or(0);
-            for f in 0..nf {
-                acc.n[f] += ns[f].get(i).unwrap_or(0);
-                acc.s[f] += ss[f].get(i).unwrap_or(0.0);
-                acc.ss[f] += sss[f].get(i).unwrap_or(0.0);
+    let codes = CellCodes::of(&df, group_by)?;
+    let donors = column_values::<UInt32Type>(&df, DONOR_ID)?;
+    let rows = column_values::<UInt64Type>(&df, ROWS)?;
+    let mut n = Vec::with_capacity(nf);
+    let mut s = Vec::with_capacity(nf);
+    let mut ss = Vec::with_capacity(nf);
+    for f in fields {
+        n.push(column_values::<UInt64Type>(&df, &n_col(f))?);
+        s.push(column_values::<Float64Type>(&df, &s_col(f))?);
+        ss.push(column_values::<Float64Type>(&df, &ss_col(f))?);
+    }
+    drop(df);
+    let mut out = Vec::new();
+    for &mask in masks {
+        let (keys, cell_of) = codes.cells(mask);
+        let order = order_by_cell_and_donor(&cell_of, keys.len(), &donors);
+        let mut cells: Vec<CellPartial> = keys
+            .into_iter()
+            .map(|key| CellPartial {
+                key,
+                donors: Vec::new(),
+                rows: Vec::new(),
+                n: vec![Vec::new(); nf],
+                s: vec![Vec::new(); nf],
+                ss: vec![Vec::new(); nf],
+            })
+            .collect();
+        let mut last: Option<(u32, u32)> = None;
+        for &i in &order {
+            let i = i as usize;
+            let k = (cell_of[i], donors[i]);
+            let Some(cell) = cells.get_mut(cell_of[i] as usize) else {
+                continue;
+            };
+            if last == Some(k) {
+                // The same donor in the same cell: add to its sums.
+                let at = cell.donors.len() - 1;
+                cell.rows[at] += rows[i];
+                for f in 0..nf {
+                    cell.n[f][at] += n[f][i];
+                    cell.s[f][at] += s[f][i];
+                    cell.ss[f][at] += ss[f][i];
+                }
+            } else {
+                cell.donors.push(donors[i]);
+                cell.rows.push(rows[i]);
+                for f in 0..nf {
+                    cell.n[f].push(n[f][i]);
+                    cell.s[f].push(s[f][i]);
+                    cell.ss[f].push(ss[f][i]);
+                }
+            }
+            last = Some(k);
+        }
+        out.extend(cells);
+    }
+    Ok(out)
+}
+
+/// The row indices ordered by (cell, donor): a two-pass counting sort (by donor, then stably
+/// by cell), linear in the rows, the cells and the donor ids.
+fn order_by_cell_and_donor(cell_of: &[u32], cells: usize, donors: &[u32]) -> Vec<u32> {
+    let stable_by = |order: &[u32], key: &dyn Fn(usize) -> usize, buckets: usize| -> Vec<u32> {
+        let mut start = vec![0usize; buckets + 1];
+        for &i in order {
+            start[key(i as usize) + 1] += 1;
+        }
+        for b in 1..start.len() {
+            start[b] += start[b - 1];
+        }
+        let mut out = vec![0u32; order.len()];
+        for &i in order {
+            let slot = &mut start[key(i as usize)];
+            out[*slot] = i;
+            *slot += 1;
+        }
+        out
+    };
+    let all: Vec<u32> = (0..cell_of.len() as u32).collect();
+    let max_donor = donors.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let by_donor = stable_by(&all, &|i| donors[i] as usize, max_donor);
+    stable_by(&by_donor, &|i| cell_of[i] as usize, cells)
+}
+
+/// The merged value histogram of one all-rows quantile folded into the cells of every mask:
+/// cell key → bin → count.
+fn hist_cells(
+    merged: Option<DataFrame>,
+    group_by: &[String],
+    masks: &[u32],
+) -> Result<HashMap<CellKey, BTreeMap<i64, u64>>, AnalyticsError> {
+    let mut out: HashMap<CellKey, BTreeMap<i64, u64>> = HashMap::new();
+    let Some(df) = merged else {
+        return Ok(out);
+    };
+    let codes = CellCodes::of(&df, group_by)?;
+    let bins = column_values::<Int64Type>(&df, BIN)?;
+    let counts = column_values::<UInt64Type>(&df, COUNT)?;
+    for &mask in masks {
+        let (keys, cell_of) = codes.cells(mask);
+        let mut hists: Vec<BTreeMap<i64, u64>> = vec![BTreeMap::new(); keys.len()];
+        for (i, c) in cell_of.iter().enumerate() {
+            if let Some(h) = hists.get_mut(*c as usize) {
+                *h.entry(bins[i]).or_insert(0) += counts[i];
             }
         }
+        out.extend(keys.into_iter().zip(hists));
     }
-    Ok(cube)
+    Ok(out)
 }
 
 fn mean(xs: &[f64]) -> Option<f64> {
@@ -800,26 +1017,6 @@ fn std_dev(xs: &[f64]) -> Option<f64> {
     let m = mean(xs)?;
     let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64;
     Some(v.sqrt())
-}
-
-/// The group-by columns of a partial-aggregate frame, as strings.
-fn dimension_columns<'a>(
-    df: &'a DataFrame,
-    group_by: &[String],
-) -> PolarsResult<Vec<&'a StringChunked>> {
-    group_by
-        .iter()
-        .map(|g| df.column(g).and_then(|c| c.str()))
-        .collect()
-}
-
-/// The cell key of a row's dimension values with the dimensions not in `mask` replaced by the
-/// total (`None`): bit `j` of `mask` keeps dimension `j`.
-fn masked_key(full: &[Option<String>], mask: u32) -> CellKey {
-    full.iter()
-        .enumerate()
-        .map(|(j, v)| if mask >> j & 1 == 1 { v.clone() } else { None })
-        .collect()
 }
 
 /// Type-7 quantile of sorted values.

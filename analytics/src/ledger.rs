@@ -326,6 +326,21 @@ impl LedgerView {
             .collect()
     }
 
+    /// [`LedgerView::allowed_records`] with the pseudonym each record was granted to: the donor
+    /// the query engine counts a row under.
+    pub fn allowed_record_donors(
+        &self,
+        study: &StudyId,
+        purpose: &str,
+        now: UnixSeconds,
+    ) -> HashMap<[u8; 16], Pseudonym> {
+        self.record_states(study)
+            .into_iter()
+            .filter(|(_, s)| s.covers(purpose, now))
+            .map(|(r, s)| (r, s.pseudonym))
+            .collect()
+    }
+
     /// Pseudonyms with at least one consent record that covers `purpose` at `now`.
     pub fn allowed_donors(
         &self,
@@ -974,6 +989,10 @@ mod tests {
         assert_eq!(
             view.allowed_records(&study, "a", 40),
             HashSet::from([[0xb; 16]])
+        );
+        assert_eq!(
+            view.allowed_record_donors(&study, "a", 40),
+            HashMap::from([([0xb; 16], p)])
         );
         assert_eq!(view.allowed_donors(&study, "a", 40), HashSet::from([p]));
         assert_eq!(view.allowed_records(&study, "b", 40), HashSet::new());

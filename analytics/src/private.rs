@@ -337,16 +337,12 @@ pub fn release(
         let mut used: HashMap<u32, u32> = HashMap::new();
         let mut cells: Vec<(&CellKey, Vec<&DonorCell>)> = Vec::new();
         for (key, donors) in cube.cells.iter().filter(|(k, _)| mask_of(k) == mask) {
-            let mut ids: Vec<&u32> = donors.keys().collect();
-            ids.sort_unstable();
             let mut kept = Vec::new();
-            for id in ids {
+            for (id, dc) in donors {
                 let n = used.entry(*id).or_insert(0);
                 if *n < c {
                     *n += 1;
-                    if let Some(dc) = donors.get(id) {
-                        kept.push(dc);
-                    }
+                    kept.push(dc);
                 }
             }
             if !kept.is_empty() {
@@ -679,7 +675,7 @@ mod tests {
         for k in ["a", "b", "c", "d", "e"] {
             cells.insert(
                 vec![Some(k.to_string())],
-                HashMap::from([(0u32, donor(1, 7.0))]),
+                vec![(0u32, donor(1, 7.0))],
             );
         }
         let c = CellDonorCube {

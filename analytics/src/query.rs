@@ -5,7 +5,8 @@
 //! approval checks out (with the runs already logged under it counted from the ledger), and
 //! nothing is returned before the `query_run` entry has been appended.
 
-use std::collections::HashSet;
+use polars::prelude::{ParquetReader, SerReader};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use datadonor_schemas::ledger::LedgerEntry;
@@ -143,31 +144,34 @@ pub fn authorize(
     Ok(signed)
 }
 
-/// Plaintext Parquet bytes per polars plan: batches are opened into groups of about this size
-/// and each group is aggregated by one plan (fewer, larger plans; bounded memory).
-pub const GROUP_BYTES: usize = 256 << 20;
+/// Rows per polars plan: batches are opened into groups of about this many rows (from each
+/// batch's Parquet footer) and each group is aggregated by one plan. Fewer, larger plans
+/// amortise polars' per-plan work; the bound keeps the decoded columns of a group (about
+/// 150 bytes a row for the example query, a copy of them for the consent join) small whatever
+/// the store holds.
+pub const GROUP_ROWS: usize = 2_000_000;
 
 /// Aggregate every batch of the study in the store. Batches are opened on a second thread into
-/// groups of about [`GROUP_BYTES`] of plaintext, one group ahead of the engine, so decryption
-/// overlaps with polars; at most two groups' plaintext is in memory at any time.
+/// groups of about [`GROUP_ROWS`] rows, one group ahead of the engine, so decryption overlaps
+/// with polars; at most two groups' plaintext is in memory at any time.
 pub fn aggregate_store(
     engine: QueryEngine,
     store: &BatchStore,
     study: &StudyDefinition,
     vault: &VaultKey,
 ) -> Result<AggregateTable, AnalyticsError> {
-    aggregate_store_in_groups(engine, store, study, vault, GROUP_BYTES)
+    aggregate_store_in_groups(engine, store, study, vault, GROUP_ROWS)
 }
 
-/// [`aggregate_store`] with groups of about `group_bytes` of plaintext (1: a plan per batch).
+/// [`aggregate_store`] with groups of about `group_rows` rows (1: a plan per batch).
 pub fn aggregate_store_in_groups(
     mut engine: QueryEngine,
     store: &BatchStore,
     study: &StudyDefinition,
     vault: &VaultKey,
-    group_bytes: usize,
+    group_rows: usize,
 ) -> Result<AggregateTable, AnalyticsError> {
-    feed_store(&mut engine, store, study, vault, group_bytes)?;
+    feed_store(&mut engine, store, study, vault, group_rows)?;
     engine.finish()
 }
 
@@ -179,17 +183,17 @@ pub fn aggregate_store_cube(
     study: &StudyDefinition,
     vault: &VaultKey,
 ) -> Result<CellDonorCube, AnalyticsError> {
-    feed_store(&mut engine, store, study, vault, GROUP_BYTES)?;
+    feed_store(&mut engine, store, study, vault, GROUP_ROWS)?;
     engine.finish_cube()
 }
 
-/// Feed every batch of the study to the engine, in groups of about `group_bytes` of plaintext.
+/// Feed every batch of the study to the engine, in groups of about `group_rows` rows.
 fn feed_store(
     engine: &mut QueryEngine,
     store: &BatchStore,
     study: &StudyDefinition,
     vault: &VaultKey,
-    group_bytes: usize,
+    group_rows: usize,
 ) -> Result<(), AnalyticsError> {
     let files = store.list(&study.id)?;
     std::thread::scope(|s| {
@@ -198,11 +202,15 @@ fn feed_store(
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<_>, AnalyticsError>>(0);
         s.spawn(move || {
             let mut group = Vec::new();
-            let mut bytes = 0usize;
+            let mut rows = 0usize;
             for f in files {
                 match open_batch_file(&f.path, vault) {
                     Ok(o) => {
-                        bytes += o.plaintext.len();
+                        // An unreadable footer counts as one row here; the engine's footer check
+                        // names the batch.
+                        rows += ParquetReader::new(std::io::Cursor::new(o.plaintext.as_slice()))
+                            .num_rows()
+                            .map_or(1, |n| n.max(1));
                         group.push((f.path.clone(), o.plaintext));
                     }
                     Err(e) => {
@@ -210,8 +218,8 @@ fn feed_store(
                         return;
                     }
                 }
-                if bytes >= group_bytes {
-                    bytes = 0;
+                if rows >= group_rows {
+                    rows = 0;
                     if tx.send(Ok(std::mem::take(&mut group))).is_err() {
                         return;
                     }
@@ -318,10 +326,13 @@ pub fn allowed_donors(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> HashSet<
     ledger.allowed_donors(&inputs.study.id, &inputs.spec.purpose, inputs.now)
 }
 
-/// The consent records that cover the spec's purpose now: the rows donated under them are the
-/// ones a run counts.
-pub fn allowed_records(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> HashSet<[u8; 16]> {
-    ledger.allowed_records(&inputs.study.id, &inputs.spec.purpose, inputs.now)
+/// The consent records that cover the spec's purpose now, with the pseudonym each was granted
+/// to: the rows donated under them are the ones a run counts, each under that donor.
+pub fn allowed_records(
+    inputs: &QueryInputs<'_>,
+    ledger: &LedgerView,
+) -> HashMap<[u8; 16], Pseudonym> {
+    ledger.allowed_record_donors(&inputs.study.id, &inputs.spec.purpose, inputs.now)
 }
 
 /// Run an approved query over the store and log it. Nothing is returned unless the run was

@@ -459,7 +459,7 @@ impl QueryService {
         };
         let started = std::time::Instant::now();
         let allowed = view.allowed_donors(&self.study.id, &spec.purpose, now);
-        let records = view.allowed_records(&self.study.id, &spec.purpose, now);
+        let records = view.allowed_record_donors(&self.study.id, &spec.purpose, now);
         let engine = QueryEngine::new(&spec, &self.study, &records).map_err(engine_problem)?;
         let cube = aggregate_store_cube(engine, &self.store, &self.study, &self.vault)
             .map_err(engine_problem)?;

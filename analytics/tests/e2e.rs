@@ -647,7 +647,7 @@ fn grouping_batches_into_plans_does_not_change_the_result() {
             .expect("rows");
         store(&w, &mut df, b);
     }
-    let allowed = view(&w).allowed_records(&w.study.id, EPI, NOW);
+    let allowed = view(&w).allowed_record_donors(&w.study.id, EPI, NOW);
     for contribution in ["all_rows", "donor_mean"] {
         let s = spec(&format!(
             r#"
@@ -669,9 +669,9 @@ field = "bmi"
 q = 0.9
 "#
         ));
-        let table = |group_bytes: usize| {
+        let table = |group_rows: usize| {
             let engine = QueryEngine::new(&s, &w.study, &allowed).expect("engine");
-            aggregate_store_in_groups(engine, &w.store, &w.study, &w.vault, group_bytes)
+            aggregate_store_in_groups(engine, &w.store, &w.study, &w.vault, group_rows)
                 .expect("aggregates")
         };
         // One plan per batch (five partials merged) against one plan for all five.
