@@ -383,6 +383,21 @@ fn intake_work(
     Ok(())
 }
 
+/// The intake's count of sealed batch files written (one per study and commit group), from its
+/// `/metrics`.
+async fn batch_flushes(client: &reqwest::Client, addr: SocketAddr) -> Result<u64> {
+    let text = client
+        .get(format!("https://localhost:{}/metrics", addr.port()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("datadonor_batch_flushes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no datadonor_batch_flushes_total in /metrics")
+}
+
 fn report(name: &str, r: &LoadResult) {
     println!(
         "{name:<34} {:>6} ok  {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
@@ -476,12 +491,18 @@ fn main() -> Result<()> {
         let (mut ceiling_rates, mut intake_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for (r, bodies) in rounds.iter().enumerate() {
             let ceiling = run_load(c.clone(), url(ceiling_addr), bodies.clone(), a.clients).await?;
+            let flushes = batch_flushes(&c, running.addr()).await?;
             let intake = run_load(c.clone(), url(running.addr()), bodies.clone(), a.clients).await?;
+            let groups = batch_flushes(&c, running.addr()).await? - flushes;
             if a.rounds > 1 {
                 println!("round {}:", r + 1);
             }
             report("ceiling (HPKE open, verify, sign)", &ceiling);
             report("intake (durable receipts)", &intake);
+            println!(
+                "intake commit groups: {groups}, {:.1} donations per group on average",
+                intake.ok as f64 / groups.max(1) as f64
+            );
             println!(
                 "ratio intake/ceiling: {:.3} (target >= 0.8); intake/bare {:.3}; ceiling/bare {:.3}",
                 intake.rate() / ceiling.rate(),
