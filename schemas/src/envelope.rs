@@ -34,7 +34,7 @@
 //! No bytes may follow the rows.
 
 use hpke::{
-    aead::AesGcm256, kdf::HkdfSha256, kem::X25519HkdfSha256, Deserializable, Kem, OpModeS,
+    aead::AesGcm256, kdf::HkdfSha256, kem::X25519HkdfSha256, Deserializable, Kem, OpModeR, OpModeS,
     Serializable,
 };
 use rand_core::{CryptoRng, OsRng, RngCore};
@@ -93,14 +93,8 @@ impl std::fmt::Debug for HpkePublicKey {
     }
 }
 
-/// An X25519 HPKE private key: zeroized on drop, never printed. Its public half is derived once,
-/// when the key is loaded or generated, and kept beside it: every open needs it (RFC 9180
-/// `kem_context = enc || pkRm`), and deriving it costs a scalar multiplication as long as the
-/// Diffie-Hellman itself.
-pub struct HpkePrivateKey {
-    secret: Zeroizing<[u8; 32]>,
-    public: HpkePublicKey,
-}
+/// An X25519 HPKE private key: zeroized on drop, never printed.
+pub struct HpkePrivateKey(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for HpkePrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,35 +110,31 @@ impl HpkePrivateKey {
         s.copy_from_slice(&sk.to_bytes());
         let mut p = [0u8; 32];
         p.copy_from_slice(&pk.to_bytes());
-        let public = HpkePublicKey(p);
-        (
-            Self {
-                secret: Zeroizing::new(s),
-                public,
-            },
-            public,
-        )
+        (Self(Zeroizing::new(s)), HpkePublicKey(p))
     }
-    /// Load 32 bytes; derives the public half.
+    /// Load 32 bytes.
     pub fn from_bytes(b: &[u8]) -> Result<Self, EnvelopeError> {
         let arr: [u8; 32] = b.try_into().map_err(|_| EnvelopeError::BadKey)?;
-        let sk = <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(&arr)
+        <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(&arr)
             .map_err(|_| EnvelopeError::BadKey)?;
-        let pk = <X25519HkdfSha256 as Kem>::sk_to_pk(&sk);
-        let mut p = [0u8; 32];
-        p.copy_from_slice(&pk.to_bytes());
-        Ok(Self {
-            secret: Zeroizing::new(arr),
-            public: HpkePublicKey(p),
-        })
+        Ok(Self(Zeroizing::new(arr)))
     }
     /// The bytes, for storing the key.
     pub fn to_bytes(&self) -> &[u8; 32] {
-        &self.secret
+        &self.0
     }
-    /// The public half (derived when the key was loaded).
+    /// The public half.
     pub fn public_key(&self) -> HpkePublicKey {
-        self.public
+        match <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(self.0.as_ref()) {
+            Ok(sk) => {
+                let pk = <X25519HkdfSha256 as Kem>::sk_to_pk(&sk);
+                let mut p = [0u8; 32];
+                p.copy_from_slice(&pk.to_bytes());
+                HpkePublicKey(p)
+            }
+            // from_bytes was checked at construction; X25519 accepts every 32-byte string.
+            Err(_) => HpkePublicKey([0u8; 32]),
+        }
     }
 }
 
@@ -184,11 +174,7 @@ pub fn hpke_seal_with_rng<R: RngCore + CryptoRng>(
     Ok((e, ct))
 }
 
-/// Single-shot HPKE open in the Datadonor suite: RFC 9180 mode Base, `Decap`, `KeyScheduleR` and
-/// `Open` with sequence number 0. The recipient's public key in the KEM context is the one `sk`
-/// carries (derived once, when the key was loaded), so an open costs one X25519 scalar
-/// multiplication, not two. Interoperates with [`hpke_seal`] and with every RFC 9180
-/// implementation of this suite (`tests/published_vectors.rs` checks the RFC's vectors).
+/// Single-shot HPKE open in the Datadonor suite.
 pub fn hpke_open(
     sk: &HpkePrivateKey,
     enc: &[u8; 32],
@@ -196,100 +182,20 @@ pub fn hpke_open(
     aad: &[u8],
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-    use aes_gcm::aead::{AeadInPlace, KeyInit};
-    use subtle::ConstantTimeEq;
-    // Decap: dh = DH(skR, pkE); an all-zero result (a small-order `enc`) is an error
-    // (RFC 9180 §7.1.4).
-    let dh = Zeroizing::new(
-        curve25519_dalek::montgomery::MontgomeryPoint(*enc)
-            .mul_clamped(*sk.secret)
-            .to_bytes(),
-    );
-    if bool::from(dh.ct_eq(&[0u8; 32])) {
-        return Err(EnvelopeError::Decrypt);
-    }
-    // shared_secret = ExtractAndExpand(dh, kem_context = enc || pkRm)
-    let kem_suite = [b'K', b'E', b'M', (KEM_ID >> 8) as u8, KEM_ID as u8];
-    let eae_prk = labeled_extract(&[], &kem_suite, b"eae_prk", &dh[..]);
-    let shared_secret: Zeroizing<[u8; 32]> = labeled_expand(
-        &eae_prk,
-        &kem_suite,
-        b"shared_secret",
-        &[enc.as_slice(), sk.public.0.as_slice()],
-    );
-    // KeySchedule, mode Base (0x00), no PSK.
-    let suite = hpke_suite_id();
-    let psk_id_hash = labeled_extract(&[], &suite, b"psk_id_hash", &[]);
-    let info_hash = labeled_extract(&[], &suite, b"info_hash", info);
-    let mut context = [0u8; 65];
-    context[1..33].copy_from_slice(&psk_id_hash[..]);
-    context[33..].copy_from_slice(&info_hash[..]);
-    let secret = labeled_extract(&shared_secret[..], &suite, b"secret", &[]);
-    let key: Zeroizing<[u8; 32]> = labeled_expand(&secret, &suite, b"key", &[&context]);
-    let nonce: Zeroizing<[u8; 12]> = labeled_expand(&secret, &suite, b"base_nonce", &[&context]);
-    // Open with sequence number 0: the nonce is the base nonce.
-    let tag_at = ciphertext
-        .len()
-        .checked_sub(16)
-        .ok_or(EnvelopeError::Decrypt)?;
-    let mut plaintext = Zeroizing::new(ciphertext[..tag_at].to_vec());
-    aes_gcm::Aes256Gcm::new(aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(&key[..]))
-        .decrypt_in_place_detached(
-            aes_gcm::Nonce::from_slice(&nonce[..]),
-            aad,
-            &mut plaintext,
-            aes_gcm::Tag::from_slice(&ciphertext[tag_at..]),
-        )
+    let sk = <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(sk.0.as_ref())
+        .map_err(|_| EnvelopeError::BadKey)?;
+    let enc = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(enc)
         .map_err(|_| EnvelopeError::Decrypt)?;
-    Ok(plaintext)
-}
-
-/// `"HPKE" || kem_id || kdf_id || aead_id` (RFC 9180 §5.1).
-fn hpke_suite_id() -> [u8; 10] {
-    let mut id = *b"HPKE\0\0\0\0\0\0";
-    id[4..6].copy_from_slice(&KEM_ID.to_be_bytes());
-    id[6..8].copy_from_slice(&KDF_ID.to_be_bytes());
-    id[8..10].copy_from_slice(&AEAD_ID.to_be_bytes());
-    id
-}
-
-/// RFC 9180 §4 `LabeledExtract(salt, label, ikm)` with HKDF-SHA256:
-/// `HMAC-SHA256(salt, "HPKE-v1" || suite_id || label || ikm)`.
-fn labeled_extract(salt: &[u8], suite_id: &[u8], label: &[u8], ikm: &[u8]) -> Zeroizing<[u8; 32]> {
-    let mut ctx =
-        ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salt));
-    ctx.update(b"HPKE-v1");
-    ctx.update(suite_id);
-    ctx.update(label);
-    ctx.update(ikm);
-    let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
-}
-
-/// RFC 9180 §4 `LabeledExpand(prk, label, info, L)` with HKDF-SHA256, for `L` <= 32 (one HKDF
-/// block): the first `L` bytes of
-/// `HMAC-SHA256(prk, I2OSP(L, 2) || "HPKE-v1" || suite_id || label || info || 0x01)`.
-fn labeled_expand<const L: usize>(
-    prk: &[u8; 32],
-    suite_id: &[u8],
-    label: &[u8],
-    info: &[&[u8]],
-) -> Zeroizing<[u8; L]> {
-    const { assert!(L <= 32) };
-    let mut ctx =
-        ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, prk));
-    ctx.update(&(L as u16).to_be_bytes());
-    ctx.update(b"HPKE-v1");
-    ctx.update(suite_id);
-    ctx.update(label);
-    for part in info {
-        ctx.update(part);
-    }
-    ctx.update(&[1]);
-    let mut out = Zeroizing::new([0u8; L]);
-    out.copy_from_slice(&ctx.sign().as_ref()[..L]);
-    out
+    hpke::single_shot_open::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
+        &OpModeR::Base,
+        &sk,
+        &enc,
+        info,
+        ciphertext,
+        aad,
+    )
+    .map(Zeroizing::new)
+    .map_err(|_| EnvelopeError::Decrypt)
 }
 
 /// One HPKE configuration the intake publishes.
@@ -502,128 +408,5 @@ impl<'a> Envelope<'a> {
     pub fn open(&self, sk: &HpkePrivateKey) -> Result<DonationPayload, EnvelopeError> {
         let pt = hpke_open(sk, &self.enc, ENVELOPE_INFO, self.header, self.ciphertext)?;
         DonationPayload::decode(&pt)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The reference: the `hpke` crate's own single-shot open.
-    fn reference_open(
-        sk: &HpkePrivateKey,
-        enc: &[u8; 32],
-        info: &[u8],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Option<Vec<u8>> {
-        let sk = <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(sk.to_bytes()).ok()?;
-        let enc = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(enc).ok()?;
-        hpke::single_shot_open::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
-            &hpke::OpModeR::Base,
-            &sk,
-            &enc,
-            info,
-            ct,
-            aad,
-        )
-        .ok()
-    }
-
-    #[test]
-    fn open_agrees_with_the_hpke_crate() {
-        let mut rng = rand_core::OsRng;
-        for round in 0..40usize {
-            let (sk, pk) = HpkePrivateKey::generate();
-            let mut info = vec![0u8; round % 7 * 5];
-            let mut aad = vec![0u8; round % 5 * 9];
-            let mut pt = vec![0u8; [0, 1, 15, 16, 17, 1000, 70_000][round % 7]];
-            rng.fill_bytes(&mut info);
-            rng.fill_bytes(&mut aad);
-            rng.fill_bytes(&mut pt);
-            let (enc, ct) = hpke_seal(&pk, &info, &aad, &pt).expect("seal");
-            let ours = hpke_open(&sk, &enc, &info, &aad, &ct).expect("open");
-            assert_eq!(ours.as_slice(), pt.as_slice());
-            assert_eq!(
-                reference_open(&sk, &enc, &info, &aad, &ct).as_deref(),
-                Some(pt.as_slice())
-            );
-        }
-    }
-
-    #[test]
-    fn any_change_fails_to_open() {
-        let (sk, pk) = HpkePrivateKey::generate();
-        let (info, aad, pt) = (
-            b"info".as_slice(),
-            b"aad".as_slice(),
-            b"plaintext".as_slice(),
-        );
-        let (enc, ct) = hpke_seal(&pk, info, aad, pt).expect("seal");
-        for i in 0..ct.len() {
-            let mut bad = ct.clone();
-            bad[i] ^= 1;
-            assert_eq!(
-                hpke_open(&sk, &enc, info, aad, &bad).err(),
-                Some(EnvelopeError::Decrypt),
-                "ciphertext byte {i}"
-            );
-        }
-        let mut bad_enc = enc;
-        bad_enc[3] ^= 1;
-        assert!(hpke_open(&sk, &bad_enc, info, aad, &ct).is_err());
-        assert!(hpke_open(&sk, &enc, b"infp", aad, &ct).is_err());
-        assert!(hpke_open(&sk, &enc, info, b"aae", &ct).is_err());
-        assert!(hpke_open(&sk, &enc, info, aad, &ct[..ct.len() - 1]).is_err());
-        assert!(hpke_open(&sk, &enc, info, aad, &ct[..15]).is_err());
-        assert!(hpke_open(&sk, &enc, info, aad, &[]).is_err());
-        let (other, _) = HpkePrivateKey::generate();
-        assert!(hpke_open(&other, &enc, info, aad, &ct).is_err());
-    }
-
-    #[test]
-    fn small_order_enc_is_refused() {
-        let (sk, _) = HpkePrivateKey::generate();
-        // u = 0 (order 2), u = 1 (order 4) and a point of order 8: the clamped scalar is a multiple
-        // of 8, so each gives the all-zero shared secret.
-        let mut one = [0u8; 32];
-        one[0] = 1;
-        let mut order8 = [0u8; 32];
-        hex::decode_to_slice(
-            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
-            &mut order8,
-        )
-        .expect("hex");
-        for enc in [[0u8; 32], one, order8] {
-            assert_eq!(
-                hpke_open(&sk, &enc, b"", b"", &[0u8; 32]).err(),
-                Some(EnvelopeError::Decrypt)
-            );
-        }
-    }
-
-    #[test]
-    fn the_public_half_is_derived_once_and_used() {
-        let (sk, pk) = HpkePrivateKey::generate();
-        let loaded = HpkePrivateKey::from_bytes(sk.to_bytes()).expect("load");
-        assert_eq!(loaded.public_key(), pk);
-        let (enc, ct) = hpke_seal(&pk, b"i", b"a", b"p").expect("seal");
-        assert_eq!(
-            hpke_open(&loaded, &enc, b"i", b"a", &ct)
-                .expect("open")
-                .as_slice(),
-            b"p"
-        );
-        // The open takes the recipient's public key from the key, not from a fresh derivation: the
-        // same secret with another public half computes another KEM context and fails.
-        let (_, other_pk) = HpkePrivateKey::generate();
-        let mismatched = HpkePrivateKey {
-            secret: Zeroizing::new(*sk.to_bytes()),
-            public: other_pk,
-        };
-        assert_eq!(
-            hpke_open(&mismatched, &enc, b"i", b"a", &ct).err(),
-            Some(EnvelopeError::Decrypt)
-        );
     }
 }
