@@ -3,11 +3,14 @@
 //!
 //! # Memory strategy
 //!
-//! Batches are opened in groups of a bounded plaintext size (the caller opens the next group
-//! while polars works on the current one), so at most a couple of groups' plaintext is in
-//! memory. Each group is one polars plan: a Parquet scan over the in-memory buffers (no copy,
-//! no plaintext on disk; the buffers are zeroized when polars drops them), the consent and
-//! spec filters, and a `group_by` that reduces it to *partial aggregates* that merge exactly:
+//! Batches are opened in groups of a bounded number of rows (the caller opens the next group
+//! while polars works on the current one), so at most a couple of groups' plaintext, and one
+//! group's decoded columns, are in memory. Each group is one polars plan: a Parquet scan over
+//! the in-memory buffers (no copy, no plaintext on disk; the buffers are zeroized when polars
+//! drops them), the spec's filter, the consent filter as an inner join on the allowed records
+//! (which also gives each row its donor's dense `u32` id, so no 64-hex pseudonym is decoded,
+//! hashed or compared), and a `group_by` that reduces it to *partial aggregates* that merge
+//! exactly:
 //!
 //! * the **cell–donor partial**: one row per (cell, donor) with the donor's row count and, per
 //!   measured field, the count of values, their sum and their sum of squares (shifted by the
@@ -21,17 +24,21 @@
 //!   cells × `QUANTILE_BINS` whatever the number of rows. The quantile is then exact over the
 //!   binned values (for HbA1c, 3–20 %, the bin width is 0.00026 %).
 //!
-//! Partials of new groups are stacked and re-aggregated (`group_by` + `sum`) whenever the
-//! stack outgrows the merged table, which keeps the total work linear in the input and the
-//! memory bounded by the partial sizes above. A single polars plan over all batches would need
-//! every batch's plaintext in memory at once (polars' in-memory scan takes all buffers up
-//! front), which is what the groups avoid; a plan per batch would pay polars' per-plan work and
-//! a partial per batch, which is what the groups amortise.
+//! Each group's partial is merged into an accumulator as it arrives: cells are interned on
+//! integer codes of their dimension values and each (cell, donor) — or (cell, bin) — has a
+//! slot of sums, so a merge costs one hash lookup per partial row and the memory is bounded by
+//! the partial sizes above, whatever the number of rows. Margins are folded from the slots at
+//! the end on integer cell codes (a counting sort by (margin cell, donor) per margin). A single
+//! polars plan over all batches would need every batch's decoded columns in memory at once
+//! (polars' in-memory scan takes all buffers up front), which is what the groups avoid; a plan
+//! per batch would pay polars' per-plan work and a partial per batch, which is what the groups
+//! amortise.
 //!
 //! Rows are matched to consent by record: a row counts only when the consent record in its
 //! `consent` column (the record it was donated under, added by the intake when it sealed) is
-//! among the allowed records of the run; a row of a withdrawn record is left out even when its
-//! donor has consented again since. Rows without a consent record match none and are never
+//! among the allowed records of the run, and it counts under the pseudonym that record was
+//! granted to; a row of a withdrawn record is left out even when its donor has consented
+//! again since. Rows without a consent record match none and are never
 //! counted; a batch without the `consent` column is an error naming the batch, as is a
 //! dimension value that is null in a counted row.
 //!
@@ -59,8 +66,6 @@ use crate::AnalyticsError;
 
 /// Bins of the value histogram of all-rows quantiles.
 pub const QUANTILE_BINS: f64 = 65536.0;
-/// Stacked partial rows below which no intermediate merge happens.
-pub const MERGE_MIN_ROWS: usize = 256 * 1024;
 
 const ROWS: &str = "__rows";
 /// The engine-local donor id (`u32`) of a row: the dense id of the pseudonym its consent record
@@ -128,53 +133,150 @@ impl AsRef<[u8]> for ZeroizingBytes {
     }
 }
 
-/// Stacked partial frames and their merged form.
-#[derive(Default)]
-struct Partial {
-    merged: Option<DataFrame>,
-    pending: Option<DataFrame>,
+/// Partial aggregates of the groups seen so far, merged as each group's partial arrives: one
+/// slot per (cell, inner key) — the inner key is the donor id for the cell–donor partial, the
+/// value's bin for a quantile histogram — holding summed integer and float columns. Cells are
+/// interned on integer codes of their dimension values, so merging a group's partial costs a
+/// hash lookup per partial row, and folding cells into margins never compares a string.
+struct Accumulator {
+    /// Per dimension: value → code, and code → value.
+    codes: Vec<PlHashMap<String, u32>>,
+    values: Vec<Vec<String>>,
+    /// Cell (dimension codes) → cell id, and back.
+    cell_ids: PlHashMap<[u32; MAX_DIMENSIONS], u32>,
+    cells: Vec<[u32; MAX_DIMENSIONS]>,
+    /// (cell id, inner key) → slot.
+    slots: PlHashMap<(u32, i64), u32>,
+    slot_cell: Vec<u32>,
+    slot_inner: Vec<i64>,
+    /// The summed columns, row-major (a slot's sums are adjacent in memory): `ni` integers and
+    /// `nf` floats per slot.
+    ni: usize,
+    nf: usize,
+    ints: Vec<u64>,
+    floats: Vec<f64>,
 }
 
-impl Partial {
-    fn push(&mut self, df: DataFrame, keys: &[String]) -> Result<(), AnalyticsError> {
-        match &mut self.pending {
-            Some(p) => {
-                p.vstack_mut_owned(df)?;
+impl Accumulator {
+    fn new(dimensions: usize, ints: usize, floats: usize) -> Self {
+        Self {
+            codes: vec![PlHashMap::default(); dimensions],
+            values: vec![Vec::new(); dimensions],
+            cell_ids: PlHashMap::default(),
+            cells: Vec::new(),
+            slots: PlHashMap::default(),
+            slot_cell: Vec::new(),
+            slot_inner: Vec::new(),
+            ni: ints,
+            nf: floats,
+            ints: Vec::new(),
+            floats: Vec::new(),
+        }
+    }
+
+    /// Merge a group's partial frame: the dimension columns (strings without nulls, checked by
+    /// the caller), the `inner` key column and the summed columns, in the accumulator's order.
+    fn add(
+        &mut self,
+        df: &DataFrame,
+        group_by: &[String],
+        inner: &str,
+        int_cols: &[String],
+        float_cols: &[String],
+    ) -> Result<(), AnalyticsError> {
+        let h = df.height();
+        let mut row_cells = vec![[0u32; MAX_DIMENSIONS]; h];
+        for (j, g) in group_by.iter().enumerate() {
+            let ca = df.column(g)?.str()?;
+            let (codes, values) = (&mut self.codes[j], &mut self.values[j]);
+            for (row, v) in row_cells.iter_mut().zip(ca.iter()) {
+                let v = v.ok_or_else(|| {
+                    AnalyticsError::Engine(format!("column `{g}` has null values"))
+                })?;
+                row[j] = match codes.get(v) {
+                    Some(c) => *c,
+                    None => {
+                        let c = values.len() as u32;
+                        values.push(v.to_string());
+                        codes.insert(v.to_string(), c);
+                        c
+                    }
+                };
             }
-            None => self.pending = Some(df),
         }
-        let pending = self.pending.as_ref().map_or(0, DataFrame::height);
-        let merged = self.merged.as_ref().map_or(0, DataFrame::height);
-        if pending > MERGE_MIN_ROWS.max(merged) {
-            self.merge(keys)?;
+        let inner = {
+            let c = df.column(inner)?.cast(&DataType::Int64)?;
+            column_values::<Int64Type>(&DataFrame::new(h, vec![c.with_name("k".into())])?, "k")?
+        };
+        if int_cols.len() != self.ni || float_cols.len() != self.nf {
+            return Err(AnalyticsError::Engine(
+                "partial columns do not match".into(),
+            ));
+        }
+        let ints: Vec<Vec<u64>> = int_cols
+            .iter()
+            .map(|c| column_values::<UInt64Type>(df, c))
+            .collect::<Result<_, _>>()?;
+        let floats: Vec<Vec<f64>> = float_cols
+            .iter()
+            .map(|c| column_values::<Float64Type>(df, c))
+            .collect::<Result<_, _>>()?;
+        for (i, code) in row_cells.iter().enumerate() {
+            let cells = &mut self.cells;
+            let cell = *self.cell_ids.entry(*code).or_insert_with(|| {
+                cells.push(*code);
+                (cells.len() - 1) as u32
+            });
+            let next = self.slot_cell.len() as u32;
+            let slot = *self.slots.entry((cell, inner[i])).or_insert(next) as usize;
+            if slot == next as usize {
+                self.slot_cell.push(cell);
+                self.slot_inner.push(inner[i]);
+                self.ints.extend(ints.iter().map(|c| c[i]));
+                self.floats.extend(floats.iter().map(|c| c[i]));
+            } else {
+                let acc = &mut self.ints[slot * self.ni..(slot + 1) * self.ni];
+                for (a, c) in acc.iter_mut().zip(&ints) {
+                    *a += c[i];
+                }
+                let acc = &mut self.floats[slot * self.nf..(slot + 1) * self.nf];
+                for (a, c) in acc.iter_mut().zip(&floats) {
+                    *a += c[i];
+                }
+            }
         }
         Ok(())
     }
 
-    fn merge(&mut self, keys: &[String]) -> Result<(), AnalyticsError> {
-        let Some(p) = self.pending.take() else {
-            return Ok(());
-        };
-        let mut all = match self.merged.take() {
-            Some(m) => m,
-            None => p.clear(),
-        };
-        all.vstack_mut_owned(p)?;
-        let values: Vec<Expr> = all
-            .get_column_names()
-            .into_iter()
-            .filter(|c| !keys.iter().any(|k| k.as_str() == c.as_str()))
-            .map(|c| col(c.clone()).sum())
-            .collect();
-        let key_exprs: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
-        let merged = all.lazy().group_by(key_exprs).agg(values).collect()?;
-        self.merged = Some(merged);
-        Ok(())
-    }
-
-    fn finish(mut self, keys: &[String]) -> Result<Option<DataFrame>, AnalyticsError> {
-        self.merge(keys)?;
-        Ok(self.merged)
+    /// The cells of `mask` (bit `j` keeps dimension `j`, the others are totals): their keys,
+    /// and for every cell id the index of its masked cell among those keys.
+    fn masked_cells(&self, mask: u32) -> (Vec<CellKey>, Vec<u32>) {
+        let d = self.values.len();
+        let mut ids: HashMap<[u32; MAX_DIMENSIONS], u32> = HashMap::new();
+        let mut keys: Vec<CellKey> = Vec::new();
+        let mut of_cell = Vec::with_capacity(self.cells.len());
+        for code in &self.cells {
+            let mut k = [u32::MAX; MAX_DIMENSIONS];
+            for (j, slot) in k.iter_mut().enumerate().take(d) {
+                if mask >> j & 1 == 1 {
+                    *slot = code[j];
+                }
+            }
+            let id = *ids.entry(k).or_insert_with(|| {
+                keys.push(
+                    (0..d)
+                        .map(|j| {
+                            (k[j] != u32::MAX)
+                                .then(|| self.values[j].get(k[j] as usize).cloned())
+                                .flatten()
+                        })
+                        .collect(),
+                );
+                (keys.len() - 1) as u32
+            });
+            of_cell.push(id);
+        }
+        (keys, of_cell)
     }
 }
 
@@ -187,8 +289,8 @@ pub struct QueryEngine {
     /// The allowed consent records (`consent`, 32 hex digits) with their donor's dense id.
     allowed: DataFrame,
     filter: Option<Expr>,
-    cells: Partial,
-    hists: Vec<Partial>,
+    cells: Accumulator,
+    hists: Vec<Accumulator>,
     rows_scanned: u64,
     batches: u64,
 }
@@ -324,7 +426,12 @@ impl QueryEngine {
             needed.push((n, dt));
         }
         let allowed = allowed_frame(allowed)?;
-        let hists = quantile_fields.iter().map(|_| Partial::default()).collect();
+        let d = spec.group_by.len();
+        let hists = quantile_fields
+            .iter()
+            .map(|_| Accumulator::new(d, 1, 0))
+            .collect();
+        let cells = Accumulator::new(d, 1 + fields.len(), 2 * fields.len());
         Ok(Self {
             spec: spec.clone(),
             fields,
@@ -332,7 +439,7 @@ impl QueryEngine {
             needed,
             allowed,
             filter: spec.filter.as_ref().map(filter_expr),
-            cells: Partial::default(),
+            cells,
             hists,
             rows_scanned: 0,
             batches: 0,
@@ -347,12 +454,6 @@ impl QueryEngine {
     fn cell_keys(&self) -> Vec<String> {
         let mut k = self.spec.group_by.clone();
         k.push(DONOR_ID.to_string());
-        k
-    }
-
-    fn hist_keys(&self) -> Vec<String> {
-        let mut k = self.spec.group_by.clone();
-        k.push(BIN.to_string());
         k
     }
 
@@ -528,11 +629,21 @@ impl QueryEngine {
                 return Ok(Some(d.clone()));
             }
         }
-        let ck = self.cell_keys();
-        self.cells.push(cells, &ck)?;
-        let hk = self.hist_keys();
+        let names: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
+        let ints: Vec<String> = std::iter::once(ROWS.to_string())
+            .chain(names.iter().map(|f| n_col(f)))
+            .collect();
+        let floats: Vec<String> = names
+            .iter()
+            .map(|f| s_col(f))
+            .chain(names.iter().map(|f| ss_col(f)))
+            .collect();
+        self.cells
+            .add(&cells, &self.spec.group_by, DONOR_ID, &ints, &floats)?;
         for (slot, h) in frames.enumerate() {
-            self.hists[slot].push(h, &hk)?;
+            if let Some(acc) = self.hists.get_mut(slot) {
+                acc.add(&h, &self.spec.group_by, BIN, &[COUNT.to_string()], &[])?;
+            }
         }
         Ok(None)
     }
@@ -540,20 +651,12 @@ impl QueryEngine {
     /// Merge the partials into the aggregated table (with every margin when the spec asks for
     /// totals).
     pub fn finish(self) -> Result<AggregateTable, AnalyticsError> {
-        let hk = self.hist_keys();
         let masks = self.masks();
         let nf = self.fields.len();
-        let names: Vec<String> = self.fields.iter().map(|f| f.name.clone()).collect();
-        let group_by = self.spec.group_by.clone();
-        let ck = self.cell_keys();
-        let merged = self.cells.finish(&ck)?;
-        let partials = cell_partials(merged, &group_by, &names, &masks)?;
+        let partials = cell_partials(&self.cells, nf, &masks);
         // Histograms of all-rows quantiles, per cell and margin.
-        let hist_cube = self
-            .hists
-            .into_iter()
-            .map(|p| hist_cells(p.finish(&hk)?, &group_by, &masks))
-            .collect::<Result<Vec<_>, AnalyticsError>>()?;
+        let hist_cube: Vec<HashMap<CellKey, BTreeMap<i64, u64>>> =
+            self.hists.iter().map(|h| hist_cells(h, &masks)).collect();
         let mut cells = Vec::with_capacity(partials.len());
         for cell in partials {
             let CellPartial {
@@ -718,12 +821,9 @@ impl QueryEngine {
     /// totals), without computing any statistic.
     pub fn finish_cube(self) -> Result<CellDonorCube, AnalyticsError> {
         let masks = self.masks();
-        let names: Vec<String> = self.fields.iter().map(|f| f.name.clone()).collect();
-        let ck = self.cell_keys();
-        let merged = self.cells.finish(&ck)?;
-        let nf = names.len();
+        let nf = self.fields.len();
         let mut cells: BTreeMap<CellKey, Vec<(u32, DonorCell)>> = BTreeMap::new();
-        for cell in cell_partials(merged, &self.spec.group_by, &names, &masks)? {
+        for cell in cell_partials(&self.cells, nf, &masks) {
             let donors = cell
                 .donors
                 .iter()
@@ -783,78 +883,8 @@ fn allowed_frame(allowed: &HashMap<[u8; 16], Pseudonym>) -> Result<DataFrame, An
     )?)
 }
 
-/// The dimension values of a partial frame's rows, coded per dimension (code → value in
-/// `values`), so that margins are computed on integers.
-struct CellCodes {
-    values: Vec<Vec<String>>,
-    codes: Vec<[u32; MAX_DIMENSIONS]>,
-}
-
 /// Group-by dimensions a spec may have (its validation refuses more).
 const MAX_DIMENSIONS: usize = 4;
-
-impl CellCodes {
-    fn of(df: &DataFrame, group_by: &[String]) -> Result<Self, AnalyticsError> {
-        if group_by.len() > MAX_DIMENSIONS {
-            return Err(AnalyticsError::Refused(format!(
-                "at most {MAX_DIMENSIONS} dimensions"
-            )));
-        }
-        let mut codes = vec![[0u32; MAX_DIMENSIONS]; df.height()];
-        let mut values = Vec::with_capacity(group_by.len());
-        for (j, g) in group_by.iter().enumerate() {
-            let ca = df.column(g)?.str()?;
-            let mut seen: HashMap<&str, u32> = HashMap::new();
-            let mut vals: Vec<String> = Vec::new();
-            for (i, v) in ca.iter().enumerate() {
-                let v = v.ok_or_else(|| {
-                    AnalyticsError::Engine(format!("column `{g}` has null values"))
-                })?;
-                let code = *seen.entry(v).or_insert_with(|| {
-                    vals.push(v.to_string());
-                    (vals.len() - 1) as u32
-                });
-                if let Some(c) = codes.get_mut(i) {
-                    c[j] = code;
-                }
-            }
-            values.push(vals);
-        }
-        Ok(Self { values, codes })
-    }
-
-    /// The cells of `mask` (bit `j` keeps dimension `j`, the others are totals): their keys,
-    /// and each row's cell (an index into the keys).
-    fn cells(&self, mask: u32) -> (Vec<CellKey>, Vec<u32>) {
-        let d = self.values.len();
-        let mut ids: HashMap<[u32; MAX_DIMENSIONS], u32> = HashMap::new();
-        let mut keys: Vec<CellKey> = Vec::new();
-        let mut cell_of = Vec::with_capacity(self.codes.len());
-        for code in &self.codes {
-            let mut k = [u32::MAX; MAX_DIMENSIONS];
-            for (j, slot) in k.iter_mut().enumerate().take(d) {
-                if mask >> j & 1 == 1 {
-                    *slot = code[j];
-                }
-            }
-            let id = *ids.entry(k).or_insert_with(|| {
-                keys.push(
-                    (0..d)
-                        .map(|j| {
-                            let c = k[j] as usize;
-                            (k[j] != u32::MAX)
-                                .then(|| self.values[j].get(c).cloned())
-                                .flatten()
-                        })
-                        .collect(),
-                );
-                (keys.len() - 1) as u32
-            });
-            cell_of.push(id);
-        }
-        (keys, cell_of)
-    }
-}
 
 /// The values of a column without nulls.
 fn column_values<T: PolarsNumericType>(
@@ -884,32 +914,14 @@ struct CellPartial {
 
 /// The merged cell–donor partial folded into the cells of every mask (the cells asked for and
 /// their margins). A margin's donor partial is the sum of the donor's partials in the cells it
-/// covers: rows are ordered by (cell, donor) once per mask and each run summed.
-fn cell_partials(
-    merged: Option<DataFrame>,
-    group_by: &[String],
-    fields: &[String],
-    masks: &[u32],
-) -> Result<Vec<CellPartial>, AnalyticsError> {
-    let Some(df) = merged else {
-        return Ok(Vec::new());
-    };
-    let nf = fields.len();
-    let codes = CellCodes::of(&df, group_by)?;
-    let donors = column_values::<UInt32Type>(&df, DONOR_ID)?;
-    let rows = column_values::<UInt64Type>(&df, ROWS)?;
-    let mut n = Vec::with_capacity(nf);
-    let mut s = Vec::with_capacity(nf);
-    let mut ss = Vec::with_capacity(nf);
-    for f in fields {
-        n.push(column_values::<UInt64Type>(&df, &n_col(f))?);
-        s.push(column_values::<Float64Type>(&df, &s_col(f))?);
-        ss.push(column_values::<Float64Type>(&df, &ss_col(f))?);
-    }
-    drop(df);
+/// covers: the slots are ordered by (masked cell, donor) once per mask and each run summed.
+fn cell_partials(acc: &Accumulator, nf: usize, masks: &[u32]) -> Vec<CellPartial> {
+    let donors: Vec<u32> = acc.slot_inner.iter().map(|d| *d as u32).collect();
+    let (ni, nfl) = (acc.ni, acc.nf);
     let mut out = Vec::new();
     for &mask in masks {
-        let (keys, cell_of) = codes.cells(mask);
+        let (keys, of_cell) = acc.masked_cells(mask);
+        let cell_of: Vec<u32> = acc.slot_cell.iter().map(|c| of_cell[*c as usize]).collect();
         let order = order_by_cell_and_donor(&cell_of, keys.len(), &donors);
         let mut cells: Vec<CellPartial> = keys
             .into_iter()
@@ -929,29 +941,32 @@ fn cell_partials(
             let Some(cell) = cells.get_mut(cell_of[i] as usize) else {
                 continue;
             };
+            // Slot i: ints = rows, then n per field; floats = s per field, then ss per field.
+            let ints = &acc.ints[i * ni..(i + 1) * ni];
+            let floats = &acc.floats[i * nfl..(i + 1) * nfl];
             if last == Some(k) {
                 // The same donor in the same cell: add to its sums.
                 let at = cell.donors.len() - 1;
-                cell.rows[at] += rows[i];
+                cell.rows[at] += ints[0];
                 for f in 0..nf {
-                    cell.n[f][at] += n[f][i];
-                    cell.s[f][at] += s[f][i];
-                    cell.ss[f][at] += ss[f][i];
+                    cell.n[f][at] += ints[1 + f];
+                    cell.s[f][at] += floats[f];
+                    cell.ss[f][at] += floats[nf + f];
                 }
             } else {
                 cell.donors.push(donors[i]);
-                cell.rows.push(rows[i]);
+                cell.rows.push(ints[0]);
                 for f in 0..nf {
-                    cell.n[f].push(n[f][i]);
-                    cell.s[f].push(s[f][i]);
-                    cell.ss[f].push(ss[f][i]);
+                    cell.n[f].push(ints[1 + f]);
+                    cell.s[f].push(floats[f]);
+                    cell.ss[f].push(floats[nf + f]);
                 }
             }
             last = Some(k);
         }
         out.extend(cells);
     }
-    Ok(out)
+    out
 }
 
 /// The row indices ordered by (cell, donor): a two-pass counting sort (by donor, then stably
@@ -981,29 +996,19 @@ fn order_by_cell_and_donor(cell_of: &[u32], cells: usize, donors: &[u32]) -> Vec
 
 /// The merged value histogram of one all-rows quantile folded into the cells of every mask:
 /// cell key → bin → count.
-fn hist_cells(
-    merged: Option<DataFrame>,
-    group_by: &[String],
-    masks: &[u32],
-) -> Result<HashMap<CellKey, BTreeMap<i64, u64>>, AnalyticsError> {
+fn hist_cells(acc: &Accumulator, masks: &[u32]) -> HashMap<CellKey, BTreeMap<i64, u64>> {
     let mut out: HashMap<CellKey, BTreeMap<i64, u64>> = HashMap::new();
-    let Some(df) = merged else {
-        return Ok(out);
-    };
-    let codes = CellCodes::of(&df, group_by)?;
-    let bins = column_values::<Int64Type>(&df, BIN)?;
-    let counts = column_values::<UInt64Type>(&df, COUNT)?;
     for &mask in masks {
-        let (keys, cell_of) = codes.cells(mask);
+        let (keys, of_cell) = acc.masked_cells(mask);
         let mut hists: Vec<BTreeMap<i64, u64>> = vec![BTreeMap::new(); keys.len()];
-        for (i, c) in cell_of.iter().enumerate() {
-            if let Some(h) = hists.get_mut(*c as usize) {
-                *h.entry(bins[i]).or_insert(0) += counts[i];
+        for (i, c) in acc.slot_cell.iter().enumerate() {
+            if let Some(h) = hists.get_mut(of_cell[*c as usize] as usize) {
+                *h.entry(acc.slot_inner[i]).or_insert(0) += acc.ints[i * acc.ni];
             }
         }
         out.extend(keys.into_iter().zip(hists));
     }
-    Ok(out)
+    out
 }
 
 fn mean(xs: &[f64]) -> Option<f64> {
