@@ -325,3 +325,54 @@ fn a_batch_without_the_consent_column_is_refused_naming_the_file() {
         .to_string();
     assert!(err.contains(&file) && err.contains(CONSENT_COLUMN), "{err}");
 }
+
+#[test]
+fn a_row_counts_under_the_donor_its_consent_record_was_granted_to() {
+    use datadonor_analytics::engine::QueryEngine;
+    let w = world();
+    let mut rng = Rng::new(11);
+    for i in 0..3 {
+        w.ledger
+            .push(&grant(&w.study, donor(i), &[EPI], NOW + 1000));
+    }
+    // Donor 1's rows under donor 2's record: they count as donor 2's, whose own rows average
+    // 10.0, so donor 2's mean is (2 × 8 + 3 × 10) / 5 = 9.2.
+    let mut df = rows(&w, 0, 4, 6.0, &mut rng);
+    let mut borrowed = rows(&w, 1, 2, 8.0, &mut rng);
+    set_consent(&mut borrowed, record_id(donor(2))).expect("consent");
+    df.vstack_mut_owned(borrowed).expect("stack");
+    df.vstack_mut_owned(rows(&w, 2, 3, 10.0, &mut rng))
+        .expect("stack");
+    let spec = QuerySpec::from_toml(
+        r#"
+study = "t2d-dk"
+purpose = "t2d-epidemiology"
+researcher = "r@sdu.example"
+contribution = "donor_mean"
+[[measures]]
+op = "donors"
+[[measures]]
+op = "rows"
+[[measures]]
+op = "mean"
+field = "hba1c"
+"#,
+    )
+    .expect("spec");
+    let allowed = view(&w).allowed_record_donors(&w.study.id, EPI, NOW);
+    assert_eq!(allowed.len(), 3);
+    let mut engine = QueryEngine::new(&spec, &w.study, &allowed).expect("engine");
+    engine.add_lazy(df.lazy()).expect("rows");
+    let table = engine.finish().expect("aggregates");
+    assert_eq!(table.cells.len(), 1);
+    let cell = &table.cells[0];
+    assert_eq!(
+        cell.donors.len(),
+        2,
+        "donor 1 has no record of their own here"
+    );
+    assert_eq!(cell.values[0], Some(2.0));
+    assert_eq!(cell.values[1], Some(9.0));
+    let mean = cell.values[2].expect("a mean");
+    assert!((mean - (6.0 + 9.2) / 2.0).abs() < 1e-9, "{mean}");
+}
