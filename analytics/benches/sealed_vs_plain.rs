@@ -315,6 +315,7 @@ fn main() -> Res<()> {
     };
     let t0 = Instant::now();
     let shape = format!("{rows} {donors} {batch_rows}\n");
+    let mut generated = false;
     let old_shape = std::fs::read_to_string(dir.join("shape")).ok();
     if old_shape.as_deref() != Some(shape.as_str()) {
         match old_shape {
@@ -332,6 +333,7 @@ fn main() -> Res<()> {
         std::fs::create_dir_all(&dir)?;
         generate(&dir, rows, donors, batch_rows)?;
         std::fs::write(dir.join("shape"), shape)?;
+        generated = true;
     }
     let size = |d: &str| -> u64 {
         std::fs::read_dir(dir.join(d))
@@ -342,9 +344,13 @@ fn main() -> Res<()> {
             })
             .unwrap_or(0)
     };
+    let how = if generated {
+        format!("generated in {:.1}s", t0.elapsed().as_secs_f64())
+    } else {
+        format!("reused from {}", dir.display())
+    };
     println!(
-        "generated {rows} rows, {donors} donors, batches of {batch_rows} in {:.1}s: plaintext {} MiB, sealed {} MiB",
-        t0.elapsed().as_secs_f64(),
+        "{rows} rows, {donors} donors, batches of {batch_rows} ({how}): plaintext {} MiB, sealed {} MiB",
         size("plain") >> 20,
         size("sealed") >> 20
     );

@@ -673,10 +673,7 @@ mod tests {
         // and a threshold of at least k = 2 releases none of these one-donor cells.
         let mut cells = BTreeMap::new();
         for k in ["a", "b", "c", "d", "e"] {
-            cells.insert(
-                vec![Some(k.to_string())],
-                vec![(0u32, donor(1, 7.0))],
-            );
+            cells.insert(vec![Some(k.to_string())], vec![(0u32, donor(1, 7.0))]);
         }
         let c = CellDonorCube {
             dimensions: vec!["region".into()],
