@@ -92,7 +92,7 @@ impl std::fmt::Display for Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
-            "type": format!("https://datadonor.example/problems/{}", self.kind),
+            "type": format!("urn:datadonor:problem:{}", self.kind),
             "title": self.kind,
             "status": self.status,
             "detail": self.detail,

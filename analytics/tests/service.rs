@@ -571,10 +571,7 @@ async fn an_oversized_request_is_a_problem_document() {
             "application/problem+json"
         );
         let p: serde_json::Value = r.json().await.expect("problem document");
-        assert_eq!(
-            p["type"],
-            "https://datadonor.example/problems/body-too-large"
-        );
+        assert_eq!(p["type"], "urn:datadonor:problem:body-too-large");
     }
     assert!(runs_logged(&w).is_empty(), "nothing was run");
     running.shutdown().await;

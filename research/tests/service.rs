@@ -234,7 +234,7 @@ fn run_query_blocking_sends_a_signed_request_and_returns_the_table() {
 fn a_problem_document_becomes_a_problem_error_without_control_characters() {
     let dir = tempfile::tempdir().expect("tempdir");
     let doc = serde_json::json!({
-        "type": "https://datadonor.example/problems/over-budget",
+        "type": "urn:datadonor:problem:over-budget",
         "title": "over-budget",
         "status": 403,
         "detail": "this run's epsilon would exceed\x1b[31m the researcher's budget",
