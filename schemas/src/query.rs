@@ -380,6 +380,25 @@ fn check_measure(m: &Measure, study: &StudyDefinition) -> Result<(), QueryError>
     }
 }
 
+/// A period literal must be a period of the study's granularity (`2024-03` for months, `2024-W09` for
+/// weeks, `2024-03-01` for days): periods compare bytewise, so `"2024-3"` would silently compare
+/// after every month from `2024-30`.
+fn check_period(study: &StudyDefinition, t: &str) -> Result<(), QueryError> {
+    if study.period.is_valid_period(t) {
+        Ok(())
+    } else {
+        Err(QueryError::Invalid(format!(
+            "filter: {t:?} is not a {} period of this study (like {:?})",
+            match study.period {
+                crate::study::Granularity::Day => "day",
+                crate::study::Granularity::Week => "week",
+                crate::study::Granularity::Month => "month",
+            },
+            study.period.period_of(jiff::civil::date(2024, 3, 1))
+        )))
+    }
+}
+
 fn validate_filter(f: &Filter, study: &StudyDefinition, depth: usize) -> Result<(), QueryError> {
     if depth > 16 {
         return Err(QueryError::Invalid("filter nests deeper than 16".into()));
@@ -392,7 +411,7 @@ fn validate_filter(f: &Filter, study: &StudyDefinition, depth: usize) -> Result<
         Filter::Cmp { field, value, op } => {
             if field == PERIOD_COLUMN {
                 return match value {
-                    Literal::Text(_) => Ok(()),
+                    Literal::Text(t) => check_period(study, t),
                     _ => Err(QueryError::Invalid(
                         "period compares with text like \"2024-03\"".into(),
                     )),
@@ -424,7 +443,7 @@ fn validate_filter(f: &Filter, study: &StudyDefinition, depth: usize) -> Result<
         }
         Filter::In { field, values } => {
             if field == PERIOD_COLUMN {
-                return Ok(());
+                return values.iter().try_for_each(|t| check_period(study, t));
             }
             match study.field(field).map(|s| s.field_type()) {
                 Some(FieldType::Category(allowed)) => {

@@ -71,7 +71,7 @@ const EXPECTED: [(&str, usize, usize); 14] = [
     ("threshold-oprf.json", 3, 37),
     ("ledger-entry.json", 9, 39),
     ("receipt.json", 2, 19),
-    ("query.json", 4, 29),
+    ("query.json", 4, 30),
     ("batch-header.json", 5, 33),
     ("cosignature.json", 3, 18),
     ("proof-answer.json", 6, 25),

@@ -4932,6 +4932,15 @@ fn query_file(fx: &Fixture) -> J {
             q("\"18-19\"", "\"18-24\""),
             inv,
         ),
+        mal(
+            "filter-period-not-a-month",
+            dv,
+            q(
+                "field = \"age_band\", values = [\"18-19\"",
+                "field = \"period\", values = [\"2024-3\"",
+            ),
+            inv,
+        ),
     ];
 
     let da = "check_approval";
