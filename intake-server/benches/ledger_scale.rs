@@ -542,7 +542,7 @@ async fn measure(a: &Args, donors: usize, keep: Option<&Path>) -> Result<Figures
 
     // Where start-up goes: the intake's two recovery steps, timed here on the same file.
     let t = Instant::now();
-    let records = LocalLedgerStore::open(&ledger_path(&dir))?.recover()?;
+    let records = LocalLedgerStore::open(&ledger_path(&dir))?.recover_records()?;
     let read_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let folded = LedgerState::recover(records, &g.signer)?;

@@ -535,7 +535,7 @@ pub fn recover(
     batches: &dyn BatchStore,
     signer: &LedgerSigner,
 ) -> Result<(LedgerState, RecoveryReport), crate::Error> {
-    let records = ledger.recover()?;
+    let records = ledger.recover_records()?;
     let state = LedgerState::recover(records, signer)?;
     let mut report = RecoveryReport {
         entries: state.size(),

@@ -16,6 +16,8 @@ use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
 use datadonor_schemas::signing::{PublicKey, SigningKey};
 use datadonor_schemas::study::StudyId;
 
+use crate::store::LedgerRecords;
+
 /// Errors of ledger state.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -137,16 +139,23 @@ pub struct LedgerState {
 }
 
 impl LedgerState {
-    /// Rebuild from durable records, and publish a checkpoint of them.
-    pub fn recover(records: Vec<Vec<u8>>, signer: &LedgerSigner) -> Result<Self, LedgerError> {
+    /// Rebuild from durable records, and publish a checkpoint of them. The leaf hashes are
+    /// taken from `records` ([`LedgerRecords`] pairs each entry only with its own leaf hash), so
+    /// no entry is hashed again here.
+    pub fn recover(records: LedgerRecords, signer: &LedgerSigner) -> Result<Self, LedgerError> {
         let mut s = Self::default();
-        for (i, r) in records.into_iter().enumerate() {
-            let entry = LedgerEntry::from_bytes(&r).map_err(|e| LedgerError::BadRecord {
+        let (entries, leaves) = records.into_parts();
+        for leaf in leaves {
+            s.log.push(leaf);
+        }
+        for (i, bytes) in entries.iter().enumerate() {
+            let entry = LedgerEntry::from_bytes(bytes).map_err(|e| LedgerError::BadRecord {
                 index: i as u64,
                 reason: e.to_string(),
             })?;
-            s.push(&entry, r, 0);
+            s.fold(&entry, i as u64, 0);
         }
+        s.entries = entries;
         let size = s.size();
         for d in s.donations.values_mut() {
             d.receipt_size = size;
@@ -163,6 +172,12 @@ impl LedgerState {
     pub fn push(&mut self, entry: &LedgerEntry, bytes: Vec<u8>, receipt_size: u64) -> u64 {
         let index = self.log.push(leaf_hash(&bytes));
         self.entries.push(bytes);
+        self.fold(entry, index, receipt_size);
+        index
+    }
+
+    /// Fold the entry at `index` into the indexes.
+    fn fold(&mut self, entry: &LedgerEntry, index: u64, receipt_size: u64) {
         match entry {
             LedgerEntry::ConsentGranted {
                 study_id,
@@ -206,7 +221,6 @@ impl LedgerState {
             }
             _ => {}
         }
-        index
     }
 
     /// Sign and publish a checkpoint of the whole in-memory log (call after it is durable).
@@ -398,5 +412,92 @@ impl LedgerState {
             entry: bytes.clone(),
             inclusion_proof: proof.into_iter().map(|h| HexHash(h.0)).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> LedgerSigner {
+        LedgerSigner::new(
+            SigningKey::from_seed(&[3; 32]).unwrap(),
+            crate::config::DEFAULT_ORIGIN,
+        )
+        .unwrap()
+    }
+
+    /// Key rotations, donations and withdrawals, interleaved.
+    fn entries() -> Vec<Vec<u8>> {
+        let study = StudyId::new("t2d-dk").unwrap();
+        (0..6u8)
+            .map(|i| {
+                let time = 1_700_000_000 + i64::from(i);
+                match i % 3 {
+                    0 => LedgerEntry::KeyRotated {
+                        time,
+                        role: "hpke-transport".into(),
+                        key_id: u32::from(i),
+                        public_key_sha256: [i; 32],
+                    },
+                    1 => LedgerEntry::DonationAccepted {
+                        time,
+                        study_id: study.clone(),
+                        pseudonym: Pseudonym([i; 32]),
+                        consent_record_id: [i; 16],
+                        idempotency_key: [i; 16],
+                        envelope_sha256: [i; 32],
+                        rows: 1,
+                        batch_id: hex::encode([i; 16]),
+                    },
+                    _ => LedgerEntry::ConsentWithdrawn {
+                        time,
+                        study_id: study.clone(),
+                        pseudonym: Pseudonym([i; 32]),
+                        consent_record_id: [i; 16],
+                        withdrawal_sha256: [i; 32],
+                    },
+                }
+                .to_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recovery_from_hashed_records_matches_pushing_the_entries() {
+        let signer = signer();
+        let mut pushed = LedgerState::default();
+        for bytes in entries() {
+            let entry = LedgerEntry::from_bytes(&bytes).unwrap();
+            pushed.push(&entry, bytes, 0);
+        }
+        pushed.publish(&signer).unwrap();
+        let records = LedgerRecords::new(entries());
+        let recovered = LedgerState::recover(records, &signer).unwrap();
+        assert_eq!(recovered.size(), 6);
+        assert_eq!(recovered.published_note(), pushed.published_note());
+        assert_eq!(recovered.entries(0, 6), pushed.entries(0, 6));
+        for i in 0..6 {
+            assert_eq!(
+                recovered.inclusion_proof(i, 6).unwrap(),
+                pushed.inclusion_proof(i, 6).unwrap()
+            );
+        }
+        for (i, d) in [(1u8, 1u64), (4, 4)] {
+            let got = recovered.donation(&[i; 16]).unwrap();
+            assert_eq!((got.ledger_index, got.receipt_size), (d, 6));
+            assert!(recovered.references_batch("t2d-dk", &hex::encode([i; 16])));
+        }
+        for (i, w) in [(2u8, 2u64), (5, 5)] {
+            let got = recovered.withdrawal(&[i; 32]).unwrap();
+            assert_eq!((got.ledger_index, got.receipt_size), (w, 6));
+        }
+        // A record that is not a ledger entry is named by its index.
+        let mut bad = entries();
+        bad[3] = b"{}".to_vec();
+        assert!(matches!(
+            LedgerState::recover(LedgerRecords::new(bad), &signer),
+            Err(LedgerError::BadRecord { index: 3, .. })
+        ));
     }
 }

@@ -549,7 +549,7 @@ async fn serve(
 pub fn rotate_transport_key(config: &Config, now: i64) -> Result<u32, Error> {
     let _lock = DirLock::acquire(&config.data_dir)?;
     let (store, _) = open_stores(config)?;
-    let records = store.recover()?;
+    let records = store.recover_records()?;
     let signer = LedgerSigner::new(
         keys::load_ledger_key(&config.data_dir)?,
         &config.ledger.origin,

@@ -24,6 +24,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use datadonor_schemas::merkle::{leaf_hash, Hash};
+
 /// Errors of a storage backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -147,10 +149,64 @@ pub trait BatchStore: Send + Sync + std::fmt::Debug {
     fn clean_temporaries(&self) -> Result<usize, StoreError>;
 }
 
+/// Durable ledger records (entry bytes), in order, each with its RFC 9162 leaf hash.
+///
+/// Each hash is always the leaf hash of its entry's bytes: either computed here
+/// ([`LedgerRecords::new`]), or the hash the ledger file decoder computed from the bytes and
+/// found equal to the one stored in the record, so that recovery hashes each entry once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerRecords {
+    entries: Vec<Vec<u8>>,
+    leaf_hashes: Vec<Hash>,
+}
+
+impl LedgerRecords {
+    /// Records of `entries`, hashing each.
+    pub fn new(entries: Vec<Vec<u8>>) -> Self {
+        let leaf_hashes = entries.iter().map(|e| leaf_hash(e)).collect();
+        Self {
+            entries,
+            leaf_hashes,
+        }
+    }
+    /// Append an entry whose leaf hash the caller has just computed from these very bytes.
+    fn push_hashed(&mut self, entry: Vec<u8>, leaf: Hash) {
+        self.entries.push(entry);
+        self.leaf_hashes.push(leaf);
+    }
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// The entry bytes, in order.
+    pub fn entries(&self) -> &[Vec<u8>] {
+        &self.entries
+    }
+    /// The leaf hash of each entry, in the same order.
+    pub fn leaf_hashes(&self) -> &[Hash] {
+        &self.leaf_hashes
+    }
+    /// The entry bytes and their leaf hashes (same length, same order).
+    pub fn into_parts(self) -> (Vec<Vec<u8>>, Vec<Hash>) {
+        (self.entries, self.leaf_hashes)
+    }
+}
+
 /// Where ledger records are kept.
 pub trait LedgerStore: Send + Sync + std::fmt::Debug {
-    /// Every durable record in order, after removing a torn tail. Call once, before appending.
+    /// Every durable record in order, after removing a torn tail. Call this or
+    /// [`LedgerStore::recover_records`] once, before appending.
     fn recover(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// [`LedgerStore::recover`], each record with its leaf hash. A backend that checks stored
+    /// leaf hashes while reading (the local file) returns the hashes it checked; the default
+    /// hashes each record once.
+    fn recover_records(&self) -> Result<LedgerRecords, StoreError> {
+        Ok(LedgerRecords::new(self.recover()?))
+    }
     /// Append records durably (one durability barrier for the whole call).
     fn append(&self, entries: &[Vec<u8>]) -> Result<(), StoreError>;
 }
@@ -325,20 +381,66 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
     )
 }
 
+/// How much of the ledger file recovery reads at a time.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Read and decode the records of a ledger file from `r`, `chunk` bytes at a time, so that only
+/// the records (not also the whole file) are held in memory. Returns the intact records with
+/// the leaf hashes the decoder checked, the length of the intact prefix, and the length read.
+/// Decides exactly as [`decode_records`] on the whole file: a record cut by a chunk boundary is
+/// completed by the next chunk before it is judged, and every record is hashed once.
+fn read_records(r: &mut impl Read, chunk: usize) -> std::io::Result<(LedgerRecords, u64, u64)> {
+    use datadonor_schemas::ledger::{decode_ledger_records, RecordTail};
+    let chunk = chunk.max(1);
+    let mut records = LedgerRecords::default();
+    // Bytes read but not yet decoded, starting at file offset `start`.
+    let mut buf = Vec::new();
+    let mut start = 0u64;
+    loop {
+        // Room for the whole chunk up front, so the buffer does not grow while reading it.
+        buf.reserve(chunk);
+        let n = r.by_ref().take(chunk as u64).read_to_end(&mut buf)?;
+        let eof = n < chunk;
+        let d = decode_ledger_records(&buf);
+        for (e, h) in d.entries.iter().zip(&d.leaf_hashes) {
+            records.push_hashed(e.to_vec(), *h);
+        }
+        let valid = d.valid_len;
+        let tail = d.tail;
+        if matches!(tail, RecordTail::Corrupt { .. }) {
+            // Damage is damage whatever follows it: nothing after it is read as records.
+            let rest = std::io::copy(r, &mut std::io::sink())?;
+            return Ok((
+                records,
+                start + valid as u64,
+                start + buf.len() as u64 + rest,
+            ));
+        }
+        if eof {
+            return Ok((records, start + valid as u64, start + buf.len() as u64));
+        }
+        // Clean so far, or a record that the next chunk completes.
+        buf.drain(..valid);
+        start += valid as u64;
+    }
+}
+
 impl LedgerStore for LocalLedgerStore {
     fn recover(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.recover_records()?.into_parts().0)
+    }
+
+    fn recover_records(&self) -> Result<LedgerRecords, StoreError> {
         let mut f = self.file.lock().map_err(|_| StoreError::Poisoned)?;
-        let mut bytes = Vec::new();
         f.seek(SeekFrom::Start(0)).map_err(io(&self.path))?;
-        f.read_to_end(&mut bytes).map_err(io(&self.path))?;
-        let (records, valid) = decode_records(&bytes);
-        if valid < bytes.len() {
+        let (records, valid, len) = read_records(&mut *f, READ_CHUNK).map_err(io(&self.path))?;
+        if valid < len {
             tracing::warn!(
-                dropped_bytes = bytes.len() - valid,
+                dropped_bytes = len - valid,
                 records = records.len(),
                 "ledger: truncating a torn or corrupt tail"
             );
-            f.set_len(valid as u64).map_err(io(&self.path))?;
+            f.set_len(valid).map_err(io(&self.path))?;
             f.sync_all().map_err(io(&self.path))?;
         }
         Ok(records)
@@ -443,7 +545,7 @@ pub mod conformance {
         let (ledger, batches) = backend.open();
         assert_eq!(
             ledger.recover()?,
-            vec![e1, e2, e3.clone()],
+            vec![e1.clone(), e2.clone(), e3.clone()],
             "recover returns appended records in order"
         );
         let mut want = vec![a.clone(), b.clone()];
@@ -461,6 +563,117 @@ pub mod conformance {
         drop((ledger, batches));
         let (ledger, _batches) = backend.open();
         assert_eq!(ledger.recover()?.len(), 4, "append after recover persists");
+        drop(ledger);
+
+        // Records with leaf hashes: the same records, each with the leaf hash of its bytes.
+        let (ledger, _batches) = backend.open();
+        let records = ledger.recover_records()?;
+        assert_eq!(
+            records.entries(),
+            [e1, e2, e3, b"fourth".to_vec()],
+            "recover_records returns the records recover returns"
+        );
+        assert_eq!(records.leaf_hashes().len(), records.len());
+        for (e, h) in records.entries().iter().zip(records.leaf_hashes()) {
+            assert_eq!(
+                *h,
+                datadonor_schemas::merkle::leaf_hash(e),
+                "each record carries its own leaf hash"
+            );
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records of assorted lengths and the ledger file holding them.
+    fn ledger_file() -> (Vec<Vec<u8>>, Vec<u8>) {
+        let records: Vec<Vec<u8>> = [1usize, 7, 40, 3, 100, 33]
+            .iter()
+            .zip(b'a'..)
+            .map(|(len, c)| vec![c; *len])
+            .collect();
+        let mut file = Vec::new();
+        for r in &records {
+            encode_record(r, &mut file);
+        }
+        (records, file)
+    }
+
+    /// Reading `bytes` in chunks of many sizes decides exactly as decoding the whole file, and
+    /// every record comes with its own leaf hash.
+    fn read_in_chunks(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let (want, want_valid) = decode_records(bytes);
+        for chunk in [
+            1,
+            2,
+            3,
+            5,
+            8,
+            13,
+            43,
+            44,
+            64,
+            bytes.len().max(1),
+            READ_CHUNK,
+        ] {
+            let (got, valid, len) = read_records(&mut &bytes[..], chunk).unwrap();
+            assert_eq!(got.leaf_hashes().len(), got.len(), "chunk {chunk}");
+            for (e, h) in got.entries().iter().zip(got.leaf_hashes()) {
+                assert_eq!(*h, leaf_hash(e), "chunk {chunk}");
+            }
+            let got = got.into_parts().0;
+            assert_eq!(
+                (&got, valid, len),
+                (&want, want_valid as u64, bytes.len() as u64),
+                "chunk {chunk}"
+            );
+        }
+        want
+    }
+
+    #[test]
+    fn chunked_recovery_keeps_exactly_the_intact_prefix() {
+        let (records, file) = ledger_file();
+        assert_eq!(read_in_chunks(&file), records);
+        assert!(read_in_chunks(&[]).is_empty());
+        // Torn tails: every cut keeps the records wholly before it.
+        let mut ends = Vec::new();
+        let mut end = 0;
+        for r in &records {
+            end += 4 + r.len() + 32;
+            ends.push(end);
+        }
+        for cut in 0..file.len() {
+            let whole = ends.iter().filter(|e| **e <= cut).count();
+            assert_eq!(read_in_chunks(&file[..cut]), records[..whole], "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_is_never_recovered() {
+        let (records, file) = ledger_file();
+        let mut start = 0;
+        for (k, r) in records.iter().enumerate() {
+            let end = start + 4 + r.len() + 32;
+            // Any flipped bit in record k (length, entry or stored hash) ends recovery at or
+            // before record k: it and everything after it are dropped.
+            for i in start..end {
+                for bit in [0x01, 0x80] {
+                    let mut damaged = file.clone();
+                    damaged[i] ^= bit;
+                    let got = read_in_chunks(&damaged);
+                    assert!(
+                        got.len() <= k,
+                        "byte {i} bit {bit:#x}: record {k} recovered"
+                    );
+                    assert_eq!(got, records[..got.len()], "byte {i} bit {bit:#x}");
+                }
+            }
+            start = end;
+        }
     }
 }

@@ -87,6 +87,33 @@ fn torn_and_corrupt_tails_are_truncated() {
     assert_eq!(valid as u64, std::fs::metadata(&path).unwrap().len());
 }
 
+#[test]
+fn a_record_with_damaged_entry_bytes_is_not_recovered() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("ledger.log");
+    let store = LocalLedgerStore::open(&path).unwrap();
+    let entries = [b"first".to_vec(), b"second".to_vec(), b"third".to_vec()];
+    store.append(&entries).unwrap();
+    drop(store);
+    let first_len = 4 + entries[0].len() + 32;
+    let mut bytes = std::fs::read(&path).unwrap();
+    // One bit of the second record's entry bytes (its stored leaf hash is left as it was).
+    bytes[first_len + 4 + 2] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let store = LocalLedgerStore::open(&path).unwrap();
+    let records = store.recover_records().unwrap();
+    assert_eq!(
+        records.entries(),
+        [b"first".to_vec()],
+        "recovery stops at the damaged record"
+    );
+    assert_eq!(
+        records.leaf_hashes(),
+        [datadonor_schemas::merkle::leaf_hash(b"first")]
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len as u64);
+}
+
 #[tokio::test]
 async fn recovery_deletes_unacknowledged_batches_and_temporaries() {
     let mut env = Env::new();

@@ -310,6 +310,9 @@ pub enum RecordTail {
 pub struct LedgerRecords<'a> {
     /// Entry bytes of the intact records, in order.
     pub entries: Vec<&'a [u8]>,
+    /// The RFC 9162 leaf hash of each entry in `entries` (same order), as computed from its
+    /// bytes and found equal to the hash stored in its record.
+    pub leaf_hashes: Vec<crate::merkle::Hash>,
     /// Length of the intact prefix.
     pub valid_len: usize,
     /// What follows the intact prefix.
@@ -326,6 +329,7 @@ pub fn encode_ledger_record(entry: &[u8], out: &mut Vec<u8>) {
 /// Decode a ledger file's records, stopping at the first incomplete or damaged one.
 pub fn decode_ledger_records(bytes: &[u8]) -> LedgerRecords<'_> {
     let mut entries = Vec::new();
+    let mut leaf_hashes = Vec::new();
     let mut pos = 0usize;
     let tail = loop {
         if pos == bytes.len() {
@@ -349,16 +353,19 @@ pub fn decode_ledger_records(bytes: &[u8]) -> LedgerRecords<'_> {
         ) else {
             break RecordTail::Torn;
         };
-        if crate::merkle::leaf_hash(entry).0 != hash {
+        let leaf = crate::merkle::leaf_hash(entry);
+        if leaf.0 != hash {
             break RecordTail::Corrupt {
                 index: entries.len() as u64,
             };
         }
         entries.push(entry);
+        leaf_hashes.push(leaf);
         pos = start + len + 32;
     };
     LedgerRecords {
         entries,
+        leaf_hashes,
         valid_len: pos,
         tail,
     }
@@ -456,6 +463,13 @@ mod record_tests {
         let whole = decode_ledger_records(&file);
         assert_eq!(whole.entries, vec![&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
         assert_eq!(
+            whole.leaf_hashes,
+            vec![
+                crate::merkle::leaf_hash(b"{\"a\":1}"),
+                crate::merkle::leaf_hash(b"{\"b\":2}")
+            ]
+        );
+        assert_eq!(
             (whole.valid_len, whole.tail),
             (file.len(), RecordTail::Clean)
         );
@@ -472,8 +486,8 @@ mod record_tests {
         flipped[first_len + 6] ^= 1;
         let bad = decode_ledger_records(&flipped);
         assert_eq!(
-            (bad.entries.len(), bad.tail),
-            (1, RecordTail::Corrupt { index: 1 })
+            (bad.entries.len(), bad.leaf_hashes.len(), bad.tail),
+            (1, 1, RecordTail::Corrupt { index: 1 })
         );
         let zero = decode_ledger_records(&[0, 0, 0, 0]);
         assert_eq!(zero.tail, RecordTail::Corrupt { index: 0 });
