@@ -93,19 +93,7 @@ impl LoadResult {
 }
 
 fn client(ca_pem: &[u8]) -> Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(c?)?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
-        .build()?)
+    Ok(testkit::https_client(ca_pem, None)?)
 }
 
 async fn run_load(

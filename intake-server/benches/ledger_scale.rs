@@ -49,8 +49,6 @@ use datadonor_schemas::merkle::{leaf_hash, verify_inclusion, MerkleLog, ProofAns
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::time::{Clock, SystemClock, UnixSeconds};
 use rand::Rng as _;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 /// The configuration the benchmark serves with, beside `config.toml` (which stays as `init`
 /// wrote it): a free port and public reads not rate limited, since every request comes from
@@ -244,20 +242,10 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn client(ca_pem: &[u8]) -> Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(c?)?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
-        .timeout(Duration::from_secs(30))
-        .build()?)
+    Ok(testkit::https_client(
+        ca_pem,
+        Some(Duration::from_secs(30)),
+    )?)
 }
 
 /// The intake as a child process; stopped (SIGTERM, then SIGKILL) when dropped.

@@ -331,3 +331,31 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// An HTTPS client that trusts only the CAs in `ca_pem` and speaks TLS 1.3 with the same ring
+/// provider as the intake (the benchmarks' load generators). `timeout` bounds each request.
+pub fn https_client(
+    ca_pem: &[u8],
+    timeout: Option<std::time::Duration>,
+) -> Result<reqwest::Client, Error> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |e: String| Error::Tls(e);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(c.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut b = reqwest::Client::builder().use_preconfigured_tls(cfg);
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().map_err(|e| bad(e.to_string()))
+}
