@@ -199,16 +199,19 @@ pub fn logged_at(now: UnixSeconds, since: std::time::Instant) -> UnixSeconds {
     now.saturating_add(i64::try_from(since.elapsed().as_secs()).unwrap_or(i64::MAX))
 }
 
-fn parse_entries(raw: &[Vec<u8>], first: u64) -> Result<Vec<LedgerEntry>, LedgerError> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, b)| {
-            LedgerEntry::from_bytes(b).map_err(|source| LedgerError::Entry {
+/// Parse entries, consuming their bytes: each entry's bytes are freed as soon as it is parsed,
+/// so the bytes and the parsed entries of a large ledger are not all held at once.
+fn parse_entries(raw: Vec<Vec<u8>>, first: u64) -> Result<Vec<LedgerEntry>, LedgerError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        out.push(
+            LedgerEntry::from_bytes(&b).map_err(|source| LedgerError::Entry {
                 index: first + i as u64,
                 source,
-            })
-        })
-        .collect()
+            })?,
+        );
+    }
+    Ok(out)
 }
 
 /// Ledger entries as read for one run: the verified prefix and the unverified tail.
@@ -469,7 +472,8 @@ pub fn verify_ledger(
         check_against_state(source, &log, &cp, verifiers, dir)?;
         save_state(dir, &note)?;
     }
-    let verified = parse_entries(&raw, 0)?;
+    drop(log);
+    let verified = parse_entries(raw, 0)?;
     // The unverified tail.
     let mut tail_raw = Vec::new();
     let mut start = size;
@@ -486,7 +490,7 @@ pub fn verify_ledger(
             }
         }
     }
-    let tail = parse_entries(&tail_raw, size)?;
+    let tail = parse_entries(tail_raw, size)?;
     Ok(LedgerView {
         verified,
         tail,
@@ -653,7 +657,7 @@ impl LocalLedgerFile {
 
     /// Every entry, parsed, unverified.
     pub fn unverified_view(&self) -> Result<LedgerView, LedgerError> {
-        Ok(LedgerView::unverified(parse_entries(&self.read_all()?, 0)?))
+        Ok(LedgerView::unverified(parse_entries(self.read_all()?, 0)?))
     }
 }
 
