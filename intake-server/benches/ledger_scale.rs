@@ -19,6 +19,7 @@
 //!    `GET /v1/ledger/inclusion?index=I&size=N` by `--clients` concurrent clients, and every
 //!    answer is verified against the served checkpoint's root (RFC 9162); a few entries are also
 //!    read back through the auditor's `GET /v1/ledger/entries` and matched with their leaves;
+//!    then the whole ledger read through it in pages of 1,000, as the auditor reads it;
 //! 4. after the intake has stopped, the two halves of its recovery are timed in this process on
 //!    the same file: reading and decoding the records, then parsing them and folding the Merkle
 //!    log and the indexes ([`LedgerState::recover`]).
@@ -524,6 +525,37 @@ async fn measure(a: &Args, donors: usize, keep: Option<&Path>) -> Result<Figures
             );
         }
     }
+    // The whole ledger read as an auditor or the query service reads it: pages of 1,000 entries,
+    // one request at a time, every leaf checked.
+    let t = Instant::now();
+    let mut start = 0u64;
+    while start < size {
+        let end = (start + 1000).min(size);
+        let v: serde_json::Value = c
+            .get(format!(
+                "https://localhost:{}/v1/ledger/entries?start={start}&end={end}",
+                startup.port
+            ))
+            .bearer_auth(&g.auditor_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let page = v["entries"].as_array().context("no entries")?;
+        ensure!(page.len() as u64 == end - start, "short page at {start}");
+        for (i, e) in page.iter().enumerate() {
+            let b64 = e.as_str().context("entry is not a string")?;
+            let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)?;
+            ensure!(
+                Some(leaf_hash(&bytes)) == g.log.leaf(start + i as u64),
+                "entry {} is not the generated leaf",
+                start + i as u64
+            );
+        }
+        start = end;
+    }
+    let read_all_s = t.elapsed().as_secs_f64();
     let (rss_end, hwm_end) = memory_kib(pid)?;
     child.stop()?;
     let _ = std::fs::remove_file(&log);
@@ -539,7 +571,7 @@ async fn measure(a: &Args, donors: usize, keep: Option<&Path>) -> Result<Figures
     drop(folded);
 
     println!(
-        "donors={donors} generate={:.1}s startup={:.2}s rss_after_start={:.0}MiB rss_peak={:.0}MiB proof_p50={:.2}ms proof_p99={:.2}ms",
+        "donors={donors} generate={:.1}s startup={:.2}s rss_after_start={:.0}MiB rss_peak={:.0}MiB proof_p50={:.2}ms proof_p99={:.2}ms read_all_entries={read_all_s:.2}s",
         g.elapsed.as_secs_f64(),
         startup.first_answer.as_secs_f64(),
         mib(rss_start),

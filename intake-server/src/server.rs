@@ -475,6 +475,11 @@ async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         while conns.try_join_next().is_some() {}
+        // Answers go out as soon as they are written: with Nagle's algorithm an HTTP/2 answer
+        // split over several frames waited on the peer's delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let mut shutdown = shutdown.clone();

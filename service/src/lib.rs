@@ -126,6 +126,8 @@ async fn serve(
         let Ok((tcp, peer)) = accepted else {
             continue;
         };
+        // Answers go out as soon as they are written (no wait on the peer's delayed ACK).
+        let _ = tcp.set_nodelay(true);
         let (acceptor, app, mut stop) = (acceptor.clone(), app.clone(), stop.clone());
         conns.spawn(async move {
             let _permit = permit;
