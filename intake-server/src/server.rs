@@ -121,17 +121,7 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
             let sc = config.storage.s3.as_ref().ok_or_else(|| {
                 crate::config::ConfigError::Invalid("[storage.s3] is missing".into())
             })?;
-            Arc::new(crate::store_s3::S3BatchStore::open(
-                &crate::store_s3::S3Options {
-                    bucket: sc.bucket.clone(),
-                    endpoint: sc.endpoint.clone(),
-                    region: sc.region.clone(),
-                    prefix: sc.prefix.clone(),
-                    allow_http: sc.allow_http,
-                    access_key_id: sc.access_key_id.clone(),
-                    secret_access_key: sc.secret_access_key.clone(),
-                },
-            )?)
+            Arc::new(crate::store_s3::S3BatchStore::open(sc)?)
         }
     };
     Ok((ledger, batches))

@@ -21,44 +21,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::config::S3Config;
 use crate::store::{BackendRuntime, BatchRef, BatchStore, StoreError};
-
-/// Where the bucket is and how to sign requests.
-#[derive(Clone, Default)]
-pub struct S3Options {
-    /// Bucket name.
-    pub bucket: String,
-    /// Endpoint URL for an S3-compatible store (`https://…`, or `http://127.0.0.1:…` with
-    /// `allow_http`); AWS's regional endpoint when absent.
-    pub endpoint: Option<String>,
-    /// Region (`us-east-1` when absent).
-    pub region: Option<String>,
-    /// Key prefix inside the bucket.
-    pub prefix: String,
-    /// Allow plain HTTP (a loopback test server only).
-    pub allow_http: bool,
-    /// Access key id; from `AWS_ACCESS_KEY_ID` when absent.
-    pub access_key_id: Option<String>,
-    /// Secret access key; from `AWS_SECRET_ACCESS_KEY` when absent. Never logged.
-    pub secret_access_key: Option<String>,
-}
-
-impl std::fmt::Debug for S3Options {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Options")
-            .field("bucket", &self.bucket)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("prefix", &self.prefix)
-            .field("allow_http", &self.allow_http)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "***"),
-            )
-            .finish()
-    }
-}
 
 const BATCH_EXT: &str = "ddb";
 
@@ -86,8 +50,8 @@ impl std::fmt::Debug for S3BatchStore {
 }
 
 impl S3BatchStore {
-    /// A client of the bucket (no request is made until the first call).
-    pub fn open(opts: &S3Options) -> Result<Self, StoreError> {
+    /// A client of the bucket `[storage.s3]` names (no request is made until the first call).
+    pub fn open(opts: &S3Config) -> Result<Self, StoreError> {
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&opts.bucket)
             .with_allow_http(opts.allow_http)
@@ -205,21 +169,5 @@ impl BatchStore for S3BatchStore {
 
     fn clean_temporaries(&self) -> Result<usize, StoreError> {
         Ok(0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_secret_key_is_redacted() {
-        let o = S3Options {
-            bucket: "b".into(),
-            secret_access_key: Some("wJalrXUtnFEMI".into()),
-            ..S3Options::default()
-        };
-        let d = format!("{o:?}");
-        assert!(!d.contains("wJalrXUtnFEMI") && d.contains("***"), "{d}");
     }
 }

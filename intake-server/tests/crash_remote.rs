@@ -21,7 +21,7 @@ use datadonor_intake::config::{
 };
 use datadonor_intake::store::{BatchStore, LedgerStore};
 use datadonor_intake::store_pg::{PgLedgerStore, PgOptions, DEFAULT_LOCK_WAIT};
-use datadonor_intake::store_s3::{S3BatchStore, S3Options};
+use datadonor_intake::store_s3::S3BatchStore;
 use datadonor_intake::studies::LoadedStudy;
 use datadonor_intake::{testkit, Config};
 use datadonor_schemas::checkpoint::NoteVerifier;
@@ -115,7 +115,7 @@ async fn sigkill_never_loses_an_acknowledged_donation_on_postgres_and_s3() {
     let suffix = format!("{:016x}", rand::random::<u64>());
     let table = format!("crash_{suffix}");
     let prefix = format!("crash-{suffix}");
-    let s3 = S3Options {
+    let s3 = S3Config {
         bucket: "datadonor".into(),
         endpoint: Some(env("DATADONOR_TEST_S3")),
         region: Some("us-east-1".into()),
@@ -137,15 +137,7 @@ async fn sigkill_never_loses_an_acknowledged_donation_on_postgres_and_s3() {
             table: table.clone(),
             ca_cert: None,
         }),
-        s3: Some(S3Config {
-            bucket: s3.bucket.clone(),
-            endpoint: s3.endpoint.clone(),
-            region: s3.region.clone(),
-            prefix: prefix.clone(),
-            allow_http: true,
-            access_key_id: s3.access_key_id.clone(),
-            secret_access_key: s3.secret_access_key.clone(),
-        }),
+        s3: Some(s3.clone()),
     };
     std::fs::write(dir.path().join("config.toml"), config.to_toml()).unwrap();
     let config = Config::load_dir(dir.path()).unwrap();

@@ -179,9 +179,10 @@ fn secrets_are_mode_0600() {
 
 // --- PostgreSQL and S3 (real servers) ---------------------------------------------------------
 
+use datadonor_intake::config::S3Config;
 use datadonor_intake::store::StoreError;
 use datadonor_intake::store_pg::{PgLedgerStore, PgOptions};
-use datadonor_intake::store_s3::{S3BatchStore, S3Options};
+use datadonor_intake::store_s3::S3BatchStore;
 
 const NEEDS_SERVERS: &str = "run scripts/storage-servers.sh start (as .ci/run does) and export \
                              the variables it prints";
@@ -204,8 +205,8 @@ fn pg_options(table: &str) -> PgOptions {
     }
 }
 
-fn s3_options(prefix: &str) -> S3Options {
-    S3Options {
+fn s3_options(prefix: &str) -> S3Config {
+    S3Config {
         bucket: "datadonor".into(),
         endpoint: Some(env("DATADONOR_TEST_S3")),
         region: Some("us-east-1".into()),
