@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::query::{
-    CmpOp, Contribution, Filter, Literal, Measure, MeasureOp, QuerySpec,
+    CmpOp, Contribution, Filter, Literal, Measure, MeasureOp, QuerySpec, MAX_GROUP_BY,
 };
 use datadonor_schemas::study::{
     FieldType, StudyDefinition, CONSENT_COLUMN, DONOR_COLUMN, PERIOD_COLUMN,
@@ -204,10 +204,7 @@ impl Accumulator {
                 };
             }
         }
-        let inner = {
-            let c = df.column(inner)?.cast(&DataType::Int64)?;
-            column_values::<Int64Type>(&DataFrame::new(h, vec![c.with_name("k".into())])?, "k")?
-        };
+        let inner = column_values::<Int64Type>(&df.column(inner)?.cast(&DataType::Int64)?)?;
         if int_cols.len() != self.ni || float_cols.len() != self.nf {
             return Err(AnalyticsError::Engine(
                 "partial columns do not match".into(),
@@ -215,11 +212,11 @@ impl Accumulator {
         }
         let ints: Vec<Vec<u64>> = int_cols
             .iter()
-            .map(|c| column_values::<UInt64Type>(df, c))
+            .map(|c| column_values::<UInt64Type>(df.column(c)?))
             .collect::<Result<_, _>>()?;
         let floats: Vec<Vec<f64>> = float_cols
             .iter()
-            .map(|c| column_values::<Float64Type>(df, c))
+            .map(|c| column_values::<Float64Type>(df.column(c)?))
             .collect::<Result<_, _>>()?;
         for (i, code) in row_cells.iter().enumerate() {
             let cells = &mut self.cells;
@@ -883,19 +880,18 @@ fn allowed_frame(allowed: &HashMap<[u8; 16], Pseudonym>) -> Result<DataFrame, An
     )?)
 }
 
-/// Group-by dimensions a spec may have (its validation refuses more).
-const MAX_DIMENSIONS: usize = 4;
+/// Group-by dimensions a spec may have ([`QuerySpec::validate`] refuses more, and the engine
+/// validates every spec it runs): the width of a cell's code.
+const MAX_DIMENSIONS: usize = MAX_GROUP_BY;
 
 /// The values of a column without nulls.
-fn column_values<T: PolarsNumericType>(
-    df: &DataFrame,
-    name: &str,
-) -> Result<Vec<T::Native>, AnalyticsError> {
-    let c = df.column(name)?.as_materialized_series().rechunk();
-    let ca: &ChunkedArray<T> = c.as_ref().as_ref();
+fn column_values<T: PolarsNumericType>(c: &Column) -> Result<Vec<T::Native>, AnalyticsError> {
+    let s = c.as_materialized_series().rechunk();
+    let ca = s.unpack::<T>()?;
     if ca.null_count() > 0 {
         return Err(AnalyticsError::Engine(format!(
-            "partial column `{name}` has null values"
+            "partial column `{}` has null values",
+            c.name()
         )));
     }
     Ok(ca.into_no_null_iter().collect())

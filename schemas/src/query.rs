@@ -261,10 +261,10 @@ impl QuerySpec {
                 "at least one measure is required".into(),
             )));
         }
-        if self.group_by.len() > 4 {
-            return Err(at("group_by")(QueryError::Refused(
-                "at most 4 group-by dimensions".into(),
-            )));
+        if self.group_by.len() > MAX_GROUP_BY {
+            return Err(at("group_by")(QueryError::Refused(format!(
+                "at most {MAX_GROUP_BY} group-by dimensions"
+            ))));
         }
         for (i, g) in self.group_by.iter().enumerate() {
             let twice = self.group_by.iter().skip(i + 1).any(|h| h == g);
@@ -379,6 +379,9 @@ fn check_measure(m: &Measure, study: &StudyDefinition) -> Result<(), QueryError>
         }
     }
 }
+
+/// Distinct group-by dimensions a spec may name (2^d tables with totals).
+pub const MAX_GROUP_BY: usize = 4;
 
 /// A period literal must be a period of the study's granularity (`2024-03` for months, `2024-W09` for
 /// weeks, `2024-03-01` for days): periods compare bytewise, so `"2024-3"` would silently compare
