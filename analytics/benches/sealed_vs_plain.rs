@@ -39,7 +39,9 @@ use datadonor_analytics::query::{apply_disclosure, run_query, QueryInputs};
 use datadonor_analytics::sealed::seal_batch;
 use datadonor_analytics::service::{QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;
-use datadonor_analytics::testkit::{donor, grant, parquet_bytes, synthetic_frame, Rng};
+use datadonor_analytics::testkit::{
+    approval_of, donor, grant, parquet_bytes, synthetic_frame, Rng,
+};
 use datadonor_analytics::vault::VaultKey;
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::privacy::QueryRequest;
@@ -118,19 +120,11 @@ fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()
     std::fs::write(dir.join("steward.seed"), steward.seed())?;
     let spec = QuerySpec::from_toml(QUERY)?;
     let approval = QueryApproval {
-        format: 1,
-        approval_id: [9; 16],
-        query_sha256: spec.hash(),
-        study_id: spec.study.clone(),
-        purpose: spec.purpose.clone(),
-        researcher: spec.researcher.clone(),
-        not_before: NOW - 10,
-        not_after: NOW + 86_400,
-        max_runs: 1_000_000,
         privacy: Some(datadonor_schemas::privacy::PrivacySpend {
             epsilon: 1.0,
             delta: 1e-6,
         }),
+        ..approval_of(&spec, 9, NOW, 1_000_000)
     };
     std::fs::write(dir.join("q.approval"), approval.sign(&steward).to_bytes())?;
     Ok(())

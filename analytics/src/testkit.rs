@@ -5,7 +5,7 @@
 
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::pseudonym::Pseudonym;
-use datadonor_schemas::query::QueryApproval;
+use datadonor_schemas::query::{QueryApproval, QuerySpec};
 use datadonor_schemas::signing::PublicKey;
 use datadonor_schemas::study::{
     FieldType, Granularity, StudyDefinition, CONSENT_COLUMN, DONOR_COLUMN, PERIOD_COLUMN,
@@ -223,6 +223,24 @@ pub fn approval(study: &StudyDefinition, id: u8, max_runs: u32, now: UnixSeconds
         researcher: "r@sdu.example".into(),
         not_before: now - 100,
         not_after: now + 1000,
+        max_runs,
+        privacy: None,
+    }
+}
+
+/// An approval of `spec` as written (its hash, study, purpose and researcher), approval id
+/// `[id; 16]`, valid from `now - 10` to `now + 86_400`, for `max_runs` runs, with no privacy
+/// spend.
+pub fn approval_of(spec: &QuerySpec, id: u8, now: UnixSeconds, max_runs: u32) -> QueryApproval {
+    QueryApproval {
+        format: 1,
+        approval_id: [id; 16],
+        query_sha256: spec.hash(),
+        study_id: spec.study.clone(),
+        purpose: spec.purpose.clone(),
+        researcher: spec.researcher.clone(),
+        not_before: now - 10,
+        not_after: now + 86_400,
         max_runs,
         privacy: None,
     }

@@ -11,12 +11,13 @@ use datadonor_analytics::query::{run_query, QueryInputs, ResultTable};
 use datadonor_analytics::sealed::open_batch_file;
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{
-    donor, grant, record_hex, record_id, set_consent, store_frame, synthetic_frame, withdraw, Rng,
+    approval_of, donor, grant, record_hex, record_id, set_consent, store_frame, synthetic_frame,
+    withdraw, Rng,
 };
 use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
 use datadonor_schemas::ledger::LedgerEntry;
-use datadonor_schemas::query::{QueryApproval, QuerySpec};
+use datadonor_schemas::query::QuerySpec;
 use datadonor_schemas::signing::{PublicKey, SignedObject, SigningKey};
 use datadonor_schemas::study::{StudyDefinition, CONSENT_COLUMN, DONOR_COLUMN};
 use polars::prelude::*;
@@ -76,19 +77,7 @@ fn view(w: &World) -> LedgerView {
 
 fn run(w: &World, id: u8) -> Result<ResultTable, AnalyticsError> {
     let spec = QuerySpec::from_toml(SPEC).expect("spec");
-    let approval: SignedObject = QueryApproval {
-        format: 1,
-        approval_id: [id; 16],
-        query_sha256: spec.hash(),
-        study_id: spec.study.clone(),
-        purpose: spec.purpose.clone(),
-        researcher: spec.researcher.clone(),
-        not_before: NOW - 10,
-        not_after: NOW + 86_400,
-        max_runs: 1,
-        privacy: None,
-    }
-    .sign(&w.steward);
+    let approval: SignedObject = approval_of(&spec, id, NOW, 1).sign(&w.steward);
     let approvers = [w.steward.public_key()];
     let inputs = QueryInputs {
         spec: &spec,

@@ -11,7 +11,7 @@ use datadonor_analytics::output;
 use datadonor_analytics::query::{run_query, QueryInputs, ResultTable};
 use datadonor_analytics::sealed::open_batch_file;
 use datadonor_analytics::store::BatchStore;
-use datadonor_analytics::testkit::{donor, grant, record_hex, withdraw, Rng};
+use datadonor_analytics::testkit::{approval_of, donor, grant, record_hex, withdraw, Rng};
 use datadonor_analytics::vault::VaultKey;
 use datadonor_analytics::AnalyticsError;
 use datadonor_schemas::ledger::LedgerEntry;
@@ -103,19 +103,7 @@ fn spec(text: &str) -> QuerySpec {
 }
 
 fn approve(w: &World, s: &QuerySpec, max_runs: u32) -> SignedObject {
-    QueryApproval {
-        format: 1,
-        approval_id: [7; 16],
-        query_sha256: s.hash(),
-        study_id: s.study.clone(),
-        purpose: s.purpose.clone(),
-        researcher: s.researcher.clone(),
-        not_before: NOW - 10,
-        not_after: NOW + 86_400,
-        max_runs,
-        privacy: None,
-    }
-    .sign(&w.steward)
+    approval_of(s, 7, NOW, max_runs).sign(&w.steward)
 }
 
 fn view(w: &World) -> LedgerView {
@@ -365,16 +353,8 @@ fn approval_refusals() {
     // unknown approver
     let other = SigningKey::generate().expect("key");
     let foreign = QueryApproval {
-        format: 1,
-        approval_id: [1; 16],
-        query_sha256: s.hash(),
-        study_id: s.study.clone(),
-        purpose: s.purpose.clone(),
-        researcher: s.researcher.clone(),
-        not_before: NOW - 10,
         not_after: NOW + 10,
-        max_runs: 5,
-        privacy: None,
+        ..approval_of(&s, 1, NOW, 5)
     };
     let e = run(&w, &s, &foreign.sign(&other)).expect_err("unknown approver");
     assert!(e.to_string().contains("not a trusted steward key"), "{e}");

@@ -18,10 +18,11 @@ use datadonor_analytics::query::{run_query, QueryInputs, ResultTable};
 use datadonor_analytics::sealed::seal_batch;
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{
-    donor, grant, parquet_bytes, record_id, set_consent, synthetic_frame, withdraw, Rng,
+    approval_of, donor, grant, parquet_bytes, record_id, set_consent, synthetic_frame, withdraw,
+    Rng,
 };
 use datadonor_analytics::vault::VaultKey;
-use datadonor_schemas::query::{MeasureOp, QueryApproval, QuerySpec};
+use datadonor_schemas::query::{MeasureOp, QuerySpec};
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::study::{FieldType, StudyDefinition};
 use polars::prelude::*;
@@ -220,19 +221,7 @@ fn engine_publishes_the_plain_querys_values() {
     assert_eq!(allowed, expected_records, "records covering the purpose");
 
     // The engine's exact run (k-anonymity, no noise), as the steward's reference runs use it.
-    let approval = QueryApproval {
-        format: 1,
-        approval_id: [7; 16],
-        query_sha256: spec.hash(),
-        study_id: spec.study.clone(),
-        purpose: spec.purpose.clone(),
-        researcher: spec.researcher.clone(),
-        not_before: NOW - 10,
-        not_after: NOW + 86_400,
-        max_runs: 1,
-        privacy: None,
-    }
-    .sign(&steward);
+    let approval = approval_of(&spec, 7, NOW, 1).sign(&steward);
     let approvers = [steward.public_key()];
     let inputs = QueryInputs {
         spec: &spec,

@@ -14,7 +14,7 @@ use datadonor_analytics::ledger::{
 };
 use datadonor_analytics::service::{Problem, QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;
-use datadonor_analytics::testkit::{donor, grant};
+use datadonor_analytics::testkit::{approval_of, donor, grant};
 use datadonor_analytics::vault::VaultKey;
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::privacy::{PrivacySpend, QueryRequest, ReleasedTable};
@@ -166,19 +166,11 @@ field = "hba1c"
 fn approve(w: &World, spec: &str, max_runs: u32, epsilon: f64, id: u8) -> SignedObject {
     let s = QuerySpec::from_toml(spec).expect("spec");
     QueryApproval {
-        format: 1,
-        approval_id: [id; 16],
-        query_sha256: s.hash(),
-        study_id: s.study.clone(),
-        purpose: s.purpose.clone(),
-        researcher: s.researcher.clone(),
-        not_before: NOW - 10,
-        not_after: NOW + 86_400,
-        max_runs,
         privacy: Some(PrivacySpend {
             epsilon,
             delta: 1e-6,
         }),
+        ..approval_of(&s, id, NOW, max_runs)
     }
     .sign(&w.steward)
 }
