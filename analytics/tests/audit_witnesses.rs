@@ -51,7 +51,7 @@ async fn audits_require_the_witness_quorum() {
     let log = {
         let intake =
             datadonor_intake::Intake::open(config.clone(), Arc::new(SystemClock)).expect("open");
-        let v = intake.state().0.signer.verifier().clone();
+        let v = intake.state().0.verifier.clone();
         intake.shutdown();
         v
     };

@@ -340,7 +340,14 @@ impl Live {
     }
 
     fn entry(&self, i: u64) -> LedgerEntry {
-        let state = self.intake.state().0.state.read().expect("ledger lock");
+        let state = self
+            .intake
+            .state()
+            .sequencing()
+            .expect("a sequencer")
+            .state
+            .read()
+            .expect("ledger lock");
         let entries = state.entries(i, i + 1).expect("a published entry");
         LedgerEntry::from_bytes(&entries[0]).expect("ledger entry")
     }
@@ -514,7 +521,8 @@ async fn walk(live: &Live, driver: &Driver, lang: Lang, axe_js: &str, shots: &Pa
     let withdrawn = live
         .intake
         .state()
-        .0
+        .sequencing()
+        .expect("a sequencer")
         .state
         .read()
         .expect("lock")

@@ -699,7 +699,13 @@ async fn the_app_donates_to_a_real_intake_and_withdraws() {
         .expect("ledger index on the receipt page");
 
     let entry = |i: u64| {
-        let state = intake.state().0.state.read().expect("ledger lock");
+        let state = intake
+            .state()
+            .sequencing()
+            .expect("a sequencer")
+            .state
+            .read()
+            .expect("ledger lock");
         let size = state.published_size();
         assert!(size > i, "published size {size}");
         let entries = state.entries(i, i + 1).expect("entry");

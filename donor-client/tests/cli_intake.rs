@@ -399,7 +399,13 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
 
     // The intake's ledger holds the consent, the donation and the withdrawal, at those indexes.
     let entries: Vec<LedgerEntry> = {
-        let state = intake.state().0.state.read().expect("ledger lock");
+        let state = intake
+            .state()
+            .sequencing()
+            .expect("a sequencer")
+            .state
+            .read()
+            .expect("ledger lock");
         let size = state.published_size();
         assert!(size > withdrawal_index, "published size {size}");
         state

@@ -67,7 +67,7 @@ async fn checkpoints_need_the_quorum_of_the_donors_witnesses() {
     let log = {
         let intake =
             datadonor_intake::Intake::open(config.clone(), Arc::new(SystemClock)).expect("open");
-        let v = intake.state().0.signer.verifier().clone();
+        let v = intake.state().0.verifier.clone();
         intake.shutdown();
         v
     };

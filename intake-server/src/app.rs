@@ -13,14 +13,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use datadonor_schemas::checkpoint::NoteVerifier;
 use datadonor_schemas::envelope::{HpkeConfig, HpkeConfigList};
 use datadonor_schemas::ledger::LedgerEntry;
 use datadonor_schemas::receipt::ReceiptBundle;
+use datadonor_schemas::signing::PublicKey;
 use datadonor_schemas::time::Clock;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::cluster::{parse_forwarded, SequencerClient, FORWARDED_CONTENT_TYPE, FORWARD_PATH};
 use crate::commit::{CommitHandle, Job};
 use crate::config::Config;
 use crate::keys::{AuditorTokenHash, TransportKeys};
@@ -28,7 +31,9 @@ use crate::ledger::{LedgerSigner, LedgerState};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::studies::StudyRegistry;
-use crate::validate::{validate_donation, validate_withdrawal};
+use crate::validate::{
+    check_payload, open_donation, sha256, validate_donation, validate_withdrawal,
+};
 
 /// Media type of donation envelopes.
 pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.datadonor.envelope.v1";
@@ -51,29 +56,59 @@ pub struct Shared {
     pub studies: StudyRegistry,
     /// Transport keys.
     pub transport: TransportKeys,
+    /// The ledger's verifier key (its origin and public key).
+    pub verifier: NoteVerifier,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Public reads per client address.
+    pub public_reads: datadonor_service::ratelimit::RateLimiter<std::net::IpAddr>,
+    /// What this intake does with donations and ledger requests.
+    pub role: Role,
+}
+
+/// What an intake does with donations and ledger requests (`[cluster] role`).
+#[derive(Debug)]
+pub enum Role {
+    /// Decides, seals, writes and signs: the only writer of the ledger.
+    Sequencer(Sequencing),
+    /// Opens donations and forwards them, and relays ledger requests, to a sequencer.
+    Frontend(SequencerClient),
+}
+
+/// A sequencer's ledger: its key, committer and state.
+#[derive(Debug)]
+pub struct Sequencing {
     /// Ledger key.
     pub signer: Arc<LedgerSigner>,
     /// Auditor token hash.
     pub auditor: AuditorTokenHash,
     /// Analytics token hash (ledger events).
     pub analytics: AuditorTokenHash,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
+    /// Frontend token hash (forwarded donations); none: no frontend is accepted.
+    pub frontends: Option<AuditorTokenHash>,
     /// Committer.
     pub commit: CommitHandle,
     /// Ledger state.
     pub state: Arc<RwLock<LedgerState>>,
-    /// Clock.
-    pub clock: Arc<dyn Clock>,
     /// Witness cosignatures gathered for the published checkpoint.
     pub cosigned: Arc<RwLock<crate::witnessing::Cosigned>>,
-    /// Public reads per client address.
-    pub public_reads: datadonor_service::ratelimit::RateLimiter<std::net::IpAddr>,
 }
 
 /// Handler state.
 #[derive(Debug, Clone)]
 pub struct AppState(pub Arc<Shared>);
+
+impl AppState {
+    /// The sequencer's ledger; `None` on a frontend.
+    pub fn sequencing(&self) -> Option<&Sequencing> {
+        match &self.0.role {
+            Role::Sequencer(q) => Some(q),
+            Role::Frontend(_) => None,
+        }
+    }
+}
 
 /// The router of the whole API.
 pub fn app(state: AppState) -> Router {
@@ -91,6 +126,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ledger/consistency", get(consistency))
         .route("/v1/ledger/entries", get(entries))
         .route("/v1/ledger/events", post(ledger_event))
+        .route(FORWARD_PATH, post(forwarded_donation))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { Problem::NotFound })
@@ -127,7 +163,7 @@ async fn limit_public_reads(State(s): State<AppState>, req: Request, next: Next)
     next.run(req).await
 }
 
-const ROUTES: [&str; 14] = [
+const ROUTES: [&str; 15] = [
     "/v1/studies",
     "/v1/studies/{id}",
     "/v1/studies/{id}/bundle",
@@ -140,6 +176,7 @@ const ROUTES: [&str; 14] = [
     "/v1/ledger/inclusion",
     "/v1/ledger/consistency",
     "/v1/ledger/entries",
+    FORWARD_PATH,
     "/healthz",
     "/metrics",
 ];
@@ -267,10 +304,11 @@ struct LedgerKey {
 }
 
 async fn ledger_key(State(s): State<AppState>) -> Json<LedgerKey> {
+    let v = &s.0.verifier;
     Json(LedgerKey {
-        public_key: s.0.signer.public_key().to_base64(),
-        vkey: s.0.signer.verifier().to_vkey(),
-        origin: s.0.signer.origin().to_string(),
+        public_key: PublicKey(*v.public_key()).to_base64(),
+        vkey: v.to_vkey(),
+        origin: v.name().to_string(),
     })
 }
 
@@ -323,7 +361,7 @@ async fn donate(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ReceiptBundle>, Problem> {
+) -> Result<Response, Problem> {
     if !content_type_is(&headers, ENVELOPE_CONTENT_TYPE) {
         // The body is read all the same (within the size limit and the body timeout), so that
         // an HTTP/2 stream ends cleanly after the answer instead of being reset.
@@ -333,6 +371,22 @@ async fn donate(
     let bytes = read_body(&s, &headers, body, s.0.config.limits.max_body_bytes).await?;
     let shared = s.0.clone();
     let now = s.0.clock.now();
+    let q = match &s.0.role {
+        Role::Sequencer(q) => q,
+        Role::Frontend(client) => {
+            // Open here (the transport key's work), check again and decide at the sequencer.
+            let (sha, payload) = tokio::task::spawn_blocking(move || {
+                open_donation(&bytes, &shared.transport, now).map(|p| (sha256(&bytes), p))
+            })
+            .await
+            .map_err(|_| Problem::Internal)??;
+            let resp = client.forward_donation(&sha, &payload).await;
+            if resp.status() == StatusCode::OK {
+                s.0.metrics.donation_accepted();
+            }
+            return Ok(resp);
+        }
+    };
     let validated = tokio::task::spawn_blocking(move || {
         validate_donation(
             &bytes,
@@ -344,35 +398,108 @@ async fn donate(
     })
     .await
     .map_err(|_| Problem::Internal)??;
-    let bundle =
-        s.0.commit
-            .submit(|r| Job::Donation(Box::new(validated), r))
-            .await?;
+    let bundle = q
+        .commit
+        .submit(|r| Job::Donation(Box::new(validated), r))
+        .await?;
+    s.0.metrics.donation_accepted();
+    Ok(Json(bundle).into_response())
+}
+
+/// `POST /v1/internal/donations` (a sequencer's): a donation a frontend opened. The payload is
+/// checked again in full (manifest signature, study, rows), then committed like any donation.
+async fn forwarded_donation(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ReceiptBundle>, Problem> {
+    let body = read_body(&s, &headers, body, s.0.config.limits.max_body_bytes).await;
+    let Some(q) = s.sequencing() else {
+        return Err(Problem::NotFound);
+    };
+    let Some(frontends) = &q.frontends else {
+        return Err(Problem::Unauthorized);
+    };
+    authorize_with(frontends, &headers)?;
+    let body = body?;
+    if !content_type_is(&headers, FORWARDED_CONTENT_TYPE) {
+        return Err(Problem::BadRequest);
+    }
+    let shared = s.0.clone();
+    let now = s.0.clock.now();
+    let validated = tokio::task::spawn_blocking(move || {
+        let (sha, payload) = parse_forwarded(&body)?;
+        check_payload(
+            &payload,
+            sha,
+            &shared.studies,
+            now,
+            shared.config.limits.max_rows_per_donation,
+        )
+    })
+    .await
+    .map_err(|_| Problem::Internal)??;
+    let bundle = q
+        .commit
+        .submit(|r| Job::Donation(Box::new(validated), r))
+        .await?;
     s.0.metrics.donation_accepted();
     Ok(Json(bundle))
+}
+
+/// A frontend relays a request to the sequencer as it came: method, path and query, the
+/// client's `Authorization` and `Content-Type`, and the body.
+async fn relay(
+    client: &SequencerClient,
+    method: http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    client
+        .send(
+            method,
+            path,
+            headers.get(header::AUTHORIZATION).cloned(),
+            headers.get(header::CONTENT_TYPE).cloned(),
+            body,
+        )
+        .await
 }
 
 async fn withdraw(
     State(s): State<AppState>,
     headers: HeaderMap,
+    uri: http::Uri,
     body: Body,
-) -> Result<Json<ReceiptBundle>, Problem> {
+) -> Result<Response, Problem> {
     let bytes = read_body(&s, &headers, body, s.0.config.limits.max_body_bytes).await?;
+    let q = match &s.0.role {
+        Role::Sequencer(q) => q,
+        Role::Frontend(client) => {
+            let resp = relay(client, http::Method::POST, &uri, &headers, bytes).await;
+            if resp.status() == StatusCode::OK {
+                s.0.metrics.withdrawal_accepted();
+            }
+            return Ok(resp);
+        }
+    };
     let shared = s.0.clone();
     let validated =
         tokio::task::spawn_blocking(move || validate_withdrawal(&bytes, &shared.studies))
             .await
             .map_err(|_| Problem::Internal)??;
-    let bundle =
-        s.0.commit
-            .submit(|r| Job::Withdrawal(Box::new(validated), r))
-            .await?;
+    let bundle = q
+        .commit
+        .submit(|r| Job::Withdrawal(Box::new(validated), r))
+        .await?;
     s.0.metrics.withdrawal_accepted();
-    Ok(Json(bundle))
+    Ok(Json(bundle).into_response())
 }
 
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
-    authorize_with(&s.0.auditor, headers)
+fn authorize(q: &Sequencing, headers: &HeaderMap) -> Result<(), Problem> {
+    authorize_with(&q.auditor, headers)
 }
 
 fn authorize_with(expected: &AuditorTokenHash, headers: &HeaderMap) -> Result<(), Problem> {
@@ -403,23 +530,45 @@ fn query_u64(uri: &http::Uri, name: &str) -> Result<u64, Problem> {
     found.ok_or(Problem::BadRequest)
 }
 
-fn read_state(s: &AppState) -> Result<std::sync::RwLockReadGuard<'_, LedgerState>, Problem> {
-    s.0.state.read().map_err(|_| Problem::Internal)
+fn read_state(q: &Sequencing) -> Result<std::sync::RwLockReadGuard<'_, LedgerState>, Problem> {
+    q.state.read().map_err(|_| Problem::Internal)
+}
+
+/// The sequencer's ledger, or (on a frontend) the sequencer's answer to the same request.
+async fn sequencer_or_relay<'a>(
+    s: &'a AppState,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<&'a Sequencing, Response> {
+    match &s.0.role {
+        Role::Sequencer(q) => Ok(q),
+        Role::Frontend(client) => {
+            Err(relay(client, http::Method::GET, uri, headers, Bytes::new()).await)
+        }
+    }
 }
 
 /// Public: the signed tree head names no donor. Revalidated on every use (it changes with
 /// every commit).
-async fn checkpoint(State(s): State<AppState>) -> Result<Response, Problem> {
+async fn checkpoint(
+    State(s): State<AppState>,
+    uri: http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let q = match sequencer_or_relay(&s, &uri, &headers).await {
+        Ok(q) => q,
+        Err(relayed) => return Ok(relayed),
+    };
     let (size, note) = {
-        let state = read_state(&s)?;
+        let state = read_state(q)?;
         (state.published_size(), state.published_note().to_string())
     };
     // The witnesses' cosignatures of this very checkpoint, if gathered yet.
-    let note =
-        s.0.cosigned
-            .read()
-            .map_err(|_| Problem::Internal)?
-            .note_with(&note, size);
+    let note = q
+        .cosigned
+        .read()
+        .map_err(|_| Problem::Internal)?
+        .note_with(&note, size);
     Ok((
         StatusCode::OK,
         [
@@ -447,9 +596,17 @@ struct ProofResponse {
 }
 
 /// Public: hashes only (a donor checks a receipt without any token).
-async fn inclusion(State(s): State<AppState>, uri: http::Uri) -> Result<Response, Problem> {
+async fn inclusion(
+    State(s): State<AppState>,
+    uri: http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let (index, size) = (query_u64(&uri, "index")?, query_u64(&uri, "size")?);
-    let st = read_state(&s)?;
+    let q = match sequencer_or_relay(&s, &uri, &headers).await {
+        Ok(q) => q,
+        Err(relayed) => return Ok(relayed),
+    };
+    let st = read_state(q)?;
     let proof = st
         .inclusion_proof(index, size)
         .map_err(|_| Problem::BadRequest)?;
@@ -459,12 +616,20 @@ async fn inclusion(State(s): State<AppState>, uri: http::Uri) -> Result<Response
 }
 
 /// Public: hashes only.
-async fn consistency(State(s): State<AppState>, uri: http::Uri) -> Result<Response, Problem> {
+async fn consistency(
+    State(s): State<AppState>,
+    uri: http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let (from, to) = (query_u64(&uri, "from")?, query_u64(&uri, "to")?);
     if from == 0 || from > to {
         return Err(Problem::BadRequest);
     }
-    let st = read_state(&s)?;
+    let q = match sequencer_or_relay(&s, &uri, &headers).await {
+        Ok(q) => q,
+        Err(relayed) => return Ok(relayed),
+    };
+    let st = read_state(q)?;
     let proof = st
         .consistency_proof(from, to)
         .map_err(|_| Problem::BadRequest)?;
@@ -483,13 +648,17 @@ async fn entries(
     State(s): State<AppState>,
     headers: HeaderMap,
     uri: http::Uri,
-) -> Result<Json<EntriesResponse>, Problem> {
-    authorize(&s, &headers)?;
+) -> Result<Response, Problem> {
+    let q = match sequencer_or_relay(&s, &uri, &headers).await {
+        Ok(q) => q,
+        Err(relayed) => return Ok(relayed),
+    };
+    authorize(q, &headers)?;
     let (start, end) = (query_u64(&uri, "start")?, query_u64(&uri, "end")?);
     if end < start || end - start > MAX_ENTRIES_PER_CALL {
         return Err(Problem::BadRequest);
     }
-    let st = read_state(&s)?;
+    let st = read_state(q)?;
     // A range reaching past the published log is answered with the entries that exist, so a
     // reader can page without knowing the size; a start past the end is an error.
     let end = end.min(st.published_size());
@@ -503,7 +672,8 @@ async fn entries(
             .iter()
             .map(|e| base64::engine::general_purpose::STANDARD.encode(e))
             .collect(),
-    }))
+    })
+    .into_response())
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -521,12 +691,19 @@ const EVENT_CLOCK_SKEW_SECS: i64 = 300;
 async fn ledger_event(
     State(s): State<AppState>,
     headers: HeaderMap,
+    uri: http::Uri,
     body: Body,
-) -> Result<Json<crate::commit::EventAck>, Problem> {
+) -> Result<Response, Problem> {
     // Read first (bounded: one ledger entry), so that a refusal of the token still ends an
     // HTTP/2 stream cleanly and an oversized body is a problem document.
     let body = read_body(&s, &headers, body, MAX_EVENT_BYTES).await;
-    authorize_with(&s.0.analytics, &headers)?;
+    let q = match &s.0.role {
+        Role::Sequencer(q) => q,
+        Role::Frontend(client) => {
+            return Ok(relay(client, http::Method::POST, &uri, &headers, body?).await)
+        }
+    };
+    authorize_with(&q.analytics, &headers)?;
     let body = body?;
     let entry = LedgerEntry::from_bytes(&body).map_err(|_| Problem::BadRequest)?;
     let study = match &entry {
@@ -541,6 +718,6 @@ async fn ledger_event(
     if (entry.time() - s.0.clock.now()).abs() > EVENT_CLOCK_SKEW_SECS {
         return Err(Problem::EventTimeSkew);
     }
-    let ack = s.0.commit.submit_event(entry).await?;
-    Ok(Json(ack))
+    let ack = q.commit.submit_event(entry).await?;
+    Ok(Json(ack).into_response())
 }

@@ -98,6 +98,45 @@ pub struct Config {
     /// Where the ledger and the sealed batches are kept.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// This intake's part in a deployment of several (`[cluster]`); a sequencer by default.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// The part an intake process plays (`[cluster] role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds the ledger key and the stores: decides, seals, writes and signs (the only writer).
+    #[default]
+    Sequencer,
+    /// Holds no ledger key, vault key or store: opens and checks donations, forwards them to a
+    /// sequencer and relays its answers.
+    Frontend,
+}
+
+/// `[cluster]`: several intakes, one sequencer (ARCHITECTURE.md, "Several intakes").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `sequencer` (default) or `frontend`.
+    pub role: Role,
+    /// Frontend: the sequencers' base URLs (`https://host:port`), tried in order; a standby
+    /// sequencer listens only once it holds the ledger.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sequencers: Vec<String>,
+    /// Frontend: PEM file of the CA the sequencers' TLS certificates chain to (relative to the
+    /// data directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// Frontend: the file holding the token it presents to the sequencers (relative to the
+    /// data directory; the sequencer keeps its SHA-256 in `keys/frontend.sha256`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Frontend: the ledger's verifier key (`<origin>+<key hash>+<key>`, as the sequencer's
+    /// `GET /v1/ledger-key` gives it), for `/v1/ledger-key` and the study bundles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_vkey: Option<String>,
 }
 
 /// Where the ledger and the sealed batches are kept (`[storage]`); the data directory by default.
@@ -161,6 +200,15 @@ pub struct PostgresConfig {
     /// then decides whether TLS is required. Without it the connection is plain (loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
+    /// How long `serve` waits for the ledger's lock, in seconds (10 by default: a previous
+    /// connection may still be ending). A standby sequencer sets a long wait: it starts
+    /// serving when the sequencer holding the lock is gone.
+    #[serde(default = "default_lock_wait_secs")]
+    pub lock_wait_secs: u64,
+}
+
+fn default_lock_wait_secs() -> u64 {
+    crate::store_pg::DEFAULT_LOCK_WAIT.as_secs()
 }
 
 fn default_pg_table() -> String {
@@ -173,6 +221,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("url", &self.url.as_deref().map(crate::store_pg::redact_url))
             .field("table", &self.table)
             .field("ca_cert", &self.ca_cert)
+            .field("lock_wait_secs", &self.lock_wait_secs)
             .finish()
     }
 }
@@ -423,6 +472,7 @@ impl Config {
             studies: StudiesConfig { trusted_signers },
             witnesses: Vec::new(),
             storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 
@@ -479,6 +529,26 @@ impl Config {
                 if !(e.starts_with("https://") || http) || (http && !s3.allow_http) {
                     return bad("storage.s3.endpoint must be https:// (http:// needs allow_http)");
                 }
+            }
+        }
+        if self.cluster.role == Role::Frontend {
+            let c = &self.cluster;
+            if c.sequencers.is_empty()
+                || c.sequencers
+                    .iter()
+                    .any(|u| !u.starts_with("https://") || u.chars().any(char::is_control))
+            {
+                return bad("cluster.sequencers must list at least one https:// URL");
+            }
+            if c.ca_cert.is_none() || c.token_file.is_none() {
+                return bad("a frontend needs cluster.ca_cert and cluster.token_file");
+            }
+            match &c.ledger_vkey {
+                Some(v) if datadonor_schemas::checkpoint::NoteVerifier::parse_vkey(v).is_ok() => {}
+                _ => return bad("a frontend needs cluster.ledger_vkey, the ledger's verifier key"),
+            }
+            if !self.witnesses.is_empty() {
+                return bad("witnesses are asked by the sequencer; a frontend lists none");
             }
         }
         for w in &self.witnesses {
@@ -555,5 +625,59 @@ mod storage_tests {
         assert!(Config::from_toml("[storage]\nledger = \"postgres\"\n").is_err());
         assert!(Config::from_toml("[storage]\nbatches = \"s3\"\n").is_err());
         assert!(Config::from_toml("[storage]\nledger = \"sqlite\"\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    const VKEY_ORIGIN: &str = "datadonor.example/ledger";
+
+    fn vkey() -> String {
+        datadonor_schemas::checkpoint::NoteVerifier::new(VKEY_ORIGIN, [7; 32])
+            .unwrap()
+            .to_vkey()
+    }
+
+    fn frontend(extra: &str) -> String {
+        format!(
+            "[cluster]\nrole = \"frontend\"\nsequencers = [\"https://a:8443\"]\n\
+             ca_cert = \"tls/ca.pem\"\ntoken_file = \"frontend.token\"\nledger_vkey = \"{}\"\n{extra}",
+            vkey()
+        )
+    }
+
+    /// A frontend needs every one of its settings, https:// sequencers and a verifier key, and
+    /// asks no witnesses; a sequencer needs none of them.
+    #[test]
+    fn frontend_settings_are_checked() {
+        let c = Config::from_toml(&frontend("")).unwrap();
+        assert_eq!(c.cluster.role, Role::Frontend);
+        assert_eq!(Config::from_toml("").unwrap().cluster.role, Role::Sequencer);
+        let good = frontend("");
+        for (what, bad) in [
+            ("no sequencer", good.replace("[\"https://a:8443\"]", "[]")),
+            ("http", good.replace("https://a", "http://a")),
+            ("no CA", good.replace("ca_cert = \"tls/ca.pem\"\n", "")),
+            (
+                "no token",
+                good.replace("token_file = \"frontend.token\"\n", ""),
+            ),
+            ("bad vkey", good.replace(&vkey(), "not-a-vkey")),
+            (
+                "witnesses",
+                frontend(&format!(
+                    "[[witnesses]]\nurl = \"https://w\"\nvkey = \"{}\"\nca_cert = \"w.pem\"\n",
+                    vkey()
+                )),
+            ),
+            ("unknown key", frontend("colour = \"blue\"\n")),
+        ] {
+            let e = Config::from_toml(&bad).expect_err(what).to_string();
+            if what == "witnesses" {
+                assert!(e.contains("witnesses are asked by the sequencer"), "{e}");
+            }
+        }
     }
 }

@@ -65,6 +65,88 @@ pub struct InitReport {
     pub vault_private_key: Option<PathBuf>,
 }
 
+/// The frontend token a sequencer's directory holds for `init-frontend` to copy.
+pub const FRONTEND_TOKEN: &str = "frontend.token";
+
+/// What a frontend's directory takes from its sequencer's: the transport keys (it opens the
+/// envelopes), the studies and their notices and bundles, the TLS certificate and CA, and the
+/// frontend token. Not the ledger key, the vault key, the auditor or analytics credentials, or
+/// any ledger or batch.
+const FRONTEND_FILES: [&str; 5] = ["keys", "studies", "tls", FRONTEND_TOKEN, "vault.pub"];
+
+/// `init-frontend`: a frontend's data directory made from its sequencer's (`from`), forwarding
+/// to `sequencers`. Refuses if `dir/config.toml` exists.
+pub fn init_frontend(
+    from: &Path,
+    dir: &Path,
+    sequencers: Vec<String>,
+    listen: Option<SocketAddr>,
+) -> Result<PathBuf, Error> {
+    if dir.join("config.toml").exists() {
+        return Err(Error::Init(format!(
+            "{} already holds a configuration",
+            dir.display()
+        )));
+    }
+    let source = Config::load_dir(from)?;
+    for name in FRONTEND_FILES {
+        copy_tree(&from.join(name), &dir.join(name), name)?;
+    }
+    // Keys the frontend must not hold: everything in keys/ but the transport keys.
+    for entry in std::fs::read_dir(dir.join("keys")).map_err(Error::io("reading keys/"))? {
+        let entry = entry.map_err(Error::io("reading keys/"))?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("transport") {
+            std::fs::remove_file(entry.path()).map_err(Error::io("pruning keys/"))?;
+        }
+    }
+    let vkey =
+        crate::ledger::LedgerSigner::new(keys::load_ledger_key(from)?, &source.ledger.origin)?
+            .verifier()
+            .to_vkey();
+    let mut config = Config::with_defaults(source.studies.trusted_signers.clone());
+    config.ledger = source.ledger.clone();
+    config.keys = source.keys.clone();
+    config.limits = source.limits.clone();
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    config.cluster = crate::config::ClusterConfig {
+        role: crate::config::Role::Frontend,
+        sequencers,
+        ca_cert: Some(PathBuf::from("tls/ca.pem")),
+        token_file: Some(PathBuf::from(FRONTEND_TOKEN)),
+        ledger_vkey: Some(vkey),
+    };
+    config.validate()?;
+    let text = format!(
+        "# Datadonor intake configuration: a frontend, written by `datadonor-intake init-frontend`.\n\
+         # It forwards donations to the sequencers listed under [cluster].\n{}",
+        config.to_toml()
+    );
+    write_atomic(&dir.join("config.toml"), text.as_bytes(), 0o644)?;
+    Ok(dir.to_path_buf())
+}
+
+/// Copy a file or a directory tree, keeping each file's mode.
+fn copy_tree(from: &Path, to: &Path, what: &str) -> Result<(), Error> {
+    let meta = std::fs::metadata(from).map_err(Error::io(format!("reading {what}")))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(to).map_err(Error::io(format!("creating {what}")))?;
+        for entry in std::fs::read_dir(from).map_err(Error::io(format!("reading {what}")))? {
+            let entry = entry.map_err(Error::io(format!("reading {what}")))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()), what)?;
+        }
+        Ok(())
+    } else {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(Error::io(format!("creating {what}")))?;
+        }
+        std::fs::copy(from, to).map_err(Error::io(format!("copying {what}")))?;
+        Ok(())
+    }
+}
+
 /// The ledger file of a data directory.
 pub fn ledger_path(dir: &Path) -> PathBuf {
     dir.join("ledger/ledger.log")
@@ -186,6 +268,20 @@ pub fn init_with(
     write_secret(
         &dir.join("analytics.token"),
         format!("{}\n", analytics_token.as_str()).as_bytes(),
+    )?;
+
+    // The frontends' credential for forwarding donations (`init-frontend` copies it).
+    let mut frontend_bytes = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(frontend_bytes.as_mut());
+    let frontend_token = Zeroizing::new(hex::encode(frontend_bytes.as_ref()));
+    write_atomic(
+        &keys::frontend_hash_path(dir),
+        hex::encode(keys::AuditorTokenHash::of_token(&frontend_token).0).as_bytes(),
+        0o644,
+    )?;
+    write_secret(
+        &dir.join(FRONTEND_TOKEN),
+        format!("{}\n", frontend_token.as_str()).as_bytes(),
     )?;
 
     // Vault.

@@ -230,6 +230,11 @@ pub fn analytics_hash_path(dir: &Path) -> PathBuf {
     dir.join("keys/analytics.sha256")
 }
 
+/// Path of the frontend token hash (the credential of `POST /v1/internal/donations`).
+pub fn frontend_hash_path(dir: &Path) -> PathBuf {
+    dir.join("keys/frontend.sha256")
+}
+
 /// Path of the auditor token hash.
 pub fn auditor_hash_path(dir: &Path) -> PathBuf {
     dir.join("keys/auditor.sha256")

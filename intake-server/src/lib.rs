@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod init;

@@ -37,6 +37,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         pseudonymiser_config: Option<PathBuf>,
     },
+    /// Create a frontend's data directory from a sequencer's: transport keys, studies, TLS and
+    /// the frontend token, no ledger or vault key; donations are forwarded to `--sequencer`.
+    InitFrontend {
+        /// The sequencer's data directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The frontend's data directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A sequencer's base URL (`https://host:port`); repeat for standbys, tried in order.
+        #[arg(long = "sequencer", required = true, value_name = "URL")]
+        sequencers: Vec<String>,
+        /// The address the frontend listens on.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
     /// Serve HTTPS until SIGTERM or SIGINT.
     Serve {
         /// Data directory (reads DIR/config.toml).
@@ -131,6 +147,15 @@ fn run() -> anyhow::Result<()> {
                     p.display()
                 );
             }
+        }
+        Command::InitFrontend {
+            from,
+            dir,
+            sequencers,
+            listen,
+        } => {
+            let d = datadonor_intake::init::init_frontend(&from, &dir, sequencers, listen)?;
+            println!("initialised frontend {}", d.display());
         }
         Command::Serve {
             dir,

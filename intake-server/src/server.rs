@@ -31,7 +31,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
-use crate::app::{app, AppState, ClientAddr, Shared};
+use crate::app::{app, AppState, ClientAddr, Role, Sequencing, Shared};
+use crate::cluster::SequencerClient;
 use crate::commit::{self, CommitContext, CommitHandle, RecoveryReport};
 use crate::config::Config;
 use crate::init::{batches_path, ledger_path, public_key_sha256};
@@ -99,7 +100,7 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
                 url,
                 table: pc.table.clone(),
                 ca_cert: pc.ca_cert.as_ref().map(|p| dir.join(p)),
-                lock_wait: crate::store_pg::DEFAULT_LOCK_WAIT,
+                lock_wait: std::time::Duration::from_secs(pc.lock_wait_secs),
             })?;
             let local = ledger_path(dir);
             if store.recover()?.is_empty() && local.exists() {
@@ -131,7 +132,8 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
 #[derive(Debug)]
 pub struct Intake {
     state: AppState,
-    commit: CommitHandle,
+    /// The committer (a sequencer's; a frontend has none).
+    commit: Option<CommitHandle>,
     recovery: RecoveryReport,
     _lock: Option<DirLock>,
 }
@@ -140,6 +142,9 @@ impl Intake {
     /// Open with the backends `[storage]` names (taking the directory lock).
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
         config.validate()?;
+        if config.cluster.role == crate::config::Role::Frontend {
+            return Self::open_frontend(config, clock);
+        }
         let lock = DirLock::acquire(&config.data_dir)?;
         let (ledger, batches) = open_stores(&config)?;
         let mut intake = Self::open_with_stores(config, clock, ledger, batches)?;
@@ -202,28 +207,55 @@ impl Intake {
         };
         let commit = commit::spawn(ctx, config.commit.queue_capacity)
             .map_err(Error::io("starting the committer"))?;
-        let public_reads = datadonor_service::ratelimit::RateLimiter::new(
-            config.limits.public_read_burst,
-            config.limits.public_reads_per_second,
-        );
-        let shared = Shared {
-            public_reads,
-            config,
-            studies,
-            transport,
+        let frontends_path = keys::frontend_hash_path(&dir);
+        let frontends = frontends_path
+            .exists()
+            .then(|| AuditorTokenHash::load_from(&frontends_path))
+            .transpose()?;
+        let verifier = signer.verifier().clone();
+        let role = Role::Sequencer(Sequencing {
             signer,
             auditor,
             analytics,
-            metrics,
+            frontends,
             commit: commit.clone(),
             state,
-            clock,
             cosigned: Arc::default(),
-        };
+        });
         Ok(Self {
-            state: AppState(Arc::new(shared)),
-            commit,
+            state: shared(config, studies, transport, verifier, metrics, clock, role),
+            commit: Some(commit),
             recovery,
+            _lock: None,
+        })
+    }
+
+    /// A frontend: transport keys, studies and the sequencers' address; no ledger key, vault key,
+    /// store or directory lock (it writes nothing).
+    fn open_frontend(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+        let dir = config.data_dir.clone();
+        let transport =
+            TransportKeys::load(&dir, config.keys.transport_key_grace_secs, clock.now())?;
+        let vkey = config.cluster.ledger_vkey.as_deref().unwrap_or_default();
+        let verifier =
+            datadonor_schemas::checkpoint::NoteVerifier::parse_vkey(vkey).map_err(|e| {
+                crate::config::ConfigError::Invalid(format!("cluster.ledger_vkey: {e}"))
+            })?;
+        let mut studies =
+            StudyRegistry::load(&dir.join("studies"), &config.studies.trusted_signers)?;
+        studies.load_bundles(
+            &dir.join("studies"),
+            &config.studies.trusted_signers,
+            &datadonor_schemas::signing::PublicKey(*verifier.public_key()),
+            &[],
+        )?;
+        let client = SequencerClient::from_config(&config)?;
+        let metrics = Arc::new(Metrics::default());
+        let role = Role::Frontend(client);
+        Ok(Self {
+            state: shared(config, studies, transport, verifier, metrics, clock, role),
+            commit: None,
+            recovery: RecoveryReport::default(),
             _lock: None,
         })
     }
@@ -245,9 +277,35 @@ impl Intake {
 
     /// Let the committer finish its current group, then stop it.
     pub fn shutdown(self) {
-        let commit = self.commit.clone();
-        commit.stop();
+        if let Some(commit) = &self.commit {
+            commit.stop();
+        }
     }
+}
+
+fn shared(
+    config: Config,
+    studies: StudyRegistry,
+    transport: TransportKeys,
+    verifier: datadonor_schemas::checkpoint::NoteVerifier,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    role: Role,
+) -> AppState {
+    let public_reads = datadonor_service::ratelimit::RateLimiter::new(
+        config.limits.public_read_burst,
+        config.limits.public_reads_per_second,
+    );
+    AppState(Arc::new(Shared {
+        public_reads,
+        config,
+        studies,
+        transport,
+        verifier,
+        metrics,
+        clock,
+        role,
+    }))
 }
 
 /// A running intake (see [`start`]).

@@ -9,7 +9,7 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use datadonor_schemas::consent::{
     check_manifest, open_manifest, open_withdrawal, ConsentError, ConsentManifest, Withdrawal,
 };
-use datadonor_schemas::envelope::{Envelope, EnvelopeError};
+use datadonor_schemas::envelope::{DonationPayload, Envelope, EnvelopeError};
 use datadonor_schemas::signing::{SignatureError, Signed};
 use datadonor_schemas::study::{rows_from_ipc, StudyError, DONOR_COLUMN};
 use datadonor_schemas::time::UnixSeconds;
@@ -93,12 +93,36 @@ pub fn validate_donation(
     now: UnixSeconds,
     max_rows: usize,
 ) -> Result<ValidatedDonation, Problem> {
+    let payload = open_donation(body, keys, now)?;
+    check_payload(&payload, sha256(body), studies, now, max_rows)
+}
+
+/// The first half of [`validate_donation`]: parse the envelope and open it with the transport
+/// key it names (what a frontend does before forwarding the payload to the sequencer).
+pub fn open_donation(
+    body: &[u8],
+    keys: &TransportKeys,
+    now: UnixSeconds,
+) -> Result<DonationPayload, Problem> {
     let env = Envelope::parse(body).map_err(|_| Problem::MalformedEnvelope)?;
     let key = keys.lookup(env.key_id, now).ok_or(Problem::UnknownKeyId)?;
-    let payload = env.open(&key.private_key).map_err(|e| match e {
+    env.open(&key.private_key).map_err(|e| match e {
         EnvelopeError::Malformed(_) => Problem::MalformedEnvelope,
         _ => Problem::DecryptFailed,
-    })?;
+    })
+}
+
+/// The second half of [`validate_donation`]: every check of an opened payload (manifest
+/// signature and fields, study, rows, pseudonym), in `PROTOCOL.md`'s order. The sequencer runs
+/// it again on a payload a frontend forwards, so a frontend cannot record a consent its donor
+/// did not sign.
+pub fn check_payload(
+    payload: &DonationPayload,
+    envelope_sha256: [u8; 32],
+    studies: &StudyRegistry,
+    now: UnixSeconds,
+    max_rows: usize,
+) -> Result<ValidatedDonation, Problem> {
     let manifest = open_manifest(&payload.manifest).map_err(|e| map_consent(&e))?;
     let m = &manifest.body;
     let study = studies
@@ -132,7 +156,7 @@ pub fn validate_donation(
         .map_err(|_| Problem::SchemaMismatch)?;
     Ok(ValidatedDonation {
         study,
-        envelope_sha256: sha256(body),
+        envelope_sha256,
         idempotency_key: payload.idempotency_key,
         manifest,
         rows,

@@ -97,7 +97,7 @@ struct Target {
 /// Starts the task if witnesses are configured; it stops when `stop` turns true.
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Result<(), Error> {
     let config = &state.0.config;
-    if config.witnesses.is_empty() {
+    if config.witnesses.is_empty() || state.sequencing().is_none() {
         return Ok(());
     }
     let mut targets = Vec::new();
@@ -144,7 +144,10 @@ async fn run(state: AppState, mut targets: Vec<Target>, mut stop: watch::Receive
             let Ok((size, note)) = published(&state) else {
                 return;
             };
-            let done = state.0.cosigned.read().is_ok_and(|c| c.has(size, t.index));
+            let Some(q) = state.sequencing() else {
+                return;
+            };
+            let done = q.cosigned.read().is_ok_and(|c| c.has(size, t.index));
             if done {
                 continue;
             }
@@ -154,7 +157,7 @@ async fn run(state: AppState, mut targets: Vec<Target>, mut stop: watch::Receive
             };
             match asked {
                 Ok(c) => {
-                    if let Ok(mut cosigned) = state.0.cosigned.write() {
+                    if let Ok(mut cosigned) = q.cosigned.write() {
                         cosigned.add(size, t.index, c);
                     }
                 }
@@ -165,7 +168,8 @@ async fn run(state: AppState, mut targets: Vec<Target>, mut stop: watch::Receive
 }
 
 fn published(state: &AppState) -> Result<(u64, String), AskError> {
-    let s = state.0.state.read().map_err(|_| AskError::State)?;
+    let q = state.sequencing().ok_or(AskError::State)?;
+    let s = q.state.read().map_err(|_| AskError::State)?;
     Ok((s.published_size(), s.published_note().to_string()))
 }
 
@@ -177,7 +181,8 @@ async fn ask(
     size: u64,
     note: &str,
 ) -> Result<Cosignature, AskError> {
-    let verifier = state.0.signer.verifier().clone();
+    let q = state.sequencing().ok_or(AskError::State)?;
+    let verifier = state.0.verifier.clone();
     let body = checkpoint::open(note.as_bytes(), std::slice::from_ref(&verifier))
         .map_err(|_| AskError::Note)?
         .checkpoint
@@ -190,7 +195,7 @@ async fn ask(
         let proof = if old == 0 || old == size {
             Vec::new()
         } else {
-            let s = state.0.state.read().map_err(|_| AskError::State)?;
+            let s = q.state.read().map_err(|_| AskError::State)?;
             s.consistency_proof(old, size)?
         };
         let request = AddCheckpointRequest {

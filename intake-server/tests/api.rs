@@ -332,7 +332,8 @@ async fn second_donation_under_the_same_consent() {
         .as_ref()
         .unwrap()
         .state()
-        .0
+        .sequencing()
+        .unwrap()
         .state
         .read()
         .unwrap()
@@ -347,7 +348,8 @@ async fn second_donation_under_the_same_consent() {
         .as_ref()
         .unwrap()
         .state()
-        .0
+        .sequencing()
+        .unwrap()
         .state
         .read()
         .unwrap()

@@ -83,7 +83,7 @@ async fn checkpoints_are_cosigned_by_the_configured_witness() {
     // The ledger's verifier key, as `GET /v1/ledger-key` serves it.
     let log = {
         let intake = Intake::open(config.clone(), Arc::new(SystemClock)).unwrap();
-        let v = intake.state().0.signer.verifier().clone();
+        let v = intake.state().0.verifier.clone();
         intake.shutdown();
         v
     };
@@ -172,7 +172,7 @@ async fn a_witness_that_is_down_delays_cosigning_and_loses_nothing() {
     let mut config = testkit::init_test_dir(dir.path()).unwrap();
     let log = {
         let intake = Intake::open(config.clone(), Arc::new(SystemClock)).unwrap();
-        let v = intake.state().0.signer.verifier().clone();
+        let v = intake.state().0.verifier.clone();
         intake.shutdown();
         v
     };

@@ -224,7 +224,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary> {
     let ledger_vkey = {
         let opened = datadonor_intake::Intake::open(config.clone(), Arc::new(SystemClock))
             .context("opening the intake's ledger")?;
-        let v = opened.state().0.signer.verifier().clone();
+        let v = opened.state().0.verifier.clone();
         opened.shutdown();
         v
     };
