@@ -72,7 +72,7 @@ pub const FRONTEND_TOKEN: &str = "frontend.token";
 /// envelopes), the studies and their notices and bundles, the TLS certificate and CA, and the
 /// frontend token. Not the ledger key, the vault key, the auditor or analytics credentials, or
 /// any ledger or batch.
-const FRONTEND_FILES: [&str; 5] = ["keys", "studies", "tls", FRONTEND_TOKEN, "vault.pub"];
+const FRONTEND_FILES: [&str; 4] = ["keys", "studies", "tls", FRONTEND_TOKEN];
 
 /// `init-frontend`: a frontend's data directory made from its sequencer's (`from`), forwarding
 /// to `sequencers`. Refuses if `dir/config.toml` exists.
