@@ -665,7 +665,13 @@ async fn entries(
     if start > end {
         return Err(Problem::BadRequest);
     }
-    let list = st.entries(start, end).ok_or(Problem::BadRequest)?;
+    let list = st
+        .entries(start, end)
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading ledger entries failed");
+            Problem::Internal
+        })?
+        .ok_or(Problem::BadRequest)?;
     Ok(Json(EntriesResponse {
         start,
         entries: list

@@ -337,8 +337,16 @@ fn commit(
     let mut new_entries: Vec<Vec<u8>> = Vec::new();
     let mut patch_donations = Vec::new();
     let mut patch_withdrawals = Vec::new();
+    // With the indexes in the store, one read answers every key the group's decisions need.
+    let found = match ctx.ledger.as_indexed() {
+        Some(idx) => Some(idx.lookup(&lookup_of(&group))?),
+        None => None,
+    };
     {
         let mut st = ctx.state.write().map_err(|_| CommitError::Lock)?;
+        if let Some(found) = found {
+            st.load(found);
+        }
         for job in group {
             match job {
                 Job::Donation(d, reply) => {
@@ -389,6 +397,30 @@ fn commit(
     st.publish(&ctx.signer)?;
     ctx.metrics.ledger_size(size);
     Ok(())
+}
+
+/// The keys a group's decisions read: idempotency keys, consent records and consents of its
+/// donations; signed-withdrawal hashes and consents of its withdrawals.
+fn lookup_of(group: &[Job]) -> crate::store::Lookup {
+    let mut q = crate::store::Lookup::default();
+    for job in group {
+        match job {
+            Job::Donation(d, _) => {
+                let m = &d.manifest.body;
+                let study = d.study.definition.id.clone();
+                q.donations.push(d.idempotency_key);
+                q.consent_records.push((study.clone(), m.record_id));
+                q.consents.push((study, m.pseudonym));
+            }
+            Job::Withdrawal(w, _) => {
+                let b = &w.withdrawal.body;
+                q.withdrawals.push(w.sha256);
+                q.consents.push((b.study_id.clone(), b.pseudonym));
+            }
+            Job::Event(..) | Job::Stop(_) => {}
+        }
+    }
+    q
 }
 
 fn push(st: &mut LedgerState, entry: &LedgerEntry, new_entries: &mut Vec<Vec<u8>>) -> u64 {
@@ -530,20 +562,26 @@ pub struct RecoveryReport {
 }
 
 /// Rebuild ledger state from the stores and delete what was never acknowledged.
+///
+/// With a store that keeps the indexes ([`LedgerStore::as_indexed`]), only the tree's right edge
+/// is read, and each listed batch is looked up in the store's index of named batches.
 pub fn recover(
-    ledger: &dyn LedgerStore,
+    ledger: &Arc<dyn LedgerStore>,
     batches: &dyn BatchStore,
     signer: &LedgerSigner,
 ) -> Result<(LedgerState, RecoveryReport), crate::Error> {
-    let records = ledger.recover_records()?;
-    let state = LedgerState::recover(records, signer)?;
+    let state = if ledger.as_indexed().is_some() {
+        LedgerState::recover_indexed(ledger.clone(), signer)?
+    } else {
+        LedgerState::recover(ledger.recover_records()?, signer)?
+    };
     let mut report = RecoveryReport {
         entries: state.size(),
         temporaries_deleted: batches.clean_temporaries()?,
         ..Default::default()
     };
     for b in batches.list()? {
-        if !state.references_batch(&b.study, &b.id_hex()) {
+        if !state.references_batch(&b.study, &b.id_hex())? {
             batches.delete(&b)?;
             report.orphan_batches_deleted += 1;
         }

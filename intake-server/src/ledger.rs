@@ -2,21 +2,30 @@
 //! the ledger signing key, and receipts.
 //!
 //! The state is rebuilt from the [`crate::store::LedgerStore`] at startup ([`LedgerState::recover`])
-//! and then changed only by the committer. Readers (auditor endpoints) see only the prefix
+//! and then changed only by the committer. With a store that keeps the indexes and the Merkle
+//! nodes itself ([`crate::store::IndexedLedger`], PostgreSQL), [`LedgerState::recover_indexed`]
+//! reads only the tree's right edge: the state then holds no entry, and its maps hold only what
+//! the committer looked up for the group it is deciding ([`LedgerState::load`]), cleared when
+//! the group is published; proofs, entries and receipts are read from the store. Readers (auditor endpoints) see only the prefix
 //! covered by the latest signed checkpoint (`published_size`): entries of a group that is still
 //! being made durable are invisible.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::ledger::{ConsentState, LedgerEntry};
-use datadonor_schemas::merkle::{leaf_hash, Hash, MerkleLog};
+use datadonor_schemas::merkle::{
+    consistency_nodes, consistency_proof_from, inclusion_nodes, inclusion_proof_from, leaf_hash,
+    root_from, root_nodes, Frontier, Hash, MerkleLog,
+};
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
 use datadonor_schemas::signing::{PublicKey, SigningKey};
 use datadonor_schemas::study::StudyId;
 
-use crate::store::LedgerRecords;
+use crate::store::{Found, IndexedLedger, LedgerRecords, LedgerStore, StoreError};
 
 /// Errors of ledger state.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +45,9 @@ pub enum LedgerError {
     /// A proof or index out of range.
     #[error("merkle: {0}")]
     Merkle(#[from] datadonor_schemas::merkle::MerkleError),
+    /// The indexed store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// What the idempotency index remembers of a donation.
@@ -136,6 +148,11 @@ pub struct LedgerState {
     consents: HashMap<(StudyId, Pseudonym), ConsentState>,
     withdrawals: HashMap<[u8; 32], WithdrawalRecord>,
     batches: HashSet<(String, String)>,
+    /// The store that keeps the indexes and Merkle nodes, when it does: `log`, `entries` and
+    /// `batches` then stay empty and the maps above are the current group's lookups.
+    indexed: Option<Arc<dyn LedgerStore>>,
+    /// The tree's right edge (indexed mode).
+    frontier: Frontier,
 }
 
 impl LedgerState {
@@ -167,11 +184,74 @@ impl LedgerState {
         Ok(s)
     }
 
+    /// Start from a store that keeps the indexes and the Merkle nodes
+    /// ([`LedgerStore::as_indexed`]): read the size and the tree's right edge, and publish a
+    /// checkpoint of them. Nothing else is read; memory does not grow with the ledger.
+    pub fn recover_indexed(
+        store: Arc<dyn LedgerStore>,
+        signer: &LedgerSigner,
+    ) -> Result<Self, LedgerError> {
+        let idx = store
+            .as_indexed()
+            .ok_or_else(|| StoreError::Corrupt("the store keeps no indexes".into()))?;
+        let size = idx.size()?;
+        let frontier = Frontier::from_nodes(&idx.nodes(&root_nodes(size))?, size)?;
+        let mut s = Self {
+            indexed: Some(store),
+            frontier,
+            ..Self::default()
+        };
+        s.publish(signer)?;
+        Ok(s)
+    }
+
+    fn index(&self) -> Option<&dyn IndexedLedger> {
+        self.indexed.as_deref().and_then(|s| s.as_indexed())
+    }
+
+    /// How many entries, index records and leaf hashes this state holds in memory (with the
+    /// indexes in the store: none once a group is published).
+    pub fn held_in_memory(&self) -> usize {
+        self.entries.len()
+            + self.log.leaves().len()
+            + self.donations.len()
+            + self.consent_records.len()
+            + self.consents.len()
+            + self.withdrawals.len()
+            + self.batches.len()
+    }
+
+    /// Whether the indexes live in the store (then [`LedgerState::load`] must precede a group).
+    pub fn is_indexed(&self) -> bool {
+        self.indexed.is_some()
+    }
+
+    /// Take what the store knows of a group's keys into the maps the decisions read.
+    pub fn load(&mut self, found: Found) {
+        for (k, d) in found.donations {
+            self.donations.entry(k).or_insert(d);
+        }
+        for (k, h) in found.consent_records {
+            self.consent_records.entry(k).or_insert(h);
+        }
+        for (k, c) in found.consents {
+            self.consents.entry(k).or_insert(c);
+        }
+        for (k, w) in found.withdrawals {
+            self.withdrawals.entry(k).or_insert(w);
+        }
+    }
+
     /// Append an entry in memory (not yet durable or published); returns its index.
     /// `receipt_size` is the tree size its receipt will be issued under.
     pub fn push(&mut self, entry: &LedgerEntry, bytes: Vec<u8>, receipt_size: u64) -> u64 {
-        let index = self.log.push(leaf_hash(&bytes));
-        self.entries.push(bytes);
+        let index = if self.indexed.is_some() {
+            self.frontier.push(leaf_hash(&bytes)).0
+        } else {
+            let index = self.log.push(leaf_hash(&bytes));
+            self.entries.push(bytes);
+            index
+        };
         self.fold(entry, index, receipt_size);
         index
     }
@@ -204,8 +284,10 @@ impl LedgerState {
                         receipt_size,
                     },
                 );
-                self.batches
-                    .insert((study_id.as_str().to_string(), batch_id.clone()));
+                if self.indexed.is_none() {
+                    self.batches
+                        .insert((study_id.as_str().to_string(), batch_id.clone()));
+                }
             }
             LedgerEntry::ConsentWithdrawn {
                 withdrawal_sha256, ..
@@ -225,8 +307,19 @@ impl LedgerState {
 
     /// Sign and publish a checkpoint of the whole in-memory log (call after it is durable).
     pub fn publish(&mut self, signer: &LedgerSigner) -> Result<(), LedgerError> {
-        let size = self.log.size();
-        self.published_note = signer.checkpoint(size, self.log.root())?;
+        let size = self.size();
+        let root = match self.indexed {
+            Some(_) => self.frontier.root(),
+            None => self.log.root(),
+        };
+        self.published_note = signer.checkpoint(size, root)?;
+        if self.indexed.is_some() {
+            // The group is durable in the store's indexes: forget its lookups.
+            self.donations = HashMap::new();
+            self.consent_records = HashMap::new();
+            self.consents = HashMap::new();
+            self.withdrawals = HashMap::new();
+        }
         self.published_size = size;
         if self.recent_notes.len() == RECENT_NOTES {
             self.recent_notes.pop_front();
@@ -257,7 +350,10 @@ impl LedgerState {
 
     /// Entries in memory (durable or not).
     pub fn size(&self) -> u64 {
-        self.log.size()
+        match self.indexed {
+            Some(_) => self.frontier.size(),
+            None => self.log.size(),
+        }
     }
 
     /// Size of the latest published checkpoint.
@@ -291,17 +387,40 @@ impl LedgerState {
     }
 
     /// Whether a batch is referenced by a `DonationAccepted` entry.
-    pub fn references_batch(&self, study: &str, batch_hex: &str) -> bool {
-        self.batches
-            .contains(&(study.to_string(), batch_hex.to_string()))
+    pub fn references_batch(&self, study: &str, batch_hex: &str) -> Result<bool, LedgerError> {
+        match self.index() {
+            Some(idx) => Ok(idx.names_batch(study, batch_hex)?),
+            None => Ok(self
+                .batches
+                .contains(&(study.to_string(), batch_hex.to_string()))),
+        }
     }
 
-    /// Published entry bytes in `[start, end)`.
-    pub fn entries(&self, start: u64, end: u64) -> Option<&[Vec<u8>]> {
+    /// Published entry bytes in `[start, end)`; `Ok(None)` for a range beyond them.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Option<Cow<'_, [Vec<u8>]>>, LedgerError> {
         if start > end || end > self.published_size {
-            return None;
+            return Ok(None);
         }
-        self.entries.get(start as usize..end as usize)
+        match self.index() {
+            Some(idx) => Ok(Some(Cow::Owned(idx.entries(start, end)?))),
+            None => Ok(self
+                .entries
+                .get(start as usize..end as usize)
+                .map(Cow::Borrowed)),
+        }
+    }
+
+    /// The bytes of entry `index` (durable, published or not).
+    fn entry_bytes(&self, index: u64, size: u64) -> Result<Cow<'_, Vec<u8>>, LedgerError> {
+        let missing = datadonor_schemas::merkle::MerkleError::IndexOutOfRange { index, size };
+        match self.index() {
+            Some(idx) => Ok(Cow::Owned(
+                idx.entries(index, index + 1)?.pop().ok_or(missing)?,
+            )),
+            None => Ok(Cow::Borrowed(
+                self.entries.get(index as usize).ok_or(missing)?,
+            )),
+        }
     }
 
     /// Inclusion proof within published sizes.
@@ -313,7 +432,14 @@ impl LedgerState {
             }
             .into());
         }
-        Ok(self.log.inclusion_proof(index, size)?)
+        match self.index() {
+            Some(idx) => Ok(inclusion_proof_from(
+                &idx.nodes(&inclusion_nodes(index, size)?)?,
+                index,
+                size,
+            )?),
+            None => Ok(self.log.inclusion_proof(index, size)?),
+        }
     }
 
     /// Consistency proof within published sizes.
@@ -325,7 +451,14 @@ impl LedgerState {
             }
             .into());
         }
-        Ok(self.log.consistency_proof(from, to)?)
+        match self.index() {
+            Some(idx) => Ok(consistency_proof_from(
+                &idx.nodes(&consistency_nodes(from, to)?)?,
+                from,
+                to,
+            )?),
+            None => Ok(self.log.consistency_proof(from, to)?),
+        }
     }
 
     /// The receipt of the entry at `index`, under the checkpoint of `size`. Deterministic
@@ -347,11 +480,8 @@ impl LedgerState {
         index: u64,
         size: u64,
     ) -> Result<UnsignedReceipt, LedgerError> {
-        let bytes = self
-            .entries
-            .get(index as usize)
-            .ok_or(datadonor_schemas::merkle::MerkleError::IndexOutOfRange { index, size })?;
-        let entry = LedgerEntry::from_bytes(bytes).map_err(|e| LedgerError::BadRecord {
+        let bytes = self.entry_bytes(index, size)?;
+        let entry = LedgerEntry::from_bytes(&bytes).map_err(|e| LedgerError::BadRecord {
             index,
             reason: e.to_string(),
         })?;
@@ -392,9 +522,20 @@ impl LedgerState {
         };
         let checkpoint = match self.recent_notes.iter().rev().find(|(s, _)| *s == size) {
             Some((_, note)) => note.clone(),
-            None => signer.checkpoint(size, self.log.root_at(size)?)?,
+            None => {
+                let root = match self.index() {
+                    Some(idx) => root_from(&idx.nodes(&root_nodes(size))?, size)?,
+                    None => self.log.root_at(size)?,
+                };
+                signer.checkpoint(size, root)?
+            }
         };
-        let proof = self.log.inclusion_proof(index, size)?;
+        let proof = match self.index() {
+            Some(idx) => {
+                inclusion_proof_from(&idx.nodes(&inclusion_nodes(index, size)?)?, index, size)?
+            }
+            None => self.log.inclusion_proof(index, size)?,
+        };
         let receipt = Receipt {
             format: datadonor_schemas::PROTOCOL_VERSION,
             kind,
@@ -403,13 +544,13 @@ impl LedgerState {
             consent_record_id,
             request_sha256,
             ledger_index: index,
-            entry_sha256: leaf_hash(bytes).0,
+            entry_sha256: leaf_hash(&bytes).0,
             checkpoint,
             issued_at,
         };
         Ok(UnsignedReceipt {
             receipt,
-            entry: bytes.clone(),
+            entry: bytes.into_owned(),
             inclusion_proof: proof.into_iter().map(|h| HexHash(h.0)).collect(),
         })
     }
@@ -476,7 +617,10 @@ mod tests {
         let recovered = LedgerState::recover(records, &signer).unwrap();
         assert_eq!(recovered.size(), 6);
         assert_eq!(recovered.published_note(), pushed.published_note());
-        assert_eq!(recovered.entries(0, 6), pushed.entries(0, 6));
+        assert_eq!(
+            recovered.entries(0, 6).unwrap(),
+            pushed.entries(0, 6).unwrap()
+        );
         for i in 0..6 {
             assert_eq!(
                 recovered.inclusion_proof(i, 6).unwrap(),
@@ -486,7 +630,9 @@ mod tests {
         for (i, d) in [(1u8, 1u64), (4, 4)] {
             let got = recovered.donation(&[i; 16]).unwrap();
             assert_eq!((got.ledger_index, got.receipt_size), (d, 6));
-            assert!(recovered.references_batch("t2d-dk", &hex::encode([i; 16])));
+            assert!(recovered
+                .references_batch("t2d-dk", &hex::encode([i; 16]))
+                .unwrap());
         }
         for (i, w) in [(2u8, 2u64), (5, 5)] {
             let got = recovered.withdrawal(&[i; 32]).unwrap();

@@ -103,7 +103,7 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
                 lock_wait: std::time::Duration::from_secs(pc.lock_wait_secs),
             })?;
             let local = ledger_path(dir);
-            if store.recover()?.is_empty() && local.exists() {
+            if crate::store::IndexedLedger::size(&store)? == 0 && local.exists() {
                 let seed = LocalLedgerStore::open(&local)?.recover()?;
                 if !seed.is_empty() {
                     tracing::info!(
@@ -179,7 +179,7 @@ impl Intake {
             &signer.public_key(),
             &witness_vkeys,
         )?;
-        let (ledger_state, recovery) = commit::recover(&*ledger, &*batches, &signer)?;
+        let (ledger_state, recovery) = commit::recover(&ledger, &*batches, &signer)?;
         if recovery.orphan_batches_deleted > 0 || recovery.temporaries_deleted > 0 {
             tracing::warn!(
                 orphans = recovery.orphan_batches_deleted,

@@ -19,12 +19,17 @@
 //! `u32 BE length || entry bytes || 32-byte RFC 9162 leaf hash of the entry`. Recovery stops at
 //! the first record that is short or whose hash does not match, and truncates the file there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use datadonor_schemas::merkle::{leaf_hash, Hash};
+use datadonor_schemas::ledger::ConsentState;
+use datadonor_schemas::merkle::{leaf_hash, Hash, NodeId};
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::study::StudyId;
+
+use crate::ledger::{DonationRecord, WithdrawalRecord};
 
 /// Errors of a storage backend.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +214,53 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     }
     /// Append records durably (one durability barrier for the whole call).
     fn append(&self, entries: &[Vec<u8>]) -> Result<(), StoreError>;
+    /// The indexes and Merkle nodes this backend keeps beside the records, if it keeps them
+    /// (PostgreSQL): the intake then holds none of them in memory.
+    fn as_indexed(&self) -> Option<&dyn IndexedLedger> {
+        None
+    }
+}
+
+/// What the committer asks an indexed ledger about the jobs of one group, in one read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// Idempotency keys of the group's donations.
+    pub donations: Vec<[u8; 16]>,
+    /// (study, consent record id) of the group's donations.
+    pub consent_records: Vec<(StudyId, [u8; 16])>,
+    /// (study, pseudonym) of the group's donations and withdrawals.
+    pub consents: Vec<(StudyId, Pseudonym)>,
+    /// SHA-256 of the group's signed withdrawals.
+    pub withdrawals: Vec<[u8; 32]>,
+}
+
+/// What an indexed ledger knows of a [`Lookup`]'s keys (absent keys are unknown).
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// Donations by idempotency key.
+    pub donations: Vec<([u8; 16], DonationRecord)>,
+    /// Manifest SHA-256 by (study, consent record id).
+    pub consent_records: Vec<((StudyId, [u8; 16]), [u8; 32])>,
+    /// Latest consent by (study, pseudonym).
+    pub consents: Vec<((StudyId, Pseudonym), ConsentState)>,
+    /// Withdrawals by the SHA-256 of the signed withdrawal.
+    pub withdrawals: Vec<([u8; 32], WithdrawalRecord)>,
+}
+
+/// A ledger store that keeps, in the same transaction as each append, the ledger's indexes
+/// (idempotency keys, consent records, latest consents, withdrawals, batches named) and the
+/// roots of its perfect Merkle subtrees, and answers from them.
+pub trait IndexedLedger: Send + Sync + std::fmt::Debug {
+    /// Records durably stored.
+    fn size(&self) -> Result<u64, StoreError>;
+    /// The indexes' answers for one group's keys.
+    fn lookup(&self, q: &Lookup) -> Result<Found, StoreError>;
+    /// Records `[start, end)`.
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Stored perfect-subtree roots (missing ids are absent from the answer).
+    fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, StoreError>;
+    /// Whether a `DonationAccepted` entry names the batch.
+    fn names_batch(&self, study: &str, batch_hex: &str) -> Result<bool, StoreError>;
 }
 
 /// Batches in `<root>/<study>/<batch id hex>.ddb`.

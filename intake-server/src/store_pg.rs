@@ -14,13 +14,32 @@
 //!   releases it when the connection ends, a killed process included.
 //! * [`LedgerStore::recover`] reads every row in index order and checks that the indexes are
 //!   `0..n`. A transaction is atomic, so there is no torn tail to remove.
+//! * **Indexes and Merkle nodes in the database** ([`IndexedLedger`]): in the same transaction as
+//!   the records, each append writes the roots of the perfect Merkle subtrees the new leaves
+//!   complete (`<table>_nodes`, so a proof is O(log n) rows read) and the indexes derived from
+//!   the entries that parse as ledger entries: idempotency keys (`<table>_donations`, primary
+//!   key), consent records (`<table>_consent_records`, primary key (study, record)), the latest
+//!   consent per (study, pseudonym) (`<table>_consents`), withdrawals (`<table>_withdrawals`) and
+//!   the batches named (`<table>_batches`). The intake then asks them one group at a time and
+//!   keeps none of them in memory. A table an older intake wrote without them is indexed at
+//!   open, 10,000 records per transaction.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use datadonor_schemas::ledger::{ConsentState, LedgerEntry};
+use datadonor_schemas::merkle::{leaf_hash, root_nodes, Frontier, Hash, NodeId};
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::study::StudyId;
 use tokio::sync::Mutex;
 
-use crate::store::{BackendRuntime, LedgerStore, StoreError};
+use crate::ledger::{DonationRecord, WithdrawalRecord};
+use crate::store::{BackendRuntime, Found, IndexedLedger, LedgerStore, Lookup, StoreError};
+
+/// Records indexed per transaction when a table written without indexes is opened.
+const BACKFILL_PAGE: i64 = 10_000;
 
 /// How long opening waits for the advisory lock by default: a previous connection of this
 /// process (or of one that was killed) may still be ending on the server.
@@ -111,8 +130,10 @@ pub struct PgLedgerStore {
     rt: BackendRuntime,
     client: Arc<Mutex<tokio_postgres::Client>>,
     table: String,
-    /// The next index to write: set by `recover`, advanced by each successful append.
+    /// The next index to write: set at open, advanced by each successful append.
     next: std::sync::Mutex<Option<i64>>,
+    /// The Merkle tree's right edge at `next`, advanced by each successful append.
+    frontier: std::sync::Mutex<Frontier>,
 }
 
 impl std::fmt::Debug for PgLedgerStore {
@@ -123,9 +144,12 @@ impl std::fmt::Debug for PgLedgerStore {
     }
 }
 
+/// Longest ledger table name: the index tables add up to 16 characters, within PostgreSQL's 63.
+pub const MAX_TABLE_LEN: usize = 47;
+
 fn valid_identifier(t: &str) -> bool {
     !t.is_empty()
-        && t.len() <= 63
+        && t.len() <= MAX_TABLE_LEN
         && t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && t.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -176,7 +200,9 @@ impl PgLedgerStore {
         if !valid_identifier(&opts.table) {
             return Err(StoreError::Remote {
                 backend: "postgres",
-                message: "the table name must be a lower-case SQL identifier".into(),
+                message: format!(
+                    "the table name must be a lower-case SQL identifier of at most {MAX_TABLE_LEN} characters"
+                ),
             });
         }
         let rt = BackendRuntime::new("postgres")?;
@@ -220,7 +246,22 @@ impl PgLedgerStore {
             client
                 .batch_execute(&format!(
                     "SET synchronous_commit = on;
-                     CREATE TABLE IF NOT EXISTS {t2} (idx bigint PRIMARY KEY, record bytea NOT NULL);"
+                     CREATE TABLE IF NOT EXISTS {t2} (idx bigint PRIMARY KEY, record bytea NOT NULL);
+                     CREATE TABLE IF NOT EXISTS {t2}_nodes (height smallint, pos bigint,
+                         hash bytea NOT NULL, PRIMARY KEY (height, pos));
+                     CREATE TABLE IF NOT EXISTS {t2}_donations (idempotency_key bytea PRIMARY KEY,
+                         envelope_sha256 bytea NOT NULL, idx bigint NOT NULL,
+                         receipt_size bigint NOT NULL);
+                     CREATE TABLE IF NOT EXISTS {t2}_consent_records (study text, record_id bytea,
+                         manifest_sha256 bytea NOT NULL, PRIMARY KEY (study, record_id));
+                     CREATE TABLE IF NOT EXISTS {t2}_consents (study text, pseudonym bytea,
+                         record_id bytea NOT NULL, donor_key bytea NOT NULL, purposes text NOT NULL,
+                         expires_at bigint NOT NULL, withdrawn_at bigint,
+                         PRIMARY KEY (study, pseudonym));
+                     CREATE TABLE IF NOT EXISTS {t2}_withdrawals (sha256 bytea PRIMARY KEY,
+                         idx bigint NOT NULL, receipt_size bigint NOT NULL);
+                     CREATE TABLE IF NOT EXISTS {t2}_batches (study text, batch_id text,
+                         PRIMARY KEY (study, batch_id));"
                 ))
                 .await?;
             let deadline = Instant::now() + lock_wait;
@@ -246,12 +287,92 @@ impl PgLedgerStore {
                 return Err(pg(&e));
             }
         }
-        Ok(Self {
+        let store = Self {
             rt,
             client: c,
             table,
             next: std::sync::Mutex::new(None),
+            frontier: std::sync::Mutex::new(Frontier::new()),
+        };
+        store.index_backlog()?;
+        Ok(store)
+    }
+
+    /// Index the records an older intake wrote without indexes (none for a table this one
+    /// writes), then load the tree's right edge.
+    fn index_backlog(&self) -> Result<(), StoreError> {
+        let size = self.next_index()?;
+        let t = self.table.clone();
+        let indexed: i64 = self.query_one(
+            format!("SELECT COALESCE(MAX(pos) + 1, 0) FROM {t}_nodes WHERE height = 0"),
+            |row| row.try_get(0),
+        )?;
+        let mut frontier = self.load_frontier(indexed)?;
+        let mut at = indexed;
+        while at < size {
+            let (c, t2) = (self.client.clone(), t.clone());
+            let (from, f) = (at, frontier.clone());
+            let (f, n) = self
+                .rt
+                .run(async move {
+                    let mut client = c.lock().await;
+                    let tx = client.transaction().await?;
+                    let rows = tx
+                        .query(
+                            &format!(
+                                "SELECT record FROM {t2} WHERE idx >= $1 ORDER BY idx LIMIT $2"
+                            ),
+                            &[&from, &BACKFILL_PAGE],
+                        )
+                        .await?;
+                    let records: Vec<Vec<u8>> = rows
+                        .iter()
+                        .map(|r| r.try_get(0))
+                        .collect::<Result<_, _>>()?;
+                    let n = i64::try_from(records.len()).unwrap_or(0);
+                    let rows = IndexRows::derive(&records, from, from + n, f);
+                    rows.write(&tx, &t2).await?;
+                    tx.commit().await?;
+                    Ok::<_, tokio_postgres::Error>((rows.frontier, n))
+                })?
+                .map_err(|e| pg(&e))?;
+            if n == 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "postgres table {t}: no record at index {at}"
+                )));
+            }
+            frontier = f;
+            at += n;
+            tracing::info!(indexed = at, of = size, "indexing the postgres ledger");
+        }
+        *self.frontier.lock().map_err(|_| StoreError::Poisoned)? = frontier;
+        Ok(())
+    }
+
+    fn load_frontier(&self, size: i64) -> Result<Frontier, StoreError> {
+        let size = u64::try_from(size).map_err(|_| StoreError::Corrupt("negative size".into()))?;
+        let nodes = self.nodes(&root_nodes(size))?;
+        Frontier::from_nodes(&nodes, size).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "postgres table {}_nodes: the tree's edge at {size}: {e}",
+                self.table
+            ))
         })
+    }
+
+    fn query_one<T: Send + 'static>(
+        &self,
+        sql: String,
+        get: impl FnOnce(&tokio_postgres::Row) -> Result<T, tokio_postgres::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let c = self.client.clone();
+        self.rt
+            .run(async move {
+                let client = c.lock().await;
+                let row = client.query_one(&sql, &[]).await?;
+                get(&row)
+            })?
+            .map_err(|e| pg(&e))
     }
 
     fn next_index(&self) -> Result<i64, StoreError> {
@@ -273,7 +394,457 @@ impl PgLedgerStore {
     }
 }
 
+/// The rows one append adds to the index tables, derived from its records.
+struct IndexRows {
+    node_height: Vec<i16>,
+    node_pos: Vec<i64>,
+    node_hash: Vec<Vec<u8>>,
+    don_key: Vec<Vec<u8>>,
+    don_envelope: Vec<Vec<u8>>,
+    don_idx: Vec<i64>,
+    rec_study: Vec<String>,
+    rec_id: Vec<Vec<u8>>,
+    rec_manifest: Vec<Vec<u8>>,
+    /// The last consent granted per (study, pseudonym) in this append, with the withdrawals
+    /// of this append applied to it.
+    grants: HashMap<(String, [u8; 32]), ConsentState>,
+    /// Withdrawals of consents granted before this append: (study, pseudonym, record, time).
+    withdraw: Vec<(String, Vec<u8>, Vec<u8>, i64)>,
+    wd_sha: Vec<Vec<u8>>,
+    wd_idx: Vec<i64>,
+    batches: std::collections::BTreeSet<(String, String)>,
+    receipt_size: i64,
+    frontier: Frontier,
+}
+
+impl IndexRows {
+    /// Rows for `records` at indexes `first..`, the tree advanced from `frontier`; a record
+    /// that is not a ledger entry gets a leaf and no index row. `receipt_size` is the tree size
+    /// after the append: the size receipts of its donations and withdrawals are issued under.
+    fn derive(records: &[Vec<u8>], first: i64, receipt_size: i64, mut frontier: Frontier) -> Self {
+        let mut r = Self {
+            node_height: Vec::new(),
+            node_pos: Vec::new(),
+            node_hash: Vec::new(),
+            don_key: Vec::new(),
+            don_envelope: Vec::new(),
+            don_idx: Vec::new(),
+            rec_study: Vec::new(),
+            rec_id: Vec::new(),
+            rec_manifest: Vec::new(),
+            grants: HashMap::new(),
+            withdraw: Vec::new(),
+            wd_sha: Vec::new(),
+            wd_idx: Vec::new(),
+            batches: Default::default(),
+            receipt_size,
+            frontier: Frontier::new(),
+        };
+        for (i, record) in records.iter().enumerate() {
+            let (_, done) = frontier.push(leaf_hash(record));
+            for ((h, pos), hash) in done {
+                r.node_height.push(i16::try_from(h).unwrap_or(i16::MAX));
+                r.node_pos.push(i64::try_from(pos).unwrap_or(i64::MAX));
+                r.node_hash.push(hash.0.to_vec());
+            }
+            let idx = first + i64::try_from(i).unwrap_or(i64::MAX);
+            let Ok(entry) = LedgerEntry::from_bytes(record) else {
+                continue;
+            };
+            match &entry {
+                LedgerEntry::ConsentGranted {
+                    study_id,
+                    pseudonym,
+                    consent_record_id,
+                    manifest_sha256,
+                    ..
+                } => {
+                    r.rec_study.push(study_id.as_str().to_string());
+                    r.rec_id.push(consent_record_id.to_vec());
+                    r.rec_manifest.push(manifest_sha256.to_vec());
+                    let mut one = HashMap::new();
+                    ConsentState::apply(&mut one, &entry);
+                    if let Some(state) = one.remove(&(study_id.clone(), *pseudonym)) {
+                        r.grants
+                            .insert((study_id.as_str().to_string(), pseudonym.0), state);
+                    }
+                }
+                LedgerEntry::DonationAccepted {
+                    study_id,
+                    idempotency_key,
+                    envelope_sha256,
+                    batch_id,
+                    ..
+                } => {
+                    r.don_key.push(idempotency_key.to_vec());
+                    r.don_envelope.push(envelope_sha256.to_vec());
+                    r.don_idx.push(idx);
+                    r.batches
+                        .insert((study_id.as_str().to_string(), batch_id.clone()));
+                }
+                LedgerEntry::ConsentWithdrawn {
+                    time,
+                    study_id,
+                    pseudonym,
+                    consent_record_id,
+                    withdrawal_sha256,
+                } => {
+                    r.wd_sha.push(withdrawal_sha256.to_vec());
+                    r.wd_idx.push(idx);
+                    match r
+                        .grants
+                        .get_mut(&(study_id.as_str().to_string(), pseudonym.0))
+                    {
+                        Some(state) => {
+                            if &state.consent_record_id == consent_record_id {
+                                state.withdrawn_at.get_or_insert(*time);
+                            }
+                        }
+                        None => r.withdraw.push((
+                            study_id.as_str().to_string(),
+                            pseudonym.0.to_vec(),
+                            consent_record_id.to_vec(),
+                            *time,
+                        )),
+                    }
+                }
+                _ => {}
+            }
+        }
+        r.frontier = frontier;
+        r
+    }
+
+    /// Write the rows (inside the append's transaction).
+    async fn write(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        t: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        tx.execute(
+            &format!(
+                "INSERT INTO {t}_nodes (height, pos, hash)
+                 SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])"
+            ),
+            &[&self.node_height, &self.node_pos, &self.node_hash],
+        )
+        .await?;
+        if !self.don_key.is_empty() {
+            let sizes = vec![self.receipt_size; self.don_key.len()];
+            tx.execute(
+                &format!(
+                    "INSERT INTO {t}_donations (idempotency_key, envelope_sha256, idx, receipt_size)
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])"
+                ),
+                &[&self.don_key, &self.don_envelope, &self.don_idx, &sizes],
+            )
+            .await?;
+        }
+        if !self.rec_id.is_empty() {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {t}_consent_records (study, record_id, manifest_sha256)
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])"
+                ),
+                &[&self.rec_study, &self.rec_id, &self.rec_manifest],
+            )
+            .await?;
+        }
+        if !self.grants.is_empty() {
+            let mut cols: (
+                Vec<String>,
+                Vec<Vec<u8>>,
+                Vec<Vec<u8>>,
+                Vec<Vec<u8>>,
+                Vec<String>,
+                Vec<i64>,
+                Vec<Option<i64>>,
+            ) = Default::default();
+            for ((study, pseudonym), s) in &self.grants {
+                cols.0.push(study.clone());
+                cols.1.push(pseudonym.to_vec());
+                cols.2.push(s.consent_record_id.to_vec());
+                cols.3.push(s.donor_public_key.0.to_vec());
+                cols.4
+                    .push(serde_json::to_string(&s.purposes).unwrap_or_default());
+                cols.5.push(s.expires_at);
+                cols.6.push(s.withdrawn_at);
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO {t}_consents
+                         (study, pseudonym, record_id, donor_key, purposes, expires_at, withdrawn_at)
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[],
+                         $5::text[], $6::bigint[], $7::bigint[])
+                     ON CONFLICT (study, pseudonym) DO UPDATE SET record_id = EXCLUDED.record_id,
+                         donor_key = EXCLUDED.donor_key, purposes = EXCLUDED.purposes,
+                         expires_at = EXCLUDED.expires_at, withdrawn_at = EXCLUDED.withdrawn_at"
+                ),
+                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+            )
+            .await?;
+        }
+        if !self.withdraw.is_empty() {
+            let study: Vec<&str> = self.withdraw.iter().map(|w| w.0.as_str()).collect();
+            let pseudonym: Vec<&[u8]> = self.withdraw.iter().map(|w| w.1.as_slice()).collect();
+            let record: Vec<&[u8]> = self.withdraw.iter().map(|w| w.2.as_slice()).collect();
+            let time: Vec<i64> = self.withdraw.iter().map(|w| w.3).collect();
+            tx.execute(
+                &format!(
+                    "UPDATE {t}_consents c SET withdrawn_at = COALESCE(c.withdrawn_at, u.t)
+                     FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bigint[])
+                         AS u(study, pseudonym, record_id, t)
+                     WHERE c.study = u.study AND c.pseudonym = u.pseudonym
+                         AND c.record_id = u.record_id"
+                ),
+                &[&study, &pseudonym, &record, &time],
+            )
+            .await?;
+        }
+        if !self.wd_sha.is_empty() {
+            let sizes = vec![self.receipt_size; self.wd_sha.len()];
+            tx.execute(
+                &format!(
+                    "INSERT INTO {t}_withdrawals (sha256, idx, receipt_size)
+                     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])"
+                ),
+                &[&self.wd_sha, &self.wd_idx, &sizes],
+            )
+            .await?;
+        }
+        if !self.batches.is_empty() {
+            let (study, batch): (Vec<&str>, Vec<&str>) = self
+                .batches
+                .iter()
+                .map(|(s, b)| (s.as_str(), b.as_str()))
+                .unzip();
+            tx.execute(
+                &format!(
+                    "INSERT INTO {t}_batches (study, batch_id)
+                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"
+                ),
+                &[&study, &batch],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn array<const N: usize>(row: &tokio_postgres::Row, i: usize) -> Result<[u8; N], StoreError> {
+    let v: Vec<u8> = row.try_get(i).map_err(|e| pg(&e))?;
+    v.try_into().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "postgres index: a {N}-byte column of another length"
+        ))
+    })
+}
+
+fn count(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt("postgres index: a negative index".into()))
+}
+
+impl IndexedLedger for PgLedgerStore {
+    fn size(&self) -> Result<u64, StoreError> {
+        count(self.next_index()?)
+    }
+
+    fn lookup(&self, q: &Lookup) -> Result<Found, StoreError> {
+        let t = self.table.clone();
+        let don: Vec<Vec<u8>> = q.donations.iter().map(|k| k.to_vec()).collect();
+        let (rec_study, rec_id): (Vec<String>, Vec<Vec<u8>>) = q
+            .consent_records
+            .iter()
+            .map(|(s, r)| (s.as_str().to_string(), r.to_vec()))
+            .unzip();
+        let (con_study, con_p): (Vec<String>, Vec<Vec<u8>>) = q
+            .consents
+            .iter()
+            .map(|(s, p)| (s.as_str().to_string(), p.0.to_vec()))
+            .unzip();
+        let wd: Vec<Vec<u8>> = q.withdrawals.iter().map(|k| k.to_vec()).collect();
+        let c = self.client.clone();
+        let rows = self
+            .rt
+            .run(async move {
+                let client = c.lock().await;
+                let d = client
+                    .query(
+                        &format!(
+                            "SELECT idempotency_key, envelope_sha256, idx, receipt_size
+                             FROM {t}_donations WHERE idempotency_key = ANY($1)"
+                        ),
+                        &[&don],
+                    )
+                    .await?;
+                let r = client
+                    .query(
+                        &format!(
+                            "SELECT c.study, c.record_id, c.manifest_sha256
+                             FROM {t}_consent_records c
+                             JOIN unnest($1::text[], $2::bytea[]) AS u(study, record_id)
+                             USING (study, record_id)"
+                        ),
+                        &[&rec_study, &rec_id],
+                    )
+                    .await?;
+                let s = client
+                    .query(
+                        &format!(
+                            "SELECT c.study, c.pseudonym, c.record_id, c.donor_key, c.purposes,
+                                 c.expires_at, c.withdrawn_at
+                             FROM {t}_consents c
+                             JOIN unnest($1::text[], $2::bytea[]) AS u(study, pseudonym)
+                             USING (study, pseudonym)"
+                        ),
+                        &[&con_study, &con_p],
+                    )
+                    .await?;
+                let w = client
+                    .query(
+                        &format!(
+                            "SELECT sha256, idx, receipt_size FROM {t}_withdrawals
+                             WHERE sha256 = ANY($1)"
+                        ),
+                        &[&wd],
+                    )
+                    .await?;
+                Ok::<_, tokio_postgres::Error>((d, r, s, w))
+            })?
+            .map_err(|e| pg(&e))?;
+        let (d, r, s, w) = rows;
+        let study = |row: &tokio_postgres::Row| -> Result<StudyId, StoreError> {
+            let v: String = row.try_get(0).map_err(|e| pg(&e))?;
+            StudyId::new(&v)
+                .map_err(|_| StoreError::Corrupt("postgres index: a bad study id".into()))
+        };
+        let mut found = Found::default();
+        for row in &d {
+            found.donations.push((
+                array::<16>(row, 0)?,
+                DonationRecord {
+                    envelope_sha256: array::<32>(row, 1)?,
+                    ledger_index: count(row.try_get(2).map_err(|e| pg(&e))?)?,
+                    receipt_size: count(row.try_get(3).map_err(|e| pg(&e))?)?,
+                },
+            ));
+        }
+        for row in &r {
+            found
+                .consent_records
+                .push(((study(row)?, array::<16>(row, 1)?), array::<32>(row, 2)?));
+        }
+        for row in &s {
+            let purposes: String = row.try_get(4).map_err(|e| pg(&e))?;
+            found.consents.push((
+                (study(row)?, Pseudonym(array::<32>(row, 1)?)),
+                ConsentState {
+                    purposes: serde_json::from_str(&purposes).map_err(|_| {
+                        StoreError::Corrupt("postgres index: purposes that do not parse".into())
+                    })?,
+                    expires_at: row.try_get(5).map_err(|e| pg(&e))?,
+                    withdrawn_at: row.try_get(6).map_err(|e| pg(&e))?,
+                    donor_public_key: datadonor_schemas::signing::PublicKey(array::<32>(row, 3)?),
+                    consent_record_id: array::<16>(row, 2)?,
+                },
+            ));
+        }
+        for row in &w {
+            found.withdrawals.push((
+                array::<32>(row, 0)?,
+                WithdrawalRecord {
+                    ledger_index: count(row.try_get(1).map_err(|e| pg(&e))?)?,
+                    receipt_size: count(row.try_get(2).map_err(|e| pg(&e))?)?,
+                },
+            ));
+        }
+        Ok(found)
+    }
+
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (s, e) = (
+            i64::try_from(start).map_err(|_| StoreError::Corrupt("index too large".into()))?,
+            i64::try_from(end).map_err(|_| StoreError::Corrupt("index too large".into()))?,
+        );
+        let c = self.client.clone();
+        let sql = format!(
+            "SELECT record FROM {} WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+            self.table
+        );
+        let rows = self
+            .rt
+            .run(async move {
+                let client = c.lock().await;
+                client.query(&sql, &[&s, &e]).await
+            })?
+            .map_err(|e| pg(&e))?;
+        if rows.len() as u64 != end.saturating_sub(start) {
+            return Err(StoreError::Corrupt(format!(
+                "postgres table {}: {} records in [{start}, {end})",
+                self.table,
+                rows.len()
+            )));
+        }
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(|e| pg(&e)))
+            .collect()
+    }
+
+    fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, StoreError> {
+        let height: Vec<i16> = ids
+            .iter()
+            .map(|(h, _)| i16::try_from(*h).unwrap_or(i16::MAX))
+            .collect();
+        let pos: Vec<i64> = ids
+            .iter()
+            .map(|(_, p)| i64::try_from(*p).unwrap_or(i64::MAX))
+            .collect();
+        let c = self.client.clone();
+        let sql = format!(
+            "SELECT n.height, n.pos, n.hash FROM {}_nodes n
+             JOIN unnest($1::smallint[], $2::bigint[]) AS u(height, pos) USING (height, pos)",
+            self.table
+        );
+        let rows = self
+            .rt
+            .run(async move {
+                let client = c.lock().await;
+                client.query(&sql, &[&height, &pos]).await
+            })?
+            .map_err(|e| pg(&e))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let h: i16 = row.try_get(0).map_err(|e| pg(&e))?;
+            let p: i64 = row.try_get(1).map_err(|e| pg(&e))?;
+            let h = u32::try_from(h)
+                .map_err(|_| StoreError::Corrupt("postgres index: a negative height".into()))?;
+            out.insert((h, count(p)?), Hash(array::<32>(row, 2)?));
+        }
+        Ok(out)
+    }
+
+    fn names_batch(&self, study: &str, batch_hex: &str) -> Result<bool, StoreError> {
+        let c = self.client.clone();
+        let (s, b) = (study.to_string(), batch_hex.to_string());
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}_batches WHERE study = $1 AND batch_id = $2)",
+            self.table
+        );
+        self.rt
+            .run(async move {
+                let client = c.lock().await;
+                let row = client.query_one(&sql, &[&s, &b]).await?;
+                row.try_get::<_, bool>(0)
+            })?
+            .map_err(|e| pg(&e))
+    }
+}
+
 impl LedgerStore for PgLedgerStore {
+    fn as_indexed(&self) -> Option<&dyn IndexedLedger> {
+        Some(self)
+    }
+
     fn recover(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let c = self.client.clone();
         let sql = format!("SELECT idx, record FROM {} ORDER BY idx", self.table);
@@ -310,7 +881,14 @@ impl LedgerStore for PgLedgerStore {
             .map_err(|_| StoreError::Corrupt("too many records".into()))?;
         let idx: Vec<i64> = (first..first + count).collect();
         let records: Vec<Vec<u8>> = entries.to_vec();
+        let frontier = self
+            .frontier
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .clone();
+        let rows = IndexRows::derive(&records, first, first + count, frontier);
         let c = self.client.clone();
+        let table = self.table.clone();
         let sql = format!(
             "INSERT INTO {} (idx, record) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
             self.table
@@ -319,17 +897,25 @@ impl LedgerStore for PgLedgerStore {
             let mut client = c.lock().await;
             let tx = client.transaction().await?;
             tx.execute(&sql, &[&idx, &records]).await?;
-            tx.commit().await
+            rows.write(&tx, &table).await?;
+            tx.commit().await?;
+            Ok::<_, tokio_postgres::Error>(rows.frontier)
         })?;
         match r {
-            Ok(()) => {
+            Ok(frontier) => {
                 *self.next.lock().map_err(|_| StoreError::Poisoned)? = Some(first + count);
+                *self.frontier.lock().map_err(|_| StoreError::Poisoned)? = frontier;
                 Ok(())
             }
             Err(e) => {
                 if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    let what = e
+                        .as_db_error()
+                        .and_then(|d| d.constraint())
+                        .unwrap_or("primary key")
+                        .to_string();
                     Err(StoreError::Conflict(format!(
-                        "postgres table {}: ledger index {first}",
+                        "postgres table {}: appending at index {first} ({what})",
                         self.table
                     )))
                 } else {

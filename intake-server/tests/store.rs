@@ -381,3 +381,307 @@ fn postgres_over_tls() {
     let err = PgLedgerStore::open(&wrong).unwrap_err();
     assert!(matches!(err, StoreError::Remote { .. }), "{err}");
 }
+
+// --- the indexes and the Merkle tree in PostgreSQL ----------------------------------------------
+
+use datadonor_intake::ledger::LedgerState;
+use datadonor_intake::store::{IndexedLedger, Lookup};
+use datadonor_schemas::ledger::LedgerEntry;
+use datadonor_schemas::merkle::{
+    consistency_nodes, consistency_proof_from, inclusion_nodes, inclusion_proof_from, leaf_hash,
+    root_from, root_nodes, MerkleLog,
+};
+use datadonor_schemas::pseudonym::Pseudonym;
+use datadonor_schemas::study::StudyId;
+
+/// Three appends of grants, donations and withdrawals: a withdrawal in a later append, a grant
+/// and its withdrawal in the same append, a new consent after a withdrawal, a withdrawal naming
+/// another record (no effect), two donations in one batch.
+fn indexed_appends() -> Vec<Vec<LedgerEntry>> {
+    let s = StudyId::new("t2d-dk").unwrap();
+    let key = datadonor_schemas::signing::SigningKey::from_seed(&[9; 32])
+        .unwrap()
+        .public_key();
+    let grant = |p: u8, r: u8, t: i64| LedgerEntry::ConsentGranted {
+        time: t,
+        study_id: s.clone(),
+        study_version: 1,
+        pseudonym: Pseudonym([p; 32]),
+        consent_record_id: [r; 16],
+        purposes: vec!["research".into()],
+        given_at: t,
+        expires_at: t + 1000,
+        donor_public_key: key,
+        manifest_sha256: [r; 32],
+    };
+    let donation = |p: u8, r: u8, k: u8, b: u8| LedgerEntry::DonationAccepted {
+        time: 10,
+        study_id: s.clone(),
+        pseudonym: Pseudonym([p; 32]),
+        consent_record_id: [r; 16],
+        idempotency_key: [k; 16],
+        envelope_sha256: [k; 32],
+        rows: 3,
+        batch_id: hex::encode([b; 16]),
+    };
+    let withdraw = |p: u8, r: u8, w: u8, t: i64| LedgerEntry::ConsentWithdrawn {
+        time: t,
+        study_id: s.clone(),
+        pseudonym: Pseudonym([p; 32]),
+        consent_record_id: [r; 16],
+        withdrawal_sha256: [w; 32],
+    };
+    vec![
+        vec![
+            LedgerEntry::KeyRotated {
+                time: 1,
+                role: "hpke-transport".into(),
+                key_id: 1,
+                public_key_sha256: [1; 32],
+            },
+            grant(1, 1, 2),
+            donation(1, 1, 1, 1),
+            grant(2, 2, 3),
+            donation(2, 2, 2, 1),
+        ],
+        vec![
+            withdraw(1, 1, 1, 20),
+            grant(3, 3, 21),
+            withdraw(3, 3, 3, 22),
+        ],
+        vec![grant(1, 4, 30), donation(1, 4, 3, 2), withdraw(2, 9, 4, 31)],
+    ]
+}
+
+/// The PostgreSQL store answers like the in-memory ledger state over the same entries: the
+/// indexes (with each donation's receipt size: the size after its append), every inclusion and
+/// consistency proof and root from the stored nodes, the entries, the batches named; a store
+/// reopened goes on from the stored tree; a table written without indexes is indexed at open.
+#[test]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+fn postgres_keeps_the_indexes_and_the_merkle_nodes() {
+    let table = unique("indexed");
+    let store = PgLedgerStore::open(&pg_options(&table)).unwrap();
+    let mut memory = LedgerState::default();
+    let mut records = Vec::new();
+    let mut sizes = Vec::new();
+    for group in indexed_appends() {
+        let bytes: Vec<Vec<u8>> = group.iter().map(LedgerEntry::to_bytes).collect();
+        store.append(&bytes).unwrap();
+        let after = (records.len() + bytes.len()) as u64;
+        for (e, b) in group.iter().zip(&bytes) {
+            memory.push(e, b.clone(), after);
+        }
+        records.extend(bytes);
+        sizes.push(after);
+    }
+    let idx: &dyn IndexedLedger = store.as_indexed().unwrap();
+    let check = |idx: &dyn IndexedLedger, records: &[Vec<u8>]| {
+        let n = records.len() as u64;
+        assert_eq!(idx.size().unwrap(), n);
+        assert_eq!(idx.entries(0, n).unwrap(), records);
+        assert!(idx.entries(0, n + 1).is_err(), "a range past the end");
+        let log: MerkleLog = records.iter().map(|r| leaf_hash(r)).collect();
+        for size in 1..=n {
+            let nodes = idx.nodes(&root_nodes(size)).unwrap();
+            assert_eq!(root_from(&nodes, size).unwrap(), log.root_at(size).unwrap());
+            for i in 0..size {
+                let nodes = idx.nodes(&inclusion_nodes(i, size).unwrap()).unwrap();
+                assert_eq!(
+                    inclusion_proof_from(&nodes, i, size).unwrap(),
+                    log.inclusion_proof(i, size).unwrap()
+                );
+            }
+            for m in 1..=size {
+                let nodes = idx.nodes(&consistency_nodes(m, size).unwrap()).unwrap();
+                assert_eq!(
+                    consistency_proof_from(&nodes, m, size).unwrap(),
+                    log.consistency_proof(m, size).unwrap()
+                );
+            }
+        }
+    };
+    check(idx, &records);
+    let s = StudyId::new("t2d-dk").unwrap();
+    let q = Lookup {
+        donations: vec![[1; 16], [2; 16], [3; 16], [7; 16]],
+        consent_records: (1..=9u8).map(|r| (s.clone(), [r; 16])).collect(),
+        consents: (1..=4u8).map(|p| (s.clone(), Pseudonym([p; 32]))).collect(),
+        withdrawals: (1..=5u8).map(|w| [w; 32]).collect(),
+    };
+    let found = idx.lookup(&q).unwrap();
+    assert_eq!(found.donations.len(), 3);
+    for (k, d) in &found.donations {
+        assert_eq!(Some(*d), memory.donation(k));
+    }
+    let by_key: std::collections::HashMap<[u8; 16], u64> = found
+        .donations
+        .iter()
+        .map(|(k, d)| (*k, d.receipt_size))
+        .collect();
+    assert_eq!(
+        (by_key[&[1; 16]], by_key[&[2; 16]], by_key[&[3; 16]]),
+        (sizes[0], sizes[0], sizes[2])
+    );
+    assert_eq!(found.consent_records.len(), 4, "records 1-4");
+    for ((st, r), h) in &found.consent_records {
+        assert_eq!(Some(*h), memory.consent_record(st, r));
+    }
+    assert_eq!(found.consents.len(), 3, "pseudonyms 1-3");
+    for ((st, p), c) in &found.consents {
+        assert_eq!(Some(c), memory.consent(st, p));
+    }
+    let p1 = &found
+        .consents
+        .iter()
+        .find(|(k, _)| k.1 .0 == [1; 32])
+        .unwrap()
+        .1;
+    assert_eq!((p1.consent_record_id, p1.withdrawn_at), ([4; 16], None));
+    let p3 = &found
+        .consents
+        .iter()
+        .find(|(k, _)| k.1 .0 == [3; 32])
+        .unwrap()
+        .1;
+    assert_eq!(
+        p3.withdrawn_at,
+        Some(22),
+        "granted and withdrawn in one append"
+    );
+    let p2 = &found
+        .consents
+        .iter()
+        .find(|(k, _)| k.1 .0 == [2; 32])
+        .unwrap()
+        .1;
+    assert_eq!(p2.withdrawn_at, None, "a withdrawal of another record");
+    assert_eq!(found.withdrawals.len(), 3);
+    for (w, rec) in &found.withdrawals {
+        assert_eq!(Some(*rec), memory.withdrawal(w));
+    }
+    assert!(idx.names_batch("t2d-dk", &hex::encode([1u8; 16])).unwrap());
+    assert!(idx.names_batch("t2d-dk", &hex::encode([2u8; 16])).unwrap());
+    assert!(!idx.names_batch("t2d-dk", &hex::encode([3u8; 16])).unwrap());
+    // An idempotency key or a consent record stored twice is refused by the database itself.
+    let again = indexed_appends()[0][2].to_bytes();
+    assert!(store.append(&[again]).is_err());
+    drop(store);
+
+    // Reopened: the tree goes on from the stored edge.
+    let store = PgLedgerStore::open(&pg_options(&table)).unwrap();
+    let extra = b"a record that is not an entry".to_vec();
+    store.append(std::slice::from_ref(&extra)).unwrap();
+    records.push(extra);
+    check(store.as_indexed().unwrap(), &records);
+    drop(store);
+
+    // A table an older intake wrote, records only: indexed when opened.
+    let old = unique("unindexed");
+    raw_pg(
+        &format!("CREATE TABLE {old} (idx bigint PRIMARY KEY, record bytea NOT NULL)"),
+        &[],
+    );
+    let idxs: Vec<i64> = (0..records.len() as i64).collect();
+    raw_pg(
+        &format!("INSERT INTO {old} SELECT * FROM unnest($1::bigint[], $2::bytea[])"),
+        &[&idxs, &records],
+    );
+    let store = PgLedgerStore::open(&pg_options(&old)).unwrap();
+    check(store.as_indexed().unwrap(), &records);
+    let found = store.as_indexed().unwrap().lookup(&q).unwrap();
+    assert_eq!(
+        (
+            found.donations.len(),
+            found.consents.len(),
+            found.withdrawals.len()
+        ),
+        (3, 3, 3)
+    );
+}
+
+/// An intake on the indexed PostgreSQL ledger (and S3) decides as it does in memory — replays,
+/// idempotency conflicts, withdrawals, a donation under a withdrawn consent, a repeated
+/// withdrawal, before and after a restart — while its ledger state holds no entry, index record
+/// or leaf hash once a group is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+async fn an_intake_on_postgres_holds_no_ledger_in_memory() {
+    use datadonor_intake::config::{BatchBackend, LedgerBackend, PostgresConfig, StorageConfig};
+    let table = unique("intake");
+    let prefix = unique("intake");
+    let mut env = Env::with_config(|c| {
+        c.storage = StorageConfig {
+            ledger: LedgerBackend::Postgres,
+            batches: BatchBackend::S3,
+            postgres: Some(PostgresConfig {
+                url: Some(env("DATADONOR_TEST_POSTGRES")),
+                table: table.clone(),
+                ca_cert: None,
+                lock_wait_secs: 10,
+            }),
+            s3: Some(s3_options(&prefix)),
+        };
+    });
+    let held = |env: &Env| {
+        let st = env.intake.as_ref().unwrap().state();
+        let q = st.sequencing().unwrap();
+        let s = q.state.read().unwrap();
+        assert!(s.is_indexed());
+        (s.held_in_memory(), s.published_size())
+    };
+    assert_eq!(held(&env), (0, 1), "init's key entry, nothing held");
+    let donations: Vec<_> = (0..4).map(|_| env.builder().build().unwrap()).collect();
+    let mut receipts = Vec::new();
+    for d in &donations {
+        let (s, b) = env.donate(d.envelope.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        env.verify(&b).await;
+        receipts.push(b);
+    }
+    assert_eq!(held(&env), (0, 9));
+    // A replay is the same receipt; the same key with other bytes is a conflict.
+    let (s, b) = env.donate(donations[0].envelope.clone()).await;
+    assert_eq!((s, &b), (StatusCode::OK, &receipts[0]));
+    let mut other = env.builder();
+    other.idempotency_key = donations[0].idempotency_key;
+    let (s, b) = env.donate(other.build().unwrap().envelope).await;
+    assert_eq!(
+        (s, common::slug(&b).as_str()),
+        (StatusCode::CONFLICT, "idempotency-conflict")
+    );
+    // A withdrawal; again (its receipt again); a donation under the withdrawn consent.
+    let now = datadonor_schemas::time::Clock::now(&*env.clock);
+    let w = donations[1].withdrawal(now);
+    let (s, first) = env.withdraw(w.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&first));
+    let (s, again) = env.withdraw(w).await;
+    assert_eq!((s, &again), (StatusCode::OK, &first));
+    let mut under = env.builder();
+    under.reuse = Some((&donations[1].manifest, &donations[1].donor_key));
+    let (s, b) = env.donate(under.build().unwrap().envelope).await;
+    assert_eq!(
+        (s, common::slug(&b).as_str()),
+        (StatusCode::CONFLICT, "already-withdrawn")
+    );
+    // A second donation under a live consent adds no consent entry.
+    let mut more = env.builder();
+    more.reuse = Some((&donations[2].manifest, &donations[2].donor_key));
+    let (s, _) = env.donate(more.build().unwrap().envelope).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(held(&env), (0, 11));
+    // After a restart: the replay names the same entry, the entries and proofs are served.
+    env.restart();
+    assert_eq!(held(&env), (0, 11));
+    let (s, b) = env.donate(donations[3].envelope.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    let before = env.verify(&receipts[3]).await;
+    let after = env.verify(&b).await;
+    assert_eq!(after.receipt.ledger_index, before.receipt.ledger_index);
+    let (s, b) = env.audit("/v1/ledger/entries?start=0&end=100").await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 11);
+    let (s, _) = env.get("/v1/ledger/consistency?from=3&to=11", None).await;
+    assert_eq!(s, StatusCode::OK);
+}

@@ -703,34 +703,237 @@ impl SubtreeSource for MerkleLog {
     }
 
     fn mth(&self, start: u64, end: u64) -> Result<Hash, MerkleError> {
-        if start >= end || end > self.size() {
-            return Err(MerkleError::IndexOutOfRange {
-                index: end,
-                size: self.size(),
-            });
+        mth_of_perfect(start, end, self.size(), |h, pos| self.perfect(h, pos))
+    }
+}
+
+/// MTH of `[start, end)` folded from the perfect subtrees it decomposes into, largest first;
+/// for a node of the RFC 9162 tree shape `start` is aligned to each of them, and MTH folds them
+/// from the right. `perfect(height, start)` gives the root of the perfect subtree of `2^height`
+/// leaves from leaf `start`.
+fn mth_of_perfect(
+    start: u64,
+    end: u64,
+    size: u64,
+    perfect: impl Fn(u32, u64) -> Result<Hash, MerkleError>,
+) -> Result<Hash, MerkleError> {
+    if start >= end || end > size {
+        return Err(MerkleError::IndexOutOfRange { index: end, size });
+    }
+    let mut pieces: Vec<Hash> = Vec::with_capacity(64);
+    let mut pos = start;
+    let mut remaining = end - start;
+    while remaining > 0 {
+        let height = 63 - remaining.leading_zeros();
+        debug_assert_eq!(pos % (1u64 << height), 0, "unaligned subtree");
+        pieces.push(perfect(height, pos)?);
+        let width = 1u64 << height;
+        pos += width;
+        remaining -= width;
+    }
+    let mut acc = match pieces.pop() {
+        Some(last) => last,
+        None => return Ok(empty_root()),
+    };
+    while let Some(left) = pieces.pop() {
+        acc = node_hash(&left, &acc);
+    }
+    Ok(acc)
+}
+
+/// A position in the tree of perfect subtrees: `(height, index)` is the root of the `2^height`
+/// leaves from leaf `index << height` (height 0: the leaf hashes).
+pub type NodeId = (u32, u64);
+
+/// Perfect-subtree roots kept somewhere else (a database table): proofs are computed from them
+/// in O(log n) lookups, asking first which nodes they need ([`inclusion_nodes`],
+/// [`consistency_nodes`]) so a store can fetch them in one read.
+pub trait PerfectNodes {
+    /// The root of perfect subtree `node`, if known.
+    fn node(&self, node: NodeId) -> Option<Hash>;
+}
+
+impl PerfectNodes for std::collections::HashMap<NodeId, Hash> {
+    fn node(&self, node: NodeId) -> Option<Hash> {
+        self.get(&node).copied()
+    }
+}
+
+struct NodeSource<'a, P: PerfectNodes> {
+    nodes: &'a P,
+    size: u64,
+}
+
+impl<P: PerfectNodes> SubtreeSource for NodeSource<'_, P> {
+    fn available(&self) -> u64 {
+        self.size
+    }
+    fn mth(&self, start: u64, end: u64) -> Result<Hash, MerkleError> {
+        mth_of_perfect(start, end, self.size, |h, pos| {
+            self.nodes
+                .node((h, pos >> h))
+                .ok_or(MerkleError::IndexOutOfRange {
+                    index: pos,
+                    size: self.size,
+                })
+        })
+    }
+}
+
+/// Records the nodes a proof asks for (answering with a placeholder).
+struct Recorder {
+    size: u64,
+    asked: std::cell::RefCell<Vec<NodeId>>,
+}
+
+impl SubtreeSource for Recorder {
+    fn available(&self) -> u64 {
+        self.size
+    }
+    fn mth(&self, start: u64, end: u64) -> Result<Hash, MerkleError> {
+        mth_of_perfect(start, end, self.size, |h, pos| {
+            self.asked.borrow_mut().push((h, pos >> h));
+            Ok(empty_root())
+        })
+    }
+}
+
+fn recorded(
+    size: u64,
+    run: impl FnOnce(&Recorder) -> Result<Vec<Hash>, MerkleError>,
+) -> Result<Vec<NodeId>, MerkleError> {
+    let r = Recorder {
+        size,
+        asked: std::cell::RefCell::new(Vec::new()),
+    };
+    run(&r)?;
+    let mut v = r.asked.into_inner();
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
+}
+
+/// The perfect subtrees an inclusion proof of `index` in the tree of `size` is made from.
+pub fn inclusion_nodes(index: u64, size: u64) -> Result<Vec<NodeId>, MerkleError> {
+    recorded(size, |r| inclusion_path(r, index, size))
+}
+
+/// The perfect subtrees a consistency proof from `size1` to `size2` is made from.
+pub fn consistency_nodes(size1: u64, size2: u64) -> Result<Vec<NodeId>, MerkleError> {
+    recorded(size2, |r| consistency_path(r, size1, size2))
+}
+
+/// The perfect subtrees the root of the tree of `size` is folded from (its right edge).
+pub fn root_nodes(size: u64) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    let mut remaining = size;
+    while remaining > 0 {
+        let height = 63 - remaining.leading_zeros();
+        out.push((height, pos >> height));
+        pos += 1u64 << height;
+        remaining -= 1u64 << height;
+    }
+    out
+}
+
+/// Inclusion proof (RFC 9162 §2.1.3.1) of `index` in the tree of `size`, from stored nodes
+/// (at least those [`inclusion_nodes`] names).
+pub fn inclusion_proof_from<P: PerfectNodes>(
+    nodes: &P,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, MerkleError> {
+    inclusion_path(&NodeSource { nodes, size }, index, size)
+}
+
+/// Consistency proof (RFC 9162 §2.1.4.1) from `size1` to `size2`, from stored nodes (at least
+/// those [`consistency_nodes`] names).
+pub fn consistency_proof_from<P: PerfectNodes>(
+    nodes: &P,
+    size1: u64,
+    size2: u64,
+) -> Result<Vec<Hash>, MerkleError> {
+    consistency_path(&NodeSource { nodes, size: size2 }, size1, size2)
+}
+
+/// Root of the tree of `size` from stored nodes (at least those [`root_nodes`] names).
+pub fn root_from<P: PerfectNodes>(nodes: &P, size: u64) -> Result<Hash, MerkleError> {
+    if size == 0 {
+        return Ok(empty_root());
+    }
+    NodeSource { nodes, size }.mth(0, size)
+}
+
+/// The right edge of a log: the roots of the perfect subtrees of the binary decomposition of
+/// its size, which is all an append needs. [`Frontier::push`] returns every perfect subtree the
+/// new leaf completes, for a store to keep.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// `(height, root)` of each perfect subtree on the right edge, largest (leftmost) first.
+    edge: Vec<(u32, Hash)>,
+}
+
+impl Frontier {
+    /// An empty log's.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The frontier of the tree of `size` from stored nodes (those [`root_nodes`] names).
+    pub fn from_nodes<P: PerfectNodes>(nodes: &P, size: u64) -> Result<Self, MerkleError> {
+        let edge = root_nodes(size)
+            .into_iter()
+            .map(|(h, i)| {
+                nodes
+                    .node((h, i))
+                    .map(|hash| (h, hash))
+                    .ok_or(MerkleError::IndexOutOfRange {
+                        index: i << h,
+                        size,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { size, edge })
+    }
+
+    /// Leaves so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Append a leaf hash; returns its index and the perfect subtrees it completed (the leaf
+    /// itself at height 0 first, then each parent it closed).
+    pub fn push(&mut self, leaf: Hash) -> (u64, Vec<(NodeId, Hash)>) {
+        let index = self.size;
+        let mut done = vec![((0, index), leaf)];
+        let mut carry = (0u32, leaf);
+        while let Some(&(h, left)) = self.edge.last() {
+            if h != carry.0 {
+                break;
+            }
+            self.edge.pop();
+            let parent = node_hash(&left, &carry.1);
+            let height = h + 1;
+            done.push(((height, index >> height), parent));
+            carry = (height, parent);
         }
-        // Decompose [start, end) into perfect subtrees, largest first; for a
-        // node of the RFC 9162 tree shape `start` is aligned to each of them,
-        // and MTH folds them from the right.
-        let mut pieces: Vec<Hash> = Vec::with_capacity(64);
-        let mut pos = start;
-        let mut remaining = end - start;
-        while remaining > 0 {
-            let height = 63 - remaining.leading_zeros();
-            debug_assert_eq!(pos % (1u64 << height), 0, "unaligned subtree");
-            pieces.push(self.perfect(height, pos)?);
-            let width = 1u64 << height;
-            pos += width;
-            remaining -= width;
-        }
-        let mut acc = match pieces.pop() {
-            Some(last) => last,
-            None => return Ok(empty_root()),
+        self.edge.push(carry);
+        self.size += 1;
+        (index, done)
+    }
+
+    /// Root of the tree so far.
+    pub fn root(&self) -> Hash {
+        let mut it = self.edge.iter().rev();
+        let Some(&(_, mut acc)) = it.next() else {
+            return empty_root();
         };
-        while let Some(left) = pieces.pop() {
-            acc = node_hash(&left, &acc);
+        for (_, left) in it {
+            acc = node_hash(left, &acc);
         }
-        Ok(acc)
+        acc
     }
 }
 
@@ -768,6 +971,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Proofs and roots from stored perfect nodes (as a database keeps them, filled by
+    /// `Frontier::push`) equal the in-memory log's, asking only for the nodes they name.
+    #[test]
+    fn stored_nodes_give_the_logs_proofs() {
+        let all = leaves(70);
+        let log: MerkleLog = all.iter().copied().collect();
+        let mut frontier = Frontier::new();
+        let mut stored: std::collections::HashMap<NodeId, Hash> = Default::default();
+        for (n, leaf) in all.iter().enumerate() {
+            assert_eq!(frontier.root(), log.root_at(n as u64).unwrap(), "root {n}");
+            let (i, done) = frontier.push(*leaf);
+            assert_eq!(i, n as u64);
+            stored.extend(done);
+        }
+        assert_eq!(frontier.root(), log.root());
+        for n in 1..=70u64 {
+            let only = |ids: Vec<NodeId>| -> std::collections::HashMap<NodeId, Hash> {
+                ids.into_iter().map(|id| (id, stored[&id])).collect()
+            };
+            assert_eq!(
+                root_from(&only(root_nodes(n)), n).unwrap(),
+                log.root_at(n).unwrap()
+            );
+            let f = Frontier::from_nodes(&only(root_nodes(n)), n).unwrap();
+            assert_eq!((f.size(), f.root()), (n, log.root_at(n).unwrap()));
+            for i in 0..n {
+                let nodes = only(inclusion_nodes(i, n).unwrap());
+                assert_eq!(
+                    inclusion_proof_from(&nodes, i, n).unwrap(),
+                    log.inclusion_proof(i, n).unwrap(),
+                    "inclusion {i} in {n}"
+                );
+            }
+            for m in 1..=n {
+                let nodes = only(consistency_nodes(m, n).unwrap());
+                assert_eq!(
+                    consistency_proof_from(&nodes, m, n).unwrap(),
+                    log.consistency_proof(m, n).unwrap(),
+                    "consistency {m} to {n}"
+                );
+            }
+        }
+        // A missing node is an error, not a wrong proof.
+        assert!(inclusion_proof_from(&std::collections::HashMap::new(), 3, 9).is_err());
+        // A frontier continued from stored nodes goes on like the original.
+        let mut f = Frontier::from_nodes(&stored, 37).unwrap();
+        let mut g = Frontier::new();
+        for leaf in &all[..37] {
+            g.push(*leaf);
+        }
+        for leaf in &all[37..] {
+            assert_eq!(f.push(*leaf), g.push(*leaf));
+        }
+        assert_eq!(f.root(), log.root());
     }
 
     #[test]

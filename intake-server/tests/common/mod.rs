@@ -67,6 +67,9 @@ impl Env {
         if let Some(i) = self.intake.take() {
             i.shutdown();
         }
+        // The old router holds the old state, and through it the ledger store (and, on
+        // PostgreSQL, the connection that holds the ledger's lock).
+        self.router = Router::new();
         let intake = Intake::open(self.config.clone(), self.clock.clone()).unwrap();
         self.router = intake.router();
         self.intake = Some(intake);
