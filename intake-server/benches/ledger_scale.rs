@@ -24,12 +24,18 @@
 //!    the same file: reading and decoding the records, then parsing them and folding the Merkle
 //!    log and the indexes ([`LedgerState::recover`]).
 //!
+//! With `--backend postgres` (the variables of `scripts/storage-servers.sh` in the environment)
+//! the entries are written through the PostgreSQL store's own append instead, which keeps the
+//! indexes and Merkle nodes in the database, and the intake serves from a fresh table; step 4
+//! then times the indexed recovery (the tree's right edge only).
+//!
 //! Prints one line per N and, at the end, how memory grows per 1,000 donors between the smallest
 //! and the largest N. `--keep DIR` generates the largest N in `DIR` (which must not exist yet)
 //! and leaves it there; its ledger is `DIR/ledger/ledger.log`.
 //!
 //! `cargo bench -p datadonor-intake --bench ledger_scale -- [--donors 10000,100000,1000000]
-//! [--proofs 2000] [--clients 4] [--group 50000] [--dir /var/tmp] [--keep DIR]`
+//! [--proofs 2000] [--clients 4] [--group 50000] [--dir /var/tmp] [--keep DIR]
+//! [--backend file|postgres]`
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -66,6 +72,8 @@ struct Args {
     group: usize,
     dir: PathBuf,
     keep: Option<PathBuf>,
+    /// The PostgreSQL URL when `--backend postgres`.
+    postgres: Option<String>,
 }
 
 fn args() -> Result<Args> {
@@ -76,6 +84,7 @@ fn args() -> Result<Args> {
         group: 50_000,
         dir: PathBuf::from("/var/tmp"),
         keep: None,
+        postgres: None,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -100,6 +109,15 @@ fn args() -> Result<Args> {
             "--group" => a.group = number()?.max(1),
             "--dir" => a.dir = PathBuf::from(value.clone().context("--dir wants a directory")?),
             "--keep" => a.keep = Some(PathBuf::from(value.clone().context("--keep wants DIR")?)),
+            "--backend" => match value.as_deref() {
+                Some("file") => a.postgres = None,
+                Some("postgres") => {
+                    a.postgres = Some(std::env::var("DATADONOR_TEST_POSTGRES").context(
+                        "--backend postgres needs DATADONOR_TEST_POSTGRES (scripts/storage-servers.sh start)",
+                    )?)
+                }
+                _ => bail!("--backend wants file or postgres"),
+            },
             // `cargo bench` passes `--bench`; anything else unknown is ignored the same way.
             _ => {
                 i += 1;
@@ -155,11 +173,27 @@ fn donor_entry(study: &LoadedStudy, now: UnixSeconds) -> Result<Vec<u8>> {
     Ok(LedgerEntry::consent_granted(&manifest, signed.payload_digest(), now).to_bytes())
 }
 
-/// `init` a directory and write `donors` entries into its ledger in groups.
-fn generate(dir: &Path, donors: usize, group: usize) -> Result<Generated> {
+/// `init` a directory and write `donors` entries into its ledger in groups (into a fresh
+/// PostgreSQL table when `postgres` is given, which the configuration then names).
+fn generate(dir: &Path, donors: usize, group: usize, postgres: Option<&str>) -> Result<Generated> {
     let mut config = testkit::init_test_dir(dir)?;
     // Served from a file of its own beside `config.toml`; `data_dir` is that file's directory.
     config.data_dir = PathBuf::from(".");
+    let pg = postgres.map(|url| datadonor_intake::store_pg::PgOptions {
+        url: url.to_string(),
+        table: format!("scale_{:016x}", rand::random::<u64>()),
+        ca_cert: None,
+        lock_wait: Duration::from_secs(10),
+    });
+    if let Some(o) = &pg {
+        config.storage.ledger = datadonor_intake::config::LedgerBackend::Postgres;
+        config.storage.postgres = Some(datadonor_intake::config::PostgresConfig {
+            url: Some(o.url.clone()),
+            table: o.table.clone(),
+            ca_cert: None,
+            lock_wait_secs: 10,
+        });
+    }
     std::fs::write(dir.join(BENCH_CONFIG), config.to_toml())?;
     let config = Config::load(&dir.join(BENCH_CONFIG))?;
     let study = testkit::load_study(dir, "t2d-dk")?;
@@ -172,10 +206,22 @@ fn generate(dir: &Path, donors: usize, group: usize) -> Result<Generated> {
         .to_string();
 
     let t = Instant::now();
-    let store = LocalLedgerStore::open(&ledger_path(dir))?;
+    let local = LocalLedgerStore::open(&ledger_path(dir))?;
+    let init_records = local.recover()?;
+    let store: Box<dyn LedgerStore> = match &pg {
+        Some(o) => {
+            let s = datadonor_intake::store_pg::PgLedgerStore::open(o)?;
+            // As the intake seeds an empty table: the records init wrote.
+            s.append(&init_records)?;
+            Box::new(s)
+        }
+        None => Box::new(local),
+    };
     let mut log = MerkleLog::new();
-    for r in store.recover()? {
-        log.push(leaf_hash(&r));
+    let mut record_bytes = 0u64;
+    for r in &init_records {
+        log.push(leaf_hash(r));
+        record_bytes += r.len() as u64;
     }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let now = SystemClock.now();
@@ -206,6 +252,7 @@ fn generate(dir: &Path, donors: usize, group: usize) -> Result<Generated> {
         let entries: Vec<Vec<u8>> = parts.into_iter().flatten().collect();
         for e in &entries {
             log.push(leaf_hash(e));
+            record_bytes += e.len() as u64;
         }
         // The committer's own durable append: one write and one fdatasync for the group.
         store.append(&entries)?;
@@ -214,7 +261,11 @@ fn generate(dir: &Path, donors: usize, group: usize) -> Result<Generated> {
     drop(store);
     let expected_note = signer.checkpoint(log.size(), log.root())?;
     let elapsed = t.elapsed();
-    let ledger_bytes = std::fs::metadata(ledger_path(dir))?.len();
+    let ledger_bytes = match &pg {
+        None => std::fs::metadata(ledger_path(dir))?.len(),
+        // The records' bytes as stored in the table (without PostgreSQL's own overhead).
+        Some(_) => record_bytes,
+    };
     Ok(Generated {
         elapsed,
         log,
@@ -452,7 +503,7 @@ async fn measure(a: &Args, donors: usize, keep: Option<&Path>) -> Result<Figures
         }
     };
     let dir = state.path.clone();
-    let g = generate(&dir, donors, a.group)?;
+    let g = generate(&dir, donors, a.group, a.postgres.as_deref())?;
     let size = g.log.size();
     println!(
         "donors={donors}: generated {size} ledger entries ({} bytes, {:.0} bytes/entry) in {:.1} s, {:.0} donors/s",
@@ -560,15 +611,37 @@ async fn measure(a: &Args, donors: usize, keep: Option<&Path>) -> Result<Figures
     child.stop()?;
     let _ = std::fs::remove_file(&log);
 
-    // Where start-up goes: the intake's two recovery steps, timed here on the same file.
-    let t = Instant::now();
-    let records = LocalLedgerStore::open(&ledger_path(&dir))?.recover_records()?;
-    let read_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let folded = LedgerState::recover(records, &g.signer)?;
-    let fold_s = t.elapsed().as_secs_f64();
-    ensure!(folded.published_note() == g.expected_note);
-    drop(folded);
+    // Where start-up goes: the intake's two recovery steps, timed here on the same ledger.
+    let config = Config::load(&dir.join(BENCH_CONFIG))?;
+    let (read_s, fold_s) = match &config.storage.postgres {
+        Some(p) => {
+            let t = Instant::now();
+            let store = datadonor_intake::store_pg::PgLedgerStore::open(
+                &datadonor_intake::store_pg::PgOptions {
+                    url: p.url.clone().context("no url")?,
+                    table: p.table.clone(),
+                    ca_cert: None,
+                    lock_wait: Duration::from_secs(10),
+                },
+            )?;
+            let read_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let state = LedgerState::recover_indexed(Arc::new(store), &g.signer)?;
+            ensure!(state.published_note() == g.expected_note);
+            ensure!(state.held_in_memory() == 0);
+            (read_s, t.elapsed().as_secs_f64())
+        }
+        None => {
+            let t = Instant::now();
+            let records = LocalLedgerStore::open(&ledger_path(&dir))?.recover_records()?;
+            let read_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let folded = LedgerState::recover(records, &g.signer)?;
+            let fold_s = t.elapsed().as_secs_f64();
+            ensure!(folded.published_note() == g.expected_note);
+            (read_s, fold_s)
+        }
+    };
 
     println!(
         "donors={donors} generate={:.1}s startup={:.2}s rss_after_start={:.0}MiB rss_peak={:.0}MiB proof_p50={:.2}ms proof_p99={:.2}ms read_all_entries={read_all_s:.2}s",
@@ -580,7 +653,7 @@ async fn measure(a: &Args, donors: usize, keep: Option<&Path>) -> Result<Figures
         run.pct_ms(0.99),
     );
     println!(
-        "  ledger_file={:.1}MiB entries={size} listening_after={:.2}s (recovery in this process: read+decode {read_s:.2}s, parse+fold {fold_s:.2}s) peak_during_start={:.0}MiB rss_after_proofs={:.0}MiB proofs={} clients={} {:.0} proofs/s, all verified against the served checkpoint",
+        "  ledger_bytes={:.1}MiB entries={size} listening_after={:.2}s (recovery in this process: open the store {read_s:.2}s, rebuild the state {fold_s:.2}s) peak_during_start={:.0}MiB rss_after_proofs={:.0}MiB proofs={} clients={} {:.0} proofs/s, all verified against the served checkpoint",
         g.ledger_bytes as f64 / (1024.0 * 1024.0),
         startup.listening.as_secs_f64(),
         mib(hwm_start),
@@ -610,7 +683,8 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async {
         println!(
-            "ledger scale: donors {:?}, {} inclusion proofs by {} clients per N, groups of {} entries",
+            "ledger scale ({}): donors {:?}, {} inclusion proofs by {} clients per N, groups of {} entries",
+            if a.postgres.is_some() { "ledger in PostgreSQL" } else { "ledger file" },
             a.donors, a.proofs, a.clients, a.group
         );
         let largest = a.donors.last().copied();

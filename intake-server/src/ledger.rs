@@ -411,14 +411,14 @@ impl LedgerState {
     }
 
     /// The bytes of entry `index` (durable, published or not).
-    fn entry_bytes(&self, index: u64, size: u64) -> Result<Cow<'_, Vec<u8>>, LedgerError> {
+    fn entry_bytes(&self, index: u64, size: u64) -> Result<Cow<'_, [u8]>, LedgerError> {
         let missing = datadonor_schemas::merkle::MerkleError::IndexOutOfRange { index, size };
         match self.index() {
             Some(idx) => Ok(Cow::Owned(
                 idx.entries(index, index + 1)?.pop().ok_or(missing)?,
             )),
             None => Ok(Cow::Borrowed(
-                self.entries.get(index as usize).ok_or(missing)?,
+                self.entries.get(index as usize).ok_or(missing)?.as_slice(),
             )),
         }
     }

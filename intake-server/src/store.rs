@@ -227,12 +227,15 @@ pub struct Lookup {
     /// Idempotency keys of the group's donations.
     pub donations: Vec<[u8; 16]>,
     /// (study, consent record id) of the group's donations.
-    pub consent_records: Vec<(StudyId, [u8; 16])>,
+    pub consent_records: Vec<RecordKey>,
     /// (study, pseudonym) of the group's donations and withdrawals.
     pub consents: Vec<(StudyId, Pseudonym)>,
     /// SHA-256 of the group's signed withdrawals.
     pub withdrawals: Vec<[u8; 32]>,
 }
+
+/// A consent record: (study, record id).
+pub type RecordKey = (StudyId, [u8; 16]);
 
 /// What an indexed ledger knows of a [`Lookup`]'s keys (absent keys are unknown).
 #[derive(Debug, Clone, Default)]
@@ -240,7 +243,7 @@ pub struct Found {
     /// Donations by idempotency key.
     pub donations: Vec<([u8; 16], DonationRecord)>,
     /// Manifest SHA-256 by (study, consent record id).
-    pub consent_records: Vec<((StudyId, [u8; 16]), [u8; 32])>,
+    pub consent_records: Vec<(RecordKey, [u8; 32])>,
     /// Latest consent by (study, pseudonym).
     pub consents: Vec<((StudyId, Pseudonym), ConsentState)>,
     /// Withdrawals by the SHA-256 of the signed withdrawal.

@@ -551,24 +551,21 @@ impl IndexRows {
             .await?;
         }
         if !self.grants.is_empty() {
-            let mut cols: (
-                Vec<String>,
-                Vec<Vec<u8>>,
-                Vec<Vec<u8>>,
-                Vec<Vec<u8>>,
-                Vec<String>,
-                Vec<i64>,
-                Vec<Option<i64>>,
-            ) = Default::default();
-            for ((study, pseudonym), s) in &self.grants {
-                cols.0.push(study.clone());
-                cols.1.push(pseudonym.to_vec());
-                cols.2.push(s.consent_record_id.to_vec());
-                cols.3.push(s.donor_public_key.0.to_vec());
-                cols.4
-                    .push(serde_json::to_string(&s.purposes).unwrap_or_default());
-                cols.5.push(s.expires_at);
-                cols.6.push(s.withdrawn_at);
+            let mut study = Vec::new();
+            let mut pseudonym = Vec::new();
+            let mut record = Vec::new();
+            let mut donor = Vec::new();
+            let mut purposes = Vec::new();
+            let mut expires = Vec::new();
+            let mut withdrawn: Vec<Option<i64>> = Vec::new();
+            for ((st, p), c) in &self.grants {
+                study.push(st.clone());
+                pseudonym.push(p.to_vec());
+                record.push(c.consent_record_id.to_vec());
+                donor.push(c.donor_public_key.0.to_vec());
+                purposes.push(serde_json::to_string(&c.purposes).unwrap_or_default());
+                expires.push(c.expires_at);
+                withdrawn.push(c.withdrawn_at);
             }
             tx.execute(
                 &format!(
@@ -580,7 +577,9 @@ impl IndexRows {
                          donor_key = EXCLUDED.donor_key, purposes = EXCLUDED.purposes,
                          expires_at = EXCLUDED.expires_at, withdrawn_at = EXCLUDED.withdrawn_at"
                 ),
-                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+                &[
+                    &study, &pseudonym, &record, &donor, &purposes, &expires, &withdrawn,
+                ],
             )
             .await?;
         }
