@@ -348,7 +348,10 @@ impl Live {
             .state
             .read()
             .expect("ledger lock");
-        let entries = state.entries(i, i + 1).expect("a published entry");
+        let entries = state
+            .entries(i, i + 1)
+            .expect("a readable ledger")
+            .expect("a published entry");
         LedgerEntry::from_bytes(&entries[0]).expect("ledger entry")
     }
 

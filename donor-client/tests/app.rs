@@ -708,7 +708,10 @@ async fn the_app_donates_to_a_real_intake_and_withdraws() {
             .expect("ledger lock");
         let size = state.published_size();
         assert!(size > i, "published size {size}");
-        let entries = state.entries(i, i + 1).expect("entry");
+        let entries = state
+            .entries(i, i + 1)
+            .expect("a readable ledger")
+            .expect("entry");
         datadonor_schemas::ledger::LedgerEntry::from_bytes(&entries[0]).expect("ledger entry")
     };
     let record = match entry(index) {

@@ -410,6 +410,7 @@ async fn donate_receipts_verify_withdraw_against_a_real_intake() {
         assert!(size > withdrawal_index, "published size {size}");
         state
             .entries(0, size)
+            .expect("a readable ledger")
             .expect("published entries")
             .iter()
             .map(|b| LedgerEntry::from_bytes(b).expect("ledger entry"))
