@@ -7,8 +7,8 @@
 //!    and N `consent_granted` entries, one per synthetic donor (its own Ed25519 key, pseudonym
 //!    and consent record id, a manifest for the example study signed by that key, the manifest's
 //!    digest), are written straight into the ledger file through the intake's own
-//!    [`LocalLedgerStore::append`] (one write and one `fdatasync` per group of `--group`
-//!    entries), not donated over HTTPS. The checkpoint the intake will publish is signed here
+//!    `IndexedLocalLedger::append` (one write and one `fdatasync` per group of `--group`
+//!    entries, then the group indexed), not donated over HTTPS. The checkpoint the intake will publish is signed here
 //!    with the intake's [`LedgerSigner`] over the same leaves, so the intake's answer can be
 //!    compared with it byte for byte. Generation is timed on its own;
 //! 2. the real `datadonor-intake serve` is started as a child process on that directory, and
@@ -21,8 +21,10 @@
 //!    read back through the auditor's `GET /v1/ledger/entries` and matched with their leaves;
 //!    then the whole ledger read through it in pages of 1,000, as the auditor reads it;
 //! 4. after the intake has stopped, the two halves of its recovery are timed in this process on
-//!    the same file: reading and decoding the records, then parsing them and folding the Merkle
-//!    log and the indexes ([`LedgerState::recover`]).
+//!    the same ledger: opening the store (the ledger file with its on-disk index, which reads
+//!    only what lies past the index), then rebuilding the state from the stored tree's right
+//!    edge ([`LedgerState::recover_indexed`]); then how long indexing the whole file from
+//!    scratch takes (a start with the index lost).
 //!
 //! With `--backend postgres` (the variables of `scripts/storage-servers.sh` in the environment)
 //! the entries are written through the PostgreSQL store's own append instead, which keeps the
@@ -215,7 +217,13 @@ fn generate(dir: &Path, donors: usize, group: usize, postgres: Option<&str>) -> 
             s.append(&init_records)?;
             Box::new(s)
         }
-        None => Box::new(local),
+        None => {
+            drop(local);
+            // The intake's own store: the file and its on-disk index, as `serve` opens them.
+            Box::new(datadonor_intake::store_index::IndexedLocalLedger::open(
+                &ledger_path(dir),
+            )?)
+        }
     };
     let mut log = MerkleLog::new();
     let mut record_bytes = 0u64;
@@ -633,12 +641,27 @@ async fn measure(a: &Args, donors: usize, keep: Option<&Path>) -> Result<Figures
         }
         None => {
             let t = Instant::now();
-            let records = LocalLedgerStore::open(&ledger_path(&dir))?.recover_records()?;
+            let store =
+                datadonor_intake::store_index::IndexedLocalLedger::open(&ledger_path(&dir))?;
             let read_s = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let folded = LedgerState::recover(records, &g.signer)?;
+            let state = LedgerState::recover_indexed(Arc::new(store), &g.signer)?;
+            ensure!(state.published_note() == g.expected_note);
+            ensure!(state.held_in_memory() == 0);
             let fold_s = t.elapsed().as_secs_f64();
-            ensure!(folded.published_note() == g.expected_note);
+            drop(state);
+            // What a first start without an index costs: the whole file read and indexed.
+            std::fs::remove_file(datadonor_intake::store_index::index_path(&ledger_path(
+                &dir,
+            )))?;
+            let t = Instant::now();
+            drop(datadonor_intake::store_index::IndexedLocalLedger::open(
+                &ledger_path(&dir),
+            )?);
+            println!(
+                "  indexing the whole ledger file from scratch (a first start after an upgrade, or a lost index): {:.2}s",
+                t.elapsed().as_secs_f64()
+            );
             (read_s, fold_s)
         }
     };

@@ -231,6 +231,9 @@ fn run(ctx: CommitContext, rx: Receiver<Job>) {
             process_group(&ctx, group);
         }
         if let Some(s) = stop {
+            // Release the stores (a database lock, an index file) before saying so: whoever
+            // waits on the stop may reopen them at once.
+            drop(ctx);
             let _ = s.send(());
             return;
         }

@@ -42,6 +42,7 @@ pub mod problem;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod store_index;
 pub mod store_pg;
 pub mod store_s3;
 pub mod studies;

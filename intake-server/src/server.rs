@@ -82,7 +82,9 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
     use crate::config::{BatchBackend, LedgerBackend};
     let dir = &config.data_dir;
     let ledger: Arc<dyn LedgerStore> = match config.storage.ledger {
-        LedgerBackend::File => Arc::new(LocalLedgerStore::open(&ledger_path(dir))?),
+        LedgerBackend::File => Arc::new(crate::store_index::IndexedLocalLedger::open(
+            &ledger_path(dir),
+        )?),
         LedgerBackend::Postgres => {
             let pc = config.storage.postgres.as_ref().ok_or_else(|| {
                 crate::config::ConfigError::Invalid("[storage.postgres] is missing".into())

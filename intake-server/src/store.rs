@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use datadonor_schemas::ledger::ConsentState;
-use datadonor_schemas::merkle::{leaf_hash, Hash, NodeId};
+use datadonor_schemas::merkle::{leaf_hash, Frontier, Hash, NodeId};
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::study::StudyId;
 
@@ -266,6 +266,120 @@ pub trait IndexedLedger: Send + Sync + std::fmt::Debug {
     fn names_batch(&self, study: &str, batch_hex: &str) -> Result<bool, StoreError>;
 }
 
+/// What one append adds to a ledger's indexes, derived from its records: the perfect Merkle
+/// subtrees its leaves complete, and the index rows of the records that parse as ledger
+/// entries (a record that does not gets a leaf and nothing else). Backends that keep indexes
+/// (PostgreSQL, the local index) write exactly this, in the append's own transaction.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    /// Perfect-subtree roots completed, leaves included.
+    pub nodes: Vec<(NodeId, Hash)>,
+    /// (idempotency key, envelope SHA-256, ledger index).
+    pub donations: Vec<([u8; 16], [u8; 32], u64)>,
+    /// (study, consent record id, manifest SHA-256).
+    pub consent_records: Vec<(String, [u8; 16], [u8; 32])>,
+    /// The last consent granted per (study, pseudonym) in this append, with the withdrawals of
+    /// this append applied to it.
+    pub grants: HashMap<(String, [u8; 32]), ConsentState>,
+    /// Withdrawals of consents granted before this append: (study, pseudonym, record, time).
+    pub withdraw_earlier: Vec<(String, [u8; 32], [u8; 16], i64)>,
+    /// (signed-withdrawal SHA-256, ledger index).
+    pub withdrawals: Vec<([u8; 32], u64)>,
+    /// (study, batch id hex) named by `DonationAccepted` entries.
+    pub batches: std::collections::BTreeSet<(String, String)>,
+    /// The tree size after the append: what receipts of its donations and withdrawals are
+    /// issued under.
+    pub receipt_size: u64,
+    /// The tree's right edge after the append.
+    pub frontier: Frontier,
+}
+
+impl Derived {
+    /// Rows for `records` at indexes `first..`, the tree advanced from `frontier`.
+    pub fn new(records: &[Vec<u8>], first: u64, receipt_size: u64, mut frontier: Frontier) -> Self {
+        use datadonor_schemas::ledger::LedgerEntry;
+        let mut r = Self {
+            nodes: Vec::with_capacity(records.len() * 2),
+            donations: Vec::new(),
+            consent_records: Vec::new(),
+            grants: HashMap::new(),
+            withdraw_earlier: Vec::new(),
+            withdrawals: Vec::new(),
+            batches: Default::default(),
+            receipt_size,
+            frontier: Frontier::new(),
+        };
+        for (i, record) in records.iter().enumerate() {
+            let (_, done) = frontier.push(leaf_hash(record));
+            r.nodes.extend(done);
+            let idx = first + i as u64;
+            let Ok(entry) = LedgerEntry::from_bytes(record) else {
+                continue;
+            };
+            match &entry {
+                LedgerEntry::ConsentGranted {
+                    study_id,
+                    pseudonym,
+                    consent_record_id,
+                    manifest_sha256,
+                    ..
+                } => {
+                    r.consent_records.push((
+                        study_id.as_str().to_string(),
+                        *consent_record_id,
+                        *manifest_sha256,
+                    ));
+                    let mut one = HashMap::new();
+                    ConsentState::apply(&mut one, &entry);
+                    if let Some(state) = one.remove(&(study_id.clone(), *pseudonym)) {
+                        r.grants
+                            .insert((study_id.as_str().to_string(), pseudonym.0), state);
+                    }
+                }
+                LedgerEntry::DonationAccepted {
+                    study_id,
+                    idempotency_key,
+                    envelope_sha256,
+                    batch_id,
+                    ..
+                } => {
+                    r.donations.push((*idempotency_key, *envelope_sha256, idx));
+                    r.batches
+                        .insert((study_id.as_str().to_string(), batch_id.clone()));
+                }
+                LedgerEntry::ConsentWithdrawn {
+                    time,
+                    study_id,
+                    pseudonym,
+                    consent_record_id,
+                    withdrawal_sha256,
+                } => {
+                    r.withdrawals.push((*withdrawal_sha256, idx));
+                    match r
+                        .grants
+                        .get_mut(&(study_id.as_str().to_string(), pseudonym.0))
+                    {
+                        Some(state) => {
+                            if &state.consent_record_id == consent_record_id {
+                                state.withdrawn_at.get_or_insert(*time);
+                            }
+                        }
+                        None => r.withdraw_earlier.push((
+                            study_id.as_str().to_string(),
+                            pseudonym.0,
+                            *consent_record_id,
+                            *time,
+                        )),
+                    }
+                }
+                _ => {}
+            }
+        }
+        r.frontier = frontier;
+        r
+    }
+}
+
 /// Batches in `<root>/<study>/<batch id hex>.ddb`.
 #[derive(Debug)]
 pub struct LocalBatchStore {
@@ -444,7 +558,10 @@ const READ_CHUNK: usize = 1 << 20;
 /// the leaf hashes the decoder checked, the length of the intact prefix, and the length read.
 /// Decides exactly as [`decode_records`] on the whole file: a record cut by a chunk boundary is
 /// completed by the next chunk before it is judged, and every record is hashed once.
-fn read_records(r: &mut impl Read, chunk: usize) -> std::io::Result<(LedgerRecords, u64, u64)> {
+pub(crate) fn read_records(
+    r: &mut impl Read,
+    chunk: usize,
+) -> std::io::Result<(LedgerRecords, u64, u64)> {
     use datadonor_schemas::ledger::{decode_ledger_records, RecordTail};
     let chunk = chunk.max(1);
     let mut records = LedgerRecords::default();
@@ -477,6 +594,15 @@ fn read_records(r: &mut impl Read, chunk: usize) -> std::io::Result<(LedgerRecor
         // Clean so far, or a record that the next chunk completes.
         buf.drain(..valid);
         start += valid as u64;
+    }
+}
+
+impl LocalLedgerStore {
+    /// Cut the file to `len` bytes (a torn tail found past an index) and sync it.
+    pub(crate) fn truncate(&self, len: u64) -> Result<(), StoreError> {
+        let f = self.file.lock().map_err(|_| StoreError::Poisoned)?;
+        f.set_len(len).map_err(io(&self.path))?;
+        f.sync_all().map_err(io(&self.path))
     }
 }
 

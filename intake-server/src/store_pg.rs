@@ -29,14 +29,16 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use datadonor_schemas::ledger::{ConsentState, LedgerEntry};
-use datadonor_schemas::merkle::{leaf_hash, root_nodes, Frontier, Hash, NodeId};
+use datadonor_schemas::ledger::ConsentState;
+use datadonor_schemas::merkle::{root_nodes, Frontier, Hash, NodeId};
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::study::StudyId;
 use tokio::sync::Mutex;
 
 use crate::ledger::{DonationRecord, WithdrawalRecord};
-use crate::store::{BackendRuntime, Found, IndexedLedger, LedgerStore, Lookup, StoreError};
+use crate::store::{
+    BackendRuntime, Derived, Found, IndexedLedger, LedgerStore, Lookup, StoreError,
+};
 
 /// Records indexed per transaction when a table written without indexes is opened.
 const BACKFILL_PAGE: i64 = 10_000;
@@ -333,7 +335,7 @@ impl PgLedgerStore {
                     let rows = IndexRows::derive(&records, from, from + n, f);
                     rows.write(&tx, &t2).await?;
                     tx.commit().await?;
-                    Ok::<_, tokio_postgres::Error>((rows.frontier, n))
+                    Ok::<_, tokio_postgres::Error>((rows.0.frontier, n))
                 })?
                 .map_err(|e| pg(&e))?;
             if n == 0 {
@@ -394,125 +396,17 @@ impl PgLedgerStore {
     }
 }
 
-/// The rows one append adds to the index tables, derived from its records.
-struct IndexRows {
-    node_height: Vec<i16>,
-    node_pos: Vec<i64>,
-    node_hash: Vec<Vec<u8>>,
-    don_key: Vec<Vec<u8>>,
-    don_envelope: Vec<Vec<u8>>,
-    don_idx: Vec<i64>,
-    rec_study: Vec<String>,
-    rec_id: Vec<Vec<u8>>,
-    rec_manifest: Vec<Vec<u8>>,
-    /// The last consent granted per (study, pseudonym) in this append, with the withdrawals
-    /// of this append applied to it.
-    grants: HashMap<(String, [u8; 32]), ConsentState>,
-    /// Withdrawals of consents granted before this append: (study, pseudonym, record, time).
-    withdraw: Vec<(String, Vec<u8>, Vec<u8>, i64)>,
-    wd_sha: Vec<Vec<u8>>,
-    wd_idx: Vec<i64>,
-    batches: std::collections::BTreeSet<(String, String)>,
-    receipt_size: i64,
-    frontier: Frontier,
-}
+/// The rows one append adds to the index tables ([`Derived`] from its records).
+struct IndexRows(Derived);
 
 impl IndexRows {
-    /// Rows for `records` at indexes `first..`, the tree advanced from `frontier`; a record
-    /// that is not a ledger entry gets a leaf and no index row. `receipt_size` is the tree size
-    /// after the append: the size receipts of its donations and withdrawals are issued under.
-    fn derive(records: &[Vec<u8>], first: i64, receipt_size: i64, mut frontier: Frontier) -> Self {
-        let mut r = Self {
-            node_height: Vec::new(),
-            node_pos: Vec::new(),
-            node_hash: Vec::new(),
-            don_key: Vec::new(),
-            don_envelope: Vec::new(),
-            don_idx: Vec::new(),
-            rec_study: Vec::new(),
-            rec_id: Vec::new(),
-            rec_manifest: Vec::new(),
-            grants: HashMap::new(),
-            withdraw: Vec::new(),
-            wd_sha: Vec::new(),
-            wd_idx: Vec::new(),
-            batches: Default::default(),
-            receipt_size,
-            frontier: Frontier::new(),
-        };
-        for (i, record) in records.iter().enumerate() {
-            let (_, done) = frontier.push(leaf_hash(record));
-            for ((h, pos), hash) in done {
-                r.node_height.push(i16::try_from(h).unwrap_or(i16::MAX));
-                r.node_pos.push(i64::try_from(pos).unwrap_or(i64::MAX));
-                r.node_hash.push(hash.0.to_vec());
-            }
-            let idx = first + i64::try_from(i).unwrap_or(i64::MAX);
-            let Ok(entry) = LedgerEntry::from_bytes(record) else {
-                continue;
-            };
-            match &entry {
-                LedgerEntry::ConsentGranted {
-                    study_id,
-                    pseudonym,
-                    consent_record_id,
-                    manifest_sha256,
-                    ..
-                } => {
-                    r.rec_study.push(study_id.as_str().to_string());
-                    r.rec_id.push(consent_record_id.to_vec());
-                    r.rec_manifest.push(manifest_sha256.to_vec());
-                    let mut one = HashMap::new();
-                    ConsentState::apply(&mut one, &entry);
-                    if let Some(state) = one.remove(&(study_id.clone(), *pseudonym)) {
-                        r.grants
-                            .insert((study_id.as_str().to_string(), pseudonym.0), state);
-                    }
-                }
-                LedgerEntry::DonationAccepted {
-                    study_id,
-                    idempotency_key,
-                    envelope_sha256,
-                    batch_id,
-                    ..
-                } => {
-                    r.don_key.push(idempotency_key.to_vec());
-                    r.don_envelope.push(envelope_sha256.to_vec());
-                    r.don_idx.push(idx);
-                    r.batches
-                        .insert((study_id.as_str().to_string(), batch_id.clone()));
-                }
-                LedgerEntry::ConsentWithdrawn {
-                    time,
-                    study_id,
-                    pseudonym,
-                    consent_record_id,
-                    withdrawal_sha256,
-                } => {
-                    r.wd_sha.push(withdrawal_sha256.to_vec());
-                    r.wd_idx.push(idx);
-                    match r
-                        .grants
-                        .get_mut(&(study_id.as_str().to_string(), pseudonym.0))
-                    {
-                        Some(state) => {
-                            if &state.consent_record_id == consent_record_id {
-                                state.withdrawn_at.get_or_insert(*time);
-                            }
-                        }
-                        None => r.withdraw.push((
-                            study_id.as_str().to_string(),
-                            pseudonym.0.to_vec(),
-                            consent_record_id.to_vec(),
-                            *time,
-                        )),
-                    }
-                }
-                _ => {}
-            }
-        }
-        r.frontier = frontier;
-        r
+    fn derive(records: &[Vec<u8>], first: i64, receipt_size: i64, frontier: Frontier) -> Self {
+        Self(Derived::new(
+            records,
+            u64::try_from(first).unwrap_or(0),
+            u64::try_from(receipt_size).unwrap_or(0),
+            frontier,
+        ))
     }
 
     /// Write the rows (inside the append's transaction).
@@ -521,36 +415,55 @@ impl IndexRows {
         tx: &tokio_postgres::Transaction<'_>,
         t: &str,
     ) -> Result<(), tokio_postgres::Error> {
+        let d = &self.0;
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let receipt_size = big(d.receipt_size);
+        let (height, pos, hash): (Vec<i16>, Vec<i64>, Vec<&[u8]>) = d
+            .nodes
+            .iter()
+            .map(|((h, p), hash)| (i16::try_from(*h).unwrap_or(i16::MAX), big(*p), &hash.0[..]))
+            .fold(Default::default(), |mut acc, (h, p, x)| {
+                acc.0.push(h);
+                acc.1.push(p);
+                acc.2.push(x);
+                acc
+            });
         tx.execute(
             &format!(
                 "INSERT INTO {t}_nodes (height, pos, hash)
                  SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])"
             ),
-            &[&self.node_height, &self.node_pos, &self.node_hash],
+            &[&height, &pos, &hash],
         )
         .await?;
-        if !self.don_key.is_empty() {
-            let sizes = vec![self.receipt_size; self.don_key.len()];
+        if !d.donations.is_empty() {
+            let key: Vec<&[u8]> = d.donations.iter().map(|x| &x.0[..]).collect();
+            let env: Vec<&[u8]> = d.donations.iter().map(|x| &x.1[..]).collect();
+            let idx: Vec<i64> = d.donations.iter().map(|x| big(x.2)).collect();
+            let sizes = vec![receipt_size; key.len()];
             tx.execute(
                 &format!(
                     "INSERT INTO {t}_donations (idempotency_key, envelope_sha256, idx, receipt_size)
                      SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])"
                 ),
-                &[&self.don_key, &self.don_envelope, &self.don_idx, &sizes],
+                &[&key, &env, &idx, &sizes],
             )
             .await?;
         }
-        if !self.rec_id.is_empty() {
+        if !d.consent_records.is_empty() {
+            let study: Vec<&str> = d.consent_records.iter().map(|x| x.0.as_str()).collect();
+            let rec: Vec<&[u8]> = d.consent_records.iter().map(|x| &x.1[..]).collect();
+            let man: Vec<&[u8]> = d.consent_records.iter().map(|x| &x.2[..]).collect();
             tx.execute(
                 &format!(
                     "INSERT INTO {t}_consent_records (study, record_id, manifest_sha256)
                      SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])"
                 ),
-                &[&self.rec_study, &self.rec_id, &self.rec_manifest],
+                &[&study, &rec, &man],
             )
             .await?;
         }
-        if !self.grants.is_empty() {
+        if !d.grants.is_empty() {
             let mut study = Vec::new();
             let mut pseudonym = Vec::new();
             let mut record = Vec::new();
@@ -558,11 +471,11 @@ impl IndexRows {
             let mut purposes = Vec::new();
             let mut expires = Vec::new();
             let mut withdrawn: Vec<Option<i64>> = Vec::new();
-            for ((st, p), c) in &self.grants {
-                study.push(st.clone());
-                pseudonym.push(p.to_vec());
-                record.push(c.consent_record_id.to_vec());
-                donor.push(c.donor_public_key.0.to_vec());
+            for ((st, p), c) in &d.grants {
+                study.push(st.as_str());
+                pseudonym.push(&p[..]);
+                record.push(&c.consent_record_id[..]);
+                donor.push(&c.donor_public_key.0[..]);
                 purposes.push(serde_json::to_string(&c.purposes).unwrap_or_default());
                 expires.push(c.expires_at);
                 withdrawn.push(c.withdrawn_at);
@@ -583,11 +496,11 @@ impl IndexRows {
             )
             .await?;
         }
-        if !self.withdraw.is_empty() {
-            let study: Vec<&str> = self.withdraw.iter().map(|w| w.0.as_str()).collect();
-            let pseudonym: Vec<&[u8]> = self.withdraw.iter().map(|w| w.1.as_slice()).collect();
-            let record: Vec<&[u8]> = self.withdraw.iter().map(|w| w.2.as_slice()).collect();
-            let time: Vec<i64> = self.withdraw.iter().map(|w| w.3).collect();
+        if !d.withdraw_earlier.is_empty() {
+            let study: Vec<&str> = d.withdraw_earlier.iter().map(|w| w.0.as_str()).collect();
+            let pseudonym: Vec<&[u8]> = d.withdraw_earlier.iter().map(|w| &w.1[..]).collect();
+            let record: Vec<&[u8]> = d.withdraw_earlier.iter().map(|w| &w.2[..]).collect();
+            let time: Vec<i64> = d.withdraw_earlier.iter().map(|w| w.3).collect();
             tx.execute(
                 &format!(
                     "UPDATE {t}_consents c SET withdrawn_at = COALESCE(c.withdrawn_at, u.t)
@@ -600,19 +513,21 @@ impl IndexRows {
             )
             .await?;
         }
-        if !self.wd_sha.is_empty() {
-            let sizes = vec![self.receipt_size; self.wd_sha.len()];
+        if !d.withdrawals.is_empty() {
+            let sha: Vec<&[u8]> = d.withdrawals.iter().map(|w| &w.0[..]).collect();
+            let idx: Vec<i64> = d.withdrawals.iter().map(|w| big(w.1)).collect();
+            let sizes = vec![receipt_size; sha.len()];
             tx.execute(
                 &format!(
                     "INSERT INTO {t}_withdrawals (sha256, idx, receipt_size)
                      SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])"
                 ),
-                &[&self.wd_sha, &self.wd_idx, &sizes],
+                &[&sha, &idx, &sizes],
             )
             .await?;
         }
-        if !self.batches.is_empty() {
-            let (study, batch): (Vec<&str>, Vec<&str>) = self
+        if !d.batches.is_empty() {
+            let (study, batch): (Vec<&str>, Vec<&str>) = d
                 .batches
                 .iter()
                 .map(|(s, b)| (s.as_str(), b.as_str()))
@@ -898,7 +813,7 @@ impl LedgerStore for PgLedgerStore {
             tx.execute(&sql, &[&idx, &records]).await?;
             rows.write(&tx, &table).await?;
             tx.commit().await?;
-            Ok::<_, tokio_postgres::Error>(rows.frontier)
+            Ok::<_, tokio_postgres::Error>(rows.0.frontier)
         })?;
         match r {
             Ok(frontier) => {

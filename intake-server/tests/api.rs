@@ -451,7 +451,7 @@ async fn retired_key_after_rotation_grace() {
     let mut env = Env::with_config(|c| c.keys.transport_key_grace_secs = 3600);
     let old = env.hpke;
     // Rotation needs the directory lock: stop the intake first.
-    env.intake.take().unwrap().shutdown();
+    env.stop();
     let new_id = datadonor_intake::rotate_transport_key(&env.config, env.clock.now()).unwrap();
     assert_eq!(new_id, old.0 + 1);
     env.restart();

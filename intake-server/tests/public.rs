@@ -115,9 +115,7 @@ fn open_error(env: &Env) -> String {
 #[tokio::test]
 async fn bad_bundles_stop_the_intake_from_starting() {
     let mut env = Env::new();
-    if let Some(i) = env.intake.take() {
-        i.shutdown();
-    }
+    env.stop();
     let good = std::fs::read(bundle_path(env.path())).unwrap();
     let stranger = SigningKey::generate().unwrap();
     let steward = steward(env.path());

@@ -121,7 +121,7 @@ async fn recovery_deletes_unacknowledged_batches_and_temporaries() {
     assert_eq!(env.donate(d.envelope).await.0, StatusCode::OK);
     let kept = batch_files(env.path());
     assert_eq!(kept.len(), 1);
-    env.intake.take().unwrap().shutdown();
+    env.stop();
     let orphan = env
         .path()
         .join(format!("batches/t2d-dk/{}.ddb", "ab".repeat(16)));
@@ -453,55 +453,41 @@ fn indexed_appends() -> Vec<Vec<LedgerEntry>> {
     ]
 }
 
-/// The PostgreSQL store answers like the in-memory ledger state over the same entries: the
-/// indexes (with each donation's receipt size: the size after its append), every inclusion and
-/// consistency proof and root from the stored nodes, the entries, the batches named; a store
-/// reopened goes on from the stored tree; a table written without indexes is indexed at open.
-#[test]
-#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
-fn postgres_keeps_the_indexes_and_the_merkle_nodes() {
-    let table = unique("indexed");
-    let store = PgLedgerStore::open(&pg_options(&table)).unwrap();
-    let mut memory = LedgerState::default();
-    let mut records = Vec::new();
-    let mut sizes = Vec::new();
-    for group in indexed_appends() {
-        let bytes: Vec<Vec<u8>> = group.iter().map(LedgerEntry::to_bytes).collect();
-        store.append(&bytes).unwrap();
-        let after = (records.len() + bytes.len()) as u64;
-        for (e, b) in group.iter().zip(&bytes) {
-            memory.push(e, b.clone(), after);
+/// Everything an indexed store serves, against the same records folded in memory: its size,
+/// its entries, and every root, inclusion and consistency proof of every size.
+fn check_indexed(idx: &dyn IndexedLedger, records: &[Vec<u8>]) {
+    let n = records.len() as u64;
+    assert_eq!(idx.size().unwrap(), n);
+    assert_eq!(idx.entries(0, n).unwrap(), records);
+    assert!(idx.entries(0, n + 1).is_err(), "a range past the end");
+    let log: MerkleLog = records.iter().map(|r| leaf_hash(r)).collect();
+    for size in 1..=n {
+        let nodes = idx.nodes(&root_nodes(size)).unwrap();
+        assert_eq!(root_from(&nodes, size).unwrap(), log.root_at(size).unwrap());
+        assert_eq!(
+            idx.entries(size - 1, size).unwrap(),
+            vec![records[size as usize - 1].clone()]
+        );
+        for i in 0..size {
+            let nodes = idx.nodes(&inclusion_nodes(i, size).unwrap()).unwrap();
+            assert_eq!(
+                inclusion_proof_from(&nodes, i, size).unwrap(),
+                log.inclusion_proof(i, size).unwrap()
+            );
         }
-        records.extend(bytes);
-        sizes.push(after);
+        for m in 1..=size {
+            let nodes = idx.nodes(&consistency_nodes(m, size).unwrap()).unwrap();
+            assert_eq!(
+                consistency_proof_from(&nodes, m, size).unwrap(),
+                log.consistency_proof(m, size).unwrap()
+            );
+        }
     }
-    let idx: &dyn IndexedLedger = store.as_indexed().unwrap();
-    let check = |idx: &dyn IndexedLedger, records: &[Vec<u8>]| {
-        let n = records.len() as u64;
-        assert_eq!(idx.size().unwrap(), n);
-        assert_eq!(idx.entries(0, n).unwrap(), records);
-        assert!(idx.entries(0, n + 1).is_err(), "a range past the end");
-        let log: MerkleLog = records.iter().map(|r| leaf_hash(r)).collect();
-        for size in 1..=n {
-            let nodes = idx.nodes(&root_nodes(size)).unwrap();
-            assert_eq!(root_from(&nodes, size).unwrap(), log.root_at(size).unwrap());
-            for i in 0..size {
-                let nodes = idx.nodes(&inclusion_nodes(i, size).unwrap()).unwrap();
-                assert_eq!(
-                    inclusion_proof_from(&nodes, i, size).unwrap(),
-                    log.inclusion_proof(i, size).unwrap()
-                );
-            }
-            for m in 1..=size {
-                let nodes = idx.nodes(&consistency_nodes(m, size).unwrap()).unwrap();
-                assert_eq!(
-                    consistency_proof_from(&nodes, m, size).unwrap(),
-                    log.consistency_proof(m, size).unwrap()
-                );
-            }
-        }
-    };
-    check(idx, &records);
+}
+
+/// The indexes of [`indexed_appends`] (appended with receipt sizes `sizes`), against the
+/// in-memory state; returns the lookup used.
+fn check_lookups(idx: &dyn IndexedLedger, memory: &LedgerState, sizes: &[u64]) -> Lookup {
     let s = StudyId::new("t2d-dk").unwrap();
     let q = Lookup {
         donations: vec![[1; 16], [2; 16], [3; 16], [7; 16]],
@@ -563,6 +549,105 @@ fn postgres_keeps_the_indexes_and_the_merkle_nodes() {
     assert!(idx.names_batch("t2d-dk", &hex::encode([1u8; 16])).unwrap());
     assert!(idx.names_batch("t2d-dk", &hex::encode([2u8; 16])).unwrap());
     assert!(!idx.names_batch("t2d-dk", &hex::encode([3u8; 16])).unwrap());
+    q
+}
+
+/// Append [`indexed_appends`] to `store`, returning the records, the state folded in memory
+/// and the size after each append.
+fn append_all(store: &dyn LedgerStore) -> (Vec<Vec<u8>>, LedgerState, Vec<u64>) {
+    let mut memory = LedgerState::default();
+    let mut records = Vec::new();
+    let mut sizes = Vec::new();
+    for group in indexed_appends() {
+        let bytes: Vec<Vec<u8>> = group.iter().map(LedgerEntry::to_bytes).collect();
+        store.append(&bytes).unwrap();
+        let after = (records.len() + bytes.len()) as u64;
+        for (e, b) in group.iter().zip(&bytes) {
+            memory.push(e, b.clone(), after);
+        }
+        records.extend(bytes);
+        sizes.push(after);
+    }
+    (records, memory, sizes)
+}
+
+/// The ledger file's index (`ledger/index.redb`) answers like the in-memory state; reopened it
+/// reads nothing again; records appended without it (an index that lagged in a crash) are
+/// indexed at open; a torn tail is cut off; a deleted index, or a file shorter than the index
+/// says, is rebuilt from the file.
+#[test]
+fn the_ledger_files_index_answers_and_catches_up() {
+    use datadonor_intake::store_index::{index_path, IndexedLocalLedger};
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("ledger/ledger.log");
+    let store = IndexedLocalLedger::open(&path).unwrap();
+    let (mut records, memory, sizes) = append_all(&store);
+    check_indexed(store.as_indexed().unwrap(), &records);
+    let q = check_lookups(store.as_indexed().unwrap(), &memory, &sizes);
+    drop(store);
+    // Records the index never saw.
+    let plain = LocalLedgerStore::open(&path).unwrap();
+    let more = vec![b"one more".to_vec(), b"and another".to_vec()];
+    plain.append(&more).unwrap();
+    drop(plain);
+    records.extend(more);
+    let store = IndexedLocalLedger::open(&path).unwrap();
+    check_indexed(store.as_indexed().unwrap(), &records);
+    check_lookups(store.as_indexed().unwrap(), &memory, &sizes);
+    drop(store);
+    // A torn tail.
+    let mut rec = Vec::new();
+    encode_record(b"torn", &mut rec);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&rec[..rec.len() - 3])
+        .unwrap();
+    let store = IndexedLocalLedger::open(&path).unwrap();
+    check_indexed(store.as_indexed().unwrap(), &records);
+    drop(store);
+    // No index at all.
+    std::fs::remove_file(index_path(&path)).unwrap();
+    let store = IndexedLocalLedger::open(&path).unwrap();
+    check_indexed(store.as_indexed().unwrap(), &records);
+    assert_eq!(
+        store
+            .as_indexed()
+            .unwrap()
+            .lookup(&q)
+            .unwrap()
+            .donations
+            .len(),
+        3
+    );
+    drop(store);
+    // The file replaced by a shorter one (its first append only): the index is rebuilt.
+    let first: usize = indexed_appends()[0].len();
+    let mut prefix = Vec::new();
+    for r in &records[..first] {
+        encode_record(r, &mut prefix);
+    }
+    std::fs::write(&path, &prefix).unwrap();
+    let store = IndexedLocalLedger::open(&path).unwrap();
+    check_indexed(store.as_indexed().unwrap(), &records[..first]);
+    let found = store.as_indexed().unwrap().lookup(&q).unwrap();
+    assert_eq!((found.donations.len(), found.withdrawals.len()), (2, 0));
+}
+
+/// The PostgreSQL store answers like the in-memory ledger state over the same entries: the
+/// indexes (with each donation's receipt size: the size after its append), every inclusion and
+/// consistency proof and root from the stored nodes, the entries, the batches named; a store
+/// reopened goes on from the stored tree; a table written without indexes is indexed at open.
+#[test]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+fn postgres_keeps_the_indexes_and_the_merkle_nodes() {
+    let table = unique("indexed");
+    let store = PgLedgerStore::open(&pg_options(&table)).unwrap();
+    let (mut records, memory, sizes) = append_all(&store);
+    let idx: &dyn IndexedLedger = store.as_indexed().unwrap();
+    check_indexed(idx, &records);
+    let q = check_lookups(idx, &memory, &sizes);
     // An idempotency key or a consent record stored twice is refused by the database itself.
     let again = indexed_appends()[0][2].to_bytes();
     assert!(store.append(&[again]).is_err());
@@ -573,7 +658,7 @@ fn postgres_keeps_the_indexes_and_the_merkle_nodes() {
     let extra = b"a record that is not an entry".to_vec();
     store.append(std::slice::from_ref(&extra)).unwrap();
     records.push(extra);
-    check(store.as_indexed().unwrap(), &records);
+    check_indexed(store.as_indexed().unwrap(), &records);
     drop(store);
 
     // A table an older intake wrote, records only: indexed when opened.
@@ -588,7 +673,7 @@ fn postgres_keeps_the_indexes_and_the_merkle_nodes() {
         &[&idxs, &records],
     );
     let store = PgLedgerStore::open(&pg_options(&old)).unwrap();
-    check(store.as_indexed().unwrap(), &records);
+    check_indexed(store.as_indexed().unwrap(), &records);
     let found = store.as_indexed().unwrap().lookup(&q).unwrap();
     assert_eq!(
         (

@@ -62,6 +62,14 @@ impl Env {
         }
     }
 
+    /// Stop the intake and drop everything that holds its stores (the router holds the state).
+    pub fn stop(&mut self) {
+        if let Some(i) = self.intake.take() {
+            i.shutdown();
+        }
+        self.router = Router::new();
+    }
+
     /// Stop and re-open the intake over the same directory (a restart).
     pub fn restart(&mut self) {
         if let Some(i) = self.intake.take() {
