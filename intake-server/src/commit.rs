@@ -131,6 +131,8 @@ pub struct CommitContext {
     pub group_max: usize,
     /// Group window.
     pub window: Duration,
+    /// Time between two sweeps of unnamed batches while serving (`None`: only at start).
+    pub sweep_every: Option<Duration>,
 }
 
 /// The handle handlers submit jobs through.
@@ -207,10 +209,25 @@ pub fn spawn(ctx: CommitContext, capacity: usize) -> std::io::Result<CommitHandl
 }
 
 fn run(ctx: CommitContext, rx: Receiver<Job>) {
+    let mut last_sweep = Instant::now();
     loop {
-        let first = match rx.recv() {
-            Ok(j) => j,
-            Err(_) => return,
+        let first = match ctx.sweep_every {
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+            Some(every) => {
+                if last_sweep.elapsed() >= every {
+                    sweep(&ctx);
+                    last_sweep = Instant::now();
+                }
+                let left = every.saturating_sub(last_sweep.elapsed());
+                match rx.recv_timeout(left) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
         };
         let mut group = Vec::new();
         let mut stop = None;
@@ -237,6 +254,47 @@ fn run(ctx: CommitContext, rx: Receiver<Job>) {
             let _ = s.send(());
             return;
         }
+    }
+}
+
+/// Delete the batches no `DonationAccepted` entry names, between groups (so none of this
+/// committer's own is in flight): what a sequencer that lost the ledger may still have written
+/// after this one recovered. A failure is logged and retried at the next sweep.
+fn sweep(ctx: &CommitContext) {
+    if ctx.poisoned.load(Ordering::SeqCst) {
+        return;
+    }
+    let listed = match ctx.batches.list() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "orphan sweep: listing the batches failed");
+            return;
+        }
+    };
+    let mut deleted = 0usize;
+    for b in listed {
+        let named = match ctx.state.read() {
+            Ok(st) => st.references_batch(&b.study, &b.id_hex()),
+            Err(_) => return,
+        };
+        match named {
+            Ok(true) => {}
+            Ok(false) => match ctx.batches.delete(&b) {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::warn!(error = %e, "orphan sweep: deleting a batch failed"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "orphan sweep: reading the ledger's index failed");
+                return;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::warn!(
+            deleted,
+            "orphan sweep removed batches no ledger entry names"
+        );
+        ctx.metrics.orphans_deleted(deleted);
     }
 }
 

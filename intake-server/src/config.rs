@@ -369,7 +369,13 @@ pub struct CommitConfig {
     pub group_window_ms: u64,
     /// Queue capacity.
     pub queue_capacity: usize,
+    /// Seconds between two sweeps, while serving, of batches no ledger entry names (0: only at
+    /// start). The committer sweeps between groups, so no batch of its own is in flight.
+    pub orphan_sweep_secs: u64,
 }
+
+/// Default seconds between orphan sweeps.
+pub const DEFAULT_ORPHAN_SWEEP_SECS: u64 = 600;
 
 impl Default for CommitConfig {
     fn default() -> Self {
@@ -377,6 +383,7 @@ impl Default for CommitConfig {
             group_max_donations: DEFAULT_GROUP_MAX_DONATIONS,
             group_window_ms: DEFAULT_GROUP_WINDOW_MS,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            orphan_sweep_secs: DEFAULT_ORPHAN_SWEEP_SECS,
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     withdrawals_accepted: AtomicU64,
     rejected: [AtomicU64; Problem::ALL.len()],
     batch_flushes: AtomicU64,
+    orphans_deleted: AtomicU64,
     ledger_size: AtomicU64,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
 }
@@ -55,6 +56,10 @@ impl Metrics {
     /// A batch file was written.
     pub fn batch_flushed(&self) {
         self.batch_flushes.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The orphan sweep deleted `n` unnamed batches.
+    pub fn orphans_deleted(&self, n: usize) {
+        self.orphans_deleted.fetch_add(n as u64, Ordering::Relaxed);
     }
     /// The published ledger size.
     pub fn ledger_size(&self, n: u64) {
@@ -130,6 +135,16 @@ impl Metrics {
             o,
             "datadonor_batch_flushes_total {}",
             self.batch_flushes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP datadonor_orphan_batches_deleted_total Batches no ledger entry named, deleted while serving."
+        );
+        let _ = writeln!(o, "# TYPE datadonor_orphan_batches_deleted_total counter");
+        let _ = writeln!(
+            o,
+            "datadonor_orphan_batches_deleted_total {}",
+            self.orphans_deleted.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             o,

@@ -206,6 +206,8 @@ impl Intake {
             poisoned: Arc::new(AtomicBool::new(false)),
             group_max: config.commit.group_max_donations,
             window: Config::ms(config.commit.group_window_ms),
+            sweep_every: (config.commit.orphan_sweep_secs > 0)
+                .then(|| std::time::Duration::from_secs(config.commit.orphan_sweep_secs)),
         };
         let commit = commit::spawn(ctx, config.commit.queue_capacity)
             .map_err(Error::io("starting the committer"))?;

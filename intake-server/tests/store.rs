@@ -770,3 +770,38 @@ async fn an_intake_on_postgres_holds_no_ledger_in_memory() {
     let (s, _) = env.get("/v1/ledger/consistency?from=3&to=11", None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// While serving, the committer sweeps (between groups) batches no ledger entry names — what a
+/// sequencer that lost the ledger could still write after another recovered — and keeps the
+/// ones the ledger names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_swept_while_serving() {
+    let env = Env::with_config(|c| c.commit.orphan_sweep_secs = 1);
+    let d = env.builder().build().unwrap();
+    assert_eq!(env.donate(d.envelope).await.0, StatusCode::OK);
+    let kept = batch_files(env.path());
+    assert_eq!(kept.len(), 1);
+    let orphan = env
+        .path()
+        .join(format!("batches/t2d-dk/{}.ddb", "cd".repeat(16)));
+    std::fs::write(&orphan, b"written after another sequencer recovered").unwrap();
+    let mut waited = 0;
+    while orphan.exists() && waited < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(!orphan.exists(), "the orphan is still there after 5 s");
+    assert_eq!(batch_files(env.path()), kept);
+    let (s, b) = env.get("/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&b).contains("datadonor_orphan_batches_deleted_total 1"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    // A donation after the sweep still lands, in a new batch the next sweep keeps.
+    let d = env.builder().build().unwrap();
+    assert_eq!(env.donate(d.envelope).await.0, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(batch_files(env.path()).len(), 2);
+}
