@@ -60,7 +60,7 @@ use datadonor_schemas::time::Clock;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::oneshot;
 
-use crate::ledger::{LedgerSigner, LedgerState};
+use crate::ledger::{LedgerSigner, LedgerState, UnsignedReceipt};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::seal::{rows_to_parquet, seal_batch, VaultKey};
@@ -69,12 +69,15 @@ use crate::validate::{ValidatedDonation, ValidatedWithdrawal};
 
 /// Where a donation or withdrawal landed: its ledger index and the published tree size its
 /// receipt is issued under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Committed {
     /// Ledger index of the entry.
     pub index: u64,
     /// Tree size of the receipt's checkpoint.
     pub size: u64,
+    /// The receipt's entry, proof and checkpoint, when the committer had them at hand (a new
+    /// entry with the indexes in the store): the handler then reads nothing.
+    pub parts: Option<crate::ledger::ReceiptParts>,
 }
 
 /// The answer a handler waits for (the handler then builds and signs the receipt itself, off
@@ -148,13 +151,17 @@ impl CommitHandle {
     /// Submit a job, wait until it is durable and published, and build its signed receipt.
     pub async fn submit(&self, make: impl FnOnce(Reply) -> Job) -> Result<ReceiptBundle, Problem> {
         let c = self.submit_job(make).await?;
-        let unsigned = {
-            let st = self.state.read().map_err(|_| Problem::Internal)?;
-            st.unsigned_receipt(&self.signer, c.index, c.size)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "building a receipt failed");
-                    Problem::Internal
-                })?
+        let failed = |e: crate::ledger::LedgerError| {
+            tracing::error!(error = %e, "building a receipt failed");
+            Problem::Internal
+        };
+        let unsigned = match c.parts {
+            Some(parts) => UnsignedReceipt::from_parts(c.index, parts).map_err(failed)?,
+            None => {
+                let st = self.state.read().map_err(|_| Problem::Internal)?;
+                st.unsigned_receipt(&self.signer, c.index, c.size)
+                    .map_err(failed)?
+            }
         };
         // Signed outside the state lock: the committer's writes do not wait for it.
         Ok(unsigned.sign(&self.signer))
@@ -336,6 +343,25 @@ fn process_group(ctx: &CommitContext, group: Vec<Job>) {
         return;
     }
     let result = commit(ctx, group, &mut replies, &mut events);
+    // With the indexes in the store, the group's receipts are made from what it kept in memory
+    // (its entries and the tree's nodes), so no handler reads the store for them.
+    let mut parts = std::collections::HashMap::new();
+    if result.is_ok() {
+        if let Ok(mut st) = ctx.state.write() {
+            if st.is_indexed() {
+                let new: Vec<u64> = replies
+                    .iter()
+                    .filter_map(|(_, o)| match o {
+                        Outcome::New(i) => Some(*i),
+                        _ => None,
+                    })
+                    .chain(events.iter().map(|(_, i)| *i))
+                    .collect();
+                let got = st.take_group_receipts(&new);
+                parts.extend(new.into_iter().zip(got).filter_map(|(i, p)| Some((i, p?))));
+            }
+        }
+    }
     let state = ctx.state.read();
     match (result, state) {
         (Ok(()), Ok(st)) => {
@@ -343,18 +369,31 @@ fn process_group(ctx: &CommitContext, group: Vec<Job>) {
             for (reply, outcome) in replies {
                 let answer = match outcome {
                     Outcome::Fail(p) => Err(p),
-                    Outcome::New(index) | Outcome::Existing(index, None) => Ok(Committed {
+                    Outcome::New(index) => Ok(Committed {
                         index,
                         size: published,
+                        parts: parts.remove(&index),
                     }),
-                    Outcome::Existing(index, Some(size)) => Ok(Committed { index, size }),
+                    Outcome::Existing(index, None) => Ok(Committed {
+                        index,
+                        size: published,
+                        parts: None,
+                    }),
+                    Outcome::Existing(index, Some(size)) => Ok(Committed {
+                        index,
+                        size,
+                        parts: None,
+                    }),
                 };
                 let _ = reply.send(answer);
             }
             let size = st.published_size();
             for (reply, index) in events {
-                let answer = st
-                    .inclusion_proof(index, size)
+                let proof = match parts.remove(&index) {
+                    Some(p) => Ok(p.proof),
+                    None => st.inclusion_proof(index, size),
+                };
+                let answer = proof
                     .map(|proof| EventAck {
                         index,
                         checkpoint: st.published_note().to_string(),

@@ -18,7 +18,7 @@ use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::ledger::{ConsentState, LedgerEntry};
 use datadonor_schemas::merkle::{
     consistency_nodes, consistency_proof_from, inclusion_nodes, inclusion_proof_from, leaf_hash,
-    root_from, root_nodes, Frontier, Hash, MerkleLog,
+    root_from, root_nodes, Frontier, Hash, MerkleLog, NodeId,
 };
 use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::receipt::{HexHash, Receipt, ReceiptBundle, ReceiptKind};
@@ -153,6 +153,22 @@ pub struct LedgerState {
     indexed: Option<Arc<dyn LedgerStore>>,
     /// The tree's right edge (indexed mode).
     frontier: Frontier,
+    /// Indexed mode, the group being decided: the edge it started from and every node its
+    /// leaves completed, and its entries, so its receipts need no read of the store.
+    group_nodes: HashMap<NodeId, Hash>,
+    group_entries: HashMap<u64, Vec<u8>>,
+}
+
+/// What a receipt is made of besides the entry's own fields: the entry, its inclusion proof
+/// under the checkpoint of the receipt's size, and that checkpoint.
+#[derive(Debug, Clone)]
+pub struct ReceiptParts {
+    /// Entry bytes.
+    pub entry: Vec<u8>,
+    /// Inclusion proof.
+    pub proof: Vec<Hash>,
+    /// The signed checkpoint (note text).
+    pub checkpoint: String,
 }
 
 impl LedgerState {
@@ -219,6 +235,8 @@ impl LedgerState {
             + self.consents.len()
             + self.withdrawals.len()
             + self.batches.len()
+            + self.group_nodes.len()
+            + self.group_entries.len()
     }
 
     /// Whether the indexes live in the store (then [`LedgerState::load`] must precede a group).
@@ -246,7 +264,13 @@ impl LedgerState {
     /// `receipt_size` is the tree size its receipt will be issued under.
     pub fn push(&mut self, entry: &LedgerEntry, bytes: Vec<u8>, receipt_size: u64) -> u64 {
         let index = if self.indexed.is_some() {
-            self.frontier.push(leaf_hash(&bytes)).0
+            if self.group_nodes.is_empty() {
+                self.group_nodes.extend(self.frontier.edge());
+            }
+            let (index, done) = self.frontier.push(leaf_hash(&bytes));
+            self.group_nodes.extend(done);
+            self.group_entries.insert(index, bytes);
+            index
         } else {
             let index = self.log.push(leaf_hash(&bytes));
             self.entries.push(bytes);
@@ -327,6 +351,28 @@ impl LedgerState {
         self.recent_notes
             .push_back((size, self.published_note.clone()));
         Ok(())
+    }
+
+    /// Indexed mode, right after [`LedgerState::publish`]: the receipt parts of the group's new
+    /// entries at `indexes`, from what the group kept in memory (no read of the store), and
+    /// forget the group. `None` for an index the group did not add.
+    pub fn take_group_receipts(&mut self, indexes: &[u64]) -> Vec<Option<ReceiptParts>> {
+        let size = self.published_size;
+        let out = indexes
+            .iter()
+            .map(|&i| {
+                let entry = self.group_entries.get(&i)?.clone();
+                let proof = inclusion_proof_from(&self.group_nodes, i, size).ok()?;
+                Some(ReceiptParts {
+                    entry,
+                    proof,
+                    checkpoint: self.published_note.clone(),
+                })
+            })
+            .collect();
+        self.group_nodes = HashMap::new();
+        self.group_entries = HashMap::new();
+        out
     }
 
     /// Set the receipt tree size of a group's new donations and withdrawals.
@@ -481,7 +527,37 @@ impl LedgerState {
         size: u64,
     ) -> Result<UnsignedReceipt, LedgerError> {
         let bytes = self.entry_bytes(index, size)?;
-        let entry = LedgerEntry::from_bytes(&bytes).map_err(|e| LedgerError::BadRecord {
+        let checkpoint = match self.recent_notes.iter().rev().find(|(s, _)| *s == size) {
+            Some((_, note)) => note.clone(),
+            None => {
+                let root = match self.index() {
+                    Some(idx) => root_from(&idx.nodes(&root_nodes(size))?, size)?,
+                    None => self.log.root_at(size)?,
+                };
+                signer.checkpoint(size, root)?
+            }
+        };
+        let proof = match self.index() {
+            Some(idx) => {
+                inclusion_proof_from(&idx.nodes(&inclusion_nodes(index, size)?)?, index, size)?
+            }
+            None => self.log.inclusion_proof(index, size)?,
+        };
+        UnsignedReceipt::from_parts(
+            index,
+            ReceiptParts {
+                entry: bytes.into_owned(),
+                proof,
+                checkpoint,
+            },
+        )
+    }
+}
+
+impl UnsignedReceipt {
+    /// The receipt of the entry at `index` from its parts (no ledger state needed).
+    pub fn from_parts(index: u64, parts: ReceiptParts) -> Result<Self, LedgerError> {
+        let entry = LedgerEntry::from_bytes(&parts.entry).map_err(|e| LedgerError::BadRecord {
             index,
             reason: e.to_string(),
         })?;
@@ -520,22 +596,6 @@ impl LedgerState {
                 })
             }
         };
-        let checkpoint = match self.recent_notes.iter().rev().find(|(s, _)| *s == size) {
-            Some((_, note)) => note.clone(),
-            None => {
-                let root = match self.index() {
-                    Some(idx) => root_from(&idx.nodes(&root_nodes(size))?, size)?,
-                    None => self.log.root_at(size)?,
-                };
-                signer.checkpoint(size, root)?
-            }
-        };
-        let proof = match self.index() {
-            Some(idx) => {
-                inclusion_proof_from(&idx.nodes(&inclusion_nodes(index, size)?)?, index, size)?
-            }
-            None => self.log.inclusion_proof(index, size)?,
-        };
         let receipt = Receipt {
             format: datadonor_schemas::PROTOCOL_VERSION,
             kind,
@@ -544,14 +604,14 @@ impl LedgerState {
             consent_record_id,
             request_sha256,
             ledger_index: index,
-            entry_sha256: leaf_hash(&bytes).0,
-            checkpoint,
+            entry_sha256: leaf_hash(&parts.entry).0,
+            checkpoint: parts.checkpoint,
             issued_at,
         };
-        Ok(UnsignedReceipt {
+        Ok(Self {
             receipt,
-            entry: bytes.into_owned(),
-            inclusion_proof: proof.into_iter().map(|h| HexHash(h.0)).collect(),
+            entry: parts.entry,
+            inclusion_proof: parts.proof.into_iter().map(|h| HexHash(h.0)).collect(),
         })
     }
 }

@@ -409,138 +409,139 @@ impl IndexRows {
         ))
     }
 
-    /// Write the rows (inside the append's transaction).
+    /// Write the rows (inside the append's transaction). The statements are sent together
+    /// (tokio-postgres pipelines futures polled at once), so a group costs one round trip to
+    /// the server, not one per table.
     async fn write(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         t: &str,
     ) -> Result<(), tokio_postgres::Error> {
+        type Pending<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
+        >;
         let d = &self.0;
         let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let receipt_size = big(d.receipt_size);
-        let (height, pos, hash): (Vec<i16>, Vec<i64>, Vec<&[u8]>) = d
+        let height: Vec<i16> = d
             .nodes
             .iter()
-            .map(|((h, p), hash)| (i16::try_from(*h).unwrap_or(i16::MAX), big(*p), &hash.0[..]))
-            .fold(Default::default(), |mut acc, (h, p, x)| {
-                acc.0.push(h);
-                acc.1.push(p);
-                acc.2.push(x);
-                acc
-            });
-        tx.execute(
-            &format!(
+            .map(|((h, _), _)| i16::try_from(*h).unwrap_or(i16::MAX))
+            .collect();
+        let pos: Vec<i64> = d.nodes.iter().map(|((_, p), _)| big(*p)).collect();
+        let hash: Vec<&[u8]> = d.nodes.iter().map(|(_, h)| &h.0[..]).collect();
+        let don_key: Vec<&[u8]> = d.donations.iter().map(|x| &x.0[..]).collect();
+        let don_env: Vec<&[u8]> = d.donations.iter().map(|x| &x.1[..]).collect();
+        let don_idx: Vec<i64> = d.donations.iter().map(|x| big(x.2)).collect();
+        let don_sizes = vec![receipt_size; don_key.len()];
+        let rec_study: Vec<&str> = d.consent_records.iter().map(|x| x.0.as_str()).collect();
+        let rec_id: Vec<&[u8]> = d.consent_records.iter().map(|x| &x.1[..]).collect();
+        let rec_man: Vec<&[u8]> = d.consent_records.iter().map(|x| &x.2[..]).collect();
+        let mut g_study = Vec::new();
+        let mut g_pseudonym = Vec::new();
+        let mut g_record = Vec::new();
+        let mut g_donor = Vec::new();
+        let mut g_purposes = Vec::new();
+        let mut g_expires = Vec::new();
+        let mut g_withdrawn: Vec<Option<i64>> = Vec::new();
+        for ((st, p), c) in &d.grants {
+            g_study.push(st.as_str());
+            g_pseudonym.push(&p[..]);
+            g_record.push(&c.consent_record_id[..]);
+            g_donor.push(&c.donor_public_key.0[..]);
+            g_purposes.push(serde_json::to_string(&c.purposes).unwrap_or_default());
+            g_expires.push(c.expires_at);
+            g_withdrawn.push(c.withdrawn_at);
+        }
+        let w_study: Vec<&str> = d.withdraw_earlier.iter().map(|w| w.0.as_str()).collect();
+        let w_pseudonym: Vec<&[u8]> = d.withdraw_earlier.iter().map(|w| &w.1[..]).collect();
+        let w_record: Vec<&[u8]> = d.withdraw_earlier.iter().map(|w| &w.2[..]).collect();
+        let w_time: Vec<i64> = d.withdraw_earlier.iter().map(|w| w.3).collect();
+        let wd_sha: Vec<&[u8]> = d.withdrawals.iter().map(|w| &w.0[..]).collect();
+        let wd_idx: Vec<i64> = d.withdrawals.iter().map(|w| big(w.1)).collect();
+        let wd_sizes = vec![receipt_size; wd_sha.len()];
+        let (b_study, b_batch): (Vec<&str>, Vec<&str>) = d
+            .batches
+            .iter()
+            .map(|(s, b)| (s.as_str(), b.as_str()))
+            .unzip();
+        let sql = [
+            format!(
                 "INSERT INTO {t}_nodes (height, pos, hash)
                  SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])"
             ),
-            &[&height, &pos, &hash],
-        )
-        .await?;
-        if !d.donations.is_empty() {
-            let key: Vec<&[u8]> = d.donations.iter().map(|x| &x.0[..]).collect();
-            let env: Vec<&[u8]> = d.donations.iter().map(|x| &x.1[..]).collect();
-            let idx: Vec<i64> = d.donations.iter().map(|x| big(x.2)).collect();
-            let sizes = vec![receipt_size; key.len()];
-            tx.execute(
-                &format!(
-                    "INSERT INTO {t}_donations (idempotency_key, envelope_sha256, idx, receipt_size)
-                     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])"
-                ),
-                &[&key, &env, &idx, &sizes],
-            )
-            .await?;
+            format!(
+                "INSERT INTO {t}_donations (idempotency_key, envelope_sha256, idx, receipt_size)
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])"
+            ),
+            format!(
+                "INSERT INTO {t}_consent_records (study, record_id, manifest_sha256)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])"
+            ),
+            format!(
+                "INSERT INTO {t}_consents
+                     (study, pseudonym, record_id, donor_key, purposes, expires_at, withdrawn_at)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[],
+                     $5::text[], $6::bigint[], $7::bigint[])
+                 ON CONFLICT (study, pseudonym) DO UPDATE SET record_id = EXCLUDED.record_id,
+                     donor_key = EXCLUDED.donor_key, purposes = EXCLUDED.purposes,
+                     expires_at = EXCLUDED.expires_at, withdrawn_at = EXCLUDED.withdrawn_at"
+            ),
+            format!(
+                "UPDATE {t}_consents c SET withdrawn_at = COALESCE(c.withdrawn_at, u.t)
+                 FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bigint[])
+                     AS u(study, pseudonym, record_id, t)
+                 WHERE c.study = u.study AND c.pseudonym = u.pseudonym
+                     AND c.record_id = u.record_id"
+            ),
+            format!(
+                "INSERT INTO {t}_withdrawals (sha256, idx, receipt_size)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])"
+            ),
+            format!(
+                "INSERT INTO {t}_batches (study, batch_id)
+                 SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"
+            ),
+        ];
+        // The grants' upsert and the earlier consents' withdrawals touch different keys (a
+        // withdrawal of a consent granted in this append is folded into its grant), so their
+        // order does not matter.
+        type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+        let p_nodes: [Param<'_>; 3] = [&height, &pos, &hash];
+        let p_don: [Param<'_>; 4] = [&don_key, &don_env, &don_idx, &don_sizes];
+        let p_rec: [Param<'_>; 3] = [&rec_study, &rec_id, &rec_man];
+        let p_grant: [Param<'_>; 7] = [
+            &g_study,
+            &g_pseudonym,
+            &g_record,
+            &g_donor,
+            &g_purposes,
+            &g_expires,
+            &g_withdrawn,
+        ];
+        let p_withdraw: [Param<'_>; 4] = [&w_study, &w_pseudonym, &w_record, &w_time];
+        let p_wd: [Param<'_>; 3] = [&wd_sha, &wd_idx, &wd_sizes];
+        let p_batches: [Param<'_>; 2] = [&b_study, &b_batch];
+        let mut pending: Vec<Pending<'_>> = vec![Box::pin(tx.execute(&sql[0], &p_nodes))];
+        if !don_key.is_empty() {
+            pending.push(Box::pin(tx.execute(&sql[1], &p_don)));
         }
-        if !d.consent_records.is_empty() {
-            let study: Vec<&str> = d.consent_records.iter().map(|x| x.0.as_str()).collect();
-            let rec: Vec<&[u8]> = d.consent_records.iter().map(|x| &x.1[..]).collect();
-            let man: Vec<&[u8]> = d.consent_records.iter().map(|x| &x.2[..]).collect();
-            tx.execute(
-                &format!(
-                    "INSERT INTO {t}_consent_records (study, record_id, manifest_sha256)
-                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])"
-                ),
-                &[&study, &rec, &man],
-            )
-            .await?;
+        if !rec_id.is_empty() {
+            pending.push(Box::pin(tx.execute(&sql[2], &p_rec)));
         }
-        if !d.grants.is_empty() {
-            let mut study = Vec::new();
-            let mut pseudonym = Vec::new();
-            let mut record = Vec::new();
-            let mut donor = Vec::new();
-            let mut purposes = Vec::new();
-            let mut expires = Vec::new();
-            let mut withdrawn: Vec<Option<i64>> = Vec::new();
-            for ((st, p), c) in &d.grants {
-                study.push(st.as_str());
-                pseudonym.push(&p[..]);
-                record.push(&c.consent_record_id[..]);
-                donor.push(&c.donor_public_key.0[..]);
-                purposes.push(serde_json::to_string(&c.purposes).unwrap_or_default());
-                expires.push(c.expires_at);
-                withdrawn.push(c.withdrawn_at);
-            }
-            tx.execute(
-                &format!(
-                    "INSERT INTO {t}_consents
-                         (study, pseudonym, record_id, donor_key, purposes, expires_at, withdrawn_at)
-                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[],
-                         $5::text[], $6::bigint[], $7::bigint[])
-                     ON CONFLICT (study, pseudonym) DO UPDATE SET record_id = EXCLUDED.record_id,
-                         donor_key = EXCLUDED.donor_key, purposes = EXCLUDED.purposes,
-                         expires_at = EXCLUDED.expires_at, withdrawn_at = EXCLUDED.withdrawn_at"
-                ),
-                &[
-                    &study, &pseudonym, &record, &donor, &purposes, &expires, &withdrawn,
-                ],
-            )
-            .await?;
+        if !g_study.is_empty() {
+            pending.push(Box::pin(tx.execute(&sql[3], &p_grant)));
         }
-        if !d.withdraw_earlier.is_empty() {
-            let study: Vec<&str> = d.withdraw_earlier.iter().map(|w| w.0.as_str()).collect();
-            let pseudonym: Vec<&[u8]> = d.withdraw_earlier.iter().map(|w| &w.1[..]).collect();
-            let record: Vec<&[u8]> = d.withdraw_earlier.iter().map(|w| &w.2[..]).collect();
-            let time: Vec<i64> = d.withdraw_earlier.iter().map(|w| w.3).collect();
-            tx.execute(
-                &format!(
-                    "UPDATE {t}_consents c SET withdrawn_at = COALESCE(c.withdrawn_at, u.t)
-                     FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bigint[])
-                         AS u(study, pseudonym, record_id, t)
-                     WHERE c.study = u.study AND c.pseudonym = u.pseudonym
-                         AND c.record_id = u.record_id"
-                ),
-                &[&study, &pseudonym, &record, &time],
-            )
-            .await?;
+        if !w_study.is_empty() {
+            pending.push(Box::pin(tx.execute(&sql[4], &p_withdraw)));
         }
-        if !d.withdrawals.is_empty() {
-            let sha: Vec<&[u8]> = d.withdrawals.iter().map(|w| &w.0[..]).collect();
-            let idx: Vec<i64> = d.withdrawals.iter().map(|w| big(w.1)).collect();
-            let sizes = vec![receipt_size; sha.len()];
-            tx.execute(
-                &format!(
-                    "INSERT INTO {t}_withdrawals (sha256, idx, receipt_size)
-                     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])"
-                ),
-                &[&sha, &idx, &sizes],
-            )
-            .await?;
+        if !wd_sha.is_empty() {
+            pending.push(Box::pin(tx.execute(&sql[5], &p_wd)));
         }
-        if !d.batches.is_empty() {
-            let (study, batch): (Vec<&str>, Vec<&str>) = d
-                .batches
-                .iter()
-                .map(|(s, b)| (s.as_str(), b.as_str()))
-                .unzip();
-            tx.execute(
-                &format!(
-                    "INSERT INTO {t}_batches (study, batch_id)
-                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"
-                ),
-                &[&study, &batch],
-            )
-            .await?;
+        if !b_study.is_empty() {
+            pending.push(Box::pin(tx.execute(&sql[6], &p_batches)));
         }
+        futures_util::future::try_join_all(pending).await?;
         Ok(())
     }
 }
@@ -582,47 +583,37 @@ impl IndexedLedger for PgLedgerStore {
             .rt
             .run(async move {
                 let client = c.lock().await;
-                let d = client
-                    .query(
-                        &format!(
-                            "SELECT idempotency_key, envelope_sha256, idx, receipt_size
-                             FROM {t}_donations WHERE idempotency_key = ANY($1)"
-                        ),
-                        &[&don],
-                    )
-                    .await?;
-                let r = client
-                    .query(
-                        &format!(
-                            "SELECT c.study, c.record_id, c.manifest_sha256
-                             FROM {t}_consent_records c
-                             JOIN unnest($1::text[], $2::bytea[]) AS u(study, record_id)
-                             USING (study, record_id)"
-                        ),
-                        &[&rec_study, &rec_id],
-                    )
-                    .await?;
-                let s = client
-                    .query(
-                        &format!(
-                            "SELECT c.study, c.pseudonym, c.record_id, c.donor_key, c.purposes,
-                                 c.expires_at, c.withdrawn_at
-                             FROM {t}_consents c
-                             JOIN unnest($1::text[], $2::bytea[]) AS u(study, pseudonym)
-                             USING (study, pseudonym)"
-                        ),
-                        &[&con_study, &con_p],
-                    )
-                    .await?;
-                let w = client
-                    .query(
-                        &format!(
-                            "SELECT sha256, idx, receipt_size FROM {t}_withdrawals
-                             WHERE sha256 = ANY($1)"
-                        ),
-                        &[&wd],
-                    )
-                    .await?;
+                let sql = [
+                    format!(
+                        "SELECT idempotency_key, envelope_sha256, idx, receipt_size
+                         FROM {t}_donations WHERE idempotency_key = ANY($1)"
+                    ),
+                    format!(
+                        "SELECT c.study, c.record_id, c.manifest_sha256
+                         FROM {t}_consent_records c
+                         JOIN unnest($1::text[], $2::bytea[]) AS u(study, record_id)
+                         USING (study, record_id)"
+                    ),
+                    format!(
+                        "SELECT c.study, c.pseudonym, c.record_id, c.donor_key, c.purposes,
+                             c.expires_at, c.withdrawn_at
+                         FROM {t}_consents c
+                         JOIN unnest($1::text[], $2::bytea[]) AS u(study, pseudonym)
+                         USING (study, pseudonym)"
+                    ),
+                    format!(
+                        "SELECT sha256, idx, receipt_size FROM {t}_withdrawals
+                         WHERE sha256 = ANY($1)"
+                    ),
+                ];
+                // One round trip for the four (pipelined).
+                let (d, r, s, w) = futures_util::future::try_join4(
+                    client.query(&sql[0], &[&don]),
+                    client.query(&sql[1], &[&rec_study, &rec_id]),
+                    client.query(&sql[2], &[&con_study, &con_p]),
+                    client.query(&sql[3], &[&wd]),
+                )
+                .await?;
                 Ok::<_, tokio_postgres::Error>((d, r, s, w))
             })?
             .map_err(|e| pg(&e))?;
@@ -810,8 +801,12 @@ impl LedgerStore for PgLedgerStore {
         let r = self.rt.run(async move {
             let mut client = c.lock().await;
             let tx = client.transaction().await?;
-            tx.execute(&sql, &[&idx, &records]).await?;
-            rows.write(&tx, &table).await?;
+            // The records and their index rows in one round trip (pipelined).
+            futures_util::future::try_join(
+                tx.execute(&sql, &[&idx, &records]),
+                rows.write(&tx, &table),
+            )
+            .await?;
             tx.commit().await?;
             Ok::<_, tokio_postgres::Error>(rows.0.frontier)
         })?;

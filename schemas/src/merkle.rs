@@ -903,6 +903,14 @@ impl Frontier {
         self.size
     }
 
+    /// The perfect subtrees on the right edge, with their ids (those [`root_nodes`] names).
+    pub fn edge(&self) -> Vec<(NodeId, Hash)> {
+        root_nodes(self.size)
+            .into_iter()
+            .zip(self.edge.iter().map(|(_, h)| *h))
+            .collect()
+    }
+
     /// Append a leaf hash; returns its index and the perfect subtrees it completed (the leaf
     /// itself at height 0 first, then each parent it closed).
     pub fn push(&mut self, leaf: Hash) -> (u64, Vec<(NodeId, Hash)>) {
@@ -998,6 +1006,9 @@ mod tests {
             );
             let f = Frontier::from_nodes(&only(root_nodes(n)), n).unwrap();
             assert_eq!((f.size(), f.root()), (n, log.root_at(n).unwrap()));
+            for (id, h) in f.edge() {
+                assert_eq!(stored[&id], h, "edge node {id:?} of {n}");
+            }
             for i in 0..n {
                 let nodes = only(inclusion_nodes(i, n).unwrap());
                 assert_eq!(
