@@ -1667,7 +1667,7 @@ async fn rewritten_ledger_is_caught_by_the_auditor() {
     assert!(second.size > first.size);
     let kept = std::fs::read(state.path().join(STATE_FILE)).expect("auditor state");
 
-    // The operator rewrites history (the first entry) and restarts: the intake re-signs it.
+    // The operator rewrites history (the first entry) and restarts.
     live.stop().await;
     let ledger_file = live.path().join("ledger/ledger.log");
     let bytes = std::fs::read(&ledger_file).expect("ledger file");
@@ -1692,6 +1692,25 @@ async fn rewritten_ledger_is_caught_by_the_auditor() {
         out.extend(encode_record(e));
     }
     std::fs::write(&ledger_file, out).expect("ledger rewritten");
+    // With its index in place the intake still signs the tree it built (the index's last
+    // record is untouched): the rewritten entry no longer matches the signed root.
+    live.restart().await;
+    live.donate_ok(live.builder()).await;
+    let err = audit(&live)
+        .await
+        .expect("task")
+        .expect_err("an entry that is not the signed one is refused");
+    assert!(
+        matches!(
+            &err,
+            AnalyticsError::Ledger(LedgerError::RootMismatch { .. })
+        ),
+        "{err:?}"
+    );
+    // An operator who also removes the index makes the intake rebuild the tree from the
+    // rewritten file and sign it: a tree that is not an extension of the one the auditor kept.
+    live.stop().await;
+    std::fs::remove_file(live.path().join("ledger/index.redb")).expect("ledger index");
     live.restart().await;
     live.donate_ok(live.builder()).await;
 
