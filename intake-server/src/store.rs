@@ -280,7 +280,7 @@ pub struct Derived {
     pub consent_records: Vec<(String, [u8; 16], [u8; 32])>,
     /// The last consent granted per (study, pseudonym) in this append, with the withdrawals of
     /// this append applied to it.
-    pub grants: HashMap<(String, [u8; 32]), ConsentState>,
+    pub grants: HashMap<(StudyId, Pseudonym), ConsentState>,
     /// Withdrawals of consents granted before this append: (study, pseudonym, record, time).
     pub withdraw_earlier: Vec<(String, [u8; 32], [u8; 16], i64)>,
     /// (signed-withdrawal SHA-256, ledger index).
@@ -319,7 +319,6 @@ impl Derived {
             match &entry {
                 LedgerEntry::ConsentGranted {
                     study_id,
-                    pseudonym,
                     consent_record_id,
                     manifest_sha256,
                     ..
@@ -329,12 +328,7 @@ impl Derived {
                         *consent_record_id,
                         *manifest_sha256,
                     ));
-                    let mut one = HashMap::new();
-                    ConsentState::apply(&mut one, &entry);
-                    if let Some(state) = one.remove(&(study_id.clone(), *pseudonym)) {
-                        r.grants
-                            .insert((study_id.as_str().to_string(), pseudonym.0), state);
-                    }
+                    ConsentState::apply(&mut r.grants, &entry);
                 }
                 LedgerEntry::DonationAccepted {
                     study_id,
@@ -355,21 +349,15 @@ impl Derived {
                     withdrawal_sha256,
                 } => {
                     r.withdrawals.push((*withdrawal_sha256, idx));
-                    match r
-                        .grants
-                        .get_mut(&(study_id.as_str().to_string(), pseudonym.0))
-                    {
-                        Some(state) => {
-                            if &state.consent_record_id == consent_record_id {
-                                state.withdrawn_at.get_or_insert(*time);
-                            }
-                        }
-                        None => r.withdraw_earlier.push((
+                    if r.grants.contains_key(&(study_id.clone(), *pseudonym)) {
+                        ConsentState::apply(&mut r.grants, &entry);
+                    } else {
+                        r.withdraw_earlier.push((
                             study_id.as_str().to_string(),
                             pseudonym.0,
                             *consent_record_id,
                             *time,
-                        )),
+                        ));
                     }
                 }
                 _ => {}

@@ -260,7 +260,7 @@ impl IndexedLocalLedger {
                 from = count,
                 "indexing the ledger file's tail"
             );
-            self.index(&mut tail, records, Durability::Immediate)?;
+            self.index(&mut tail, records.entries(), Durability::Immediate)?;
         }
         *self.tail.lock().map_err(|_| StoreError::Poisoned)? = tail;
         Ok(())
@@ -270,12 +270,11 @@ impl IndexedLocalLedger {
     fn index(
         &self,
         tail: &mut Tail,
-        records: LedgerRecords,
+        entries: &[Vec<u8>],
         durability: Durability,
     ) -> Result<(), StoreError> {
-        let (entries, _) = records.into_parts();
         let n = entries.len() as u64;
-        let d = Derived::new(&entries, tail.count, tail.count + n, tail.frontier.clone());
+        let d = Derived::new(entries, tail.count, tail.count + n, tail.frontier.clone());
         let mut w = self.db.begin_write().map_err(db_err)?;
         w.set_durability(durability).map_err(db_err)?;
         let mut end = tail.end;
@@ -301,7 +300,7 @@ impl IndexedLocalLedger {
             for ((study, p), c) in &d.grants {
                 let purposes = serde_json::to_string(&c.purposes).map_err(db_err)?;
                 t.insert(
-                    (study.as_str(), *p),
+                    (study.as_str(), p.0),
                     (
                         c.consent_record_id,
                         c.donor_public_key.0,
@@ -386,8 +385,7 @@ impl LedgerStore for IndexedLocalLedger {
         } else {
             Durability::None
         };
-        let records = LedgerRecords::new(entries.to_vec());
-        if let Err(e) = self.index(&mut tail, records, durability) {
+        if let Err(e) = self.index(&mut tail, entries, durability) {
             // The records are durable; the index is behind them until the next open.
             tail.broken = true;
             return Err(e);

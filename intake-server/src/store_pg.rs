@@ -446,7 +446,7 @@ impl IndexRows {
         let mut g_withdrawn: Vec<Option<i64>> = Vec::new();
         for ((st, p), c) in &d.grants {
             g_study.push(st.as_str());
-            g_pseudonym.push(&p[..]);
+            g_pseudonym.push(&p.0[..]);
             g_record.push(&c.consent_record_id[..]);
             g_donor.push(&c.donor_public_key.0[..]);
             g_purposes.push(serde_json::to_string(&c.purposes).unwrap_or_default());
