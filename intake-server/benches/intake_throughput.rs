@@ -21,16 +21,18 @@
 //! With `--rounds N` the ceiling and the intake are measured N times, alternately, each round on
 //! fresh donations; the figures are the medians.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod load;
 
-use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
 use axum::routing::post;
 use axum::Router;
 use datadonor_intake::testkit::{self, DonationBuilder};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use load::{run_load, LoadResult};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tower::ServiceExt;
@@ -72,73 +74,6 @@ fn args() -> Args {
         i += 2;
     }
     a
-}
-
-struct LoadResult {
-    ok: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl LoadResult {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-    fn pct(&self, p: f64) -> Duration {
-        let mut l = self.latencies.clone();
-        l.sort();
-        let idx = ((l.len() as f64 - 1.0) * p).round() as usize;
-        l.get(idx).copied().unwrap_or_default()
-    }
-}
-
-fn client(ca_pem: &[u8]) -> Result<reqwest::Client> {
-    Ok(testkit::https_client(ca_pem, None)?)
-}
-
-async fn run_load(
-    client: reqwest::Client,
-    url: String,
-    bodies: Arc<Vec<Vec<u8>>>,
-    clients: usize,
-) -> Result<LoadResult> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, url, bodies, next) =
-            (client.clone(), url.clone(), bodies.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
-                let t = Instant::now();
-                let resp = client
-                    .post(&url)
-                    .header("content-type", "application/vnd.datadonor.envelope.v1")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                let status = resp.status();
-                let _ = resp.bytes().await?;
-                if !status.is_success() {
-                    bail!("request {i} answered {status}");
-                }
-                lat.push(t.elapsed());
-            }
-            Ok::<_, anyhow::Error>(lat)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(LoadResult {
-        ok: latencies.len(),
-        elapsed: start.elapsed(),
-        latencies,
-    })
 }
 
 /// Serve `router` over TLS 1.3 with the intake's certificate, the same stack the intake uses
@@ -391,8 +326,8 @@ fn report(name: &str, r: &LoadResult) {
         "{name:<34} {:>6} ok  {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
         r.ok,
         r.rate(),
-        r.pct(0.50).as_secs_f64() * 1e3,
-        r.pct(0.99).as_secs_f64() * 1e3
+        r.pct_ms(0.50),
+        r.pct_ms(0.99)
     );
 }
 
@@ -465,8 +400,8 @@ fn main() -> Result<()> {
             clock: datadonor_schemas::time::SystemClock,
         });
         let ceiling_addr = serve_endpoint(&cert, &key, ceiling_router(ceiling_keys)).await?;
-        let url = |addr: SocketAddr| format!("https://localhost:{}/v1/donations", addr.port());
-        let c = client(&ca)?;
+        let url = |addr: SocketAddr| vec![format!("https://localhost:{}/v1/donations", addr.port())];
+        let c = testkit::https_client(&ca, None)?;
         // Warm the bare endpoint's and the ceiling's connection pools (not counted); the
         // intake's first round opens its connections within the measurement, as a real intake
         // would after a restart.

@@ -13,19 +13,21 @@
 //!
 //! `cargo bench -p datadonor-intake --bench scale_out -- [--clients N] [--donations N] [--rows N]`
 
+mod load;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use datadonor_intake::config::{
     BatchBackend, LedgerBackend, PostgresConfig, S3Config, StorageConfig,
 };
 use datadonor_intake::testkit::{self, DonationBuilder};
+use load::run_load;
 
 struct Args {
     clients: usize,
@@ -90,74 +92,6 @@ fn serve(dir: &Path) -> Result<(Proc, SocketAddr)> {
         .with_context(|| format!("unexpected first line {line:?}"))?
         .parse()?;
     Ok((Proc(child), addr))
-}
-
-struct LoadResult {
-    ok: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl LoadResult {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-    fn pct(&self, p: f64) -> f64 {
-        let mut l = self.latencies.clone();
-        l.sort();
-        let idx = ((l.len() as f64 - 1.0) * p).round() as usize;
-        l.get(idx).copied().unwrap_or_default().as_secs_f64() * 1e3
-    }
-}
-
-/// `clients` clients, client `i` sending to `urls[i % urls.len()]`, until `bodies` are all sent.
-async fn run_load(
-    client: reqwest::Client,
-    urls: Vec<String>,
-    bodies: Arc<Vec<Vec<u8>>>,
-    clients: usize,
-) -> Result<LoadResult> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (client, url, bodies, next) = (
-            client.clone(),
-            urls[c % urls.len()].clone(),
-            bodies.clone(),
-            next.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
-                let t = Instant::now();
-                let resp = client
-                    .post(&url)
-                    .header("content-type", "application/vnd.datadonor.envelope.v1")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                let status = resp.status();
-                let _ = resp.bytes().await?;
-                if !status.is_success() {
-                    bail!("donation {i} to {url} answered {status}");
-                }
-                lat.push(t.elapsed());
-            }
-            Ok::<_, anyhow::Error>(lat)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(LoadResult {
-        ok: latencies.len(),
-        elapsed: start.elapsed(),
-        latencies,
-    })
 }
 
 fn per_us(t: Instant, n: usize) -> f64 {
@@ -433,8 +367,8 @@ fn main() -> Result<()> {
             },
             r.ok,
             r.rate(),
-            r.pct(0.5),
-            r.pct(0.99),
+            r.pct_ms(0.5),
+            r.pct_ms(0.99),
             r.rate() / base
         );
     }
