@@ -89,12 +89,6 @@ impl SequencerClient {
             )))
         };
         let ca_path = config.path(c.ca_cert.as_ref().ok_or_else(|| missing("ca_cert"))?);
-        let pem = std::fs::read(&ca_path).map_err(Error::io(format!(
-            "reading the sequencers' CA {}",
-            ca_path.display()
-        )))?;
-        let ca = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| Error::Tls(format!("{}: {e}", ca_path.display())))?;
         let token_path = config.path(c.token_file.as_ref().ok_or_else(|| missing("token_file"))?);
         let token = zeroize::Zeroizing::new(
             std::fs::read_to_string(&token_path)
@@ -111,15 +105,13 @@ impl SequencerClient {
                 token_path.display()
             ))));
         }
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .https_only(true)
-            .timeout(SEQUENCER_TIMEOUT)
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|e| Error::Tls(format!("sequencer client: {e}")))?;
+        let client = crate::witnessing::pinned_client(
+            &ca_path,
+            "sequencer",
+            reqwest::Client::builder()
+                .timeout(SEQUENCER_TIMEOUT)
+                .connect_timeout(Duration::from_secs(3)),
+        )?;
         Ok(Self {
             client,
             urls: c

@@ -94,6 +94,28 @@ struct Target {
     known: u64,
 }
 
+/// An HTTPS-only client that trusts only the CA in the PEM file at `ca_path` (not the system's
+/// roots), built from `builder` (timeouts); `what` names the peer in errors.
+pub(crate) fn pinned_client(
+    ca_path: &std::path::Path,
+    what: &str,
+    builder: reqwest::ClientBuilder,
+) -> Result<reqwest::Client, Error> {
+    let pem = std::fs::read(ca_path).map_err(Error::io(format!(
+        "reading the {what} CA {}",
+        ca_path.display()
+    )))?;
+    let ca = reqwest::Certificate::from_pem(&pem)
+        .map_err(|e| Error::Tls(format!("{}: {e}", ca_path.display())))?;
+    builder
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .https_only(true)
+        .build()
+        .map_err(|e| Error::Tls(format!("{what} client: {e}")))
+}
+
 /// Starts the task if witnesses are configured; it stops when `stop` turns true.
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Result<(), Error> {
     let config = &state.0.config;
@@ -107,21 +129,11 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Result<(), Error> 
                 "witnesses[{index}].vkey: {e}"
             )))
         })?;
-        let ca_path = config.path(&w.ca_cert);
-        let pem = std::fs::read(&ca_path).map_err(Error::io(format!(
-            "reading the witness CA {}",
-            ca_path.display()
-        )))?;
-        let ca = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| Error::Tls(format!("{}: {e}", ca_path.display())))?;
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .https_only(true)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| Error::Tls(format!("witness client: {e}")))?;
+        let client = pinned_client(
+            &config.path(&w.ca_cert),
+            "witness",
+            reqwest::Client::builder().timeout(REQUEST_TIMEOUT),
+        )?;
         targets.push(Target {
             index,
             url: format!("{}/add-checkpoint", w.url.trim_end_matches('/')),
