@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use datadonor_analytics::engine::QueryEngine;
 use datadonor_analytics::ledger::{
-    encode_record, Appended, LedgerError, LedgerSink, LedgerView, LocalLedgerFile, ServiceLedger,
+    encode_record, Appended, LedgerError, LedgerIndex, LedgerSink, LocalLedgerFile, ServiceLedger,
 };
 use datadonor_analytics::plain::example_query;
 use datadonor_analytics::query::{apply_disclosure, run_query, QueryInputs};
@@ -153,7 +153,7 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
         "sealed" => {
             let vault = VaultKey::load(&dir.join("vault.key"))?;
             let store = BatchStore::open(&dir.join("sealed"))?;
-            let out = run_query(&inputs, &view, &store, &vault, &ledger)?;
+            let out = run_query(&inputs, &view.index(), &store, &vault, &ledger)?;
             (out.table.rows.len(), out.table.cells_suppressed())
         }
         "plain" => {
@@ -246,8 +246,8 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
 /// The bench's ledger file as the service reads it (the file carries no signed checkpoint).
 struct FileLedger(LocalLedgerFile);
 impl ServiceLedger for FileLedger {
-    fn verified_view(&self) -> Result<LedgerView, LedgerError> {
-        self.0.unverified_view()
+    fn verified_index(&self) -> Result<LedgerIndex, LedgerError> {
+        Ok(self.0.unverified_view()?.index())
     }
     fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
         LedgerSink::append(&self.0, entry)

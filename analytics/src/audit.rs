@@ -32,8 +32,10 @@ use datadonor_schemas::study::{StudyId, CONSENT_COLUMN, DONOR_COLUMN};
 use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 
-use crate::ledger::{verify_ledger, LedgerError, LedgerSource, LedgerView, PAGE, STATE_FILE};
-use crate::sealed::{open_batch_file, BatchError, BatchErrorKind};
+use crate::ledger::{
+    verify_ledger, verify_ledger_with, LedgerError, LedgerSource, LedgerView, PAGE, STATE_FILE,
+};
+use crate::sealed::{BatchError, BatchErrorKind};
 use crate::store::BatchStore;
 use crate::vault::VaultKey;
 use crate::AnalyticsError;
@@ -236,7 +238,7 @@ pub fn audit_log(
     source: &dyn LedgerSource,
     verifiers: &[NoteVerifier],
     state_dir: &Path,
-) -> Result<(LogAudit, LedgerView), AnalyticsError> {
+) -> Result<LogAudit, AnalyticsError> {
     audit_log_witnessed(source, verifiers, state_dir, None)
 }
 
@@ -257,6 +259,24 @@ pub fn verify_witnessed(
     verify_ledger(&w, verifiers, state_dir)
 }
 
+/// [`verify_witnessed`], streaming each entry to `each` ([`verify_ledger_with`]); the
+/// checkpoint's size.
+pub fn verify_witnessed_with(
+    source: &dyn LedgerSource,
+    verifiers: &[NoteVerifier],
+    state_dir: Option<&Path>,
+    required: &WitnessRequirement,
+    each: &mut dyn FnMut(LedgerEntry, bool),
+) -> Result<u64, LedgerError> {
+    let w = Witnessed {
+        source,
+        verifiers,
+        required,
+        cosigned_by: Mutex::new(Vec::new()),
+    };
+    verify_ledger_with(&w, verifiers, state_dir, each)
+}
+
 /// [`audit_log`], and with `witnesses` the head must also carry cosignatures by a quorum of
 /// them (`verify_quorum`): the checkpoint is fetched again every [`WITNESS_POLL`] for up to
 /// `max_wait` while too few have cosigned it, then the audit fails with
@@ -267,7 +287,7 @@ pub fn audit_log_witnessed(
     verifiers: &[NoteVerifier],
     state_dir: &Path,
     witnesses: Option<&WitnessRequirement>,
-) -> Result<(LogAudit, LedgerView), AnalyticsError> {
+) -> Result<LogAudit, AnalyticsError> {
     let previous = read_state(state_dir, verifiers)?;
     let witnessed = witnesses.map(|required| Witnessed {
         source,
@@ -275,9 +295,19 @@ pub fn audit_log_witnessed(
         required,
         cosigned_by: Mutex::new(Vec::new()),
     });
-    let view = match &witnessed {
-        Some(w) => verify_ledger(w, verifiers, Some(state_dir))?,
-        None => verify_ledger(source, verifiers, Some(state_dir))?,
+    // Streamed: each entry is counted and dropped, so the audit holds no entry.
+    let mut counts = BTreeMap::new();
+    let mut tail = 0u64;
+    let mut count = |e: LedgerEntry, verified: bool| {
+        if verified {
+            *counts.entry(e.kind().to_string()).or_insert(0u64) += 1;
+        } else {
+            tail += 1;
+        }
+    };
+    match &witnessed {
+        Some(w) => verify_ledger_with(w, verifiers, Some(state_dir), &mut count)?,
+        None => verify_ledger_with(source, verifiers, Some(state_dir), &mut count)?,
     };
     let witnessed = witnessed.map(|w| {
         let names = w.cosigned_by.lock().map(|c| c.to_vec()).unwrap_or_default();
@@ -294,22 +324,15 @@ pub fn audit_log_witnessed(
     }
     // The head just verified and stored.
     let head = read_state(state_dir, verifiers)?.ok_or(LedgerError::NoCheckpoint)?;
-    let mut counts = BTreeMap::new();
-    for e in &view.verified {
-        *counts.entry(e.kind().to_string()).or_insert(0u64) += 1;
-    }
-    Ok((
-        LogAudit {
-            origin: head.origin,
-            size: head.size,
-            root: head.root,
-            previous_size: previous.map(|c| c.size),
-            tail: view.tail.len() as u64,
-            counts,
-            witnessed,
-        },
-        view,
-    ))
+    Ok(LogAudit {
+        origin: head.origin,
+        size: head.size,
+        root: head.root,
+        previous_size: previous.map(|c| c.size),
+        tail,
+        counts,
+        witnessed,
+    })
 }
 
 impl LogAudit {
@@ -1266,6 +1289,10 @@ pub struct BatchAudit {
     pub donors: u64,
     /// Violations.
     pub violations: Vec<BatchViolation>,
+    /// Intake batches no `donation_accepted` entry names (hex ids): their group never reached
+    /// the ledger, no run or compaction reads them, and the intake's sweep deletes them. Listed,
+    /// not opened.
+    pub unnamed: Vec<String>,
 }
 
 /// Rows per (donor value, consent value) of a batch; a missing consent column is an error
@@ -1321,7 +1348,8 @@ fn parse_record(v: &str) -> Option<[u8; 16]> {
 /// not be withdrawn (a withdrawal or erasure anywhere in the log counts). Rows of a withdrawn
 /// record are a violation whether or not the donor has consented again since under another
 /// record; once compaction has erased them the batches are clean again. Batches are opened in
-/// memory with `vault`.
+/// memory with `vault`; the intake batches no `donation_accepted` entry names are listed
+/// (`unnamed`), not opened, as no run reads them.
 pub fn audit_batches(
     view: &LedgerView,
     store: &BatchStore,
@@ -1385,10 +1413,17 @@ pub fn audit_batches(
         rows: 0,
         donors: 0,
         violations: Vec::new(),
+        unnamed: Vec::new(),
     };
     let mut seen: HashSet<String> = HashSet::new();
-    for bf in store.list(study)? {
-        let opened = open_batch_file(&bf.path, vault)?;
+    let readable = store.readable(study, &view.index())?;
+    audit.unnamed = readable
+        .unnamed
+        .iter()
+        .map(|b| b.header.batch_id_hex())
+        .collect();
+    for bf in readable.files {
+        let opened = store.open_batch(&bf, vault)?;
         let created = opened.header.created_at;
         let batch_id = opened.header.batch_id_hex();
         let counts = donor_counts(&bf.path, &opened.plaintext)?;
@@ -1463,6 +1498,12 @@ impl BatchAudit {
         for v in &self.violations {
             let _ = writeln!(s, "violation: {v}");
         }
+        for id in &self.unnamed {
+            let _ = writeln!(
+                s,
+                "not in the ledger: intake batch {id} (no donation_accepted entry names it; never read)"
+            );
+        }
         let _ = writeln!(s, "{}", self.summary_line());
         s
     }
@@ -1474,6 +1515,10 @@ impl BatchAudit {
         r.summary("Rows", self.rows);
         r.summary("Donors", self.donors);
         r.summary("Violations", self.violations.len());
+        r.summary(
+            "Intake batches not in the ledger (never read)",
+            self.unnamed.len(),
+        );
         r.table(
             "Violations",
             &["batch", "created", "pseudonym", "rows", "violation"],

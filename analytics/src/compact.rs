@@ -5,6 +5,7 @@
 //! under a withdrawn record are erased even when the donor has consented again since under
 //! another record, whose rows are kept.
 //!
+//! Only the batches the ledger accounts for are read ([`crate::store::BatchStore::readable`]).
 //! Every batch holding a row of a withdrawn record, and every batch smaller than a quarter of the
 //! target size when there are at least two of them, is opened in memory, filtered, and its
 //! remaining rows are re-sealed into new batches of at most `target_rows` rows under fresh data
@@ -20,9 +21,9 @@ use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 use zeroize::Zeroizing;
 
-use crate::ledger::{logged_at, LedgerSink, LedgerView};
-use crate::sealed::{open_batch_file, seal_batch, BatchError, BatchErrorKind};
-use crate::store::BatchStore;
+use crate::ledger::{logged_at, LedgerIndex, LedgerSink};
+use crate::sealed::{seal_batch, BatchError, BatchErrorKind};
+use crate::store::{BatchFile, BatchStore};
 use crate::vault::VaultKey;
 use crate::AnalyticsError;
 
@@ -68,7 +69,7 @@ pub fn compact(
     store: &BatchStore,
     study: &StudyId,
     vault: &VaultKey,
-    ledger: &LedgerView,
+    ledger: &LedgerIndex,
     sink: &dyn LedgerSink,
     now: UnixSeconds,
     opts: CompactOptions,
@@ -85,13 +86,13 @@ pub fn compact(
     let mut erase_hex: Vec<String> = withdrawn.iter().map(hex::encode).collect();
     erase_hex.sort_unstable();
     let erase_series = Series::new("erase".into(), erase_hex);
-    let files = store.list(study)?;
+    let files = store.readable(study, ledger)?.files;
     let small = opts.target_rows / 4;
     let mut report = CompactionReport::default();
     // First pass: which batches hold rows of withdrawn records, and which are small.
-    let mut plan: Vec<(PathBuf, String, bool, usize)> = Vec::new();
+    let mut plan: Vec<(&BatchFile, String, bool, usize)> = Vec::new();
     for f in &files {
-        let opened = open_batch_file(&f.path, vault)?;
+        let opened = store.open_batch(f, vault)?;
         let df = read(
             &f.path,
             &opened.plaintext,
@@ -118,19 +119,19 @@ pub fn compact(
             }
         }
         let rows = read_rows(&f.path, &opened.plaintext)?;
-        plan.push((f.path.clone(), id, hits.height() > 0, rows));
+        plan.push((f, id, hits.height() > 0, rows));
     }
     let smalls = plan.iter().filter(|p| p.3 < small).count();
-    let rewrite: Vec<&(PathBuf, String, bool, usize)> = plan
+    let rewrite: Vec<&(&BatchFile, String, bool, usize)> = plan
         .iter()
         .filter(|p| p.2 || (smalls >= 2 && p.3 < small))
         .collect();
     if !rewrite.is_empty() {
         let mut new_batches = Vec::new();
         let mut acc: Option<DataFrame> = None;
-        for (path, _, _, _) in &rewrite {
-            let opened = open_batch_file(path, vault)?;
-            let df = read(path, &opened.plaintext, None)?;
+        for (f, _, _, _) in &rewrite {
+            let opened = store.open_batch(f, vault)?;
+            let df = read(&f.path, &opened.plaintext, None)?;
             let kept = df
                 .lazy()
                 .filter(
@@ -160,7 +161,7 @@ pub fn compact(
                 new_batches.push(seal_frame(&mut a, study, now, vault)?);
             }
         }
-        let remove: Vec<PathBuf> = rewrite.iter().map(|p| p.0.clone()).collect();
+        let remove: Vec<PathBuf> = rewrite.iter().map(|p| p.0.path.clone()).collect();
         report.written = store.replace(&remove, &new_batches)?;
         report.removed = remove;
     }

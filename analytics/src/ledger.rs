@@ -16,7 +16,7 @@
 //! but are not covered by a signature; [`LedgerView`] uses them only in the conservative
 //! direction (withdrawals and query runs count, new consents do not).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -28,6 +28,8 @@ use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::signing::SigningKey;
 use datadonor_schemas::study::StudyId;
 use datadonor_schemas::time::UnixSeconds;
+
+pub use crate::ledger_index::LedgerIndex;
 use datadonor_schemas::WireError;
 
 /// Entries fetched per request.
@@ -165,8 +167,8 @@ pub trait LedgerSink {
 /// The ledger as the query service uses it: a view verified against the source's signed
 /// checkpoint (consistent with the last verified one) on every read, and appends.
 pub trait ServiceLedger {
-    /// Read and verify the whole ledger.
-    fn verified_view(&self) -> Result<LedgerView, LedgerError>;
+    /// Read and verify the whole ledger, folding it as it streams ([`verify_ledger_index`]).
+    fn verified_index(&self) -> Result<LedgerIndex, LedgerError>;
     /// Append one entry.
     fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError>;
 }
@@ -184,8 +186,8 @@ pub struct VerifiedLedger<S> {
 }
 
 impl<S: LedgerSource + LedgerSink> ServiceLedger for VerifiedLedger<S> {
-    fn verified_view(&self) -> Result<LedgerView, LedgerError> {
-        verify_ledger(&self.source, &self.verifiers, Some(&self.state_dir))
+    fn verified_index(&self) -> Result<LedgerIndex, LedgerError> {
+        verify_ledger_index(&self.source, &self.verifiers, Some(&self.state_dir))
     }
     fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
         self.source.append(entry)
@@ -241,6 +243,27 @@ impl LedgerView {
         self.verified.iter().chain(self.tail.iter())
     }
 
+    /// This view's entries folded into a [`LedgerIndex`] (what runs and compaction use; the
+    /// query service builds one while it streams the ledger, without a view).
+    pub fn index(&self) -> LedgerIndex {
+        let mut index = LedgerIndex::new();
+        for e in &self.verified {
+            index.add(e, true);
+        }
+        for e in &self.tail {
+            index.add(e, false);
+        }
+        index.checkpoint_size = self.checkpoint_size;
+        index
+    }
+
+    /// The intake batches (hex batch ids) a `donation_accepted` entry of the verified prefix
+    /// names for `study`: the batches whose group reached the ledger. An intake batch no entry
+    /// names was written by a group whose ledger append failed; nothing reads it.
+    pub fn named_batches(&self, study: &StudyId) -> HashSet<String> {
+        self.index().named_batches(study)
+    }
+
     /// Consent states of a study: grants from the verified prefix; withdrawals from anywhere.
     pub fn consent_states(&self, study: &StudyId) -> HashMap<Pseudonym, ConsentState> {
         let mut states = consent_states(study, self.verified.iter());
@@ -265,53 +288,7 @@ impl LedgerView {
     /// The state of every consent record of a study, by record id: grants from the verified
     /// prefix; withdrawals (of the record they name) from anywhere.
     pub fn record_states(&self, study: &StudyId) -> HashMap<[u8; 16], RecordState> {
-        let mut states: HashMap<[u8; 16], RecordState> = HashMap::new();
-        for e in &self.verified {
-            if let LedgerEntry::ConsentGranted {
-                study_id,
-                pseudonym,
-                consent_record_id,
-                purposes,
-                expires_at,
-                ..
-            } = e
-            {
-                if study_id == study {
-                    states.insert(
-                        *consent_record_id,
-                        RecordState {
-                            pseudonym: *pseudonym,
-                            purposes: purposes.clone(),
-                            expires_at: *expires_at,
-                            withdrawn_at: None,
-                        },
-                    );
-                }
-            }
-        }
-        for (record, _, time) in self.withdrawals(study) {
-            if let Some(s) = states.get_mut(&record) {
-                s.withdrawn_at.get_or_insert(time);
-            }
-        }
-        states
-    }
-
-    /// Withdrawals of a study's consent records, anywhere in the log, in order:
-    /// (record id, pseudonym, time).
-    fn withdrawals(&self, study: &StudyId) -> Vec<([u8; 16], Pseudonym, UnixSeconds)> {
-        self.all()
-            .filter_map(|e| match e {
-                LedgerEntry::ConsentWithdrawn {
-                    study_id,
-                    pseudonym,
-                    consent_record_id,
-                    time,
-                    ..
-                } if study_id == study => Some((*consent_record_id, *pseudonym, *time)),
-                _ => None,
-            })
-            .collect()
+        self.index().record_states(study)
     }
 
     /// Consent records whose rows count for `purpose` at `now`: granted (in the verified
@@ -322,11 +299,7 @@ impl LedgerView {
         purpose: &str,
         now: UnixSeconds,
     ) -> HashSet<[u8; 16]> {
-        self.record_states(study)
-            .into_iter()
-            .filter(|(_, s)| s.covers(purpose, now))
-            .map(|(r, _)| r)
-            .collect()
+        self.index().allowed_records(study, purpose, now)
     }
 
     /// [`LedgerView::allowed_records`] with the pseudonym each record was granted to: the donor
@@ -337,11 +310,7 @@ impl LedgerView {
         purpose: &str,
         now: UnixSeconds,
     ) -> HashMap<[u8; 16], Pseudonym> {
-        self.record_states(study)
-            .into_iter()
-            .filter(|(_, s)| s.covers(purpose, now))
-            .map(|(r, s)| (r, s.pseudonym))
-            .collect()
+        self.index().allowed_record_donors(study, purpose, now)
     }
 
     /// Pseudonyms with at least one consent record that covers `purpose` at `now`.
@@ -351,20 +320,12 @@ impl LedgerView {
         purpose: &str,
         now: UnixSeconds,
     ) -> HashSet<Pseudonym> {
-        self.record_states(study)
-            .into_values()
-            .filter(|s| s.covers(purpose, now))
-            .map(|s| s.pseudonym)
-            .collect()
+        self.index().allowed_donors(study, purpose, now)
     }
 
     /// Runs logged under an approval (by SHA-256 of its signed payload), anywhere in the log.
     pub fn runs_of(&self, approval_sha256: &[u8; 32]) -> u64 {
-        self.all()
-            .filter(|e| {
-                matches!(e, LedgerEntry::QueryRun { approval_sha256: a, .. } if a == approval_sha256)
-            })
-            .count() as u64
+        self.index().runs_of(approval_sha256)
     }
 
     /// Withdrawn consent records of a study with no `erasure_done` entry yet, as (pseudonym,
@@ -373,43 +334,7 @@ impl LedgerView {
     /// erased; one without a record (written before rows were matched to consent by record)
     /// covers every record of its pseudonym withdrawn before it.
     pub fn pending_erasures(&self, study: &StudyId) -> Vec<(Pseudonym, [u8; 16])> {
-        let mut pending: BTreeSet<(Pseudonym, [u8; 16])> = BTreeSet::new();
-        for e in self.all() {
-            match e {
-                LedgerEntry::ConsentWithdrawn {
-                    study_id,
-                    pseudonym,
-                    consent_record_id,
-                    ..
-                } if study_id == study => {
-                    pending.insert((*pseudonym, *consent_record_id));
-                }
-                LedgerEntry::ErasureDone {
-                    study_id,
-                    pseudonym,
-                    consent_record_id: Some(record),
-                    ..
-                } if study_id == study => {
-                    pending.remove(&(*pseudonym, *record));
-                }
-                LedgerEntry::ErasureDone {
-                    study_id,
-                    pseudonym,
-                    consent_record_id: None,
-                    ..
-                } if study_id == study => {
-                    let records: Vec<(Pseudonym, [u8; 16])> = pending
-                        .range((*pseudonym, [0; 16])..=(*pseudonym, [0xff; 16]))
-                        .copied()
-                        .collect();
-                    for k in records {
-                        pending.remove(&k);
-                    }
-                }
-                _ => {}
-            }
-        }
-        pending.into_iter().collect()
+        self.index().pending_erasures(study)
     }
 }
 
@@ -437,17 +362,71 @@ impl RecordState {
 }
 
 /// Read every entry from `source`, verify the prefix covered by its latest checkpoint, and
-/// check consistency with the checkpoint last verified (kept in `state_dir`, when given).
+/// check consistency with the checkpoint last verified (kept in `state_dir`, when given). Every
+/// entry is kept: the auditor's reports read them; runs and compaction need only
+/// [`verify_ledger_index`].
 pub fn verify_ledger(
     source: &dyn LedgerSource,
     verifiers: &[NoteVerifier],
     state_dir: Option<&Path>,
 ) -> Result<LedgerView, LedgerError> {
+    let (mut verified, mut tail) = (Vec::new(), Vec::new());
+    let size = verify_ledger_with(source, verifiers, state_dir, &mut |e, is_verified| {
+        if is_verified {
+            verified.push(e);
+        } else {
+            tail.push(e);
+        }
+    })?;
+    Ok(LedgerView {
+        verified,
+        tail,
+        checkpoint_size: Some(size),
+    })
+}
+
+/// [`verify_ledger`] folding each entry into a [`LedgerIndex`] as it streams past: no entry
+/// is kept (what the query service and compaction use).
+pub fn verify_ledger_index(
+    source: &dyn LedgerSource,
+    verifiers: &[NoteVerifier],
+    state_dir: Option<&Path>,
+) -> Result<LedgerIndex, LedgerError> {
+    let mut index = LedgerIndex::new();
+    let size = verify_ledger_with(source, verifiers, state_dir, &mut |e, is_verified| {
+        index.add(&e, is_verified)
+    })?;
+    index.checkpoint_size = Some(size);
+    Ok(index)
+}
+
+/// The verification itself, streaming: pages of [`PAGE`] entries are hashed into the tree's
+/// right edge ([`merkle::Frontier`]) and parsed, each entry handed to `each` with whether the
+/// checkpoint covers it, in log order, then dropped; only one page of entry bytes and O(log n)
+/// hashes are held. The verdict comes after the last entry, so `each` may have seen entries of
+/// a ledger that is then refused: a caller keeps nothing of an `Err`. Errors are reported in the
+/// order a whole-log check finds them: the checkpoint's signature, missing entries, the root,
+/// the stored checkpoint (origin, rollback, consistency), then an entry that does not parse.
+/// Returns the checkpoint's size.
+pub fn verify_ledger_with(
+    source: &dyn LedgerSource,
+    verifiers: &[NoteVerifier],
+    state_dir: Option<&Path>,
+    each: &mut dyn FnMut(LedgerEntry, bool),
+) -> Result<u64, LedgerError> {
     let note = source.checkpoint()?;
     let signed = checkpoint::open(&note, verifiers)?;
     let cp = signed.checkpoint;
     let size = cp.size;
-    let mut raw = Vec::new();
+    // The head verified before, read first so that the stream can keep the root at its size.
+    let stored = state_dir.map(|dir| stored_checkpoint(dir, verifiers));
+    let old_size = match &stored {
+        Some(Ok(Some(old))) => Some(old.size),
+        _ => None,
+    };
+    let mut frontier = merkle::Frontier::new();
+    let mut root_at_old = (old_size == Some(0)).then(|| frontier.root());
+    let mut bad_entry: Option<LedgerError> = None;
     let mut start = 0u64;
     while start < size {
         let end = (start + PAGE).min(size);
@@ -455,33 +434,56 @@ pub fn verify_ledger(
         if page.is_empty() {
             break;
         }
-        start += page.len() as u64;
-        raw.extend(page);
+        for (i, bytes) in page.into_iter().enumerate() {
+            let index = start + i as u64;
+            if index >= size {
+                break;
+            }
+            frontier.push(merkle::leaf_hash(&bytes));
+            if Some(frontier.size()) == old_size {
+                root_at_old = Some(frontier.root());
+            }
+            if bad_entry.is_none() {
+                match LedgerEntry::from_bytes(&bytes) {
+                    Ok(e) => each(e, true),
+                    Err(source) => bad_entry = Some(LedgerError::Entry { index, source }),
+                }
+            }
+        }
+        start = frontier.size();
     }
-    if raw.len() as u64 != size {
+    if frontier.size() != size {
         return Err(LedgerError::MissingEntries {
-            got: raw.len() as u64,
+            got: frontier.size(),
             size,
         });
     }
-    let log = MerkleLog::from_leaves(raw.iter().map(|b| merkle::leaf_hash(b)));
-    if log.root() != cp.root {
+    if frontier.root() != cp.root {
         return Err(LedgerError::RootMismatch { size });
     }
-    if let Some(dir) = state_dir {
-        check_against_state(source, &log, &cp, verifiers, dir)?;
+    if let (Some(dir), Some(stored)) = (state_dir, stored) {
+        if let Some(old) = stored? {
+            check_against_state(source, root_at_old, &old, &cp)?;
+        }
         save_state(dir, &note)?;
     }
-    drop(log);
-    let verified = parse_entries(raw, 0)?;
+    if let Some(e) = bad_entry {
+        return Err(e);
+    }
     // The unverified tail.
-    let mut tail_raw = Vec::new();
     let mut start = size;
     loop {
         match source.entries(start, start + PAGE) {
             Ok(page) if !page.is_empty() => {
+                for (i, bytes) in page.iter().enumerate() {
+                    let e =
+                        LedgerEntry::from_bytes(bytes).map_err(|source| LedgerError::Entry {
+                            index: start + i as u64,
+                            source,
+                        })?;
+                    each(e, false);
+                }
                 start += page.len() as u64;
-                tail_raw.extend(page);
             }
             Ok(_) => break,
             Err(e) => {
@@ -490,28 +492,21 @@ pub fn verify_ledger(
             }
         }
     }
-    let tail = parse_entries(tail_raw, size)?;
-    Ok(LedgerView {
-        verified,
-        tail,
-        checkpoint_size: Some(size),
-    })
+    Ok(size)
 }
 
 /// Name of the file in a state directory holding the last verified signed checkpoint.
 pub const STATE_FILE: &str = "verified-checkpoint";
 
-fn check_against_state(
-    source: &dyn LedgerSource,
-    log: &MerkleLog,
-    cp: &Checkpoint,
-    verifiers: &[NoteVerifier],
+/// The checkpoint kept in `dir`, opened with `verifiers` (`None` when there is none yet).
+fn stored_checkpoint(
     dir: &Path,
-) -> Result<(), LedgerError> {
+    verifiers: &[NoteVerifier],
+) -> Result<Option<Checkpoint>, LedgerError> {
     let path = dir.join(STATE_FILE);
     let old_note = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(LedgerError::State {
                 path,
@@ -519,15 +514,26 @@ fn check_against_state(
             })
         }
     };
-    let old = checkpoint::open(&old_note, verifiers)
+    checkpoint::open(&old_note, verifiers)
+        .map(|s| Some(s.checkpoint))
         .map_err(|e| LedgerError::State {
-            path: path.clone(),
+            path,
             detail: format!("stored checkpoint does not open: {e}"),
-        })?
-        .checkpoint;
+        })
+}
+
+/// `cp` against the head `old` verified before: same origin, no smaller, consistent by the
+/// source's proof, and the entries just read reproduce its root (`local_old`, the root the
+/// stream saw at `old.size`).
+fn check_against_state(
+    source: &dyn LedgerSource,
+    local_old: Option<Hash>,
+    old: &Checkpoint,
+    cp: &Checkpoint,
+) -> Result<(), LedgerError> {
     if old.origin != cp.origin {
         return Err(LedgerError::Origin {
-            expected: old.origin,
+            expected: old.origin.clone(),
             found: cp.origin.clone(),
         });
     }
@@ -557,15 +563,8 @@ fn check_against_state(
         new: cp.size,
         source,
     })?;
-    // The entries we hold must also reproduce the old root.
-    let local_old = log
-        .root_at(old.size)
-        .map_err(|source| LedgerError::Inconsistent {
-            old: old.size,
-            new: cp.size,
-            source,
-        })?;
-    if local_old != old.root {
+    // The entries we read must also reproduce the old root.
+    if local_old != Some(old.root) {
         return Err(LedgerError::Inconsistent {
             old: old.size,
             new: cp.size,
@@ -898,6 +897,165 @@ mod tests {
         assert!(matches!(
             verify_ledger(&other, &v, None),
             Err(LedgerError::Checkpoint(_))
+        ));
+    }
+
+    fn run(study: &str, approval: u8, researcher: &str, epsilon: f64) -> LedgerEntry {
+        LedgerEntry::QueryRun {
+            time: 30,
+            study_id: StudyId::new(study).expect("id"),
+            query_sha256: [0; 32],
+            approval_sha256: [approval; 32],
+            researcher: researcher.into(),
+            purpose: "a".into(),
+            donors_considered: 1,
+            cells_published: 1,
+            cells_suppressed: 0,
+            privacy: Some(datadonor_schemas::privacy::RunPrivacy {
+                epsilon,
+                delta: 1e-7,
+                study_epsilon_left: 0.0,
+                study_delta_left: 0.0,
+                researcher_epsilon_left: 0.0,
+                researcher_delta_left: 0.0,
+            }),
+        }
+    }
+
+    fn accepted(study: &str, p: u8, batch_id: &str) -> LedgerEntry {
+        LedgerEntry::DonationAccepted {
+            time: 11,
+            study_id: StudyId::new(study).expect("id"),
+            pseudonym: Pseudonym([p; 32]),
+            consent_record_id: [p; 16],
+            idempotency_key: [p; 16],
+            envelope_sha256: [0; 32],
+            rows: 1,
+            batch_id: batch_id.into(),
+        }
+    }
+
+    #[test]
+    fn the_streamed_index_answers_as_the_view_and_keeps_no_entry() {
+        let l = MemoryLedger::new("datadonor.test/log").expect("ledger");
+        let v = vec![l.verifier().expect("verifier")];
+        let study = StudyId::new("study-a").expect("id");
+        let batch = hex::encode([7u8; 16]);
+        for i in 0..40u8 {
+            l.push(&grant(
+                if i % 4 == 0 { "study-b" } else { "study-a" },
+                i,
+                100,
+            ));
+            l.push(&accepted("study-a", i, &batch));
+        }
+        // An upper-case id names no batch (object names are lower case).
+        l.push(&accepted("study-a", 1, &hex::encode_upper([0xab; 16])));
+        l.push(&LedgerEntry::ConsentWithdrawn {
+            time: 20,
+            study_id: study.clone(),
+            pseudonym: Pseudonym([5; 32]),
+            consent_record_id: [5; 16],
+            withdrawal_sha256: [0; 32],
+        });
+        for (a, r, e) in [(1, "r1", 0.1), (1, "r2", 0.2), (2, "r1", 0.3)] {
+            l.push(&run("study-a", a, r, e));
+        }
+        let view = verify_ledger(&l, &v, None).expect("view");
+        let index = verify_ledger_index(&l, &v, None).expect("index");
+        let folded = view.index();
+        assert_eq!(index.entries(), 85);
+        assert_eq!(index.records(), 40);
+        assert_eq!(index.checkpoint_size, Some(85));
+        for i in [&index, &folded] {
+            assert_eq!(i.record_states(&study), view.record_states(&study));
+            assert_eq!(i.record_states(&study).len(), 30);
+            assert_eq!(i.record_states(&study)[&[5; 16]].withdrawn_at, Some(20));
+            assert_eq!(i.allowed_record_donors(&study, "a", 50).len(), 29);
+            assert!(i.allowed_record_donors(&study, "b", 50).is_empty());
+            assert!(i.allowed_record_donors(&study, "a", 100).is_empty());
+            assert_eq!(
+                i.pending_erasures(&study),
+                vec![(Pseudonym([5; 32]), [5; 16])]
+            );
+            assert_eq!(
+                (
+                    i.runs_of(&[1; 32]),
+                    i.runs_of(&[2; 32]),
+                    i.runs_of(&[3; 32])
+                ),
+                (2, 1, 0)
+            );
+            let all = i.spent(&study, None);
+            assert!((all.epsilon - 0.6).abs() < 1e-12 && (all.delta - 3e-7).abs() < 1e-18);
+            assert!((i.spent(&study, Some("r1")).epsilon - 0.4).abs() < 1e-12);
+            assert_eq!(
+                i.spent(&StudyId::new("study-b").expect("id"), None).epsilon,
+                0.0
+            );
+            assert_eq!(i.named_batches(&study), HashSet::from([batch.clone()]));
+            assert!(i.names_batch(&study, &[7; 16]) && !i.names_batch(&study, &[0xab; 16]));
+        }
+    }
+
+    #[test]
+    fn streaming_reports_errors_in_the_order_a_whole_log_check_does() {
+        let l = MemoryLedger::new("datadonor.test/log").expect("ledger");
+        let v = vec![l.verifier().expect("verifier")];
+        for i in 0..1500u32 {
+            l.push(&grant("study-a", (i % 200) as u8, 100));
+        }
+        // An entry that does not parse, under a root that commits to it: named by index.
+        l.push_bytes(b"{not an entry".to_vec());
+        l.push(&grant("study-a", 1, 100));
+        assert!(matches!(
+            verify_ledger_index(&l, &v, None),
+            Err(LedgerError::Entry { index: 1500, .. })
+        ));
+        // The same entry under a root it does not match: the root is what is wrong.
+        let cp = l.checkpoint().expect("checkpoint");
+        let tampered = MemoryLedger {
+            entries: Mutex::new(l.entries.lock().expect("lock").clone()),
+            key: SigningKey::from_seed(l.key.seed()).expect("key"),
+            origin: l.origin.clone(),
+            key_name: l.key_name.clone(),
+        };
+        tampered.tamper(3, b"{also not an entry".to_vec());
+        struct Fixed<'a>(&'a MemoryLedger, Vec<u8>);
+        impl LedgerSource for Fixed<'_> {
+            fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
+                Ok(self.1.clone())
+            }
+            fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+                self.0.entries(start, end)
+            }
+            fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+                self.0.consistency_proof(from, to)
+            }
+        }
+        assert!(matches!(
+            verify_ledger_index(&Fixed(&tampered, cp), &v, None),
+            Err(LedgerError::RootMismatch { size: 1502 })
+        ));
+        // A source that stops short of its checkpoint.
+        struct Short<'a>(&'a MemoryLedger);
+        impl LedgerSource for Short<'_> {
+            fn checkpoint(&self) -> Result<Vec<u8>, LedgerError> {
+                self.0.checkpoint()
+            }
+            fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+                self.0.entries(start, end.min(1200))
+            }
+            fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+                self.0.consistency_proof(from, to)
+            }
+        }
+        assert!(matches!(
+            verify_ledger_index(&Short(&l), &v, None),
+            Err(LedgerError::MissingEntries {
+                got: 1200,
+                size: 1502
+            })
         ));
     }
 

@@ -35,6 +35,7 @@ pub mod engine;
 pub mod keys;
 pub mod ledger;
 pub mod ledger_http;
+pub mod ledger_index;
 pub mod output;
 pub mod plain;
 pub mod private;
@@ -42,6 +43,7 @@ pub mod query;
 pub mod sealed;
 pub mod service;
 pub mod store;
+pub mod store_s3;
 pub mod testkit;
 pub mod vault;
 

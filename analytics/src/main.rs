@@ -17,7 +17,8 @@ use datadonor_analytics::compact::{compact, CompactOptions};
 use datadonor_analytics::keys::{generate_steward_key, load_approvers, load_steward_key};
 use datadonor_analytics::ledger::VerifiedLedger;
 use datadonor_analytics::ledger::{
-    verify_ledger, LedgerError, LedgerSink, LedgerSource, LedgerView, LocalLedgerFile,
+    verify_ledger_with, LedgerError, LedgerIndex, LedgerSink, LedgerSource, LedgerView,
+    LocalLedgerFile,
 };
 use datadonor_analytics::ledger_http::HttpLedger;
 use datadonor_analytics::query::{load_spec, open_study};
@@ -117,9 +118,12 @@ enum Cmd {
         /// `study sign` writes it); an id alone is refused.
         #[arg(long, value_name = "FILE or ID")]
         study: String,
-        /// The study's batch directory: the intake's `batches/<study>/`.
-        #[arg(long)]
-        batches: PathBuf,
+        /// The study's batches: the intake's directory `batches/<study>/`, or
+        /// `s3://bucket/<prefix>/<study>` when the intake writes to a bucket (endpoint, region
+        /// and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+        /// AWS_SECRET_ACCESS_KEY).
+        #[arg(long, value_name = "DIR or s3://BUCKET/PREFIX")]
+        batches: String,
         /// Vault key file.
         #[arg(long)]
         vault_key: PathBuf,
@@ -153,9 +157,12 @@ enum Cmd {
     },
     /// Rewrite sealed batches without the rows of withdrawn consent records and log the erasures.
     Compact {
-        /// The study's batch directory: the intake's `batches/<study>/`.
-        #[arg(long)]
-        batches: PathBuf,
+        /// The study's batches: the intake's directory `batches/<study>/`, or
+        /// `s3://bucket/<prefix>/<study>` when the intake writes to a bucket (endpoint, region
+        /// and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+        /// AWS_SECRET_ACCESS_KEY).
+        #[arg(long, value_name = "DIR or s3://BUCKET/PREFIX")]
+        batches: String,
         /// Vault key file.
         #[arg(long)]
         vault_key: PathBuf,
@@ -166,6 +173,11 @@ enum Cmd {
         /// Rows per rewritten batch.
         #[arg(long, default_value_t = 1_000_000)]
         target_rows: usize,
+        /// In a bucket: first delete what an interrupted compaction wrote before it had
+        /// written all its new batches (its journal blocks compaction until then). Only when no
+        /// other compaction of these batches is running.
+        #[arg(long)]
+        abandon_interrupted: bool,
         /// Analytics bearer token for POST /v1/ledger/events (or @FILE): the erasures are
         /// logged with it.
         #[arg(long, requires = "ledger")]
@@ -227,9 +239,12 @@ enum AuditCmd {
     },
     /// Check every row of every sealed batch against the consent record it was donated under.
     Batches {
-        /// The study's batch directory: the intake's `batches/<study>/`.
-        #[arg(long)]
-        batches: PathBuf,
+        /// The study's batches: the intake's directory `batches/<study>/`, or
+        /// `s3://bucket/<prefix>/<study>` when the intake writes to a bucket (endpoint, region
+        /// and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+        /// AWS_SECRET_ACCESS_KEY).
+        #[arg(long, value_name = "DIR or s3://BUCKET/PREFIX")]
+        batches: String,
         /// Vault key file.
         #[arg(long)]
         vault_key: PathBuf,
@@ -394,30 +409,74 @@ fn open_ledger(
     args: &LedgerArgs,
     need_sink: bool,
 ) -> anyhow::Result<(LedgerView, Box<dyn LedgerSink>)> {
+    let (mut verified, mut tail) = (Vec::new(), Vec::new());
+    let (size, sink) = stream_ledger(args, need_sink, &mut |e, is_verified| {
+        if is_verified {
+            verified.push(e);
+        } else {
+            tail.push(e);
+        }
+    })?;
+    let view = LedgerView {
+        verified,
+        tail,
+        checkpoint_size: size,
+    };
+    Ok((view, sink))
+}
+
+/// [`open_ledger`] folded as it streams, keeping no entry (what compaction needs).
+fn open_index(
+    args: &LedgerArgs,
+    need_sink: bool,
+) -> anyhow::Result<(LedgerIndex, Box<dyn LedgerSink>)> {
+    let mut index = LedgerIndex::new();
+    let (size, sink) = stream_ledger(args, need_sink, &mut |e, is_verified| {
+        index.add(&e, is_verified)
+    })?;
+    index.checkpoint_size = size;
+    Ok((index, sink))
+}
+
+/// Read and verify the ledger the arguments name, handing each entry to `each` with whether a
+/// verified checkpoint covers it; the checkpoint's size (none for an unverified file).
+fn stream_ledger(
+    args: &LedgerArgs,
+    need_sink: bool,
+    each: &mut dyn FnMut(datadonor_schemas::ledger::LedgerEntry, bool),
+) -> anyhow::Result<(Option<u64>, Box<dyn LedgerSink>)> {
     if args.ledger.is_some() {
         let (mut http, verifier) = http_ledger(args, need_sink)?;
         http.set_verifiers(vec![verifier.clone()]);
         // A log that is not what it signed, or lacks the witness quorum, is an audit finding.
-        let view = match required_witnesses(args)? {
-            Some(req) => audit::verify_witnessed(&http, &[verifier], Some(&args.state_dir), &req),
-            None => verify_ledger(&http, &[verifier], Some(&args.state_dir)),
+        let size = match required_witnesses(args)? {
+            Some(req) => {
+                audit::verify_witnessed_with(&http, &[verifier], Some(&args.state_dir), &req, each)
+            }
+            None => verify_ledger_with(&http, &[verifier], Some(&args.state_dir), each),
         }
         .map_err(AnalyticsError::from)?;
-        return Ok((view, Box::new(http)));
+        return Ok((Some(size), Box::new(http)));
     }
     let path = args
         .ledger_file
         .as_ref()
         .ok_or_else(|| anyhow!("one of --ledger URL or --ledger-file PATH is required"))?;
     let file = LocalLedgerFile::new(path, args.ledger_checkpoint.as_deref());
-    let view = match (&args.ledger_checkpoint, &args.ledger_vkey) {
-        (Some(_), Some(vk)) => match required_witnesses(args)? {
-            Some(req) => {
-                audit::verify_witnessed(&file, &[read_vkey(vk)?], Some(&args.state_dir), &req)
+    let size = match (&args.ledger_checkpoint, &args.ledger_vkey) {
+        (Some(_), Some(vk)) => Some(
+            match required_witnesses(args)? {
+                Some(req) => audit::verify_witnessed_with(
+                    &file,
+                    &[read_vkey(vk)?],
+                    Some(&args.state_dir),
+                    &req,
+                    each,
+                ),
+                None => verify_ledger_with(&file, &[read_vkey(vk)?], Some(&args.state_dir), each),
             }
-            None => verify_ledger(&file, &[read_vkey(vk)?], Some(&args.state_dir)),
-        }
-        .map_err(AnalyticsError::from)?,
+            .map_err(AnalyticsError::from)?,
+        ),
         (None, _) if !args.witnesses.is_empty() => {
             return Err(anyhow!(
                 "--witness needs a signed checkpoint: --ledger-checkpoint and --ledger-vkey"
@@ -429,10 +488,13 @@ fn open_ledger(
                 "datadonor-analytics: warning: {} is not checked against a signed checkpoint",
                 path.display()
             );
-            file.unverified_view()?
+            for e in file.unverified_view()?.verified {
+                each(e, true);
+            }
+            None
         }
     };
-    Ok((view, Box::new(file)))
+    Ok((size, Box::new(file)))
 }
 
 /// The ledger as a source to audit, its checkpoint verifier, and the key that signs receipts.
@@ -592,7 +654,7 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
         AuditCmd::Log { ledger, html } => {
             let required = required_witnesses(&ledger)?;
             let (source, verifier, _) = audit_source(&ledger)?;
-            let (report, _) = audit::audit_log_witnessed(
+            let report = audit::audit_log_witnessed(
                 source.as_ref(),
                 &[verifier],
                 &ledger.state_dir,
@@ -659,7 +721,7 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
         } => {
             let study = study_id(&study)?;
             let vault = VaultKey::load(&vault_key)?;
-            let store = BatchStore::open(&batches)?;
+            let store = BatchStore::open_location(&batches)?;
             let (view, _) = open_ledger(&ledger, false)?;
             let report = audit::audit_batches(&view, &store, &vault, &study)?;
             print!("{}", report.render_text());
@@ -851,7 +913,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 approvers: approvers_keys,
                 researchers: Researchers::load(&researchers)?,
                 vault: VaultKey::load(&vault_key)?,
-                store: BatchStore::open(&batches)?,
+                store: BatchStore::open_location(&batches)?,
                 ledger: Box::new(VerifiedLedger {
                     source: http,
                     verifiers: vec![verifier],
@@ -875,14 +937,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             vault_key,
             study,
             target_rows,
+            abandon_interrupted,
             analytics_token,
             mut ledger,
         } => {
             ledger.analytics_token = analytics_token;
             let only = study.as_deref().map(study_id).transpose()?;
             let vault = VaultKey::load(&vault_key)?;
-            let store = BatchStore::open(&batches)?;
-            let (view, sink) = open_ledger(&ledger, true)?;
+            let store = BatchStore::open_location(&batches)?;
+            if abandon_interrupted && store.abandon_interrupted()? {
+                eprintln!(
+                    "{}: finished or rolled back an interrupted compaction",
+                    store.location()
+                );
+            }
+            let (view, sink) = open_index(&ledger, true)?;
             let studies = match only {
                 Some(s) => vec![s],
                 None => store.studies()?,

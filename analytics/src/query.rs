@@ -20,8 +20,7 @@ use datadonor_schemas::time::UnixSeconds;
 
 use crate::disclosure::{self, CellKey, Suppression};
 use crate::engine::{AggregateTable, CellDonorCube, QueryEngine};
-use crate::ledger::{logged_at, Appended, LedgerSink, LedgerView};
-use crate::sealed::open_batch_file;
+use crate::ledger::{logged_at, Appended, LedgerIndex, LedgerSink};
 use crate::store::BatchStore;
 use crate::vault::VaultKey;
 use crate::AnalyticsError;
@@ -121,7 +120,7 @@ pub fn open_study(
 /// logged under it.
 pub fn authorize(
     inputs: &QueryInputs<'_>,
-    ledger: &LedgerView,
+    ledger: &LedgerIndex,
 ) -> Result<Signed<QueryApproval>, AnalyticsError> {
     inputs
         .spec
@@ -157,21 +156,23 @@ pub const GROUP_ROWS: usize = 2_000_000;
 pub fn aggregate_store(
     engine: QueryEngine,
     store: &BatchStore,
+    ledger: &LedgerIndex,
     study: &StudyDefinition,
     vault: &VaultKey,
 ) -> Result<AggregateTable, AnalyticsError> {
-    aggregate_store_in_groups(engine, store, study, vault, GROUP_ROWS)
+    aggregate_store_in_groups(engine, store, ledger, study, vault, GROUP_ROWS)
 }
 
 /// [`aggregate_store`] with groups of about `group_rows` rows (1: a plan per batch).
 pub fn aggregate_store_in_groups(
     mut engine: QueryEngine,
     store: &BatchStore,
+    ledger: &LedgerIndex,
     study: &StudyDefinition,
     vault: &VaultKey,
     group_rows: usize,
 ) -> Result<AggregateTable, AnalyticsError> {
-    feed_store(&mut engine, store, study, vault, group_rows)?;
+    feed_store(&mut engine, store, ledger, study, vault, group_rows)?;
     engine.finish()
 }
 
@@ -180,22 +181,25 @@ pub fn aggregate_store_in_groups(
 pub fn aggregate_store_cube(
     mut engine: QueryEngine,
     store: &BatchStore,
+    ledger: &LedgerIndex,
     study: &StudyDefinition,
     vault: &VaultKey,
 ) -> Result<CellDonorCube, AnalyticsError> {
-    feed_store(&mut engine, store, study, vault, GROUP_ROWS)?;
+    feed_store(&mut engine, store, ledger, study, vault, GROUP_ROWS)?;
     engine.finish_cube()
 }
 
-/// Feed every batch of the study to the engine, in groups of about `group_rows` rows.
+/// Feed every batch of the study the ledger accounts for ([`BatchStore::readable`]) to the
+/// engine, in groups of about `group_rows` rows.
 fn feed_store(
     engine: &mut QueryEngine,
     store: &BatchStore,
+    ledger: &LedgerIndex,
     study: &StudyDefinition,
     vault: &VaultKey,
     group_rows: usize,
 ) -> Result<(), AnalyticsError> {
-    let files = store.list(&study.id)?;
+    let files = store.readable(&study.id, ledger)?.files;
     std::thread::scope(|s| {
         // A rendezvous channel: the opener holds at most one finished group while the engine works
         // on another, so at most two groups of plaintext exist at once.
@@ -204,7 +208,7 @@ fn feed_store(
             let mut group = Vec::new();
             let mut rows = 0usize;
             for f in files {
-                match open_batch_file(&f.path, vault) {
+                match store.open_batch(&f, vault) {
                     Ok(o) => {
                         // An unreadable footer counts as one row here; the engine's footer check
                         // names the batch.
@@ -322,7 +326,7 @@ pub fn apply_disclosure(
 }
 
 /// The donors with a consent record that covers the spec's purpose now.
-pub fn allowed_donors(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> HashSet<Pseudonym> {
+pub fn allowed_donors(inputs: &QueryInputs<'_>, ledger: &LedgerIndex) -> HashSet<Pseudonym> {
     ledger.allowed_donors(&inputs.study.id, &inputs.spec.purpose, inputs.now)
 }
 
@@ -330,7 +334,7 @@ pub fn allowed_donors(inputs: &QueryInputs<'_>, ledger: &LedgerView) -> HashSet<
 /// to: the rows donated under them are the ones a run counts, each under that donor.
 pub fn allowed_records(
     inputs: &QueryInputs<'_>,
-    ledger: &LedgerView,
+    ledger: &LedgerIndex,
 ) -> HashMap<[u8; 16], Pseudonym> {
     ledger.allowed_record_donors(&inputs.study.id, &inputs.spec.purpose, inputs.now)
 }
@@ -339,7 +343,7 @@ pub fn allowed_records(
 /// logged.
 pub fn run_query(
     inputs: &QueryInputs<'_>,
-    ledger: &LedgerView,
+    ledger: &LedgerIndex,
     store: &BatchStore,
     vault: &VaultKey,
     sink: &dyn LedgerSink,
@@ -349,7 +353,7 @@ pub fn run_query(
     let allowed = allowed_donors(inputs, ledger);
     let records = allowed_records(inputs, ledger);
     let engine = QueryEngine::new(inputs.spec, inputs.study, &records)?;
-    let agg = aggregate_store(engine, store, inputs.study, vault)?;
+    let agg = aggregate_store(engine, store, ledger, inputs.study, vault)?;
     let k = inputs.spec.effective_k(inputs.study);
     let table = apply_disclosure(&agg, inputs.spec, k)?;
     let entry = LedgerEntry::QueryRun {

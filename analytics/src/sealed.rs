@@ -62,6 +62,9 @@ pub enum BatchErrorKind {
     /// The file could not be read or written.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The object could not be read from object storage.
+    #[error("object storage: {0}")]
+    Remote(String),
     /// The header does not parse.
     #[error("malformed header: {0}")]
     Header(#[from] WireError),
@@ -295,7 +298,11 @@ fn diagnose(
 /// Read and open a batch file; checks that its stem is the header's batch id.
 pub fn open_batch_file(path: &Path, vault: &VaultKey) -> Result<OpenedBatch, BatchError> {
     let bytes = std::fs::read(path).map_err(|e| BatchError::new(path, e))?;
-    let opened = open_batch(path, &bytes, vault)?;
+    check_name(path, open_batch(path, &bytes, vault)?)
+}
+
+/// Check that an opened batch's file (or object) name is its header's batch id.
+pub fn check_name(path: &Path, opened: OpenedBatch) -> Result<OpenedBatch, BatchError> {
     if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
         if stem != opened.header.batch_id_hex() {
             return Err(BatchError::new(

@@ -245,29 +245,6 @@ impl Journal {
     }
 }
 
-/// What the ledger says was spent (runs logged there, from this or an earlier service).
-fn ledger_spent(
-    entries: &[LedgerEntry],
-    study: &StudyDefinition,
-    researcher: Option<&str>,
-) -> PrivacySpend {
-    entries
-        .iter()
-        .filter_map(|e| match e {
-            LedgerEntry::QueryRun {
-                study_id,
-                researcher: r,
-                privacy: Some(p),
-                ..
-            } if *study_id == study.id && researcher.is_none_or(|n| n == r) => Some(PrivacySpend {
-                epsilon: p.epsilon,
-                delta: p.delta,
-            }),
-            _ => None,
-        })
-        .fold(PrivacySpend::default(), PrivacySpend::plus)
-}
-
 fn max_spend(a: PrivacySpend, b: PrivacySpend) -> PrivacySpend {
     PrivacySpend {
         epsilon: a.epsilon.max(b.epsilon),
@@ -403,9 +380,8 @@ impl QueryService {
         private::check_spec(&spec).map_err(|e| Problem::new(422, "invalid-spec", e.to_string()))?;
         let view = self
             .ledger
-            .verified_view()
+            .verified_index()
             .map_err(|e| Problem::new(502, "ledger-unavailable", e.to_string()))?;
-        let entries: Vec<LedgerEntry> = view.all().cloned().collect();
         let approval_digest = req.approval.payload_digest();
         let approval_hex = hex::encode(approval_digest);
         let policy = self
@@ -435,13 +411,10 @@ impl QueryService {
                     "the approval states no privacy spend (epsilon, delta) for a run",
                 )
             })?;
-            let study_spent = max_spend(
-                journal.spent(None),
-                ledger_spent(&entries, &self.study, None),
-            );
+            let study_spent = max_spend(journal.spent(None), view.spent(&self.study.id, None));
             let researcher_spent = max_spend(
                 journal.spent(Some(&name)),
-                ledger_spent(&entries, &self.study, Some(&name)),
+                view.spent(&self.study.id, Some(&name)),
             );
             let rp = charge(&policy, study_spent, researcher_spent, spend)
                 .map_err(|e| Problem::new(403, "over-budget", e.to_string()))?;
@@ -461,7 +434,7 @@ impl QueryService {
         let allowed = view.allowed_donors(&self.study.id, &spec.purpose, now);
         let records = view.allowed_record_donors(&self.study.id, &spec.purpose, now);
         let engine = QueryEngine::new(&spec, &self.study, &records).map_err(engine_problem)?;
-        let cube = aggregate_store_cube(engine, &self.store, &self.study, &self.vault)
+        let cube = aggregate_store_cube(engine, &self.store, &view, &self.study, &self.vault)
             .map_err(engine_problem)?;
         let k = spec.effective_k(&self.study);
         let mut release =

@@ -1,7 +1,8 @@
-//! The directory of sealed batches (embedded storage): listing a study's batches and replacing
-//! a set of batches atomically during compaction.
+//! Where a study's sealed batches are read from, and where compaction replaces them: the
+//! intake's local batch directory (the embedded default) or a prefix of an S3-compatible bucket
+//! (`s3://bucket/prefix`, the intake's `[storage] batches = "s3"`; [`crate::store_s3`]).
 //!
-//! The store is one study's directory of the intake's batch tree, `batches/<study>/`. A batch
+//! The directory is one study's directory of the intake's batch tree, `batches/<study>/`. A batch
 //! written by the intake's group commit is named `<32 hex batch id>.ddb`; a batch written here
 //! (by compaction) is named `<32 hex batch id>.ddc`, a name the intake's recovery never touches
 //! (it deletes `.ddb` files no ledger entry names). Other names are ignored. Replacement is
@@ -11,6 +12,12 @@
 //! deleted last. [`BatchStore::open`] rolls an interrupted replacement forward (when the
 //! journal exists) or discards its `.tmp` files (when it does not), so a crash never leaves a
 //! donor's rows both in an old and a new batch, and never loses rows.
+//!
+//! Runs and compaction read only the batches the ledger accounts for ([`BatchStore::readable`]):
+//! every compacted batch, and every intake batch a `donation_accepted` entry names. An intake
+//! batch whose group never reached the ledger (written, then the append failed) is left unread
+//! until the intake's sweep deletes it, so a donation retried into another group is never
+//! counted twice.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -19,7 +26,10 @@ use datadonor_schemas::batch::BatchHeader;
 use datadonor_schemas::study::StudyId;
 use serde::{Deserialize, Serialize};
 
-use crate::sealed::{read_header, BatchError};
+use crate::sealed::{
+    check_name, open_batch, open_batch_file, read_header, BatchError, OpenedBatch,
+};
+use crate::vault::VaultKey;
 use crate::AnalyticsError;
 
 /// File extension of the batches this store writes (compaction output).
@@ -29,7 +39,7 @@ pub const INTAKE_BATCH_EXT: &str = "ddb";
 /// The compaction journal's file name.
 pub const JOURNAL: &str = "compact.journal";
 /// Largest possible header.
-const MAX_HEADER_LEN: usize = 8 + 16 + 1 + 64 + 8 + 4 + 4 + 32 + 48;
+pub(crate) const MAX_HEADER_LEN: usize = 8 + 16 + 1 + 64 + 8 + 4 + 4 + 32 + 48;
 
 /// A batch file found in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,32 +52,58 @@ pub struct BatchFile {
     pub len: u64,
 }
 
-/// A directory of sealed batches.
-#[derive(Debug, Clone)]
+/// A study's sealed batches: a local directory or a bucket prefix.
+#[derive(Debug)]
 pub struct BatchStore {
-    dir: PathBuf,
+    backend: Backend,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug)]
+enum Backend {
+    Dir(Dir),
+    Bucket(crate::store_s3::Bucket),
+}
+
+/// The batches a run or a compaction reads, and the intake batches left unread.
+#[derive(Debug, Clone, Default)]
+pub struct Readable {
+    /// Compacted batches and intake batches the ledger names, as [`BatchStore::list`] orders them.
+    pub files: Vec<BatchFile>,
+    /// Intake batches no `donation_accepted` entry names (their group's ledger append failed).
+    pub unnamed: Vec<BatchFile>,
+}
+
+/// A replacement in progress: `compact.journal`'s JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Journal {
-    remove: Vec<String>,
-    add: Vec<String>,
+pub struct Journal {
+    /// Names of the batches it removes.
+    pub remove: Vec<String>,
+    /// Names of the batches it adds.
+    pub add: Vec<String>,
 }
 
-fn store_err(path: &Path, e: impl std::fmt::Display) -> AnalyticsError {
-    AnalyticsError::Store {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    }
-}
-
-fn is_batch_name(name: &str) -> bool {
+/// Whether a file name is a batch's: 32 lowercase hex digits and `.ddb` or `.ddc`.
+pub(crate) fn is_batch_name(name: &str) -> bool {
     name.strip_suffix(".ddc")
         .or_else(|| name.strip_suffix(".ddb"))
         .is_some_and(|stem| {
             stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         })
+}
+
+/// Order batches by creation time, then id.
+pub(crate) fn sort_batches(files: &mut [BatchFile]) {
+    files.sort_by(|a, b| {
+        (a.header.created_at, a.header.batch_id).cmp(&(b.header.created_at, b.header.batch_id))
+    });
+}
+
+pub(crate) fn store_err(path: &Path, e: impl std::fmt::Display) -> AnalyticsError {
+    AnalyticsError::Store {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AnalyticsError> {
@@ -77,23 +113,161 @@ fn sync_dir(dir: &Path) -> Result<(), AnalyticsError> {
 }
 
 impl BatchStore {
-    /// Open a store, finishing or discarding an interrupted replacement.
+    /// Open a local batch directory, finishing or discarding an interrupted replacement.
     pub fn open(dir: &Path) -> Result<Self, AnalyticsError> {
         if !dir.is_dir() {
             return Err(store_err(dir, "not a directory"));
         }
-        let s = Self {
+        let s = Dir {
             dir: dir.to_path_buf(),
         };
         s.recover()?;
-        Ok(s)
+        Ok(Self {
+            backend: Backend::Dir(s),
+        })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Open `location`: `s3://bucket/prefix` (the bucket's endpoint, region and credentials
+    /// from the `AWS_*` environment variables, [`crate::store_s3`]) or a local directory.
+    pub fn open_location(location: &str) -> Result<Self, AnalyticsError> {
+        Self::open_location_with(location, &[])
     }
 
+    /// [`BatchStore::open_location`] with a bucket's settings given as object_store's S3
+    /// configuration keys (`aws_endpoint`, `aws_access_key_id`, ...) over the environment's.
+    pub fn open_location_with(
+        location: &str,
+        options: &[(&str, &str)],
+    ) -> Result<Self, AnalyticsError> {
+        if location.starts_with("s3://") {
+            Ok(Self {
+                backend: Backend::Bucket(crate::store_s3::Bucket::open(location, options)?),
+            })
+        } else {
+            Self::open(Path::new(location))
+        }
+    }
+
+    /// Where the batches are: the directory, or the bucket's `s3://` URL.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Dir(d) => d.dir.display().to_string(),
+            Backend::Bucket(b) => b.url().to_string(),
+        }
+    }
+
+    /// Every batch in the store with its header (headers only; nothing is decrypted).
+    fn all(&self) -> Result<Vec<BatchFile>, AnalyticsError> {
+        match &self.backend {
+            Backend::Dir(d) => d.all(),
+            Backend::Bucket(b) => b.all(),
+        }
+    }
+
+    /// The batches of `study`, sorted by creation time then id (headers only; nothing is
+    /// decrypted).
+    pub fn list(&self, study: &StudyId) -> Result<Vec<BatchFile>, AnalyticsError> {
+        let mut out: Vec<BatchFile> = self
+            .all()?
+            .into_iter()
+            .filter(|b| b.header.study_id == study.as_str())
+            .collect();
+        sort_batches(&mut out);
+        Ok(out)
+    }
+
+    /// The batches of `study` a run or a compaction reads: every compacted batch (`.ddc`) and
+    /// every intake batch (`.ddb`) a `donation_accepted` entry of `ledger` names.
+    pub fn readable(
+        &self,
+        study: &StudyId,
+        ledger: &crate::ledger::LedgerIndex,
+    ) -> Result<Readable, AnalyticsError> {
+        let mut out = Readable::default();
+        for f in self.list(study)? {
+            let intake = f.path.extension().is_some_and(|e| e == INTAKE_BATCH_EXT);
+            if intake && !ledger.names_batch(study, &f.header.batch_id) {
+                out.unnamed.push(f);
+            } else {
+                out.files.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Study ids of every batch in the store.
+    pub fn studies(&self) -> Result<Vec<StudyId>, AnalyticsError> {
+        let mut ids: Vec<StudyId> = Vec::new();
+        for b in self.all()? {
+            let id = StudyId::new(&b.header.study_id).map_err(|e| store_err(&b.path, e))?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Read and open one batch in memory; checks that its name is the header's batch id.
+    pub fn open_batch(&self, f: &BatchFile, vault: &VaultKey) -> Result<OpenedBatch, BatchError> {
+        match &self.backend {
+            Backend::Dir(_) => open_batch_file(&f.path, vault),
+            Backend::Bucket(b) => {
+                let bytes = b.read(&f.path)?;
+                let opened = open_batch(&f.path, &bytes, vault)?;
+                check_name(&f.path, opened)
+            }
+        }
+    }
+
+    /// Write one new batch atomically.
+    pub fn write(&self, header: &BatchHeader, bytes: &[u8]) -> Result<PathBuf, AnalyticsError> {
+        match &self.backend {
+            Backend::Dir(d) => d.write(header, bytes),
+            Backend::Bucket(b) => b.write(header, bytes),
+        }
+    }
+
+    /// Replace the batches `remove` by the new sealed batches `add`, crash-safely.
+    pub fn replace(
+        &self,
+        remove: &[PathBuf],
+        add: &[(BatchHeader, Vec<u8>)],
+    ) -> Result<Vec<PathBuf>, AnalyticsError> {
+        match &self.backend {
+            Backend::Dir(d) => d.replace(remove, add),
+            Backend::Bucket(b) => b.replace(remove, add),
+        }
+    }
+
+    /// The bucket backend (tests drive an interrupted replacement through it).
+    #[doc(hidden)]
+    pub fn bucket(&self) -> Option<&crate::store_s3::Bucket> {
+        match &self.backend {
+            Backend::Bucket(b) => Some(b),
+            Backend::Dir(_) => None,
+        }
+    }
+
+    /// Roll back a bucket replacement that was interrupted before all its new batches were
+    /// written (its journal stays until then, and blocks the next compaction, because S3
+    /// cannot tell a running compaction from a dead one). Returns whether there was one. A
+    /// directory needs no such step: opening it finishes or discards an interrupted one.
+    pub fn abandon_interrupted(&self) -> Result<bool, AnalyticsError> {
+        match &self.backend {
+            Backend::Dir(_) => Ok(false),
+            Backend::Bucket(b) => b.abandon_interrupted(),
+        }
+    }
+}
+
+/// The embedded default: one study's local batch directory.
+#[derive(Debug)]
+struct Dir {
+    dir: PathBuf,
+}
+
+impl Dir {
     fn recover(&self) -> Result<(), AnalyticsError> {
         let jpath = self.dir.join(JOURNAL);
         match std::fs::read(&jpath) {
@@ -161,35 +335,8 @@ impl BatchStore {
         Ok(out)
     }
 
-    /// The batches of `study`, sorted by creation time then id (headers only; nothing is
-    /// decrypted).
-    pub fn list(&self, study: &StudyId) -> Result<Vec<BatchFile>, AnalyticsError> {
-        let mut out: Vec<BatchFile> = self
-            .all()?
-            .into_iter()
-            .filter(|b| b.header.study_id == study.as_str())
-            .collect();
-        out.sort_by(|a, b| {
-            (a.header.created_at, a.header.batch_id).cmp(&(b.header.created_at, b.header.batch_id))
-        });
-        Ok(out)
-    }
-
-    /// Study ids of every batch in the store.
-    pub fn studies(&self) -> Result<Vec<StudyId>, AnalyticsError> {
-        let mut ids: Vec<StudyId> = Vec::new();
-        for b in self.all()? {
-            let id = StudyId::new(&b.header.study_id).map_err(|e| store_err(&b.path, e))?;
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        Ok(ids)
-    }
-
     /// Write one new batch atomically (tmp file, sync, rename, sync directory).
-    pub fn write(&self, header: &BatchHeader, bytes: &[u8]) -> Result<PathBuf, AnalyticsError> {
+    fn write(&self, header: &BatchHeader, bytes: &[u8]) -> Result<PathBuf, AnalyticsError> {
         let name = format!("{}.{BATCH_EXT}", header.batch_id_hex());
         let tmp = self.write_tmp(&name, bytes)?;
         let path = self.dir.join(&name);
@@ -206,8 +353,7 @@ impl BatchStore {
         Ok(tmp)
     }
 
-    /// Replace the batches `remove` by the new sealed batches `add`, crash-safely.
-    pub fn replace(
+    fn replace(
         &self,
         remove: &[PathBuf],
         add: &[(BatchHeader, Vec<u8>)],
@@ -246,7 +392,6 @@ impl BatchStore {
 mod tests {
     use super::*;
     use crate::sealed::seal_batch;
-    use crate::vault::VaultKey;
 
     #[test]
     fn interrupted_replacement_rolls_forward_or_back() {
@@ -257,15 +402,17 @@ mod tests {
         let (h1, b1) = seal_batch(b"one", &study, 1, &vault.public()).expect("seal");
         let old = store.write(&h1, &b1).expect("write");
         let (h2, b2) = seal_batch(b"two", &study, 2, &vault.public()).expect("seal");
+        let raw = Dir {
+            dir: dir.path().to_path_buf(),
+        };
         // Crash after the tmp file, before the journal: the tmp file is discarded.
-        store
-            .write_tmp(&format!("{}.{BATCH_EXT}", h2.batch_id_hex()), &b2)
+        raw.write_tmp(&format!("{}.{BATCH_EXT}", h2.batch_id_hex()), &b2)
             .expect("tmp");
         let store = BatchStore::open(dir.path()).expect("recovers");
         assert_eq!(store.list(&study).expect("list").len(), 1);
         // Crash after the journal: rolled forward.
         let name = format!("{}.{BATCH_EXT}", h2.batch_id_hex());
-        store.write_tmp(&name, &b2).expect("tmp");
+        raw.write_tmp(&name, &b2).expect("tmp");
         let j = Journal {
             remove: vec![old.file_name().expect("name").to_string_lossy().to_string()],
             add: vec![name],

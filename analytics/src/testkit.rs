@@ -199,6 +199,21 @@ pub fn grant(
     }
 }
 
+/// A `donation_accepted` entry of donor `p` (under [`record_id`]) naming the intake batch
+/// `batch_id` (hex).
+pub fn accepted(study: &StudyDefinition, p: Pseudonym, batch_id: &str, rows: u32) -> LedgerEntry {
+    LedgerEntry::DonationAccepted {
+        time: 1_700_000_000,
+        study_id: study.id.clone(),
+        pseudonym: p,
+        consent_record_id: record_id(p),
+        idempotency_key: record_id(p),
+        envelope_sha256: [0; 32],
+        rows,
+        batch_id: batch_id.to_string(),
+    }
+}
+
 /// A `consent_withdrawn` entry.
 pub fn withdraw(study: &StudyDefinition, p: Pseudonym, time: UnixSeconds) -> LedgerEntry {
     LedgerEntry::ConsentWithdrawn {

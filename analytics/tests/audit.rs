@@ -49,14 +49,15 @@ fn consistent_log_passes_and_rewritten_log_is_refused() {
         l.push(&grant(&s, donor(i), &[EPI], NOW + 86_400));
     }
     let state = tempfile::tempdir().expect("dir");
-    let (first, _) = audit_log(&l, &v, state.path()).expect("first audit");
+    let first = audit_log(&l, &v, state.path()).expect("first audit");
     assert_eq!(first.size, 5);
     assert_eq!(first.previous_size, None);
     assert_eq!(first.counts.get("consent_granted"), Some(&5));
 
     l.push(&withdraw(&s, donor(1), NOW));
     l.push(&erased(&s, 1, NOW + 1));
-    let (second, view) = audit_log(&l, &v, state.path()).expect("extension is consistent");
+    let second = audit_log(&l, &v, state.path()).expect("extension is consistent");
+    let view = verify_ledger(&l, &v, None).expect("verifies");
     assert_eq!(second.size, 7);
     assert_eq!(second.previous_size, Some(5));
     assert_eq!(second.counts.get("consent_withdrawn"), Some(&1));

@@ -2,7 +2,9 @@
 //! run through the query service is in `examples/walkthrough.sh` and `tests/service.rs`),
 //! run as the `datadonor-analytics` binary against a real intake over HTTPS: the demo steward
 //! key and tokens `init` wrote (`@FILE`), the dev CA, the ledger read through the auditor
-//! endpoints and the runs and erasures appended through `POST /v1/ledger/events`.
+//! endpoints and the runs and erasures appended through `POST /v1/ledger/events`. The same
+//! commands run once more against an intake writing its batches to an S3 bucket (`#[ignore]`d:
+//! it needs the server `scripts/storage-servers.sh` starts), with `--batches s3://...`.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -18,10 +20,12 @@ fn s(p: &Path) -> String {
 }
 
 /// Run the CLI on a blocking thread, so that the intake keeps serving on the test's runtime.
-async fn analytics(args: Vec<String>) -> Output {
+async fn analytics(args: Vec<String>, envs: &[(&'static str, String)]) -> Output {
+    let envs = envs.to_vec();
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_datadonor-analytics"))
             .args(&args)
+            .envs(envs)
             .output()
             .expect("runs")
     })
@@ -42,9 +46,65 @@ fn args(list: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
+    steward_and_auditor_commands(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an S3 server: scripts/storage-servers.sh"]
+async fn steward_and_auditor_commands_read_the_intakes_bucket() {
+    let env = |n: &str| {
+        std::env::var(n).unwrap_or_else(|_| {
+            panic!("{n} is not set: run scripts/storage-servers.sh start (as .ci/run does)")
+        })
+    };
+    let id: [u8; 8] = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .expect("random")
+        .expose();
+    steward_and_auditor_commands(Some(Bucket {
+        endpoint: env("DATADONOR_TEST_S3"),
+        access_key: env("DATADONOR_TEST_S3_ACCESS_KEY"),
+        secret_key: env("DATADONOR_TEST_S3_SECRET_KEY"),
+        prefix: format!("intake-{}", hex::encode(id)),
+    }))
+    .await;
+}
+
+/// The S3 server the intake writes its batches to.
+struct Bucket {
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+    prefix: String,
+}
+
+async fn steward_and_auditor_commands(bucket: Option<Bucket>) {
     let data = tempfile::tempdir().expect("intake dir");
     let d = data.path();
-    let config = testkit::init_test_dir(d).expect("init");
+    let mut config = testkit::init_test_dir(d).expect("init");
+    let mut envs: Vec<(&'static str, String)> = Vec::new();
+    let batches = match &bucket {
+        None => s(&d.join("batches/t2d-dk")),
+        Some(b) => {
+            config.storage.batches = datadonor_intake::config::BatchBackend::S3;
+            config.storage.s3 = Some(datadonor_intake::config::S3Config {
+                bucket: "datadonor".into(),
+                endpoint: Some(b.endpoint.clone()),
+                region: Some("us-east-1".into()),
+                prefix: b.prefix.clone(),
+                allow_http: true,
+                access_key_id: Some(b.access_key.clone()),
+                secret_access_key: Some(b.secret_key.clone()),
+            });
+            envs = vec![
+                ("AWS_ENDPOINT_URL", b.endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID", b.access_key.clone()),
+                ("AWS_SECRET_ACCESS_KEY", b.secret_key.clone()),
+                ("AWS_ALLOW_HTTP", "true".into()),
+            ];
+            format!("s3://datadonor/{}/t2d-dk", b.prefix)
+        }
+    };
+    let envs = envs.as_slice();
     let intake = datadonor_intake::start(config)
         .await
         .expect("the intake starts");
@@ -93,25 +153,28 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
     let analytics_token = format!("@{}", s(&d.join("analytics.token")));
 
     // Steward: approve the example query with init's demo steward key.
-    let out = analytics(args(&[
-        "approve",
-        "--spec",
-        QUERY,
-        "--key",
-        &s(&d.join("steward/steward.key")),
-        "--researcher",
-        "researcher@sdu.example",
-        "--valid-days",
-        "30",
-        "--max-runs",
-        "3",
-        "--epsilon",
-        "1",
-        "--study",
-        &s(&d.join("studies/t2d-dk.json")),
-        "--out",
-        &s(&w("q.approval")),
-    ]))
+    let out = analytics(
+        args(&[
+            "approve",
+            "--spec",
+            QUERY,
+            "--key",
+            &s(&d.join("steward/steward.key")),
+            "--researcher",
+            "researcher@sdu.example",
+            "--valid-days",
+            "30",
+            "--max-runs",
+            "3",
+            "--epsilon",
+            "1",
+            "--study",
+            &s(&d.join("studies/t2d-dk.json")),
+            "--out",
+            &s(&w("q.approval")),
+        ]),
+        envs,
+    )
     .await;
     ok("approve", &out);
 
@@ -128,7 +191,7 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
     let mut compact = args(&[
         "compact",
         "--batches",
-        &s(&d.join("batches/t2d-dk")),
+        &batches,
         "--vault-key",
         &s(&d.join("vault-private/vault.key")),
         "--study",
@@ -137,7 +200,7 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
         &analytics_token,
     ]);
     compact.extend(ledger_flags(&w("steward")));
-    let (stdout, _) = ok("compact", &analytics(compact).await);
+    let (stdout, _) = ok("compact", &analytics(compact, envs).await);
     assert!(
         stdout.starts_with("t2d-dk: 1 donor erased, ") && stdout.ends_with(" 1 ledger entry\n"),
         "{stdout}"
@@ -148,16 +211,16 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
     let auditor = w("auditor");
     let mut log = args(&["audit", "log"]);
     log.extend(ledger_flags(&auditor));
-    let (stdout, _) = ok("audit log", &analytics(log.clone()).await);
+    let (stdout, _) = ok("audit log", &analytics(log.clone(), envs).await);
     assert!(stdout.contains("size: 15\n"), "{stdout}");
     assert!(stdout.contains("no previously verified head"), "{stdout}");
-    let (stdout, _) = ok("audit log again", &analytics(log).await);
+    let (stdout, _) = ok("audit log again", &analytics(log, envs).await);
     assert!(stdout.contains("size: 15\n"), "{stdout}");
     assert!(!stdout.contains("no previously verified head"), "{stdout}");
 
     let mut queries = args(&["audit", "queries"]);
     queries.extend(ledger_flags(&auditor));
-    let (stdout, _) = ok("audit queries", &analytics(queries).await);
+    let (stdout, _) = ok("audit queries", &analytics(queries, envs).await);
     assert!(stdout.contains("totals: 0 runs (not checked"), "{stdout}");
 
     let mut batches = args(&[
@@ -166,19 +229,23 @@ async fn steward_researcher_and_auditor_commands_against_a_served_intake() {
         "--study",
         "t2d-dk",
         "--batches",
-        &s(&d.join("batches/t2d-dk")),
+        &batches,
         "--vault-key",
         &s(&d.join("vault-private/vault.key")),
         "--html",
         &s(&w("report.html")),
     ]);
     batches.extend(ledger_flags(&auditor));
-    let (stdout, _) = ok("audit batches", &analytics(batches).await);
+    let (stdout, _) = ok("audit batches", &analytics(batches, envs).await);
     assert!(
         stdout.contains("study t2d-dk: ") && stdout.contains(" 5 donors, 0 violations"),
         "{stdout}"
     );
     assert!(w("report.html").is_file());
+    if bucket.is_some() {
+        // Nothing of the study was written to the data directory.
+        assert!(!d.join("batches/t2d-dk").exists());
+    }
 
     intake.shutdown().await.expect("the intake stops");
 }

@@ -86,7 +86,7 @@ fn run(w: &World, id: u8) -> Result<ResultTable, AnalyticsError> {
         approvers: &approvers,
         now: NOW,
     };
-    run_query(&inputs, &view(w), &w.store, &w.vault, &w.ledger).map(|o| o.table)
+    run_query(&inputs, &view(w).index(), &w.store, &w.vault, &w.ledger).map(|o| o.table)
 }
 
 /// Rows per (donor hex, consent hex) over every batch of the study.
@@ -198,7 +198,7 @@ fn a_withdrawn_record_stays_out_after_the_donor_consents_again() {
         &w.store,
         &w.study.id,
         &w.vault,
-        &view(&w),
+        &view(&w).index(),
         &w.ledger,
         NOW,
         CompactOptions { target_rows: 1000 },
@@ -251,7 +251,7 @@ fn a_withdrawn_record_stays_out_after_the_donor_consents_again() {
         &w.store,
         &w.study.id,
         &w.vault,
-        &view(&w),
+        &view(&w).index(),
         &w.ledger,
         NOW,
         CompactOptions { target_rows: 1000 },

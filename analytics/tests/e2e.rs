@@ -120,7 +120,7 @@ fn run(w: &World, s: &QuerySpec, approval: &SignedObject) -> Result<ResultTable,
         approvers: &approvers,
         now: NOW,
     };
-    run_query(&inputs, &view(w), &w.store, &w.vault, &w.ledger).map(|o| o.table)
+    run_query(&inputs, &view(w).index(), &w.store, &w.vault, &w.ledger).map(|o| o.table)
 }
 
 const TOTAL_SPEC: &str = r#"
@@ -434,7 +434,7 @@ fn compaction_erases_a_withdrawn_donor_everywhere_and_logs_it() {
         &w.store,
         &w.study.id,
         &w.vault,
-        &view(&w),
+        &view(&w).index(),
         &w.ledger,
         NOW,
         CompactOptions { target_rows: 300 },
@@ -502,7 +502,7 @@ fn compaction_erases_a_withdrawn_donor_everywhere_and_logs_it() {
         &w.store,
         &w.study.id,
         &w.vault,
-        &view(&w),
+        &view(&w).index(),
         &w.ledger,
         NOW,
         CompactOptions { target_rows: 300 },
@@ -651,8 +651,15 @@ q = 0.9
         ));
         let table = |group_rows: usize| {
             let engine = QueryEngine::new(&s, &w.study, &allowed).expect("engine");
-            aggregate_store_in_groups(engine, &w.store, &w.study, &w.vault, group_rows)
-                .expect("aggregates")
+            aggregate_store_in_groups(
+                engine,
+                &w.store,
+                &view(&w).index(),
+                &w.study,
+                &w.vault,
+                group_rows,
+            )
+            .expect("aggregates")
         };
         // One plan per batch (five partials merged) against one plan for all five.
         let (per_batch, one_plan) = (table(1), table(usize::MAX));
@@ -728,7 +735,7 @@ fn erasure_entries_are_timed_when_they_are_logged() {
         &w.store,
         &w.study.id,
         &w.vault,
-        &view(&w),
+        &view(&w).index(),
         &sink,
         NOW,
         CompactOptions::default(),

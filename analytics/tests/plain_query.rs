@@ -230,7 +230,7 @@ fn engine_publishes_the_plain_querys_values() {
         approvers: &approvers,
         now: NOW,
     };
-    let table: ResultTable = run_query(&inputs, &view, &store, &vault, &ledger)
+    let table: ResultTable = run_query(&inputs, &view.index(), &store, &vault, &ledger)
         .expect("run")
         .table;
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use datadonor_analytics::audit::audit_queries;
 use datadonor_analytics::ledger::{
-    verify_ledger, Appended, LedgerError, LedgerView, MemoryLedger, ServiceLedger,
+    verify_ledger, verify_ledger_index, Appended, LedgerError, LedgerIndex, MemoryLedger,
+    ServiceLedger,
 };
 use datadonor_analytics::service::{Problem, QueryService, Researchers, ServiceParts};
 use datadonor_analytics::store::BatchStore;
@@ -40,8 +41,8 @@ impl Clock for Fixed {
 /// The in-memory ledger shared between the test (which adds consents) and the service.
 struct Shared(Arc<MemoryLedger>);
 impl ServiceLedger for Shared {
-    fn verified_view(&self) -> Result<LedgerView, LedgerError> {
-        verify_ledger(&*self.0, &[self.0.verifier()?], None)
+    fn verified_index(&self) -> Result<LedgerIndex, LedgerError> {
+        verify_ledger_index(&*self.0, &[self.0.verifier()?], None)
     }
     fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
         datadonor_analytics::ledger::LedgerSink::append(&*self.0, entry)

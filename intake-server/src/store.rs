@@ -69,27 +69,21 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A small private tokio runtime on which a remote backend runs its client. The traits are
-/// synchronous (the committer is a thread of its own); each call is spawned here and waited for
-/// on a channel, so it works from any thread, inside another runtime's worker too (recovery at
-/// startup).
+/// The private runtime a remote backend runs its client on
+/// ([`datadonor_service::blocking::BlockingRuntime`]). The traits are synchronous (the committer
+/// is a thread of its own); each call works from any thread, inside another runtime's worker too
+/// (recovery at startup).
 #[derive(Debug)]
-pub(crate) struct BackendRuntime {
-    rt: Option<tokio::runtime::Runtime>,
-}
+pub(crate) struct BackendRuntime(datadonor_service::blocking::BlockingRuntime);
 
 impl BackendRuntime {
     pub(crate) fn new(name: &str) -> Result<Self, StoreError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("datadonor-{name}"))
-            .enable_all()
-            .build()
+        datadonor_service::blocking::BlockingRuntime::new(name)
+            .map(Self)
             .map_err(|e| StoreError::Remote {
                 backend: "runtime",
                 message: e.to_string(),
-            })?;
-        Ok(Self { rt: Some(rt) })
+            })
     }
 
     /// Run `f` on the backend's runtime and wait for its result.
@@ -98,22 +92,7 @@ impl BackendRuntime {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let rt = self.rt.as_ref().ok_or(StoreError::Poisoned)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        rt.spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().map_err(|_| StoreError::Poisoned)
-    }
-}
-
-impl Drop for BackendRuntime {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks; from inside another runtime that panics. Nothing is left
-        // running that matters: every call was awaited by `run`.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+        self.0.run(f).map_err(|_| StoreError::Poisoned)
     }
 }
 

@@ -6,6 +6,7 @@
 //! limits use ([`ratelimit`]).
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 pub mod ratelimit;
 
 use std::net::{IpAddr, SocketAddr};

@@ -235,7 +235,7 @@ fn research_blocking(
         &store,
         &study.id,
         &vault,
-        &view,
+        &view.index(),
         &ledger,
         SystemClock.now(),
         CompactOptions::default(),

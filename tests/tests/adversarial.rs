@@ -1127,7 +1127,7 @@ impl Research {
             approvers: &approvers,
             now: SystemClock.now(),
         };
-        run_query(&inputs, view, store, &self.vault, ledger)
+        run_query(&inputs, &view.index(), store, &self.vault, ledger)
     }
 
     fn approve(&self, spec: &QuerySpec, not_before: i64, not_after: i64) -> SignedObject {
@@ -1655,7 +1655,7 @@ async fn rewritten_ledger_is_caught_by_the_auditor() {
         let dir = state_dir.clone();
         tokio::task::spawn_blocking(move || {
             let ledger = access.client();
-            audit_log(&ledger, std::slice::from_ref(&access.verifier), &dir).map(|(a, _)| a)
+            audit_log(&ledger, std::slice::from_ref(&access.verifier), &dir)
         })
     };
     let first = audit(&live).await.expect("task").expect("first audit");
