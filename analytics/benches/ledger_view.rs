@@ -235,7 +235,10 @@ fn main() -> Res<()> {
     {
         return Err("the variants disagree".into());
     }
-    println!("entries verified: {}, records allowed: {}", view.entries, view.allowed);
+    println!(
+        "entries verified: {}, records allowed: {}",
+        view.entries, view.allowed
+    );
     println!("variant                            wall s   peak RSS MiB");
     for (name, m) in [
         ("verify_ledger (every entry kept)", &view),

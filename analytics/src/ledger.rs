@@ -598,9 +598,21 @@ pub fn encode_record(entry_bytes: &[u8]) -> Vec<u8> {
 /// Decode ledger-file records, stopping at a torn tail (a write that never finished). A record
 /// with an impossible length or a wrong leaf hash is an error. Returns the entries' bytes.
 pub fn decode_records(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, LedgerError> {
-    use datadonor_schemas::ledger::{decode_ledger_records, RecordTail};
-    let r = decode_ledger_records(bytes);
-    if let RecordTail::Corrupt { index } = r.tail {
+    let r = datadonor_schemas::ledger::decode_ledger_records(bytes);
+    check_tail(bytes, &r, path, 0)?;
+    Ok(r.entries.into_iter().map(<[u8]>::to_vec).collect())
+}
+
+/// The error for a damaged record in `r` (decoded from `bytes`, whose first record is record
+/// `first` of the file); a torn tail is not an error.
+fn check_tail(
+    bytes: &[u8],
+    r: &datadonor_schemas::ledger::LedgerRecords<'_>,
+    path: &Path,
+    first: u64,
+) -> Result<(), LedgerError> {
+    if let datadonor_schemas::ledger::RecordTail::Corrupt { index } = r.tail {
+        let index = first + index;
         let bad_length = bytes
             .get(r.valid_len..r.valid_len + 4)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -615,8 +627,11 @@ pub fn decode_records(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, LedgerE
             LedgerError::LeafHashMismatch { index }
         });
     }
-    Ok(r.entries.into_iter().map(<[u8]>::to_vec).collect())
+    Ok(())
 }
+
+/// Bytes read from a ledger file at a time.
+const FILE_CHUNK: usize = 1 << 20;
 
 /// The intake's ledger file, read directly (embedded single-machine setup).
 ///
@@ -628,6 +643,9 @@ pub fn decode_records(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, LedgerE
 pub struct LocalLedgerFile {
     path: PathBuf,
     checkpoint_path: Option<PathBuf>,
+    /// Where the last read stopped: (record index, byte offset of that record), so that pages
+    /// read in order cost one pass over the file.
+    cursor: Mutex<(u64, u64)>,
 }
 
 impl LocalLedgerFile {
@@ -636,7 +654,60 @@ impl LocalLedgerFile {
         Self {
             path: path.to_path_buf(),
             checkpoint_path: checkpoint_path.map(Path::to_path_buf),
+            cursor: Mutex::new((0, 0)),
         }
+    }
+
+    /// Records `start..end` (fewer when the file is shorter; a torn last record ends it),
+    /// read in chunks from the last read's position when `start` is at or beyond it, else from
+    /// the beginning; `None` for `end` reads to the end. Entries before `start` are skipped
+    /// without being copied; with `keep` false, nothing is copied (counting).
+    fn read_range(
+        &self,
+        start: u64,
+        end: Option<u64>,
+        keep: bool,
+    ) -> Result<(Vec<Vec<u8>>, u64), LedgerError> {
+        use std::io::{Read as _, Seek as _};
+        let io = |source| LedgerError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(io(e)),
+        };
+        let cursor = *self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut index, mut offset) = if cursor.0 <= start { cursor } else { (0, 0) };
+        f.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
+        let mut buf: Vec<u8> = Vec::with_capacity(FILE_CHUNK);
+        let mut out = Vec::new();
+        let mut eof = false;
+        while !eof && end.is_none_or(|e| index < e) {
+            let have = buf.len();
+            buf.resize(have + FILE_CHUNK, 0);
+            let n = f.read(&mut buf[have..]).map_err(io)?;
+            buf.truncate(have + n);
+            eof = n == 0;
+            let r = datadonor_schemas::ledger::decode_ledger_records(&buf);
+            check_tail(&buf, &r, &self.path, index)?;
+            let mut used = 0usize;
+            for e in &r.entries {
+                if end.is_some_and(|end| index >= end) {
+                    break;
+                }
+                if keep && index >= start {
+                    out.push(e.to_vec());
+                }
+                index += 1;
+                used += 4 + e.len() + 32;
+            }
+            offset += used as u64;
+            buf.drain(..used);
+        }
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = (index, offset);
+        Ok((out, index))
     }
 
     /// Every entry's bytes.
@@ -672,12 +743,7 @@ impl LedgerSource for LocalLedgerFile {
         })
     }
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
-        let all = self.read_all()?;
-        Ok(all
-            .into_iter()
-            .skip(start as usize)
-            .take(end.saturating_sub(start) as usize)
-            .collect())
+        Ok(self.read_range(start, Some(end), true)?.0)
     }
     fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
         let log = MerkleLog::from_leaves(self.read_all()?.iter().map(|b| merkle::leaf_hash(b)));
@@ -691,7 +757,7 @@ impl LedgerSource for LocalLedgerFile {
 
 impl LedgerSink for LocalLedgerFile {
     fn append(&self, entry: &LedgerEntry) -> Result<Appended, LedgerError> {
-        let index = self.read_all()?.len() as u64;
+        let index = self.read_range(u64::MAX, None, false)?.1;
         let io = |source| LedgerError::Io {
             path: self.path.clone(),
             source,
@@ -1057,6 +1123,57 @@ mod tests {
                 size: 1502
             })
         ));
+    }
+
+    #[test]
+    fn file_pages_read_in_one_pass_match_the_whole_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.log");
+        let mut bytes = Vec::new();
+        // About 2.5 chunks of records, so pages cross chunk boundaries.
+        let all: Vec<Vec<u8>> = (0..8000u32)
+            .map(|i| grant("study-a", (i % 251) as u8, i64::from(i)).to_bytes())
+            .collect();
+        for e in &all {
+            bytes.extend(encode_record(e));
+        }
+        assert!(bytes.len() > 2 * FILE_CHUNK);
+        let torn = encode_record(&all[0]);
+        bytes.extend(&torn[..torn.len() - 5]);
+        std::fs::write(&path, &bytes).expect("write");
+        let f = LocalLedgerFile::new(&path, None);
+        let mut paged = Vec::new();
+        let mut start = 0;
+        loop {
+            let page = f.entries(start, start + 777).expect("page");
+            if page.is_empty() {
+                break;
+            }
+            start += page.len() as u64;
+            paged.extend(page);
+        }
+        assert_eq!(paged, all);
+        // Backwards and overlapping reads start again and agree.
+        assert_eq!(f.entries(10, 12).expect("page"), all[10..12].to_vec());
+        assert_eq!(f.entries(7990, 9000).expect("page"), all[7990..].to_vec());
+        assert_eq!(f.read_range(u64::MAX, None, false).expect("count").1, 8000);
+        // Damage in the third chunk is reported with the record's index in the file.
+        let third = 2 * FILE_CHUNK + 100;
+        let mut damaged = bytes.clone();
+        damaged[third] ^= 0x55;
+        std::fs::write(&path, &damaged).expect("write");
+        let f = LocalLedgerFile::new(&path, None);
+        let err = (0..8000u64)
+            .step_by(1000)
+            .find_map(|s| f.entries(s, s + 1000).err())
+            .expect("found");
+        let whole = decode_records(&damaged, &path).expect_err("whole file");
+        assert_eq!(err.to_string(), whole.to_string());
+        match err {
+            LedgerError::LeafHashMismatch { index } => assert!(index > 4000, "{index}"),
+            LedgerError::Malformed { what, .. } => assert!(what.starts_with("record "), "{what}"),
+            other => panic!("{other}"),
+        }
     }
 
     #[test]

@@ -488,8 +488,22 @@ fn stream_ledger(
                 "datadonor-analytics: warning: {} is not checked against a signed checkpoint",
                 path.display()
             );
-            for e in file.unverified_view()?.verified {
-                each(e, true);
+            let mut start = 0u64;
+            loop {
+                let page = file.entries(start, start + datadonor_analytics::ledger::PAGE)?;
+                if page.is_empty() {
+                    break;
+                }
+                for (i, b) in page.iter().enumerate() {
+                    let e = datadonor_schemas::ledger::LedgerEntry::from_bytes(b).map_err(
+                        |source| LedgerError::Entry {
+                            index: start + i as u64,
+                            source,
+                        },
+                    )?;
+                    each(e, true);
+                }
+                start += page.len() as u64;
             }
             None
         }
