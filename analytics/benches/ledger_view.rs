@@ -17,9 +17,12 @@
 //! the question a run asks (the consent records allowed for the example purpose), so a variant
 //! cannot win by skipping the work.
 
+mod child;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
+
+use child::{arg, run_child, vm_hwm_kib, Res};
 
 use datadonor_analytics::audit::audit_log;
 use datadonor_analytics::ledger::{
@@ -32,33 +35,9 @@ use datadonor_schemas::pseudonym::Pseudonym;
 use datadonor_schemas::signing::{PublicKey, SigningKey};
 use datadonor_schemas::study::StudyId;
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
 const ORIGIN: &str = "datadonor.bench/ledger";
 const NOW: i64 = 1_750_000_000;
 const PURPOSE: &str = "t2d-epidemiology";
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn arg(args: &[String], name: &str, default: usize) -> Res<usize> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => Ok(args
-            .get(i + 1)
-            .ok_or_else(|| format!("{name} needs a value"))?
-            .replace('_', "")
-            .parse()?),
-        None => Ok(default),
-    }
-}
 
 fn id16(i: u64, tag: u8) -> [u8; 16] {
     let mut b = [tag; 16];
@@ -170,31 +149,13 @@ struct Measured {
     allowed: u64,
 }
 
-fn run_child(variant: &str, dir: &Path) -> Res<Measured> {
-    let out = Command::new(std::env::current_exe()?)
-        .args(["--child", variant])
-        .arg(dir)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{variant} child failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let field = |k: &str| -> Res<f64> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .ok_or_else(|| format!("{variant}: no {k} in {line:?}"))?
-            .parse::<f64>()
-            .map_err(Into::into)
-    };
+fn measure(variant: &str, dir: &Path) -> Res<Measured> {
+    let line = run_child(dir, variant)?;
     Ok(Measured {
-        secs: field("secs")?,
-        hwm_mib: field("hwm_kib")? / 1024.0,
-        entries: field("entries")? as u64,
-        allowed: field("allowed")? as u64,
+        secs: line.field("secs")?,
+        hwm_mib: line.field("hwm_kib")? / 1024.0,
+        entries: line.field("entries")? as u64,
+        allowed: line.field("allowed")? as u64,
     })
 }
 
@@ -228,9 +189,9 @@ fn main() -> Res<()> {
         "ledger: {donors} donors, {:.0} MiB of ledger file",
         size as f64 / 1048576.0
     );
-    let view = run_child("view", &dir)?;
-    let index = run_child("index", &dir)?;
-    let log = run_child("audit-log", &dir)?;
+    let view = measure("view", &dir)?;
+    let index = measure("index", &dir)?;
+    let log = measure("audit-log", &dir)?;
     if view.entries != index.entries || view.allowed != index.allowed || log.entries != view.entries
     {
         return Err("the variants disagree".into());

@@ -26,9 +26,12 @@
 //! `--child <variant> <dir>`) that reports its wall time and its own peak RSS (`VmHWM` from
 //! `/proc/self/status`), so the two peaks do not mix.
 
+mod child;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
+
+use child::{arg, run_child, vm_hwm_kib, Res};
 
 use datadonor_analytics::engine::QueryEngine;
 use datadonor_analytics::ledger::{
@@ -54,30 +57,6 @@ use polars::prelude::*;
 const STUDY: &str = include_str!("../../examples/t2d-study.toml");
 const QUERY: &str = include_str!("../../examples/t2d-query.toml");
 const NOW: i64 = 1_750_000_000;
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn arg(args: &[String], name: &str, default: usize) -> Res<usize> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => Ok(args
-            .get(i + 1)
-            .ok_or(format!("{name} needs a value"))?
-            .replace('_', "")
-            .parse()?),
-        None => Ok(default),
-    }
-}
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
 
 fn generate(dir: &Path, rows: usize, donors: usize, batch_rows: usize) -> Res<()> {
     let study = StudyDefinition::from_toml(STUDY)?;
@@ -262,26 +241,9 @@ impl Clock for Fixed {
     }
 }
 
-fn run_child(dir: &Path, variant: &str) -> Res<(f64, u64, String)> {
-    let out = Command::new(std::env::current_exe()?)
-        .args(["--child", variant])
-        .arg(dir)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{variant} child failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let field = |k: &str| -> Option<String> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(k).map(str::to_string))
-    };
-    let secs: f64 = field("secs=").ok_or("no time")?.parse()?;
-    let hwm: u64 = field("hwm_kib=").ok_or("no hwm")?.parse()?;
-    Ok((secs, hwm, line))
+fn timed(dir: &Path, variant: &str) -> Res<(f64, u64, String)> {
+    let line = run_child(dir, variant)?;
+    Ok((line.field("secs")?, line.field("hwm_kib")? as u64, line.0))
 }
 
 fn main() -> Res<()> {
@@ -367,7 +329,7 @@ fn main() -> Res<()> {
             if !variants.contains(letter) {
                 continue;
             }
-            let r = run_child(dir.as_path(), v)?;
+            let r = timed(dir.as_path(), v)?;
             if r.0 < best[slot].0 {
                 best[slot] = r;
             }

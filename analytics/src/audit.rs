@@ -32,9 +32,7 @@ use datadonor_schemas::study::{StudyId, CONSENT_COLUMN, DONOR_COLUMN};
 use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 
-use crate::ledger::{
-    verify_ledger, verify_ledger_with, LedgerError, LedgerSource, LedgerView, PAGE, STATE_FILE,
-};
+use crate::ledger::{verify_ledger_with, LedgerError, LedgerSource, LedgerView, PAGE, STATE_FILE};
 use crate::sealed::{BatchError, BatchErrorKind};
 use crate::store::BatchStore;
 use crate::vault::VaultKey;
@@ -242,7 +240,7 @@ pub fn audit_log(
     audit_log_witnessed(source, verifiers, state_dir, None)
 }
 
-/// [`verify_ledger`] of `source` whose checkpoint must carry `required`'s quorum of witness
+/// [`crate::ledger::verify_ledger`] of `source` whose checkpoint must carry `required`'s quorum of witness
 /// cosignatures (fetched again for up to its wait while it does not).
 pub fn verify_witnessed(
     source: &dyn LedgerSource,
@@ -250,13 +248,9 @@ pub fn verify_witnessed(
     state_dir: Option<&Path>,
     required: &WitnessRequirement,
 ) -> Result<LedgerView, LedgerError> {
-    let w = Witnessed {
-        source,
-        verifiers,
-        required,
-        cosigned_by: Mutex::new(Vec::new()),
-    };
-    verify_ledger(&w, verifiers, state_dir)
+    LedgerView::collect(|each| {
+        verify_witnessed_with(source, verifiers, state_dir, required, each).map(Some)
+    })
 }
 
 /// [`verify_witnessed`], streaming each entry to `each` ([`verify_ledger_with`]); the
@@ -456,7 +450,7 @@ impl ReceiptAudit {
 
 /// Verify a receipt bundle with the ledger key (`ledger_key` signs receipts, `verifier` the
 /// checkpoints), then check that its entry is in the current log: the current head is verified
-/// with [`verify_ledger`] (consistency against `state_dir` when given), the entry's leaf must be
+/// with [`crate::ledger::verify_ledger`] (consistency against `state_dir` when given), the entry's leaf must be
 /// the one at the receipt's index, its inclusion proof under the current head must verify, and
 /// the receipt's head must be consistent with the current one.
 pub fn audit_receipt(
@@ -470,7 +464,8 @@ pub fn audit_receipt(
     let verified =
         verify_receipt(bundle, ledger_key, verifier).map_err(|e| refused(e.to_string()))?;
     let verifiers = std::slice::from_ref(verifier);
-    let _view = verify_ledger(source, verifiers, state_dir)?;
+    // Verified as it streams past; no entry is kept.
+    verify_ledger_with(source, verifiers, state_dir, &mut |_, _| {})?;
     // Rebuild the verified log's leaves (verify_ledger has checked them against the head).
     let head = checkpoint::open(&source.checkpoint()?, verifiers)
         .map_err(LedgerError::from)?

@@ -238,6 +238,26 @@ impl LedgerView {
         }
     }
 
+    /// The view of what `stream` hands out (each entry with whether a verified checkpoint
+    /// covers it, in log order; the checkpoint's size, if any).
+    pub fn collect<E>(
+        stream: impl FnOnce(&mut dyn FnMut(LedgerEntry, bool)) -> Result<Option<u64>, E>,
+    ) -> Result<Self, E> {
+        let (mut verified, mut tail) = (Vec::new(), Vec::new());
+        let checkpoint_size = stream(&mut |e, is_verified| {
+            if is_verified {
+                verified.push(e);
+            } else {
+                tail.push(e);
+            }
+        })?;
+        Ok(Self {
+            verified,
+            tail,
+            checkpoint_size,
+        })
+    }
+
     /// Every entry, verified first.
     pub fn all(&self) -> impl Iterator<Item = &LedgerEntry> {
         self.verified.iter().chain(self.tail.iter())
@@ -254,6 +274,7 @@ impl LedgerView {
             index.add(e, false);
         }
         index.checkpoint_size = self.checkpoint_size;
+        index.finish();
         index
     }
 
@@ -370,19 +391,7 @@ pub fn verify_ledger(
     verifiers: &[NoteVerifier],
     state_dir: Option<&Path>,
 ) -> Result<LedgerView, LedgerError> {
-    let (mut verified, mut tail) = (Vec::new(), Vec::new());
-    let size = verify_ledger_with(source, verifiers, state_dir, &mut |e, is_verified| {
-        if is_verified {
-            verified.push(e);
-        } else {
-            tail.push(e);
-        }
-    })?;
-    Ok(LedgerView {
-        verified,
-        tail,
-        checkpoint_size: Some(size),
-    })
+    LedgerView::collect(|each| verify_ledger_with(source, verifiers, state_dir, each).map(Some))
 }
 
 /// [`verify_ledger`] folding each entry into a [`LedgerIndex`] as it streams past: no entry
@@ -392,12 +401,7 @@ pub fn verify_ledger_index(
     verifiers: &[NoteVerifier],
     state_dir: Option<&Path>,
 ) -> Result<LedgerIndex, LedgerError> {
-    let mut index = LedgerIndex::new();
-    let size = verify_ledger_with(source, verifiers, state_dir, &mut |e, is_verified| {
-        index.add(&e, is_verified)
-    })?;
-    index.checkpoint_size = Some(size);
-    Ok(index)
+    LedgerIndex::fold(|each| verify_ledger_with(source, verifiers, state_dir, each).map(Some))
 }
 
 /// The verification itself, streaming: pages of [`PAGE`] entries are hashed into the tree's

@@ -1,8 +1,8 @@
 //! What runs, compaction and the query service need from the verified ledger, folded entry by
 //! entry as [`crate::ledger::verify_ledger_index`] streams the log: each consent record's state,
 //! the withdrawals and erasures, the batches `donation_accepted` entries name, the runs per
-//! approval and the privacy spent. No entry is kept; memory grows with consent records (about
-//! 100 bytes each), not with entries.
+//! approval and the privacy spent. No entry is kept; memory grows with consent records (64
+//! bytes each), not with entries.
 //!
 //! The rules are [`crate::ledger::LedgerView`]'s (which folds its own entries through this type):
 //! grants and named batches count from the verified prefix only; withdrawals, erasures, runs
@@ -18,19 +18,25 @@ use datadonor_schemas::time::UnixSeconds;
 
 use crate::ledger::RecordState;
 
-/// One consent record as granted, its purposes as indices into [`LedgerIndex`]'s table.
+/// One consent record as granted (64 bytes): its purposes as a bit set over [`LedgerIndex`]'s
+/// table of purposes (the first 64 of them; the rare record naming a later one keeps its list
+/// in `StudyFold::wide` as well).
 #[derive(Debug, Clone)]
 struct Record {
+    id: [u8; 16],
     pseudonym: Pseudonym,
-    purposes: Box<[u16]>,
+    purposes: u64,
     expires_at: UnixSeconds,
 }
 
 /// One study's folded state.
 #[derive(Debug, Clone, Default)]
 struct StudyFold {
-    /// Grants of the verified prefix, by record id (a later grant of one id replaces it).
-    records: HashMap<[u8; 16], Record>,
+    /// Grants of the verified prefix: in log order while folding, then (after
+    /// [`LedgerIndex::finish`]) sorted by record id with only the last grant of each id.
+    records: Vec<Record>,
+    /// Purposes beyond the bit set's 64, by record id (last grant).
+    wide: HashMap<[u8; 16], Vec<u16>>,
     /// The first withdrawal of each record, anywhere in the log.
     withdrawn: HashMap<[u8; 16], UnixSeconds>,
     /// Withdrawn records no `erasure_done` entry covers yet, in log order.
@@ -59,6 +65,18 @@ impl LedgerIndex {
         Self::default()
     }
 
+    /// The index of what `stream` hands out (each entry with whether a verified checkpoint
+    /// covers it, in log order; the checkpoint's size, if any).
+    pub fn fold<E>(
+        stream: impl FnOnce(&mut dyn FnMut(LedgerEntry, bool)) -> Result<Option<u64>, E>,
+    ) -> Result<Self, E> {
+        let mut index = Self::new();
+        let size = stream(&mut |e, is_verified| index.add(&e, is_verified))?;
+        index.checkpoint_size = size;
+        index.finish();
+        Ok(index)
+    }
+
     fn purpose_id(&mut self, p: &str) -> u16 {
         match self.purposes.iter().position(|q| q == p) {
             Some(i) => i as u16,
@@ -70,8 +88,8 @@ impl LedgerIndex {
     }
 
     /// Fold the next entry of the log; `verified` when the checkpoint covers it. Entries must
-    /// come in log order.
-    pub fn add(&mut self, e: &LedgerEntry, verified: bool) {
+    /// come in log order, and [`LedgerIndex::finish`] follow the last.
+    pub(crate) fn add(&mut self, e: &LedgerEntry, verified: bool) {
         self.entries += 1;
         if !verified {
             self.tail += 1;
@@ -85,25 +103,29 @@ impl LedgerIndex {
                 expires_at,
                 ..
             } if verified => {
-                // Interning bounds the table by the distinct purposes; a ledger naming more than
-                // u16 can count is refused by the intake long before (a study's purposes).
-                let ids: Box<[u16]> = purposes
+                // Interning bounds the table by the distinct purposes (a study names a handful;
+                // the intake refuses others).
+                let ids: Vec<u16> = purposes
                     .iter()
                     .take(usize::from(u16::MAX))
                     .map(|p| self.purpose_id(p))
                     .collect();
-                self.studies
-                    .entry(study_id.clone())
-                    .or_default()
-                    .records
-                    .insert(
-                        *consent_record_id,
-                        Record {
-                            pseudonym: *pseudonym,
-                            purposes: ids,
-                            expires_at: *expires_at,
-                        },
-                    );
+                let bits = ids
+                    .iter()
+                    .filter(|i| **i < 64)
+                    .fold(0u64, |b, i| b | (1 << i));
+                let s = self.studies.entry(study_id.clone()).or_default();
+                if ids.iter().any(|i| *i >= 64) {
+                    s.wide.insert(*consent_record_id, ids);
+                } else if !s.wide.is_empty() {
+                    s.wide.remove(consent_record_id);
+                }
+                s.records.push(Record {
+                    id: *consent_record_id,
+                    pseudonym: *pseudonym,
+                    purposes: bits,
+                    expires_at: *expires_at,
+                });
             }
             LedgerEntry::ConsentWithdrawn {
                 study_id,
@@ -175,6 +197,28 @@ impl LedgerIndex {
         }
     }
 
+    /// Sort each study's grants by record id, keeping the last grant of each id: what the
+    /// queries below expect. [`LedgerIndex::fold`] and `LedgerView::index` call it.
+    pub(crate) fn finish(&mut self) {
+        for s in self.studies.values_mut() {
+            // Latest first, then a stable sort: the first of each id is its last grant.
+            s.records.reverse();
+            s.records.sort_by_key(|r| r.id);
+            s.records.dedup_by(|later, first| later.id == first.id);
+            s.records.shrink_to_fit();
+        }
+    }
+
+    fn covers(&self, s: &StudyFold, r: &Record, purpose: usize) -> bool {
+        if purpose < 64 {
+            r.purposes & (1 << purpose) != 0
+        } else {
+            s.wide
+                .get(&r.id)
+                .is_some_and(|ids| ids.iter().any(|i| usize::from(*i) == purpose))
+        }
+    }
+
     /// Entries folded.
     pub fn entries(&self) -> u64 {
         self.entries
@@ -201,18 +245,20 @@ impl LedgerIndex {
         };
         s.records
             .iter()
-            .map(|(id, r)| {
+            .map(|r| {
                 (
-                    *id,
+                    r.id,
                     RecordState {
                         pseudonym: r.pseudonym,
-                        purposes: r
+                        purposes: self
                             .purposes
                             .iter()
-                            .map(|p| self.purposes[usize::from(*p)].clone())
+                            .enumerate()
+                            .filter(|(i, _)| self.covers(s, r, *i))
+                            .map(|(_, p)| p.clone())
                             .collect(),
                         expires_at: r.expires_at,
-                        withdrawn_at: s.withdrawn.get(id).copied(),
+                        withdrawn_at: s.withdrawn.get(&r.id).copied(),
                     },
                 )
             })
@@ -236,12 +282,10 @@ impl LedgerIndex {
         };
         s.records
             .iter()
-            .filter(|(id, r)| {
-                !s.withdrawn.contains_key(*id)
-                    && now < r.expires_at
-                    && r.purposes.iter().any(|q| usize::from(*q) == p)
+            .filter(|r| {
+                !s.withdrawn.contains_key(&r.id) && now < r.expires_at && self.covers(s, r, p)
             })
-            .map(|(id, r)| (*id, r.pseudonym))
+            .map(|r| (r.id, r.pseudonym))
             .collect()
     }
 
@@ -306,5 +350,69 @@ impl LedgerIndex {
         self.study(study)
             .map(|s| s.named.iter().map(hex::encode).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datadonor_schemas::signing::PublicKey;
+
+    fn grant(record: u8, purposes: &[String]) -> LedgerEntry {
+        LedgerEntry::ConsentGranted {
+            time: 10,
+            study_id: StudyId::new("study-a").expect("id"),
+            study_version: 1,
+            pseudonym: Pseudonym([record; 32]),
+            consent_record_id: [record; 16],
+            purposes: purposes.to_vec(),
+            given_at: 10,
+            expires_at: 100,
+            manifest_sha256: [0; 32],
+            donor_public_key: PublicKey([record; 32]),
+        }
+    }
+
+    #[test]
+    fn the_last_grant_of_a_record_counts_and_purposes_beyond_64_are_kept() {
+        let study = StudyId::new("study-a").expect("id");
+        let p: Vec<String> = (0..70).map(|i| format!("p{i}")).collect();
+        let index = LedgerIndex::fold(|each| {
+            // Records 1..=64 intern p0..p63; record 100 names p69 (a 70th purpose).
+            for r in 1..=64u8 {
+                each(grant(r, &p[usize::from(r) - 1..usize::from(r)]), true);
+            }
+            each(grant(100, &[p[68].clone(), p[69].clone()]), true);
+            // Record 7 granted again for p1 only: that grant is the one that counts.
+            each(grant(7, &[p[1].clone()]), true);
+            // A grant after the checkpoint does not count.
+            each(grant(200, &[p[1].clone()]), false);
+            Ok::<_, ()>(Some(66))
+        })
+        .expect("folded");
+        assert_eq!(index.records(), 65);
+        let allowed = |purpose: &str| {
+            let mut ids: Vec<u8> = index
+                .allowed_records(&study, purpose, 50)
+                .into_iter()
+                .map(|r| r[0])
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(allowed("p69"), vec![100]);
+        assert_eq!(allowed("p68"), vec![100]);
+        assert_eq!(allowed("p1"), vec![2, 7]);
+        assert_eq!(
+            allowed("p6"),
+            Vec::<u8>::new(),
+            "record 7's first grant is replaced"
+        );
+        assert_eq!(allowed("p63"), vec![64]);
+        assert_eq!(allowed("nothing"), Vec::<u8>::new());
+        let states = index.record_states(&study);
+        assert_eq!(states[&[100; 16]].purposes, vec!["p68", "p69"]);
+        assert_eq!(states[&[7; 16]].purposes, vec!["p1"]);
+        assert!(!states.contains_key(&[200; 16]));
     }
 }

@@ -409,20 +409,13 @@ fn open_ledger(
     args: &LedgerArgs,
     need_sink: bool,
 ) -> anyhow::Result<(LedgerView, Box<dyn LedgerSink>)> {
-    let (mut verified, mut tail) = (Vec::new(), Vec::new());
-    let (size, sink) = stream_ledger(args, need_sink, &mut |e, is_verified| {
-        if is_verified {
-            verified.push(e);
-        } else {
-            tail.push(e);
-        }
+    let mut sink = None;
+    let view = LedgerView::collect(|each| {
+        let (size, s) = stream_ledger(args, need_sink, each)?;
+        sink = Some(s);
+        Ok::<_, anyhow::Error>(size)
     })?;
-    let view = LedgerView {
-        verified,
-        tail,
-        checkpoint_size: size,
-    };
-    Ok((view, sink))
+    Ok((view, sink.ok_or_else(|| anyhow!("no ledger"))?))
 }
 
 /// [`open_ledger`] folded as it streams, keeping no entry (what compaction needs).
@@ -430,12 +423,13 @@ fn open_index(
     args: &LedgerArgs,
     need_sink: bool,
 ) -> anyhow::Result<(LedgerIndex, Box<dyn LedgerSink>)> {
-    let mut index = LedgerIndex::new();
-    let (size, sink) = stream_ledger(args, need_sink, &mut |e, is_verified| {
-        index.add(&e, is_verified)
+    let mut sink = None;
+    let index = LedgerIndex::fold(|each| {
+        let (size, s) = stream_ledger(args, need_sink, each)?;
+        sink = Some(s);
+        Ok::<_, anyhow::Error>(size)
     })?;
-    index.checkpoint_size = size;
-    Ok((index, sink))
+    Ok((index, sink.ok_or_else(|| anyhow!("no ledger"))?))
 }
 
 /// Read and verify the ledger the arguments name, handing each entry to `each` with whether a

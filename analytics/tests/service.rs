@@ -351,21 +351,31 @@ fn differencing_two_runs_gives_noise_of_the_stated_scale() {
                 .expect("run"),
         );
     }
-    let col = |t: &ReleasedTable, name: &str| {
+    // The one cell, when the noisy threshold released it (with 60 donors it withholds it in
+    // a few runs in a hundred, as it should).
+    let col = |t: &ReleasedTable, name: &str| -> Option<f64> {
         let i = t
             .columns
             .iter()
             .position(|c| c.name == name)
             .expect("column");
-        t.rows[0].values[i].expect("value")
+        t.rows.first().map(|r| r.values[i].expect("value"))
     };
     let scale = before[0].columns[0].noise_scale;
     assert!(scale > 0.5, "donor counts carry noise: scale {scale}");
-    let diffs: Vec<f64> = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| col(a, "donors") - col(b, "donors"))
-        .collect();
+    let released = |name: &str| -> Vec<f64> {
+        before
+            .iter()
+            .zip(&after)
+            .filter_map(|(b, a)| Some(col(a, name)? - col(b, name)?))
+            .collect()
+    };
+    let diffs = released("donors");
+    assert!(
+        diffs.len() >= pairs as usize * 3 / 4,
+        "only {} of {pairs} pairs released the cell",
+        diffs.len()
+    );
     let n = diffs.len() as f64;
     let mean = diffs.iter().sum::<f64>() / n;
     let var = diffs.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / (n - 1.0);
@@ -377,28 +387,25 @@ fn differencing_two_runs_gives_noise_of_the_stated_scale() {
     );
     let exact = diffs.iter().filter(|d| (**d - 1.0).abs() < 1e-9).count();
     assert!(
-        exact < pairs as usize / 2,
-        "{exact} of {pairs} differences were the exact 1"
+        exact < diffs.len() / 2,
+        "{exact} of {} differences were the exact 1",
+        diffs.len()
     );
     // The sum's difference is not the donor's total (38) but noise around it.
-    let sum_diffs: Vec<f64> = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| col(a, "sum_hba1c") - col(b, "sum_hba1c"))
-        .collect();
+    let sum_diffs = released("sum_hba1c");
     let hits = sum_diffs
         .iter()
         .filter(|d| (**d - 38.0).abs() < 0.5)
         .count();
     assert!(
-        hits < pairs as usize / 4,
+        hits < sum_diffs.len() / 4,
         "{hits} sums gave the donor's total: {sum_diffs:?}"
     );
     // Every released value carries an error bar.
-    assert!(after[0].rows[0]
-        .error95
+    assert!(after
         .iter()
-        .all(|e| e.is_some_and(|e| e > 0.0)));
+        .flat_map(|t| &t.rows)
+        .all(|r| r.error95.iter().all(|e| e.is_some_and(|e| e > 0.0))));
 }
 
 #[test]
