@@ -32,7 +32,9 @@ use datadonor_schemas::study::{StudyId, CONSENT_COLUMN, DONOR_COLUMN};
 use datadonor_schemas::time::UnixSeconds;
 use polars::prelude::*;
 
-use crate::ledger::{verify_ledger_with, LedgerError, LedgerSource, LedgerView, PAGE, STATE_FILE};
+use crate::ledger::{
+    verify_ledger_with, LedgerError, LedgerIndex, LedgerSource, LedgerView, PAGE, STATE_FILE,
+};
 use crate::sealed::{BatchError, BatchErrorKind};
 use crate::store::BatchStore;
 use crate::vault::VaultKey;
@@ -1346,62 +1348,11 @@ fn parse_record(v: &str) -> Option<[u8; 16]> {
 /// memory with `vault`; the intake batches no `donation_accepted` entry names are listed
 /// (`unnamed`), not opened, as no run reads them.
 pub fn audit_batches(
-    view: &LedgerView,
+    ledger: &LedgerIndex,
     store: &BatchStore,
     vault: &VaultKey,
     study: &StudyId,
 ) -> Result<BatchAudit, AnalyticsError> {
-    let records = view.record_states(study);
-    let mut grants: HashMap<[u8; 16], UnixSeconds> = HashMap::new();
-    for e in &view.verified {
-        if let LedgerEntry::ConsentGranted {
-            study_id,
-            consent_record_id,
-            time,
-            ..
-        } = e
-        {
-            if study_id == study {
-                grants.insert(*consent_record_id, *time);
-            }
-        }
-    }
-    // The last erasure logged per record: entries naming it, and older entries without a
-    // record, which erased every record of their donor withdrawn before them.
-    let mut withdrawn_by: HashMap<Pseudonym, Vec<[u8; 16]>> = HashMap::new();
-    let mut erasures: HashMap<[u8; 16], UnixSeconds> = HashMap::new();
-    for e in view.all() {
-        match e {
-            LedgerEntry::ConsentWithdrawn {
-                study_id,
-                pseudonym,
-                consent_record_id,
-                ..
-            } if study_id == study => {
-                withdrawn_by
-                    .entry(*pseudonym)
-                    .or_default()
-                    .push(*consent_record_id);
-            }
-            LedgerEntry::ErasureDone {
-                study_id,
-                pseudonym,
-                consent_record_id,
-                time,
-                ..
-            } if study_id == study => {
-                let erased = match consent_record_id {
-                    Some(r) => vec![*r],
-                    None => withdrawn_by.get(pseudonym).cloned().unwrap_or_default(),
-                };
-                for r in erased {
-                    let t = erasures.entry(r).or_insert(*time);
-                    *t = (*t).max(*time);
-                }
-            }
-            _ => {}
-        }
-    }
     let mut audit = BatchAudit {
         study: study.clone(),
         batches: 0,
@@ -1411,7 +1362,7 @@ pub fn audit_batches(
         unnamed: Vec::new(),
     };
     let mut seen: HashSet<String> = HashSet::new();
-    let readable = store.readable(study, &view.index())?;
+    let readable = store.readable(study, ledger)?;
     audit.unnamed = readable
         .unnamed
         .iter()
@@ -1442,7 +1393,7 @@ pub fn audit_batches(
                 continue;
             };
             let Some((record, state)) =
-                parse_record(&consent).and_then(|r| records.get(&r).map(|s| (r, s)))
+                parse_record(&consent).and_then(|r| ledger.record_state(study, &r).map(|s| (r, s)))
             else {
                 audit
                     .violations
@@ -1455,15 +1406,15 @@ pub fn audit_batches(
                     BatchViolationKind::OtherDonor(state.pseudonym),
                 ));
             }
-            if grants.get(&record).is_none_or(|t| *t > created) {
+            if state.granted_at > created {
                 audit
                     .violations
                     .push(violation(Some(p), BatchViolationKind::NoConsent));
             }
-            if let Some(at) = erasures.get(&record) {
+            if let Some(at) = ledger.erased_at(study, &record) {
                 audit
                     .violations
-                    .push(violation(Some(p), BatchViolationKind::Erased { at: *at }));
+                    .push(violation(Some(p), BatchViolationKind::Erased { at }));
             } else if let Some(at) = state.withdrawn_at {
                 audit
                     .violations

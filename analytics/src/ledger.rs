@@ -371,6 +371,8 @@ pub struct RecordState {
     pub expires_at: UnixSeconds,
     /// When withdrawn, if withdrawn.
     pub withdrawn_at: Option<UnixSeconds>,
+    /// The time of the (last) `consent_granted` entry of the record.
+    pub granted_at: UnixSeconds,
 }
 
 impl RecordState {

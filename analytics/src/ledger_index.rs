@@ -1,8 +1,8 @@
-//! What runs, compaction and the query service need from the verified ledger, folded entry by
-//! entry as [`crate::ledger::verify_ledger_index`] streams the log: each consent record's state,
-//! the withdrawals and erasures, the batches `donation_accepted` entries name, the runs per
-//! approval and the privacy spent. No entry is kept; memory grows with consent records (64
-//! bytes each), not with entries.
+//! What runs, compaction, the query service and the batch audit need from the verified ledger,
+//! folded entry by entry as [`crate::ledger::verify_ledger_index`] streams the log: each consent
+//! record's state and grant time, the withdrawals and erasures, the batches `donation_accepted`
+//! entries name, the runs per approval and the privacy spent. No entry is kept; memory grows
+//! with consent records (72 bytes each), not with entries.
 //!
 //! The rules are [`crate::ledger::LedgerView`]'s (which folds its own entries through this type):
 //! grants and named batches count from the verified prefix only; withdrawals, erasures, runs
@@ -18,7 +18,7 @@ use datadonor_schemas::time::UnixSeconds;
 
 use crate::ledger::RecordState;
 
-/// One consent record as granted (64 bytes): its purposes as a bit set over [`LedgerIndex`]'s
+/// One consent record as granted (72 bytes): its purposes as a bit set over [`LedgerIndex`]'s
 /// table of purposes (the first 64 of them; the rare record naming a later one keeps its list
 /// in `StudyFold::wide` as well).
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ struct Record {
     pseudonym: Pseudonym,
     purposes: u64,
     expires_at: UnixSeconds,
+    /// The grant entry's time.
+    granted_at: UnixSeconds,
 }
 
 /// One study's folded state.
@@ -39,6 +41,11 @@ struct StudyFold {
     wide: HashMap<[u8; 16], Vec<u16>>,
     /// The first withdrawal of each record, anywhere in the log.
     withdrawn: HashMap<[u8; 16], UnixSeconds>,
+    /// The records each donor withdrew, in log order (an `erasure_done` entry without a record
+    /// covers those withdrawn before it).
+    withdrawn_by: HashMap<Pseudonym, Vec<[u8; 16]>>,
+    /// The last `erasure_done` time per record.
+    erased_at: HashMap<[u8; 16], UnixSeconds>,
     /// Withdrawn records no `erasure_done` entry covers yet, in log order.
     pending: BTreeSet<(Pseudonym, [u8; 16])>,
     /// Intake batches named by `donation_accepted` entries of the verified prefix.
@@ -101,6 +108,7 @@ impl LedgerIndex {
                 consent_record_id,
                 purposes,
                 expires_at,
+                time,
                 ..
             } if verified => {
                 // Interning bounds the table by the distinct purposes (a study names a handful;
@@ -125,6 +133,7 @@ impl LedgerIndex {
                     pseudonym: *pseudonym,
                     purposes: bits,
                     expires_at: *expires_at,
+                    granted_at: *time,
                 });
             }
             LedgerEntry::ConsentWithdrawn {
@@ -136,15 +145,28 @@ impl LedgerIndex {
             } => {
                 let s = self.studies.entry(study_id.clone()).or_default();
                 s.withdrawn.entry(*consent_record_id).or_insert(*time);
+                s.withdrawn_by
+                    .entry(*pseudonym)
+                    .or_default()
+                    .push(*consent_record_id);
                 s.pending.insert((*pseudonym, *consent_record_id));
             }
             LedgerEntry::ErasureDone {
                 study_id,
                 pseudonym,
                 consent_record_id,
+                time,
                 ..
             } => {
                 let s = self.studies.entry(study_id.clone()).or_default();
+                let erased: &[[u8; 16]] = match consent_record_id {
+                    Some(r) => std::slice::from_ref(r),
+                    None => s.withdrawn_by.get(pseudonym).map_or(&[], Vec::as_slice),
+                };
+                for r in erased {
+                    let t = s.erased_at.entry(*r).or_insert(*time);
+                    *t = (*t).max(*time);
+                }
                 match consent_record_id {
                     Some(r) => {
                         s.pending.remove(&(*pseudonym, *r));
@@ -245,24 +267,42 @@ impl LedgerIndex {
         };
         s.records
             .iter()
-            .map(|r| {
-                (
-                    r.id,
-                    RecordState {
-                        pseudonym: r.pseudonym,
-                        purposes: self
-                            .purposes
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| self.covers(s, r, *i))
-                            .map(|(_, p)| p.clone())
-                            .collect(),
-                        expires_at: r.expires_at,
-                        withdrawn_at: s.withdrawn.get(&r.id).copied(),
-                    },
-                )
-            })
+            .map(|r| (r.id, self.state_of(s, r)))
             .collect()
+    }
+
+    fn state_of(&self, s: &StudyFold, r: &Record) -> RecordState {
+        RecordState {
+            pseudonym: r.pseudonym,
+            purposes: self
+                .purposes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.covers(s, r, *i))
+                .map(|(_, p)| p.clone())
+                .collect(),
+            expires_at: r.expires_at,
+            withdrawn_at: s.withdrawn.get(&r.id).copied(),
+            granted_at: r.granted_at,
+        }
+    }
+
+    /// One consent record's state (a binary search of the sorted grants).
+    pub fn record_state(&self, study: &StudyId, id: &[u8; 16]) -> Option<RecordState> {
+        let s = self.study(study)?;
+        let r = s
+            .records
+            .binary_search_by(|r| r.id.cmp(id))
+            .ok()
+            .and_then(|i| s.records.get(i))?;
+        Some(self.state_of(s, r))
+    }
+
+    /// When the rows of a record were last logged as erased: an `erasure_done` entry naming it,
+    /// or an older one without a record, which erased every record of its donor withdrawn
+    /// before it.
+    pub fn erased_at(&self, study: &StudyId, id: &[u8; 16]) -> Option<UnixSeconds> {
+        self.study(study)?.erased_at.get(id).copied()
     }
 
     /// Consent records whose rows count for `purpose` at `now` (granted in the verified

@@ -730,8 +730,8 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
             let study = study_id(&study)?;
             let vault = VaultKey::load(&vault_key)?;
             let store = BatchStore::open_location(&batches)?;
-            let (view, _) = open_ledger(&ledger, false)?;
-            let report = audit::audit_batches(&view, &store, &vault, &study)?;
+            let (index, _) = open_index(&ledger, false)?;
+            let report = audit::audit_batches(&index, &store, &vault, &study)?;
             print!("{}", report.render_text());
             html_out(html.as_ref(), || report.to_html())?;
             if !report.violations.is_empty() {

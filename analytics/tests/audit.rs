@@ -6,7 +6,8 @@ use datadonor_analytics::audit::{
     parse_receipt_file, short_pseudonym, write_html, BatchViolationKind, QueryFlag,
 };
 use datadonor_analytics::ledger::{
-    encode_record, verify_ledger, LedgerError, LocalLedgerFile, MemoryLedger, STATE_FILE,
+    encode_record, verify_ledger, verify_ledger_index, LedgerError, LocalLedgerFile, MemoryLedger,
+    STATE_FILE,
 };
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{
@@ -175,7 +176,7 @@ fn batch_with_withdrawn_and_erased_donor_is_reported() {
 
     let v = [l.verifier().expect("v")];
     let clean = audit_batches(
-        &verify_ledger(&l, &v, None).expect("v"),
+        &verify_ledger_index(&l, &v, None).expect("v"),
         &store,
         &vault,
         &s.id,
@@ -192,8 +193,8 @@ fn batch_with_withdrawn_and_erased_donor_is_reported() {
     // Donor 3 withdraws and is logged as erased, but the batch still holds their rows.
     l.push(&withdraw(&s, donor(3), NOW + 100));
     l.push(&erased(&s, 3, NOW + 200));
-    let view = verify_ledger(&l, &v, None).expect("v");
-    let r = audit_batches(&view, &store, &vault, &s.id).expect("audit");
+    let index = verify_ledger_index(&l, &v, None).expect("v");
+    let r = audit_batches(&index, &store, &vault, &s.id).expect("audit");
     assert_eq!(r.violations.len(), 2);
     let bad = r
         .violations
@@ -212,7 +213,7 @@ fn batch_with_withdrawn_and_erased_donor_is_reported() {
     assert!(html.contains("<dt>Violations</dt><dd>2</dd>"));
 
     // The consent timeline of the same log.
-    let c = audit_consents(&view, &s.id);
+    let c = audit_consents(&verify_ledger(&l, &v, None).expect("v"), &s.id);
     assert_eq!(c.totals.donors, 6);
     assert_eq!(c.totals.granted, 6);
     assert_eq!(c.totals.withdrawn, 1);

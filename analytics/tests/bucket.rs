@@ -268,8 +268,9 @@ fn runs_compaction_and_audit_read_a_bucket_as_they_read_the_directory() {
     assert_eq!(readable.unnamed[0].header.batch_id_hex(), r_dir_unnamed(&w));
 
     // The audit finds no row of a withdrawn record, in either, and lists the unnamed batch.
-    let a_dir = audit_batches(&view(&w), &w.local, &w.vault, &w.study.id).expect("audits");
-    let a_bucket = audit_batches(&view(&w), &w.bucket, &w.vault, &w.study.id).expect("audits");
+    let a_dir = audit_batches(&view(&w).index(), &w.local, &w.vault, &w.study.id).expect("audits");
+    let a_bucket =
+        audit_batches(&view(&w).index(), &w.bucket, &w.vault, &w.study.id).expect("audits");
     assert!(a_bucket.violations.is_empty(), "{:?}", a_bucket.violations);
     assert_eq!(a_bucket.unnamed, a_dir.unnamed);
     assert_eq!((a_bucket.rows, a_bucket.donors), (a_dir.rows, a_dir.donors));

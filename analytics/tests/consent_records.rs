@@ -178,7 +178,7 @@ fn a_withdrawn_record_stays_out_after_the_donor_consents_again() {
     }
 
     // Before compaction the batch audit reports A's rows, by record, and nothing else.
-    let before = audit_batches(&view(&w), &w.store, &w.vault, &w.study.id).expect("audit");
+    let before = audit_batches(&view(&w).index(), &w.store, &w.vault, &w.study.id).expect("audit");
     assert_eq!(before.rows, 33);
     assert_eq!(before.violations.len(), 1, "{}", before.render_text());
     let v = &before.violations[0];
@@ -233,7 +233,7 @@ fn a_withdrawn_record_stays_out_after_the_donor_consents_again() {
     }
 
     // Clean afterwards: no violation, nothing pending, and the same result.
-    let clean = audit_batches(&view(&w), &w.store, &w.vault, &w.study.id).expect("audit");
+    let clean = audit_batches(&view(&w).index(), &w.store, &w.vault, &w.study.id).expect("audit");
     assert!(clean.violations.is_empty(), "{}", clean.render_text());
     assert_eq!((clean.rows, clean.donors), (29, 10));
     assert!(view(&w).pending_erasures(&w.study.id).is_empty());
@@ -278,7 +278,7 @@ fn rows_under_an_unknown_or_another_donors_record_are_violations() {
     df.vstack_mut_owned(unknown).expect("stack");
     store_frame(&w.store, &w.study, &w.vault, &mut df, NOW).expect("stored");
 
-    let r = audit_batches(&view(&w), &w.store, &w.vault, &w.study.id).expect("audit");
+    let r = audit_batches(&view(&w).index(), &w.store, &w.vault, &w.study.id).expect("audit");
     let mut kinds: Vec<(Option<_>, BatchViolationKind, u64)> = r
         .violations
         .iter()
@@ -309,7 +309,7 @@ fn a_batch_without_the_consent_column_is_refused_naming_the_file() {
     let file = path.display().to_string();
     let err = run(&w, 1).expect_err("refused").to_string();
     assert!(err.contains(&file) && err.contains(CONSENT_COLUMN), "{err}");
-    let err = audit_batches(&view(&w), &w.store, &w.vault, &w.study.id)
+    let err = audit_batches(&view(&w).index(), &w.store, &w.vault, &w.study.id)
         .expect_err("refused")
         .to_string();
     assert!(err.contains(&file) && err.contains(CONSENT_COLUMN), "{err}");

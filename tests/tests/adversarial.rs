@@ -1272,8 +1272,8 @@ async fn withdrawn_donor_is_not_counted_by_a_later_query() {
         let view = verify_ledger(&ledger, std::slice::from_ref(&access.verifier), None)
             .expect("ledger verifies");
         let store = BatchStore::open(&research.batches).expect("store");
-        let audit =
-            audit_batches(&view, &store, &research.vault, &research.study.id).expect("audit");
+        let audit = audit_batches(&view.index(), &store, &research.vault, &research.study.id)
+            .expect("audit");
         let allowed = view.allowed_donors(&research.study.id, EPI, SystemClock.now());
         (allowed, audit.donors, audit.rows, audit.violations)
     })
