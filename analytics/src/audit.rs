@@ -905,6 +905,18 @@ pub fn load_approvals(
 /// runs outside their approval's window, runs beyond its max runs (counted in log order), and
 /// runs naming another study, purpose or researcher than their approval.
 pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval>]>) -> QueryAudit {
+    audit_query_runs(
+        view.all().enumerate().map(|(i, e)| (i as u64, e)),
+        approvals,
+    )
+}
+
+/// [`audit_queries`] over `(index in the log, entry)` pairs in log order, of which only the
+/// `query_run` entries matter (what `audit queries` keeps while it streams the ledger).
+pub fn audit_query_runs<'a>(
+    entries: impl IntoIterator<Item = (u64, &'a LedgerEntry)>,
+    approvals: Option<&[Signed<QueryApproval>]>,
+) -> QueryAudit {
     let by_digest: HashMap<[u8; 32], &QueryApproval> = approvals
         .unwrap_or_default()
         .iter()
@@ -915,7 +927,7 @@ pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval
     let mut budgets: Vec<BudgetUse> = Vec::new();
     // The last recorded study budget left, per study.
     let mut study_left: HashMap<StudyId, (f64, f64)> = HashMap::new();
-    for (i, e) in view.all().enumerate() {
+    for (i, e) in entries {
         let LedgerEntry::QueryRun {
             time,
             study_id,
@@ -1012,7 +1024,7 @@ pub fn audit_queries(view: &LedgerView, approvals: Option<&[Signed<QueryApproval
             }
         }
         runs.push(QueryRunRecord {
-            index: i as u64,
+            index: i,
             time: *time,
             study: study_id.clone(),
             researcher: researcher.clone(),

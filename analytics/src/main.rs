@@ -708,8 +708,17 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|d| audit::load_approvals(d, trusted.as_deref()))
                 .transpose()?;
-            let (view, _) = open_ledger(&ledger, false)?;
-            let report = audit::audit_queries(&view, approvals.as_deref());
+            // Streamed: only the query runs are kept, with their place in the log.
+            let mut runs = Vec::new();
+            let mut index = 0u64;
+            stream_ledger(&ledger, false, &mut |e, _| {
+                if matches!(e, datadonor_schemas::ledger::LedgerEntry::QueryRun { .. }) {
+                    runs.push((index, e));
+                }
+                index += 1;
+            })?;
+            let report =
+                audit::audit_query_runs(runs.iter().map(|(i, e)| (*i, e)), approvals.as_deref());
             print!("{}", report.render_text());
             html_out(html.as_ref(), || report.to_html())?;
             if report.flagged() > 0 {
