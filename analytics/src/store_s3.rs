@@ -136,12 +136,18 @@ impl Bucket {
             }
         })?;
         let label = self.label(JOURNAL);
-        match got.map_err(|e| store_err(&label, e))? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| store_err(&label, e)),
+        let Some(bytes) = got.map_err(|e| store_err(&label, e))? else {
+            return Ok(None);
+        };
+        let j: Journal = serde_json::from_slice(&bytes).map_err(|e| store_err(&label, e))?;
+        // It names batches of this prefix only: nothing else is ever deleted through it.
+        if let Some(bad) = j.remove.iter().chain(&j.add).find(|n| !is_batch_name(n)) {
+            return Err(store_err(
+                &label,
+                format!("names {bad:?}, which is not a batch"),
+            ));
         }
+        Ok(Some(j))
     }
 
     /// Names and sizes of the objects directly under the prefix.

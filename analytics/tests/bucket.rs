@@ -58,7 +58,7 @@ fn open_bucket(url: &str) -> BatchStore {
     BatchStore::open_location_with(url, &opts).expect("bucket opens")
 }
 
-/// An object the intake would write: `<id>.ddb`, put straight into the bucket.
+/// An object put straight into the bucket prefix (as the intake writes `<id>.ddb`).
 fn put_intake_batch(url: &str, name: &str, bytes: Vec<u8>) {
     use object_store::ObjectStoreExt as _;
     let rest = url.strip_prefix("s3://datadonor/").expect("test bucket");
@@ -367,6 +367,17 @@ fn a_replacement_interrupted_at_any_step_never_counts_a_row_twice() {
             "after {steps} steps, recovered"
         );
     }
+    // A journal naming anything but a batch is refused, not followed.
+    let url = bucket_url();
+    let store = open_bucket(&url);
+    put_intake_batch(
+        &url,
+        "compact.journal",
+        br#"{"remove":["../ledger.log"],"add":[]}"#.to_vec(),
+    );
+    let e = store.list(&study.id).expect_err("refused").to_string();
+    assert!(e.contains("which is not a batch"), "{e}");
+    assert!(store.replace(&[], &[]).is_err());
 }
 
 #[test]

@@ -331,6 +331,33 @@ fn report(name: &str, r: &LoadResult) {
     );
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat` (fields 14 and 15,
+/// in USER_HZ = 100 ticks per second). The load generator, the endpoints and the intake all
+/// run in this process, so a phase's CPU is everything the machine spent on it.
+fn cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU per request of a phase and how many of the cores it kept busy.
+fn cpu_report(name: &str, r: &LoadResult, cpu: f64) -> f64 {
+    let per_us = cpu * 1e6 / r.ok.max(1) as f64;
+    let wall = r.ok as f64 / r.rate().max(f64::MIN_POSITIVE);
+    println!(
+        "{name:<34} CPU {per_us:>7.1} us per request (load generator included), {:.2} cores busy",
+        cpu / wall
+    );
+    per_us
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -409,19 +436,35 @@ fn main() -> Result<()> {
         run_load(c.clone(), url(bare_addr), warm, a.clients).await?;
         let warm_ceiling = Arc::new(bodies[..a.clients.min(bodies.len())].to_vec());
         run_load(c.clone(), url(ceiling_addr), warm_ceiling, a.clients).await?;
+        let cpu0 = cpu_secs();
         let bare = run_load(c.clone(), url(bare_addr), bodies.clone(), a.clients).await?;
+        let bare_cpu = cpu_secs() - cpu0;
         report("bare TLS endpoint (200 only)", &bare);
+        cpu_report("bare", &bare, bare_cpu);
         let (mut ceiling_rates, mut intake_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu_ratios = Vec::new();
         for (r, bodies) in rounds.iter().enumerate() {
+            let cpu0 = cpu_secs();
             let ceiling = run_load(c.clone(), url(ceiling_addr), bodies.clone(), a.clients).await?;
+            let ceiling_cpu = cpu_secs() - cpu0;
             let flushes = batch_flushes(&c, running.addr()).await?;
+            let cpu0 = cpu_secs();
             let intake = run_load(c.clone(), url(running.addr()), bodies.clone(), a.clients).await?;
+            let intake_cpu = cpu_secs() - cpu0;
             let groups = batch_flushes(&c, running.addr()).await? - flushes;
             if a.rounds > 1 {
                 println!("round {}:", r + 1);
             }
             report("ceiling (HPKE open, verify, sign)", &ceiling);
             report("intake (durable receipts)", &intake);
+            let c_us = cpu_report("ceiling", &ceiling, ceiling_cpu);
+            let i_us = cpu_report("intake", &intake, intake_cpu);
+            println!(
+                "CPU per donation ceiling/intake: {:.3} (the throughput ratio CPU alone allows \
+                 when both keep the cores busy)",
+                c_us / i_us
+            );
+            cpu_ratios.push(c_us / i_us);
             println!(
                 "intake commit groups: {groups}, {:.1} donations per group on average",
                 intake.ok as f64 / groups.max(1) as f64
@@ -445,6 +488,10 @@ fn main() -> Result<()> {
                 median(ratios.clone()),
                 ratios.iter().copied().fold(f64::INFINITY, f64::min),
                 ratios.iter().copied().fold(0.0, f64::max),
+            );
+            println!(
+                "median CPU per donation ceiling/intake: {:.3}",
+                median(cpu_ratios)
             );
         }
         running.shutdown().await?;
