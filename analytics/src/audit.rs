@@ -1380,8 +1380,8 @@ pub fn audit_batches(
         .iter()
         .map(|b| b.header.batch_id_hex())
         .collect();
-    for bf in readable.files {
-        let opened = store.open_batch(&bf, vault)?;
+    for opened in store.open_batches(readable.files, vault) {
+        let (bf, opened) = opened?;
         let created = opened.header.created_at;
         let batch_id = opened.header.batch_id_hex();
         let counts = donor_counts(&bf.path, &opened.plaintext)?;

@@ -91,8 +91,8 @@ pub fn compact(
     let mut report = CompactionReport::default();
     // First pass: which batches hold rows of withdrawn records, and which are small.
     let mut plan: Vec<(&BatchFile, String, bool, usize)> = Vec::new();
-    for f in &files {
-        let opened = store.open_batch(f, vault)?;
+    for (f, opened) in files.iter().zip(store.open_batches(files.clone(), vault)) {
+        let (_, opened) = opened?;
         let df = read(
             &f.path,
             &opened.plaintext,

@@ -207,9 +207,9 @@ fn feed_store(
         s.spawn(move || {
             let mut group = Vec::new();
             let mut rows = 0usize;
-            for f in files {
-                match store.open_batch(&f, vault) {
-                    Ok(o) => {
+            for opened in store.open_batches(files, vault) {
+                match opened {
+                    Ok((f, o)) => {
                         // An unreadable footer counts as one row here; the engine's footer check
                         // names the batch.
                         rows += ParquetReader::new(std::io::Cursor::new(o.plaintext.as_slice()))

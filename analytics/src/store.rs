@@ -38,6 +38,9 @@ pub const BATCH_EXT: &str = "ddc";
 pub const INTAKE_BATCH_EXT: &str = "ddb";
 /// The compaction journal's file name.
 pub const JOURNAL: &str = "compact.journal";
+/// Ciphertext a bucket's reader fetches ahead of the batch being opened (half in flight, half
+/// waiting).
+pub const READ_AHEAD_BYTES: u64 = 64 << 20;
 /// Largest possible header.
 pub(crate) const MAX_HEADER_LEN: usize = 8 + 16 + 1 + 64 + 8 + 4 + 4 + 32 + 48;
 
@@ -216,6 +219,35 @@ impl BatchStore {
                 let bytes = b.read(&f.path)?;
                 let opened = open_batch(&f.path, &bytes, vault)?;
                 check_name(&f.path, opened)
+            }
+        }
+    }
+
+    /// Read and open `files` in order, one at a time as the iterator is driven; from a bucket
+    /// the next batches' `GET`s are already under way (at most [`READ_AHEAD_BYTES`] of them, and
+    /// 16 objects, counting by the largest), so a run over many small batches is not a
+    /// sequence of round trips. Each item is checked as [`BatchStore::open_batch`] checks it.
+    pub fn open_batches<'a>(
+        &'a self,
+        files: Vec<BatchFile>,
+        vault: &'a VaultKey,
+    ) -> Box<dyn Iterator<Item = Result<(BatchFile, OpenedBatch), BatchError>> + 'a> {
+        match &self.backend {
+            Backend::Dir(_) => Box::new(
+                files
+                    .into_iter()
+                    .map(move |f| open_batch_file(&f.path, vault).map(|o| (f, o))),
+            ),
+            Backend::Bucket(b) => {
+                let largest = files.iter().map(|f| f.len).max().unwrap_or(1).max(1);
+                let in_flight = (READ_AHEAD_BYTES / largest).clamp(1, 32) as usize;
+                let paths = files.iter().map(|f| f.path.clone()).collect();
+                let reads = b.read_ahead(paths, in_flight);
+                Box::new(files.into_iter().zip(reads).map(move |(f, (_, got))| {
+                    let bytes = got?;
+                    let opened = open_batch(&f.path, &bytes, vault)?;
+                    check_name(&f.path, opened).map(|o| (f, o))
+                }))
             }
         }
     }

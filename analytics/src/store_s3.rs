@@ -5,8 +5,10 @@
 //! `AWS_SECRET_ACCESS_KEY`, and `AWS_ALLOW_HTTP=true` for a loopback test server only).
 //!
 //! * Listing pages through the prefix and reads each batch's header with one ranged `GET` of its
-//!   first bytes (16 at once); nothing is decrypted. A batch is read whole with one `GET` when a
-//!   run opens it, in memory only, in the groups the engine bounds.
+//!   first bytes (64 at once); nothing is decrypted. A batch is read whole with one `GET` when a
+//!   run opens it, in memory only, in the groups the engine bounds; the next batches' `GET`s are
+//!   already under way ([`Bucket::read_ahead`], at most `store::READ_AHEAD_BYTES` of them), so
+//!   many small batches do not cost one round trip each in turn.
 //! * Writes are `PUT`s with `If-None-Match: *`: an object appears whole or not at all, and never
 //!   replaces another.
 //! * Replacement (compaction) cannot rename, so its journal comes first: `compact.journal`
@@ -38,7 +40,7 @@ use crate::store::{
 use crate::AnalyticsError;
 
 /// Header reads in flight at once while listing.
-const HEADER_READS: usize = 16;
+const HEADER_READS: usize = 64;
 /// Listings retried when a replacement changes the prefix while one is taken.
 const LIST_TRIES: usize = 5;
 
@@ -251,6 +253,58 @@ impl Bucket {
             .map_err(|e| BatchError::new(path, BatchErrorKind::Remote(e.to_string())))?;
         r.map(|b| b.to_vec())
             .map_err(|e| BatchError::new(path, BatchErrorKind::Remote(e.to_string())))
+    }
+
+    /// Read the batches `paths` names, in order, with up to `in_flight` `GET`s outstanding and
+    /// as many finished ones waiting: a run does not pay each object's first-byte latency in
+    /// turn. Dropping the iterator stops the reads.
+    pub(crate) fn read_ahead(
+        &self,
+        paths: Vec<PathBuf>,
+        in_flight: usize,
+    ) -> impl Iterator<Item = (PathBuf, Result<Vec<u8>, BatchError>)> + '_ {
+        let in_flight = in_flight.max(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(in_flight);
+        let reads: Vec<(PathBuf, Option<ObjectPath>)> = paths
+            .into_iter()
+            .map(|p| {
+                let key = p.file_name().and_then(|n| n.to_str()).map(|n| self.key(n));
+                (p, key)
+            })
+            .collect();
+        let store = self.store.clone();
+        let started = self.rt.spawn(async move {
+            let mut reads = futures_util::stream::iter(reads)
+                .map(|(path, key)| {
+                    let store = store.clone();
+                    async move {
+                        let got = match key {
+                            None => Err("no object name".to_string()),
+                            Some(key) => async { store.get(&key).await?.bytes().await }
+                                .await
+                                .map(|b| b.to_vec())
+                                .map_err(|e| e.to_string()),
+                        };
+                        (path, got)
+                    }
+                })
+                .buffered(in_flight);
+            while let Some(item) = reads.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // A runtime that has stopped answers every read with its error.
+        let mut failed = started.err().map(|e| e.to_string());
+        std::iter::from_fn(move || match failed.take() {
+            Some(e) => Some((PathBuf::from(&self.url), Err(e))),
+            None => rx.blocking_recv(),
+        })
+        .map(|(path, got)| {
+            let got = got.map_err(|e| BatchError::new(&path, BatchErrorKind::Remote(e)));
+            (path, got)
+        })
     }
 
     fn create(&self, name: &str, bytes: Vec<u8>) -> Result<(), AnalyticsError> {

@@ -45,6 +45,17 @@ impl BlockingRuntime {
         });
         rx.recv().map_err(|_| RuntimeGone)
     }
+
+    /// Start `f` on the runtime without waiting for it (a producer that hands its results over a
+    /// channel the caller reads with `blocking_recv`).
+    pub fn spawn<F>(&self, f: F) -> Result<(), RuntimeGone>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let rt = self.rt.as_ref().ok_or(RuntimeGone)?;
+        rt.spawn(f);
+        Ok(())
+    }
 }
 
 impl Drop for BlockingRuntime {
