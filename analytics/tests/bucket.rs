@@ -58,22 +58,70 @@ fn open_bucket(url: &str) -> BatchStore {
     BatchStore::open_location_with(url, &opts).expect("bucket opens")
 }
 
-/// An object put straight into the bucket prefix (as the intake writes `<id>.ddb`).
-fn put_intake_batch(url: &str, name: &str, bytes: Vec<u8>) {
-    use object_store::ObjectStoreExt as _;
+/// Another client of the bucket, and the key of `name` under the prefix `url` names.
+fn raw(url: &str, name: &str) -> (object_store::aws::AmazonS3, object_store::path::Path) {
     let rest = url.strip_prefix("s3://datadonor/").expect("test bucket");
     let mut b = object_store::aws::AmazonS3Builder::new().with_bucket_name("datadonor");
     for (k, v) in options() {
         b = b.with_config(k.parse().expect("key"), v);
     }
     let s3 = b.build().expect("client");
-    let key = object_store::path::Path::from(format!("{rest}/{name}"));
+    (s3, object_store::path::Path::from(format!("{rest}/{name}")))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(s3.put(&key, bytes.into()))
-        .expect("put");
+        .block_on(f)
+}
+
+/// An object put straight into the bucket prefix (as the intake writes `<id>.ddb`).
+fn put_intake_batch(url: &str, name: &str, bytes: Vec<u8>) {
+    use object_store::ObjectStoreExt as _;
+    let (s3, key) = raw(url, name);
+    block_on(s3.put(&key, bytes.into())).expect("put");
+}
+
+#[test]
+#[ignore = "needs an S3 server: scripts/storage-servers.sh"]
+fn a_batch_gone_after_the_listing_is_an_error_naming_it() {
+    use object_store::ObjectStoreExt as _;
+    let study = StudyDefinition::from_toml(STUDY).expect("study");
+    let vault = VaultKey::generate(1);
+    let url = bucket_url();
+    let store = open_bucket(&url);
+    let hex: Vec<String> = (0..3).map(|i| donor(i).to_hex()).collect();
+    let mut rng = Rng::new(9);
+    for t in 0..40 {
+        let mut df = synthetic_frame(&study, &hex, 20, &mut rng).expect("rows");
+        store_frame(&store, &study, &vault, &mut df, NOW + t).expect("stored");
+    }
+    let listed = store.list(&study.id).expect("list");
+    assert_eq!(listed.len(), 40);
+    let gone = listed[25].path.clone();
+    let name = gone.file_name().and_then(|n| n.to_str()).expect("name");
+    let (s3, key) = raw(&url, name);
+    block_on(s3.delete(&key)).expect("deleted");
+    let results: Vec<_> = store.open_batches(listed.clone(), &vault).collect();
+    assert_eq!(results.len(), 40, "one answer per batch, in order");
+    for (i, (r, f)) in results.iter().zip(&listed).enumerate() {
+        match r {
+            Ok((got, _)) => {
+                assert_ne!(i, 25);
+                assert_eq!(got.path, f.path);
+            }
+            Err(e) => {
+                assert_eq!(i, 25, "{e}");
+                assert!(e.to_string().contains(name), "{e}");
+            }
+        }
+    }
+    // Stopping early is fine: the reads still under way are dropped.
+    let mut first = store.open_batches(listed, &vault);
+    assert!(first.next().expect("one").is_ok());
+    drop(first);
 }
 
 struct World {
