@@ -92,7 +92,7 @@ pub enum AnalyticsError {
     /// An audit found violations.
     #[error("audit: {0}")]
     AuditFailed(String),
-    /// The batch directory could not be read or updated.
+    /// The batch store (a directory or a bucket prefix) could not be read or updated.
     #[error("batch store {}: {detail}", path.display())]
     Store {
         /// The directory or file.

@@ -281,7 +281,7 @@ pub struct ServiceParts {
     pub researchers: Researchers,
     /// The vault key.
     pub vault: VaultKey,
-    /// The study's batch directory.
+    /// The study's batches (a directory or a bucket prefix).
     pub store: BatchStore,
     /// The intake's ledger, verified on every read.
     pub ledger: Box<dyn ServiceLedger + Send + Sync>,
