@@ -325,9 +325,10 @@ pub fn apply_disclosure(
     })
 }
 
-/// The donors with a consent record that covers the spec's purpose now.
-pub fn allowed_donors(inputs: &QueryInputs<'_>, ledger: &LedgerIndex) -> HashSet<Pseudonym> {
-    ledger.allowed_donors(&inputs.study.id, &inputs.spec.purpose, inputs.now)
+/// How many donors the allowed consent records belong to (a donor may hold several records):
+/// the `donors_considered` a run logs.
+pub fn donors_of(records: &HashMap<[u8; 16], Pseudonym>) -> u64 {
+    records.values().collect::<HashSet<_>>().len() as u64
 }
 
 /// The consent records that cover the spec's purpose now, with the pseudonym each was granted
@@ -350,7 +351,6 @@ pub fn run_query(
 ) -> Result<QueryOutcome, AnalyticsError> {
     let started = std::time::Instant::now();
     authorize(inputs, ledger)?;
-    let allowed = allowed_donors(inputs, ledger);
     let records = allowed_records(inputs, ledger);
     let engine = QueryEngine::new(inputs.spec, inputs.study, &records)?;
     let agg = aggregate_store(engine, store, ledger, inputs.study, vault)?;
@@ -363,7 +363,7 @@ pub fn run_query(
         approval_sha256: inputs.approval.payload_digest(),
         researcher: inputs.spec.researcher.clone(),
         purpose: inputs.spec.purpose.clone(),
-        donors_considered: allowed.len() as u64,
+        donors_considered: donors_of(&records),
         cells_published: table.cells_published(),
         cells_suppressed: table.cells_suppressed(),
         privacy: None,

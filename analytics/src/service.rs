@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::QueryEngine;
 use crate::ledger::ServiceLedger;
 use crate::private;
-use crate::query::aggregate_store_cube;
+use crate::query::{aggregate_store_cube, donors_of};
 use crate::store::BatchStore;
 use crate::vault::VaultKey;
 use crate::AnalyticsError;
@@ -431,7 +431,6 @@ impl QueryService {
             (spend, rp, now)
         };
         let started = std::time::Instant::now();
-        let allowed = view.allowed_donors(&self.study.id, &spec.purpose, now);
         let records = view.allowed_record_donors(&self.study.id, &spec.purpose, now);
         let engine = QueryEngine::new(&spec, &self.study, &records).map_err(engine_problem)?;
         let cube = aggregate_store_cube(engine, &self.store, &view, &self.study, &self.vault)
@@ -452,7 +451,7 @@ impl QueryService {
             approval_sha256: approval_digest,
             researcher: name.clone(),
             purpose: spec.purpose.clone(),
-            donors_considered: allowed.len() as u64,
+            donors_considered: donors_of(&records),
             cells_published: published,
             cells_suppressed: release.cells_seen.saturating_sub(published),
             privacy: Some(run_privacy),
