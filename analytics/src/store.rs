@@ -86,6 +86,16 @@ pub struct Journal {
     pub add: Vec<String>,
 }
 
+impl Journal {
+    /// Whether every batch the replacement adds is among `names` (object names and sizes):
+    /// the replacement has taken effect.
+    pub(crate) fn written(&self, names: &[(String, u64)]) -> bool {
+        let present: std::collections::HashSet<&str> =
+            names.iter().map(|(n, _)| n.as_str()).collect();
+        self.add.iter().all(|a| present.contains(a.as_str()))
+    }
+}
+
 /// Whether a file name is a batch's: 32 lowercase hex digits and `.ddb` or `.ddc`.
 pub(crate) fn is_batch_name(name: &str) -> bool {
     name.strip_suffix(".ddc")

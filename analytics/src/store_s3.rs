@@ -178,9 +178,7 @@ impl Bucket {
                 continue;
             }
             let hidden: Vec<String> = match &before {
-                Some(j) if j.add.iter().all(|a| names.iter().any(|(n, _)| n == a)) => {
-                    j.remove.clone()
-                }
+                Some(j) if j.written(&names) => j.remove.clone(),
                 Some(j) => j.add.clone(),
                 None => Vec::new(),
             };
@@ -351,8 +349,7 @@ impl Bucket {
         let Some(j) = self.journal()? else {
             return Ok(());
         };
-        let names = self.names()?;
-        if !j.add.iter().all(|a| names.iter().any(|(n, _)| n == a)) {
+        if !j.written(&self.names()?) {
             return Err(store_err(
                 &self.label(JOURNAL),
                 "a compaction is still writing its batches, or it stopped before it had written \
@@ -374,8 +371,7 @@ impl Bucket {
         let Some(j) = self.journal()? else {
             return Ok(false);
         };
-        let names = self.names()?;
-        if j.add.iter().all(|a| names.iter().any(|(n, _)| n == a)) {
+        if j.written(&self.names()?) {
             // Complete: finishing it is the only safe way out.
             self.roll_forward(&j)?;
             return Ok(true);
