@@ -201,21 +201,6 @@ pub fn logged_at(now: UnixSeconds, since: std::time::Instant) -> UnixSeconds {
     now.saturating_add(i64::try_from(since.elapsed().as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Parse entries, consuming their bytes: each entry's bytes are freed as soon as it is parsed,
-/// so the bytes and the parsed entries of a large ledger are not all held at once.
-fn parse_entries(raw: Vec<Vec<u8>>, first: u64) -> Result<Vec<LedgerEntry>, LedgerError> {
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, b) in raw.into_iter().enumerate() {
-        out.push(
-            LedgerEntry::from_bytes(&b).map_err(|source| LedgerError::Entry {
-                index: first + i as u64,
-                source,
-            })?,
-        );
-    }
-    Ok(out)
-}
-
 /// Ledger entries as read for one run: the verified prefix and the unverified tail.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerView {
@@ -476,29 +461,39 @@ pub fn verify_ledger_with(
     if let Some(e) = bad_entry {
         return Err(e);
     }
-    // The unverified tail.
-    let mut start = size;
-    loop {
-        match source.entries(start, start + PAGE) {
-            Ok(page) if !page.is_empty() => {
-                for (i, bytes) in page.iter().enumerate() {
-                    let e =
-                        LedgerEntry::from_bytes(bytes).map_err(|source| LedgerError::Entry {
-                            index: start + i as u64,
-                            source,
-                        })?;
-                    each(e, false);
-                }
-                start += page.len() as u64;
-            }
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!("ledger entries after the checkpoint not readable: {e}");
-                break;
-            }
-        }
+    // The unverified tail: an entry that does not parse is an error; a source that cannot
+    // give it ends it.
+    match stream_entries(source, size, &mut |e| each(e, false)) {
+        Ok(_) => {}
+        Err(e @ LedgerError::Entry { .. }) => return Err(e),
+        Err(e) => tracing::warn!("ledger entries after the checkpoint not readable: {e}"),
     }
     Ok(size)
+}
+
+/// Hand every entry of `source` from index `start` on to `each`, parsed, a page of [`PAGE`] at
+/// a time, no signature checked; the index after the last. An entry that does not parse is
+/// [`LedgerError::Entry`] naming its index.
+pub fn stream_entries(
+    source: &dyn LedgerSource,
+    start: u64,
+    each: &mut dyn FnMut(LedgerEntry),
+) -> Result<u64, LedgerError> {
+    let mut start = start;
+    loop {
+        let page = source.entries(start, start + PAGE)?;
+        if page.is_empty() {
+            return Ok(start);
+        }
+        for (i, bytes) in page.iter().enumerate() {
+            let e = LedgerEntry::from_bytes(bytes).map_err(|source| LedgerError::Entry {
+                index: start + i as u64,
+                source,
+            })?;
+            each(e);
+        }
+        start += page.len() as u64;
+    }
 }
 
 /// Name of the file in a state directory holding the last verified signed checkpoint.
@@ -733,7 +728,7 @@ impl LocalLedgerFile {
 
     /// Every entry, parsed, unverified.
     pub fn unverified_view(&self) -> Result<LedgerView, LedgerError> {
-        Ok(LedgerView::unverified(parse_entries(self.read_all()?, 0)?))
+        LedgerView::collect(|each| stream_entries(self, 0, &mut |e| each(e, true)).map(|_| None))
     }
 }
 

@@ -482,23 +482,7 @@ fn stream_ledger(
                 "datadonor-analytics: warning: {} is not checked against a signed checkpoint",
                 path.display()
             );
-            let mut start = 0u64;
-            loop {
-                let page = file.entries(start, start + datadonor_analytics::ledger::PAGE)?;
-                if page.is_empty() {
-                    break;
-                }
-                for (i, b) in page.iter().enumerate() {
-                    let e = datadonor_schemas::ledger::LedgerEntry::from_bytes(b).map_err(
-                        |source| LedgerError::Entry {
-                            index: start + i as u64,
-                            source,
-                        },
-                    )?;
-                    each(e, true);
-                }
-                start += page.len() as u64;
-            }
+            datadonor_analytics::ledger::stream_entries(&file, 0, &mut |e| each(e, true))?;
             None
         }
     };
