@@ -549,7 +549,7 @@ fn decide_donation(
     let m = &d.manifest.body;
     let study = &d.study.definition.id;
     let manifest_sha = d.manifest.digest();
-    let batch_schema = d.study.definition.batch_schema();
+    let batch_schema = d.study.batch_schema.clone();
     let sealed_rows = match with_consent_column(&batch_schema, &d.rows, &m.record_id) {
         Ok(b) => b,
         Err(e) => {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use datadonor_schemas::bundle::{notice_sha256, StudyBundle, MAX_NOTICE_LEN};
 use datadonor_schemas::signing::{Context, PublicKey, SignedObject};
 use datadonor_schemas::study::{StudyDefinition, StudyId};
@@ -45,6 +46,10 @@ pub struct LoadedStudy {
     pub sha256: [u8; 32],
     /// The signed object exactly as stored and served.
     pub signed_bytes: Vec<u8>,
+    /// The definition's [`StudyDefinition::arrow_schema`] (a donation's rows), built once.
+    pub arrow_schema: SchemaRef,
+    /// The definition's [`StudyDefinition::batch_schema`] (a sealed batch's rows), built once.
+    pub batch_schema: SchemaRef,
 }
 
 /// All served studies by id, their notices and their bundles.
@@ -231,6 +236,8 @@ impl StudyRegistry {
         let definition = StudyDefinition::from_json(&obj.payload).map_err(|e| e.to_string())?;
         Ok(LoadedStudy {
             sha256: obj.payload_digest(),
+            arrow_schema: definition.arrow_schema(),
+            batch_schema: definition.batch_schema(),
             definition,
             signed_bytes: bytes.to_vec(),
         })

@@ -137,7 +137,7 @@ pub fn check_payload(
     }
     study
         .definition
-        .validate_rows(&rows, None)
+        .validate_rows_against(&rows, &study.arrow_schema, None)
         .map_err(|e| map_rows(&e))?;
     let donor = rows
         .column(0)
@@ -152,7 +152,7 @@ pub fn check_payload(
     }
     // Re-label the columns with the study's own schema: drops any schema or field metadata the
     // client attached (nothing but the study's columns reaches a batch).
-    let rows = RecordBatch::try_new(study.definition.arrow_schema(), rows.columns().to_vec())
+    let rows = RecordBatch::try_new(study.arrow_schema.clone(), rows.columns().to_vec())
         .map_err(|_| Problem::SchemaMismatch)?;
     Ok(ValidatedDonation {
         study,

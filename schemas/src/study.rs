@@ -818,7 +818,17 @@ impl StudyDefinition {
         batch: &RecordBatch,
         pseudonym: Option<&str>,
     ) -> Result<(), StudyError> {
-        let expected = self.arrow_schema();
+        self.validate_rows_against(batch, &self.arrow_schema(), pseudonym)
+    }
+
+    /// [`Self::validate_rows`] with the study's [`Self::arrow_schema`] already built (a server
+    /// checking many donations of one study builds it once).
+    pub fn validate_rows_against(
+        &self,
+        batch: &RecordBatch,
+        expected: &Schema,
+        pseudonym: Option<&str>,
+    ) -> Result<(), StudyError> {
         let got = batch.schema();
         if got.fields().len() != expected.fields().len() {
             return Err(StudyError::SchemaMismatch(format!(
