@@ -1,7 +1,9 @@
 //! Benchmark: verifying a large consent ledger on the steward's and the auditor's side, as the
 //! full view that keeps every entry (`verify_ledger`, what the auditor's reports read) against
 //! the streamed fold the query service and compaction use (`verify_ledger_index`), and the
-//! streamed `audit log` (entries counted and dropped), in the same run.
+//! streamed `audit log` (entries counted and dropped), in the same run; and the auditor's
+//! `audit consents` report (a timeline per donor) built from the full view against built as the
+//! ledger streams (`ConsentFold`).
 //!
 //! ```text
 //! cargo bench -p datadonor-analytics --bench ledger_view -- --donors 1000000
@@ -24,9 +26,9 @@ use std::time::Instant;
 
 use child::{arg, run_child, vm_hwm_kib, Res};
 
-use datadonor_analytics::audit::audit_log;
+use datadonor_analytics::audit::{audit_consents, audit_log, ConsentFold};
 use datadonor_analytics::ledger::{
-    encode_record, verify_ledger, verify_ledger_index, LocalLedgerFile,
+    encode_record, verify_ledger, verify_ledger_index, verify_ledger_with, LocalLedgerFile,
 };
 use datadonor_schemas::checkpoint::{self, Checkpoint, NoteVerifier};
 use datadonor_schemas::ledger::LedgerEntry;
@@ -132,6 +134,22 @@ fn child(variant: &str, dir: &Path) -> Res<()> {
             let a = audit_log(&file, &[vkey], state.path())?;
             (a.counts.values().sum(), 0)
         }
+        // The consent report: entries verified, donors in the report.
+        "consents-view" => {
+            let view = verify_ledger(&file, &[vkey], Some(state.path()))?;
+            let report = audit_consents(&view, &study);
+            (view.verified.len() as u64, report.timelines.len())
+        }
+        "consents-streamed" => {
+            let mut fold = ConsentFold::new(&study);
+            let mut entries = 0u64;
+            verify_ledger_with(&file, &[vkey], Some(state.path()), &mut |e, verified| {
+                entries += 1;
+                fold.add(&e, verified);
+            })?;
+            let report = fold.finish();
+            (entries, report.timelines.len())
+        }
         other => return Err(format!("unknown variant {other}").into()),
     };
     let secs = start.elapsed().as_secs_f64();
@@ -192,7 +210,15 @@ fn main() -> Res<()> {
     let view = measure("view", &dir)?;
     let index = measure("index", &dir)?;
     let log = measure("audit-log", &dir)?;
-    if view.entries != index.entries || view.allowed != index.allowed || log.entries != view.entries
+    let consents_view = measure("consents-view", &dir)?;
+    let consents = measure("consents-streamed", &dir)?;
+    if view.entries != index.entries
+        || view.allowed != index.allowed
+        || log.entries != view.entries
+        || consents_view.entries != view.entries
+        || consents.entries != view.entries
+        || consents.allowed != consents_view.allowed
+        || consents.allowed != donors
     {
         return Err("the variants disagree".into());
     }
@@ -205,6 +231,8 @@ fn main() -> Res<()> {
         ("verify_ledger (every entry kept)", &view),
         ("verify_ledger_index (streamed)", &index),
         ("audit log (streamed, counted)", &log),
+        ("audit consents (from the view)", &consents_view),
+        ("audit consents (streamed)", &consents),
     ] {
         println!("{name:<34} {:>6.2}   {:>8.0}", m.secs, m.hwm_mib);
     }
@@ -214,6 +242,12 @@ fn main() -> Res<()> {
         index.hwm_mib / view.hwm_mib,
         view.hwm_mib * 1048576.0 / donors as f64,
         index.hwm_mib * 1048576.0 / donors as f64,
+    );
+    println!(
+        "audit consents streamed / from the view: time {:.2}, peak RSS {:.2}; per donor {:.0} B",
+        consents.secs / consents_view.secs,
+        consents.hwm_mib / consents_view.hwm_mib,
+        consents.hwm_mib * 1048576.0 / donors as f64,
     );
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`audit_log`] | the signed tree head: signature, consistency with the last verified head kept in a state directory, the root recomputed from the entries; with [`audit_log_witnessed`] also a quorum of witness cosignatures |
 //! | [`audit_receipt`] | a donor's receipt: its signatures and proof, and the inclusion of its entry in the current verified log |
-//! | [`audit_consents`] | the consent timeline per pseudonym of one study |
+//! | [`audit_consents`], [`ConsentFold`] | the consent timeline per pseudonym of one study (from a view, or as the ledger streams) |
 //! | [`audit_queries`] | every `query_run` entry, optionally against the signed approvals |
 //! | [`audit_batches`] | that every row of every sealed batch was donated under a consent record the ledger knows, of the row's donor, granted when the batch was created and not withdrawn |
 //!
@@ -606,72 +606,118 @@ pub struct ConsentAudit {
     pub totals: ConsentTotals,
 }
 
-/// The consent timeline per pseudonym of `study`.
+/// The consent timeline per pseudonym of `study`, from a view that holds every entry.
 pub fn audit_consents(view: &LedgerView, study: &StudyId) -> ConsentAudit {
-    let mut by: HashMap<Pseudonym, ConsentTimeline> = HashMap::new();
-    let mut first: HashMap<Pseudonym, usize> = HashMap::new();
-    let n_verified = view.verified.len();
-    let mut totals = ConsentTotals::default();
-    for (i, e) in view.all().enumerate() {
+    let mut fold = ConsentFold::new(study);
+    for e in &view.verified {
+        fold.add(e, true);
+    }
+    for e in &view.tail {
+        fold.add(e, false);
+    }
+    fold.finish()
+}
+
+/// [`audit_consents`] built as the ledger streams past, entry by entry in log order
+/// ([`ConsentFold::add`]), keeping one timeline per pseudonym of the study and the study's
+/// withdrawals and erasures (for the pending erasures), not the entries.
+#[derive(Debug)]
+pub struct ConsentFold {
+    study: StudyId,
+    /// Position of each pseudonym's timeline in `timelines` (the order of first events).
+    at: HashMap<Pseudonym, usize>,
+    timelines: Vec<ConsentTimeline>,
+    totals: ConsentTotals,
+    /// The study's withdrawals and erasures only: pending erasures by consent record, by the
+    /// same rules a run uses.
+    erasures: LedgerIndex,
+}
+
+impl ConsentFold {
+    /// An empty fold for `study`.
+    pub fn new(study: &StudyId) -> Self {
+        Self {
+            study: study.clone(),
+            at: HashMap::new(),
+            timelines: Vec::new(),
+            totals: ConsentTotals::default(),
+            erasures: LedgerIndex::new(),
+        }
+    }
+
+    /// The next entry of the log; `verified` when a verified checkpoint covers it (a grant
+    /// counts only then; withdrawals and erasures count wherever they are).
+    pub fn add(&mut self, e: &LedgerEntry, verified: bool) {
         let (p, kind, time) = match e {
             LedgerEntry::ConsentGranted {
                 study_id,
                 pseudonym,
                 time,
                 ..
-            } if study_id == study && i < n_verified => (pseudonym, 0, *time),
+            } if study_id == &self.study && verified => (pseudonym, 0, *time),
             LedgerEntry::ConsentWithdrawn {
                 study_id,
                 pseudonym,
                 time,
                 ..
-            } if study_id == study => (pseudonym, 1, *time),
+            } if study_id == &self.study => (pseudonym, 1, *time),
             LedgerEntry::ErasureDone {
                 study_id,
                 pseudonym,
                 time,
                 ..
-            } if study_id == study => (pseudonym, 2, *time),
-            _ => continue,
+            } if study_id == &self.study => (pseudonym, 2, *time),
+            _ => return,
         };
-        first.entry(*p).or_insert(i);
-        let t = by.entry(*p).or_insert_with(|| ConsentTimeline {
-            pseudonym: *p,
-            granted: Vec::new(),
-            withdrawn: Vec::new(),
-            erased: Vec::new(),
+        if kind != 0 {
+            self.erasures.add(e, verified);
+        }
+        let i = *self.at.entry(*p).or_insert_with(|| {
+            self.timelines.push(ConsentTimeline {
+                pseudonym: *p,
+                granted: Vec::new(),
+                withdrawn: Vec::new(),
+                erased: Vec::new(),
+            });
+            self.timelines.len() - 1
         });
+        let t = &mut self.timelines[i];
         match kind {
             0 => {
                 t.granted.push(time);
-                totals.granted += 1;
+                self.totals.granted += 1;
             }
             1 => {
                 t.withdrawn.push(time);
-                totals.withdrawn += 1;
+                self.totals.withdrawn += 1;
             }
             _ => {
                 t.erased.push(time);
-                totals.erased += 1;
+                self.totals.erased += 1;
             }
         }
     }
-    let mut timelines: Vec<ConsentTimeline> = by.into_values().collect();
-    timelines.sort_by_key(|t| first.get(&t.pseudonym).copied().unwrap_or(usize::MAX));
-    totals.donors = timelines.len() as u64;
-    totals.active = timelines.iter().filter(|t| t.is_active()).count() as u64;
-    // By consent record: a donor who withdrew one record and consented again under another is
-    // still pending until the withdrawn record's rows are erased.
-    totals.pending_erasure = view
-        .pending_erasures(study)
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect::<HashSet<Pseudonym>>()
-        .len() as u64;
-    ConsentAudit {
-        study: study.clone(),
-        timelines,
-        totals,
+
+    /// The report.
+    pub fn finish(mut self) -> ConsentAudit {
+        self.erasures.finish();
+        let mut totals = self.totals;
+        totals.donors = self.timelines.len() as u64;
+        totals.active = self.timelines.iter().filter(|t| t.is_active()).count() as u64;
+        // By consent record: a donor who withdrew one record and consented again under another
+        // is still pending until the withdrawn record's rows are erased.
+        totals.pending_erasure = self
+            .erasures
+            .pending_erasures(&self.study)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect::<HashSet<Pseudonym>>()
+            .len() as u64;
+        ConsentAudit {
+            study: self.study,
+            timelines: self.timelines,
+            totals,
+        }
     }
 }
 

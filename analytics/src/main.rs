@@ -17,8 +17,7 @@ use datadonor_analytics::compact::{compact, CompactOptions};
 use datadonor_analytics::keys::{generate_steward_key, load_approvers, load_steward_key};
 use datadonor_analytics::ledger::VerifiedLedger;
 use datadonor_analytics::ledger::{
-    verify_ledger_with, LedgerError, LedgerIndex, LedgerSink, LedgerSource, LedgerView,
-    LocalLedgerFile,
+    verify_ledger_with, LedgerError, LedgerIndex, LedgerSink, LedgerSource, LocalLedgerFile,
 };
 use datadonor_analytics::ledger_http::HttpLedger;
 use datadonor_analytics::query::{load_spec, open_study};
@@ -404,21 +403,8 @@ fn http_ledger(args: &LedgerArgs, need_sink: bool) -> anyhow::Result<(HttpLedger
     Ok((http, verifier))
 }
 
-/// The ledger as read and verified for one command, and the sink to log to.
-fn open_ledger(
-    args: &LedgerArgs,
-    need_sink: bool,
-) -> anyhow::Result<(LedgerView, Box<dyn LedgerSink>)> {
-    let mut sink = None;
-    let view = LedgerView::collect(|each| {
-        let (size, s) = stream_ledger(args, need_sink, each)?;
-        sink = Some(s);
-        Ok::<_, anyhow::Error>(size)
-    })?;
-    Ok((view, sink.ok_or_else(|| anyhow!("no ledger"))?))
-}
-
-/// [`open_ledger`] folded as it streams, keeping no entry (what compaction needs).
+/// The verified ledger the arguments name, folded as it streams, keeping no entry (what
+/// compaction needs).
 fn open_index(
     args: &LedgerArgs,
     need_sink: bool,
@@ -676,8 +662,10 @@ fn run_audit(cmd: AuditCmd) -> anyhow::Result<()> {
             html,
         } => {
             let study = study_id(&study)?;
-            let (view, _) = open_ledger(&ledger, false)?;
-            let report = audit::audit_consents(&view, &study);
+            // Streamed: one timeline per pseudonym of the study is kept, not the entries.
+            let mut fold = audit::ConsentFold::new(&study);
+            stream_ledger(&ledger, false, &mut |e, verified| fold.add(&e, verified))?;
+            let report = fold.finish();
             print!("{}", report.render_text());
             html_out(html.as_ref(), || report.to_html())?;
         }

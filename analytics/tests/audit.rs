@@ -3,11 +3,11 @@
 
 use datadonor_analytics::audit::{
     audit_batches, audit_consents, audit_log, audit_queries, audit_receipt, load_approvals,
-    parse_receipt_file, short_pseudonym, write_html, BatchViolationKind, QueryFlag,
+    parse_receipt_file, short_pseudonym, write_html, BatchViolationKind, ConsentFold, QueryFlag,
 };
 use datadonor_analytics::ledger::{
-    encode_record, verify_ledger, verify_ledger_index, LedgerError, LocalLedgerFile, MemoryLedger,
-    STATE_FILE,
+    encode_record, verify_ledger, verify_ledger_index, verify_ledger_with, LedgerError,
+    LocalLedgerFile, MemoryLedger, STATE_FILE,
 };
 use datadonor_analytics::store::BatchStore;
 use datadonor_analytics::testkit::{
@@ -224,6 +224,21 @@ fn batch_with_withdrawn_and_erased_donor_is_reported() {
     assert!(html.contains("<dt>active</dt><dd>5</dd>"), "{html}");
     assert!(html.contains(&short_pseudonym(&donor(3))));
     assert!(!html.contains(&donor(3).to_hex()));
+
+    // Streamed as the CLI reads it (no entry kept), the same report; donor 4's withdrawal, not
+    // yet erased, is pending in both.
+    l.push(&withdraw(&s, donor(4), NOW + 300));
+    let view = audit_consents(&verify_ledger(&l, &v, None).expect("v"), &s.id);
+    let mut fold = ConsentFold::new(&s.id);
+    verify_ledger_with(&l, &v, None, &mut |e, verified| fold.add(&e, verified)).expect("v");
+    let streamed = fold.finish();
+    assert_eq!(streamed, view);
+    assert_eq!(
+        (streamed.totals.withdrawn, streamed.totals.pending_erasure),
+        (2, 1)
+    );
+    assert_eq!(streamed.timelines.len(), 6);
+    assert_eq!(streamed.timelines[0].pseudonym, c.timelines[0].pseudonym);
 }
 
 #[test]
