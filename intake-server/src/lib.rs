@@ -38,6 +38,7 @@ pub mod init;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod migrate;
 pub mod problem;
 pub mod seal;
 pub mod server;

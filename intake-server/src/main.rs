@@ -1,4 +1,5 @@
-//! `datadonor-intake`: the command line over the intake library (`init`, `serve`, `rotate-key`).
+//! `datadonor-intake`: the command line over the intake library (`init`, `init-frontend`,
+//! `serve`, `rotate-key`, `migrate`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -72,6 +73,17 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Move the ledger and the sealed batches from the stores DIR/config.toml names to those
+    /// another configuration of the same data directory names (the embedded default to
+    /// PostgreSQL and S3). Run while the intake is stopped; run again if it was interrupted.
+    Migrate {
+        /// Data directory (its config.toml names the stores to move from).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The configuration to move to (its data_dir, relative to the file, must be DIR).
+        #[arg(long, value_name = "CONFIG")]
+        to: PathBuf,
     },
 }
 
@@ -186,6 +198,43 @@ fn run() -> anyhow::Result<()> {
                 running.wait().await?;
                 anyhow::Ok(())
             })?;
+        }
+        Command::Migrate { dir, to } => {
+            let from = Config::load_dir(&dir)?;
+            let target = Config::load(&to)?;
+            let r = datadonor_intake::migrate::migrate(
+                &from,
+                &target,
+                SystemClock.now(),
+                &mut |line| eprintln!("{line}"),
+            )
+            .with_context(|| format!("migrate {}", dir.display()))?;
+            if r.ledger_moved {
+                println!(
+                    "ledger: {} records in the target ({} copied by this run), root {}",
+                    r.records,
+                    r.records_copied,
+                    r.root
+                        .map_or_else(|| "(empty)".into(), |h| hex::encode(h.0))
+                );
+            }
+            if r.batches_moved {
+                println!(
+                    "batches: {} named by the ledger in the target ({} copied by this run, {} \
+                     bytes); {} not named by the ledger, not copied; the source's are deleted",
+                    r.batches,
+                    r.batches_copied,
+                    r.bytes_copied,
+                    r.unnamed.len()
+                );
+            }
+            if let Some(old) = &r.old_ledger {
+                println!("the local ledger directory is now {}", old.display());
+            }
+            println!(
+                "done: serve with {} (or make it DIR/config.toml)",
+                to.display()
+            );
         }
         Command::RotateKey { dir } => {
             let config = Config::load_dir(&dir)?;

@@ -77,11 +77,34 @@ pub type Stores = (Arc<dyn LedgerStore>, Arc<dyn BatchStore>);
 ///
 /// A PostgreSQL ledger that is still empty is seeded with the records of the local ledger file
 /// (what `init` wrote: the first transport key), in one append, so the ledger starts where `init`
-/// left it.
+/// left it. Batches in the bucket while `batches/` still holds sealed batches are refused: those
+/// are moved with `datadonor-intake migrate` ([`crate::migrate`]), not left behind.
 pub fn open_stores(config: &Config) -> Result<Stores, Error> {
-    use crate::config::{BatchBackend, LedgerBackend};
+    if config.storage.batches == crate::config::BatchBackend::S3 {
+        let local = batches_path(&config.data_dir);
+        if local.is_dir() {
+            let left = LocalBatchStore::open(&local)?.list()?.len();
+            if left > 0 {
+                return Err(Error::Init(format!(
+                    "{} holds {left} sealed batches while [storage] names an S3 bucket: move \
+                     them with `datadonor-intake migrate` (or delete them if they are not this \
+                     ledger's)",
+                    local.display()
+                )));
+            }
+        }
+    }
+    let ledger = open_ledger_store(config, true)?;
+    let batches = open_batch_store(config)?;
+    Ok((ledger, batches))
+}
+
+/// The ledger backend `[storage]` names; `seed`: an empty PostgreSQL ledger is seeded with the
+/// local ledger file's records (see [`open_stores`]).
+pub fn open_ledger_store(config: &Config, seed: bool) -> Result<Arc<dyn LedgerStore>, Error> {
+    use crate::config::LedgerBackend;
     let dir = &config.data_dir;
-    let ledger: Arc<dyn LedgerStore> = match config.storage.ledger {
+    Ok(match config.storage.ledger {
         LedgerBackend::File => Arc::new(crate::store_index::IndexedLocalLedger::open(
             &ledger_path(dir),
         )?),
@@ -105,7 +128,7 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
                 lock_wait: std::time::Duration::from_secs(pc.lock_wait_secs),
             })?;
             let local = ledger_path(dir);
-            if crate::store::IndexedLedger::size(&store)? == 0 && local.exists() {
+            if seed && crate::store::IndexedLedger::size(&store)? == 0 && local.exists() {
                 let seed = LocalLedgerStore::open(&local)?.recover()?;
                 if !seed.is_empty() {
                     tracing::info!(
@@ -117,17 +140,21 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
             }
             Arc::new(store)
         }
-    };
-    let batches: Arc<dyn BatchStore> = match config.storage.batches {
-        BatchBackend::Local => Arc::new(LocalBatchStore::open(&batches_path(dir))?),
+    })
+}
+
+/// The batch backend `[storage]` names.
+pub fn open_batch_store(config: &Config) -> Result<Arc<dyn BatchStore>, Error> {
+    use crate::config::BatchBackend;
+    Ok(match config.storage.batches {
+        BatchBackend::Local => Arc::new(LocalBatchStore::open(&batches_path(&config.data_dir))?),
         BatchBackend::S3 => {
             let sc = config.storage.s3.as_ref().ok_or_else(|| {
                 crate::config::ConfigError::Invalid("[storage.s3] is missing".into())
             })?;
             Arc::new(crate::store_s3::S3BatchStore::open(sc)?)
         }
-    };
-    Ok((ledger, batches))
+    })
 }
 
 /// An opened data directory: state ready to serve, committer running.
@@ -148,6 +175,7 @@ impl Intake {
             return Self::open_frontend(config, clock);
         }
         let lock = DirLock::acquire(&config.data_dir)?;
+        crate::migrate::refuse_if_unfinished(&config.data_dir)?;
         let (ledger, batches) = open_stores(&config)?;
         let mut intake = Self::open_with_stores(config, clock, ledger, batches)?;
         intake._lock = Some(lock);

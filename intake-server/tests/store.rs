@@ -805,3 +805,189 @@ async fn orphans_are_swept_while_serving() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(batch_files(env.path()).len(), 2);
 }
+
+/// An intake on the embedded default moves to PostgreSQL and S3 (`datadonor-intake migrate`):
+/// a target holding another ledger is refused before anything is written; an interrupted move
+/// (its marker, the first records already in the table) blocks serving and is finished by
+/// running the command again; afterwards the intake serves the same log from PostgreSQL, its
+/// old receipts verify, a replay names the same entry, and no sealed batch is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+async fn an_embedded_intake_moves_to_postgres_and_s3() {
+    use datadonor_intake::config::{BatchBackend, LedgerBackend, PostgresConfig, StorageConfig};
+    use datadonor_intake::store::LocalLedgerStore;
+    let pg_url = env("DATADONOR_TEST_POSTGRES");
+    let mut env = Env::new();
+    let donations: Vec<_> = (0..4).map(|_| env.builder().build().unwrap()).collect();
+    let mut receipts = Vec::new();
+    for d in &donations {
+        let (s, b) = env.donate(d.envelope.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        receipts.push(b);
+    }
+    let mut more = env.builder();
+    more.reuse = Some((&donations[2].manifest, &donations[2].donor_key));
+    assert_eq!(
+        env.donate(more.build().unwrap().envelope).await.0,
+        StatusCode::OK
+    );
+    let now = datadonor_schemas::time::Clock::now(&*env.clock);
+    let withdrawal = donations[1].withdrawal(now);
+    let (s, withdrawn) = env.withdraw(withdrawal.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, cp) = env.get("/v1/ledger/checkpoint", None).await;
+    let batches_before = batch_files(env.path());
+    assert_eq!(batches_before.len(), 5);
+    env.stop();
+    let records = LocalLedgerStore::open(&env.path().join("ledger/ledger.log"))
+        .unwrap()
+        .recover()
+        .unwrap();
+    assert_eq!(
+        records.len(),
+        11,
+        "init's key entry, 4 + 1 donations, 4 grants, a withdrawal"
+    );
+
+    let table = unique("moved");
+    let prefix = unique("moved");
+    let mut to = env.config.clone();
+    to.storage = StorageConfig {
+        ledger: LedgerBackend::Postgres,
+        batches: BatchBackend::S3,
+        postgres: Some(PostgresConfig {
+            url: Some(pg_url),
+            table: table.clone(),
+            ca_cert: None,
+            lock_wait_secs: 10,
+        }),
+        s3: Some(s3_options(&prefix)),
+    };
+    let to_path = env.path().join("scaled.toml");
+    std::fs::write(&to_path, to.to_toml()).unwrap();
+    let dir = env.path().to_path_buf();
+    let migrate = |to: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_datadonor-intake"))
+            .args(["migrate", "--dir"])
+            .arg(&dir)
+            .arg("--to")
+            .arg(to)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // A target table holding another ledger: refused, nothing written, the intake serves on.
+    let other = unique("other");
+    PgLedgerStore::open(&pg_options(&other))
+        .unwrap()
+        .append(&[b"another ledger's first record".to_vec()])
+        .unwrap();
+    let mut wrong = to.clone();
+    if let Some(pg) = wrong.storage.postgres.as_mut() {
+        pg.table = other.clone();
+    }
+    let wrong_path = env.path().join("wrong.toml");
+    std::fs::write(&wrong_path, wrong.to_toml()).unwrap();
+    let (ok, _, err) = migrate(&wrong_path);
+    assert!(!ok);
+    assert!(err.contains("another ledger"), "{err}");
+    assert!(!env.path().join("migration.json").exists());
+    assert_eq!(batch_files(env.path()), batches_before);
+    env.restart();
+    env.stop();
+    // Serving from the bucket while batches/ still holds this ledger's batches: refused, and
+    // the empty table is not seeded.
+    let refused = datadonor_intake::Intake::open(to.clone(), env.clock.clone());
+    let msg = format!("{:?}", refused.expect_err("batches left behind"));
+    assert!(msg.contains("datadonor-intake migrate"), "{msg}");
+    assert_eq!(
+        PgLedgerStore::open(&pg_options(&table))
+            .unwrap()
+            .size()
+            .unwrap(),
+        0
+    );
+
+    // An interrupted move: its marker, and the first 3 records already in the table.
+    PgLedgerStore::open(&pg_options(&table))
+        .unwrap()
+        .append(&records[..3])
+        .unwrap();
+    std::fs::write(env.path().join("migration.json"), b"{}").unwrap();
+    let refused = datadonor_intake::Intake::open(env.config.clone(), env.clock.clone());
+    let msg = format!(
+        "{:?}",
+        refused.expect_err("a half-moved intake must not serve")
+    );
+    assert!(msg.contains("migration.json"), "{msg}");
+
+    let (ok, out, err) = migrate(&to_path);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("ledger: 11 records in the target (8 copied by this run)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("batches: 5 named by the ledger in the target (5 copied"),
+        "{out}"
+    );
+    assert!(!env.path().join("migration.json").exists());
+    assert!(
+        batch_files(env.path()).is_empty(),
+        "sealed batches left behind"
+    );
+    assert!(!env.path().join("ledger").exists());
+    let listed = S3BatchStore::open(&s3_options(&prefix))
+        .unwrap()
+        .list()
+        .unwrap();
+    assert_eq!(listed.len(), 5);
+
+    // Served from PostgreSQL and S3: the same log, the old receipts, a replay, a new donation.
+    env.config = to;
+    env.restart();
+    let (_, cp_after) = env.get("/v1/ledger/checkpoint", None).await;
+    let size = |note: &[u8]| {
+        String::from_utf8_lossy(note)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let root = |note: &[u8]| {
+        String::from_utf8_lossy(note)
+            .lines()
+            .nth(2)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!((size(&cp_after), root(&cp_after)), (size(&cp), root(&cp)));
+    for r in &receipts {
+        env.verify(r).await;
+    }
+    let (s, b) = env.donate(donations[0].envelope.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    let replay = env.verify(&b).await;
+    let original = env.verify(&receipts[0]).await;
+    assert_eq!(replay.receipt.ledger_index, original.receipt.ledger_index);
+    let (s, b) = env.withdraw(withdrawal).await;
+    assert_eq!(s, StatusCode::OK, "the withdrawal's replay");
+    assert_eq!(
+        env.verify(&b).await.receipt.ledger_index,
+        env.verify(&withdrawn).await.receipt.ledger_index
+    );
+    let d = env.builder().build().unwrap();
+    let (s, b) = env.donate(d.envelope).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(env.verify(&b).await.receipt.ledger_index, 12);
+    let listed = S3BatchStore::open(&s3_options(&prefix))
+        .unwrap()
+        .list()
+        .unwrap();
+    assert_eq!(listed.len(), 6);
+}

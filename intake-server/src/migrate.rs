@@ -1,0 +1,331 @@
+//! Moving an intake's ledger and sealed batches to other backends (`datadonor-intake migrate`):
+//! a deployment that started on the embedded default (`ledger/ledger.log`, `batches/`) and
+//! grows to PostgreSQL and S3 (or any other pair `[storage]` can name).
+//!
+//! The intake must be stopped: the move takes the data directory's lock, and a PostgreSQL target
+//! its table's lock. It proceeds in an order that can be stopped anywhere and run again with the
+//! same arguments:
+//!
+//! 1. The target ledger is checked: empty, or holding the source's first records (the roots at
+//!    their size agree); anything else is another ledger, and nothing is written. Then a marker,
+//!    `migration.json`, is written (and synced) in the data directory. While it is there the
+//!    intake refuses to start ([`refuse_if_unfinished`]): a half-moved ledger served would be a
+//!    shorter log than the one donors and witnesses have seen.
+//! 2. Every sealed batch the ledger names is copied to the target store (a batch already there
+//!    must hold the same bytes, or the move stops). A batch the ledger does not name (a group
+//!    whose ledger append failed) is not copied: the intake's sweep would delete it.
+//! 3. The ledger's records are appended to the target in chunks, after the records it already
+//!    holds. The target computes its own indexes and Merkle nodes, as for any append; the roots at
+//!    the source's size must then agree.
+//! 4. The source batches are deleted (copies of rows a later erasure would not reach must not
+//!    stay behind), a local ledger directory is renamed `ledger.moved-<time>` (kept, and out of
+//!    the way of `[storage] ledger = "file"`), and the marker is removed.
+//!
+//! A replay of an old donation after the move answers a receipt under the checkpoint of the
+//! size the chunk holding it ended at (the target's indexes record that size), not the
+//! original receipt's: valid under the same log, but not the same bytes.
+
+use std::path::{Path, PathBuf};
+
+use datadonor_schemas::merkle::{root_from, root_nodes, Hash};
+
+use crate::config::{BatchBackend, Config, LedgerBackend};
+use crate::init::ledger_path;
+use crate::server::{open_batch_store, open_ledger_store, DirLock};
+use crate::store::{BatchRef, IndexedLedger, StoreError};
+use crate::Error;
+
+/// The marker a move in progress leaves in the data directory.
+pub const MARKER: &str = "migration.json";
+
+/// Records appended to the target per transaction.
+pub const CHUNK: u64 = 10_000;
+
+/// What a move did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Whether the ledger moved (its backend differs between the two configurations).
+    pub ledger_moved: bool,
+    /// Records in the ledger.
+    pub records: u64,
+    /// Records appended to the target by this run (fewer than `records` when an earlier run
+    /// had copied some).
+    pub records_copied: u64,
+    /// The ledger's root (the source's and the target's) at `records`.
+    pub root: Option<Hash>,
+    /// Whether the batches moved.
+    pub batches_moved: bool,
+    /// Batches the ledger names, now in the target store.
+    pub batches: usize,
+    /// Of those, copied by this run.
+    pub batches_copied: usize,
+    /// Bytes copied by this run.
+    pub bytes_copied: u64,
+    /// Batches in the source the ledger does not name: not copied, deleted with the rest.
+    pub unnamed: Vec<BatchRef>,
+    /// Where the local ledger directory was moved, when the ledger left it.
+    pub old_ledger: Option<PathBuf>,
+}
+
+/// Refuse to open a data directory a move has not finished in.
+pub fn refuse_if_unfinished(dir: &Path) -> Result<(), Error> {
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        return Err(Error::Init(format!(
+            "{} is there: a move of this intake's ledger and batches to other backends was \
+             started and did not finish; run `datadonor-intake migrate` again with the same \
+             arguments before serving",
+            marker.display()
+        )));
+    }
+    Ok(())
+}
+
+fn moves_ledger(from: &Config, to: &Config) -> bool {
+    match (from.storage.ledger, to.storage.ledger) {
+        (LedgerBackend::Postgres, LedgerBackend::Postgres) => {
+            let key = |c: &Config| {
+                c.storage
+                    .postgres
+                    .as_ref()
+                    .map(|p| (p.url.clone(), p.table.clone()))
+            };
+            key(from) != key(to)
+        }
+        (a, b) => a != b,
+    }
+}
+
+fn moves_batches(from: &Config, to: &Config) -> bool {
+    match (from.storage.batches, to.storage.batches) {
+        (BatchBackend::S3, BatchBackend::S3) => {
+            let key = |c: &Config| {
+                c.storage
+                    .s3
+                    .as_ref()
+                    .map(|s| (s.endpoint.clone(), s.bucket.clone(), s.prefix.clone()))
+            };
+            key(from) != key(to)
+        }
+        (a, b) => a != b,
+    }
+}
+
+fn canonical(dir: &Path) -> Result<PathBuf, Error> {
+    dir.canonicalize()
+        .map_err(Error::io(format!("resolving {}", dir.display())))
+}
+
+fn indexed(store: &dyn crate::store::LedgerStore) -> Result<&dyn IndexedLedger, Error> {
+    store.as_indexed().ok_or_else(|| {
+        Error::Store(StoreError::Corrupt(
+            "a ledger backend without indexes cannot be moved".into(),
+        ))
+    })
+}
+
+/// The root of `idx` at `size` (`None` for the empty tree).
+fn root_at(idx: &dyn IndexedLedger, size: u64) -> Result<Option<Hash>, Error> {
+    if size == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        root_from(&idx.nodes(&root_nodes(size))?, size)
+            .map_err(crate::ledger::LedgerError::from)?,
+    ))
+}
+
+/// Write `path` with `bytes` and make it and its directory entry durable.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let mut f =
+        std::fs::File::create(path).map_err(Error::io(format!("creating {}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io(format!("writing {}", path.display())))?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("syncing {}", dir.display())))
+}
+
+/// Move the ledger and the batches from the backends `from` names to those `to` names (both
+/// configurations of one data directory), as the module documentation describes. `progress`
+/// is told what is being done.
+pub fn migrate(
+    from: &Config,
+    to: &Config,
+    now: i64,
+    progress: &mut dyn FnMut(&str),
+) -> Result<MigrationReport, Error> {
+    from.validate()?;
+    to.validate()?;
+    let dir = canonical(&from.data_dir)?;
+    if canonical(&to.data_dir)? != dir {
+        return Err(Error::Init(format!(
+            "the target configuration names data directory {}, not {}: both must be the same \
+             intake's (its keys sign the ledger)",
+            to.data_dir.display(),
+            from.data_dir.display()
+        )));
+    }
+    let (ledger_moves, batches_move) = (moves_ledger(from, to), moves_batches(from, to));
+    if !ledger_moves && !batches_move {
+        return Err(Error::Init(
+            "the two configurations name the same ledger and batch stores: nothing to move".into(),
+        ));
+    }
+    let _lock = DirLock::acquire(&dir)?;
+    let source_ledger = open_ledger_store(from, false)?;
+    let src = indexed(source_ledger.as_ref())?;
+    let records = src.size()?;
+    // The target ledger is checked before anything is written: a target holding another
+    // ledger leaves the intake as it was.
+    let target_ledger = if ledger_moves {
+        let target = open_ledger_store(to, false)?;
+        let dst = indexed(target.as_ref())?;
+        let have = dst.size()?;
+        if have > records || root_at(src, have)? != root_at(dst, have)? {
+            return Err(Error::Store(StoreError::Conflict(format!(
+                "the target ledger's {have} records are not the source's first {have} (of \
+                 {records}): it is another ledger"
+            ))));
+        }
+        Some(target)
+    } else {
+        None
+    };
+    let marker = dir.join(MARKER);
+    let describe = |c: &Config| {
+        serde_json::json!({
+            "ledger": c.storage.ledger,
+            "batches": c.storage.batches,
+        })
+    };
+    let note = serde_json::json!({
+        "started_at": now,
+        "from": describe(from),
+        "to": describe(to),
+    });
+    write_synced(&marker, format!("{note:#}\n").as_bytes())?;
+    let mut report = MigrationReport {
+        ledger_moved: ledger_moves,
+        batches_moved: batches_move,
+        records,
+        ..MigrationReport::default()
+    };
+
+    // Batches first: every batch the ledger names is in the target before any record that
+    // names it is.
+    let mut moved_batches = Vec::new();
+    if batches_move {
+        let source = open_batch_store(from)?;
+        let target = open_batch_store(to)?;
+        let there: std::collections::HashSet<BatchRef> = target.list()?.into_iter().collect();
+        let listed = source.list()?;
+        progress(&format!("batches: {} in the source store", listed.len()));
+        for b in listed {
+            if !src.names_batch(&b.study, &b.id_hex())? {
+                report.unnamed.push(b.clone());
+                moved_batches.push(b);
+                continue;
+            }
+            let sealed = source.get(&b)?;
+            if there.contains(&b) {
+                if target.get(&b)? != sealed {
+                    return Err(Error::Store(StoreError::Conflict(format!(
+                        "batch {}/{} is in the target store with other bytes",
+                        b.study,
+                        b.id_hex()
+                    ))));
+                }
+            } else {
+                target.put(&b, &sealed)?;
+                report.batches_copied += 1;
+                report.bytes_copied += sealed.len() as u64;
+            }
+            report.batches += 1;
+            moved_batches.push(b);
+        }
+        progress(&format!(
+            "batches: {} named by the ledger in the target ({} copied now, {} bytes)",
+            report.batches, report.batches_copied, report.bytes_copied
+        ));
+        // Every named batch listed by the target, before anything is deleted.
+        let there: std::collections::HashSet<BatchRef> = target.list()?.into_iter().collect();
+        if let Some(b) = moved_batches
+            .iter()
+            .find(|b| !report.unnamed.contains(b) && !there.contains(b))
+        {
+            return Err(Error::Store(StoreError::Corrupt(format!(
+                "batch {}/{} was written to the target but is not listed there",
+                b.study,
+                b.id_hex()
+            ))));
+        }
+    }
+
+    if let Some(target_ledger) = &target_ledger {
+        let dst = indexed(target_ledger.as_ref())?;
+        let mut have = dst.size()?;
+        while have < records {
+            let end = (have + CHUNK).min(records);
+            let chunk = src.entries(have, end)?;
+            if chunk.len() as u64 != end - have {
+                return Err(Error::Store(StoreError::Corrupt(format!(
+                    "the source ledger answered {} records for [{have}, {end})",
+                    chunk.len()
+                ))));
+            }
+            target_ledger.append(&chunk)?;
+            report.records_copied += end - have;
+            have = end;
+            progress(&format!(
+                "ledger: {have} of {records} records in the target"
+            ));
+        }
+        let (a, b) = (root_at(src, records)?, root_at(dst, records)?);
+        if dst.size()? != records || a != b {
+            return Err(Error::Store(StoreError::Corrupt(
+                "the target ledger's root differs from the source's after the copy".into(),
+            )));
+        }
+        report.root = a;
+    } else {
+        report.root = root_at(src, records)?;
+    }
+
+    // The move is complete and checked: remove the sources.
+    if batches_move {
+        let source = open_batch_store(from)?;
+        for b in &moved_batches {
+            source.delete(b)?;
+        }
+        progress(&format!(
+            "batches: {} deleted from the source store",
+            moved_batches.len()
+        ));
+    }
+    drop(source_ledger);
+    drop(target_ledger);
+    if ledger_moves && from.storage.ledger == LedgerBackend::File {
+        let old = ledger_path(&dir);
+        if let Some(parent) = old.parent().filter(|p| p.exists()) {
+            let moved = dir.join(format!("ledger.moved-{now}"));
+            std::fs::rename(parent, &moved).map_err(Error::io(format!(
+                "renaming {} to {}",
+                parent.display(),
+                moved.display()
+            )))?;
+            sync_dir(&moved)?;
+            report.old_ledger = Some(moved);
+        }
+    }
+    std::fs::remove_file(&marker).map_err(Error::io(format!("removing {}", marker.display())))?;
+    sync_dir(&marker)?;
+    Ok(report)
+}
