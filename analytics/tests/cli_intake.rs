@@ -94,6 +94,7 @@ async fn steward_and_auditor_commands(bucket: Option<Bucket>) {
                 allow_http: true,
                 access_key_id: Some(b.access_key.clone()),
                 secret_access_key: Some(b.secret_key.clone()),
+                retry_timeout_secs: datadonor_intake::config::DEFAULT_S3_RETRY_TIMEOUT_SECS,
             });
             envs = vec![
                 ("AWS_ENDPOINT_URL", b.endpoint.clone()),

@@ -294,6 +294,7 @@ fn main() -> Result<()> {
         allow_http: true,
         access_key_id: Some(env("DATADONOR_TEST_S3_ACCESS_KEY")?),
         secret_access_key: Some(env("DATADONOR_TEST_S3_SECRET_KEY")?),
+        retry_timeout_secs: datadonor_intake::config::DEFAULT_S3_RETRY_TIMEOUT_SECS,
     };
     let pg = PostgresConfig {
         url: Some(pg_url),

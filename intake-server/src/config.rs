@@ -250,10 +250,22 @@ pub struct S3Config {
     /// Secret access key; `AWS_SECRET_ACCESS_KEY` when absent (prefer the environment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_access_key: Option<String>,
+    /// How long, in seconds, a request the bucket answers with a server error (or a connection
+    /// that fails before the request is sent) is retried, with exponential backoff, before the
+    /// group it belongs to fails. The committer waits that long: donors' requests wait with it.
+    #[serde(default = "default_s3_retry_timeout")]
+    pub retry_timeout_secs: u64,
 }
 
 fn default_s3_prefix() -> String {
     DEFAULT_S3_PREFIX.to_string()
+}
+
+/// Default of `[storage.s3] retry_timeout_secs`.
+pub const DEFAULT_S3_RETRY_TIMEOUT_SECS: u64 = 10;
+
+fn default_s3_retry_timeout() -> u64 {
+    DEFAULT_S3_RETRY_TIMEOUT_SECS
 }
 
 impl std::fmt::Debug for S3Config {
@@ -269,6 +281,7 @@ impl std::fmt::Debug for S3Config {
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "***"),
             )
+            .field("retry_timeout_secs", &self.retry_timeout_secs)
             .finish()
     }
 }

@@ -60,6 +60,10 @@ impl S3BatchStore {
             b = b.with_endpoint(e);
         }
         b = b.with_region(opts.region.as_deref().unwrap_or("us-east-1"));
+        b = b.with_retry(object_store::RetryConfig {
+            retry_timeout: std::time::Duration::from_secs(opts.retry_timeout_secs),
+            ..object_store::RetryConfig::default()
+        });
         if let Some(k) = &opts.access_key_id {
             b = b.with_access_key_id(k);
         }

@@ -166,6 +166,7 @@ async fn sigkill_never_loses_an_acknowledged_donation_on_postgres_and_s3() {
         allow_http: true,
         access_key_id: Some(env("DATADONOR_TEST_S3_ACCESS_KEY")),
         secret_access_key: Some(env("DATADONOR_TEST_S3_SECRET_KEY")),
+        retry_timeout_secs: datadonor_intake::config::DEFAULT_S3_RETRY_TIMEOUT_SECS,
     };
     let pg_url = env("DATADONOR_TEST_POSTGRES");
 
@@ -420,6 +421,7 @@ async fn sequencer_takeover_and_frontend_kills_lose_nothing_on_postgres_and_s3()
         allow_http: true,
         access_key_id: Some(env("DATADONOR_TEST_S3_ACCESS_KEY")),
         secret_access_key: Some(env("DATADONOR_TEST_S3_SECRET_KEY")),
+        retry_timeout_secs: datadonor_intake::config::DEFAULT_S3_RETRY_TIMEOUT_SECS,
     };
     let pg_url = env("DATADONOR_TEST_POSTGRES");
 

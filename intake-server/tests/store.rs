@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
+mod fault_s3;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -214,6 +215,7 @@ fn s3_options(prefix: &str) -> S3Config {
         allow_http: true,
         access_key_id: Some(env("DATADONOR_TEST_S3_ACCESS_KEY")),
         secret_access_key: Some(env("DATADONOR_TEST_S3_SECRET_KEY")),
+        retry_timeout_secs: datadonor_intake::config::DEFAULT_S3_RETRY_TIMEOUT_SECS,
     }
 }
 
@@ -990,4 +992,112 @@ async fn an_embedded_intake_moves_to_postgres_and_s3() {
         .list()
         .unwrap();
     assert_eq!(listed.len(), 6);
+}
+
+/// Faults of the bucket, injected by a proxy in front of the S3 server (`tests/fault_s3`): a
+/// bucket that refuses a few writes is retried through; one that keeps refusing fails the group
+/// (nothing acknowledged, nothing in the ledger, writes refused until a restart); a write the
+/// bucket stored but whose answer was lost leaves a batch no entry names, which the next start
+/// deletes. Each donor's retry with the same envelope is then accepted once, and the bucket ends
+/// holding exactly the batches the ledger names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an S3 server: run by .ci/run"]
+async fn a_failing_bucket_acknowledges_nothing_and_loses_nothing() {
+    use datadonor_intake::config::BatchBackend;
+    let proxy = fault_s3::FaultyS3::start(&env("DATADONOR_TEST_S3")).await;
+    let prefix = unique("faults");
+    let mut through_proxy = s3_options(&prefix);
+    through_proxy.endpoint = Some(proxy.url.clone());
+    through_proxy.retry_timeout_secs = 1;
+    let mut env = Env::with_config(|c| {
+        c.storage.batches = BatchBackend::S3;
+        c.storage.s3 = Some(through_proxy);
+    });
+    // The bucket as the server holds it, read past the proxy.
+    let stored = || {
+        S3BatchStore::open(&s3_options(&prefix))
+            .unwrap()
+            .list()
+            .unwrap()
+    };
+    let size = |note: &[u8]| -> u64 {
+        String::from_utf8_lossy(note)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let plan = |f: &dyn Fn(&mut fault_s3::Plan)| f(&mut proxy.plan.lock().unwrap());
+
+    // Two refusals: the client's retries carry the write through.
+    plan(&|p| p.refuse_puts = 2);
+    let first = env.builder().build().unwrap();
+    let (s, b) = env.donate(first.envelope.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    plan(&|p| assert_eq!((p.puts_seen, p.puts_forwarded), (3, 1)));
+    assert_eq!(stored().len(), 1);
+
+    // A bucket that keeps refusing: the group fails, the committer refuses what follows, the
+    // log does not move.
+    let before = size(&env.get("/v1/ledger/checkpoint", None).await.1);
+    plan(&|p| p.refuse_puts = usize::MAX);
+    let second = env.builder().build().unwrap();
+    let (s, b) = env.donate(second.envelope.clone()).await;
+    assert_eq!(
+        (s, common::slug(&b).as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    );
+    let (s, b) = env.donate(env.builder().build().unwrap().envelope).await;
+    assert_eq!(
+        (s, common::slug(&b).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    assert_eq!(
+        size(&env.get("/v1/ledger/checkpoint", None).await.1),
+        before
+    );
+    assert_eq!(stored().len(), 1);
+    plan(&|p| p.refuse_puts = 0);
+    env.restart();
+    let (s, b) = env.donate(second.envelope.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(stored().len(), 2);
+
+    // A write the bucket stored but whose answer was lost: not acknowledged; the batch no entry
+    // names is deleted at the next start; the retry is accepted.
+    let before = size(&env.get("/v1/ledger/checkpoint", None).await.1);
+    plan(&|p| p.lose_puts = 1);
+    let third = env.builder().build().unwrap();
+    let (s, b) = env.donate(third.envelope.clone()).await;
+    assert_eq!(
+        (s, common::slug(&b).as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    );
+    assert_eq!(stored().len(), 3, "the write reached the bucket");
+    assert_eq!(
+        size(&env.get("/v1/ledger/checkpoint", None).await.1),
+        before
+    );
+    env.restart();
+    assert_eq!(
+        stored().len(),
+        2,
+        "the batch no entry names is gone after the restart"
+    );
+    let (s, b) = env.donate(third.envelope.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, again) = env.donate(third.envelope.clone()).await;
+    assert_eq!(
+        (s, &again),
+        (StatusCode::OK, &b),
+        "a replay is the same receipt"
+    );
+    let listed = stored();
+    assert_eq!(listed.len(), 3);
+    let state = env.intake.as_ref().unwrap().state();
+    let st = state.sequencing().unwrap().state.read().unwrap();
+    for batch in &listed {
+        assert!(st.references_batch(&batch.study, &batch.id_hex()).unwrap());
+    }
 }
