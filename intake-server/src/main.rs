@@ -211,7 +211,7 @@ fn run() -> anyhow::Result<()> {
             .with_context(|| format!("migrate {}", dir.display()))?;
             if r.ledger_moved {
                 println!(
-                    "ledger: {} records in the target ({} copied by this run), root {}",
+                    "ledger records in the target: {} ({} copied by this run), root {}",
                     r.records,
                     r.records_copied,
                     r.root
@@ -220,8 +220,8 @@ fn run() -> anyhow::Result<()> {
             }
             if r.batches_moved {
                 println!(
-                    "batches: {} named by the ledger in the target ({} copied by this run, {} \
-                     bytes); {} not named by the ledger, not copied; the source's are deleted",
+                    "sealed batches the ledger names, in the target: {} ({} copied by this run, \
+                     {} bytes); not named by the ledger, not copied: {}; the source's are deleted",
                     r.batches,
                     r.batches_copied,
                     r.bytes_copied,
@@ -232,8 +232,9 @@ fn run() -> anyhow::Result<()> {
                 println!("the local ledger directory is now {}", old.display());
             }
             println!(
-                "done: serve with {} (or make it DIR/config.toml)",
-                to.display()
+                "done: serve with {} (or make it {}/config.toml)",
+                to.display(),
+                dir.display()
             );
         }
         Command::RotateKey { dir } => {

@@ -252,7 +252,7 @@ pub fn migrate(
             moved_batches.push(b);
         }
         progress(&format!(
-            "batches: {} named by the ledger in the target ({} copied now, {} bytes)",
+            "batches the ledger names, in the target: {} ({} copied now, {} bytes)",
             report.batches, report.batches_copied, report.bytes_copied
         ));
         // Every named batch listed by the target, before anything is deleted.
@@ -285,7 +285,7 @@ pub fn migrate(
             report.records_copied += end - have;
             have = end;
             progress(&format!(
-                "ledger: {have} of {records} records in the target"
+                "ledger records in the target: {have} of {records}"
             ));
         }
         let (a, b) = (root_at(src, records)?, root_at(dst, records)?);

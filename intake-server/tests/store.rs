@@ -931,11 +931,11 @@ async fn an_embedded_intake_moves_to_postgres_and_s3() {
     let (ok, out, err) = migrate(&to_path);
     assert!(ok, "{out}\n{err}");
     assert!(
-        out.contains("ledger: 11 records in the target (8 copied by this run)"),
+        out.contains("ledger records in the target: 11 (8 copied by this run)"),
         "{out}"
     );
     assert!(
-        out.contains("batches: 5 named by the ledger in the target (5 copied"),
+        out.contains("sealed batches the ledger names, in the target: 5 (5 copied"),
         "{out}"
     );
     assert!(!env.path().join("migration.json").exists());
