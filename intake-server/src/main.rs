@@ -220,10 +220,13 @@ fn run() -> anyhow::Result<()> {
             }
             if r.batches_moved {
                 println!(
-                    "sealed batches the ledger names, in the target: {} ({} copied by this run, \
-                     {} bytes); not named by the ledger, not copied: {}; the source's are deleted",
+                    "sealed batches the ledger names, in the target: {} ({} copied by this run); \
+                     compacted batches: {} ({} copied by this run); {} bytes copied; not named by \
+                     the ledger, not copied: {}; the source's are deleted",
                     r.batches,
                     r.batches_copied,
+                    r.compacted,
+                    r.compacted_copied,
                     r.bytes_copied,
                     r.unnamed.len()
                 );

@@ -11,9 +11,11 @@
 //!    `migration.json`, is written (and synced) in the data directory. While it is there the
 //!    intake refuses to start ([`refuse_if_unfinished`]): a half-moved ledger served would be a
 //!    shorter log than the one donors and witnesses have seen.
-//! 2. Every sealed batch the ledger names is copied to the target store (a batch already there
-//!    must hold the same bytes, or the move stops). A batch the ledger does not name (a group
-//!    whose ledger append failed) is not copied: the intake's sweep would delete it.
+//! 2. Every compacted batch (`.ddc`, the steward's) and every intake batch the ledger names is
+//!    copied to the target store (a batch already there must hold the same bytes, or the move
+//!    stops). An intake batch the ledger does not name (a group whose ledger append failed) is
+//!    not copied: the intake's sweep would delete it. A compaction journal in either store (a
+//!    compaction under way or interrupted) stops the move before anything is written.
 //! 3. The ledger's records are appended to the target in chunks, after the records it already
 //!    holds. The target computes its own indexes and Merkle nodes, as for any append; the roots at
 //!    the source's size must then agree.
@@ -59,7 +61,11 @@ pub struct MigrationReport {
     pub batches: usize,
     /// Of those, copied by this run.
     pub batches_copied: usize,
-    /// Bytes copied by this run.
+    /// The steward's compacted batches, all moved (they need no ledger entry to be read).
+    pub compacted: usize,
+    /// Of those, copied by this run.
+    pub compacted_copied: usize,
+    /// Bytes copied by this run (intake and compacted batches).
     pub bytes_copied: u64,
     /// Batches in the source the ledger does not name: not copied, deleted with the rest.
     pub unnamed: Vec<BatchRef>,
@@ -199,6 +205,23 @@ pub fn migrate(
     } else {
         None
     };
+    // The batch stores, and no compaction under way in either (its journal names files that
+    // are about to change).
+    let batch_stores = if batches_move {
+        let (source, target) = (open_batch_store(from)?, open_batch_store(to)?);
+        for (store, which) in [(&source, "source"), (&target, "target")] {
+            if let Some(study) = store.compaction_journals()?.first() {
+                return Err(Error::Init(format!(
+                    "a compaction of study {study} in the {which} batch store is under way or was \
+                     interrupted (its compact.journal is there): let `datadonor-analytics compact` \
+                     finish it, then move"
+                )));
+            }
+        }
+        Some((source, target))
+    } else {
+        None
+    };
     let marker = dir.join(MARKER);
     let describe = |c: &Config| {
         serde_json::json!({
@@ -222,9 +245,30 @@ pub fn migrate(
     // Batches first: every batch the ledger names is in the target before any record that
     // names it is.
     let mut moved_batches = Vec::new();
-    if batches_move {
-        let source = open_batch_store(from)?;
-        let target = open_batch_store(to)?;
+    let mut moved_compacted = Vec::new();
+    if let Some((source, target)) = &batch_stores {
+        // The steward's compacted batches: every one moves (they are read without a ledger
+        // entry naming them).
+        let there: std::collections::HashSet<BatchRef> =
+            target.list_compacted()?.into_iter().collect();
+        for b in source.list_compacted()? {
+            let sealed = source.get_compacted(&b)?;
+            if there.contains(&b) {
+                if target.get_compacted(&b)? != sealed {
+                    return Err(Error::Store(StoreError::Conflict(format!(
+                        "compacted batch {}/{} is in the target store with other bytes",
+                        b.study,
+                        b.id_hex()
+                    ))));
+                }
+            } else {
+                target.put_compacted(&b, &sealed)?;
+                report.compacted_copied += 1;
+                report.bytes_copied += sealed.len() as u64;
+            }
+            moved_compacted.push(b);
+        }
+        report.compacted = moved_compacted.len();
         let there: std::collections::HashSet<BatchRef> = target.list()?.into_iter().collect();
         let listed = source.list()?;
         progress(&format!("batches: {} in the source store", listed.len()));
@@ -300,16 +344,29 @@ pub fn migrate(
     }
 
     // The move is complete and checked: remove the sources.
-    if batches_move {
-        let source = open_batch_store(from)?;
+    if let Some((source, target)) = &batch_stores {
+        let there: std::collections::HashSet<BatchRef> =
+            target.list_compacted()?.into_iter().collect();
+        if let Some(b) = moved_compacted.iter().find(|b| !there.contains(b)) {
+            return Err(Error::Store(StoreError::Corrupt(format!(
+                "compacted batch {}/{} was written to the target but is not listed there",
+                b.study,
+                b.id_hex()
+            ))));
+        }
         for b in &moved_batches {
             source.delete(b)?;
         }
+        for b in &moved_compacted {
+            source.delete_compacted(b)?;
+        }
         progress(&format!(
-            "batches: {} deleted from the source store",
-            moved_batches.len()
+            "batches: {} intake and {} compacted deleted from the source store",
+            moved_batches.len(),
+            moved_compacted.len()
         ));
     }
+    drop(batch_stores);
     drop(source_ledger);
     drop(target_ledger);
     if ledger_moves && from.storage.ledger == LedgerBackend::File {

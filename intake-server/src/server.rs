@@ -83,7 +83,8 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
     if config.storage.batches == crate::config::BatchBackend::S3 {
         let local = batches_path(&config.data_dir);
         if local.is_dir() {
-            let left = LocalBatchStore::open(&local)?.list()?.len();
+            let store = LocalBatchStore::open(&local)?;
+            let left = store.list()?.len() + store.list_compacted()?.len();
             if left > 0 {
                 return Err(Error::Init(format!(
                     "{} holds {left} sealed batches while [storage] names an S3 bucket: move \

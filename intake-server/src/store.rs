@@ -131,6 +131,32 @@ pub trait BatchStore: Send + Sync + std::fmt::Debug {
     fn delete(&self, batch: &BatchRef) -> Result<(), StoreError>;
     /// Remove leftovers of interrupted writes; returns how many.
     fn clean_temporaries(&self) -> Result<usize, StoreError>;
+
+    /// The steward's compacted batches (`<32 hex>.ddc`, written by `datadonor-analytics
+    /// compact` beside the intake's own): the intake never reads, writes or deletes them while
+    /// serving; `migrate` moves them with the rest. A backend that keeps none answers none.
+    fn list_compacted(&self) -> Result<Vec<BatchRef>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// A compacted batch's bytes.
+    fn get_compacted(&self, _batch: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::NotFound)
+    }
+    /// Store a compacted batch (never over an existing one).
+    fn put_compacted(&self, _batch: &BatchRef, _sealed: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::Corrupt(
+            "this batch store keeps no compacted batches".into(),
+        ))
+    }
+    /// Delete a compacted batch (idempotent).
+    fn delete_compacted(&self, _batch: &BatchRef) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The studies whose compaction journal (`compact.journal`) exists: a compaction under way
+    /// or interrupted, which must be finished before the batches move.
+    fn compaction_journals(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Durable ledger records (entry bytes), in order, each with its RFC 9162 leaf hash.
@@ -354,6 +380,10 @@ pub struct LocalBatchStore {
 }
 
 const BATCH_EXT: &str = "ddb";
+/// Extension of the steward's compacted batches.
+pub const COMPACTED_EXT: &str = "ddc";
+/// A study's compaction journal (PROTOCOL.md, "Where sealed batches live").
+pub const COMPACTION_JOURNAL: &str = "compact.journal";
 const TMP_PREFIX: &str = ".tmp-";
 
 impl LocalBatchStore {
@@ -367,25 +397,27 @@ impl LocalBatchStore {
 
     /// The file of a batch.
     pub fn path_of(&self, b: &BatchRef) -> PathBuf {
+        self.path_ext(b, BATCH_EXT)
+    }
+
+    fn path_ext(&self, b: &BatchRef, ext: &str) -> PathBuf {
         self.root
             .join(&b.study)
-            .join(format!("{}.{BATCH_EXT}", b.id_hex()))
+            .join(format!("{}.{ext}", b.id_hex()))
     }
-}
 
-fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
-}
-
-impl BatchStore for LocalBatchStore {
-    fn put(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
+    /// Write `sealed` as `b` with extension `ext`: a temporary file, synced, renamed, the
+    /// directory synced; an existing file is never replaced.
+    fn put_ext(&self, b: &BatchRef, sealed: &[u8], ext: &str) -> Result<(), StoreError> {
         let dir = self.root.join(&b.study);
         let fresh_dir = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         if fresh_dir {
             fsync_dir(&self.root)?;
+        }
+        let dst = self.path_ext(b, ext);
+        if dst.exists() {
+            return Err(StoreError::Conflict(dst.display().to_string()));
         }
         let tmp = dir.join(format!("{TMP_PREFIX}{}", b.id_hex()));
         {
@@ -397,13 +429,12 @@ impl BatchStore for LocalBatchStore {
             f.write_all(sealed).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
         }
-        let dst = self.path_of(b);
         std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
         fsync_dir(&dir)
     }
 
-    fn get(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
-        let p = self.path_of(b);
+    fn get_ext(&self, b: &BatchRef, ext: &str) -> Result<Vec<u8>, StoreError> {
+        let p = self.path_ext(b, ext);
         match std::fs::read(&p) {
             Ok(v) => Ok(v),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound),
@@ -411,7 +442,8 @@ impl BatchStore for LocalBatchStore {
         }
     }
 
-    fn list(&self) -> Result<Vec<BatchRef>, StoreError> {
+    /// Every `<study>/<32 hex>.<ext>` file.
+    fn list_ext(&self, ext: &str) -> Result<Vec<BatchRef>, StoreError> {
         let mut out = Vec::new();
         for study in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
             let study = study.map_err(io(&self.root))?;
@@ -423,7 +455,7 @@ impl BatchStore for LocalBatchStore {
             for f in std::fs::read_dir(&sdir).map_err(io(&sdir))? {
                 let f = f.map_err(io(&sdir))?;
                 let fname = f.file_name().to_string_lossy().into_owned();
-                let Some(stem) = fname.strip_suffix(&format!(".{BATCH_EXT}")) else {
+                let Some(stem) = fname.strip_suffix(&format!(".{ext}")) else {
                     continue;
                 };
                 let mut id = [0u8; 16];
@@ -439,13 +471,65 @@ impl BatchStore for LocalBatchStore {
         Ok(out)
     }
 
-    fn delete(&self, b: &BatchRef) -> Result<(), StoreError> {
-        let p = self.path_of(b);
+    fn delete_ext(&self, b: &BatchRef, ext: &str) -> Result<(), StoreError> {
+        let p = self.path_ext(b, ext);
         match std::fs::remove_file(&p) {
             Ok(()) => fsync_dir(&self.root.join(&b.study)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&p)(e)),
         }
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+impl BatchStore for LocalBatchStore {
+    fn put(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_ext(b, sealed, BATCH_EXT)
+    }
+
+    fn get(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        self.get_ext(b, BATCH_EXT)
+    }
+
+    fn list(&self) -> Result<Vec<BatchRef>, StoreError> {
+        self.list_ext(BATCH_EXT)
+    }
+
+    fn delete(&self, b: &BatchRef) -> Result<(), StoreError> {
+        self.delete_ext(b, BATCH_EXT)
+    }
+
+    fn list_compacted(&self) -> Result<Vec<BatchRef>, StoreError> {
+        self.list_ext(COMPACTED_EXT)
+    }
+
+    fn get_compacted(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        self.get_ext(b, COMPACTED_EXT)
+    }
+
+    fn put_compacted(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_ext(b, sealed, COMPACTED_EXT)
+    }
+
+    fn delete_compacted(&self, b: &BatchRef) -> Result<(), StoreError> {
+        self.delete_ext(b, COMPACTED_EXT)
+    }
+
+    fn compaction_journals(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for study in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let study = study.map_err(io(&self.root))?;
+            if study.path().join(COMPACTION_JOURNAL).exists() {
+                out.push(study.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn clean_temporaries(&self) -> Result<usize, StoreError> {

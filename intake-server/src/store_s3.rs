@@ -22,7 +22,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::config::S3Config;
-use crate::store::{BackendRuntime, BatchRef, BatchStore, StoreError};
+use crate::store::{
+    BackendRuntime, BatchRef, BatchStore, StoreError, COMPACTED_EXT, COMPACTION_JOURNAL,
+};
 
 const BATCH_EXT: &str = "ddb";
 
@@ -86,16 +88,17 @@ impl S3BatchStore {
     }
 
     fn key(&self, b: &BatchRef) -> ObjectPath {
+        self.key_ext(b, BATCH_EXT)
+    }
+
+    fn key_ext(&self, b: &BatchRef, ext: &str) -> ObjectPath {
         self.prefix
             .clone()
             .join(b.study.as_str())
-            .join(format!("{}.{BATCH_EXT}", b.id_hex()))
+            .join(format!("{}.{ext}", b.id_hex()))
     }
-}
 
-impl BatchStore for S3BatchStore {
-    fn put(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
-        let key = self.key(b);
+    fn put_key(&self, key: ObjectPath, sealed: &[u8]) -> Result<(), StoreError> {
         let store = self.store.clone();
         let payload = PutPayload::from(sealed.to_vec());
         let opts = PutOptions {
@@ -115,8 +118,7 @@ impl BatchStore for S3BatchStore {
         }
     }
 
-    fn get(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
-        let key = self.key(b);
+    fn get_key(&self, key: ObjectPath) -> Result<Vec<u8>, StoreError> {
         let store = self.store.clone();
         let r = self.rt.run(async move {
             let r = store.get(&key).await?;
@@ -129,7 +131,16 @@ impl BatchStore for S3BatchStore {
         }
     }
 
-    fn list(&self) -> Result<Vec<BatchRef>, StoreError> {
+    fn delete_key(&self, key: ObjectPath) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        match self.rt.run(async move { store.delete(&key).await })? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(s3(e)),
+        }
+    }
+
+    /// Every `<prefix>/<study>/<name>` object: (study, name).
+    fn list_names(&self) -> Result<Vec<(String, String)>, StoreError> {
         let store = self.store.clone();
         let prefix = self.prefix.clone();
         let metas = self
@@ -137,38 +148,83 @@ impl BatchStore for S3BatchStore {
             .run(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await })?
             .map_err(s3)?;
         let depth = self.prefix.parts().count();
-        let mut out = Vec::new();
-        for m in metas {
-            let parts: Vec<_> = m.location.parts().collect();
-            if parts.len() != depth + 2 {
-                continue;
-            }
-            let study = parts[depth].as_ref();
-            let Some(stem) = parts[depth + 1]
-                .as_ref()
-                .strip_suffix(&format!(".{BATCH_EXT}"))
-            else {
-                continue;
-            };
-            let mut id = [0u8; 16];
-            if stem.len() == 32 && hex::decode_to_slice(stem, &mut id).is_ok() {
-                out.push(BatchRef {
-                    study: study.to_string(),
-                    batch_id: id,
-                });
-            }
-        }
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let parts: Vec<_> = m.location.parts().collect();
+                (parts.len() == depth + 2).then(|| {
+                    (
+                        parts[depth].as_ref().to_string(),
+                        parts[depth + 1].as_ref().to_string(),
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// The `<study>/<32 hex>.<ext>` objects.
+    fn list_ext(&self, ext: &str) -> Result<Vec<BatchRef>, StoreError> {
+        let mut out: Vec<BatchRef> = self
+            .list_names()?
+            .into_iter()
+            .filter_map(|(study, name)| {
+                let stem = name.strip_suffix(&format!(".{ext}"))?;
+                let mut id = [0u8; 16];
+                (stem.len() == 32 && hex::decode_to_slice(stem, &mut id).is_ok()).then_some(
+                    BatchRef {
+                        study,
+                        batch_id: id,
+                    },
+                )
+            })
+            .collect();
         out.sort();
         Ok(out)
     }
+}
+
+impl BatchStore for S3BatchStore {
+    fn put(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_key(self.key(b), sealed)
+    }
+
+    fn get(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        self.get_key(self.key(b))
+    }
+
+    fn list(&self) -> Result<Vec<BatchRef>, StoreError> {
+        self.list_ext(BATCH_EXT)
+    }
 
     fn delete(&self, b: &BatchRef) -> Result<(), StoreError> {
-        let key = self.key(b);
-        let store = self.store.clone();
-        match self.rt.run(async move { store.delete(&key).await })? {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(s3(e)),
-        }
+        self.delete_key(self.key(b))
+    }
+
+    fn list_compacted(&self) -> Result<Vec<BatchRef>, StoreError> {
+        self.list_ext(COMPACTED_EXT)
+    }
+
+    fn get_compacted(&self, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        self.get_key(self.key_ext(b, COMPACTED_EXT))
+    }
+
+    fn put_compacted(&self, b: &BatchRef, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_key(self.key_ext(b, COMPACTED_EXT), sealed)
+    }
+
+    fn delete_compacted(&self, b: &BatchRef) -> Result<(), StoreError> {
+        self.delete_key(self.key_ext(b, COMPACTED_EXT))
+    }
+
+    fn compaction_journals(&self) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = self
+            .list_names()?
+            .into_iter()
+            .filter(|(_, name)| name == COMPACTION_JOURNAL)
+            .map(|(study, _)| study)
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     fn clean_temporaries(&self) -> Result<usize, StoreError> {

@@ -915,6 +915,19 @@ async fn an_embedded_intake_moves_to_postgres_and_s3() {
         0
     );
 
+    // A compacted batch of the steward's moves too; a compaction journal stops the move first.
+    let compacted = env
+        .path()
+        .join(format!("batches/t2d-dk/{}.ddc", "ab".repeat(16)));
+    std::fs::write(&compacted, b"a compacted batch's sealed bytes").unwrap();
+    let journal = env.path().join("batches/t2d-dk/compact.journal");
+    std::fs::write(&journal, b"{}").unwrap();
+    let (ok, _, err) = migrate(&to_path);
+    assert!(!ok);
+    assert!(err.contains("compaction of study t2d-dk"), "{err}");
+    assert!(!env.path().join("migration.json").exists());
+    std::fs::remove_file(&journal).unwrap();
+
     // An interrupted move: its marker, and the first 3 records already in the table.
     PgLedgerStore::open(&pg_options(&table))
         .unwrap()
@@ -935,7 +948,10 @@ async fn an_embedded_intake_moves_to_postgres_and_s3() {
         "{out}"
     );
     assert!(
-        out.contains("sealed batches the ledger names, in the target: 5 (5 copied"),
+        out.contains(
+            "sealed batches the ledger names, in the target: 5 (5 copied by this run); \
+             compacted batches: 1 (1 copied by this run)"
+        ),
         "{out}"
     );
     assert!(!env.path().join("migration.json").exists());
@@ -944,11 +960,15 @@ async fn an_embedded_intake_moves_to_postgres_and_s3() {
         "sealed batches left behind"
     );
     assert!(!env.path().join("ledger").exists());
-    let listed = S3BatchStore::open(&s3_options(&prefix))
-        .unwrap()
-        .list()
-        .unwrap();
-    assert_eq!(listed.len(), 5);
+    let bucket = S3BatchStore::open(&s3_options(&prefix)).unwrap();
+    assert_eq!(bucket.list().unwrap().len(), 5);
+    let moved = bucket.list_compacted().unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(
+        bucket.get_compacted(&moved[0]).unwrap(),
+        b"a compacted batch's sealed bytes"
+    );
+    assert!(!compacted.exists());
 
     // Served from PostgreSQL and S3: the same log, the old receipts, a replay, a new donation.
     env.config = to;
