@@ -815,6 +815,57 @@ pub mod conformance {
         }
         Ok(())
     }
+
+    /// The checks of a store that keeps the steward's compacted batches beside the intake's
+    /// (the directory and the bucket; `migrate` moves them), on an empty store: they are listed
+    /// apart from the intake's batches, read back, never written over (nor is an intake batch),
+    /// and deleted idempotently.
+    pub fn compacted(batches: &dyn BatchStore) -> Result<(), StoreError> {
+        assert!(batches.list_compacted()?.is_empty(), "fresh store has none");
+        let c = BatchRef {
+            study: "t2d-dk".into(),
+            batch_id: [3; 16],
+        };
+        let i = BatchRef {
+            study: "t2d-dk".into(),
+            batch_id: [4; 16],
+        };
+        batches.put_compacted(&c, b"compacted")?;
+        batches.put(&i, b"intake")?;
+        assert_eq!(
+            batches.list_compacted()?,
+            vec![c.clone()],
+            "compacted listed"
+        );
+        assert_eq!(batches.list()?, vec![i.clone()], "apart from the intake's");
+        assert_eq!(batches.get_compacted(&c)?, b"compacted");
+        assert!(
+            matches!(
+                batches.put_compacted(&c, b"other"),
+                Err(StoreError::Conflict(_))
+            ),
+            "a compacted batch is never written over"
+        );
+        assert!(
+            matches!(batches.put(&i, b"other"), Err(StoreError::Conflict(_))),
+            "an intake batch is never written over"
+        );
+        assert_eq!(
+            batches.get_compacted(&c)?,
+            b"compacted",
+            "still the first bytes"
+        );
+        assert!(batches.compaction_journals()?.is_empty());
+        batches.delete_compacted(&c)?;
+        batches.delete_compacted(&c)?;
+        assert!(matches!(
+            batches.get_compacted(&c),
+            Err(StoreError::NotFound)
+        ));
+        assert!(batches.list_compacted()?.is_empty());
+        assert_eq!(batches.list()?, vec![i], "the intake's batch stays");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,15 @@ impl conformance::Backend for Mem {
 fn conformance_local_backend() {
     let d = tempfile::tempdir().unwrap();
     conformance::run(&Local(d.path().to_path_buf())).unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let store = LocalBatchStore::open(c.path()).unwrap();
+    conformance::compacted(&store).unwrap();
+    // A compaction journal in a study's directory is seen.
+    std::fs::write(c.path().join("t2d-dk/compact.journal"), b"{}").unwrap();
+    assert_eq!(
+        store.compaction_journals().unwrap(),
+        vec!["t2d-dk".to_string()]
+    );
 }
 
 #[test]
@@ -258,6 +267,8 @@ fn conformance_postgres_and_s3_backends() {
     let t = std::time::Instant::now();
     conformance::run(&remote).unwrap();
     eprintln!("conformance against PostgreSQL and S3: {:?}", t.elapsed());
+    let bucket = S3BatchStore::open(&s3_options(&unique("compacted"))).unwrap();
+    conformance::compacted(&bucket).unwrap();
 }
 
 #[test]
