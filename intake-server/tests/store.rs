@@ -267,8 +267,32 @@ fn conformance_postgres_and_s3_backends() {
     let t = std::time::Instant::now();
     conformance::run(&remote).unwrap();
     eprintln!("conformance against PostgreSQL and S3: {:?}", t.elapsed());
-    let bucket = S3BatchStore::open(&s3_options(&unique("compacted"))).unwrap();
+    let prefix = unique("compacted");
+    let bucket = S3BatchStore::open(&s3_options(&prefix)).unwrap();
     conformance::compacted(&bucket).unwrap();
+    // A study's compaction journal, written into the bucket as the steward's compaction writes
+    // it, is seen.
+    use object_store::ObjectStoreExt as _;
+    let raw = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("datadonor")
+        .with_endpoint(env("DATADONOR_TEST_S3"))
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .with_access_key_id(env("DATADONOR_TEST_S3_ACCESS_KEY"))
+        .with_secret_access_key(env("DATADONOR_TEST_S3_SECRET_KEY"))
+        .build()
+        .unwrap();
+    let key = object_store::path::Path::from(format!("{prefix}/t2d-dk/compact.journal"));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(raw.put(&key, b"{}".to_vec().into()))
+        .unwrap();
+    assert_eq!(
+        bucket.compaction_journals().unwrap(),
+        vec!["t2d-dk".to_string()]
+    );
 }
 
 #[test]
