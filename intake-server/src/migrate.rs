@@ -170,6 +170,14 @@ pub fn migrate(
 ) -> Result<MigrationReport, Error> {
     from.validate()?;
     to.validate()?;
+    if [from, to]
+        .iter()
+        .any(|c| c.cluster.role == crate::config::Role::Frontend)
+    {
+        return Err(Error::Init(
+            "a frontend keeps no ledger or batches: move its sequencer's".into(),
+        ));
+    }
     let dir = canonical(&from.data_dir)?;
     if canonical(&to.data_dir)? != dir {
         return Err(Error::Init(format!(

@@ -1156,3 +1156,37 @@ async fn a_failing_bucket_acknowledges_nothing_and_loses_nothing() {
         assert!(st.references_batch(&batch.study, &batch.id_hex()).unwrap());
     }
 }
+
+/// A frontend's directory holds no ledger or batches: `migrate` refuses it before touching
+/// anything (no marker, no ledger file made).
+#[test]
+fn a_frontend_has_nothing_to_move() {
+    let seq = tempfile::tempdir().unwrap();
+    datadonor_intake::testkit::init_test_dir(seq.path()).unwrap();
+    let front = tempfile::tempdir().unwrap();
+    let dir = front.path().join("frontend");
+    datadonor_intake::init::init_frontend(
+        seq.path(),
+        &dir,
+        vec!["https://127.0.0.1:8443".into()],
+        None,
+    )
+    .unwrap();
+    let from = datadonor_intake::Config::load_dir(&dir).unwrap();
+    let mut to = from.clone();
+    to.storage.batches = datadonor_intake::config::BatchBackend::S3;
+    to.storage.s3 = Some(S3Config {
+        bucket: "datadonor".into(),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        region: None,
+        prefix: "frontend".into(),
+        allow_http: true,
+        access_key_id: None,
+        secret_access_key: None,
+        retry_timeout_secs: 1,
+    });
+    let err = datadonor_intake::migrate::migrate(&from, &to, 0, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("frontend"), "{err}");
+    assert!(!dir.join("migration.json").exists());
+    assert!(!dir.join("ledger").exists());
+}
