@@ -27,6 +27,7 @@
 //! size the chunk holding it ended at (the target's indexes record that size), not the
 //! original receipt's: valid under the same log, but not the same bytes.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use datadonor_schemas::merkle::{root_from, root_nodes, Hash};
@@ -34,7 +35,7 @@ use datadonor_schemas::merkle::{root_from, root_nodes, Hash};
 use crate::config::{BatchBackend, Config, LedgerBackend};
 use crate::init::ledger_path;
 use crate::server::{open_batch_store, open_ledger_store, DirLock};
-use crate::store::{BatchRef, IndexedLedger, StoreError};
+use crate::store::{BatchRef, BatchStore, IndexedLedger, StoreError};
 use crate::Error;
 
 /// The marker a move in progress leaves in the data directory.
@@ -159,6 +160,83 @@ fn sync_dir(path: &Path) -> Result<(), Error> {
         .map_err(Error::io(format!("syncing {}", dir.display())))
 }
 
+/// The two kinds of sealed batch a store keeps: the intake's (named by ledger entries) and the
+/// steward's compacted ones.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Intake,
+    Compacted,
+}
+
+impl Kind {
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Intake => "batch",
+            Kind::Compacted => "compacted batch",
+        }
+    }
+
+    fn list(self, s: &dyn BatchStore) -> Result<Vec<BatchRef>, StoreError> {
+        match self {
+            Kind::Intake => s.list(),
+            Kind::Compacted => s.list_compacted(),
+        }
+    }
+
+    fn listed(self, s: &dyn BatchStore) -> Result<HashSet<BatchRef>, StoreError> {
+        Ok(self.list(s)?.into_iter().collect())
+    }
+
+    fn get(self, s: &dyn BatchStore, b: &BatchRef) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Kind::Intake => s.get(b),
+            Kind::Compacted => s.get_compacted(b),
+        }
+    }
+
+    /// Copy `b` unless `there` (the target's listing) has it, in which case the target's
+    /// bytes must be the source's. The bytes copied, or `None` when it was there.
+    fn copy(
+        self,
+        source: &dyn BatchStore,
+        target: &dyn BatchStore,
+        there: &HashSet<BatchRef>,
+        b: &BatchRef,
+    ) -> Result<Option<u64>, Error> {
+        let sealed = self.get(source, b)?;
+        if there.contains(b) {
+            if self.get(target, b)? != sealed {
+                return Err(Error::Store(StoreError::Conflict(format!(
+                    "{} {}/{} is in the target store with other bytes",
+                    self.what(),
+                    b.study,
+                    b.id_hex()
+                ))));
+            }
+            return Ok(None);
+        }
+        match self {
+            Kind::Intake => target.put(b, &sealed)?,
+            Kind::Compacted => target.put_compacted(b, &sealed)?,
+        }
+        Ok(Some(sealed.len() as u64))
+    }
+
+    /// Every one of `copied` is listed by `target`.
+    fn all_listed(self, target: &dyn BatchStore, copied: &[BatchRef]) -> Result<(), Error> {
+        let there = self.listed(target)?;
+        match copied.iter().find(|b| !there.contains(b)) {
+            Some(b) => Err(Error::Store(StoreError::Corrupt(format!(
+                "{} {}/{} was written to the target but is not listed there",
+                self.what(),
+                b.study,
+                b.id_hex()
+            )))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Move the ledger and the batches from the backends `from` names to those `to` names (both
 /// configurations of one data directory), as the module documentation describes. `progress`
 /// is told what is being done.
@@ -257,27 +335,16 @@ pub fn migrate(
     if let Some((source, target)) = &batch_stores {
         // The steward's compacted batches: every one moves (they are read without a ledger
         // entry naming them).
-        let there: std::collections::HashSet<BatchRef> =
-            target.list_compacted()?.into_iter().collect();
-        for b in source.list_compacted()? {
-            let sealed = source.get_compacted(&b)?;
-            if there.contains(&b) {
-                if target.get_compacted(&b)? != sealed {
-                    return Err(Error::Store(StoreError::Conflict(format!(
-                        "compacted batch {}/{} is in the target store with other bytes",
-                        b.study,
-                        b.id_hex()
-                    ))));
-                }
-            } else {
-                target.put_compacted(&b, &sealed)?;
+        let there = Kind::Compacted.listed(target.as_ref())?;
+        for b in Kind::Compacted.list(source.as_ref())? {
+            if let Some(n) = Kind::Compacted.copy(source.as_ref(), target.as_ref(), &there, &b)? {
                 report.compacted_copied += 1;
-                report.bytes_copied += sealed.len() as u64;
+                report.bytes_copied += n;
             }
             moved_compacted.push(b);
         }
         report.compacted = moved_compacted.len();
-        let there: std::collections::HashSet<BatchRef> = target.list()?.into_iter().collect();
+        let there = Kind::Intake.listed(target.as_ref())?;
         let listed = source.list()?;
         progress(&format!("batches: {} in the source store", listed.len()));
         for b in listed {
@@ -286,39 +353,30 @@ pub fn migrate(
                 moved_batches.push(b);
                 continue;
             }
-            let sealed = source.get(&b)?;
-            if there.contains(&b) {
-                if target.get(&b)? != sealed {
-                    return Err(Error::Store(StoreError::Conflict(format!(
-                        "batch {}/{} is in the target store with other bytes",
-                        b.study,
-                        b.id_hex()
-                    ))));
-                }
-            } else {
-                target.put(&b, &sealed)?;
+            if let Some(n) = Kind::Intake.copy(source.as_ref(), target.as_ref(), &there, &b)? {
                 report.batches_copied += 1;
-                report.bytes_copied += sealed.len() as u64;
+                report.bytes_copied += n;
             }
             report.batches += 1;
             moved_batches.push(b);
         }
         progress(&format!(
-            "batches the ledger names, in the target: {} ({} copied now, {} bytes)",
-            report.batches, report.batches_copied, report.bytes_copied
+            "batches the ledger names, in the target: {} ({} copied now); compacted: {} ({} \
+             copied now); {} bytes",
+            report.batches,
+            report.batches_copied,
+            report.compacted,
+            report.compacted_copied,
+            report.bytes_copied
         ));
-        // Every named batch listed by the target, before anything is deleted.
-        let there: std::collections::HashSet<BatchRef> = target.list()?.into_iter().collect();
-        if let Some(b) = moved_batches
+        // Every batch copied is listed by the target, before anything is deleted.
+        let named: Vec<BatchRef> = moved_batches
             .iter()
-            .find(|b| !report.unnamed.contains(b) && !there.contains(b))
-        {
-            return Err(Error::Store(StoreError::Corrupt(format!(
-                "batch {}/{} was written to the target but is not listed there",
-                b.study,
-                b.id_hex()
-            ))));
-        }
+            .filter(|b| !report.unnamed.contains(b))
+            .cloned()
+            .collect();
+        Kind::Intake.all_listed(target.as_ref(), &named)?;
+        Kind::Compacted.all_listed(target.as_ref(), &moved_compacted)?;
     }
 
     if let Some(target_ledger) = &target_ledger {
@@ -352,16 +410,7 @@ pub fn migrate(
     }
 
     // The move is complete and checked: remove the sources.
-    if let Some((source, target)) = &batch_stores {
-        let there: std::collections::HashSet<BatchRef> =
-            target.list_compacted()?.into_iter().collect();
-        if let Some(b) = moved_compacted.iter().find(|b| !there.contains(b)) {
-            return Err(Error::Store(StoreError::Corrupt(format!(
-                "compacted batch {}/{} was written to the target but is not listed there",
-                b.study,
-                b.id_hex()
-            ))));
-        }
+    if let Some((source, _)) = &batch_stores {
         for b in &moved_batches {
             source.delete(b)?;
         }
