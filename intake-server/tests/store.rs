@@ -1063,7 +1063,8 @@ async fn a_failing_bucket_acknowledges_nothing_and_loses_nothing() {
     let prefix = unique("faults");
     let mut through_proxy = s3_options(&prefix);
     through_proxy.endpoint = Some(proxy.url.clone());
-    through_proxy.retry_timeout_secs = 1;
+    // Long enough for two refusals' backoff (0.1 s, then 0.2 s, with jitter), short for a test.
+    through_proxy.retry_timeout_secs = 3;
     let mut env = Env::with_config(|c| {
         c.storage.batches = BatchBackend::S3;
         c.storage.s3 = Some(through_proxy);
