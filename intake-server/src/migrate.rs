@@ -35,7 +35,7 @@ use datadonor_schemas::merkle::{root_from, root_nodes, Hash};
 use crate::config::{BatchBackend, Config, LedgerBackend};
 use crate::init::ledger_path;
 use crate::server::{open_batch_store, open_ledger_store, DirLock};
-use crate::store::{BatchRef, BatchStore, IndexedLedger, StoreError};
+use crate::store::{fsync_dir, BatchRef, BatchStore, IndexedLedger, StoreError};
 use crate::Error;
 
 /// The marker a move in progress leaves in the data directory.
@@ -140,24 +140,6 @@ fn root_at(idx: &dyn IndexedLedger, size: u64) -> Result<Option<Hash>, Error> {
         root_from(&idx.nodes(&root_nodes(size))?, size)
             .map_err(crate::ledger::LedgerError::from)?,
     ))
-}
-
-/// Write `path` with `bytes` and make it and its directory entry durable.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write as _;
-    let mut f =
-        std::fs::File::create(path).map_err(Error::io(format!("creating {}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(Error::io(format!("writing {}", path.display())))?;
-    sync_dir(path)
-}
-
-fn sync_dir(path: &Path) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(format!("syncing {}", dir.display())))
 }
 
 /// The two kinds of sealed batch a store keeps: the intake's (named by ledger entries) and the
@@ -320,7 +302,7 @@ pub fn migrate(
         "from": describe(from),
         "to": describe(to),
     });
-    write_synced(&marker, format!("{note:#}\n").as_bytes())?;
+    crate::keys::write_atomic(&marker, format!("{note:#}\n").as_bytes(), 0o644)?;
     let mut report = MigrationReport {
         ledger_moved: ledger_moves,
         batches_moved: batches_move,
@@ -435,11 +417,11 @@ pub fn migrate(
                 parent.display(),
                 moved.display()
             )))?;
-            sync_dir(&moved)?;
+            fsync_dir(&dir)?;
             report.old_ledger = Some(moved);
         }
     }
     std::fs::remove_file(&marker).map_err(Error::io(format!("removing {}", marker.display())))?;
-    sync_dir(&marker)?;
+    fsync_dir(&dir)?;
     Ok(report)
 }

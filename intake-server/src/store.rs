@@ -481,7 +481,8 @@ impl LocalBatchStore {
     }
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+/// Make a directory's entries durable (after a create, rename or remove in it).
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))
