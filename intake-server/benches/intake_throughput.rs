@@ -16,10 +16,11 @@
 //! else it must do (validation, sealing, fsyncs, the ledger) on top.
 //!
 //! `cargo bench -p datadonor-intake --bench intake_throughput -- [--clients N] [--donations N] [--rows N]
-//! [--group-max N] [--window-ms N] [--rounds N]`
+//! [--group-max N] [--window-ms N] [--rounds N] [--only intake|ceiling]`
 //!
 //! With `--rounds N` the ceiling and the intake are measured N times, alternately, each round on
-//! fresh donations; the figures are the medians.
+//! fresh donations; the figures are the medians. `--only intake` (or `ceiling`) loads that
+//! endpoint alone, round after round, and nothing else: for a profiler attached to the whole run.
 
 mod load;
 
@@ -44,6 +45,9 @@ struct Args {
     group_max: Option<usize>,
     window_ms: Option<u64>,
     rounds: usize,
+    /// `--only intake` or `--only ceiling`: load that endpoint alone (no other phase, no one-core
+    /// timings), for a profiler attached to the whole run.
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -54,6 +58,7 @@ fn args() -> Args {
         group_max: None,
         window_ms: None,
         rounds: 1,
+        only: None,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -66,6 +71,13 @@ fn args() -> Args {
             ("--group-max", Some(n)) => a.group_max = Some(n),
             ("--window-ms", Some(n)) => a.window_ms = Some(n as u64),
             ("--rounds", Some(n)) => a.rounds = n.max(1),
+            ("--only", _) => match v.get(i + 1).map(String::as_str) {
+                Some(which @ ("intake" | "ceiling")) => a.only = Some(which.to_string()),
+                _ => {
+                    eprintln!("--only takes intake or ceiling");
+                    std::process::exit(2);
+                }
+            },
             _ => {
                 i += 1;
                 continue;
@@ -429,6 +441,31 @@ fn main() -> Result<()> {
         let ceiling_addr = serve_endpoint(&cert, &key, ceiling_router(ceiling_keys)).await?;
         let url = |addr: SocketAddr| vec![format!("https://localhost:{}/v1/donations", addr.port())];
         let c = testkit::https_client(&ca, None)?;
+        if let Some(which) = &a.only {
+            let addr = if which == "intake" {
+                running.addr()
+            } else {
+                ceiling_addr
+            };
+            for (r, bodies) in rounds.iter().enumerate() {
+                let flushes = batch_flushes(&c, running.addr()).await?;
+                let cpu0 = cpu_secs();
+                let load = run_load(c.clone(), url(addr), bodies.clone(), a.clients).await?;
+                let cpu = cpu_secs() - cpu0;
+                let groups = batch_flushes(&c, running.addr()).await? - flushes;
+                println!("round {}:", r + 1);
+                report(which, &load);
+                cpu_report(which, &load, cpu);
+                if groups > 0 {
+                    println!(
+                        "intake commit groups: {groups}, {:.1} donations per group on average",
+                        load.ok as f64 / groups as f64
+                    );
+                }
+            }
+            running.shutdown().await?;
+            return Ok(());
+        }
         // Warm the bare endpoint's and the ceiling's connection pools (not counted); the
         // intake's first round opens its connections within the measurement, as a real intake
         // would after a restart.
