@@ -234,6 +234,9 @@ fn run() -> anyhow::Result<()> {
             if let Some(old) = &r.old_ledger {
                 println!("the local ledger directory is now {}", old.display());
             }
+            if let Some(old) = &r.old_table {
+                println!("the PostgreSQL ledger's tables are now {old} and {old}_*");
+            }
             println!(
                 "done: serve with {} (or make it {}/config.toml)",
                 to.display(),

@@ -20,8 +20,11 @@
 //!    holds. The target computes its own indexes and Merkle nodes, as for any append; the roots at
 //!    the source's size must then agree.
 //! 4. The source batches are deleted (copies of rows a later erasure would not reach must not
-//!    stay behind), a local ledger directory is renamed `ledger.moved-<time>` (kept, and out of
-//!    the way of `[storage] ledger = "file"`), and the marker is removed.
+//!    stay behind) and the marker is removed. Then the old ledger is put out of reach of a
+//!    configuration that still names it: a local ledger directory is renamed
+//!    `ledger.moved-<time>`, a PostgreSQL ledger's tables `<table>_moved_<time>` (both kept). An
+//!    intake pointed at the old place finds no ledger there and refuses to start
+//!    ([`crate::server::open_stores`]) rather than serve a second log under the same key.
 //!
 //! A replay of an old donation after the move answers a receipt under the checkpoint of the
 //! size the chunk holding it ended at (the target's indexes record that size), not the
@@ -72,6 +75,8 @@ pub struct MigrationReport {
     pub unnamed: Vec<BatchRef>,
     /// Where the local ledger directory was moved, when the ledger left it.
     pub old_ledger: Option<PathBuf>,
+    /// What a PostgreSQL ledger's table was renamed to, when the ledger left it.
+    pub old_table: Option<String>,
 }
 
 /// Refuse to open a data directory a move has not finished in.
@@ -254,9 +259,20 @@ pub fn migrate(
         ));
     }
     let _lock = DirLock::acquire(&dir)?;
+    if from.storage.ledger == LedgerBackend::File && !ledger_path(&dir).exists() {
+        return Err(Error::Init(format!(
+            "{} does not exist: no ledger to move (moved already?)",
+            ledger_path(&dir).display()
+        )));
+    }
     let source_ledger = open_ledger_store(from, false)?;
     let src = indexed(source_ledger.as_ref())?;
     let records = src.size()?;
+    if records == 0 {
+        return Err(Error::Init(
+            "the source ledger holds no record: nothing to move (moved already?)".into(),
+        ));
+    }
     // The target ledger is checked before anything is written: a target holding another
     // ledger leaves the intake as it was.
     let target_ledger = if ledger_moves {
@@ -406,22 +422,30 @@ pub fn migrate(
         ));
     }
     drop(batch_stores);
-    drop(source_ledger);
     drop(target_ledger);
-    if ledger_moves && from.storage.ledger == LedgerBackend::File {
-        let old = ledger_path(&dir);
-        if let Some(parent) = old.parent().filter(|p| p.exists()) {
-            let moved = dir.join(format!("ledger.moved-{now}"));
-            std::fs::rename(parent, &moved).map_err(Error::io(format!(
-                "renaming {} to {}",
-                parent.display(),
-                moved.display()
-            )))?;
-            fsync_dir(&dir)?;
-            report.old_ledger = Some(moved);
-        }
-    }
+    // The target is complete: the marker goes first, so that a move stopped from here on leaves
+    // an intake that serves the new stores (and a run again that finishes what follows).
     std::fs::remove_file(&marker).map_err(Error::io(format!("removing {}", marker.display())))?;
     fsync_dir(&dir)?;
+    // The old ledger is put out of reach of a configuration that still names it: a table
+    // renamed, a directory renamed. Found empty there, the intake refuses to start rather than
+    // serve a second log under the same key.
+    if ledger_moves {
+        report.old_table = source_ledger.retire(now)?;
+        drop(source_ledger);
+        if from.storage.ledger == LedgerBackend::File {
+            let old = ledger_path(&dir);
+            if let Some(parent) = old.parent().filter(|p| p.exists()) {
+                let moved = dir.join(format!("ledger.moved-{now}"));
+                std::fs::rename(parent, &moved).map_err(Error::io(format!(
+                    "renaming {} to {}",
+                    parent.display(),
+                    moved.display()
+                )))?;
+                fsync_dir(&dir)?;
+                report.old_ledger = Some(moved);
+            }
+        }
+    }
     Ok(report)
 }

@@ -77,8 +77,13 @@ pub type Stores = (Arc<dyn LedgerStore>, Arc<dyn BatchStore>);
 ///
 /// A PostgreSQL ledger that is still empty is seeded with the records of the local ledger file
 /// (what `init` wrote: the first transport key), in one append, so the ledger starts where `init`
-/// left it. Batches in the bucket while `batches/` still holds sealed batches are refused: those
-/// are moved with `datadonor-intake migrate` ([`crate::migrate`]), not left behind.
+/// left it; `ledger/` is then renamed `ledger.moved-<time>`, as `migrate` leaves it. Batches in
+/// the bucket while `batches/` still holds sealed batches are refused: those are moved with
+/// `datadonor-intake migrate` ([`crate::migrate`]), not left behind.
+///
+/// A ledger with no record is refused: `init` writes the first one, so an empty ledger is not
+/// this intake's (a mistyped `[storage.postgres] table`, a ledger moved away, `ledger/` lost or
+/// restored elsewhere), and serving it would start a second log under the same key.
 pub fn open_stores(config: &Config) -> Result<Stores, Error> {
     if config.storage.batches == crate::config::BatchBackend::S3 {
         let local = batches_path(&config.data_dir);
@@ -95,9 +100,34 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
             }
         }
     }
+    let file = ledger_path(&config.data_dir);
+    if config.storage.ledger == crate::config::LedgerBackend::File && !file.exists() {
+        return Err(no_ledger(format!("{} does not exist", file.display())));
+    }
     let ledger = open_ledger_store(config, true)?;
+    if let Some(idx) = ledger.as_indexed() {
+        if idx.size()? == 0 {
+            let which = match &config.storage.postgres {
+                Some(pg) if config.storage.ledger == crate::config::LedgerBackend::Postgres => {
+                    format!("PostgreSQL table {:?} holds no record", pg.table)
+                }
+                _ => format!("{} holds no record", file.display()),
+            };
+            return Err(no_ledger(which));
+        }
+    }
     let batches = open_batch_store(config)?;
     Ok((ledger, batches))
+}
+
+/// The refusal of a ledger `init` did not start (see [`open_stores`]).
+fn no_ledger(what: String) -> Error {
+    Error::Init(format!(
+        "{what}: `init` writes a ledger's first record, so this is not this intake's ledger (a \
+         mistyped [storage] setting, a ledger moved with `migrate` or lost); serving it would \
+         start a second log under the same ledger key. Point the configuration at the ledger, or \
+         restore it"
+    ))
 }
 
 /// The ledger backend `[storage]` names; `seed`: an empty PostgreSQL ledger is seeded with the
@@ -137,6 +167,18 @@ pub fn open_ledger_store(config: &Config, seed: bool) -> Result<Arc<dyn LedgerSt
                         "postgres ledger is empty: seeding it with the local ledger file"
                     );
                     store.append(&seed)?;
+                    // The ledger lives in the table from now on: a table found empty later
+                    // (mistyped, lost) must not be seeded again with these first records.
+                    let now = SystemClock.now();
+                    let moved = dir.join(format!("ledger.moved-{now}"));
+                    if let Some(parent) = local.parent() {
+                        std::fs::rename(parent, &moved).map_err(Error::io(format!(
+                            "renaming {} to {}",
+                            parent.display(),
+                            moved.display()
+                        )))?;
+                        crate::store::fsync_dir(dir)?;
+                    }
                 }
             }
             Arc::new(store)

@@ -224,6 +224,12 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     fn as_indexed(&self) -> Option<&dyn IndexedLedger> {
         None
     }
+    /// After `migrate` has moved this ledger to another store: put it out of reach of a
+    /// configuration that still names it, where the backend can (PostgreSQL renames its tables;
+    /// `migrate` renames a local ledger's directory itself). Returns its new name.
+    fn retire(&self, _now: i64) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// What the committer asks an indexed ledger about the jobs of one group, in one read.

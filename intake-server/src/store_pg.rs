@@ -149,6 +149,17 @@ impl std::fmt::Debug for PgLedgerStore {
 /// Longest ledger table name: the index tables add up to 16 characters, within PostgreSQL's 63.
 pub const MAX_TABLE_LEN: usize = 47;
 
+/// The ledger's tables: `<table>` and the index tables after it.
+const TABLE_SUFFIXES: [&str; 7] = [
+    "",
+    "_nodes",
+    "_donations",
+    "_consent_records",
+    "_consents",
+    "_withdrawals",
+    "_batches",
+];
+
 fn valid_identifier(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= MAX_TABLE_LEN
@@ -298,6 +309,39 @@ impl PgLedgerStore {
         };
         store.index_backlog()?;
         Ok(store)
+    }
+
+    /// After `migrate` has moved this ledger elsewhere: rename its tables (and their primary-key
+    /// indexes) to `<table>_moved_<now>`, in one transaction, so that a configuration still naming
+    /// `<table>` finds no ledger (and refuses to serve an empty one) instead of serving the old
+    /// log next to the new. The table name is cut to fit the identifier limit. Returns the new
+    /// name.
+    pub fn retire(&self, now: i64) -> Result<String, StoreError> {
+        let tag = format!("_moved_{now}");
+        let base = &self.table[..self
+            .table
+            .len()
+            .min(MAX_TABLE_LEN.saturating_sub(tag.len()))];
+        let new = format!("{base}{tag}");
+        if !valid_identifier(&new) {
+            return Err(StoreError::Remote {
+                backend: "postgres",
+                message: format!("cannot name the moved ledger table after {now}"),
+            });
+        }
+        let mut sql = String::from("BEGIN;");
+        for suffix in TABLE_SUFFIXES {
+            let (old, to) = (format!("{}{suffix}", self.table), format!("{new}{suffix}"));
+            sql.push_str(&format!(
+                "ALTER TABLE {old} RENAME TO {to}; ALTER INDEX {old}_pkey RENAME TO {to}_pkey;"
+            ));
+        }
+        sql.push_str("COMMIT;");
+        let c = self.client.clone();
+        self.rt
+            .run(async move { c.lock().await.batch_execute(&sql).await })?
+            .map_err(|e| pg(&e))?;
+        Ok(new)
     }
 
     /// Index the records an older intake wrote without indexes (none for a table this one
@@ -748,6 +792,10 @@ impl IndexedLedger for PgLedgerStore {
 impl LedgerStore for PgLedgerStore {
     fn as_indexed(&self) -> Option<&dyn IndexedLedger> {
         Some(self)
+    }
+
+    fn retire(&self, now: i64) -> Result<Option<String>, StoreError> {
+        PgLedgerStore::retire(self, now).map(Some)
     }
 
     fn recover(&self) -> Result<Vec<Vec<u8>>, StoreError> {

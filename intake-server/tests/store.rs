@@ -843,6 +843,49 @@ async fn orphans_are_swept_while_serving() {
     assert_eq!(batch_files(env.path()).len(), 2);
 }
 
+/// A ledger `init` did not start is not served: with `ledger/` gone (lost, moved, restored
+/// elsewhere) or its file empty, the intake refuses to start and creates nothing in its place,
+/// where it would otherwise have started a second log under the same key; put back, it serves
+/// where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intake_refuses_a_ledger_init_did_not_start() {
+    let mut env = Env::new();
+    let d = env.builder().build().unwrap();
+    assert_eq!(env.donate(d.envelope).await.0, StatusCode::OK);
+    let (_, cp) = env.get("/v1/ledger/checkpoint", None).await;
+    env.stop();
+    let ledger = env.path().join("ledger");
+    let lost = env.path().join("ledger.lost");
+    std::fs::rename(&ledger, &lost).unwrap();
+    let refused = datadonor_intake::Intake::open(env.config.clone(), env.clock.clone());
+    let msg = format!("{:?}", refused.expect_err("no ledger"));
+    assert!(
+        msg.contains("does not exist") && msg.contains("second log under the same ledger key"),
+        "{msg}"
+    );
+    assert!(
+        !ledger.exists(),
+        "a ledger was created in the lost one's place"
+    );
+    std::fs::create_dir(&ledger).unwrap();
+    std::fs::write(ledger.join("ledger.log"), b"").unwrap();
+    let refused = datadonor_intake::Intake::open(env.config.clone(), env.clock.clone());
+    let msg = format!("{:?}", refused.expect_err("an empty ledger"));
+    assert!(msg.contains("holds no record"), "{msg}");
+    std::fs::remove_dir_all(&ledger).unwrap();
+    std::fs::rename(&lost, &ledger).unwrap();
+    env.restart();
+    let (_, again) = env.get("/v1/ledger/checkpoint", None).await;
+    let head = |note: &[u8]| {
+        String::from_utf8_lossy(note)
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(head(&again), head(&cp));
+}
+
 /// An intake on the embedded default moves to PostgreSQL and S3 (`datadonor-intake migrate`):
 /// a target holding another ledger is refused before anything is written; an interrupted move
 /// (its marker, the first records already in the table) blocks serving and is finished by
@@ -1047,6 +1090,175 @@ async fn an_embedded_intake_moves_to_postgres_and_s3() {
         .list()
         .unwrap();
     assert_eq!(listed.len(), 6);
+}
+
+/// An intake on PostgreSQL and S3 moves to another table and bucket prefix, then home to the
+/// embedded default (`datadonor-intake migrate`, with the intake's own config.toml naming the
+/// stores it leaves). Each move renames the old tables out of the way, so the configuration that
+/// named them is refused rather than served; at home the same log is served, its receipts
+/// verify and a replay names its original entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and an S3 server: run by .ci/run"]
+async fn a_scaled_intake_moves_to_other_stores_and_home() {
+    use datadonor_intake::config::{BatchBackend, LedgerBackend, PostgresConfig, StorageConfig};
+    let pg_url = env("DATADONOR_TEST_POSTGRES");
+    let scaled = |table: &str, prefix: &str| StorageConfig {
+        ledger: LedgerBackend::Postgres,
+        batches: BatchBackend::S3,
+        postgres: Some(PostgresConfig {
+            url: Some(pg_url.clone()),
+            table: table.to_string(),
+            ca_cert: None,
+            lock_wait_secs: 10,
+        }),
+        s3: Some(s3_options(prefix)),
+    };
+    let (table_a, prefix_a) = (unique("from"), unique("from"));
+    let mut env = Env::with_config(|c| c.storage = scaled(&table_a, &prefix_a));
+    // Seeded with init's ledger file, which then leaves the way.
+    assert!(!env.path().join("ledger").exists());
+    let donations: Vec<_> = (0..3).map(|_| env.builder().build().unwrap()).collect();
+    let mut receipts = Vec::new();
+    for d in &donations {
+        let (s, b) = env.donate(d.envelope.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        receipts.push(b);
+    }
+    let now = datadonor_schemas::time::Clock::now(&*env.clock);
+    assert_eq!(
+        env.withdraw(donations[1].withdrawal(now)).await.0,
+        StatusCode::OK
+    );
+    let (_, cp) = env.get("/v1/ledger/checkpoint", None).await;
+    let head = |note: &[u8]| {
+        String::from_utf8_lossy(note)
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        head(&cp).contains("\n8\n"),
+        "init's key, 3 grants, 3 donations, a withdrawal"
+    );
+    env.stop();
+    let dir = env.path().to_path_buf();
+    let migrate = |to: &StorageConfig, from: &datadonor_intake::config::Config| {
+        std::fs::write(dir.join("config.toml"), from.to_toml()).unwrap();
+        let mut target = from.clone();
+        target.storage = to.clone();
+        let path = dir.join("target.toml");
+        std::fs::write(&path, target.to_toml()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_datadonor-intake"))
+            .args(["migrate", "--dir"])
+            .arg(&dir)
+            .arg("--to")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        (target, stdout)
+    };
+    let retired = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("the PostgreSQL ledger's tables are now "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no renamed table in {out}"))
+            .to_string()
+    };
+
+    // To another table and bucket prefix.
+    let (table_b, prefix_b) = (unique("to"), unique("to"));
+    let (at_b, out) = migrate(&scaled(&table_b, &prefix_b), &env.config);
+    assert!(
+        out.contains("ledger records in the target: 8 (8 copied by this run)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sealed batches the ledger names, in the target: 3 (3 copied by this run)"),
+        "{out}"
+    );
+    let old_a = retired(&out);
+    assert!(old_a.starts_with(&format!("{table_a}_moved_")), "{old_a}");
+    assert_eq!(
+        PgLedgerStore::open(&pg_options(&old_a))
+            .unwrap()
+            .size()
+            .unwrap(),
+        8
+    );
+    let bucket = |prefix: &str| {
+        S3BatchStore::open(&s3_options(prefix))
+            .unwrap()
+            .list()
+            .unwrap()
+    };
+    assert_eq!((bucket(&prefix_a).len(), bucket(&prefix_b).len()), (0, 3));
+    // The configuration that named the old table finds no ledger there, and is refused.
+    let refused = datadonor_intake::Intake::open(env.config.clone(), env.clock.clone());
+    let msg = refused
+        .expect_err("the old table is not served")
+        .to_string();
+    assert!(
+        msg.contains(&format!("PostgreSQL table \"{table_a}\" holds no record")),
+        "{msg}"
+    );
+
+    // Home: the embedded default.
+    let (home, out) = migrate(&StorageConfig::default(), &at_b);
+    assert!(
+        out.contains("ledger records in the target: 8 (8 copied by this run)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sealed batches the ledger names, in the target: 3 (3 copied by this run)"),
+        "{out}"
+    );
+    assert!(
+        retired(&out).starts_with(&format!("{table_b}_moved_")),
+        "{out}"
+    );
+    assert!(!out.contains("local ledger directory"), "{out}");
+    assert_eq!(bucket(&prefix_b).len(), 0);
+    assert_eq!(batch_files(&dir).len(), 3);
+    let old_b = retired(&out);
+    assert_eq!(
+        PgLedgerStore::open(&pg_options(&old_b))
+            .unwrap()
+            .size()
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        PgLedgerStore::open(&pg_options(&table_b))
+            .unwrap()
+            .size()
+            .unwrap(),
+        0
+    );
+    std::fs::write(dir.join("config.toml"), home.to_toml()).unwrap();
+    env.config = home;
+    env.restart();
+    let (_, cp_home) = env.get("/v1/ledger/checkpoint", None).await;
+    assert_eq!(head(&cp_home), head(&cp));
+    for r in &receipts {
+        env.verify(r).await;
+    }
+    let (s, b) = env.donate(donations[0].envelope.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        env.verify(&b).await.receipt.ledger_index,
+        env.verify(&receipts[0]).await.receipt.ledger_index
+    );
+    let d = env.builder().build().unwrap();
+    let (s, b) = env.donate(d.envelope).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(env.verify(&b).await.receipt.ledger_index, 9);
+    assert_eq!(batch_files(&dir).len(), 4);
 }
 
 /// Faults of the bucket, injected by a proxy in front of the S3 server (`tests/fault_s3`): a
