@@ -149,6 +149,10 @@ impl std::fmt::Debug for PgLedgerStore {
 /// Longest ledger table name: the index tables add up to 16 characters, within PostgreSQL's 63.
 pub const MAX_TABLE_LEN: usize = 47;
 
+/// Longest name of a moved ledger's table (see [`PgLedgerStore::retire`]): with
+/// `_consent_records_pkey` after it, PostgreSQL's 63 bytes.
+const RETIRED_TABLE_LEN: usize = 63 - "_consent_records_pkey".len();
+
 /// The ledger's tables: `<table>` and the index tables after it.
 const TABLE_SUFFIXES: [&str; 7] = [
     "",
@@ -312,34 +316,50 @@ impl PgLedgerStore {
     }
 
     /// After `migrate` has moved this ledger elsewhere: rename its tables (and their primary-key
-    /// indexes) to `<table>_moved_<now>`, in one transaction, so that a configuration still naming
-    /// `<table>` finds no ledger (and refuses to serve an empty one) instead of serving the old
-    /// log next to the new. The table name is cut to fit the identifier limit. Returns the new
-    /// name.
+    /// indexes, found by name in the catalog) to `<table>_moved_<now>`, in one transaction, so
+    /// that a configuration still naming `<table>` finds no ledger (and refuses to serve an empty
+    /// one) instead of serving the old log next to the new, and the name is free to be used
+    /// again. The table name is cut so that every renamed table and index fits PostgreSQL's
+    /// identifier limit. Returns the new name.
     pub fn retire(&self, now: i64) -> Result<String, StoreError> {
         let tag = format!("_moved_{now}");
-        let base = &self.table[..self
-            .table
-            .len()
-            .min(MAX_TABLE_LEN.saturating_sub(tag.len()))];
-        let new = format!("{base}{tag}");
-        if !valid_identifier(&new) {
+        // The longest suffix ("_consent_records") and "_pkey" after the new name: 63 bytes.
+        let keep = RETIRED_TABLE_LEN.saturating_sub(tag.len());
+        let new = format!("{}{tag}", &self.table[..self.table.len().min(keep)]);
+        if new.len() > RETIRED_TABLE_LEN || !valid_identifier(&new) {
             return Err(StoreError::Remote {
                 backend: "postgres",
                 message: format!("cannot name the moved ledger table after {now}"),
             });
         }
-        let mut sql = String::from("BEGIN;");
-        for suffix in TABLE_SUFFIXES {
-            let (old, to) = (format!("{}{suffix}", self.table), format!("{new}{suffix}"));
-            sql.push_str(&format!(
-                "ALTER TABLE {old} RENAME TO {to}; ALTER INDEX {old}_pkey RENAME TO {to}_pkey;"
-            ));
-        }
-        sql.push_str("COMMIT;");
-        let c = self.client.clone();
+        let (c, table, to) = (self.client.clone(), self.table.clone(), new.clone());
         self.rt
-            .run(async move { c.lock().await.batch_execute(&sql).await })?
+            .run(async move {
+                let mut client = c.lock().await;
+                let tx = client.transaction().await?;
+                for suffix in TABLE_SUFFIXES {
+                    let (old, renamed) = (format!("{table}{suffix}"), format!("{to}{suffix}"));
+                    let keys = tx
+                        .query(
+                            "SELECT c.relname::text FROM pg_index i \
+                             JOIN pg_class c ON c.oid = i.indexrelid \
+                             WHERE i.indrelid = $1::text::regclass AND i.indisprimary",
+                            &[&old],
+                        )
+                        .await?;
+                    tx.batch_execute(&format!("ALTER TABLE {old} RENAME TO {renamed}"))
+                        .await?;
+                    for k in keys {
+                        let key: String = k.try_get(0)?;
+                        tx.batch_execute(&format!(
+                            "ALTER INDEX \"{}\" RENAME TO {renamed}_pkey",
+                            key.replace('"', "\"\"")
+                        ))
+                        .await?;
+                    }
+                }
+                tx.commit().await
+            })?
             .map_err(|e| pg(&e))?;
         Ok(new)
     }
