@@ -434,18 +434,28 @@ pub fn migrate(
         report.old_table = source_ledger.retire(now)?;
         drop(source_ledger);
         if from.storage.ledger == LedgerBackend::File {
-            let old = ledger_path(&dir);
-            if let Some(parent) = old.parent().filter(|p| p.exists()) {
-                let moved = dir.join(format!("ledger.moved-{now}"));
-                std::fs::rename(parent, &moved).map_err(Error::io(format!(
-                    "renaming {} to {}",
-                    parent.display(),
-                    moved.display()
-                )))?;
-                fsync_dir(&dir)?;
-                report.old_ledger = Some(moved);
-            }
+            report.old_ledger = retire_local_ledger(&dir, now)?;
         }
     }
     Ok(report)
+}
+
+/// Rename a data directory's `ledger/` to `ledger.moved-<now>` once its records live in another
+/// store (kept, and out of the way of `[storage] ledger = "file"`, which then finds no ledger
+/// and refuses to start). Returns the new path; `None` when there was no `ledger/`.
+pub fn retire_local_ledger(dir: &Path, now: i64) -> Result<Option<PathBuf>, Error> {
+    let Some(parent) = ledger_path(dir).parent().map(Path::to_path_buf) else {
+        return Ok(None);
+    };
+    if !parent.exists() {
+        return Ok(None);
+    }
+    let moved = dir.join(format!("ledger.moved-{now}"));
+    std::fs::rename(&parent, &moved).map_err(Error::io(format!(
+        "renaming {} to {}",
+        parent.display(),
+        moved.display()
+    )))?;
+    fsync_dir(dir)?;
+    Ok(Some(moved))
 }

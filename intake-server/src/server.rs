@@ -169,16 +169,7 @@ pub fn open_ledger_store(config: &Config, seed: bool) -> Result<Arc<dyn LedgerSt
                     store.append(&seed)?;
                     // The ledger lives in the table from now on: a table found empty later
                     // (mistyped, lost) must not be seeded again with these first records.
-                    let now = SystemClock.now();
-                    let moved = dir.join(format!("ledger.moved-{now}"));
-                    if let Some(parent) = local.parent() {
-                        std::fs::rename(parent, &moved).map_err(Error::io(format!(
-                            "renaming {} to {}",
-                            parent.display(),
-                            moved.display()
-                        )))?;
-                        crate::store::fsync_dir(dir)?;
-                    }
+                    crate::migrate::retire_local_ledger(dir, SystemClock.now())?;
                 }
             }
             Arc::new(store)

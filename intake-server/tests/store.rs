@@ -201,6 +201,40 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: {NEEDS_SERVERS}"))
 }
 
+/// A checkpoint note's origin, size and root lines (what two notes of the same tree share).
+fn checkpoint_head(note: &[u8]) -> String {
+    String::from_utf8_lossy(note)
+        .lines()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// After a move: the intake on `config` serves the log it served before (`cp`, its checkpoint),
+/// the old receipts verify, and the retried donation `envelope` (whose receipt is `receipts[0]`)
+/// is answered with its original entry.
+async fn serves_the_moved_log(
+    env: &mut Env,
+    config: datadonor_intake::config::Config,
+    cp: &[u8],
+    receipts: &[bytes::Bytes],
+    envelope: &[u8],
+) {
+    env.config = config;
+    env.restart();
+    let (_, now) = env.get("/v1/ledger/checkpoint", None).await;
+    assert_eq!(checkpoint_head(&now), checkpoint_head(cp));
+    for r in receipts {
+        env.verify(r).await;
+    }
+    let (s, b) = env.donate(envelope.to_vec()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        env.verify(&b).await.receipt.ledger_index,
+        env.verify(&receipts[0]).await.receipt.ledger_index
+    );
+}
+
 /// A name no other test run uses (a table, a key prefix).
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{:016x}", rand::random::<u64>())
@@ -876,14 +910,7 @@ async fn an_intake_refuses_a_ledger_init_did_not_start() {
     std::fs::rename(&lost, &ledger).unwrap();
     env.restart();
     let (_, again) = env.get("/v1/ledger/checkpoint", None).await;
-    let head = |note: &[u8]| {
-        String::from_utf8_lossy(note)
-            .lines()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert_eq!(head(&again), head(&cp));
+    assert_eq!(checkpoint_head(&again), checkpoint_head(&cp));
 }
 
 /// An intake on the embedded default moves to PostgreSQL and S3 (`datadonor-intake migrate`):
@@ -1049,32 +1076,7 @@ async fn an_embedded_intake_moves_to_postgres_and_s3() {
     assert!(!compacted.exists());
 
     // Served from PostgreSQL and S3: the same log, the old receipts, a replay, a new donation.
-    env.config = to;
-    env.restart();
-    let (_, cp_after) = env.get("/v1/ledger/checkpoint", None).await;
-    let size = |note: &[u8]| {
-        String::from_utf8_lossy(note)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .to_string()
-    };
-    let root = |note: &[u8]| {
-        String::from_utf8_lossy(note)
-            .lines()
-            .nth(2)
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!((size(&cp_after), root(&cp_after)), (size(&cp), root(&cp)));
-    for r in &receipts {
-        env.verify(r).await;
-    }
-    let (s, b) = env.donate(donations[0].envelope.clone()).await;
-    assert_eq!(s, StatusCode::OK);
-    let replay = env.verify(&b).await;
-    let original = env.verify(&receipts[0]).await;
-    assert_eq!(replay.receipt.ledger_index, original.receipt.ledger_index);
+    serves_the_moved_log(&mut env, to, &cp, &receipts, &donations[0].envelope).await;
     let (s, b) = env.withdraw(withdrawal).await;
     assert_eq!(s, StatusCode::OK, "the withdrawal's replay");
     assert_eq!(
@@ -1130,15 +1132,8 @@ async fn a_scaled_intake_moves_to_other_stores_and_home() {
         StatusCode::OK
     );
     let (_, cp) = env.get("/v1/ledger/checkpoint", None).await;
-    let head = |note: &[u8]| {
-        String::from_utf8_lossy(note)
-            .lines()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     assert!(
-        head(&cp).contains("\n8\n"),
+        checkpoint_head(&cp).contains("\n8\n"),
         "init's key, 3 grants, 3 donations, a withdrawal"
     );
     env.stop();
@@ -1161,6 +1156,17 @@ async fn a_scaled_intake_moves_to_other_stores_and_home() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         );
         assert!(out.status.success(), "{stdout}\n{stderr}");
+        // Each move copies the whole log and every batch.
+        assert!(
+            stdout.contains("ledger records in the target: 8 (8 copied by this run)"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(
+                "sealed batches the ledger names, in the target: 3 (3 copied by this run)"
+            ),
+            "{stdout}"
+        );
         (target, stdout)
     };
     let retired = |out: &str| {
@@ -1177,14 +1183,6 @@ async fn a_scaled_intake_moves_to_other_stores_and_home() {
     let (table_b, prefix_b) = (unique(&format!("to_{}", "long".repeat(6))), unique("to"));
     assert_eq!(table_b.len(), 44);
     let (at_b, out) = migrate(&scaled(&table_b, &prefix_b), &env.config);
-    assert!(
-        out.contains("ledger records in the target: 8 (8 copied by this run)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("sealed batches the ledger names, in the target: 3 (3 copied by this run)"),
-        "{out}"
-    );
     let old_a = retired(&out);
     assert!(old_a.starts_with(&format!("{table_a}_moved_")), "{old_a}");
     assert_eq!(
@@ -1214,14 +1212,6 @@ async fn a_scaled_intake_moves_to_other_stores_and_home() {
     // Home: the embedded default.
     let (home, out) = migrate(&StorageConfig::default(), &at_b);
     assert!(
-        out.contains("ledger records in the target: 8 (8 copied by this run)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("sealed batches the ledger names, in the target: 3 (3 copied by this run)"),
-        "{out}"
-    );
-    assert!(
         retired(&out).starts_with(&format!("{}_moved_", &table_b[..25])),
         "{out}"
     );
@@ -1244,19 +1234,7 @@ async fn a_scaled_intake_moves_to_other_stores_and_home() {
         0
     );
     std::fs::write(dir.join("config.toml"), home.to_toml()).unwrap();
-    env.config = home;
-    env.restart();
-    let (_, cp_home) = env.get("/v1/ledger/checkpoint", None).await;
-    assert_eq!(head(&cp_home), head(&cp));
-    for r in &receipts {
-        env.verify(r).await;
-    }
-    let (s, b) = env.donate(donations[0].envelope.clone()).await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        env.verify(&b).await.receipt.ledger_index,
-        env.verify(&receipts[0]).await.receipt.ledger_index
-    );
+    serves_the_moved_log(&mut env, home, &cp, &receipts, &donations[0].envelope).await;
     let d = env.builder().build().unwrap();
     let (s, b) = env.donate(d.envelope).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
