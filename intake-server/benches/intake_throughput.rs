@@ -318,6 +318,24 @@ fn intake_work(
     Ok(())
 }
 
+/// One phase of load on `urls`: its result, the CPU the process spent on it (seconds), and the
+/// commit groups the intake at `intake` made meanwhile (read from its `/metrics` outside the
+/// timing).
+async fn phase(
+    c: &reqwest::Client,
+    urls: Vec<String>,
+    intake: SocketAddr,
+    bodies: Arc<Vec<Vec<u8>>>,
+    clients: usize,
+) -> Result<(LoadResult, f64, u64)> {
+    let flushes = batch_flushes(c, intake).await?;
+    let cpu0 = cpu_secs();
+    let load = run_load(c.clone(), urls, bodies, clients).await?;
+    let cpu = cpu_secs() - cpu0;
+    let groups = batch_flushes(c, intake).await? - flushes;
+    Ok((load, cpu, groups))
+}
+
 /// The intake's count of sealed batch files written (one per study and commit group), from its
 /// `/metrics`.
 async fn batch_flushes(client: &reqwest::Client, addr: SocketAddr) -> Result<u64> {
@@ -448,11 +466,8 @@ fn main() -> Result<()> {
                 ceiling_addr
             };
             for (r, bodies) in rounds.iter().enumerate() {
-                let flushes = batch_flushes(&c, running.addr()).await?;
-                let cpu0 = cpu_secs();
-                let load = run_load(c.clone(), url(addr), bodies.clone(), a.clients).await?;
-                let cpu = cpu_secs() - cpu0;
-                let groups = batch_flushes(&c, running.addr()).await? - flushes;
+                let (load, cpu, groups) =
+                    phase(&c, url(addr), running.addr(), bodies.clone(), a.clients).await?;
                 println!("round {}:", r + 1);
                 report(which, &load);
                 cpu_report(which, &load, cpu);
@@ -473,22 +488,23 @@ fn main() -> Result<()> {
         run_load(c.clone(), url(bare_addr), warm, a.clients).await?;
         let warm_ceiling = Arc::new(bodies[..a.clients.min(bodies.len())].to_vec());
         run_load(c.clone(), url(ceiling_addr), warm_ceiling, a.clients).await?;
-        let cpu0 = cpu_secs();
-        let bare = run_load(c.clone(), url(bare_addr), bodies.clone(), a.clients).await?;
-        let bare_cpu = cpu_secs() - cpu0;
+        let (bare, bare_cpu, _) =
+            phase(&c, url(bare_addr), running.addr(), bodies.clone(), a.clients).await?;
         report("bare TLS endpoint (200 only)", &bare);
         cpu_report("bare", &bare, bare_cpu);
         let (mut ceiling_rates, mut intake_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let mut cpu_ratios = Vec::new();
         for (r, bodies) in rounds.iter().enumerate() {
-            let cpu0 = cpu_secs();
-            let ceiling = run_load(c.clone(), url(ceiling_addr), bodies.clone(), a.clients).await?;
-            let ceiling_cpu = cpu_secs() - cpu0;
-            let flushes = batch_flushes(&c, running.addr()).await?;
-            let cpu0 = cpu_secs();
-            let intake = run_load(c.clone(), url(running.addr()), bodies.clone(), a.clients).await?;
-            let intake_cpu = cpu_secs() - cpu0;
-            let groups = batch_flushes(&c, running.addr()).await? - flushes;
+            let (ceiling, ceiling_cpu, _) =
+                phase(&c, url(ceiling_addr), running.addr(), bodies.clone(), a.clients).await?;
+            let (intake, intake_cpu, groups) = phase(
+                &c,
+                url(running.addr()),
+                running.addr(),
+                bodies.clone(),
+                a.clients,
+            )
+            .await?;
             if a.rounds > 1 {
                 println!("round {}:", r + 1);
             }

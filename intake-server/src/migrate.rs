@@ -37,7 +37,7 @@ use datadonor_schemas::merkle::{root_from, root_nodes, Hash};
 
 use crate::config::{BatchBackend, Config, LedgerBackend};
 use crate::init::ledger_path;
-use crate::server::{open_batch_store, open_ledger_store, DirLock};
+use crate::server::{open_batch_store, open_existing_ledger, open_ledger_store, DirLock};
 use crate::store::{fsync_dir, BatchRef, BatchStore, IndexedLedger, StoreError};
 use crate::Error;
 
@@ -259,20 +259,10 @@ pub fn migrate(
         ));
     }
     let _lock = DirLock::acquire(&dir)?;
-    if from.storage.ledger == LedgerBackend::File && !ledger_path(&dir).exists() {
-        return Err(Error::Init(format!(
-            "{} does not exist: no ledger to move (moved already?)",
-            ledger_path(&dir).display()
-        )));
-    }
-    let source_ledger = open_ledger_store(from, false)?;
+    // A source `init` did not start (moved already, lost, mistyped) is refused as serving it is.
+    let source_ledger = open_existing_ledger(from, false)?;
     let src = indexed(source_ledger.as_ref())?;
     let records = src.size()?;
-    if records == 0 {
-        return Err(Error::Init(
-            "the source ledger holds no record: nothing to move (moved already?)".into(),
-        ));
-    }
     // The target ledger is checked before anything is written: a target holding another
     // ledger leaves the intake as it was.
     let target_ledger = if ledger_moves {

@@ -100,11 +100,20 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
             }
         }
     }
+    let ledger = open_existing_ledger(config, true)?;
+    let batches = open_batch_store(config)?;
+    Ok((ledger, batches))
+}
+
+/// [`open_ledger_store`] for a ledger `init` started (what serving, `rotate-key` and
+/// `migrate`'s source open): a missing ledger file is refused before anything is created in its
+/// place, a ledger with no record once opened (see [`open_stores`]).
+pub fn open_existing_ledger(config: &Config, seed: bool) -> Result<Arc<dyn LedgerStore>, Error> {
     let file = ledger_path(&config.data_dir);
     if config.storage.ledger == crate::config::LedgerBackend::File && !file.exists() {
         return Err(no_ledger(format!("{} does not exist", file.display())));
     }
-    let ledger = open_ledger_store(config, true)?;
+    let ledger = open_ledger_store(config, seed)?;
     if let Some(idx) = ledger.as_indexed() {
         if idx.size()? == 0 {
             let which = match &config.storage.postgres {
@@ -116,11 +125,10 @@ pub fn open_stores(config: &Config) -> Result<Stores, Error> {
             return Err(no_ledger(which));
         }
     }
-    let batches = open_batch_store(config)?;
-    Ok((ledger, batches))
+    Ok(ledger)
 }
 
-/// The refusal of a ledger `init` did not start (see [`open_stores`]).
+/// The refusal of a ledger `init` did not start (see [`open_existing_ledger`]).
 fn no_ledger(what: String) -> Error {
     Error::Init(format!(
         "{what}: `init` writes a ledger's first record, so this is not this intake's ledger (a \

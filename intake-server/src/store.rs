@@ -117,6 +117,22 @@ impl BatchRef {
     pub fn id_hex(&self) -> String {
         hex::encode(self.batch_id)
     }
+
+    /// Its file or object name in the study's directory or prefix: `<32 hex>.<ext>`.
+    pub fn file_name(&self, ext: &str) -> String {
+        format!("{}.{ext}", self.id_hex())
+    }
+
+    /// The batch a `<32 hex>.<ext>` name in `study`'s directory or prefix stands for; `None`
+    /// for any other name.
+    pub fn from_file_name(study: &str, name: &str, ext: &str) -> Option<Self> {
+        let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
+        let mut batch_id = [0u8; 16];
+        (stem.len() == 32 && hex::decode_to_slice(stem, &mut batch_id).is_ok()).then(|| Self {
+            study: study.to_string(),
+            batch_id,
+        })
+    }
 }
 
 /// Where sealed batches are kept.
@@ -385,7 +401,8 @@ pub struct LocalBatchStore {
     root: PathBuf,
 }
 
-const BATCH_EXT: &str = "ddb";
+/// Extension of the intake's sealed batches.
+pub const BATCH_EXT: &str = "ddb";
 /// Extension of the steward's compacted batches.
 pub const COMPACTED_EXT: &str = "ddc";
 /// A study's compaction journal (PROTOCOL.md, "Where sealed batches live").
@@ -407,9 +424,7 @@ impl LocalBatchStore {
     }
 
     fn path_ext(&self, b: &BatchRef, ext: &str) -> PathBuf {
-        self.root
-            .join(&b.study)
-            .join(format!("{}.{ext}", b.id_hex()))
+        self.root.join(&b.study).join(b.file_name(ext))
     }
 
     /// Write `sealed` as `b` with extension `ext`: a temporary file, synced, renamed, the
@@ -461,16 +476,7 @@ impl LocalBatchStore {
             for f in std::fs::read_dir(&sdir).map_err(io(&sdir))? {
                 let f = f.map_err(io(&sdir))?;
                 let fname = f.file_name().to_string_lossy().into_owned();
-                let Some(stem) = fname.strip_suffix(&format!(".{ext}")) else {
-                    continue;
-                };
-                let mut id = [0u8; 16];
-                if stem.len() == 32 && hex::decode_to_slice(stem, &mut id).is_ok() {
-                    out.push(BatchRef {
-                        study: name.clone(),
-                        batch_id: id,
-                    });
-                }
+                out.extend(BatchRef::from_file_name(&name, &fname, ext));
             }
         }
         out.sort();

@@ -23,10 +23,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::config::S3Config;
 use crate::store::{
-    BackendRuntime, BatchRef, BatchStore, StoreError, COMPACTED_EXT, COMPACTION_JOURNAL,
+    BackendRuntime, BatchRef, BatchStore, StoreError, BATCH_EXT, COMPACTED_EXT, COMPACTION_JOURNAL,
 };
-
-const BATCH_EXT: &str = "ddb";
 
 fn s3(e: object_store::Error) -> StoreError {
     // object_store's messages name the bucket and key, never the credentials.
@@ -95,7 +93,7 @@ impl S3BatchStore {
         self.prefix
             .clone()
             .join(b.study.as_str())
-            .join(format!("{}.{ext}", b.id_hex()))
+            .join(b.file_name(ext))
     }
 
     fn put_key(&self, key: ObjectPath, sealed: &[u8]) -> Result<(), StoreError> {
@@ -167,16 +165,7 @@ impl S3BatchStore {
         let mut out: Vec<BatchRef> = self
             .list_names()?
             .into_iter()
-            .filter_map(|(study, name)| {
-                let stem = name.strip_suffix(&format!(".{ext}"))?;
-                let mut id = [0u8; 16];
-                (stem.len() == 32 && hex::decode_to_slice(stem, &mut id).is_ok()).then_some(
-                    BatchRef {
-                        study,
-                        batch_id: id,
-                    },
-                )
-            })
+            .filter_map(|(study, name)| BatchRef::from_file_name(&study, &name, ext))
             .collect();
         out.sort();
         Ok(out)
